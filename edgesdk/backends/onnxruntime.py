@@ -1,0 +1,69 @@
+"""ONNX Runtime runner: CPU by default; TensorRT / CUDA execution providers first when installed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgesdk.backends.base import Runner, TensorMeta
+
+PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16",
+           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8"}
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, model: str | Path, providers: list[str] | str = "auto", threads: int = 0):
+        super().__init__()
+        self.model = Path(model)
+        self.requested = providers
+        self.threads = threads          # 0: let ONNX Runtime use every core
+        self.session = None
+
+    def load(self) -> "OnnxRuntimeRunner":
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if self.requested == "auto":
+            providers = [p for p in PREFERRED if p in available]
+        else:
+            providers = [self.requested] if isinstance(self.requested, str) else list(self.requested)
+            missing = [p for p in providers if p not in available]
+            if missing:
+                raise RuntimeError(f"ONNX Runtime providers {missing} are not available here "
+                                   f"(available: {available})")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.model), opts, providers=providers)
+        except Exception as e:
+            raise RuntimeError(f"{self.model}: ONNX Runtime could not load the model: {e}") from e
+        self.loaded = True
+        return self
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers() if self.session else []
+
+    def _meta(self, items) -> list[TensorMeta]:
+        return [TensorMeta(i.name, tuple(i.shape), _DTYPES.get(i.type, i.type)) for i in items]
+
+    @property
+    def inputs(self) -> list[TensorMeta]:
+        return self._meta(self.session.get_inputs())
+
+    @property
+    def outputs(self) -> list[TensorMeta]:
+        return self._meta(self.session.get_outputs())
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def close(self) -> None:
+        self.session = None
+        super().close()

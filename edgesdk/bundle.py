@@ -1,0 +1,59 @@
+"""A bundle is a folder: model.onnx (pre/post-processing inside) + manifest.json (+ parity.json).
+
+Opening one verifies the schema version and the sha256 of every listed file, so an edited, truncated
+or half-copied bundle is refused with a message that says which file and why. No torch here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgesdk.spec import MANIFEST, Manifest, SpecError, sha256_file
+
+MODEL_FILE = "model.onnx"
+
+
+class BundleError(SpecError):
+    """The bundle folder is missing, incomplete or was changed after export."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest.threshold.value)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.manifest.input.height, self.manifest.input.width
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"{path}: bundle folder not found")
+        if not (path / MANIFEST).is_file():
+            raise BundleError(f"{path}: no {MANIFEST}; not a bundle, or an export that did not finish")
+        manifest = Manifest.load(path / MANIFEST)
+        if MODEL_FILE not in manifest.files:
+            raise BundleError(f"{path / MANIFEST}: does not list {MODEL_FILE}")
+        for name, entry in manifest.files.items():
+            f = path / name
+            if not f.is_file():
+                raise BundleError(f"{f}: listed in {MANIFEST} but missing")
+            if not verify:
+                continue
+            size = f.stat().st_size
+            if size != entry.bytes:
+                raise BundleError(f"{f}: {size} bytes, manifest says {entry.bytes} (truncated or replaced)")
+            digest = sha256_file(f)
+            if digest != entry.sha256:
+                raise BundleError(f"{f}: sha256 {digest[:12]}… does not match the manifest's "
+                                  f"{entry.sha256[:12]}… (file changed after export)")
+        return cls(path, manifest)

@@ -1,0 +1,192 @@
+"""Sample data: an MVTec-AD-layout set and a "conveyor" video made from real textures bundled in
+scikit-image, so the whole product runs offline on a fresh machine.
+
+Good parts vary the way a line does: the crop position shifts, the part rotates a little, lighting
+gain/offset and a slow gradient change, and the sensor adds noise. Defects are painted with masks
+that are exact: every changed pixel is in the mask and every mask pixel is changed.
+Deterministic per seed (numpy Generator + OpenCV drawing, no global state).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgesdk.fsutil import atomic_dir
+
+# Category -> (scikit-image loader name, BGR tint). Grayscale textures are tinted so that colour
+# channels carry information, as on most real parts.
+TEXTURES = {
+    "brick": ("brick", (0.80, 0.90, 1.10)),
+    "grass": ("grass", (0.85, 1.10, 0.90)),
+    "gravel": ("gravel", (1.00, 1.00, 1.00)),
+}
+DEFECTS = ("scratch", "stain", "hole", "smudge")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    size: int = 256             # output images are size x size
+    n_train: int = 80
+    n_test_good: int = 20
+    n_test_per_defect: int = 8
+    seed: int = 0
+    window: int = 256           # texture pixels seen by one image (then resized to `size`)
+
+
+def texture(category: str) -> np.ndarray:
+    """Full-size texture (512, 512, 3) uint8 BGR for a category."""
+    if category not in TEXTURES:
+        raise ValueError(f"unknown category {category!r}; choose from {sorted(TEXTURES)}")
+    import skimage.data  # heavy import, only needed here
+
+    name, tint = TEXTURES[category]
+    gray = getattr(skimage.data, name)().astype(np.float32)
+    return np.clip(gray[..., None] * np.asarray(tint, np.float32), 0, 255).astype(np.uint8)
+
+
+def view(tex: np.ndarray, cx: float, cy: float, angle: float, cfg: SynthConfig) -> np.ndarray:
+    """A rotated `window` crop of the texture centred at (cx, cy), resized to cfg.size."""
+    scale = cfg.size / cfg.window
+    m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+    m[:, 2] += (cfg.size / 2 - cx, cfg.size / 2 - cy)
+    return cv2.warpAffine(tex, m, (cfg.size, cfg.size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Lighting gain/offset, a slow horizontal gradient, and sensor noise."""
+    h, w = img.shape[:2]
+    gain = rng.uniform(0.92, 1.08)
+    offset = rng.uniform(-8, 8)
+    ramp = np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * rng.uniform(-6, 6)
+    noise = rng.normal(0, 2.0, img.shape).astype(np.float32)
+    return np.clip(img.astype(np.float32) * gain + offset + ramp + noise, 0, 255).astype(np.uint8)
+
+
+def good_image(tex: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    half = cfg.window / 2 + 8
+    cx, cy = rng.uniform(half, tex.shape[1] - half), rng.uniform(half, tex.shape[0] - half)
+    return photometric(view(tex, cx, cy, rng.uniform(-3, 3), cfg), rng)
+
+
+def paint_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
+                 center: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (image with the defect, mask uint8 {0,255}). Sizes scale with the image."""
+    h, w = img.shape[:2]
+    s = w / 256.0
+    cx, cy = center if center is not None else (rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h)
+    mask = np.zeros((h, w), np.uint8)
+    out = img.astype(np.float32)
+    if kind == "scratch":
+        pts = [(cx, cy)]
+        ang = rng.uniform(0, np.pi)
+        for _ in range(3):
+            ang += rng.uniform(-0.4, 0.4)
+            step = rng.uniform(12, 24) * s
+            pts.append((pts[-1][0] + step * np.cos(ang), pts[-1][1] + step * np.sin(ang)))
+        cv2.polylines(mask, [np.round(pts).astype(np.int32)], False, 255, max(1, round(2 * s)))
+        value = rng.choice([25.0, 235.0])
+        m = mask > 0
+        out[m] = 0.25 * out[m] + 0.75 * value
+    elif kind == "stain":
+        axes = (max(2, int(rng.uniform(8, 16) * s)), max(2, int(rng.uniform(5, 11) * s)))
+        cv2.ellipse(mask, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 255, -1)
+        m = mask > 0
+        tint = np.array(rng.choice([(0.45, 0.75, 1.35), (1.4, 0.8, 0.5)]), np.float32)
+        out[m] = np.clip(out[m] * tint + 10, 0, 255)
+    elif kind == "hole":
+        r = max(2, int(rng.uniform(4, 8) * s))
+        cv2.circle(mask, (int(cx), int(cy)), r, 255, -1)
+        m = mask > 0
+        out[m] = rng.uniform(5, 20) + rng.normal(0, 2, (int(m.sum()), 3))
+    elif kind == "smudge":
+        r = max(3, int(rng.uniform(10, 16) * s))
+        cv2.circle(mask, (int(cx), int(cy)), r, 255, -1)
+        m = mask > 0
+        blurred = cv2.GaussianBlur(img, (0, 0), sigmaX=5 * s).astype(np.float32)
+        out[m] = blurred[m] * 1.15 + 12
+    else:
+        raise ValueError(f"unknown defect kind {kind!r}; choose from {DEFECTS}")
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    # Keep the mask exact: drop mask pixels that painting left (rarely) unchanged after rounding.
+    changed = np.any(out != img, axis=2)
+    out[~(mask > 0)] = img[~(mask > 0)]
+    return out, np.where((mask > 0) & changed, 255, 0).astype(np.uint8)
+
+
+def write_category(root: Path, category: str, cfg: SynthConfig) -> dict:
+    """Writes root/category in MVTec AD layout (atomically) and returns a summary dict."""
+    tex = texture(category)
+    rng = np.random.default_rng([cfg.seed, sorted(TEXTURES).index(category)])
+    counts = {}
+    with atomic_dir(root / category) as out:
+        def save(rel: str, img: np.ndarray) -> None:
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(path), img):
+                raise OSError(f"{path}: could not write image")
+
+        for i in range(cfg.n_train):
+            save(f"train/good/{i:03d}.png", good_image(tex, rng, cfg))
+        for i in range(cfg.n_test_good):
+            save(f"test/good/{i:03d}.png", good_image(tex, rng, cfg))
+        counts = {"train/good": cfg.n_train, "test/good": cfg.n_test_good}
+        for kind in DEFECTS:
+            for i in range(cfg.n_test_per_defect):
+                img, mask = paint_defect(good_image(tex, rng, cfg), kind, rng)
+                save(f"test/{kind}/{i:03d}.png", img)
+                save(f"ground_truth/{kind}/{i:03d}_mask.png", mask)
+            counts[f"test/{kind}"] = cfg.n_test_per_defect
+    return counts
+
+
+def write_conveyor(path: Path, category: str, cfg: SynthConfig, n_frames: int = 60,
+                   fps: float = 15.0, defect_frames: tuple[tuple[int, int, str], ...] =
+                   ((18, 26, "hole"), (38, 46, "stain"))) -> dict:
+    """A video of the texture sliding past a fixed camera, with defects fixed on the part (they
+    travel across the frame). Ground truth per frame goes to <path>.json. Returns that dict."""
+    tex = texture(category)
+    rng = np.random.default_rng([cfg.seed, 99, sorted(TEXTURES).index(category)])
+    speed = (tex.shape[1] - cfg.window - 32) / n_frames          # texture px per frame
+    x0, cy = cfg.window / 2 + 16, tex.shape[0] / 2
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (cfg.size, cfg.size))
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV could not open an mp4v writer")
+    frames = []
+    for t in range(n_frames):
+        img = photometric(view(tex, x0 + speed * t, cy, 0.0, cfg), rng)
+        record = {"frame_id": t, "is_anomalous": False, "defect": None, "bbox": None}
+        for start, end, kind in defect_frames:
+            if start <= t < end:
+                # The defect moves with the part: it enters on the right and slides left.
+                frac = 0.8 - 0.6 * (t - start) / max(1, end - start - 1)
+                img, mask = paint_defect(img, kind, np.random.default_rng([cfg.seed, start]),
+                                         center=(frac * cfg.size, 0.5 * cfg.size))
+                x, y, w, h = cv2.boundingRect(mask)
+                record.update(is_anomalous=True, defect=kind, bbox=[x, y, x + w, y + h])
+        writer.write(img)
+        frames.append(record)
+    writer.release()
+    tmp.replace(path)
+    truth = {"video": path.name, "category": category, "fps": fps, "size": cfg.size, "frames": frames}
+    from edgesdk.fsutil import write_json
+    write_json(path.with_suffix(".json"), truth)
+    return truth
+
+
+def synth_dataset(out: str | Path, categories: list[str] | None = None, cfg: SynthConfig = SynthConfig(),
+                  video: bool = True) -> dict:
+    """Writes OUT/<category>/... for each category and OUT/conveyor_<first category>.mp4 (+ .json)."""
+    out = Path(out)
+    categories = categories or sorted(TEXTURES)
+    summary = {cat: write_category(out, cat, cfg) for cat in categories}
+    if video:
+        write_conveyor(out / f"conveyor_{categories[0]}.mp4", categories[0], cfg)
+    return summary

@@ -1,0 +1,114 @@
+"""The device-side detector: bundle in, per-frame verdicts out. No torch, no model Python.
+
+Stages, each timed: preprocess (resize to the model's input; normalization is in the graph),
+infer (the runner), postprocess (threshold the anomaly map into boxes in frame coordinates)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgesdk.backends import BACKENDS, Runner
+from edgesdk.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class Region:
+    bbox: tuple[int, int, int, int]   # x0, y0, x1, y1 in the caller's frame, x1/y1 exclusive
+    area: int                         # pixels above threshold, in model resolution
+    peak: float                       # highest score inside the region
+
+    def to_dict(self) -> dict:
+        return {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
+
+
+@dataclass
+class Result:
+    score: float
+    is_anomalous: bool
+    anomaly_map: np.ndarray           # (H, W) float32 at model resolution, threshold units
+    regions: list[Region]
+    latency_ms: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    backend: str = "onnxruntime"
+    providers: str | list[str] = "auto"
+    threads: int = 0
+    threshold: float | None = None    # None: the bundle's threshold
+    min_region_area: int = 4          # ignore specks smaller than this (model pixels)
+    verify: bool = True               # check file hashes when opening the bundle
+
+
+class Detector:
+    """Scores frames with a bundle. Use as a context manager, or call close()."""
+
+    def __init__(self, bundle: str | Path | Bundle, opts: DetectorOptions = DetectorOptions()):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=opts.verify)
+        self.opts = opts
+        self.threshold = self.bundle.threshold if opts.threshold is None else float(opts.threshold)
+        self.size = self.bundle.input_size
+        self.input_name = self.bundle.manifest.input.name
+        if opts.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {opts.backend!r}; available: {sorted(BACKENDS)}")
+        runner_cls = BACKENDS[opts.backend]
+        self.runner: Runner = runner_cls(self.bundle.model_path, providers=opts.providers,
+                                         threads=opts.threads).load()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """Any (h, w, 3) uint8 BGR frame -> (1, H, W, 3) at the model's size."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an (h, w, 3) uint8 BGR frame, got {frame.shape} {frame.dtype}")
+        h, w = self.size
+        if frame.shape[:2] != (h, w):
+            shrink = frame.shape[0] > h or frame.shape[1] > w
+            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return np.ascontiguousarray(frame)[None]
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, H, W, 3) uint8 at model size -> scores (B,), maps (B, H, W)."""
+        out = self.runner.infer({self.input_name: batch})
+        return out["score"], out["anomaly_map"]
+
+    def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> list[Region]:
+        """Connected components of `amap > threshold`, boxes scaled to the caller's frame."""
+        binary = (amap > self.threshold).astype(np.uint8)
+        if not binary.any():
+            return []
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        sy, sx = frame_shape[0] / amap.shape[0], frame_shape[1] / amap.shape[1]
+        out = []
+        for i in range(1, n):
+            x, y, w, h, area = (int(v) for v in stats[i])
+            if area < self.opts.min_region_area:
+                continue
+            peak = float(amap[labels == i].max())
+            out.append(Region((int(x * sx), int(y * sy), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))),
+                              area, peak))
+        return sorted(out, key=lambda r: -r.peak)
+
+    def predict(self, frame: np.ndarray) -> Result:
+        t0 = time.perf_counter()
+        batch = self.preprocess(frame)
+        t1 = time.perf_counter()
+        scores, maps = self.infer(batch)
+        t2 = time.perf_counter()
+        score, amap = float(scores[0]), maps[0]
+        regions = self.regions(amap, frame.shape)
+        t3 = time.perf_counter()
+        lat = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3,
+               "total": (t3 - t0) * 1e3}
+        return Result(score, score > self.threshold, amap, regions, lat)
