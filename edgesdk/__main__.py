@@ -1,0 +1,5 @@
+import sys
+
+from edgesdk.cli import main
+
+sys.exit(main())
