@@ -54,7 +54,7 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
     for cat in categories:
         print(f"[2/4] {cat}: train -> export -> eval")
         run, bundle = out / "runs" / cat, out / "bundles" / cat
-        train(out / "data" / cat, run)
+        train(out / "data" / cat, run, config={"input_size": [cfg.size, cfg.size]})
         export_onnx(run, bundle)
         ev = evaluate(bundle, out / "data" / cat)
         # Same frames, same batch 1, model call only: torch eager vs the exported graph.
@@ -89,7 +89,7 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
     print("\n" + table(e2e, title="device runtime per frame (resize + infer + regions)"))
     print(f"\nstream: {stream['frames']} frames at {stream['fps']:.0f} FPS, frame F1 {stream['frame_f1']:.3f} "
           f"{stream['frame_confusion']}\n  detected {stream['timeline']}\n  truth    {stream['truth']}")
-    summary = {"config": vars(cfg) if hasattr(cfg, "__dict__") else str(cfg), "categories": results,
+    summary = {"config": vars(cfg), "categories": results,
                "stream": stream, "wall_s": time.perf_counter() - t0}
     write_json(out / "summary.json", summary)
     print(f"\nsummary -> {out / 'summary.json'}, overlays -> {out / 'overlays'}; {summary['wall_s']:.0f} s in all")

@@ -1,0 +1,20 @@
+# The two commands a newcomer runs (see README.md). Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed   ## sample data -> train -> export -> eval -> stream, prints tables
+	$(BIN)/edgesdk demo --out out/demo
+
+test: $(VENV)/.installed   ## the test suite
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf out .pytest_cache

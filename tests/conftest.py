@@ -1,0 +1,33 @@
+"""Shared fixtures: one tiny synthetic data set, one trained run and one bundle per test session
+(128 px images so the whole suite stays within minutes on 2 cores)."""
+from __future__ import annotations
+
+import pytest
+
+from edgesdk.data.synth import SynthConfig
+
+TINY = SynthConfig(size=128, n_train=100, n_test_good=6, n_test_per_defect=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    from edgesdk.data.synth import synth_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    synth_dataset(root, ["brick"], TINY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def run_dir(tiny_data, tmp_path_factory):
+    from edgesdk.train import train
+
+    return train(tiny_data / "brick", tmp_path_factory.mktemp("runs") / "brick",
+                 config={"input_size": [128, 128]}, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def bundle(run_dir, tmp_path_factory):
+    from edgesdk.build.onnx import export_onnx
+
+    return export_onnx(run_dir, tmp_path_factory.mktemp("bundles") / "brick")

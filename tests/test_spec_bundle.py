@@ -1,0 +1,70 @@
+import json
+import shutil
+
+import pytest
+
+from edgesdk.bundle import Bundle, BundleError
+from edgesdk.spec import Manifest, SpecError
+
+
+def copy(bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def test_manifest_roundtrip(bundle):
+    m = Manifest.load(bundle / "manifest.json")
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert m.input.dtype == "uint8" and m.input.layout == "NHWC" and m.input.color == "BGR"
+    assert {f for f in m.files} == {"model.onnx", "parity.json"}
+    assert m.threshold.source == "good_holdout_k_sigma"
+
+
+def test_edited_model_is_refused(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    data = bytearray((b / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF                        # same size, one byte flipped
+    (b / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.onnx: sha256 .* does not match"):
+        Bundle.open(b)
+
+
+def test_truncated_model_is_refused(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    (b / "model.onnx").write_bytes((b / "model.onnx").read_bytes()[:1000])
+    with pytest.raises(BundleError, match="1000 bytes"):
+        Bundle.open(b)
+
+
+def test_missing_manifest_or_file_is_refused(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    (b / "parity.json").unlink()
+    with pytest.raises(BundleError, match="parity.json: listed in manifest.json but missing"):
+        Bundle.open(b)
+    (b / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        Bundle.open(b)
+    with pytest.raises(BundleError, match="not found"):
+        Bundle.open(tmp_path / "nope")
+
+
+def test_wrong_schema_version_is_refused(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SpecError, match="schema_version 99 is not supported"):
+        Bundle.open(b)
+
+
+def test_malformed_manifest_names_the_file_and_field(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    del m["threshold"]
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SpecError, match=r"manifest\.json: missing field 'threshold'"):
+        Bundle.open(b)
+    (b / "manifest.json").write_text("{not json")
+    with pytest.raises(SpecError, match="not valid JSON"):
+        Bundle.open(b)
