@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from edgesdk.data import mvtec
 from edgesdk.metrics import auroc, f1_at, latency_stats
@@ -22,11 +23,7 @@ def evaluate(bundle: str | Path, data: str | Path, opts: DetectorOptions = Detec
         for img, _ in loaded[:warmup]:
             det.predict(img)
         scores, maps, stages = [], [], []
-        it = loaded
-        if progress:
-            from tqdm import tqdm  # optional: only where it is installed
-            it = tqdm(loaded, desc="eval", unit="img")
-        for img, _ in it:
+        for img, _ in tqdm(loaded, desc="eval", unit="img", disable=not progress):
             r = det.predict(img)
             scores.append(r.score)
             maps.append(r.anomaly_map)

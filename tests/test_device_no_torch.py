@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = """
 import sys
 sys.modules["torch"] = None
-for name in ("torchvision", "onnx", "onnxscript", "tqdm", "skimage"):
+for name in ("torchvision", "onnx", "onnxscript", "skimage"):
     sys.modules[name] = None          # training/export-only dependencies are not on a device either
 """
 
@@ -47,3 +47,6 @@ def test_device_cli_commands_without_torch(bundle, tiny_data):
     r = run(code, "predict", bundle, tiny_data / "brick/test/hole/000.png", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["results"][0]["is_anomalous"] is True
+    r = run(code, "eval", bundle, "--data", tiny_data / "brick")      # table output, progress bar
+    assert r.returncode == 0, r.stderr
+    assert "image AUROC" in r.stdout and "latency per stage" in r.stdout
