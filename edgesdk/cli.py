@@ -17,6 +17,12 @@ def _emit(args, obj: dict, text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if getattr(args, "json", False) else text)
 
 
+def _stage_table(by_stage: dict, title: str) -> str:
+    """One row per pipeline stage from {stage: latency_stats(...)}; stages with no samples are skipped."""
+    return table([{"stage": k, "p50 ms": v["p50"], "p90 ms": v["p90"], "p99 ms": v["p99"], "mean ms": v["mean"],
+                   "max ms": v["max"]} for k, v in by_stage.items() if v.get("n")], title=title)
+
+
 def cmd_synth(args) -> None:
     from edgesdk.data.synth import TEXTURES, SynthConfig, synth_dataset
 
@@ -69,9 +75,8 @@ def cmd_eval(args) -> None:
     text = table([{"data": str(args.data), "images": r["n_images"], "image AUROC": r["image_auroc"],
                    "pixel AUROC": r["pixel_auroc"], "F1": r["f1"], "threshold": r["threshold"],
                    "p50 ms": lat["p50"], "p90 ms": lat["p90"], "p99 ms": lat["p99"]}], title="accuracy")
-    text += "\n\n" + table([{"stage": k, "p50 ms": v["p50"], "p90 ms": v["p90"], "p99 ms": v["p99"],
-                            "mean ms": v["mean"]} for k, v in r["latency_ms_by_stage"].items()],
-                           title=f"latency per stage ({', '.join(r['providers'])}, batch 1)")
+    text += "\n\n" + _stage_table(r["latency_ms_by_stage"],
+                                  f"latency per stage ({', '.join(r['providers'])}, batch 1)")
     _emit(args, r, text)
 
 
@@ -83,6 +88,8 @@ def cmd_predict(args) -> None:
     from edgesdk.viz import overlay
 
     rows = []
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
     with Detector(args.bundle, _detector_opts(args)) as det:
         for path in args.images:
             img = read_image(path)
@@ -90,7 +97,6 @@ def cmd_predict(args) -> None:
             row = {"image": str(path), "score": r.score, "is_anomalous": r.is_anomalous,
                    "regions": [x.to_dict() for x in r.regions], "latency_ms": r.latency_ms["total"]}
             if args.save:
-                Path(args.save).mkdir(parents=True, exist_ok=True)
                 dest = Path(args.save) / f"{Path(path).stem}_overlay.png"
                 cv2.imwrite(str(dest), overlay(img, r.anomaly_map, det.threshold, r.regions))
                 row["overlay"] = str(dest)
@@ -110,8 +116,7 @@ def cmd_run(args) -> None:
 
     s = run_stream(args.bundle, args.source, args.sink, _detector_opts(args), args.max_frames, show)
     text = f"{s['frames']} frames, {s['anomalous_frames']} anomalous, {s['fps']:.1f} FPS -> {', '.join(args.sink)}\n"
-    text += table([{"stage": k, "p50 ms": v["p50"], "p90 ms": v["p90"], "p99 ms": v["p99"], "max ms": v["max"]}
-                   for k, v in s["latency_ms"].items() if v.get("n")], title="latency per stage")
+    text += _stage_table(s["latency_ms"], "latency per stage")
     _emit(args, s, text)
 
 

@@ -60,11 +60,12 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
         # Same frames, same batch 1, model call only: torch eager vs the exported graph.
         frames = mvtec.read_batch([it.path for it in mvtec.test_items(out / "data" / cat)], (cfg.size, cfg.size))
         feeds = [{"image": frames[i:i + 1]} for i in range(len(frames))]
-        with TorchRunner(run) as tr, OnnxRuntimeRunner(Bundle.open(bundle).model_path) as ort:
+        opened = Bundle.open(bundle)
+        with TorchRunner(run) as tr, OnnxRuntimeRunner(opened.model_path) as ort:
             lat_torch, lat_ort = time_runner(tr, feeds), time_runner(ort, feeds)
         results[cat] = {"eval": ev, "torch_ms": lat_torch, "onnxruntime_ms": lat_ort,
                         "onnx_mb": (bundle / "model.onnx").stat().st_size / 1e6,
-                        "parity": Bundle.open(bundle).manifest.metrics["parity_vs_torch"]}
+                        "parity": opened.manifest.metrics["parity_vs_torch"]}
     video = out / "data" / f"conveyor_{categories[0]}.mkv"
     print(f"[3/4] stream {video.name} through the {categories[0]} bundle")
     stream = stream_check(out / "bundles" / categories[0], video, out)

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgesdk.backends import BACKENDS, Runner
 from edgesdk.bundle import Bundle
+from edgesdk.data.mvtec import resize
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,7 @@ class Detector:
         """Any (h, w, 3) uint8 BGR frame -> (1, H, W, 3) at the model's size."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"expected an (h, w, 3) uint8 BGR frame, got {frame.shape} {frame.dtype}")
-        h, w = self.size
-        if frame.shape[:2] != (h, w):
-            shrink = frame.shape[0] > h or frame.shape[1] > w
-            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        return np.ascontiguousarray(frame)[None]
+        return np.ascontiguousarray(resize(frame, self.size))[None]
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, H, W, 3) uint8 at model size -> scores (B,), maps (B, H, W)."""
