@@ -8,6 +8,9 @@ BIN    := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# TensorRT's type stubs, outside site-packages: installed there they would make `import tensorrt`
+	# succeed as an empty namespace package. --no-deps: they require NVIDIA's real tensorrt wheel.
+	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
 demo: $(VENV)/.installed   ## sample data -> train -> export -> eval -> stream, prints tables

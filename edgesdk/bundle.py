@@ -10,6 +10,7 @@ from pathlib import Path
 from edgesdk.spec import MANIFEST, Manifest, SpecError, sha256_file
 
 MODEL_FILE = "model.onnx"
+PARITY_FRAMES = "parity_frames.npy"   # (N, H, W, 3) uint8 held-out good frames, for verify/compare
 
 
 class BundleError(SpecError):
@@ -24,6 +25,19 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def onnx_sha256(self) -> str:
+        return self.manifest.files[MODEL_FILE].sha256
+
+    def parity_frames(self):
+        """(N, H, W, 3) uint8 frames the export's parity check used (numpy array)."""
+        import numpy as np
+
+        path = self.path / PARITY_FRAMES
+        if PARITY_FRAMES not in self.manifest.files or not path.is_file():
+            raise BundleError(f"{self.path}: no {PARITY_FRAMES} (exported by an older edgesdk); re-export it")
+        return np.load(path, allow_pickle=False)
 
     @property
     def threshold(self) -> float:

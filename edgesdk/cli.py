@@ -64,7 +64,95 @@ def cmd_export(args) -> None:
 def _detector_opts(args):
     from edgesdk.runtime import DetectorOptions
 
-    return DetectorOptions(providers=args.providers, threshold=args.threshold)
+    return DetectorOptions(backend=args.backend, providers=args.providers, threshold=args.threshold,
+                           engine=args.engine)
+
+
+def _batch(text: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch {text!r}: expected MIN:OPT:MAX, e.g. 1:1:4") from None
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
+        raise argparse.ArgumentTypeError(f"--batch {text!r}: need MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
+    return parts[0], parts[1], parts[2]
+
+
+def cmd_build(args) -> None:
+    from edgesdk.build.trt import build_engine
+    from edgesdk.devices import load_profile
+    from edgesdk.spec import BuildConfig
+
+    device = load_profile(args.device)
+    cfg = BuildConfig(batch=args.batch, workspace_mb=args.workspace, dla_core=args.dla,
+                      timing_cache=not args.no_timing_cache)
+    if not args.json:
+        print(f"building {args.bundle} for {device.name} ({device.description}) with {device.tensorrt_module}",
+              file=sys.stderr)
+    r = build_engine(args.bundle, device, cfg, out=args.out, progress=not args.json, force=args.force)
+    s = r.sidecar
+    text = table([r.row()], title=f"engine for {device.name}") + "\n"
+    text += ("reused: same bundle, TensorRT, device and profile as the existing plan (--force rebuilds)\n"
+             if r.reused else "")
+    text += "".join(f"note: {n}\n" for n in r.notes)
+    text += f"plan     {r.plan}\nsidecar  {r.plan.with_suffix('.json')}\nnvinfer  {r.deepstream}\n"
+    if r.timing_cache:
+        text += f"timing cache {r.timing_cache}\n"
+    text += f"trtexec equivalent:\n  {r.trtexec}"
+    _emit(args, {"plan": str(r.plan), "reused": r.reused, "sidecar": s.to_dict(), "trtexec": r.trtexec,
+                 "deepstream": str(r.deepstream), "notes": list(r.notes)}, text)
+
+
+def cmd_verify(args) -> None:
+    from edgesdk.backends import OnnxRuntimeRunner, TensorRTRunner
+    from edgesdk.bundle import Bundle
+    from edgesdk.compare import compare_runners
+
+    b = Bundle.open(args.bundle)
+    frames = b.parity_frames()
+    with TensorRTRunner(args.engine, b) as trt_r, OnnxRuntimeRunner(b.model_path, "CPUExecutionProvider") as ort_r:
+        r = compare_runners(ort_r, trt_r, frames, b.threshold, b.manifest.input.name)
+    tol = args.tolerance if args.tolerance is not None else (0.05 if b.manifest.precision == "fp32" else 0.25)
+    r["tolerance"] = tol
+    r["passed"] = r["verdict_flips"] == 0 and r["score_max_abs_err"] <= tol
+    text = table([{"frames": r["n_frames"], "score max |diff|": r["score_max_abs_err"],
+                   "map max |diff|": r["map_max_abs_err"], "verdict flips": r["verdict_flips"],
+                   "tolerance": tol, "result": "PASS" if r["passed"] else "FAIL"}],
+                 title=f"{Path(args.engine).name} vs ONNX Runtime (CPU) on the bundle's parity frames")
+    _emit(args, r, text)
+    if not r["passed"]:
+        raise SystemExit(1)
+
+
+def cmd_device(args) -> None:
+    from edgesdk import devices
+
+    if args.device_cmd == "list":
+        rows = [{"profile": p.name, "description": p.description, "TensorRT": f"{p.tensorrt_module} {p.tensorrt_version}".strip(),
+                 "JetPack": p.jetpack, "CC": p.compute_capability, "DLA": p.dla_cores,
+                 "precisions": ",".join(p.gpu_precisions), "camera": p.camera} for p in devices.list_profiles()]
+        _emit(args, {"profiles": rows}, table(rows, title="device profiles (devices/*.toml)"))
+    elif args.device_cmd == "info":
+        f = devices.detect()
+        rows = [{"fact": k, "value": ", ".join(map(str, v)) if isinstance(v, list) and not (v and isinstance(v[0], dict))
+                 else ("; ".join(g["name"] + " cc " + g["compute_capability"] for g in v) if isinstance(v, list) else v)}
+                for k, v in f.items()]
+        _emit(args, f, table(rows, title="this machine"))
+    else:
+        from edgesdk.bundle import Bundle
+
+        prof = devices.load_profile(args.device)
+        checks = devices.check_bundle(Bundle.open(args.bundle), prof, args.dla, args.batch)
+        verdict = "fail" if any(c.status == "fail" for c in checks) else "ok"
+        rows = [{"check": c.name, "status": c.status.upper(), "detail": c.detail} for c in checks]
+        text = table(rows, title=f"{args.bundle} on {prof.name}") + \
+            f"\n{'will run' if verdict == 'ok' else 'will NOT run'} on {prof.name}"
+        _emit(args, {"device": prof.name, "runs": verdict == "ok",
+                     "checks": [vars(c) for c in checks]}, text)
+        if verdict != "ok":
+            raise SystemExit(1)
 
 
 def cmd_eval(args) -> None:
@@ -162,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export)
 
     def runtime_args(s):
+        s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+        s.add_argument("--engine", help="tensorrt: plan file (default: the match in BUNDLE/engines/)")
         s.add_argument("--providers", default="auto", help="ONNX Runtime provider, or auto")
         s.add_argument("--threshold", type=float, help="override the bundle's threshold")
         s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -186,6 +276,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-frames", type=int)
     runtime_args(s)
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("build", help="bundle -> TensorRT engine for a device profile (raw plan + sidecar)")
+    s.add_argument("bundle")
+    s.add_argument("--device", required=True, help="profile name in devices/ (orin-nx, rtx, ...) or a .toml path")
+    s.add_argument("--out", help="engine folder (default BUNDLE/engines)")
+    s.add_argument("--batch", type=_batch, default=(1, 1, 4), help="optimization profile MIN:OPT:MAX (default 1:1:4)")
+    s.add_argument("--workspace", type=int, default=1024, help="builder workspace, MB")
+    s.add_argument("--dla", type=int, default=-1, help="DLA core (Jetson Orin/Xavier); layers it lacks run on the GPU")
+    s.add_argument("--force", action="store_true", help="rebuild even if a matching plan exists")
+    s.add_argument("--no-timing-cache", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_build)
+
+    s = sub.add_parser("verify", help="run an engine on the bundle's parity frames and compare with ONNX Runtime")
+    s.add_argument("engine")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--tolerance", type=float, help="max score difference (default 0.05 fp32, 0.25 fp16/int8)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_verify)
+
+    dev = sub.add_parser("device", help="device profiles, this machine, will a bundle run there")
+    dsub = dev.add_subparsers(dest="device_cmd", required=True)
+    s = dsub.add_parser("list", help="shipped device profiles")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_device)
+    s = dsub.add_parser("info", help="detect this machine and the profile that matches")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_device)
+    s = dsub.add_parser("check", help="will BUNDLE run on --device, and why not")
+    s.add_argument("bundle")
+    s.add_argument("--device", required=True)
+    s.add_argument("--dla", type=int, default=-1)
+    s.add_argument("--batch", type=_batch, default=(1, 1, 4))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_device)
 
     s = sub.add_parser("demo", help="sample data -> train -> export -> eval -> stream, with tables")
     s.add_argument("--out", default="out/demo")

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgesdk.backends import BACKENDS, Runner
+from edgesdk.backends import Runner, open_runner
 from edgesdk.bundle import Bundle
 from edgesdk.data.mvtec import resize
 
@@ -37,8 +37,9 @@ class Result:
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    backend: str = "onnxruntime"
+    backend: str = "onnxruntime"     # or "tensorrt" (an engine from `edgesdk build`)
     providers: str | list[str] = "auto"
+    engine: str | None = None         # tensorrt: plan path; None finds BUNDLE/engines/<match>.plan
     threads: int = 0
     threshold: float | None = None    # None: the bundle's threshold
     min_region_area: int = 4          # ignore specks smaller than this (model pixels)
@@ -54,11 +55,7 @@ class Detector:
         self.threshold = self.bundle.threshold if opts.threshold is None else float(opts.threshold)
         self.size = self.bundle.input_size
         self.input_name = self.bundle.manifest.input.name
-        if opts.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {opts.backend!r}; available: {sorted(BACKENDS)}")
-        runner_cls = BACKENDS[opts.backend]
-        self.runner: Runner = runner_cls(self.bundle.model_path, providers=opts.providers,
-                                         threads=opts.threads).load()
+        self.runner: Runner = open_runner(opts.backend, self.bundle, opts.providers, opts.threads, opts.engine)
 
     def __enter__(self) -> "Detector":
         return self

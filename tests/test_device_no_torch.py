@@ -30,6 +30,7 @@ def test_runtime_modules_import_and_score_without_torch(bundle, tiny_data):
 import json, sys
 import edgesdk.backends, edgesdk.video, edgesdk.runtime, edgesdk.pipeline, edgesdk.metrics
 import edgesdk.bench, edgesdk.evaluate, edgesdk.bundle, edgesdk.spec, edgesdk.viz, edgesdk.cli
+import edgesdk.backends.tensorrt, edgesdk.build.trt, edgesdk.devices, edgesdk.compare   # engine build/run on the device
 from edgesdk.evaluate import evaluate
 from edgesdk.pipeline import run_stream
 r = evaluate(sys.argv[1], sys.argv[2] + "/brick")
@@ -50,3 +51,16 @@ def test_device_cli_commands_without_torch(bundle, tiny_data):
     r = run(code, "eval", bundle, "--data", tiny_data / "brick")      # table output, progress bar
     assert r.returncode == 0, r.stderr
     assert "image AUROC" in r.stdout and "latency per stage" in r.stdout
+
+
+def test_engine_build_and_device_check_without_torch(bundle, tmp_path):
+    """A Jetson builds its own engine with only the base install (+ TensorRT): no torch, no onnx."""
+    import pytest
+
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX builds the engine")
+    code = "from edgesdk.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = run(code, "build", bundle, "--device", "rtx", "--out", tmp_path / "engines", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["sidecar"]["tensorrt_module"] == "tensorrt_rtx"
+    r = run(code, "device", "check", bundle, "--device", "orin-nx")
+    assert r.returncode == 0 and "will run on orin-nx" in r.stdout, r.stderr

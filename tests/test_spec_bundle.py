@@ -17,7 +17,8 @@ def test_manifest_roundtrip(bundle):
     m = Manifest.load(bundle / "manifest.json")
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
     assert m.input.dtype == "uint8" and m.input.layout == "NHWC" and m.input.color == "BGR"
-    assert {f for f in m.files} == {"model.onnx", "parity.json"}
+    assert {f for f in m.files} == {"model.onnx", "parity.json", "parity_frames.npy"}
+    assert m.graph["opset"] == 18 and m.graph["ops"]["Cast"] >= 1 and m.graph["nodes"] > 50
     assert m.threshold.source == "good_holdout_k_sigma"
 
 

@@ -1,9 +1,27 @@
-"""One runner per framework: load(), infer(feeds) -> outputs, close(); frameworks import in load()."""
+"""One runner per framework: load(), infer(feeds) -> outputs, close(); frameworks import in load().
+
+`open_runner(backend, bundle, ...)` makes the runner for a bundle: ONNX Runtime on its model.onnx,
+TensorRT on the engine built for it (found in BUNDLE/engines, or given)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from edgesdk.backends.base import Runner, TensorMeta
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
+from edgesdk.backends.tensorrt import TensorRTRunner
+from edgesdk.bundle import Bundle
 
-BACKENDS = {"onnxruntime": OnnxRuntimeRunner}
+BACKENDS = {"onnxruntime": OnnxRuntimeRunner, "tensorrt": TensorRTRunner}
 
-__all__ = ["BACKENDS", "OnnxRuntimeRunner", "Runner", "TensorMeta"]
+
+def open_runner(backend: str, bundle: Bundle, providers: str | list[str] = "auto", threads: int = 0,
+                engine: str | Path | None = None) -> Runner:
+    """A loaded runner of BACKEND for BUNDLE (errors name what is missing and where to get it)."""
+    if backend == "onnxruntime":
+        return OnnxRuntimeRunner(bundle.model_path, providers=providers, threads=threads).load()
+    if backend == "tensorrt":
+        return TensorRTRunner.from_bundle(bundle, engine=engine).load()
+    raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
+
+
+__all__ = ["BACKENDS", "OnnxRuntimeRunner", "Runner", "TensorMeta", "TensorRTRunner", "open_runner"]

@@ -1,1 +1,2 @@
-"""Host-side build steps (torch): export, and later quantize; each is path + config in, path out."""
+"""Build steps, each path + config in, path out: onnx.py (export, host, torch) and trt.py (TensorRT
+engine, on the device, no torch)."""

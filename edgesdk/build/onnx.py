@@ -16,7 +16,7 @@ import torch
 
 from edgesdk import __version__
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
-from edgesdk.bundle import MODEL_FILE
+from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES
 from edgesdk.fsutil import atomic_dir, write_json
 from edgesdk.spec import MANIFEST, InputSpec, Manifest, OutputSpec, Threshold, file_entry
 from edgesdk.train import load_run
@@ -57,6 +57,22 @@ def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
     }
 
 
+def graph_summary(onnx_path: str | Path) -> dict:
+    """Opset, op-type counts and tensor dtypes of an ONNX file: what device checks (TensorRT opset
+    limits, DLA layer support, precision) need, recorded in the manifest so the device needs no onnx."""
+    import collections
+
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    dtypes = collections.Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+                                 for t in model.graph.initializer)
+    return {"opset": int(opset), "nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
+            "initializer_dtypes": dict(dtypes)}
+
+
 def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = ExportOptions()) -> Path:
     """Export the run in RUN_DIR to a verified bundle folder OUT (written atomically)."""
     if opts.precision not in PRECISIONS:
@@ -81,6 +97,9 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         if worst > opts.rtol:
             raise ExportError(f"{run_dir}: ONNX disagrees with torch beyond rtol {opts.rtol}: {par}")
         write_json(stage / "parity.json", {"rtol": opts.rtol, "passed": True, **par})
+        # The frames parity was measured on travel with the bundle: `edgesdk verify` compares a
+        # TensorRT engine with ONNX Runtime on them on the device. (N, H, W, 3) uint8 BGR.
+        np.save(stage / PARITY_FRAMES, frames)
         import onnxruntime
 
         manifest = Manifest(
@@ -91,9 +110,10 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
             threshold=Threshold(**meta["threshold"]),
             normalization=meta["normalization"],
             precision=opts.precision,
-            files={name: file_entry(stage / name) for name in (MODEL_FILE, "parity.json")},
+            files={name: file_entry(stage / name) for name in (MODEL_FILE, "parity.json", PARITY_FRAMES)},
             metrics={"parity_vs_torch": par},
             calibration=None,
+            graph=graph_summary(onnx_path),
             provenance={"run": str(run_dir.resolve()), "data": meta["data"], "train_timing_s": meta["timing_s"],
                         "opset": opts.opset, "host": platform.platform(),
                         "versions": {**meta["versions"], "onnx": onnx.__version__,

@@ -23,7 +23,8 @@ class FramePreprocess(nn.Module):
                              persistent=False)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.permute(0, 3, 1, 2).float()           # (B, 3, H, W) BGR
+        # Cast first: TensorRT takes a uint8 network input only straight into a Cast.
+        x = frames.float().permute(0, 3, 1, 2)           # (B, 3, H, W) BGR
         x = (x - self.mean) * self.inv_std
         return x.flip(1)                                 # BGR -> RGB
 

@@ -1,0 +1,370 @@
+"""`edgesdk build`: bundle -> TensorRT engine for one device profile. Runs where the engine will run
+(a Jetson builds its own engines with JetPack's `tensorrt`); TensorRT for RTX (`tensorrt_rtx`) also
+builds ahead of time on a machine without a GPU, which is how the tests build every graph for real.
+
+Output, in BUNDLE/engines/ unless told otherwise:
+  NAME.plan        the raw serialized engine (trtexec --loadEngine and DeepStream read it as is)
+  NAME.json        sidecar: bundle model.onnx sha256, TensorRT flavour + version, device, GPU,
+                   precision, profile shapes, flags, build time (spec.EngineSidecar)
+  NAME.nvinfer.txt DeepStream nvinfer config for the engine
+  timing-DEVICE-VERSION.cache   TensorRT timing cache, reused by the next build for that device
+NAME carries model, precision, device, TensorRT version, batch profile and a key hash: a second build
+with the same key reuses the plan; any change (bundle, TensorRT, device, profile) builds a new one.
+No torch here: this runs on the device."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgesdk import __version__
+from edgesdk.bundle import Bundle
+from edgesdk.fsutil import atomic_write_bytes, atomic_write_text, write_json
+from edgesdk.spec import BuildConfig, DeviceProfile, EngineSidecar, sha256_file
+
+log = logging.getLogger("edgesdk.build")
+
+WHERE_TO_BUILD = {
+    "tensorrt": ("A Jetson builds its own engines (or one of the same module and JetPack): on it, JetPack's "
+                 "TensorRT Python module comes with `sudo apt install python3-libnvinfer` (part of "
+                 "nvidia-jetpack); run `edgesdk build` there"),
+    "tensorrt_rtx": "pip install 'edgesdk[tensorrt-rtx]' (tensorrt-rtx-cu12); its builder runs without a GPU too",
+}
+
+
+class TensorRTUnavailable(RuntimeError):
+    """The TensorRT flavour a device needs is not installed here."""
+
+
+class TensorRTParseError(RuntimeError):
+    """TensorRT's ONNX parser rejected a graph; the message lists the parser's errors."""
+
+
+def import_tensorrt(module: str, device: str = "") -> Any:
+    who = f"device {device!r} needs" if device else "this needs"
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise TensorRTUnavailable(f"{who} the Python module {module!r}, which is not installed here ({e}). "
+                                  f"{WHERE_TO_BUILD.get(module, '')}") from None
+    if not hasattr(mod, "Builder"):   # e.g. a folder of type stubs on sys.path, not TensorRT itself
+        raise TensorRTUnavailable(f"{who} TensorRT's module {module!r}, but {getattr(mod, '__path__', mod)} "
+                                  f"is not TensorRT (no Builder). {WHERE_TO_BUILD.get(module, '')}")
+    return mod
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def is_strongly_typed(module: str, version: str) -> bool:
+    """TensorRT for RTX always; NVIDIA TensorRT from 10 on (8.5 on JetPack 5 has no such networks)."""
+    return module == "tensorrt_rtx" or version_tuple(version)[:1] >= (10,)
+
+
+def make_logger(trt: Any) -> Any:
+    """A TensorRT logger that keeps messages (shown when a parse or build fails) instead of printing
+    them: on a machine without a GPU, TensorRT for RTX logs a harmless CUDA driver error."""
+
+    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[str, str]] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            name = getattr(severity, "name", str(severity))
+            self.messages.append((name, msg))
+            log.debug("TensorRT %s: %s", name, msg)
+
+        def errors(self) -> list[str]:
+            return [m for s, m in self.messages if s in ("ERROR", "INTERNAL_ERROR") and "cudaError 35" not in m]
+
+    return _Logger()
+
+
+def parse_onnx(trt: Any, onnx_path: Path, strongly_typed: bool, logger: Any) -> tuple[Any, Any, Any]:
+    """(builder, network, parser) for ONNX_PATH, or TensorRTParseError with the parser's own words.
+    The parser must outlive the network (it owns the weights)."""
+    builder = trt.Builder(logger)
+    flag = trt.NetworkDefinitionCreationFlag
+    bits = 0
+    if strongly_typed:
+        bits |= 1 << int(flag.STRONGLY_TYPED)
+    elif hasattr(flag, "EXPLICIT_BATCH"):          # TensorRT 8.x needs it for ONNX
+        bits |= 1 << int(flag.EXPLICIT_BATCH)
+    network = builder.create_network(bits)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            node_name = e.node_name() if hasattr(e, "node_name") else ""
+            op = e.node_operator() if hasattr(e, "node_operator") else ""
+            desc = " ".join(e.desc().split())
+            errors.append(f"node {e.node()} {op} {node_name}: {desc}".replace("  ", " "))
+        raise TensorRTParseError(f"{onnx_path}: TensorRT's ONNX parser ({trt.__name__} {trt.__version__}) "
+                                 "rejected the graph:\n  " + "\n  ".join(errors or logger.errors()))
+    return builder, network, parser
+
+
+def check_onnx(onnx_path: str | Path, module: str = "tensorrt_rtx") -> None:
+    """Parse ONNX_PATH with TensorRT (strongly typed where the flavour has it); raise if rejected."""
+    trt = import_tensorrt(module)
+    parse_onnx(trt, Path(onnx_path), is_strongly_typed(module, trt.__version__), make_logger(trt))
+
+
+def current_gpu() -> dict:
+    """{"name", "compute_capability"} of GPU 0, from cuda-python or nvidia-smi; {} where none."""
+    try:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+
+        err, prop = cudart.cudaGetDeviceProperties(0)
+        if int(err) == 0:
+            name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+            return {"name": name, "compute_capability": f"{prop.major}.{prop.minor}"}
+    except Exception:   # no cuda-python, no driver, no GPU: all mean "unknown" here
+        pass
+    from edgesdk.devices import nvidia_gpus
+
+    gpus = nvidia_gpus()
+    return {"name": gpus[0]["name"], "compute_capability": gpus[0]["compute_capability"]} if gpus else {}
+
+
+class _Progress:
+    """TensorRT IProgressMonitor that prints the top-level build phases with their times."""
+
+    @staticmethod
+    def make(trt: Any) -> Any:
+        class Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+            def __init__(self) -> None:
+                trt.IProgressMonitor.__init__(self)
+                self.t0: dict[str, float] = {}
+                self.top: set[str] = set()
+
+            def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+                self.t0[phase_name] = time.perf_counter()
+                if parent_phase is None:
+                    self.top.add(phase_name)
+                    print(f"  TensorRT: {phase_name} …", file=sys.stderr, flush=True)
+
+            def step_complete(self, phase_name: str, step: int) -> bool:
+                return True          # never cancel
+
+            def phase_finish(self, phase_name: str) -> None:
+                if phase_name in self.top:
+                    dt_s = time.perf_counter() - self.t0.pop(phase_name, time.perf_counter())
+                    print(f"  TensorRT: {phase_name} done in {dt_s:.1f} s", file=sys.stderr, flush=True)
+
+        return Monitor()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    plan: Path
+    sidecar: EngineSidecar
+    reused: bool
+    trtexec: str
+    deepstream: Path
+    timing_cache: Path | None
+    notes: tuple[str, ...] = ()
+
+    def row(self) -> dict:
+        s = self.sidecar
+        return {"engine": self.plan.name, "MB": s.plan_bytes / 1e6, "build s": s.build_seconds,
+                "reused": self.reused, "TensorRT": f"{s.tensorrt_module} {s.tensorrt_version}",
+                "precision": s.precision, "typed": "strong" if s.strongly_typed else "flags " + "+".join(s.flags),
+                "batch": "{}:{}:{}".format(s.profile["min"][0], s.profile["opt"][0], s.profile["max"][0]),
+                "dla": s.dla_core if s.dla_core >= 0 else "-"}
+
+
+def engine_key(onnx_sha256: str, precision: str, module: str, version: str, device: str, gpu: dict,
+               cfg: BuildConfig) -> str:
+    """Hash of everything that changes the engine; equal keys mean the plan can be reused."""
+    blob = json.dumps([onnx_sha256, precision, module, version, device, gpu.get("compute_capability", ""),
+                       list(cfg.batch), cfg.dla_core, cfg.gpu_fallback, cfg.workspace_mb,
+                       cfg.optimization_level], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def engine_name(model: str, precision: str, device: str, module: str, version: str, cfg: BuildConfig,
+                key: str) -> str:
+    flavour = "trtrtx" if module == "tensorrt_rtx" else "trt"
+    dla = f"-dla{cfg.dla_core}" if cfg.dla_core >= 0 else ""
+    return f"{model}-{precision}-{device}-{flavour}{version}-b{'x'.join(map(str, cfg.batch))}{dla}-{key}"
+
+
+def profile_shapes(input_name: str, hw: tuple[int, int], batch: tuple[int, int, int]) -> dict:
+    h, w = hw
+    return {"input": input_name, **{k: [b, h, w, 3] for k, b in zip(("min", "opt", "max"), batch)}}
+
+
+def trtexec_command(onnx: Path, plan: Path, shapes: dict, module: str, strongly_typed: bool,
+                    flags: tuple[str, ...], cfg: BuildConfig, timing_cache: Path | None) -> str:
+    """The equivalent command line for NVIDIA's own tool (trtexec, or tensorrt_rtx for RTX)."""
+    exe = "tensorrt_rtx" if module == "tensorrt_rtx" else "/usr/src/tensorrt/bin/trtexec"
+    args = [exe, f"--onnx={onnx}", f"--saveEngine={plan}"]
+    for k in ("min", "opt", "max"):
+        args.append(f"--{k}Shapes={shapes['input']}:{'x'.join(map(str, shapes[k]))}")
+    if strongly_typed and module != "tensorrt_rtx":
+        args.append("--stronglyTyped")
+    args += [f"--{f.lower()}" for f in flags if f in ("FP16", "INT8")]
+    args.append(f"--memPoolSize=workspace:{cfg.workspace_mb}M")
+    if cfg.dla_core >= 0:
+        args.append(f"--useDLACore={cfg.dla_core}")
+        if cfg.gpu_fallback:
+            args.append("--allowGPUFallback")
+    if timing_cache is not None:
+        args.append(f"--timingCacheFile={timing_cache}")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def deepstream_config(bundle: Bundle, plan: Path, side: EngineSidecar) -> str:
+    """A DeepStream nvinfer config that runs the engine and attaches its outputs as tensor meta."""
+    h, w = bundle.input_size
+    mode = {"fp32": 0, "int8": 1, "fp16": 2}.get(side.precision, 0)
+    return "\n".join([
+        f"# DeepStream nvinfer config for {bundle.path.name} ({side.model}, {side.precision}), written by edgesdk build.",
+        "# Custom network (network-type=100): no built-in parser; the outputs 'score' (batch,) and",
+        "# 'anomaly_map' (batch, H, W), in the units of the bundle's threshold, are attached as tensor",
+        "# meta (output-tensor-meta=1) for a pad probe to read. Normalization is inside the graph.",
+        f"# Threshold: {bundle.threshold:g} ({bundle.manifest.threshold.source}).",
+        "# The engine's input is a uint8 NHWC BGR frame; nvinfer's own preprocessing produces float",
+        "# tensors, so feed it through nvdspreprocess with a uint8 NHWC tensor (or run edgesdk's runtime).",
+        "[property]",
+        "gpu-id=0",
+        f"onnx-file={bundle.model_path.resolve()}",
+        f"model-engine-file={plan.resolve()}",
+        f"batch-size={side.profile['opt'][0]}",
+        f"network-mode={mode}",
+        "network-type=100",
+        "output-tensor-meta=1",
+        "process-mode=1",
+        "gie-unique-id=1",
+        "model-color-format=1",
+        "network-input-order=1",
+        f"infer-dims=3;{h};{w}",
+        "net-scale-factor=1.0",
+        "maintain-aspect-ratio=0",
+        f"output-blob-names={';'.join(o.name for o in bundle.manifest.outputs)}",
+        *([f"enable-dla=1", f"use-dla-core={side.dla_core}"] if side.dla_core >= 0 else []),
+        "",
+    ])
+
+
+def find_reusable(plan: Path, side_path: Path, key: str) -> EngineSidecar | None:
+    """The sidecar of an existing plan with the same key whose bytes are intact, else None."""
+    if not (plan.is_file() and side_path.is_file()):
+        return None
+    try:
+        side = EngineSidecar.load(side_path)
+    except ValueError:
+        return None
+    if side.key != key or plan.stat().st_size != side.plan_bytes or sha256_file(plan) != side.plan_sha256:
+        return None
+    return side
+
+
+def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildConfig = BuildConfig(),
+                 out: str | Path | None = None, progress: bool = False, force: bool = False) -> BuildResult:
+    """Build (or reuse) the engine of BUNDLE for DEVICE. Raises with a clear message when the
+    device's TensorRT is missing, the precision or DLA core does not exist there, or TensorRT
+    rejects the graph; an interrupted build leaves no plan behind (atomic writes)."""
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    m = b.manifest
+    if device.kind == "cpu" or not device.tensorrt_module:
+        raise ValueError(f"device {device.name!r} runs bundles in ONNX Runtime: there is no engine to build")
+    if m.precision not in device.gpu_precisions:
+        raise ValueError(f"{b.path}: precision {m.precision} is not supported on {device.name} "
+                         f"(supports {', '.join(device.gpu_precisions)})")
+    if cfg.dla_core >= device.dla_cores:
+        raise ValueError(f"--dla {cfg.dla_core}: {device.name} has {device.dla_cores} DLA cores")
+    trt = import_tensorrt(device.tensorrt_module, device.name)
+    module, version = device.tensorrt_module, trt.__version__
+    notes = []
+    if device.tensorrt_version and version_tuple(version)[:2] != version_tuple(device.tensorrt_version)[:2]:
+        notes.append(f"profile {device.name} expects TensorRT {device.tensorrt_version}; building with "
+                     f"{version}: the engine is for the TensorRT that runs it")
+    strongly = is_strongly_typed(module, version)
+    gpu = current_gpu()
+    out_dir = Path(out) if out is not None else b.path / "engines"
+    key = engine_key(b.onnx_sha256, m.precision, module, version, device.name, gpu, cfg)
+    name = engine_name(m.model["name"], m.precision, device.name, module, version, cfg, key)
+    plan, side_path = out_dir / f"{name}.plan", out_dir / f"{name}.json"
+    ds_path = out_dir / f"{name}.nvinfer.txt"
+    shapes = profile_shapes(m.input.name, b.input_size, cfg.batch)
+    cache = out_dir / f"timing-{device.name}-{version}.cache" if module == "tensorrt" and cfg.timing_cache else None
+    if module == "tensorrt_rtx":
+        notes.append("TensorRT for RTX keeps no timing cache (its timing-cache calls are no-ops)")
+    flags: tuple[str, ...]
+
+    side = None if force else find_reusable(plan, side_path, key)
+    if side is not None:
+        reused = True
+        flags = side.flags
+    else:
+        reused = False
+        logger = make_logger(trt)
+        builder, network, _parser = parse_onnx(trt, b.model_path, strongly, logger)
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
+        if hasattr(config, "builder_optimization_level"):
+            config.builder_optimization_level = cfg.optimization_level
+        fl = []
+        if not strongly:
+            # TensorRT 8.5: the graph's precision becomes builder flags (Q/DQ graphs need INT8).
+            if m.precision in ("fp16", "int8"):
+                fl.append("FP16")
+            if m.precision == "int8":
+                fl.append("INT8")
+        if cfg.dla_core >= 0:
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = cfg.dla_core
+            if cfg.gpu_fallback:
+                fl.append("GPU_FALLBACK")
+        for f in fl:
+            config.set_flag(getattr(trt.BuilderFlag, f))
+        flags = tuple(fl)
+        if module == "tensorrt_rtx" and device.compute_capability:
+            cc = getattr(trt.ComputeCapability, "SM" + device.compute_capability.replace(".", ""))
+            config.num_compute_capabilities = 1
+            config.set_compute_capability(cc, 0)
+        profile = builder.create_optimization_profile()
+        profile.set_shape(shapes["input"], shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(profile)
+        if cache is not None:
+            tc = config.create_timing_cache(cache.read_bytes() if cache.is_file() else b"")
+            config.set_timing_cache(tc, False)
+        if progress and hasattr(config, "progress_monitor"):
+            config.progress_monitor = _Progress.make(trt)
+        t0 = time.perf_counter()
+        serialized = builder.build_serialized_network(network, config)
+        seconds = time.perf_counter() - t0
+        if serialized is None:
+            raise RuntimeError(f"{b.model_path}: TensorRT {version} could not build an engine for {device.name}:\n  "
+                               + "\n  ".join(logger.errors() or ["(no error logged)"]))
+        data = memoryview(serialized)
+        digest = hashlib.sha256(data).hexdigest()
+        side = EngineSidecar(
+            plan=plan.name, plan_sha256=digest, plan_bytes=data.nbytes, key=key, onnx_sha256=b.onnx_sha256,
+            model=m.model["name"], precision=m.precision, tensorrt_module=module, tensorrt_version=version,
+            device=device.name, gpu=gpu, strongly_typed=strongly, flags=flags, profile=shapes,
+            dla_core=cfg.dla_core, workspace_mb=cfg.workspace_mb, build_seconds=round(seconds, 3),
+            bundle=str(b.path.resolve()), edgesdk_version=__version__,
+            created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        # Sidecar first, then the plan, each written atomically: an interrupted build leaves no plan
+        # (at worst a sidecar whose plan is missing, which is never used).
+        write_json(side_path, side.to_dict())
+        atomic_write_bytes(plan, data)
+        if cache is not None:
+            atomic_write_bytes(cache, memoryview(config.get_timing_cache().serialize()))
+    atomic_write_text(ds_path, deepstream_config(b, plan, side))
+    cmd = trtexec_command(b.model_path, plan, shapes, module, strongly, flags, cfg, cache)
+    return BuildResult(plan, side, reused, cmd, ds_path, cache, tuple(notes))
