@@ -43,6 +43,20 @@ def stream_check(bundle: Path, video: Path, out: Path) -> dict:
             "truth": "".join("X" if v else "." for v in y)}
 
 
+def build_engines(out: Path, categories: list[str]) -> list[dict]:
+    """Each bundle -> a TensorRT for RTX engine (its builder needs no GPU); [] where it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        print("      (TensorRT for RTX not installed: pip install 'edgesdk[tensorrt-rtx]' to build engines)")
+        return []
+    from edgesdk.build.trt import build_engine
+    from edgesdk.devices import load_profile
+
+    rtx = load_profile("rtx")
+    return [{"category": c, **build_engine(out / "bundles" / c, rtx).row()} for c in categories]
+
+
 def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quick: bool = False) -> dict:
     out = Path(out)
     categories = categories or sorted(TEXTURES)
@@ -66,6 +80,7 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
         results[cat] = {"eval": ev, "torch_ms": lat_torch, "onnxruntime_ms": lat_ort,
                         "onnx_mb": (bundle / "model.onnx").stat().st_size / 1e6,
                         "parity": opened.manifest.metrics["parity_vs_torch"]}
+    engines = build_engines(out, categories)
     video = out / "data" / f"conveyor_{categories[0]}.mkv"
     print(f"[3/4] stream {video.name} through the {categories[0]} bundle")
     stream = stream_check(out / "bundles" / categories[0], video, out)
@@ -88,9 +103,11 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
     e2e = [{"category": c, "p50 ms": r["eval"]["latency_ms"]["p50"], "p99 ms": r["eval"]["latency_ms"]["p99"],
             "ONNX MB": r["onnx_mb"]} for c, r in results.items()]
     print("\n" + table(e2e, title="device runtime per frame (resize + infer + regions)"))
+    if engines:
+        print("\n" + table(engines, title="TensorRT engines (rtx profile, built ahead of time; running one needs the GPU)"))
     print(f"\nstream: {stream['frames']} frames at {stream['fps']:.0f} FPS, frame F1 {stream['frame_f1']:.3f} "
           f"{stream['frame_confusion']}\n  detected {stream['timeline']}\n  truth    {stream['truth']}")
-    summary = {"config": vars(cfg), "categories": results,
+    summary = {"config": vars(cfg), "categories": results, "engines": engines,
                "stream": stream, "wall_s": time.perf_counter() - t0}
     write_json(out / "summary.json", summary)
     print(f"\nsummary -> {out / 'summary.json'}, overlays -> {out / 'overlays'}; {summary['wall_s']:.0f} s in all")

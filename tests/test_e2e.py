@@ -124,3 +124,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     ev = s["categories"]["brick"]["eval"]
     assert ev["image_auroc"] > 0.9 and ev["pixel_auroc"] > 0.9
     assert s["stream"]["frames"] == 60 and s["stream"]["frame_f1"] > 0.5
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_rtx"):     # in the dev extra: the demo builds real engines
+        assert "TensorRT engines" in r.stdout and s["engines"][0]["MB"] > 1
