@@ -34,28 +34,51 @@ def cmd_synth(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from dataclasses import asdict
+
+    from edgesdk.recipe import load_recipe
     from edgesdk.train import TrainOptions, train
 
-    config = {"input_size": [args.size, args.size]} if args.size else {}
-    if args.feature_dim:
-        config["feature_dim"] = args.feature_dim
-    out = train(args.data, args.out, args.model, val=args.val, config=config,
-                opts=TrainOptions(holdout=args.holdout, k_sigma=args.k_sigma, seed=args.seed))
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    model = args.model or (recipe.model if recipe else "padim")
+    config = dict(recipe.config) if recipe and recipe.model == model else {}
+    # Flags override the recipe; only the flags given count.
+    flags = {"input_size": [args.size, args.size] if args.size else None, "backbone": args.backbone,
+             "feature_dim": args.feature_dim, "coreset_ratio": args.coreset_ratio, "steps": args.steps,
+             "seconds": args.seconds}
+    config.update({k: v for k, v in flags.items() if v is not None})
+    topts = {**asdict(TrainOptions()), **(recipe.train if recipe else {}),
+             **{k: v for k, v in {"holdout": args.holdout, "k_sigma": args.k_sigma, "seed": args.seed}.items()
+                if v is not None}}
+    weights = args.backbone_weights or (recipe.backbone_weights if recipe else "") or None
+    resolved = {"recipe": recipe.path if recipe else None, "model": model, "config": config, "train": topts,
+                "backbone_weights": weights, "export": recipe.export if recipe else {}}
+    out = train(args.data, args.out, model, val=args.val, config=config, opts=TrainOptions(**topts),
+                backbone_weights=weights, recipe=resolved)
     run = json.loads((out / "run.json").read_text())
-    print(table([{"run": str(out), "model": run["model"], "fit images": run["data"]["n_fit"],
-                  "held out": run["data"]["n_holdout"], "threshold": run["threshold"]["value"],
-                  "threshold source": run["threshold"]["source"], "fit s": run["timing_s"]["fit"]}]))
+    fit = run["fit"]
+    print(table([{"run": str(out), "model": run["model"], "backbone": run["config"]["backbone"],
+                  "fit images": run["data"]["n_fit"], "held out": run["data"]["n_holdout"],
+                  **({"bank": f"{fit['bank_size']} x {fit['feature_dim']} ({fit['bank_mb']} MB)"} if "bank_size" in fit else {}),
+                  **({"steps": f"{fit['steps']} ({fit['stopped_by']})"} if "steps" in fit else {}),
+                  "threshold": run["threshold"]["value"], "threshold source": run["threshold"]["source"],
+                  "fit s": run["timing_s"]["fit"]}]))
 
 
 def cmd_export(args) -> None:
     from edgesdk.build.onnx import ExportOptions, export_onnx
-
-    out = export_onnx(args.run, args.out, ExportOptions(precision=args.precision))
     from edgesdk.bundle import Bundle
+    from edgesdk.recipe import load_recipe
 
+    run_recipe = json.loads((Path(args.run) / "run.json").read_text()).get("recipe") or {} \
+        if (Path(args.run) / "run.json").is_file() else {}
+    eopts = dict(load_recipe(args.recipe).export if args.recipe else run_recipe.get("export") or {})
+    if args.precision:
+        eopts["precision"] = args.precision
+    out = export_onnx(args.run, args.out, ExportOptions(**eopts))
     b = Bundle.open(out)
     par = b.manifest.metrics["parity_vs_torch"]
-    print(table([{"bundle": str(out), "precision": b.manifest.precision,
+    print(table([{"bundle": str(out), "model": b.manifest.model["name"], "precision": b.manifest.precision,
                   "onnx MB": b.manifest.files["model.onnx"].bytes / 1e6,
                   "threshold": b.threshold, "parity score rel err": f"{par['score_max_rel_err']:.1e}",
                   "parity map rel err": f"{par['map_max_rel_err']:.1e}"}]))
@@ -209,9 +232,10 @@ def cmd_run(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from edgesdk.demo import demo
+    from edgesdk.demo import MODELS, demo
 
-    demo(args.out, categories=args.categories, quick=args.quick)
+    demo(args.out, categories=args.categories, quick=args.quick, full=args.full,
+         models=tuple(args.models) if args.models else MODELS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,21 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("train", help="fit a model on good images -> run folder")
-    s.add_argument("--model", default="padim")
+    s.add_argument("--recipe", help="export/NAME.toml (or a path): model, backbone, config; flags override it")
+    s.add_argument("--model", choices=["padim", "patchcore", "stfpm"], help="default: the recipe's, else padim")
     s.add_argument("--data", required=True, help="MVTec category folder or a folder of good images")
     s.add_argument("--out", required=True)
     s.add_argument("--val", help="labelled folder (good/ + defect folders) for an F1-optimal threshold")
+    s.add_argument("--backbone", choices=["efficientnet_lite0", "resnet18", "wide_resnet50_2"])
+    s.add_argument("--backbone-weights", help="state dict for the backbone (torchvision's for the ResNets)")
     s.add_argument("--size", type=int, help="model input size (square), default 256")
     s.add_argument("--feature-dim", type=int)
-    s.add_argument("--holdout", type=float, default=0.2)
-    s.add_argument("--k-sigma", type=float, default=3.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--coreset-ratio", type=float, help="patchcore: share of fit patches kept in the bank")
+    s.add_argument("--steps", type=int, help="stfpm: training step budget")
+    s.add_argument("--seconds", type=float, help="stfpm: training time budget")
+    s.add_argument("--holdout", type=float)
+    s.add_argument("--k-sigma", type=float)
+    s.add_argument("--seed", type=int)
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("export", help="run folder -> verified ONNX bundle")
     s.add_argument("run")
     s.add_argument("--out", required=True)
-    s.add_argument("--precision", default="fp32", choices=["fp32"])
+    s.add_argument("--recipe", help="take export options from this recipe (default: the run's recipe)")
+    s.add_argument("--precision", choices=["fp32"])
     s.set_defaults(fn=cmd_export)
 
     def runtime_args(s):
@@ -316,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="out/demo")
     s.add_argument("--categories", nargs="+")
     s.add_argument("--quick", action="store_true", help="small images and few of them (a smoke run)")
+    s.add_argument("--full", action="store_true", help="the student-teacher's full training budget (README table)")
+    s.add_argument("--models", nargs="+", choices=["padim", "patchcore", "stfpm"], help="default: all three")
     s.set_defaults(fn=cmd_demo)
     return p
 

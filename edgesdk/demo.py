@@ -1,4 +1,5 @@
-"""`edgesdk demo`: the whole host -> device path on bundled sample data, with tables at the end.
+"""`edgesdk demo`: the whole host -> device path on bundled sample data for every zoo model (PaDiM,
+PatchCore, student-teacher), with comparison tables at the end.
 
 sample data -> train (per category) -> export + parity -> eval through the device runtime ->
 torch eager vs ONNX Runtime latency on the same frames -> stream the conveyor video into JSONL and
@@ -43,7 +44,7 @@ def stream_check(bundle: Path, video: Path, out: Path) -> dict:
             "truth": "".join("X" if v else "." for v in y)}
 
 
-def build_engines(out: Path, categories: list[str]) -> list[dict]:
+def build_engines(out: Path, bundles: list[str]) -> list[dict]:
     """Each bundle -> a TensorRT for RTX engine (its builder needs no GPU); [] where it is not installed."""
     import importlib.util
 
@@ -54,60 +55,83 @@ def build_engines(out: Path, categories: list[str]) -> list[dict]:
     from edgesdk.devices import load_profile
 
     rtx = load_profile("rtx")
-    return [{"category": c, **build_engine(out / "bundles" / c, rtx).row()} for c in categories]
+    return [{"bundle": b, **build_engine(out / "bundles" / b, rtx).row()} for b in bundles]
 
 
-def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quick: bool = False) -> dict:
+MODELS = ("padim", "patchcore", "stfpm")
+
+
+def model_config(model: str, size: int, quick: bool, full: bool) -> dict:
+    """The zoo's defaults at SIZE; the student's training budget is the one knob the demo shortens
+    (full: the recipe's 1500 steps / 180 s; default: 40 s; quick: 400 steps)."""
+    cfg: dict = {"input_size": [size, size]}
+    if model == "stfpm" and not full:
+        cfg.update({"steps": 400, "seconds": 30.0} if quick else {"seconds": 40.0})
+    return cfg
+
+
+def run_model(out: Path, cat: str, model: str, cfg: dict, size: int) -> dict:
+    """train -> export -> eval -> torch eager vs ONNX Runtime latency, for one category and model."""
+    name = f"{cat}-{model}"
+    run, bundle = out / "runs" / name, out / "bundles" / name
+    train(out / "data" / cat, run, model, config=cfg)
+    export_onnx(run, bundle)
+    ev = evaluate(bundle, out / "data" / cat)
+    # Same frames, same batch 1, model call only: torch eager vs the exported graph.
+    frames = mvtec.read_batch([it.path for it in mvtec.test_items(out / "data" / cat)], (size, size))
+    feeds = [{"image": frames[i:i + 1]} for i in range(len(frames))]
+    opened = Bundle.open(bundle)
+    with TorchRunner(run) as tr, OnnxRuntimeRunner(opened.model_path) as ort:
+        lat_torch, lat_ort = time_runner(tr, feeds), time_runner(ort, feeds)
+    meta = json.loads((run / "run.json").read_text())
+    return {"eval": ev, "torch_ms": lat_torch, "onnxruntime_ms": lat_ort, "fit": meta["fit"],
+            "fit_s": meta["timing_s"]["total"], "onnx_mb": (bundle / "model.onnx").stat().st_size / 1e6,
+            "parity": opened.manifest.metrics["parity_vs_torch"]}
+
+
+def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quick: bool = False,
+         full: bool = False, models: tuple[str, ...] = MODELS) -> dict:
     out = Path(out)
     categories = categories or sorted(TEXTURES)
     cfg = QUICK if quick else SynthConfig()
     t0 = time.perf_counter()
     print(f"[1/4] sample data ({', '.join(categories)}, {cfg.size}px) -> {out / 'data'}")
     synth_dataset(out / "data", categories, cfg)
-    results = {}
+    results: dict = {}
     for cat in categories:
-        print(f"[2/4] {cat}: train -> export -> eval")
-        run, bundle = out / "runs" / cat, out / "bundles" / cat
-        train(out / "data" / cat, run, config={"input_size": [cfg.size, cfg.size]})
-        export_onnx(run, bundle)
-        ev = evaluate(bundle, out / "data" / cat)
-        # Same frames, same batch 1, model call only: torch eager vs the exported graph.
-        frames = mvtec.read_batch([it.path for it in mvtec.test_items(out / "data" / cat)], (cfg.size, cfg.size))
-        feeds = [{"image": frames[i:i + 1]} for i in range(len(frames))]
-        opened = Bundle.open(bundle)
-        with TorchRunner(run) as tr, OnnxRuntimeRunner(opened.model_path) as ort:
-            lat_torch, lat_ort = time_runner(tr, feeds), time_runner(ort, feeds)
-        results[cat] = {"eval": ev, "torch_ms": lat_torch, "onnxruntime_ms": lat_ort,
-                        "onnx_mb": (bundle / "model.onnx").stat().st_size / 1e6,
-                        "parity": opened.manifest.metrics["parity_vs_torch"]}
-    engines = build_engines(out, categories)
+        for model in models:
+            print(f"[2/4] {cat} / {model}: train -> export -> eval")
+            results.setdefault(cat, {})[model] = run_model(out, cat, model, model_config(model, cfg.size, quick, full),
+                                                           cfg.size)
+    engines = build_engines(out, [f"{c}-{m}" for c in categories for m in models])
     video = out / "data" / f"conveyor_{categories[0]}.mkv"
-    print(f"[3/4] stream {video.name} through the {categories[0]} bundle")
-    stream = stream_check(out / "bundles" / categories[0], video, out)
+    stream_model = "patchcore" if "patchcore" in models else models[0]
+    print(f"[3/4] stream {video.name} through the {categories[0]}-{stream_model} bundle")
+    stream = stream_check(out / "bundles" / f"{categories[0]}-{stream_model}", video, out)
     print("[4/4] done\n")
 
-    acc = [{"category": c, "image AUROC": r["eval"]["image_auroc"], "pixel AUROC": r["eval"]["pixel_auroc"],
-            "F1": r["eval"]["f1"], "threshold": r["eval"]["threshold"], "test images": r["eval"]["n_images"],
-            "parity rel err": f"{max(r['parity']['score_max_rel_err'], r['parity']['map_max_rel_err']):.1e}"}
-           for c, r in results.items()]
-    acc.append({"category": "mean", **{k: float(np.mean([a[k] for a in acc])) for k in
-                                        ("image AUROC", "pixel AUROC", "F1")}})
-    print(table(acc, title=f"accuracy (PaDiM, EfficientNet-Lite0, {cfg.size}x{cfg.size}, ONNX Runtime)"))
-    lat = []
-    for c, r in results.items():
-        for name, s in (("torch eager", r["torch_ms"]), ("onnxruntime", r["onnxruntime_ms"])):
-            lat.append({"category": c, "backend": name, "p50 ms": s["p50"], "p90 ms": s["p90"], "p99 ms": s["p99"],
-                        "FPS": s["fps"], "noisy": s["high_variance"]})
-        lat.append({"category": c, "backend": "speed-up (p50)", "p50 ms": r["torch_ms"]["p50"] / r["onnxruntime_ms"]["p50"]})
-    print("\n" + table(lat, title="latency, model call, batch 1, uint8 frame in (same frames, same run)"))
-    e2e = [{"category": c, "p50 ms": r["eval"]["latency_ms"]["p50"], "p99 ms": r["eval"]["latency_ms"]["p99"],
-            "ONNX MB": r["onnx_mb"]} for c, r in results.items()]
-    print("\n" + table(e2e, title="device runtime per frame (resize + infer + regions)"))
+    rows = []
+    for c, by_model in results.items():
+        for m, r in by_model.items():
+            rows.append({"category": c, "model": m, "image AUROC": r["eval"]["image_auroc"],
+                         "pixel AUROC": r["eval"]["pixel_auroc"], "F1": r["eval"]["f1"], "fit s": r["fit_s"],
+                         "ORT p50 ms": r["onnxruntime_ms"]["p50"], "torch p50 ms": r["torch_ms"]["p50"],
+                         "speed-up": r["torch_ms"]["p50"] / r["onnxruntime_ms"]["p50"],
+                         "noisy": r["onnxruntime_ms"]["high_variance"], "ONNX MB": r["onnx_mb"],
+                         "bank": r["fit"].get("bank_size", ""),
+                         "parity": f"{max(r['parity']['score_max_rel_err'], r['parity']['map_max_rel_err']):.0e}"})
+    print(table(rows, title=f"zoo on the sample set (EfficientNet-Lite0, {cfg.size}x{cfg.size}, batch 1, "
+                            "uint8 frame in; ORT = ONNX Runtime, model call only, same frames, same run)"))
+    means = [{"model": m, **{k: float(np.mean([r[k] for r in rows if r["model"] == m]))
+                             for k in ("image AUROC", "pixel AUROC", "F1", "fit s", "ORT p50 ms")}}
+             for m in models]
+    print("\n" + table(means, title="mean over categories"))
     if engines:
         print("\n" + table(engines, title="TensorRT engines (rtx profile, built ahead of time; running one needs the GPU)"))
     print(f"\nstream: {stream['frames']} frames at {stream['fps']:.0f} FPS, frame F1 {stream['frame_f1']:.3f} "
           f"{stream['frame_confusion']}\n  detected {stream['timeline']}\n  truth    {stream['truth']}")
-    summary = {"config": vars(cfg), "categories": results, "engines": engines,
+    summary = {"config": vars(cfg), "student_budget": model_config("stfpm", cfg.size, quick, full),
+               "categories": results, "means": means, "engines": engines,
                "stream": stream, "wall_s": time.perf_counter() - t0}
     write_json(out / "summary.json", summary)
     print(f"\nsummary -> {out / 'summary.json'}, overlays -> {out / 'overlays'}; {summary['wall_s']:.0f} s in all")

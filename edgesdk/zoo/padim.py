@@ -1,8 +1,7 @@
 """PaDiM (Defard et al., 2020): a Gaussian per feature-map position, fitted on good images only.
 
-Score of a position = Mahalanobis distance of its feature to that position's Gaussian. The graph
-takes raw uint8 BGR frames and returns (score, anomaly_map), both in "z units": standard deviations
-above the mean image score of held-out good images, so one manifest threshold decides.
+Score of a position = Mahalanobis distance of its feature to that position's Gaussian (raw units;
+AnomalyModel turns the map into z units). The cheapest fit of the zoo: one pass of sums.
 
 Sizes at the default 256x256 input, taps after blocks 2/4/10 of EfficientNet-Lite0:
   features 24@64x64 (pooled to 32x32) + 40@32x32 + 112@16x16 (upsampled) = 176 channels @ 32x32
@@ -16,18 +15,20 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from edgesdk.zoo import backbones
-from edgesdk.zoo.components import FramePreprocess, GaussianBlur, mahalanobis
+from edgesdk.zoo.components import AnomalyModel, mahalanobis
+
+# Backbone taps per backbone: Lite0 blocks 2/4/10 (strides 4, 8, 16); ResNet layer1..3 (anomalib's).
+DEFAULT_TAPS = {"efficientnet_lite0": (2, 4, 10), "resnet18": (0, 1, 2), "wide_resnet50_2": (0, 1, 2)}
 
 
 @dataclass(frozen=True)
 class PadimConfig:
     input_size: tuple[int, int] = (256, 256)   # (H, W) of the frames the graph takes
-    taps: tuple[int, ...] = (2, 4, 10)         # EfficientNet-Lite0 blocks; strides 4, 8, 16
-    feature_dim: int = 80                      # channels kept of the 176
+    backbone: str = "efficientnet_lite0"
+    taps: tuple[int, ...] = ()                 # () = DEFAULT_TAPS[backbone]
+    feature_dim: int = 80                      # channels kept (a fixed random subset)
     grid_stride: int = 8                       # features are resampled to input/8
     sigma: float = 4.0                         # smoothing of the full-resolution map, pixels
     ridge: float = 0.01                        # covariance + ridge * I, as in the paper
@@ -40,67 +41,41 @@ class PadimConfig:
     def from_dict(cls, d: dict) -> "PadimConfig":
         d = dict(d)
         d["input_size"] = tuple(d["input_size"])
-        d["taps"] = tuple(d["taps"])
+        d["taps"] = tuple(d.get("taps") or DEFAULT_TAPS[d.get("backbone", cls.backbone)])
         return cls(**d)
 
 
-class Padim(nn.Module):
+class Padim(AnomalyModel):
     name = "padim"
 
     def __init__(self, cfg: PadimConfig = PadimConfig(), weights: str | None = "imagenet"):
-        super().__init__()
-        self.cfg = cfg
-        h, w = cfg.input_size
-        if h % 32 or w % 32:
-            raise ValueError(f"input_size {cfg.input_size}: height and width must be multiples of 32")
-        self.pre = FramePreprocess(backbones.PIXEL_MEAN_RGB, backbones.PIXEL_STD_RGB)
-        self.backbone = backbones.efficientnet_lite0(weights)
-        self.backbone.requires_grad_(False)
-        total = sum(self.backbone.block_info[t][0] for t in cfg.taps)
+        taps = cfg.taps or DEFAULT_TAPS[cfg.backbone]
+        super().__init__(backbones.build_backbone(cfg.backbone, weights), cfg.input_size, cfg.grid_stride, cfg.sigma)
+        self.cfg, self.taps = cfg, taps
+        total = sum(self.backbone.tap_info[t][0] for t in taps)
         if not 0 < cfg.feature_dim <= total:
             raise ValueError(f"feature_dim {cfg.feature_dim} must be in 1..{total}")
         gen = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randperm(total, generator=gen)[: cfg.feature_dim].sort().values
-        self.grid = (h // cfg.grid_stride, w // cfg.grid_stride)
         p, d = self.grid[0] * self.grid[1], cfg.feature_dim
         self.register_buffer("channel_idx", idx)
         self.register_buffer("mean", torch.zeros(p, d))
         self.register_buffer("precision", torch.eye(d).repeat(p, 1, 1))
-        # z = (distance - shift) * scale; set from held-out good images by `calibrate_scores`.
-        self.register_buffer("score_shift", torch.tensor(0.0))
-        self.register_buffer("score_scale", torch.tensor(1.0))
-        self.blur = GaussianBlur(cfg.sigma)
 
-    # -- features ------------------------------------------------------------------------------
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 BGR -> (B, D, P) features on the grid."""
-        feats = self.backbone.features(self.pre(frames), self.cfg.taps)
-        grid = [F.adaptive_avg_pool2d(f, self.grid) if f.shape[-1] > self.grid[1]
-                else F.interpolate(f, size=self.grid, mode="bilinear", align_corners=False)
-                if f.shape[-1] < self.grid[1] else f for f in feats]
-        emb = torch.cat(grid, 1).index_select(1, self.channel_idx)   # (B, D, h, w)
-        return emb.flatten(2)
+        return self.grid_features(frames, self.taps).index_select(1, self.channel_idx).flatten(2)
 
     def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> (B, 1, H, W) smoothed Mahalanobis distances (raw units)."""
         dist = mahalanobis(self.embed(frames), self.mean, self.precision)   # (B, P)
-        dist = dist.view(-1, 1, *self.grid)
-        dist = F.interpolate(dist, size=self.cfg.input_size, mode="bilinear", align_corners=False)
-        return self.blur(dist)
+        return dist.view(-1, 1, *self.grid)
 
-    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, 3) uint8 BGR -> score (B,), anomaly_map (B, H, W), both in z units."""
-        amap = (self.distance_map(frames) - self.score_shift) * self.score_scale
-        amap = amap.squeeze(1)
-        return amap.flatten(1).amax(1), amap
-
-    # -- fitting -------------------------------------------------------------------------------
     @torch.no_grad()
-    def fit(self, batches: Iterable[np.ndarray], progress=None) -> int:
+    def fit(self, batches: Iterable[np.ndarray], progress=None) -> dict:
         """Fit the per-position Gaussians from batches of (B, H, W, 3) uint8 good frames.
 
         Sums are accumulated in float64 so that the fit never holds all features in memory:
-        sum_x (P, D) and sum_xxT (P, D, D). Returns the number of images seen."""
+        sum_x (P, D) and sum_xxT (P, D, D). Returns {"n_images": N}."""
         p, d = self.mean.shape
         s1 = torch.zeros(p, d, dtype=torch.float64)
         s2 = torch.zeros(p, d, d, dtype=torch.float64)
@@ -119,15 +94,4 @@ class Padim(nn.Module):
         cov += self.cfg.ridge * torch.eye(d, dtype=torch.float64)
         self.mean.copy_(mean.float())
         self.precision.copy_(torch.linalg.inv(cov).float())
-        return n
-
-    @torch.no_grad()
-    def raw_scores(self, frames: np.ndarray, batch: int = 16) -> np.ndarray:
-        """Image scores in raw distance units (max of the smoothed map), (N,) float64."""
-        out = [self.distance_map(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch])))
-               .flatten(1).amax(1) for i in range(0, len(frames), batch)]
-        return torch.cat(out).double().numpy()
-
-    def set_score_normalization(self, shift: float, scale: float) -> None:
-        self.score_shift.fill_(float(shift))
-        self.score_scale.fill_(float(scale))
+        return {"n_images": n}
