@@ -112,14 +112,19 @@ class Manifest:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Manifest":
         path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"{path}: manifest not found (a bundle is a folder with {MANIFEST} "
-                            "and the files it lists)")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SpecError(f"{path}: not valid JSON ({e})") from None
+        data = load_json(path, f"manifest not found (a bundle is a folder with {MANIFEST} and the files it lists)")
         return cls.from_dict(data, where=str(path))
+
+
+def load_json(path: Path, missing: str) -> Any:
+    """Parsed JSON of PATH; SpecError naming the file when it is missing (MISSING says what it is)
+    or not JSON."""
+    if not path.is_file():
+        raise SpecError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: not valid JSON ({e})") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -295,13 +300,8 @@ class EngineSidecar:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EngineSidecar":
         path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"{path}: engine sidecar not found (every plan has PLAN.json beside it; "
-                            "rebuild with `edgesdk build`)")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SpecError(f"{path}: not valid JSON ({e})") from None
+        d = load_json(path, "engine sidecar not found (every plan has PLAN.json beside it; rebuild with "
+                            "`edgesdk build`)")
         if isinstance(d, dict) and d.get("schema_version") != ENGINE_SCHEMA:
             raise SpecError(f"{path}: engine sidecar schema_version {d.get('schema_version')!r} is not "
                             f"supported (this edgesdk reads {ENGINE_SCHEMA})")

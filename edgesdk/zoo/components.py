@@ -3,6 +3,8 @@ static shapes except batch, no cdist, no data-dependent control flow."""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -72,6 +74,22 @@ def nearest_sq_dist(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) 
     return d2.clamp_min(0), idx
 
 
+class ModelConfig:
+    """Shared by the zoo's frozen config dataclasses (fields: input_size, backbone, taps, grid_stride,
+    sigma, ...): JSON round trip, and taps () resolved to the model's default for the backbone."""
+    default_taps: ClassVar[dict[str, tuple[int, ...]]] = {}
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = dict(d)
+        d["input_size"] = tuple(d["input_size"])
+        d["taps"] = tuple(d.get("taps") or cls.default_taps[d.get("backbone", "efficientnet_lite0")])
+        return cls(**d)
+
+
 class AnomalyModel(nn.Module):
     """What every zoo model shares: uint8 frames in, multi-scale backbone features on a grid, a raw
     distance map (the model's own), upsampling + Gaussian smoothing, and z units out.
@@ -80,17 +98,20 @@ class AnomalyModel(nn.Module):
     standard deviations above the held-out good images' mean score (set by set_score_normalization)."""
     name = "model"
 
-    def __init__(self, backbone: nn.Module, input_size: tuple[int, int], grid_stride: int, sigma: float):
+    def __init__(self, cfg, weights: str | None):
         super().__init__()
-        h, w = input_size
+        from edgesdk.zoo.backbones import build_backbone
+
+        h, w = cfg.input_size
         if h % 32 or w % 32:
-            raise ValueError(f"input_size {input_size}: height and width must be multiples of 32")
-        self.input_size = (h, w)
-        self.pre = FramePreprocess(backbone.pixel_mean_rgb, backbone.pixel_std_rgb)
-        self.backbone = backbone
+            raise ValueError(f"input_size {cfg.input_size}: height and width must be multiples of 32")
+        self.cfg, self.input_size = cfg, (h, w)
+        self.taps = cfg.taps or type(cfg).default_taps[cfg.backbone]
+        self.backbone = build_backbone(cfg.backbone, weights)
         self.backbone.requires_grad_(False)
-        self.grid = (h // grid_stride, w // grid_stride)
-        self.blur = GaussianBlur(sigma)
+        self.pre = FramePreprocess(self.backbone.pixel_mean_rgb, self.backbone.pixel_std_rgb)
+        self.grid = (h // cfg.grid_stride, w // cfg.grid_stride)
+        self.blur = GaussianBlur(cfg.sigma)
         # z = (distance - shift) * scale; set from held-out good images.
         self.register_buffer("score_shift", torch.tensor(0.0))
         self.register_buffer("score_scale", torch.tensor(1.0))

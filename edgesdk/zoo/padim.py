@@ -10,21 +10,22 @@ Sizes at the default 256x256 input, taps after blocks 2/4/10 of EfficientNet-Lit
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
 
-from edgesdk.zoo import backbones
-from edgesdk.zoo.components import AnomalyModel, mahalanobis
+from edgesdk.zoo.components import AnomalyModel, ModelConfig, mahalanobis
 
 # Backbone taps per backbone: Lite0 blocks 2/4/10 (strides 4, 8, 16); ResNet layer1..3 (anomalib's).
 DEFAULT_TAPS = {"efficientnet_lite0": (2, 4, 10), "resnet18": (0, 1, 2), "wide_resnet50_2": (0, 1, 2)}
 
 
 @dataclass(frozen=True)
-class PadimConfig:
+class PadimConfig(ModelConfig):
+    default_taps: ClassVar[dict] = DEFAULT_TAPS
+
     input_size: tuple[int, int] = (256, 256)   # (H, W) of the frames the graph takes
     backbone: str = "efficientnet_lite0"
     taps: tuple[int, ...] = ()                 # () = DEFAULT_TAPS[backbone]
@@ -34,24 +35,14 @@ class PadimConfig:
     ridge: float = 0.01                        # covariance + ridge * I, as in the paper
     seed: int = 0                              # picks the channel subset
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PadimConfig":
-        d = dict(d)
-        d["input_size"] = tuple(d["input_size"])
-        d["taps"] = tuple(d.get("taps") or DEFAULT_TAPS[d.get("backbone", cls.backbone)])
-        return cls(**d)
 
 
 class Padim(AnomalyModel):
     name = "padim"
 
     def __init__(self, cfg: PadimConfig = PadimConfig(), weights: str | None = "imagenet"):
-        taps = cfg.taps or DEFAULT_TAPS[cfg.backbone]
-        super().__init__(backbones.build_backbone(cfg.backbone, weights), cfg.input_size, cfg.grid_stride, cfg.sigma)
-        self.cfg, self.taps = cfg, taps
+        super().__init__(cfg, weights)
+        taps = self.taps
         total = sum(self.backbone.tap_info[t][0] for t in taps)
         if not 0 < cfg.feature_dim <= total:
             raise ValueError(f"feature_dim {cfg.feature_dim} must be in 1..{total}")

@@ -15,21 +15,22 @@ threshold decides both the verdict and the defect pixels.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Iterable
+from dataclasses import dataclass, replace
+from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgesdk.zoo import backbones
-from edgesdk.zoo.components import AnomalyModel, nearest_sq_dist
+from edgesdk.zoo.components import AnomalyModel, ModelConfig, nearest_sq_dist
 
 DEFAULT_TAPS = {"efficientnet_lite0": (4, 10), "resnet18": (1, 2), "wide_resnet50_2": (1, 2)}
 
 
 @dataclass(frozen=True)
-class PatchcoreConfig:
+class PatchcoreConfig(ModelConfig):
+    default_taps: ClassVar[dict] = DEFAULT_TAPS
+
     input_size: tuple[int, int] = (256, 256)
     backbone: str = "efficientnet_lite0"
     taps: tuple[int, ...] = ()          # () = DEFAULT_TAPS[backbone]
@@ -43,15 +44,6 @@ class PatchcoreConfig:
     bank_size: int = 0                  # set by fit(); sizes the bank buffer when a run is loaded
     seed: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PatchcoreConfig":
-        d = dict(d)
-        d["input_size"] = tuple(d["input_size"])
-        d["taps"] = tuple(d.get("taps") or DEFAULT_TAPS[d.get("backbone", cls.backbone)])
-        return cls(**d)
 
 
 def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int, seed: int, progress=None) -> torch.Tensor:
@@ -77,9 +69,8 @@ class Patchcore(AnomalyModel):
     name = "patchcore"
 
     def __init__(self, cfg: PatchcoreConfig = PatchcoreConfig(), weights: str | None = "imagenet"):
-        taps = cfg.taps or DEFAULT_TAPS[cfg.backbone]
-        super().__init__(backbones.build_backbone(cfg.backbone, weights), cfg.input_size, cfg.grid_stride, cfg.sigma)
-        self.cfg, self.taps = cfg, taps
+        super().__init__(cfg, weights)
+        taps = self.taps
         total = sum(self.backbone.tap_info[t][0] for t in taps)
         if not 0 <= cfg.feature_dim <= total:
             raise ValueError(f"feature_dim {cfg.feature_dim} must be in 0..{total} (0 = all)")

@@ -14,22 +14,23 @@ Training stops at a step or a time budget, whichever comes first, and shows prog
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from typing import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgesdk.zoo import backbones
-from edgesdk.zoo.components import AnomalyModel
+from edgesdk.zoo.components import AnomalyModel, ModelConfig
 
 DEFAULT_TAPS = {"efficientnet_lite0": (2, 4), "resnet18": (0, 1), "wide_resnet50_2": (0, 1)}
 
 
 @dataclass(frozen=True)
-class StfpmConfig:
+class StfpmConfig(ModelConfig):
+    default_taps: ClassVar[dict] = DEFAULT_TAPS
+
     input_size: tuple[int, int] = (256, 256)
     backbone: str = "efficientnet_lite0"
     taps: tuple[int, ...] = ()          # () = DEFAULT_TAPS[backbone]
@@ -37,22 +38,13 @@ class StfpmConfig:
     sigma: float = 4.0
     width: int = 64                     # student's widest layer
     steps: int = 1500                   # training budget: steps of `batch` images ...
-    seconds: float = 180.0              # ... or wall-clock seconds, whichever ends first
+    seconds: float = 300.0              # ... or wall-clock seconds, whichever ends first
     batch: int = 8
     lr: float = 2e-3
     hard_quantile: float = 0.999        # EfficientAD's hard-feature loss: train on the worst errors
     penalty: float = 1.0                # weight of the out-of-distribution penalty (0 = off)
     seed: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StfpmConfig":
-        d = dict(d)
-        d["input_size"] = tuple(d["input_size"])
-        d["taps"] = tuple(d.get("taps") or DEFAULT_TAPS[d.get("backbone", cls.backbone)])
-        return cls(**d)
 
 
 # Real photographs that ship inside scikit-image (no download): the student must NOT imitate the
@@ -97,9 +89,8 @@ class Stfpm(AnomalyModel):
     name = "stfpm"
 
     def __init__(self, cfg: StfpmConfig = StfpmConfig(), weights: str | None = "imagenet"):
-        taps = cfg.taps or DEFAULT_TAPS[cfg.backbone]
-        super().__init__(backbones.build_backbone(cfg.backbone, weights), cfg.input_size, cfg.grid_stride, cfg.sigma)
-        self.cfg, self.taps = cfg, taps
+        super().__init__(cfg, weights)
+        taps = self.taps
         c = sum(self.backbone.tap_info[t][0] for t in taps)
         torch.manual_seed(cfg.seed)
         self.student = student_net(c, cfg.width)
