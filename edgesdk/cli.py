@@ -149,6 +149,42 @@ def cmd_verify(args) -> None:
         raise SystemExit(1)
 
 
+def cmd_bench(args) -> None:
+    from edgesdk.bench import BenchOptions
+    from edgesdk.benchmark import bench, for_json, markdown, plot, table_rows
+    from edgesdk.fsutil import atomic_write_text, write_json
+
+    try:
+        batches = tuple(int(b) for b in args.batch.split(","))
+    except ValueError:
+        raise ValueError(f"--batch {args.batch!r}: expected sizes like 1,4") from None
+    opts = BenchOptions(backends=tuple(args.backends.split(",")), batches=batches, iters=args.iters,
+                        seconds=args.seconds or 0.0, data=args.data or "", run=args.run or "",
+                        cold_start=not args.no_cold_start)
+    r = bench(args.bundles, opts)
+    print(table(table_rows(r), title=f"bench ({r['method']['frames']}, {r['method']['rounds']} interleaved rounds)"))
+    said = set()
+    for row in r["rows"]:
+        key = (row["bundle"], row["backend"])
+        if key in said:
+            continue          # one line per bundle and backend, not per batch
+        said.add(key)
+        if row.get("reason"):
+            print(f"  {row['backend']} ({Path(row['bundle']).name}): {row['reason']}")
+        if row.get("engine"):
+            print(f"  engine built ahead of time: {row['engine']} ({row['engine_mb']:.1f} MB, {row['engine_build_s']} s)")
+    print(f"harness overhead {r['harness_overhead_ms'] * 1e3:.2f} µs per call; {r['provenance']['cpu']}, "
+          f"{r['provenance']['cores']} cores")
+    if args.json:
+        write_json(args.json, for_json(r))
+    if args.md:
+        atomic_write_text(args.md, markdown(r))
+    if args.plot:
+        plot(r, args.plot)
+    if any(row["status"] == "error" for row in r["rows"]):
+        raise SystemExit(1)
+
+
 def cmd_device(args) -> None:
     from edgesdk import devices
 
@@ -326,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerance", type=float, help="max score difference (default 0.05 fp32, 0.25 fp16/int8)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_verify)
+
+    s = sub.add_parser("bench", help="latency/throughput/memory/accuracy of bundles per backend and batch, one table")
+    s.add_argument("bundles", nargs="+")
+    s.add_argument("--data", help="MVTec category: real frames and image AUROC (default: the parity frames)")
+    s.add_argument("--backends", default="torch,onnxruntime,tensorrt")
+    s.add_argument("--batch", default="1", help="batch sizes, e.g. 1,4")
+    s.add_argument("--iters", type=int, default=200, help="timed calls per row")
+    s.add_argument("--seconds", type=float, help="time budget for all rows instead of --iters")
+    s.add_argument("--run", help="run folder of the torch baseline (default: the one each bundle records)")
+    s.add_argument("--no-cold-start", action="store_true")
+    s.add_argument("--json", help="write the result as JSON")
+    s.add_argument("--md", help="write a Markdown table")
+    s.add_argument("--plot", help="write a PNG latency plot")
+    s.set_defaults(fn=cmd_bench)
 
     dev = sub.add_parser("device", help="device profiles, this machine, will a bundle run there")
     dsub = dev.add_subparsers(dest="device_cmd", required=True)

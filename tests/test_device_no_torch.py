@@ -64,3 +64,12 @@ def test_engine_build_and_device_check_without_torch(bundle, tmp_path):
     assert json.loads(r.stdout)["sidecar"]["tensorrt_module"] == "tensorrt_rtx"
     r = run(code, "device", "check", bundle, "--device", "orin-nx")
     assert r.returncode == 0 and "will run on orin-nx" in r.stdout, r.stderr
+
+
+def test_bench_runs_on_a_device_and_skips_the_torch_row(bundle, tmp_path):
+    code = "from edgesdk.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = run(code, "bench", bundle, "--backends", "torch,onnxruntime", "--iters", "10", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert rows[0]["status"] == "skipped" and "torch is not installed" in rows[0]["reason"]
+    assert rows[1]["status"] == "ok" and rows[1]["cold_start_ms"] > 0

@@ -29,8 +29,8 @@ def cli(*args, check=True):
 
 @pytest.fixture
 def own_bundle(bundle, tmp_path):
-    """A private copy: builds write BUNDLE/engines/."""
-    return Bundle.open(shutil.copytree(bundle, tmp_path / "b"))
+    """A private copy without engines/ (other tests may have built into the shared bundle)."""
+    return Bundle.open(shutil.copytree(bundle, tmp_path / "b", ignore=shutil.ignore_patterns("engines")))
 
 
 def test_exported_graph_builds_a_strongly_typed_engine(own_bundle, tmp_path):

@@ -1,0 +1,179 @@
+"""`edgesdk bench BUNDLE...`: one table across bundles x backends x batches, with accuracy, memory,
+cold start and provenance, as a terminal table, JSON, Markdown and a PNG latency plot.
+
+JSON: {"rows": [...], "provenance": {...}, "harness_overhead_ms": x}; every row has backend,
+precision, status, p50_ms, p90_ms, p99_ms, fps, cold_start_ms, peak_rss_mb, image_auroc (other
+scripts read these names)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgesdk.bench import BenchOptions, cold_start, harness_overhead_ms, provenance, summarize
+from edgesdk.bundle import Bundle
+from edgesdk.metrics import auroc
+
+
+def _frames(bundle: Bundle, data: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Real frames at the model size: the MVTec test set of DATA (with labels) or the parity frames."""
+    if not data:
+        return bundle.parity_frames(), None
+    from edgesdk.data import mvtec
+
+    items = mvtec.test_items(data)
+    return mvtec.read_batch([it.path for it in items], bundle.input_size), np.array([it.label for it in items])
+
+
+def _open(backend: str, bundle: Bundle, run: str):
+    """(runner or None, status, reason)."""
+    if backend == "torch":
+        run_dir = run or bundle.manifest.provenance.get("run", "")
+        if not run_dir or not (Path(run_dir) / "run.json").is_file():
+            return None, "skipped", f"no run folder for the torch baseline ({run_dir or 'none recorded'}; --run DIR)"
+        try:
+            from edgesdk.backends.torch import TorchRunner
+
+            return TorchRunner(run_dir).load(), "ok", ""
+        except ImportError as e:
+            return None, "skipped", f"torch is not installed here ({e}): host only"
+    from edgesdk.backends import open_runner
+
+    try:
+        return open_runner(backend, bundle), "ok", ""
+    except Exception as e:   # no GPU, no TensorRT, no engine: a row that says why
+        return None, "unavailable", " ".join(str(e).split())[:240]
+
+
+def _engine_info(bundle: Bundle) -> dict:
+    """Where no GPU runs the engine, still report its build (TensorRT for RTX builds without one)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        return {}
+    from edgesdk.build.trt import build_engine
+    from edgesdk.devices import load_profile
+
+    try:
+        r = build_engine(bundle, load_profile("rtx"))
+    except Exception as e:
+        return {"engine_build": f"failed: {e}"}
+    return {"engine": r.plan.name, "engine_build_s": r.sidecar.build_seconds, "engine_mb": r.sidecar.plan_bytes / 1e6,
+            "engine_reused": r.reused}
+
+
+def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=print) -> dict:
+    rows, live = [], []
+    for path in bundles:
+        try:
+            b = Bundle.open(path)
+            frames, labels = _frames(b, opts.data)
+        except Exception as e:
+            rows.append({"bundle": str(path), "backend": "-", "precision": "-", "batch": None, "status": "error",
+                         "reason": " ".join(str(e).split())})
+            continue
+        for backend in opts.backends:
+            runner, status, reason = _open(backend, b, opts.run)
+            extra = _engine_info(b) if backend == "tensorrt" and runner is None else {}
+            score = None
+            if runner is not None and labels is not None:
+                s = [float(runner.infer({b.manifest.input.name: frames[i:i + 1]})["score"][0]) for i in range(len(frames))]
+                score = auroc(np.array(s), labels)
+            cold, rss = (cold_start(backend, b.path, opts.run or b.manifest.provenance.get("run", ""))
+                         if opts.cold_start and runner is not None else (None, None))
+            for batch in opts.batches:
+                row = {"bundle": str(b.path), "model": b.manifest.model["name"], "backend": backend,
+                       "precision": b.manifest.precision, "batch": batch, "status": status, "reason": reason,
+                       "model_mb": b.manifest.files["model.onnx"].bytes / 1e6, "image_auroc": score,
+                       "cold_start_ms": cold, "peak_rss_mb": rss, "bundle_sha256": b.onnx_sha256, **extra}
+                rows.append(row)
+                if runner is not None:
+                    n = len(frames)
+                    feeds = [{b.manifest.input.name: np.stack([frames[(i * batch + j) % n] for j in range(batch)])}
+                             for i in range(max(n, 8))]       # rotated, so caches don't flatter
+                    live.append((row, runner, feeds, []))
+    # Warm-up, then rounds: each live row runs `chunk` calls per round until all have their iters.
+    for _, runner, feeds, _ in live:
+        for i in range(opts.warmup):
+            runner.infer(feeds[i % len(feeds)])
+    t_end = time.perf_counter() + opts.seconds if opts.seconds > 0 else None
+    rounds = 0
+    while live and (any(len(ms) < opts.iters for *_, ms in live) if t_end is None else time.perf_counter() < t_end):
+        for row, runner, feeds, ms in live:
+            for _ in range(opts.chunk):
+                f = feeds[len(ms) % len(feeds)]
+                t0 = time.perf_counter()
+                runner.infer(f)
+                ms.append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    for row, runner, feeds, ms in live:
+        st = summarize(ms, row["batch"])
+        row.update({f"{k}_ms": st[k] for k in ("min", "mean", "p50", "p90", "p95", "p99", "max")},
+                   fps=st["fps"], cv=st["cv"], noisy=st["high_variance"], n=st["n"], _ms=ms)
+    for row in rows:   # speed-up against the torch baseline of the same bundle and batch
+        base = next((r for r in rows if r["bundle"] == row["bundle"] and r["batch"] == row["batch"]
+                     and r["backend"] == "torch" and r.get("p50_ms")), None)
+        row["vs_torch"] = base["p50_ms"] / row["p50_ms"] if base and row.get("p50_ms") else None
+        for k in ("p50_ms", "p90_ms", "p99_ms", "fps"):
+            row.setdefault(k, None)
+    for _, runner, _, _ in live:
+        runner.close()
+    return {"rows": rows, "provenance": provenance(), "harness_overhead_ms": harness_overhead_ms(),
+            "method": {"iters": opts.iters, "seconds": opts.seconds, "warmup": opts.warmup, "chunk": opts.chunk,
+                       "rounds": rounds, "frames": "MVTec test set of --data" if opts.data else "bundle parity frames"}}
+
+
+COLUMNS = [("model", "model"), ("backend", "backend"), ("precision", "precision"), ("batch", "batch"),
+           ("status", "status"), ("model_mb", "MB"), ("image_auroc", "image AUROC"), ("min_ms", "min ms"),
+           ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("fps", "FPS"),
+           ("cold_start_ms", "cold start ms"), ("peak_rss_mb", "peak RSS MB"), ("vs_torch", "vs torch"),
+           ("noisy", "noisy")]
+
+
+def table_rows(result: dict) -> list[dict]:
+    return [{label: r.get(key) for key, label in COLUMNS} for r in result["rows"]]
+
+
+def markdown(result: dict) -> str:
+    from edgesdk.table import fmt
+
+    head = [label for _, label in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(fmt(r.get(k), 3) for k, _ in COLUMNS) + " |" for r in result["rows"]]
+    p = result["provenance"]
+    why = [f"- {r['backend']}: {r['reason']}" for r in result["rows"] if r.get("reason")]
+    return "\n".join(lines + ["", f"{p['cpu']}, {p['cores']} cores, {p['os']}; harness overhead "
+                              f"{result['harness_overhead_ms'] * 1e3:.1f} µs per call.", *sorted(set(why))]) + "\n"
+
+
+def plot(result: dict, path: str | Path, width: int = 900) -> None:
+    """Box plot of per-call latency per row (whiskers p1-p99, box p25-p75, p50 line), drawn with OpenCV."""
+    import cv2
+
+    timed = [r for r in result["rows"] if r.get("_ms")]
+    h_row, left, top = 36, 260, 40
+    img = np.full((top + h_row * max(len(timed), 1) + 40, width, 3), 255, np.uint8)
+    hi = max((np.percentile(r["_ms"], 99) for r in timed), default=1.0) * 1.1
+    sx = lambda v: int(left + (width - left - 20) * v / hi)  # noqa: E731
+    cv2.putText(img, "latency per call, ms (whiskers p1-p99, box p25-p75, line p50)", (10, 24),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    y0 = img.shape[0] - 20
+    for t in np.linspace(0, hi, 6):
+        cv2.putText(img, f"{t:.1f}", (sx(t) - 10, y0 + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.line(img, (sx(t), top - 6), (sx(t), y0), (225, 225, 225), 1)
+    for i, r in enumerate(timed):     # grid first, so it never crosses the labels
+        y = top + i * h_row + h_row // 2
+        p1, p25, p50, p75, p99 = np.percentile(r["_ms"], [1, 25, 50, 75, 99])
+        label = f"{r['model']} {r['backend']} {r['precision']} b{r['batch']}"
+        cv2.putText(img, label, (10, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.line(img, (sx(p1), y), (sx(p99), y), (90, 90, 90), 1)
+        cv2.rectangle(img, (sx(p25), y - 10), (sx(p75), y + 10), (200, 140, 60), -1)
+        cv2.line(img, (sx(p50), y - 12), (sx(p50), y + 12), (0, 0, 200), 2)
+        cv2.putText(img, f"{p50:.2f}", (sx(p99) + 6, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 200), 1, cv2.LINE_AA)
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"{path}: could not write the plot")
+
+
+def for_json(result: dict) -> dict:
+    return {**result, "rows": [{k: v for k, v in r.items() if k != "_ms"} for r in result["rows"]]}

@@ -1,0 +1,84 @@
+"""`edgesdk bench`: one table over bundles x backends x batches; rows that cannot run say why."""
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from edgesdk.bench import BenchOptions, harness_overhead_ms
+
+KEYS = {"backend", "precision", "status", "p50_ms", "p90_ms", "p99_ms", "fps", "cold_start_ms", "peak_rss_mb",
+        "image_auroc"}
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgesdk", "bench", *map(str, args)], capture_output=True, text=True)
+
+
+def test_bench_table_json_markdown_and_plot(zoo, tiny_data, tmp_path):
+    bundles = [zoo["padim"][1], zoo["stfpm"][1]]
+    r = cli(*bundles, "--data", tiny_data / "brick", "--batch", "1,2", "--iters", "20", "--json", tmp_path / "b.json",
+            "--md", tmp_path / "b.md", "--plot", tmp_path / "b.png")
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "b.json").read_text())
+    assert set(out) >= {"rows", "provenance", "harness_overhead_ms"} and out["provenance"]["cores"] >= 1
+    rows = out["rows"]
+    assert all(KEYS <= set(row) for row in rows) and len(rows) == 2 * 3 * 2
+    ort = [x for x in rows if x["backend"] == "onnxruntime"]
+    assert all(x["status"] == "ok" and 0 < x["p50_ms"] <= x["p90_ms"] <= x["p99_ms"] for x in ort)
+    assert all(x["image_auroc"] > 0.85 and x["cold_start_ms"] > 0 and x["peak_rss_mb"] > 10 for x in ort)
+    b2 = next(x for x in ort if x["batch"] == 2 and x["model"] == "padim")
+    assert abs(b2["fps"] - 2000 / b2["mean_ms"]) < 1e-6                    # throughput at the batch
+    torch_row = next(x for x in rows if x["backend"] == "torch" and x["batch"] == 1 and x["model"] == "padim")
+    assert torch_row["vs_torch"] == 1.0 and next(x for x in ort if x["batch"] == 1)["vs_torch"] > 1
+    trt = [x for x in rows if x["backend"] == "tensorrt"]
+    if not any(x["status"] == "ok" for x in trt):                          # no GPU here: a row, not a crash
+        assert all(x["status"] == "unavailable" and x["reason"] and x["p50_ms"] is None for x in trt)
+        if _has("tensorrt_rtx"):                                          # the build is still reported
+            assert all(x["engine_mb"] > 0.5 and x["engine_build_s"] > 0 for x in trt)
+    assert "| model | backend |" in (tmp_path / "b.md").read_text()
+    img = cv2.imread(str(tmp_path / "b.png"))
+    assert img is not None and img.shape[1] == 900 and (img < 128).any()
+
+
+def _has(mod):
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+def test_bad_input_is_a_clear_error_and_good_rows_are_kept(bundle, tmp_path):
+    r = cli(bundle, "--backends", "onnxruntime,tflite")
+    assert r.returncode == 2 and "unknown backend 'tflite'" in r.stderr
+    r = cli(bundle, "--batch", "0")
+    assert r.returncode == 2 and "every batch must be >= 1" in r.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "model.onnx").write_bytes(b"truncated")
+    r = cli(broken, bundle, "--backends", "onnxruntime", "--iters", "5", "--no-cold-start", "--json", tmp_path / "o.json")
+    assert r.returncode == 1
+    rows = json.loads((tmp_path / "o.json").read_text())["rows"]
+    assert rows[0]["status"] == "error" and "broken/model.onnx" in rows[0]["reason"]
+    assert rows[1]["status"] == "ok" and rows[1]["p50_ms"] > 0
+
+
+def test_harness_adds_less_than_a_tenth_of_a_millisecond():
+    assert harness_overhead_ms() < 0.1
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="every batch must be >= 1"):
+        BenchOptions(batches=(1, 0))
+
+
+def test_peak_rss_is_the_cold_start_process_alone(bundle):
+    """ru_maxrss would count the parent's pages copied by fork; the bench reads VmHWM after exec."""
+    import numpy as np
+
+    from edgesdk.bench import cold_start
+
+    big = np.ones(100_000_000)          # 800 MB resident in this (parent) process
+    ms, mb = cold_start("onnxruntime", bundle, "")
+    assert big[-1] == 1 and ms > 0 and 20 < mb < 600
