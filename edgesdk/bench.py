@@ -59,6 +59,7 @@ class BenchOptions:
     data: str = ""                # MVTec category: real frames and image AUROC
     run: str = ""                 # torch baseline's run folder (default: the one the bundle records)
     cold_start: bool = True
+    e2e: str = ""                 # a source URI: add the stream pipeline row (ONNX Runtime)
 
     def __post_init__(self) -> None:
         bad = [b for b in self.backends if b not in BACKEND_NAMES]

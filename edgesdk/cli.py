@@ -160,7 +160,7 @@ def cmd_bench(args) -> None:
         raise ValueError(f"--batch {args.batch!r}: expected sizes like 1,4") from None
     opts = BenchOptions(backends=tuple(args.backends.split(",")), batches=batches, iters=args.iters,
                         seconds=args.seconds or 0.0, data=args.data or "", run=args.run or "",
-                        cold_start=not args.no_cold_start)
+                        cold_start=not args.no_cold_start, e2e=args.e2e or "")
     r = bench(args.bundles, opts)
     print(table(table_rows(r), title=f"bench ({r['method']['frames']}, {r['method']['rounds']} interleaved rounds)"))
     said = set()
@@ -173,6 +173,11 @@ def cmd_bench(args) -> None:
             print(f"  {row['backend']} ({Path(row['bundle']).name}): {row['reason']}")
         if row.get("engine"):
             print(f"  engine built ahead of time: {row['engine']} ({row['engine_mb']:.1f} MB, {row['engine_build_s']} s)")
+    for row in r["rows"]:
+        if "stage_p50_ms" in row:
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in row["stage_p50_ms"].items())
+            print(f"  pipeline {Path(row['bundle']).name} on {row['source']}: {row['frames']} frames, {row['fps']:.1f} FPS "
+                  f"= {row['share_of_model_only_fps']:.0%} of model-only; stage p50 ms: {stages}")
     print(f"harness overhead {r['harness_overhead_ms'] * 1e3:.2f} µs per call; {r['provenance']['cpu']}, "
           f"{r['provenance']['cores']} cores")
     if args.json:
@@ -372,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, help="time budget for all rows instead of --iters")
     s.add_argument("--run", help="run folder of the torch baseline (default: the one each bundle records)")
     s.add_argument("--no-cold-start", action="store_true")
+    s.add_argument("--e2e", help="source URI (file://clip.mkv, a folder...): add the stream pipeline row")
     s.add_argument("--json", help="write the result as JSON")
     s.add_argument("--md", help="write a Markdown table")
     s.add_argument("--plot", help="write a PNG latency plot")

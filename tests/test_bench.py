@@ -82,3 +82,15 @@ def test_peak_rss_is_the_cold_start_process_alone(bundle):
     big = np.ones(100_000_000)          # 800 MB resident in this (parent) process
     ms, mb = cold_start("onnxruntime", bundle, "")
     assert big[-1] == 1 and ms > 0 and 20 < mb < 600
+
+
+def test_e2e_adds_the_pipeline_row_beside_the_model_only_row(bundle, tiny_data, tmp_path):
+    r = cli(bundle, "--backends", "onnxruntime", "--iters", "20", "--no-cold-start",
+            "--e2e", f"file://{tiny_data / 'conveyor_brick.mkv'}", "--json", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    model, pipe = rows
+    assert pipe["backend"] == "pipeline (onnxruntime)" and pipe["frames"] == 60 and pipe["fps"] > 0
+    assert {"read", "preprocess", "infer", "postprocess", "total"} <= set(pipe["stage_p50_ms"])
+    assert abs(pipe["share_of_model_only_fps"] - pipe["fps"] / model["fps"]) < 1e-9
+    assert "of model-only" in r.stdout
