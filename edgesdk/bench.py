@@ -7,8 +7,6 @@ frame evicts each other's caches and inflates both). A backend that cannot run h
 its status and reason, never a crash."""
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import sys

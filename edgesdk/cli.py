@@ -106,7 +106,7 @@ def _batch(text: str) -> tuple[int, int, int]:
 def cmd_build(args) -> None:
     from edgesdk.build.trt import build_engine
     from edgesdk.devices import load_profile
-    from edgesdk.spec import BuildConfig
+    from edgesdk.spec import BuildConfig, EngineSidecar
 
     device = load_profile(args.device)
     cfg = BuildConfig(batch=args.batch, workspace_mb=args.workspace, dla_core=args.dla,
@@ -120,7 +120,7 @@ def cmd_build(args) -> None:
     text += ("reused: same bundle, TensorRT, device and profile as the existing plan (--force rebuilds)\n"
              if r.reused else "")
     text += "".join(f"note: {n}\n" for n in r.notes)
-    text += f"plan     {r.plan}\nsidecar  {r.plan.with_suffix('.json')}\nnvinfer  {r.deepstream}\n"
+    text += f"plan     {r.plan}\nsidecar  {EngineSidecar.path_for(r.plan)}\nnvinfer  {r.deepstream}\n"
     if r.timing_cache:
         text += f"timing cache {r.timing_cache}\n"
     text += f"trtexec equivalent:\n  {r.trtexec}"

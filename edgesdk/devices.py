@@ -63,6 +63,28 @@ def nvidia_gpus() -> list[dict]:
     return gpus
 
 
+def cuda_device(cudart: object, index: int = 0) -> dict:
+    """{"name", "compute_capability"} of CUDA device INDEX through cuda-python's runtime module;
+    raises RuntimeError when CUDA cannot say."""
+    err, prop = cudart.cudaGetDeviceProperties(index)  # type: ignore[attr-defined]
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA cudaGetDeviceProperties failed: {err}")
+    name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+    return {"name": name, "compute_capability": f"{prop.major}.{prop.minor}"}
+
+
+def current_gpu() -> dict:
+    """{"name", "compute_capability"} of GPU 0, from cuda-python or nvidia-smi; {} where none."""
+    try:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+
+        return cuda_device(cudart)
+    except Exception:   # no cuda-python, no driver, no GPU: all mean "unknown" here
+        pass
+    gpus = nvidia_gpus()
+    return {"name": gpus[0]["name"], "compute_capability": gpus[0]["compute_capability"]} if gpus else {}
+
+
 def detect(root: Path = Path("/")) -> dict:
     """Facts about this machine that pick a device profile. `root` lets tests use a fake tree."""
     release = _read(root / "etc/nv_tegra_release")
@@ -113,14 +135,31 @@ class Check:
 
 
 def graph_info(bundle: Bundle) -> dict:
-    """The manifest's graph summary (opset, op counts); older bundles: read from the ONNX file."""
+    """The manifest's graph summary (opset, op counts); older bundles: read from the ONNX file
+    where the onnx package is installed (a device's base install has none)."""
     if bundle.manifest.graph:
         return bundle.manifest.graph
     try:
-        from edgesdk.build.onnx import graph_summary
+        return graph_summary(bundle.model_path)
     except ImportError:
         return {}
-    return graph_summary(bundle.model_path)
+
+
+def graph_summary(onnx_path: str | Path) -> dict:
+    """Opset, op-type counts and tensor dtypes of an ONNX file: what device checks (TensorRT opset
+    limits, DLA layer support, precision) need, recorded in the manifest so the device needs no onnx."""
+    import collections
+
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    dtypes = collections.Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+                                 for t in model.graph.initializer)
+    return {"opset": int(opset), "nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
+            "initializer_dtypes": dict(dtypes)}
+
 
 
 def check_bundle(bundle: Bundle, profile: DeviceProfile, dla_core: int = -1,

@@ -297,6 +297,11 @@ class EngineSidecar:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def path_for(plan: str | os.PathLike) -> Path:
+        """NAME.plan's sidecar is NAME.json beside it."""
+        return Path(plan).with_suffix(".json")
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EngineSidecar":
         path = Path(path)

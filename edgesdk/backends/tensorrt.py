@@ -17,6 +17,7 @@ import numpy as np
 
 from edgesdk.backends.base import Runner, TensorMeta
 from edgesdk.bundle import Bundle
+from edgesdk.devices import cuda_device, current_gpu
 from edgesdk.spec import EngineSidecar, SpecError, sha256_file
 
 if TYPE_CHECKING:  # types come from tensorrt-stubs; at run time the sidecar names the flavour
@@ -31,17 +32,13 @@ class NoGPU(RuntimeError):
     """TensorRT engines run on an NVIDIA GPU; this machine has none (or no CUDA driver)."""
 
 
-def sidecar_path(plan: Path) -> Path:
-    return plan.with_suffix(".json")
-
-
 def load_plan_sidecar(plan: str | Path) -> EngineSidecar:
     """The sidecar of PLAN, after checking the plan's size and sha256 against it."""
     plan = Path(plan)
     if not plan.is_file():
         raise EngineError(f"{plan}: engine plan not found")
     try:
-        side = EngineSidecar.load(sidecar_path(plan))
+        side = EngineSidecar.load(EngineSidecar.path_for(plan))
     except SpecError as e:
         raise EngineError(str(e)) from None
     size = plan.stat().st_size
@@ -152,9 +149,7 @@ class TensorRTRunner(Runner):
         self._cudart = cudart
         if not _gpu_count(cudart):
             raise NoGPU(f"{self.plan}: no CUDA GPU here; TensorRT engines run on the device they were built for")
-        prop = _check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
-        name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-        gpu = {"name": name, "compute_capability": f"{prop.major}.{prop.minor}"}
+        gpu = cuda_device(cudart)
         diff = side.mismatches(self.bundle.onnx_sha256 if self.bundle else None, trt_mod.__name__,
                                trt_mod.__version__, gpu)
         if diff:
@@ -265,8 +260,6 @@ def _gpu_count(cudart: Any) -> int:
 
 
 def _gpu_or_none() -> dict | None:
-    from edgesdk.build.trt import current_gpu
-
     return current_gpu() or None
 
 

@@ -17,6 +17,7 @@ import torch
 from edgesdk import __version__
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES
+from edgesdk.devices import graph_summary
 from edgesdk.fsutil import atomic_dir, write_json
 from edgesdk.spec import MANIFEST, InputSpec, Manifest, OutputSpec, Threshold, file_entry
 from edgesdk.train import load_run
@@ -55,22 +56,6 @@ def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
         "map_max_rel_err": float(np.abs(o_map - t_map).max() / map_scale),
         "batch2_max_abs_err": float(np.abs(batched["score"] - o_score[:2]).max()),
     }
-
-
-def graph_summary(onnx_path: str | Path) -> dict:
-    """Opset, op-type counts and tensor dtypes of an ONNX file: what device checks (TensorRT opset
-    limits, DLA layer support, precision) need, recorded in the manifest so the device needs no onnx."""
-    import collections
-
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    ops = collections.Counter(n.op_type for n in model.graph.node)
-    dtypes = collections.Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
-                                 for t in model.graph.initializer)
-    return {"opset": int(opset), "nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
-            "initializer_dtypes": dict(dtypes)}
 
 
 def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = ExportOptions()) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 
 from edgesdk import __version__
 from edgesdk.bundle import Bundle
+from edgesdk.devices import current_gpu
 from edgesdk.fsutil import atomic_write_bytes, atomic_write_text, write_json
 from edgesdk.spec import BuildConfig, DeviceProfile, EngineSidecar, sha256_file
 
@@ -119,23 +120,6 @@ def check_onnx(onnx_path: str | Path, module: str = "tensorrt_rtx") -> None:
     """Parse ONNX_PATH with TensorRT (strongly typed where the flavour has it); raise if rejected."""
     trt = import_tensorrt(module)
     parse_onnx(trt, Path(onnx_path), is_strongly_typed(module, trt.__version__), make_logger(trt))
-
-
-def current_gpu() -> dict:
-    """{"name", "compute_capability"} of GPU 0, from cuda-python or nvidia-smi; {} where none."""
-    try:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
-
-        err, prop = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-            return {"name": name, "compute_capability": f"{prop.major}.{prop.minor}"}
-    except Exception:   # no cuda-python, no driver, no GPU: all mean "unknown" here
-        pass
-    from edgesdk.devices import nvidia_gpus
-
-    gpus = nvidia_gpus()
-    return {"name": gpus[0]["name"], "compute_capability": gpus[0]["compute_capability"]} if gpus else {}
 
 
 class _Progress:
@@ -297,7 +281,8 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
     out_dir = Path(out) if out is not None else b.path / "engines"
     key = engine_key(b.onnx_sha256, m.precision, module, version, device.name, gpu, cfg)
     name = engine_name(m.model["name"], m.precision, device.name, module, version, cfg, key)
-    plan, side_path = out_dir / f"{name}.plan", out_dir / f"{name}.json"
+    plan = out_dir / f"{name}.plan"
+    side_path = EngineSidecar.path_for(plan)
     ds_path = out_dir / f"{name}.nvinfer.txt"
     shapes = profile_shapes(m.input.name, b.input_size, cfg.batch)
     cache = out_dir / f"timing-{device.name}-{version}.cache" if module == "tensorrt" and cfg.timing_cache else None
