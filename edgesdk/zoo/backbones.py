@@ -83,6 +83,11 @@ class EfficientNetLite0(nn.Module):
                 s *= stride if i == 0 else 1
                 self.block_info.append((cout, s))
 
+    @property
+    def stem(self) -> nn.Conv2d:
+        """The convolution that reads the pixels."""
+        return self._conv_stem
+
     def features(self, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
         """Outputs of the blocks in `taps` (indices into _blocks); stops after the last one."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
@@ -187,6 +192,11 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.tap_info.append((cin, 4 * 2 ** i))
         self.fc = nn.Linear(cin, num_classes)
+
+    @property
+    def stem(self) -> nn.Conv2d:
+        """The convolution that reads the pixels."""
+        return self.conv1
 
     def features(self, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)

@@ -97,6 +97,9 @@ class Stfpm(AnomalyModel):
         self.register_buffer("t_mean", torch.zeros(1, c, 1, 1))    # teacher channel statistics
         self.register_buffer("t_inv_std", torch.ones(1, c, 1, 1))
 
+    def input_convs(self) -> list[nn.Conv2d]:
+        return [self.backbone.stem, self.student[0]]
+
     def teacher(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, C, h, w) normalized teacher features."""
         return (self.grid_features(frames, self.taps) - self.t_mean) * self.t_inv_std
