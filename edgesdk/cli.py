@@ -73,15 +73,34 @@ def cmd_export(args) -> None:
     run_recipe = json.loads((Path(args.run) / "run.json").read_text()).get("recipe") or {} \
         if (Path(args.run) / "run.json").is_file() else {}
     eopts = dict(load_recipe(args.recipe).export if args.recipe else run_recipe.get("export") or {})
-    if args.precision:
-        eopts["precision"] = args.precision
+    for flag in ("precision", "target", "calib", "n_calib", "calib_method", "max_drop", "val"):
+        if getattr(args, flag) is not None:
+            eopts[flag] = getattr(args, flag)
     out = export_onnx(args.run, args.out, ExportOptions(**eopts))
     b = Bundle.open(out)
-    par = b.manifest.metrics["parity_vs_torch"]
+    m = b.manifest.metrics
+    par = m.get("parity_vs_torch") or m["float_graph_parity_vs_torch"]
     print(table([{"bundle": str(out), "model": b.manifest.model["name"], "precision": b.manifest.precision,
                   "onnx MB": b.manifest.files["model.onnx"].bytes / 1e6,
                   "threshold": b.threshold, "parity score rel err": f"{par['score_max_rel_err']:.1e}",
                   "parity map rel err": f"{par['map_max_rel_err']:.1e}"}]))
+    if "vs_float" in m:
+        print(quant_table(m["vs_float"], b.manifest.precision, b.manifest.calibration or {}))
+
+
+def quant_table(r: dict, precision: str, cal: dict) -> str:
+    """The gate's parity report: float vs this precision, one row each."""
+    ref = r.get("reference", {})
+    rows = [{"model": "float (PyTorch)", "image AUROC": ref.get("image_auroc"), "pixel AUROC": ref.get("pixel_auroc"),
+             "threshold": r["threshold_float"], "ORT p50 ms": r["ort_p50_ms_float"],
+             "MB": r["model_mb_float"]},
+            {"model": f"{precision} ({cal.get('target', '')})", "image AUROC": r.get("image_auroc"),
+             "pixel AUROC": r.get("pixel_auroc"), "threshold": r["threshold"], "ORT p50 ms": r["ort_p50_ms"],
+             "MB": r["model_mb"], "max |dz|": r["score_max_abs_diff"], "mean |dz| (held-out)": r["score_mean_abs_diff"],
+             "verdict flips": f"{r['verdict_flips']} of {r['n_holdout'] + r.get('n_val', 0)}",
+             "speedup": f"{r['speedup_vs_float']:.2f}x"}]
+    return table(rows, title=f"{precision} vs float: gated on {r['gated_on']}, "
+                             f"calibrated on {cal.get('n_images')} images ({cal.get('method')})")
 
 
 def _detector_opts(args):
@@ -147,6 +166,20 @@ def cmd_verify(args) -> None:
     _emit(args, r, text)
     if not r["passed"]:
         raise SystemExit(1)
+
+
+def cmd_compare(args) -> None:
+    from edgesdk.compare import compare_bundles
+    from edgesdk.fsutil import write_json
+
+    r = compare_bundles(args.a, args.b, args.data)
+    print(table(r["rows"], title=f"{args.a} vs {args.b} on {r['pair']['n_images']} images of {args.data}"))
+    p = r["pair"]
+    print(table([{"max |d score|": p["score_max_abs_diff"], "mean |d score|": p["score_mean_abs_diff"],
+                  "verdict flips": p["verdict_flips"], "image AUROC drop": p["image_auroc_drop"],
+                  "speedup (A/B p50)": f"{p['speedup']:.2f}x"}]))
+    if args.json:
+        write_json(args.json, r)
 
 
 def cmd_bench(args) -> None:
@@ -272,6 +305,17 @@ def cmd_run(args) -> None:
     _emit(args, s, text)
 
 
+def cmd_calibrate(args) -> None:
+    from edgesdk.calibrate import calibrate
+
+    st = calibrate(args.bundle, args.source, args.out, args.frames, args.k_sigma, _detector_opts(args))
+    text = table([{"bundle": args.out, "frames": st["frames"], "good mean z": st["mean"], "good std z": st["std"],
+                   "threshold": f"{st['old_threshold']:.3f} -> {st['threshold']:.3f}",
+                   "good flagged before": st["flagged_at_old_threshold"],
+                   "good flagged after": st["flagged_at_new_threshold"]}], title=f"line calibration on {args.source}")
+    _emit(args, st, text)
+
+
 def cmd_demo(args) -> None:
     from edgesdk.demo import MODELS, demo
 
@@ -318,7 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--out", required=True)
     s.add_argument("--recipe", help="take export options from this recipe (default: the run's recipe)")
-    s.add_argument("--precision", choices=["fp32"])
+    s.add_argument("--precision", choices=["fp32", "fp16", "int8"])
+    s.add_argument("--target", choices=["cpu", "tensorrt"],
+                   help="int8 layout: cpu = ONNX Runtime U8S8 (fast on x86/Arm CPUs), tensorrt = symmetric "
+                        "explicit quantization (+ calib.cache); fp16 needs tensorrt")
+    s.add_argument("--calib", help="folder of the line's good images to calibrate on (default: the run's fit images)")
+    s.add_argument("--n-calib", type=int, help="calibration images used (default 64)")
+    s.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
+    s.add_argument("--max-drop", type=float, help="largest image-AUROC drop vs float accepted (default 0.005)")
+    s.add_argument("--val", help="labelled folder (good/, <defect>/) for the gate (default: the run's DATA/test)")
     s.set_defaults(fn=cmd_export)
 
     def runtime_args(s):
@@ -349,6 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_args(s)
     s.set_defaults(fn=cmd_run)
 
+    s = sub.add_parser("calibrate", help="re-derive the threshold on known-good frames of the line's own "
+                                         "source, into a new bundle (the original stays intact)")
+    s.add_argument("bundle")
+    s.add_argument("--source", required=True, help="known-good frames: file://good.mp4, a folder, a camera URI")
+    s.add_argument("--frames", type=int, default=200, help="frames to score (default 200, at least 30)")
+    s.add_argument("--out", required=True, help="the calibrated bundle's folder")
+    s.add_argument("--k-sigma", type=float, help="threshold = mean + k std of the good scores "
+                                                 "(default: the bundle's own k, else 3)")
+    runtime_args(s)
+    s.set_defaults(fn=cmd_calibrate)
+
     s = sub.add_parser("build", help="bundle -> TensorRT engine for a device profile (raw plan + sidecar)")
     s.add_argument("bundle")
     s.add_argument("--device", required=True, help="profile name in devices/ (orin-nx, rtx, ...) or a .toml path")
@@ -360,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-timing-cache", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_build)
+
+    s = sub.add_parser("compare", help="two bundles side by side on labelled data: AUROC, score differences, "
+                                       "verdict flips, size, ONNX Runtime p50")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.add_argument("--data", required=True, help="MVTec category (uses test/) or a labelled folder (good/, <defect>/)")
+    s.add_argument("--json", help="write the comparison here")
+    s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("verify", help="run an engine on the bundle's parity frames and compare with ONNX Runtime")
     s.add_argument("engine")

@@ -24,3 +24,72 @@ def compare_runners(ref: Runner, test: Runner, frames: np.ndarray, threshold: fl
             "score_max_abs_err": float(np.abs(r - t).max()), "score_mean_abs_err": float(np.abs(r - t).mean()),
             "map_max_abs_err": map_err, "map_max_rel_err": map_err / map_scale,
             "verdict_flips": flips, "ref_scores": r.tolist(), "test_scores": t.tolist()}
+
+
+def score_onnx(path, frames: np.ndarray, input_name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N,), maps (N, H, W)) of an ONNX graph in ONNX Runtime's CPU provider, batch 1."""
+    from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(path, providers="CPUExecutionProvider") as r:
+        outs = [r.infer({input_name: frames[i:i + 1]}) for i in range(len(frames))]
+    return np.concatenate([o["score"] for o in outs]), np.concatenate([o["anomaly_map"] for o in outs])
+
+
+def interleaved_p50(a, b, frames: np.ndarray, rounds: int = 8, per_round: int = 10,
+                    input_name: str = "image") -> tuple[float, float]:
+    """ONNX Runtime p50 ms of graphs A and B at batch 1, alternating blocks of PER_ROUND calls so
+    machine drift hits both alike (two untimed calls per block: caches refill after a switch)."""
+    import time
+
+    from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(a, providers="CPUExecutionProvider") as ra, \
+            OnnxRuntimeRunner(b, providers="CPUExecutionProvider") as rb:
+        ms: tuple[list[float], list[float]] = ([], [])
+        for r in range(rounds):
+            for runner, out in ((ra, ms[0]), (rb, ms[1])):
+                for i in range(per_round + 2):
+                    feed = {input_name: frames[(r * per_round + i) % len(frames)][None]}
+                    t0 = time.perf_counter()
+                    runner.infer(feed)
+                    if i >= 2:
+                        out.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ms[0])), float(np.median(ms[1]))
+
+
+def compare_bundles(a, b, data) -> dict:
+    """`edgesdk compare A B --data D`: both bundles on D's test images (MVTec layout, or a labelled
+    folder good/ + <defect>/), each at its own threshold. {"rows": [one per bundle], "pair": {...}}."""
+    from edgesdk.bundle import Bundle
+    from edgesdk.data import mvtec
+    from edgesdk.metrics import auroc
+
+    ba, bb = Bundle.open(a), Bundle.open(b)
+    if ba.input_size != bb.input_size:
+        raise ValueError(f"{a} takes {ba.input_size} frames and {b} {bb.input_size}: compare bundles of one model input")
+    from pathlib import Path
+
+    items = mvtec.test_items(data) if (Path(data) / "test").is_dir() else mvtec.labelled_items(data)
+    loaded = [mvtec.read_item(it, ba.input_size) for it in items]
+    frames = np.stack([f for f, _ in loaded])
+    labels = np.array([it.label for it in items])
+    masks = None
+    if all(m is not None for (_, m), it in zip(loaded, items) if it.label):
+        masks = np.stack([m if m is not None else np.zeros(ba.input_size, bool) for _, m in loaded])
+    rows, scores = [], []
+    p50 = interleaved_p50(ba.model_path, bb.model_path, frames)
+    for bundle, ms in zip((ba, bb), p50):
+        s, maps = score_onnx(bundle.model_path, frames, bundle.manifest.input.name)
+        scores.append(s)
+        cal = bundle.manifest.calibration or {}
+        rows.append({"bundle": str(bundle.path), "precision": bundle.manifest.precision,
+                     "target": cal.get("target", ""), "MB": bundle.manifest.files["model.onnx"].bytes / 1e6,
+                     "image_auroc": auroc(s, labels) if 0 < labels.sum() < len(labels) else None,
+                     "pixel_auroc": auroc(maps, masks) if masks is not None else None,
+                     "threshold": bundle.threshold, "ort_p50_ms": ms})
+    va, vb = scores[0] > ba.threshold, scores[1] > bb.threshold
+    d = np.abs(scores[0] - scores[1])
+    pair = {"n_images": int(len(frames)), "score_max_abs_diff": float(d.max()), "score_mean_abs_diff": float(d.mean()),
+            "verdict_flips": int((va != vb).sum()), "image_auroc_drop": (rows[0]["image_auroc"] or 0) - (rows[1]["image_auroc"] or 0),
+            "speedup": p50[0] / p50[1], "data": str(data)}
+    return {"rows": rows, "pair": pair}

@@ -11,10 +11,10 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def table(rows: list[dict], columns: list[str] | None = None, title: str = "") -> str:
-    """Left-aligned text, right-aligned numbers; columns default to the first row's keys."""
+    """Left-aligned text, right-aligned numbers; columns default to every row's keys, in first-seen order."""
     if not rows:
         return f"{title}\n(no rows)" if title else "(no rows)"
-    columns = columns or list(rows[0])
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     numeric = [all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)

@@ -23,7 +23,7 @@ from edgesdk.spec import MANIFEST, InputSpec, Manifest, OutputSpec, Threshold, f
 from edgesdk.train import load_run
 
 INPUT, OUTPUTS = "image", ("score", "anomaly_map")
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ExportError(RuntimeError):
@@ -32,9 +32,21 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    precision: str = "fp32"
+    precision: str = "fp32"     # fp32, fp16 (--target tensorrt) or int8 (gated against fp32)
     opset: int = 18
     rtol: float = 1e-4          # parity gate: |onnx - torch| <= rtol * max(|torch|, 1)
+    target: str = "cpu"         # int8 layout: "cpu" (ONNX Runtime U8S8) or "tensorrt" (symmetric)
+    calib: str = ""             # folder of the line's good images; "" = the run's fit images
+    n_calib: int = 64
+    calib_method: str = "minmax"   # minmax, entropy or percentile
+    max_drop: float = 0.005     # largest image-AUROC drop vs float the gate accepts
+    val: str = ""               # labelled folder for the gate; "" = the run's DATA/test if present
+
+    def quant(self):
+        from edgesdk.build.quant import QuantOptions
+
+        return QuantOptions(precision=self.precision, target=self.target, calib=self.calib, n_calib=self.n_calib,
+                            method=self.calib_method, max_drop=self.max_drop)
 
 
 def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
@@ -61,17 +73,22 @@ def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
 def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = ExportOptions()) -> Path:
     """Export the run in RUN_DIR to a verified bundle folder OUT (written atomically)."""
     if opts.precision not in PRECISIONS:
-        raise ExportError(f"precision {opts.precision!r} is not supported yet (have {PRECISIONS}); "
-                          "fp16/int8 need calibrated quantization with accuracy checks")
+        raise ExportError(f"precision {opts.precision!r}: choose from {', '.join(PRECISIONS)}")
+    qopts = opts.quant() if opts.precision != "fp32" else None      # option errors before any work
     run_dir = Path(run_dir)
     net, meta = load_run(run_dir)
     h, w = net.cfg.input_size
     frames = np.load(run_dir / "holdout_frames.npy")
+    calib = calib_info = None
+    if qopts is not None:          # bad calibration data fails here, before anything is written
+        from edgesdk.build import gate
+
+        calib, calib_info = gate.calibration_frames(qopts, meta, (h, w))
     with atomic_dir(out) as stage:
         onnx_path = stage / MODEL_FILE
         # Batch 2, not 1: torch.export specializes a size-1 dim to a constant (no dynamic batch).
         example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
-        torch.onnx.export(net, (example,), str(onnx_path), input_names=[INPUT], output_names=list(OUTPUTS),
+        torch.onnx.export(net.for_export(), (example,), str(onnx_path), input_names=[INPUT], output_names=list(OUTPUTS),
                           dynamic_shapes={"frames": {0: torch.export.Dim("batch")}},
                           opset_version=opts.opset, external_data=False, dynamo=True, verbose=False)
         import onnx
@@ -85,6 +102,20 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         # The frames parity was measured on travel with the bundle: `edgesdk verify` compares a
         # TensorRT engine with ONNX Runtime on them on the device. (N, H, W, 3) uint8 BGR.
         np.save(stage / PARITY_FRAMES, frames)
+        threshold, metrics, calibration = meta["threshold"], {"parity_vs_torch": par}, None
+        extra_files: tuple[str, ...] = ()
+        if qopts is not None:
+            float_path = stage / "float.onnx"
+            onnx_path.rename(float_path)
+            ref = gate.reference(net, gate.holdout_frames(meta, run_dir, (h, w)), gate.validation_set(opts.val, meta, (h, w)))
+            low = gate.lower_precision(stage, float_path, ref, meta["threshold"], calib, qopts, MODEL_FILE)
+            float_path.unlink()
+            threshold = low["threshold"]
+            metrics = {"float_graph_parity_vs_torch": par, "vs_float": low["report"]}
+            calibration = {**qopts.to_dict(), **calib_info, "attempts": low["attempts"], "decisions": low["decisions"]}
+            write_json(stage / "quant_report.json", {"report": low["report"], "attempts": low["attempts"],
+                                                    "decisions": low["decisions"], "threshold": threshold})
+            extra_files = ("quant_report.json",) + (("calib.cache",) if (stage / "calib.cache").exists() else ())
         import onnxruntime
 
         manifest = Manifest(
@@ -93,12 +124,12 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
             input=InputSpec(name=INPUT, height=h, width=w),
             outputs=(OutputSpec("score", ("batch",), meaning="image anomaly score = max of anomaly_map"),
                      OutputSpec("anomaly_map", ("batch", h, w), meaning="per-pixel score, same units")),
-            threshold=Threshold(**meta["threshold"]),
+            threshold=Threshold(**threshold),
             normalization=meta["normalization"],
             precision=opts.precision,
-            files={name: file_entry(stage / name) for name in (MODEL_FILE, "parity.json", PARITY_FRAMES)},
-            metrics={"parity_vs_torch": par},
-            calibration=None,
+            files={name: file_entry(stage / name) for name in (MODEL_FILE, "parity.json", PARITY_FRAMES) + extra_files},
+            metrics=metrics,
+            calibration=calibration,
             graph=graph_summary(onnx_path),
             provenance={"run": str(run_dir.resolve()), "data": meta["data"], "train_timing_s": meta["timing_s"],
                         "opset": opts.opset, "host": platform.platform(),

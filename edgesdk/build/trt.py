@@ -265,6 +265,10 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
     m = b.manifest
     if device.kind == "cpu" or not device.tensorrt_module:
         raise ValueError(f"device {device.name!r} runs bundles in ONNX Runtime: there is no engine to build")
+    if m.precision == "int8" and (m.calibration or {}).get("target") == "cpu":
+        raise ValueError(f"{b.path}: this INT8 bundle was quantized for ONNX Runtime on a CPU (asymmetric uint8 "
+                         "activations), which TensorRT's explicit quantization does not take; export it with "
+                         "--precision int8 --target tensorrt")
     if m.precision not in device.gpu_precisions:
         raise ValueError(f"{b.path}: precision {m.precision} is not supported on {device.name} "
                          f"(supports {', '.join(device.gpu_precisions)})")

@@ -1,0 +1,212 @@
+"""The accuracy gate of `edgesdk export --precision fp16|int8`: a lower-precision graph is measured
+against the float model before a bundle may claim its precision.
+
+Data, all from the run unless told otherwise:
+  calibration  the line's own good images: --calib DIR, or the run's fit images (never its held-out ones)
+  held-out     the run's held-out good images: the quantized model's own threshold is re-derived on them
+  validation   --val DIR, or the run's DATA/test when it exists (labelled): image/pixel AUROC, verdicts
+Attempt 1 quantizes by rule (feature convolutions only). If the image-AUROC drop (or, without labelled
+data, the share of held-out verdict flips) exceeds max_drop, the convolutions whose outputs drifted
+most from the float model (quant.sensitivity; for --target cpu, the contiguous tail from the earliest
+of them) are kept FP32, in growing steps, until it passes or
+every step failed: then GateError with the table of attempts, and nothing is written."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgesdk.build import quant
+from edgesdk.compare import interleaved_p50, score_onnx
+from edgesdk.data import mvtec
+from edgesdk.metrics import auroc
+from edgesdk.table import table
+
+MIN_CALIB = 8
+STEPS = (0.1, 0.25, 0.5)      # shares of the feature convolutions kept FP32 after a failed attempt
+
+
+class GateError(RuntimeError):
+    """The lower-precision model lost more accuracy than allowed; no bundle was written."""
+
+
+def calibration_frames(opts: quant.QuantOptions, meta: dict, size: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    """(N, H, W, 3) uint8 calibration frames and where they came from; errors name the folder."""
+    if opts.calib:
+        folder = Path(opts.calib)
+        if not folder.is_dir():
+            raise mvtec.DataError(f"calibration folder {folder}: not found")
+        paths = mvtec.good_images(folder)
+        source = str(folder.resolve())
+    else:
+        data = Path(meta["data"]["path"])
+        held = set(meta["data"].get("holdout_files", []))
+        try:
+            paths = [p for p in mvtec.good_images(data) if p.name not in held]
+        except mvtec.DataError as e:
+            raise mvtec.DataError(f"{e} (the run's training images, used for calibration by default; "
+                                  "pass --calib DIR with the line's good images)") from e
+        source = f"{data} (the run's fit images)"
+    if len(paths) < MIN_CALIB:
+        raise mvtec.DataError(f"calibration folder {paths[0].parent if paths else opts.calib}: {len(paths)} "
+                              f"images; at least {MIN_CALIB} are needed to calibrate")
+    pick = np.linspace(0, len(paths) - 1, min(opts.n_calib, len(paths))).round().astype(int)
+    chosen = [paths[i] for i in sorted(set(pick.tolist()))]
+    return mvtec.read_batch(chosen, size), {"source": source, "n_images": len(chosen), "n_available": len(paths)}
+
+
+def holdout_frames(meta: dict, run_dir: Path, size: tuple[int, int]) -> np.ndarray:
+    """The run's held-out good images (all of them; the run folder keeps only a few as frames)."""
+    data = Path(meta["data"]["path"])
+    root = data / "train" / "good" if (data / "train" / "good").is_dir() else data
+    paths = [root / n for n in meta["data"].get("holdout_files", [])]
+    if paths and all(p.is_file() for p in paths):
+        return mvtec.read_batch(paths, size)
+    return np.load(run_dir / "holdout_frames.npy")
+
+
+def validation_set(val: str, meta: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str] | None:
+    """(frames, labels, masks or None, where) from VAL or the run's DATA/test; None if neither."""
+    if val:
+        items = mvtec.labelled_items(val)
+        where = str(Path(val).resolve())
+    else:
+        data = Path(meta["data"]["path"])
+        if not (data / "test").is_dir():
+            return None
+        items = mvtec.test_items(data)
+        where = str((data / "test").resolve())
+    loaded = [mvtec.read_item(it, size) for it in items]
+    labels = np.array([it.label for it in items])
+    masks = None
+    if all(m is not None for (_, m), it in zip(loaded, items) if it.label):
+        masks = np.stack([m if m is not None else np.zeros(size, bool) for _, m in loaded])
+    return np.stack([f for f, _ in loaded]), labels, masks, where
+
+
+def rederive_threshold(threshold: dict, z_float: np.ndarray, z_low: np.ndarray) -> dict:
+    """The lower-precision model's own threshold from its held-out good scores: the same k sigma
+    above their mean (for a k-sigma threshold), or the float threshold moved by the held-out mean shift
+    (for a validation-F1 threshold). Never the float value copied."""
+    detail = {**threshold["detail"], "float_threshold": threshold["value"]}
+    if threshold["source"].startswith("good_holdout_k_sigma"):
+        k = float(threshold["detail"]["k_sigma"])
+        value = float(z_low.mean() + k * z_low.std(ddof=1))
+        detail["how"] = f"mean + {k:g} std of this model's {len(z_low)} held-out good scores"
+    else:
+        value = float(threshold["value"] + z_low.mean() - z_float.mean())
+        detail["how"] = "float threshold + this model's held-out mean shift"
+    source = threshold["source"] if threshold["source"].endswith("+requantized") else threshold["source"] + "+requantized"
+    return {"value": value, "source": source, "detail": detail}
+
+
+def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dict, dict]:
+    """One attempt's report (and its threshold) against REF (float scores on held-out/validation)."""
+    zl, _ = score_onnx(low, ref["hold_frames"])
+    thr = rederive_threshold(thr_float, ref["hold_z"], zl)
+    diff = np.abs(zl - ref["hold_z"])
+    r: dict = {"n_holdout": int(len(zl)), "score_max_abs_diff": float(diff.max()),
+               "score_mean_abs_diff": float(diff.mean()), "threshold": thr["value"],
+               "threshold_float": float(thr_float["value"])}
+    flips = int(((ref["hold_z"] > thr_float["value"]) != (zl > thr["value"])).sum())
+    n = len(zl)
+    if ref.get("val") is not None:
+        frames, labels, masks, _ = ref["val"]
+        vl, ml = score_onnx(low, frames)
+        d = np.abs(vl - ref["val_z"])
+        r.update(score_max_abs_diff=max(r["score_max_abs_diff"], float(d.max())), n_val=int(len(vl)),
+                 image_auroc=auroc(vl, labels), image_auroc_drop=ref["image_auroc"] - auroc(vl, labels))
+        if masks is not None:
+            r["pixel_auroc"] = auroc(ml, masks)
+            r["pixel_auroc_drop"] = ref["pixel_auroc"] - r["pixel_auroc"]
+        flips += int(((ref["val_z"] > thr_float["value"]) != (vl > thr["value"])).sum())
+        n += len(vl)
+    r["verdict_flips"], r["flip_share"] = flips, flips / max(n, 1)
+    # With labels, the AUROC drop decides (a flip near the threshold is not a lost defect); without
+    # them, agreement of verdicts on the held-out good images is all there is to go on.
+    r["gated_on"] = "image_auroc_drop" if "image_auroc_drop" in r else "flip_share"
+    r["passed"] = bool(r[r["gated_on"]] <= max_drop)
+    return r, thr
+
+
+def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: np.ndarray,
+                    opts: quant.QuantOptions, model_file: str, progress=print) -> dict:
+    """Write STAGE/MODEL_FILE at opts.precision from the float graph FP32, gated against REF.
+    Returns the manifest's record: threshold, calibration, quantization decisions, gate report."""
+    import onnx
+
+    dst = stage / model_file
+    convs = quant.feature_convs(onnx.load(str(fp32)))
+    keep: tuple[str, ...] = ()
+    ranked: list[tuple[str, float]] = []
+    attempts, info, report, thr = [], {}, {}, {}
+    for step in (0.0,) + STEPS:
+        if step:
+            if not ranked:        # rank once, from the first (all-quantized) attempt
+                ranked = quant.sensitivity(fp32, dst, calib[:8], "image")
+            worst = {c for c, _ in ranked[:max(1, round(step * len(convs)))]}
+            if opts.target == "cpu":
+                # On a CPU each FP32 island between INT8 layers costs a Q/DQ pair and a layout change
+                # (measured: 8 scattered FP32 convs made PaDiM 0.89x the float speed), so keep the
+                # contiguous tail from the earliest bad layer on (cumulative error makes the deepest
+                # layers the worst anyway).
+                first = min(convs.index(c) for c in worst)
+                worst = set(convs[first:])
+            keep = tuple(c for c in convs if c in worst)
+        t0 = time.perf_counter()
+        if opts.precision == "fp16":
+            info = quant.convert_fp16(fp32, dst, keep)
+        else:
+            info = quant.quantize_int8(fp32, dst, calib, "image", opts, keep)
+        report, thr = measure(ref, dst, thr_float, opts.max_drop)
+        attempts.append({"fp32_convs": len(keep), "seconds": round(time.perf_counter() - t0, 1),
+                         **{k: report.get(k) for k in ("image_auroc", "image_auroc_drop", "pixel_auroc",
+                                                       "verdict_flips", "score_max_abs_diff", "passed")}})
+        progress(table([attempts[-1]], title=f"{opts.precision} ({opts.target}) attempt {len(attempts)}"))
+        if report["passed"]:
+            break
+    if not report["passed"]:
+        dst.unlink(missing_ok=True)
+        raise GateError(
+            f"{opts.precision} --target {opts.target} loses more than max_drop {opts.max_drop} against the float "
+            f"model (gated on {report['gated_on']}) even with up to {attempts[-1]['fp32_convs']} of {len(convs)} "
+            f"convolutions kept FP32; no bundle written.\n" + table(attempts, title="attempts")
+            + "\nTry --calib-method percentile or entropy, more calibration images, or another precision.")
+    ranges = info.pop("ranges", {})
+    if opts.precision == "int8" and opts.target == "tensorrt":
+        bad = quant.check_trt_qdq_rules(dst)
+        if bad:
+            raise GateError(f"{dst}: breaks TensorRT's Q/DQ rules: " + "; ".join(bad[:5]))
+        quant.write_trt_calib_cache(stage / "calib.cache", ranges)
+    report["ort_p50_ms_float"], report["ort_p50_ms"] = interleaved_p50(fp32, dst, ref["hold_frames"])
+    report["speedup_vs_float"] = report["ort_p50_ms_float"] / report["ort_p50_ms"]
+    report["model_mb"], report["model_mb_float"] = dst.stat().st_size / 1e6, fp32.stat().st_size / 1e6
+    report["reference"] = {k: ref[k] for k in ("image_auroc", "pixel_auroc", "val_where") if k in ref}
+    return {"threshold": thr, "report": report, "attempts": attempts,
+            "decisions": {**info, "rule": "feature convolutions only; distance head, resizes, reductions, "
+                                          "blur and normalization stay FP32",
+                          "sensitivity_sqnr_db": [[c, round(s, 2)] for c, s in ranked[:20]]}}
+
+
+def reference(net, hold: np.ndarray, val) -> dict:
+    """Float (PyTorch) scores the gate compares with: held-out good frames and validation frames."""
+    import torch
+
+    def run(frames):
+        zs, ms = [], []
+        with torch.no_grad():
+            for i in range(0, len(frames), 16):
+                z, m = net(torch.from_numpy(np.ascontiguousarray(frames[i:i + 16])))
+                zs.append(z.numpy())
+                ms.append(m.numpy())
+        return np.concatenate(zs), np.concatenate(ms)
+
+    ref: dict = {"hold_frames": hold, "hold_z": run(hold)[0], "val": val}
+    if val is not None:
+        frames, labels, masks, where = val
+        ref["val_z"], maps = run(frames)
+        ref["image_auroc"], ref["val_where"] = auroc(ref["val_z"], labels), where
+        if masks is not None:
+            ref["pixel_auroc"] = auroc(maps, masks)
+    return ref
