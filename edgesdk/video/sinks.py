@@ -2,6 +2,7 @@
 
   jsonl://results.jsonl    one JSON object per line, appended and flushed per frame
   dir://overlays/          a heatmap overlay PNG per anomalous frame (all frames with ?all=1)
+  mqtt://host:1883/topic   QoS 1 to an MQTT broker through an on-disk outbox (see video/mqtt.py)
 """
 from __future__ import annotations
 
@@ -63,7 +64,13 @@ def _dir(uri) -> Sink:
     return DirSink(Path(uri.netloc + uri.path), parse_qs(uri.query).get("all", ["0"])[0] == "1")
 
 
-SINKS = {"jsonl": _jsonl, "dir": _dir}
+def _mqtt(uri) -> Sink:
+    from edgesdk.video.mqtt import open_mqtt   # paho-mqtt only when asked for
+
+    return open_mqtt(uri)
+
+
+SINKS = {"jsonl": _jsonl, "dir": _dir, "mqtt": _mqtt}
 
 
 def open_sink(uri: str) -> Sink:
