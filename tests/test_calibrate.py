@@ -1,0 +1,70 @@
+"""`edgesdk calibrate`: the threshold re-derived on known-good frames of the line's own source (an
+mp4v clip, a codec the training PNGs never saw), into a new verified bundle; the original intact."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from test_device_no_torch import run as run_without_torch
+
+from edgesdk.bundle import Bundle
+from edgesdk.calibrate import calibrate
+from edgesdk.data.mvtec import list_images, read_image
+from edgesdk.runtime import Detector
+
+
+def write_mp4(path, images, size=(160, 160)):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    assert w.isOpened(), "OpenCV's FFmpeg cannot write mp4v here"
+    for p in images:
+        w.write(cv2.resize(read_image(p), size))
+    w.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_mp4(tiny_data, tmp_path_factory):
+    # The last 40 training images: known-good parts, through a lossy codec at another resolution.
+    return write_mp4(tmp_path_factory.mktemp("line") / "good.mp4", list_images(tiny_data / "brick/train/good")[-40:])
+
+
+def test_calibrate_writes_a_new_bundle_with_the_lines_own_threshold(bundle, good_mp4, tmp_path):
+    before = (bundle / "manifest.json").read_bytes()
+    out = tmp_path / "calibrated"
+    st = calibrate(bundle, str(good_mp4), out, frames=40, progress=False)
+    assert (bundle / "manifest.json").read_bytes() == before          # the original stays as exported
+    b = Bundle.open(out)                                               # every file hash verified
+    thr = b.manifest.threshold
+    assert thr.source == "line_good_k_sigma" and thr.value == st["threshold"]
+    assert b.manifest.provenance["line_calibration"]["source"] == str(good_mp4)
+    # Recompute independently: decode the clip, score each frame with the original bundle.
+    cap, z = cv2.VideoCapture(str(good_mp4)), []
+    with Detector(bundle) as det:
+        while (f := cap.read())[0]:
+            z.append(det.predict(f[1]).score)
+    z = np.array(z)
+    assert len(z) == st["frames"] == 40
+    assert thr.value == pytest.approx(z.mean() + st["k_sigma"] * z.std(ddof=1), rel=1e-5)
+    assert st["flagged_at_new_threshold"] == int((z > thr.value).sum()) <= 2
+    with Detector(out) as det:                                         # the runtime uses the new value
+        assert det.threshold == thr.value
+
+
+def test_calibrate_refuses_too_few_frames_and_overwriting_the_original(bundle, tiny_data, tmp_path):
+    short = write_mp4(tmp_path / "short.mp4", list_images(tiny_data / "brick/train/good")[:10])
+    with pytest.raises(ValueError, match=r"short\.mp4: gave 10 frames.*at least 30"):
+        calibrate(bundle, str(short), tmp_path / "c", frames=40, progress=False)
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(ValueError, match="give a new folder"):
+        calibrate(bundle, str(short), bundle, frames=40, progress=False)
+    with pytest.raises(ValueError, match="at least 30"):
+        calibrate(bundle, str(short), tmp_path / "c", frames=5, progress=False)
+
+
+def test_calibrate_cli_runs_on_the_device_without_torch(bundle, good_mp4, tmp_path):
+    code = "from edgesdk.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = run_without_torch(code, "calibrate", bundle, "--source", good_mp4, "--frames", 40,
+                          "--out", tmp_path / "cal", "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["frames"] == 40 and Bundle.open(tmp_path / "cal").threshold == pytest.approx(st["threshold"])
