@@ -3,8 +3,15 @@
   file://clip.mp4 or clip.mp4       a video file (FFmpeg inside OpenCV's wheel)
   file://images/ or images/          a folder of images, sorted by name
   file://part.png or part.png        one image
+  v4l2:///dev/video0                 a USB/V4L2 camera                          (live, see live.py)
+  rtsp://host/stream, http://host/mjpg   an IP camera (FFmpeg)                  (live)
+  csi://0                            a Jetson CSI camera via GStreamer nvarguscamerasrc (live)
 
-Camera schemes (csi://, v4l2://, rtsp://) come with the camera work; asking for one now says so.
+Options as a query string, on any source: ?fps=30 (files: play at that rate, as a camera would,
+making the source live; cameras: request it), ?loop=1 (files: start again at the end),
+?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution).
+File and folder sources apply backpressure (every frame is scored); live sources never wait for the
+consumer: frames it was too slow for are dropped and counted (`stats`).
 """
 from __future__ import annotations
 
@@ -31,11 +38,54 @@ class Frame:
     name: str = ""            # file name for image sources
 
 
+@dataclass(frozen=True)
+class SourceOptions:
+    fps: float | None = None                       # files: pace to this rate (live); cameras: request
+    loop: bool = False                             # files: start again at the end
+    roi: tuple[int, int, int, int] | None = None   # x, y, w, h crop of every frame
+    size: tuple[int, int] | None = None            # cameras: requested (width, height)
+
+    @classmethod
+    def parse(cls, uri: str, query: str, strict: bool = True) -> "SourceOptions":
+        """Our options from a query string; with strict=False (network cameras) other keys are the
+        camera's own and are left alone."""
+        from urllib.parse import parse_qs
+
+        q = {k: v[-1] for k, v in parse_qs(query).items()}
+        unknown = set(q) - {"fps", "loop", "roi", "size"}
+        if not strict:
+            q = {k: v for k, v in q.items() if k not in unknown}
+        elif unknown:
+            raise ValueError(f"{uri}: unknown source option(s) {sorted(unknown)}; known: fps, loop, roi, size")
+        try:
+            fps = float(q["fps"]) if "fps" in q else None
+            roi = tuple(int(v) for v in q["roi"].split(",")) if "roi" in q else None
+            size = tuple(int(v) for v in q["size"].lower().split("x")) if "size" in q else None
+        except ValueError:
+            raise ValueError(f"{uri}: bad option value (fps=30, roi=x,y,w,h, size=640x480)") from None
+        if fps is not None and fps <= 0 or roi is not None and (len(roi) != 4 or min(roi[2:]) <= 0) \
+                or size is not None and (len(size) != 2 or min(size) <= 0):
+            raise ValueError(f"{uri}: fps must be > 0, roi x,y,w,h with w,h > 0, size WxH")
+        return cls(fps, q.get("loop", "0") in ("1", "true", "yes"), roi, size)  # type: ignore[arg-type]
+
+    def crop(self, img: np.ndarray) -> np.ndarray:
+        if self.roi is None:
+            return img
+        x, y, w, h = self.roi
+        out = img[y:y + h, x:x + w]
+        if out.shape[0] != h or out.shape[1] != w:
+            raise DataError(f"roi {self.roi} is outside the {img.shape[1]}x{img.shape[0]} frame")
+        return out
+
+
 class Source:
     scheme = ""
+    live = False       # live sources drop frames the consumer is too slow for; files wait for it
+    ended = True       # read() returning None means the end (live sources: only once closed)
 
     def __init__(self) -> None:
         self.count = 0
+        self.stats: dict = {}
 
     def read(self, timeout: float | None = None) -> Frame | None:
         raise NotImplementedError
@@ -116,6 +166,53 @@ class ImageFilesSource(Source):
         return frame
 
 
+class FileOptions(Source):
+    """A file or folder source with options: ROI crop, loop, and pacing at `fps` as a camera would
+    deliver it (frames the consumer is too late for are skipped and counted: the source is live)."""
+
+    def __init__(self, inner: Source, opts: SourceOptions, reopen):
+        super().__init__()
+        self.inner, self.opts, self.reopen = inner, opts, reopen
+        self.live = opts.fps is not None
+        self.t0: float | None = None
+        self.stats = {"dropped_at_source": 0, "loops": 0}
+
+    @property
+    def options(self) -> dict:
+        return {**self.inner.options, "play_fps": self.opts.fps, "loop": self.opts.loop, "roi": self.opts.roi}
+
+    def _next(self) -> Frame | None:
+        frame = self.inner.read()
+        if frame is None and self.opts.loop:
+            self.inner.close()
+            self.inner = self.reopen()
+            self.stats["loops"] += 1
+            frame = self.inner.read()
+        return frame
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        frame = self._next()
+        if frame is not None and self.opts.fps:
+            now = time.perf_counter()
+            self.t0 = now if self.t0 is None else self.t0
+            due = self.t0 + self.count / self.opts.fps
+            while frame is not None and now - due >= 1 / self.opts.fps:   # a camera would have moved on
+                frame, self.count = self._next(), self.count + 1
+                self.stats["dropped_at_source"] += 1
+                due += 1 / self.opts.fps
+            if due > now:
+                time.sleep(due - now)
+        if frame is None:
+            return None
+        frame.frame_id = self.count
+        frame.image = self.opts.crop(frame.image)
+        self.count += 1
+        return frame
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def _file_source(path: Path) -> Source:
     if path.is_dir() or path.suffix.lower() in IMAGE_EXTS:
         if not path.exists():
@@ -124,17 +221,33 @@ def _file_source(path: Path) -> Source:
     return VideoFileSource(path)
 
 
-SOURCES = {"file": _file_source}
-PLANNED = ("csi", "v4l2", "rtsp", "synth")
+def _file(uri: str, parsed, opts: SourceOptions) -> Source:
+    if opts.size is not None:
+        raise ValueError(f"{uri}: size= is for cameras; files are resized to the model's input anyway")
+    path = Path(parsed.netloc + parsed.path) if parsed.scheme == "file" else Path(uri.split("?")[0])
+    src = _file_source(path)
+    if opts == SourceOptions():
+        return src
+    return FileOptions(src, opts, lambda: _file_source(path))
+
+
+def _live(uri: str, parsed, opts: SourceOptions) -> Source:
+    from edgesdk.video.live import open_live   # cameras and network streams
+
+    return open_live(uri, parsed, opts)
+
+
+SOURCES = {"file": _file, "v4l2": _live, "rtsp": _live, "rtsps": _live, "http": _live, "https": _live, "csi": _live}
 
 
 def open_source(uri: str) -> Source:
-    """A source for a URI or a plain path (see the module docstring for the schemes)."""
+    """A source for a URI or a plain path (see the module docstring for the schemes and options)."""
     parsed = urlparse(uri)
     scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"   # "C:" is a drive, not a scheme
     if scheme not in SOURCES:
-        hint = " (planned: camera sources are not in this release)" if scheme in PLANNED else ""
-        raise ValueError(f"{uri}: unsupported source scheme {scheme!r}{hint}; supported: "
-                         f"{sorted(SOURCES)} or a plain path")
-    path = Path(parsed.netloc + parsed.path) if parsed.scheme == "file" else Path(uri)
-    return SOURCES[scheme](path)
+        raise ValueError(f"{uri}: unsupported source scheme {scheme!r}; supported: "
+                         f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
+    if scheme == "file" and not parsed.scheme and "?" not in uri:
+        parsed = parsed._replace(query="")             # a plain path may contain characters urlparse splits on
+    strict = scheme not in ("http", "https", "rtsp", "rtsps")
+    return SOURCES[scheme](uri, parsed, SourceOptions.parse(uri, parsed.query, strict))

@@ -1,0 +1,100 @@
+"""The pipelined stream loop and live sources: every file frame scored in order; live sources drop
+the oldest frames (counted) instead of queueing without bound; a cut camera is reconnected and
+reported; SIGTERM drains and closes sinks; source options and camera errors are clear."""
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import pytest
+from mjpeg_server import MjpegCamera
+
+from edgesdk.pipeline import run_stream
+from edgesdk.video import open_source
+
+
+def test_file_source_every_frame_scored_in_order_with_stage_latency(bundle, tiny_data, tmp_path):
+    slow = lambda rec: time.sleep(0.005)  # noqa: E731  (a slow sink must not cost a frame of a file)
+    s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [f"jsonl://{tmp_path / 'r.jsonl'}"],
+                   on_record=slow, queue_depth=2)
+    recs = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert s["frames"] == len(recs) == 60 and s["dropped_frames"] == 0
+    assert [r["frame_id"] for r in recs] == list(range(60))
+    lat = recs[10]["latency_ms"]
+    assert {"read", "queue", "preprocess", "infer", "postprocess", "total"} <= set(lat)
+    assert lat["total"] == pytest.approx(lat["read"] + lat["queue"] + lat["preprocess"] + lat["infer"]
+                                         + lat["postprocess"], abs=0.01)
+
+
+def test_live_source_drops_oldest_frames_and_counts_them(bundle, tiny_data, tmp_path):
+    # The file played as a 100 FPS camera into a sink that takes 30 ms a frame: the loop must not
+    # queue without bound; it drops (and counts) frames and keeps the verdicts in order.
+    seen = []
+    s = run_stream(bundle, f"{tiny_data / 'conveyor_brick.mkv'}?fps=100", [],
+                   on_record=lambda rec: (seen.append(rec["frame_id"]), time.sleep(0.03)), queue_depth=2)
+    dropped = s["dropped_frames"] + s["source_stats"]["dropped_at_source"]
+    assert s["frames"] == len(seen) < 60 and dropped > 0 and s["frames"] + dropped == 60
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+def test_http_camera_cut_and_restored_is_reconnected_and_reported(bundle, tiny_data):
+    cam = MjpegCamera(str(tiny_data / "conveyor_brick.mkv"), fps=30).start()
+    stop, out, got = threading.Event(), {}, []
+    t = threading.Thread(target=lambda: out.update(run_stream(bundle, cam.url, [], on_record=got.append, stop=stop)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(got) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cam.stop()                                   # the camera goes away mid-stream
+        time.sleep(1.5)
+        n_cut = len(got)
+        cam.start()
+        while len(got) < n_cut + 10 and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(20)
+        cam.stop()
+    assert not t.is_alive() and out["stopped"] is True
+    assert n_cut >= 10 and out["frames"] >= n_cut + 10, (n_cut, out["frames"])
+    assert out["source_stats"]["reconnects"] >= 1
+
+
+def test_sigterm_drains_in_flight_frames_and_closes_sinks(bundle, tiny_data, tmp_path):
+    out = tmp_path / "r.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "edgesdk", "run", str(bundle), "--json",
+                          "--source", f"{tiny_data / 'conveyor_brick.mkv'}?fps=30&loop=1",   # never ends
+                          "--sink", f"jsonl://{out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or out.stat().st_size < 2000) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 0, stderr
+    summary = json.loads(stdout)
+    lines = out.read_text().splitlines()
+    assert summary["stopped"] is True and summary["frames"] == len(lines) > 0
+    assert [json.loads(x)["frame_id"] for x in lines] == sorted(json.loads(x)["frame_id"] for x in lines)
+
+
+def test_source_options_and_camera_errors_are_clear(tiny_data, tmp_path):
+    video = tiny_data / "conveyor_brick.mkv"
+    with pytest.raises(ValueError, match=r"unknown source option\(s\) \['fsp'\]"):
+        open_source(f"{video}?fsp=3")
+    with pytest.raises(ValueError, match="roi x,y,w,h"):
+        open_source(f"{video}?roi=1,2,3")
+    with open_source(f"file://{video}?roi=16,32,64,48") as src:
+        assert src.read().image.shape == (48, 64, 3)
+    with pytest.raises(ValueError, match="loop= is for files"):
+        open_source("rtsp://127.0.0.1:1/x?loop=1")
+    with pytest.raises(OSError, match=r"v4l2:///dev/video99: cannot open"):
+        open_source("v4l2:///dev/video99")
+    if "GStreamer:                   NO" in cv2.getBuildInformation():
+        with pytest.raises(RuntimeError, match="without it.*JetPack's OpenCV"):
+            open_source("csi://0")
+    with pytest.raises(ValueError, match="unsupported source scheme 'ftp'"):
+        open_source("ftp://x/y")
