@@ -83,7 +83,8 @@ class _Stages:
                         continue                   # a live source with nothing yet (or reconnecting)
                     break
                 t1 = time.perf_counter()
-                self._put_frame((frame, (t1 - t0) * 1e3, t1))
+                # read = decoding/copying; waiting for a camera to deliver is not latency of this frame
+                self._put_frame((frame, max(0.0, (t1 - t0) * 1e3 - frame.wait_ms), t1))
                 n += 1
         except BaseException as e:                 # reported by run_stream, after the drain
             self.errors.append(e)
@@ -125,6 +126,10 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
             src = stack.enter_context(open_source(source))
             outs = [stack.enter_context(open_sink(s)) for s in sinks]
             st = _Stages(src, outs, max(1, queue_depth), max_frames, on_record, stop)
+            for out in outs:       # sinks that report health (preview) see drops and reconnects
+                if hasattr(out, "attach"):
+                    out.attach(lambda: {"dropped_frames": st.dropped + src.stats.get("dropped_at_source", 0),
+                                        "reconnects": src.stats.get("reconnects", 0)})
             t_start = time.perf_counter()
             st.capture_t.start()
             st.sink_t.start()

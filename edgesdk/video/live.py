@@ -102,6 +102,7 @@ class LiveSource(Source):
                 log.warning("source %s reconnected (%d so far)", self.uri, self.stats["reconnects"])
 
     def read(self, timeout: float | None = None) -> Frame | None:
+        t0 = time.perf_counter()
         with self._cond:
             if self._latest is None and not self._cond.wait_for(lambda: self._latest is not None or self._stop.is_set(),
                                                                timeout):
@@ -110,7 +111,7 @@ class LiveSource(Source):
                 return None
             img, t = self._latest
             self._latest = None
-        frame = Frame(self.opts.crop(img), self.count, t, None, self.name)
+        frame = Frame(self.opts.crop(img), self.count, t, None, self.name, (time.perf_counter() - t0) * 1e3)
         self.count += 1
         return frame
 

@@ -1,12 +1,15 @@
 """Result sinks by URI. A sink gets each frame's record (a JSON-ready dict), the frame and result.
 
-  jsonl://results.jsonl    one JSON object per line, appended and flushed per frame
+  jsonl://results.jsonl    one JSON object per line, appended per frame (?max_mb=100&keep=5 rotates)
+  video://annotated.mp4    the annotated stream (?fps=15)
+  http://127.0.0.1:8080    live preview page (MJPEG with overlays) and /metrics for Prometheus
   dir://overlays/          a heatmap overlay PNG per anomalous frame (all frames with ?all=1)
   mqtt://host:1883/topic   QoS 1 to an MQTT broker through an on-disk outbox (see video/mqtt.py)
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -30,19 +33,47 @@ class Sink:
 
 
 class JsonlSink(Sink):
-    """Appends (never truncates: earlier runs' records are kept) and flushes every line, so a
-    crash or power cut loses at most the frame being written."""
+    """Appends (never truncates: earlier runs' records are kept). Each record is one write() of a
+    whole line on an O_APPEND descriptor, so a crash leaves complete lines only; a torn last line
+    from a power cut is cut off when the file is next opened. With max_mb, the file is rotated at
+    that size: FILE -> FILE.1 -> ... -> FILE.<keep> (the oldest is deleted)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, max_mb: float = 0.0, keep: int = 5):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.f = open(path, "a", buffering=1)
+        self.path, self.max_bytes, self.keep = path, int(max_mb * 1e6), max(1, keep)
+        self.rotations = 0
+        self._repair()
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _repair(self) -> None:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            data = f.read()
+            f.truncate(data.rfind(b"\n") + 1)          # drop the torn line, keep every complete one
+
+    def _rotate(self) -> None:
+        os.close(self.fd)
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self.rotations += 1
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict, frame, result) -> None:
-        self.f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        if self.max_bytes and os.fstat(self.fd).st_size + len(line) > self.max_bytes:
+            self._rotate()
+        os.write(self.fd, line)
 
     def close(self) -> None:
-        self.f.close()
+        os.close(self.fd)
 
 
 class DirSink(Sink):
@@ -56,8 +87,53 @@ class DirSink(Sink):
             cv2.imwrite(str(self.path / f"frame_{record['frame_id']:06d}.png"), img)
 
 
+class VideoSink(Sink):
+    """The annotated stream (heatmap overlay, boxes, verdict) as an mp4v/FFV1 video, written beside
+    the target and renamed over it when the run ends, so an interrupted run never leaves half a file."""
+
+    def __init__(self, path: Path, fps: float = 15.0):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.fps, self.writer, self.frames = path, fps, None, 0
+        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+
+    def write(self, record: dict, frame, result) -> None:
+        img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
+        if self.writer is None:
+            fourcc = "FFV1" if self.path.suffix.lower() in (".mkv", ".avi") else "mp4v"
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), self.fps,
+                                          (img.shape[1], img.shape[0]))
+            if not self.writer.isOpened():
+                raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer")
+        self.writer.write(img)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            os.replace(self.tmp, self.path)
+
+
+def _query(uri, known: dict) -> dict:
+    q = {k: v[-1] for k, v in parse_qs(uri.query).items()}
+    unknown = set(q) - set(known)
+    if unknown:
+        raise ValueError(f"{uri.geturl()}: unknown option(s) {sorted(unknown)}; known: {', '.join(known)}")
+    return {k: type(d)(q[k]) if k in q else d for k, d in known.items()}
+
+
 def _jsonl(uri) -> Sink:
-    return JsonlSink(Path(uri.netloc + uri.path))
+    return JsonlSink(Path(uri.netloc + uri.path), **_query(uri, {"max_mb": 0.0, "keep": 5}))
+
+
+def _video(uri) -> Sink:
+    return VideoSink(Path(uri.netloc + uri.path), **_query(uri, {"fps": 15.0}))
+
+
+def _http(uri) -> Sink:
+    from edgesdk.video.preview import PreviewSink
+
+    q = _query(uri, {"fps": 10.0})
+    return PreviewSink(uri.hostname or "127.0.0.1", uri.port or 8080, max_fps=q["fps"])
 
 
 def _dir(uri) -> Sink:
@@ -70,7 +146,7 @@ def _mqtt(uri) -> Sink:
     return open_mqtt(uri)
 
 
-SINKS = {"jsonl": _jsonl, "dir": _dir, "mqtt": _mqtt}
+SINKS = {"jsonl": _jsonl, "dir": _dir, "mqtt": _mqtt, "video": _video, "http": _http}
 
 
 def open_sink(uri: str) -> Sink:

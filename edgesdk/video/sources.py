@@ -36,6 +36,7 @@ class Frame:
     timestamp: float          # wall clock when read, seconds since the epoch
     source_time: float | None = None   # position in the source (video time, seconds) if known
     name: str = ""            # file name for image sources
+    wait_ms: float = 0.0      # time read() spent waiting for the frame to be due (camera rate), not decoding
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,9 @@ class FileOptions(Source):
                 time.sleep(due - now)
         if frame is None:
             return None
+        if self.opts.fps:
+            frame.wait_ms = max(0.0, (due - now) * 1e3)
+            frame.timestamp = time.time()              # "arrived" when the camera would have sent it
         frame.frame_id = self.count
         frame.image = self.opts.crop(frame.image)
         self.count += 1

@@ -1,0 +1,170 @@
+"""http:// sink: a live preview page (MJPEG with heatmap overlays) and Prometheus metrics.
+
+  http://127.0.0.1:8080[?fps=10]     binds to loopback unless another address is given
+  GET /              the page: the annotated stream and a live stats table
+  GET /stream.mjpg   multipart/x-mixed-replace JPEGs (any MJPEG viewer, or edgesdk's http:// source)
+  GET /frame.jpg     the latest annotated frame (the page shows it first, then switches to the stream)
+  GET /metrics       Prometheus text: frames, anomalies, drops, reconnects, FPS, latency quantiles
+  GET /stats.json    the same as JSON
+
+Only `fps` frames a second are drawn and encoded (the preview must not slow the line); metrics
+count every frame.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+
+from edgesdk.video.sinks import Sink
+from edgesdk.viz import overlay
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>edgesdk line preview</title>
+<style>body{font-family:sans-serif;margin:16px;background:#111;color:#eee}img{border:1px solid #444;
+max-width:100%%}table{border-collapse:collapse;margin-top:8px}td{padding:2px 10px;border-bottom:1px solid #333}
+td.v{text-align:right;font-variant-numeric:tabular-nums}</style></head><body>
+<h3>edgesdk line preview &mdash; %(title)s</h3><div style="display:flex;gap:16px;align-items:flex-start">
+<img id="s" src="/frame.jpg" width="%(w)d" alt="annotated stream"><table id="t"></table></div><script>
+window.addEventListener('load',()=>{document.getElementById('s').src='/stream.mjpg';tick();setInterval(tick,1000)});
+async function tick(){const s=await (await fetch('/stats.json')).json();
+document.getElementById('t').innerHTML=Object.entries(s).map(([k,v])=>
+`<tr><td>${k}</td><td class="v">${typeof v==='number'?+v.toFixed(3):v}</td></tr>`).join('')}
+</script></body></html>"""
+
+
+class PreviewSink(Sink):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, title: str = ""):
+        self.max_fps, self.title = max_fps, title
+        self.frames = self.anomalous = 0
+        self.threshold = 0.0
+        self.lat: deque[float] = deque(maxlen=1000)       # recent capture-to-verdict ms
+        self.times: deque[float] = deque(maxlen=1000)     # recent frame wall times, for FPS
+        self.jpeg: bytes | None = None
+        self.width = 640
+        self.cond = threading.Condition()
+        self.last_draw = 0.0
+        self.pipeline_stats = lambda: {}                   # set by the stream loop: drops, reconnects
+        self.closed = threading.Event()
+        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server.daemon_threads = True
+        self.address = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, name="edgesdk-preview", daemon=True).start()
+
+    def attach(self, stats_fn) -> None:
+        self.pipeline_stats = stats_fn
+
+    def write(self, record: dict, frame, result) -> None:
+        now = time.monotonic()
+        self.frames += 1
+        self.anomalous += bool(record["is_anomalous"])
+        self.threshold = record["threshold"]
+        self.lat.append(record["latency_ms"]["total"])
+        self.times.append(now)
+        if now - self.last_draw >= 1 / self.max_fps:
+            self.last_draw = now
+            img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            with self.cond:
+                self.jpeg, self.width = buf.tobytes(), max(img.shape[1], 384)
+                self.cond.notify_all()
+
+    def stats(self) -> dict:
+        t = list(self.times)
+        fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+        q = np.percentile(self.lat, [50, 90, 99]) if self.lat else [0.0, 0.0, 0.0]
+        extra = self.pipeline_stats()
+        return {"frames": self.frames, "anomalous_frames": self.anomalous, "fps": fps,
+                "latency_p50_ms": float(q[0]), "latency_p90_ms": float(q[1]), "latency_p99_ms": float(q[2]),
+                "dropped_frames": extra.get("dropped_frames", 0), "source_reconnects": extra.get("reconnects", 0),
+                "threshold": self.threshold}
+
+    def metrics(self) -> str:
+        s = self.stats()
+        lines = []
+
+        def m(name, kind, help_, value, labels=""):
+            if not any(x.startswith(f"# TYPE {name} ") for x in lines):
+                lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}"])
+            lines.append(f"{name}{labels} {value}")
+
+        m("edgesdk_frames_total", "counter", "Frames scored.", s["frames"])
+        m("edgesdk_anomalous_frames_total", "counter", "Frames over the threshold.", s["anomalous_frames"])
+        m("edgesdk_dropped_frames_total", "counter", "Live frames dropped because inference was behind.",
+          s["dropped_frames"])
+        m("edgesdk_source_reconnects_total", "counter", "Times the source was lost and reopened.",
+          s["source_reconnects"])
+        m("edgesdk_fps", "gauge", "Frames scored per second (last 1000 frames).", round(s["fps"], 3))
+        for q in ("50", "90", "99"):
+            m("edgesdk_latency_ms", "gauge", "Capture-to-verdict latency quantiles (last 1000 frames).",
+              round(s[f"latency_p{q}_ms"], 3), f'{{quantile="0.{q}"}}')
+        m("edgesdk_threshold", "gauge", "Threshold in score units.", s["threshold"])
+        return "\n".join(lines) + "\n"
+
+    def _handler(self):
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, body: bytes, ctype: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path == "/":
+                    self._send((PAGE % {"title": sink.title or sink.address, "w": sink.width}).encode(),
+                               "text/html; charset=utf-8")
+                elif path == "/metrics":
+                    self._send(sink.metrics().encode(), "text/plain; version=0.0.4")
+                elif path == "/stats.json":
+                    self._send(json.dumps(sink.stats()).encode(), "application/json")
+                elif path == "/frame.jpg":         # the latest annotated frame, as a still
+                    with sink.cond:
+                        sink.cond.wait_for(lambda: sink.jpeg is not None or sink.closed.is_set(), 5.0)
+                    if sink.jpeg is None:
+                        self.send_error(503, "no frame scored yet")
+                    else:
+                        self._send(sink.jpeg, "image/jpeg")
+                elif path == "/stream.mjpg":
+                    self._stream()
+                else:
+                    self.send_error(404, "try /, /stream.mjpg, /frame.jpg, /metrics or /stats.json")
+
+            def _stream(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                last = None
+                try:
+                    while not sink.closed.is_set():
+                        with sink.cond:
+                            sink.cond.wait_for(lambda: sink.jpeg is not last or sink.closed.is_set(), 1.0)
+                            jpg = sink.jpeg
+                        if jpg is None or jpg is last:
+                            continue
+                        last = jpg
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                         + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                except OSError:
+                    pass                                   # the viewer went away
+
+        return Handler
+
+    def close(self) -> None:
+        self.closed.set()
+        with self.cond:
+            self.cond.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
