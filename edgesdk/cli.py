@@ -316,6 +316,21 @@ def cmd_calibrate(args) -> None:
     _emit(args, st, text)
 
 
+def cmd_soak(args) -> None:
+    from edgesdk.fsutil import write_json
+    from edgesdk.soak import plot, soak
+
+    r = soak(args.bundle, args.source, args.frames, args.sink, opts=_detector_opts(args))
+    if args.out_json:
+        write_json(args.out_json, r)
+    if args.plot:
+        plot(r, args.plot)
+    text = table([{k: r[k] for k in ("frames", "fps", "dropped_frames", "rss_mb_start", "rss_mb_after_warmup",
+                                     "rss_mb_end", "rss_growth_mb", "slope_mb_per_10k_frames")}],
+                 title=f"soak: {args.bundle} on {args.source}")
+    _emit(args, {k: v for k, v in r.items() if k != "samples"}, text)
+
+
 def cmd_demo(args) -> None:
     from edgesdk.demo import MODELS, demo
 
@@ -411,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: the bundle's own k, else 3)")
     runtime_args(s)
     s.set_defaults(fn=cmd_calibrate)
+
+    s = sub.add_parser("soak", help="run the stream loop for many frames and show resident memory stays flat")
+    s.add_argument("bundle")
+    s.add_argument("--source", required=True, help="e.g. line.mkv?loop=1 (an endless file source)")
+    s.add_argument("--frames", type=int, default=20000)
+    s.add_argument("--sink", action="append", default=[], help="sinks to keep on during the soak")
+    s.add_argument("--out-json", help="write the result (with every RSS sample) here")
+    s.add_argument("--plot", help="PNG of RSS over frames")
+    runtime_args(s)
+    s.set_defaults(fn=cmd_soak)
 
     s = sub.add_parser("build", help="bundle -> TensorRT engine for a device profile (raw plan + sidecar)")
     s.add_argument("bundle")

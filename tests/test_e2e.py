@@ -101,8 +101,10 @@ def test_cli_errors_name_the_problem(tmp_path, bundle, tiny_data):
     assert r.returncode == 2 and "nobundle: bundle folder not found" in r.stderr
     r = cli("train", "--data", tmp_path / "nodata", "--out", tmp_path / "run", check=False)
     assert r.returncode == 2 and "nodata: not found" in r.stderr
-    r = cli("run", bundle, "--source", "rtsp://cam/1", "--sink", "jsonl://x.jsonl", check=False)
-    assert r.returncode == 2 and "unsupported source scheme 'rtsp'" in r.stderr
+    r = cli("run", bundle, "--source", "rtsp://cam.invalid/1", "--sink", "jsonl://x.jsonl", check=False)
+    assert r.returncode == 2 and "rtsp://cam.invalid/1: cannot open this source" in r.stderr
+    r = cli("run", bundle, "--source", "ftp://cam/1", "--sink", "jsonl://x.jsonl", check=False)
+    assert r.returncode == 2 and "unsupported source scheme 'ftp'" in r.stderr
     r = cli("export", tmp_path, "--out", tmp_path / "b", check=False)
     assert r.returncode == 2 and "run.json: not found" in r.stderr
 

@@ -72,6 +72,8 @@ class MqttSink(Sink):
         safe = topic.replace("/", "_")
         self.outbox = Outbox(outbox or Path.home() / ".cache" / "edgesdk" / f"mqtt-outbox-{host}-{port}-{safe}.db")
         self.inflight: dict[int, int] = {}          # paho message id -> outbox seq
+        self.sending: set[int] = set()               # seqs inside client.publish right now
+        self.early_acks: set[int] = set()            # PUBACKs that beat publish() returning
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.stats = {"published": 0, "acked": 0, "reconnects": 0, "connects": 0, "frames": 0, "anomalous": 0}
@@ -103,28 +105,40 @@ class MqttSink(Sink):
         log.warning("mqtt disconnected (%s); %d verdicts waiting in the outbox", reason, len(self.outbox))
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        if self.qos == 0:
+            return                                # no acknowledgement in QoS 0: done when sent
         with self.lock:
             seq = self.inflight.pop(mid, None)
-        if seq is not None:
-            self.outbox.remove(seq)
-            self.stats["acked"] += 1
+            if seq is None:
+                self.early_acks.add(mid)         # acknowledged before publish() returned its mid
+                return
+        self.outbox.remove(seq)
+        self.stats["acked"] += 1
 
     # ----------------------------------------------------------------------------------------
     def _publish(self, seq: int, topic: str, payload: str) -> None:
-        with self.lock:   # held across publish so an instant PUBACK finds its mid mapped
-            if seq in self.inflight.values():     # the reconnect flush and write() both saw it
+        # Never hold our lock across client.publish: paho's network thread holds its own locks while
+        # it runs on_connect (which flushes, taking ours) - the two orders would deadlock.
+        with self.lock:
+            if seq in self.sending or seq in self.inflight.values():   # the reconnect flush and write()
                 return
-            info = self.client.publish(topic, payload, qos=self.qos)
-            if info.rc == 0 or self.qos:
-                self.inflight[info.mid] = seq
+            self.sending.add(seq)
+        info = self.client.publish(topic, payload, qos=self.qos)
+        with self.lock:
+            self.sending.discard(seq)
             self.stats["published"] += 1
-        if self.qos == 0 and info.rc == 0:
-            self._on_publish(None, None, info.mid, None, None)
+            acked = info.mid in self.early_acks or (self.qos == 0 and info.rc == 0)
+            self.early_acks.discard(info.mid)
+            if not acked:
+                self.inflight[info.mid] = seq   # paho re-sends it after a reconnect until PUBACK
+        if acked:
+            self.outbox.remove(seq)
+            self.stats["acked"] += 1
 
     def _flush(self) -> None:
         """Publish every outbox row not already in flight (paho re-sends those itself), oldest first."""
         with self.lock:
-            busy = set(self.inflight.values())
+            busy = set(self.inflight.values()) | self.sending
         for seq, topic, payload in self.outbox.pending():
             if seq not in busy and self.connected.is_set():
                 self._publish(seq, topic, payload)
@@ -168,7 +182,7 @@ class MqttSink(Sink):
     def _flush_stale(self) -> None:
         """Rows neither in flight nor published (written while disconnected, after the reconnect's flush)."""
         with self.lock:
-            busy = set(self.inflight.values())
+            busy = set(self.inflight.values()) | self.sending
         if any(seq not in busy for seq, _, _ in self.outbox.pending()):
             self._flush()
 
