@@ -73,7 +73,10 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
             rows.append({"bundle": str(path), "backend": "-", "precision": "-", "batch": None, "status": "error",
                          "reason": " ".join(str(e).split())})
             continue
+        run = opts.run or b.manifest.provenance.get("run", "")
         for backend in opts.backends:
+            if backend == "torch" and any(r.get("run") == run and r["backend"] == "torch" for r in rows):
+                continue      # an INT8/FP16 bundle of a run already measured: one float baseline serves both
             runner, status, reason = _open(backend, b, opts.run)
             extra = _engine_info(b) if backend == "tensorrt" and runner is None else {}
             score = None
@@ -83,8 +86,9 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
             cold, rss = (cold_start(backend, b.path, opts.run or b.manifest.provenance.get("run", ""))
                          if opts.cold_start and runner is not None else (None, None))
             for batch in opts.batches:
-                row = {"bundle": str(b.path), "model": b.manifest.model["name"], "backend": backend,
-                       "precision": b.manifest.precision, "batch": batch, "status": status, "reason": reason,
+                row = {"bundle": str(b.path), "model": b.manifest.model["name"], "backend": backend, "run": run,
+                       # torch eager runs the run's float model, whatever the bundle's precision
+                       "precision": "fp32" if backend == "torch" else b.manifest.precision, "batch": batch, "status": status, "reason": reason,
                        "model_mb": b.manifest.files["model.onnx"].bytes / 1e6, "image_auroc": score,
                        "cold_start_ms": cold, "peak_rss_mb": rss, "bundle_sha256": b.onnx_sha256, **extra}
                 rows.append(row)
@@ -112,7 +116,7 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
         row.update({f"{k}_ms": st[k] for k in ("min", "mean", "p50", "p90", "p95", "p99", "max")},
                    fps=st["fps"], cv=st["cv"], noisy=st["high_variance"], n=st["n"], _ms=ms)
     for row in rows:   # speed-up against the torch baseline of the same bundle and batch
-        base = next((r for r in rows if r["bundle"] == row["bundle"] and r["batch"] == row["batch"]
+        base = next((r for r in rows if r.get("run") == row.get("run") and r["batch"] == row["batch"]
                      and r["backend"] == "torch" and r.get("p50_ms")), None)
         row["vs_torch"] = base["p50_ms"] / row["p50_ms"] if base and row.get("p50_ms") else None
         for k in ("p50_ms", "p90_ms", "p99_ms", "fps"):

@@ -13,6 +13,7 @@ Records keep stable names other tools read: frame_id, timestamp, score, is_anoma
 latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict)."""
 from __future__ import annotations
 
+import dataclasses
 import queue
 import signal
 import threading
@@ -122,7 +123,8 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
             old_handlers[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         with ExitStack() as stack:
-            det = stack.enter_context(Detector(bundle, opts))
+            # Capture and sinks share the CPU with inference here: no spinning pool threads.
+            det = stack.enter_context(Detector(bundle, dataclasses.replace(opts, spin=False)))
             src = stack.enter_context(open_source(source))
             outs = [stack.enter_context(open_sink(s)) for s in sinks]
             st = _Stages(src, outs, max(1, queue_depth), max_frames, on_record, stop)

@@ -41,6 +41,7 @@ class DetectorOptions:
     providers: str | list[str] = "auto"
     engine: str | None = None         # tensorrt: plan path; None finds BUNDLE/engines/<match>.plan
     threads: int = 0
+    spin: bool = True                 # onnxruntime: spinning pool threads (off in the stream loop)
     threshold: float | None = None    # None: the bundle's threshold
     min_region_area: int = 4          # ignore specks smaller than this (model pixels)
     verify: bool = True               # check file hashes when opening the bundle
@@ -55,7 +56,8 @@ class Detector:
         self.threshold = self.bundle.threshold if opts.threshold is None else float(opts.threshold)
         self.size = self.bundle.input_size
         self.input_name = self.bundle.manifest.input.name
-        self.runner: Runner = open_runner(opts.backend, self.bundle, opts.providers, opts.threads, opts.engine)
+        self.runner: Runner = open_runner(opts.backend, self.bundle, opts.providers, opts.threads, opts.engine,
+                                          opts.spin)
 
     def __enter__(self) -> "Detector":
         return self

@@ -15,10 +15,10 @@ BACKENDS = {"onnxruntime": OnnxRuntimeRunner, "tensorrt": TensorRTRunner}
 
 
 def open_runner(backend: str, bundle: Bundle, providers: str | list[str] = "auto", threads: int = 0,
-                engine: str | Path | None = None) -> Runner:
+                engine: str | Path | None = None, spin: bool = True) -> Runner:
     """A loaded runner of BACKEND for BUNDLE (errors name what is missing and where to get it)."""
     if backend == "onnxruntime":
-        return OnnxRuntimeRunner(bundle.model_path, providers=providers, threads=threads).load()
+        return OnnxRuntimeRunner(bundle.model_path, providers=providers, threads=threads, spin=spin).load()
     if backend == "tensorrt":
         return TensorRTRunner.from_bundle(bundle, engine=engine).load()
     raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
