@@ -58,3 +58,26 @@ def latency_stats(ms: list[float] | np.ndarray) -> dict:
     return {"n": int(a.size), "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()),
             "p50": float(p[0]), "p90": float(p[1]), "p95": float(p[2]), "p99": float(p[3]),
             "fps": float(1000.0 / a.mean()) if a.mean() > 0 else float("inf")}
+
+
+class LatencyWindow:
+    """Latency samples of a stream that runs all day, in fixed memory: the last `size` samples (a
+    float32 ring) for percentiles, plus an exact count, mean, min and max over the whole run."""
+
+    def __init__(self, size: int = 10000):
+        self.ring = np.zeros(size, np.float32)
+        self.n, self.total, self.lo, self.hi = 0, 0.0, float("inf"), float("-inf")
+
+    def add(self, ms: float) -> None:
+        self.ring[self.n % len(self.ring)] = ms
+        self.n += 1
+        self.total += ms
+        self.lo, self.hi = min(self.lo, ms), max(self.hi, ms)
+
+    def stats(self) -> dict:
+        if self.n == 0:
+            return {"n": 0}
+        s = latency_stats(self.ring[:min(self.n, len(self.ring))])      # percentiles: the recent window
+        mean = self.total / self.n
+        return {**s, "n": self.n, "mean": mean, "min": self.lo, "max": self.hi, "window": int(len(self.ring)),
+                "fps": 1000.0 / mean if mean > 0 else float("inf")}

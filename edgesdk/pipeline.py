@@ -21,7 +21,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from edgesdk.metrics import latency_stats
+from edgesdk.metrics import LatencyWindow
 from edgesdk.runtime import Detector, DetectorOptions
 from edgesdk.video import open_sink, open_source
 
@@ -48,7 +48,7 @@ class _Stages:
         self.frames: queue.Queue = queue.Queue(maxsize=depth)
         self.results: queue.Queue = queue.Queue(maxsize=depth)
         self.dropped = 0
-        self.sink_ms: list[float] = []
+        self.sink_ms = LatencyWindow()
         self.errors: list[BaseException] = []
         self.capture_t = threading.Thread(target=self._capture, name="edgesdk-capture", daemon=True)
         self.sink_t = threading.Thread(target=self._deliver, name="edgesdk-sinks", daemon=True)
@@ -106,7 +106,7 @@ class _Stages:
             except BaseException as e:
                 self.errors.append(e)
                 self.stop.set()
-            self.sink_ms.append((time.perf_counter() - t0) * 1e3)
+            self.sink_ms.add((time.perf_counter() - t0) * 1e3)
 
 
 def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: DetectorOptions = DetectorOptions(),
@@ -115,7 +115,7 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
     """Score `source` into each sink until it ends, `max_frames`, or `stop` is set (SIGINT/SIGTERM
     set it when called from the main thread). Returns a summary with latency percentiles and drops."""
     stop = stop or threading.Event()
-    lat: dict[str, list[float]] = {}
+    lat: dict[str, LatencyWindow] = {}          # fixed memory however long the line runs
     n = n_bad = 0
     old_handlers = {}
     if threading.current_thread() is threading.main_thread():
@@ -145,7 +145,7 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
                     record = make_record(frame, result, det.threshold, read_ms, queue_ms)
                     st.results.put((record, frame, result))
                     for k, v in record["latency_ms"].items():
-                        lat.setdefault(k, []).append(v)
+                        lat.setdefault(k, LatencyWindow()).add(v)
                     n += 1
                     n_bad += record["is_anomalous"]
             except BaseException as e:
@@ -167,4 +167,4 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
     return {"frames": n, "anomalous_frames": n_bad, "dropped_frames": st.dropped, "wall_s": wall,
             "fps": n / wall if wall else 0.0, "source": source, "sinks": sinks, "stopped": stop.is_set(),
             "source_stats": source_stats,
-            "latency_ms": {**{k: latency_stats(v) for k, v in lat.items()}, "sink": latency_stats(st.sink_ms)}}
+            "latency_ms": {**{k: v.stats() for k, v in lat.items()}, "sink": st.sink_ms.stats()}}

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from edgesdk.metrics import auroc, best_f1_threshold, f1_at, latency_stats
 
@@ -34,3 +35,15 @@ def test_latency_stats_percentiles():
     st = latency_stats(list(range(1, 101)))
     assert st["n"] == 100 and st["min"] == 1 and st["max"] == 100
     assert abs(st["p50"] - 50.5) < 1e-9 and abs(st["p99"] - 99.01) < 1e-9
+
+
+def test_latency_window_keeps_fixed_memory_and_exact_totals():
+    from edgesdk.metrics import LatencyWindow
+
+    w = LatencyWindow(size=100)
+    for i in range(1000):
+        w.add(float(i))
+    s = w.stats()
+    assert s["n"] == 1000 and s["mean"] == pytest.approx(499.5) and s["min"] == 0 and s["max"] == 999
+    assert s["p50"] == pytest.approx(949.5)          # percentiles over the last 100 samples
+    assert w.ring.nbytes == 400 and LatencyWindow().stats() == {"n": 0}
