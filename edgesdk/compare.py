@@ -38,13 +38,14 @@ def score_onnx(path, frames: np.ndarray, input_name: str = "image") -> tuple[np.
 def interleaved_p50(a, b, frames: np.ndarray, rounds: int = 8, per_round: int = 10,
                     input_name: str = "image") -> tuple[float, float]:
     """ONNX Runtime p50 ms of graphs A and B at batch 1, alternating blocks of PER_ROUND calls so
-    machine drift hits both alike (two untimed calls per block: caches refill after a switch)."""
+    machine drift hits both alike (two untimed calls per block: caches refill after a switch).
+    No spinning pool threads: one session's spinning would slow the other (as in `edgesdk bench`)."""
     import time
 
     from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 
-    with OnnxRuntimeRunner(a, providers="CPUExecutionProvider") as ra, \
-            OnnxRuntimeRunner(b, providers="CPUExecutionProvider") as rb:
+    with OnnxRuntimeRunner(a, providers="CPUExecutionProvider", spin=False) as ra, \
+            OnnxRuntimeRunner(b, providers="CPUExecutionProvider", spin=False) as rb:
         ms: tuple[list[float], list[float]] = ([], [])
         for r in range(rounds):
             for runner, out in ((ra, ms[0]), (rb, ms[1])):
