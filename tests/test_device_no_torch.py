@@ -31,7 +31,7 @@ import json, sys
 import edgesdk.backends, edgesdk.video, edgesdk.runtime, edgesdk.pipeline, edgesdk.metrics
 import edgesdk.bench, edgesdk.evaluate, edgesdk.bundle, edgesdk.spec, edgesdk.viz, edgesdk.cli
 import edgesdk.backends.tensorrt, edgesdk.build.trt, edgesdk.devices, edgesdk.compare   # engine build/run on the device
-import edgesdk.calibrate, edgesdk.video.mqtt, paho.mqtt.client   # line calibration, MQTT sink
+import edgesdk.calibrate, edgesdk.soak, edgesdk.video.mqtt, edgesdk.video.live, edgesdk.video.preview, paho.mqtt.client
 from edgesdk.evaluate import evaluate
 from edgesdk.pipeline import run_stream
 r = evaluate(sys.argv[1], sys.argv[2] + "/brick")
