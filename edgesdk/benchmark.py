@@ -86,7 +86,7 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
             if runner is not None and labels is not None:
                 s = [float(runner.infer({b.manifest.input.name: frames[i:i + 1]})["score"][0]) for i in range(len(frames))]
                 score = auroc(np.array(s), labels)
-            cold, rss = (cold_start(backend, b.path, opts.run or b.manifest.provenance.get("run", ""))
+            cold, rss = (cold_start(backend, b.path, run)
                          if opts.cold_start and runner is not None else (None, None))
             for batch in opts.batches:
                 row = {"bundle": str(b.path), "model": b.manifest.model["name"], "backend": backend, "run": run,

@@ -30,7 +30,7 @@ def line_scores(det: Detector, source: str, frames: int, progress: bool = True) 
     scores = []
     with open_source(source) as src, tqdm(total=frames, desc="calibrate", unit="frame", disable=not progress) as bar:
         while len(scores) < frames and (frame := src.read(timeout=5.0)) is not None:
-            scores.append(det.predict(frame.image).score)
+            scores.append(float(det.infer(det.preprocess(frame.image))[0][0]))   # score only: no regions
             bar.update()
     return np.asarray(scores, np.float64)
 

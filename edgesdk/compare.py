@@ -71,12 +71,7 @@ def compare_bundles(a, b, data) -> dict:
     from pathlib import Path
 
     items = mvtec.test_items(data) if (Path(data) / "test").is_dir() else mvtec.labelled_items(data)
-    loaded = [mvtec.read_item(it, ba.input_size) for it in items]
-    frames = np.stack([f for f, _ in loaded])
-    labels = np.array([it.label for it in items])
-    masks = None
-    if all(m is not None for (_, m), it in zip(loaded, items) if it.label):
-        masks = np.stack([m if m is not None else np.zeros(ba.input_size, bool) for _, m in loaded])
+    frames, labels, masks = mvtec.read_labelled(items, ba.input_size)
     rows, scores = [], []
     p50 = interleaved_p50(ba.model_path, bb.model_path, frames)
     for bundle, ms in zip((ba, bb), p50):

@@ -54,7 +54,7 @@ class _Stages:
         self.sink_t = threading.Thread(target=self._deliver, name="edgesdk-sinks", daemon=True)
 
     def _put_frame(self, item) -> None:
-        if not getattr(self.src, "live", False):
+        if not self.src.live:
             while not self.stop.is_set():          # backpressure, but never deaf to a stop
                 try:
                     self.frames.put(item, timeout=0.1)
@@ -80,7 +80,7 @@ class _Stages:
                 t0 = time.perf_counter()
                 frame = self.src.read(timeout=0.5)
                 if frame is None:
-                    if getattr(self.src, "live", False) and not getattr(self.src, "ended", True):
+                    if self.src.live and not self.src.ended:
                         continue                   # a live source with nothing yet (or reconnecting)
                     break
                 t1 = time.perf_counter()
@@ -158,7 +158,7 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
                 st.sink_t.join()
                 st.capture_t.join()
             wall = time.perf_counter() - t_start
-            source_stats = dict(getattr(src, "stats", {}))
+            source_stats = dict(src.stats)
     finally:
         for sig, h in old_handlers.items():
             signal.signal(sig, h)

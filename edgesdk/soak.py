@@ -24,10 +24,12 @@ def rss_mb() -> float:
 def soak(bundle: str, source: str, frames: int = 20000, sinks: list[str] | None = None, every: int = 200,
          opts: DetectorOptions = DetectorOptions()) -> dict:
     samples: list[tuple[int, float]] = []
+    seen = [0]                       # records delivered; frame ids of a live source skip dropped frames
 
     def sample(rec: dict) -> None:
-        if rec["frame_id"] % every == 0:
-            samples.append((len(samples) * every, rss_mb()))
+        if seen[0] % every == 0:
+            samples.append((seen[0], rss_mb()))
+        seen[0] += 1
 
     s = run_stream(bundle, source, sinks or [], opts, max_frames=frames, on_record=sample)
     x = np.array([f for f, _ in samples], float)

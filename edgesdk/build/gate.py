@@ -77,12 +77,7 @@ def validation_set(val: str, meta: dict, size: tuple[int, int]) -> tuple[np.ndar
             return None
         items = mvtec.test_items(data)
         where = str((data / "test").resolve())
-    loaded = [mvtec.read_item(it, size) for it in items]
-    labels = np.array([it.label for it in items])
-    masks = None
-    if all(m is not None for (_, m), it in zip(loaded, items) if it.label):
-        masks = np.stack([m if m is not None else np.zeros(size, bool) for _, m in loaded])
-    return np.stack([f for f, _ in loaded]), labels, masks, where
+    return (*mvtec.read_labelled(items, size), where)
 
 
 def rederive_threshold(threshold: dict, z_float: np.ndarray, z_low: np.ndarray) -> dict:

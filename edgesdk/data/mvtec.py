@@ -110,6 +110,17 @@ def test_items(category: str | Path) -> list[Item]:
     return items
 
 
+def read_labelled(items: list[Item], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(frames (N, H, W, 3) uint8, labels (N,), masks (N, H, W) bool or None when a defective item
+    has no mask) of labelled ITEMS at SIZE."""
+    loaded = [read_item(it, size) for it in items]
+    labels = np.array([it.label for it in items])
+    masks = None
+    if all(m is not None for (_, m), it in zip(loaded, items) if it.label):
+        masks = np.stack([m if m is not None else np.zeros(size, bool) for _, m in loaded])
+    return np.stack([f for f, _ in loaded]), labels, masks
+
+
 def read_item(item: Item, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """(image (H, W, 3) uint8 BGR, mask (H, W) bool or None) at `size`; a mask whose native size
     differs from its image's is an error (it would score the wrong pixels)."""

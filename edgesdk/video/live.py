@@ -18,7 +18,6 @@ from edgesdk.video.sources import Frame, Source, SourceOptions
 
 log = logging.getLogger("edgesdk.video")
 
-OURS = ("fps", "roi", "size", "loop")
 BACKOFF = (0.5, 8.0)     # first and longest wait between reconnect attempts, seconds
 
 
@@ -141,6 +140,6 @@ def open_live(uri: str, parsed, opts: SourceOptions) -> LiveSource:
         sensor = int(parsed.netloc or 0)
         return LiveSource(uri, csi_pipeline(sensor, opts), cv2.CAP_GSTREAMER, opts, f"csi{sensor}")
     # Our options come off the URL; the camera's own query parameters stay on it.
-    theirs = "&".join(p for p in parsed.query.split("&") if p and p.split("=")[0] not in OURS)
+    theirs = "&".join(p for p in parsed.query.split("&") if p and p.split("=")[0] not in SourceOptions.KEYS)
     target = parsed._replace(query=theirs).geturl()
     return LiveSource(uri, target, cv2.CAP_FFMPEG, opts, parsed.hostname or "stream")

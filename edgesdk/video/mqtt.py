@@ -18,9 +18,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from urllib.parse import parse_qs
 
-from edgesdk.video.sinks import Sink
+from edgesdk.video.sinks import Sink, query_options
 
 log = logging.getLogger("edgesdk.mqtt")
 
@@ -168,7 +167,7 @@ class MqttSink(Sink):
         deadline = time.monotonic() + self.drain_s
         while len(self.outbox) and time.monotonic() < deadline:
             if self.connected.is_set():
-                self._flush_stale()
+                self._flush()          # rows written while disconnected, after the reconnect's flush
             time.sleep(0.05)
         self.publish_health()
         left = len(self.outbox)
@@ -179,21 +178,9 @@ class MqttSink(Sink):
         self.client.disconnect()
         self.outbox.close()
 
-    def _flush_stale(self) -> None:
-        """Rows neither in flight nor published (written while disconnected, after the reconnect's flush)."""
-        with self.lock:
-            busy = set(self.inflight.values()) | self.sending
-        if any(seq not in busy for seq, _, _ in self.outbox.pending()):
-            self._flush()
-
 
 def open_mqtt(uri) -> MqttSink:
-    q = {k: v[-1] for k, v in parse_qs(uri.query).items()}
-    unknown = set(q) - {"qos", "outbox", "health", "client_id", "drain"}
-    if unknown:
-        raise ValueError(f"mqtt://{uri.netloc}{uri.path}: unknown option(s) {sorted(unknown)}; "
-                         "known: qos, outbox, health, client_id, drain")
-    return MqttSink(uri.hostname or "127.0.0.1", uri.port or 1883, uri.path.lstrip("/"),
-                    qos=int(q.get("qos", 1)), outbox=Path(q["outbox"]) if "outbox" in q else None,
-                    health_s=float(q.get("health", 10)), client_id=q.get("client_id", ""),
-                    drain_s=float(q.get("drain", 5)))
+    q = query_options(uri, {"qos": 1, "outbox": "", "health": 10.0, "client_id": "", "drain": 5.0})
+    return MqttSink(uri.hostname or "127.0.0.1", uri.port or 1883, uri.path.lstrip("/"), qos=q["qos"],
+                    outbox=Path(q["outbox"]) if q["outbox"] else None, health_s=q["health"],
+                    client_id=q["client_id"], drain_s=q["drain"])

@@ -113,7 +113,9 @@ class VideoSink(Sink):
             os.replace(self.tmp, self.path)
 
 
-def _query(uri, known: dict) -> dict:
+def query_options(uri, known: dict) -> dict:
+    """A sink URI's ?key=value options: KNOWN maps each key to its default, whose type converts the
+    value; an unknown key is an error that names the URI and the keys it takes."""
     q = {k: v[-1] for k, v in parse_qs(uri.query).items()}
     unknown = set(q) - set(known)
     if unknown:
@@ -122,17 +124,17 @@ def _query(uri, known: dict) -> dict:
 
 
 def _jsonl(uri) -> Sink:
-    return JsonlSink(Path(uri.netloc + uri.path), **_query(uri, {"max_mb": 0.0, "keep": 5}))
+    return JsonlSink(Path(uri.netloc + uri.path), **query_options(uri, {"max_mb": 0.0, "keep": 5}))
 
 
 def _video(uri) -> Sink:
-    return VideoSink(Path(uri.netloc + uri.path), **_query(uri, {"fps": 15.0}))
+    return VideoSink(Path(uri.netloc + uri.path), **query_options(uri, {"fps": 15.0}))
 
 
 def _http(uri) -> Sink:
     from edgesdk.video.preview import PreviewSink
 
-    q = _query(uri, {"fps": 10.0})
+    q = query_options(uri, {"fps": 10.0})
     return PreviewSink(uri.hostname or "127.0.0.1", uri.port or 8080, max_fps=q["fps"])
 
 

@@ -41,6 +41,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class SourceOptions:
+    KEYS = ("fps", "loop", "roi", "size")           # the query keys that are ours, not a camera's
+
     fps: float | None = None                       # files: pace to this rate (live); cameras: request
     loop: bool = False                             # files: start again at the end
     roi: tuple[int, int, int, int] | None = None   # x, y, w, h crop of every frame
@@ -53,7 +55,7 @@ class SourceOptions:
         from urllib.parse import parse_qs
 
         q = {k: v[-1] for k, v in parse_qs(query).items()}
-        unknown = set(q) - {"fps", "loop", "roi", "size"}
+        unknown = set(q) - set(cls.KEYS)
         if not strict:
             q = {k: v for k, v in q.items() if k not in unknown}
         elif unknown:
