@@ -1,6 +1,7 @@
 """The pipelined stream loop and live sources: every file frame scored in order; live sources drop
 the oldest frames (counted) instead of queueing without bound; a cut camera is reconnected and
-reported; SIGTERM drains and closes sinks; source options and camera errors are clear."""
+reported, over HTTP MJPEG and over RTSP from a real server; SIGTERM drains and closes sinks; the
+generated conveyor is endless and labelled; source options and camera errors are clear."""
 import json
 import signal
 import subprocess
@@ -10,7 +11,10 @@ import time
 
 import cv2
 import pytest
+import numpy as np
+import rtsp_server
 from mjpeg_server import MjpegCamera
+from mqtt_broker import free_port
 
 from edgesdk.pipeline import run_stream
 from edgesdk.video import open_source
@@ -62,6 +66,69 @@ def test_http_camera_cut_and_restored_is_reconnected_and_reported(bundle, tiny_d
     assert not t.is_alive() and out["stopped"] is True
     assert n_cut >= 10 and out["frames"] >= n_cut + 10, (n_cut, out["frames"])
     assert out["source_stats"]["reconnects"] >= 1
+
+
+def _mp4v_copy(video, out, times: int) -> list:
+    """The video re-encoded as mp4v (what an IP camera's RTSP carries here), `times` over; its frames."""
+    frames, cap = [], cv2.VideoCapture(str(video))
+    while (f := cap.read())[0]:
+        frames.append(f[1])
+    w = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 15, frames[0].shape[1::-1])
+    for f in frames * times:
+        w.write(f)
+    w.release()
+    cap, decoded = cv2.VideoCapture(str(out)), []
+    while (f := cap.read())[0]:
+        decoded.append(f[1])
+    return decoded
+
+
+@pytest.mark.skipif(rtsp_server.available() is not None, reason=str(rtsp_server.available()))
+def test_rtsp_camera_on_loopback_is_scored_and_its_cut_reconnected(bundle, tiny_data, tmp_path):
+    file_frames = _mp4v_copy(tiny_data / "conveyor_brick.mkv", tmp_path / "line.mp4", times=4)
+    srv = rtsp_server.RtspServer(tmp_path / "line.mp4", free_port()).start()
+    try:
+        # RTP carries the file's mp4v bitstream untouched: what arrives decodes to the file's frames.
+        with open_source(srv.url) as src:
+            got = [f.image for f in (src.read(5.0) for _ in range(5)) if f is not None]
+        assert len(got) == 5 and all(min(np.abs(g.astype(int) - f).max() for f in file_frames) == 0 for g in got)
+        stop, out, recs = threading.Event(), {}, []
+        t = threading.Thread(target=lambda: out.update(run_stream(
+            bundle, srv.url, [f"jsonl://{tmp_path / 'r.jsonl'}"], on_record=recs.append, stop=stop)))
+        t.start()
+        deadline = time.monotonic() + 30
+        while len(recs) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        srv.stop()                                   # the server dies mid-stream
+        time.sleep(1.5)
+        n_cut = len(recs)
+        srv.start()
+        while len(recs) < n_cut + 10 and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        stop.set()
+        t.join(20)
+    finally:
+        srv.stop()
+    assert not t.is_alive() and out["stopped"] is True
+    assert n_cut >= 10 and out["frames"] >= n_cut + 10, (n_cut, out["frames"])
+    assert out["source_stats"]["reconnects"] >= 1
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert len(lines) == out["frames"] and all(json.loads(x)["score"] == r["score"] for x, r in zip(lines, recs))
+
+
+def test_synth_conveyor_is_endless_and_labelled(bundle):
+    # 130 frames: past the end of one pass (60), defects keep coming, of every kind, named per frame.
+    recs = []
+    s = run_stream(bundle, "synth://conveyor?category=brick", [], on_record=recs.append, max_frames=130)
+    names = [r["name"] for r in recs]
+    assert s["frames"] == 130 and set(names) == {"good", "hole", "stain", "scratch", "smudge"}
+    assert names.count("good") == 130 - 4 * 8 and names[60:].count("good") == 70 - 16
+    flagged = {r["name"] for r in recs if r["is_anomalous"]}
+    assert {"hole", "stain"} <= flagged
+    with pytest.raises(ValueError, match="synth://belt: the generated source is synth://conveyor"):
+        open_source("synth://belt")
+    with pytest.raises(ValueError, match="unknown category 'wood'"):
+        open_source("synth://conveyor?category=wood")
 
 
 def test_sigterm_drains_in_flight_frames_and_closes_sinks(bundle, tiny_data, tmp_path):

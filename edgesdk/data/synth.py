@@ -8,6 +8,7 @@ Deterministic per seed (numpy Generator + OpenCV drawing, no global state).
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,15 +146,52 @@ def write_category(root: Path, category: str, cfg: SynthConfig) -> dict:
     return counts
 
 
+class Conveyor:
+    """The conveyor: the texture slides past a fixed camera, one pass every `frames_per_pass` frames,
+    and defects fixed on the part travel across the frame (entering right, leaving left).
+
+    `schedule` is ((start, end, kind), ...) in frames of a pass. With `cycle` the schedule repeats
+    every pass and the kinds rotate through DEFECTS (an endless line, `synth://conveyor`); without
+    it, frames after the first pass are good. Iterating yields (BGR image, truth record) forever."""
+
+    def __init__(self, category: str, cfg: SynthConfig = SynthConfig(), frames_per_pass: int = 60,
+                 schedule: tuple[tuple[int, int, str], ...] = ((18, 26, "hole"), (38, 46, "stain")),
+                 cycle: bool = False):
+        self.tex, self.cfg, self.n, self.schedule, self.cycle = texture(category), cfg, frames_per_pass, schedule, cycle
+        self.rng = np.random.default_rng([cfg.seed, 99, sorted(TEXTURES).index(category)])
+        self.speed = (self.tex.shape[1] - cfg.window - 32) / frames_per_pass     # texture px per frame
+        self.x0, self.cy = cfg.window / 2 + 16, self.tex.shape[0] / 2
+
+    def _defect(self, t: int) -> tuple[int, int, str] | None:
+        k, u = divmod(t, self.n)
+        if k and not self.cycle:
+            return None
+        for i, (start, end, kind) in enumerate(self.schedule):
+            if start <= u < end:
+                kind = DEFECTS[(DEFECTS.index(kind) + k * len(self.schedule)) % len(DEFECTS)] if k else kind
+                return k * self.n + start, k * self.n + end, kind
+        return None
+
+    def __iter__(self):
+        t = 0
+        while True:
+            img = photometric(view(self.tex, self.x0 + self.speed * (t % self.n), self.cy, 0.0, self.cfg), self.rng)
+            record = {"frame_id": t, "is_anomalous": False, "defect": None, "bbox": None}
+            if (d := self._defect(t)) is not None:
+                start, end, kind = d
+                frac = 0.8 - 0.6 * (t - start) / max(1, end - start - 1)
+                img, mask = paint_defect(img, kind, np.random.default_rng([self.cfg.seed, start]),
+                                         center=(frac * self.cfg.size, 0.5 * self.cfg.size))
+                x, y, w, h = cv2.boundingRect(mask)
+                record.update(is_anomalous=True, defect=kind, bbox=[x, y, x + w, y + h])
+            yield img, record
+            t += 1
+
+
 def write_conveyor(path: Path, category: str, cfg: SynthConfig, n_frames: int = 60,
                    fps: float = 15.0, defect_frames: tuple[tuple[int, int, str], ...] =
                    ((18, 26, "hole"), (38, 46, "stain"))) -> dict:
-    """A video of the texture sliding past a fixed camera, with defects fixed on the part (they
-    travel across the frame). Ground truth per frame goes to <path>.json. Returns that dict."""
-    tex = texture(category)
-    rng = np.random.default_rng([cfg.seed, 99, sorted(TEXTURES).index(category)])
-    speed = (tex.shape[1] - cfg.window - 32) / n_frames          # texture px per frame
-    x0, cy = cfg.window / 2 + 16, tex.shape[0] / 2
+    """One pass of the conveyor as a video. Ground truth per frame goes to <path>.json. Returns that dict."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -166,17 +204,7 @@ def write_conveyor(path: Path, category: str, cfg: SynthConfig, n_frames: int = 
     if not writer.isOpened():
         raise OSError(f"{path}: OpenCV could not open a {fourcc} video writer")
     frames = []
-    for t in range(n_frames):
-        img = photometric(view(tex, x0 + speed * t, cy, 0.0, cfg), rng)
-        record = {"frame_id": t, "is_anomalous": False, "defect": None, "bbox": None}
-        for start, end, kind in defect_frames:
-            if start <= t < end:
-                # The defect moves with the part: it enters on the right and slides left.
-                frac = 0.8 - 0.6 * (t - start) / max(1, end - start - 1)
-                img, mask = paint_defect(img, kind, np.random.default_rng([cfg.seed, start]),
-                                         center=(frac * cfg.size, 0.5 * cfg.size))
-                x, y, w, h = cv2.boundingRect(mask)
-                record.update(is_anomalous=True, defect=kind, bbox=[x, y, x + w, y + h])
+    for img, record in itertools.islice(Conveyor(category, cfg, n_frames, defect_frames), n_frames):
         writer.write(img)
         frames.append(record)
     writer.release()

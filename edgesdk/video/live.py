@@ -19,6 +19,9 @@ from edgesdk.video.sources import Frame, Source, SourceOptions
 log = logging.getLogger("edgesdk.video")
 
 BACKOFF = (0.5, 8.0)     # first and longest wait between reconnect attempts, seconds
+# FFmpeg waits 30 s by default on a stalled network stream before read() fails; a line wants the
+# reconnect (and its report) sooner. Milliseconds.
+NET_TIMEOUTS = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000]
 
 
 def csi_pipeline(sensor: int, opts: SourceOptions) -> str:
@@ -55,7 +58,8 @@ class LiveSource(Source):
         self._thread.start()
 
     def _open(self):
-        cap = cv2.VideoCapture(self.target, self.backend)
+        params = NET_TIMEOUTS if self.backend == cv2.CAP_FFMPEG else []
+        cap = cv2.VideoCapture(self.target, self.backend, params)
         if not cap.isOpened():
             cap.release()
             return None

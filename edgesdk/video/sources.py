@@ -6,6 +6,8 @@
   v4l2:///dev/video0                 a USB/V4L2 camera                          (live, see live.py)
   rtsp://host/stream, http://host/mjpg   an IP camera (FFmpeg)                  (live)
   csi://0                            a Jetson CSI camera via GStreamer nvarguscamerasrc (live)
+  synth://conveyor?category=brick    the generated conveyor, endless: a defect rides through every
+                                     ~10 frames on average; frame names say "good" or the defect kind
 
 Options as a query string, on any source: ?fps=30 (files: play at that rate, as a camera would,
 making the source live; cameras: request it), ?loop=1 (files: start again at the end),
@@ -237,13 +239,62 @@ def _file(uri: str, parsed, opts: SourceOptions) -> Source:
     return FileOptions(src, opts, lambda: _file_source(path))
 
 
+class SynthSource(Source):
+    """The sample conveyor, generated frame by frame forever (scikit-image textures, the training
+    extra). Frame.name is the ground truth ("good" or the defect kind), so a sink records it."""
+    scheme = "synth"
+    ended = False
+
+    def __init__(self, category: str, seed: int):
+        super().__init__()
+        try:
+            from edgesdk.data.synth import Conveyor, SynthConfig
+        except ImportError as e:
+            raise RuntimeError(f"synth://conveyor draws real textures from scikit-image ({e}); "
+                               "pip install 'edgesdk[train]'") from None
+        self.category, self.seed = category, seed
+        self.frames = iter(Conveyor(category, SynthConfig(seed=seed), cycle=True))
+
+    @property
+    def options(self) -> dict:
+        return {"category": self.category, "seed": self.seed, "endless": True}
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        img, truth = next(self.frames)
+        frame = Frame(img, self.count, time.time(), None, truth["defect"] or "good")
+        self.count += 1
+        return frame
+
+
+def _synth(uri: str, parsed, opts: SourceOptions) -> Source:
+    from urllib.parse import parse_qs
+
+    if parsed.netloc != "conveyor":
+        raise ValueError(f"{uri}: the generated source is synth://conveyor")
+    q = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    ours = {k: q[k] for k in ("category", "seed") if k in q}
+    opts = SourceOptions.parse(uri, "&".join(f"{k}={v}" for k, v in q.items() if k not in ours))
+    if opts.size is not None or opts.loop:
+        raise ValueError(f"{uri}: size= and loop= do not apply to the generated conveyor (256x256, endless)")
+    try:
+        seed = int(ours.get("seed", 0))
+    except ValueError:
+        raise ValueError(f"{uri}: seed must be an integer") from None
+    make = lambda: SynthSource(ours.get("category", "brick"), seed)  # noqa: E731
+    try:
+        src = make()
+    except ValueError as e:
+        raise ValueError(f"{uri}: {e}") from None
+    return src if opts == SourceOptions() else FileOptions(src, opts, make)
+
+
 def _live(uri: str, parsed, opts: SourceOptions) -> Source:
     from edgesdk.video.live import open_live   # cameras and network streams
 
     return open_live(uri, parsed, opts)
 
 
-SOURCES = {"file": _file, "v4l2": _live, "rtsp": _live, "rtsps": _live, "http": _live, "https": _live, "csi": _live}
+SOURCES = {"file": _file, "synth": _synth, "v4l2": _live, "rtsp": _live, "rtsps": _live, "http": _live, "https": _live, "csi": _live}
 
 
 def open_source(uri: str) -> Source:
@@ -255,5 +306,7 @@ def open_source(uri: str) -> Source:
                          f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
     if scheme == "file" and not parsed.scheme and "?" not in uri:
         parsed = parsed._replace(query="")             # a plain path may contain characters urlparse splits on
+    if scheme == "synth":
+        return _synth(uri, parsed, SourceOptions())            # it parses its own keys first
     strict = scheme not in ("http", "https", "rtsp", "rtsps")
     return SOURCES[scheme](uri, parsed, SourceOptions.parse(uri, parsed.query, strict))
