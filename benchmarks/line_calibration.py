@@ -1,20 +1,28 @@
-"""Line calibration benchmark: does `edgesdk calibrate` restore recall and false alarms when the line's
-camera pipeline (mp4v) differs from the training images (PNG)?
+"""Line benchmark: does `edgesdk calibrate` restore recall and false alarms when the line's camera
+pipeline (mp4v) differs from the training images (PNG)? And does the stream loop, with its sinks on,
+keep up with the model?
 
-    python benchmarks/line_calibration.py BUNDLE... --data data/brick [--frames 200] [--json F]
+    python benchmarks/line_calibration.py BUNDLE... --data data/brick [--frames 200]
+        [--throughput-frames 150] [--rounds 15] [--mqtt mqtt://127.0.0.1:1883/line] [--json F]
 
 For each bundle (a model trained on DATA/train/good):
   line.mp4   every DATA/test image once (good and defective, shuffled), mp4v: the line video
   good.mp4   FRAMES new good parts of the same line (fresh synthetic parts, never in the line video
              nor in training), mp4v: the known-good clip `calibrate` sees
 then scores line.mp4 with the exported bundle and with the calibrated one, and reports defect-frame
-recall and the false-alarm rate on good frames. Prints a table and writes JSON."""
+recall and the false-alarm rate on good frames.
+
+Throughput (same run, same calibrated bundle, same line video looped): the model alone (the
+runner on preprocessed frames, back to back) against the whole loop (decode, resize, infer, regions,
+sinks: jsonl, dir overlays of NG frames, the live preview, and mqtt when --mqtt names a broker),
+in short adjacent pairs; the median of the pair ratios. Prints a table and writes JSON."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -24,6 +32,7 @@ from edgesdk.bundle import Bundle
 from edgesdk.calibrate import calibrate
 from edgesdk.data import mvtec
 from edgesdk.pipeline import run_stream
+from edgesdk.runtime import Detector, DetectorOptions
 from edgesdk.table import table
 
 
@@ -66,11 +75,71 @@ def score(bundle: Path, video: Path, labels: np.ndarray) -> dict:
             "threshold": Bundle.open(bundle).threshold, "frames": int(len(labels))}
 
 
+def model_only_fps(det: Detector, batches: list[np.ndarray], n: int) -> float:
+    for b in batches[:5]:
+        det.infer(b)                                        # warm: first runs allocate
+    t0 = time.perf_counter()
+    for i in range(n):
+        det.infer(batches[i % len(batches)])
+    return n / (time.perf_counter() - t0)
+
+
+def stream_fps(bundle: Path, source: str, sinks: list[str], n: int, warm: int = 10) -> float:
+    """The loop's steady rate: frames delivered through every sink per second, after `warm` frames
+    (the model-only side is warmed too)."""
+    done: list[float] = []
+    run_stream(bundle, source, sinks, max_frames=n + warm, on_record=lambda rec: done.append(time.perf_counter()))
+    return (len(done) - 1 - warm) / (done[-1] - done[warm])
+
+
+def throughput(bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt: str | None) -> dict:
+    """Model-only FPS and the stream loop's FPS with two sets of sinks on: every-frame sinks
+    (jsonl, the live preview, mqtt when given) and those plus dir:// (two images per NG frame: the
+    line video is 62 % defective, far above a real line). Measured in short adjacent rounds, their
+    order rotating, so this shared machine's slow phases hit every side of a round; per set the
+    median of the per-round ratios to model-only, and the medians of each side."""
+    from edgesdk.video.sources import VideoFileSource
+
+    with VideoFileSource(video) as src:
+        frames = [f.image for f in src]
+    every = lambda: [f"jsonl://{work / 'r.jsonl'}", f"http://127.0.0.1:{free_port()}"] + ([mqtt] if mqtt else [])  # noqa: E731
+    sets = {"every_frame": every, "with_dir": lambda: every() + [f"dir://{work / 'ng'}"]}
+    model: list[float] = []
+    stream: dict[str, list[float]] = {k: [] for k in sets}
+    # The loop's own settings (no spinning pool threads: capture and sinks share the cores).
+    with Detector(bundle, DetectorOptions(spin=False)) as det:
+        batches = [det.preprocess(f) for f in frames]
+        for r in range(rounds):
+            sides = [lambda: model.append(model_only_fps(det, batches, n))]
+            sides += [lambda k=k: stream[k].append(stream_fps(bundle, f"{video}?loop=1", sets[k](), n)) for k in sets]
+            for measure in sides[r % 3:] + sides[:r % 3]:
+                measure()
+    out = {"model_only_fps": float(np.median(model)), "rounds_model_only_fps": model,
+           "sinks": "jsonl, http" + (", mqtt" if mqtt else "") + " (+ dir)"}
+    for k, fps in stream.items():
+        ratios = np.array(fps) / np.array(model)
+        out.update({f"stream_fps_{k}": float(np.median(fps)), f"share_{k}": float(np.median(ratios)),
+                    f"rounds_stream_fps_{k}": fps})
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundles", nargs="+")
     ap.add_argument("--data", required=True, help="MVTec-layout sample category (data/brick, ...)")
     ap.add_argument("--frames", type=int, default=200, help="known-good frames for calibrate")
+    ap.add_argument("--throughput-frames", type=int, default=150,
+                    help="frames per side of a throughput pair (0: skip the throughput part)")
+    ap.add_argument("--rounds", type=int, default=15, help="throughput pairs")
+    ap.add_argument("--mqtt", help="also publish every verdict to this broker, e.g. mqtt://127.0.0.1:1883/line")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     data = Path(args.data)
@@ -90,7 +159,10 @@ def main(argv=None) -> int:
                          "recall_before": before["recall"], "false_alarms_before": before["false_alarm_rate"],
                          "recall_after": after["recall"], "false_alarms_after": after["false_alarm_rate"],
                          "line_frames": after["frames"], "defect_frames": int(labels.sum())})
-    print(table([{k.replace("_", " "): v for k, v in r.items()} for r in rows],
+            if args.throughput_frames:
+                rows[-1].update(throughput(tmp / f"{b.name}-line", tmp / "line.mp4", args.throughput_frames,
+                                           args.rounds, tmp / f"{b.name}-sinks", args.mqtt))
+    print(table([{k.replace("_", " "): v for k, v in r.items() if not k.startswith("rounds")} for r in rows],
                 title=f"line video (mp4v) of {data}/test, calibrated on {args.frames} new good parts (mp4v)"))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")

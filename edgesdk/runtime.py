@@ -81,17 +81,23 @@ class Detector:
 
     def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> list[Region]:
         """Connected components of `amap > threshold`, boxes scaled to the caller's frame."""
-        binary = (amap > self.threshold).astype(np.uint8)
-        if not binary.any():
+        binary = (amap > self.threshold).view(np.uint8)     # bool -> {0, 1} without a copy
+        rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+        if rows.size == 0:
             return []
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        # Label only the box around the pixels above threshold: a defect is small, and labelling the
+        # whole map costs ~0.5 ms a frame at 256x256, time taken from inference on a small CPU.
+        oy, ox = int(rows[0]), int(cols[0])
+        sub = binary[oy:rows[-1] + 1, ox:cols[-1] + 1]
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
         sy, sx = frame_shape[0] / amap.shape[0], frame_shape[1] / amap.shape[1]
         out = []
         for i in range(1, n):
             x, y, w, h, area = (int(v) for v in stats[i])
             if area < self.opts.min_region_area:
                 continue
-            peak = float(amap[labels == i].max())
+            peak = float(amap[oy + y:oy + y + h, ox + x:ox + x + w][labels[y:y + h, x:x + w] == i].max())
+            x, y = x + ox, y + oy
             out.append(Region((int(x * sx), int(y * sy), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))),
                               area, peak))
         return sorted(out, key=lambda r: -r.peak)

@@ -5,13 +5,17 @@ import cv2
 import numpy as np
 
 
+# The JET colormap as a (256, 3) BGR table.
+JET = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, :]
+
+
 def overlay(frame: np.ndarray, amap: np.ndarray, threshold: float, regions=(), alpha: float = 0.45) -> np.ndarray:
     """frame (h, w, 3) uint8 BGR + anomaly map (H, W) in threshold units -> annotated BGR image.
 
     Colours: the threshold sits in the middle of the JET colormap (green); red is 2x threshold."""
     h, w = frame.shape[:2]
-    heat = np.clip(amap / (2 * max(threshold, 1e-6)), 0, 1)
-    heat = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.convertScaleAbs(amap, alpha=255 / (2 * max(threshold, 1e-6)))   # saturating -> uint8
+    heat = JET[heat]            # a table lookup: applyColorMap rebuilds its table every call (0.25 ms)
     heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
     out = cv2.addWeighted(frame, 1 - alpha, heat, alpha, 0)
     for r in regions:

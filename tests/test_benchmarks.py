@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_line_calibration_benchmark_reports_before_and_after(bundle, tiny_data, tmp_path):
     out = tmp_path / "line.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/line_calibration.py"), str(bundle),
-                        "--data", str(tiny_data / "brick"), "--frames", "30", "--json", str(out)],
+                        "--data", str(tiny_data / "brick"), "--frames", "30", "--json", str(out),
+                        "--throughput-frames", "30", "--rounds", "3"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     row = json.loads(out.read_text())["rows"][0]
@@ -21,6 +22,11 @@ def test_line_calibration_benchmark_reports_before_and_after(bundle, tiny_data, 
     assert row["threshold_after"] == pytest.approx(row["good_clip_mean_z"] + 3 * row["good_clip_std_z"], rel=1e-6)
     up = row["threshold_after"] >= row["threshold_before"]
     assert (row["false_alarms_after"] <= row["false_alarms_before"]) if up else (row["recall_after"] >= row["recall_before"])
+    # Throughput: one model-only and one stream measurement per sink set per round, shares from them.
+    assert len(row["rounds_model_only_fps"]) == len(row["rounds_stream_fps_with_dir"]) == 3
+    m, s = row["rounds_model_only_fps"], row["rounds_stream_fps_every_frame"]
+    assert row["share_every_frame"] == pytest.approx(sorted(b / a for a, b in zip(m, s))[1])
+    assert 0 < row["share_with_dir"] < 2 and "share every frame" in r.stdout
 
 
 def test_soak_reports_flat_memory_fields(bundle, tiny_data, tmp_path):

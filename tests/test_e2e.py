@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -82,7 +83,12 @@ def test_run_over_an_image_folder(bundle, tiny_data, tmp_path):
             "--sink", f"dir://{tmp_path / 'ov'}", "--json")
     s = json.loads(r.stdout)
     assert s["frames"] == 3 and s["anomalous_frames"] >= 2
-    assert len(list((tmp_path / "ov").glob("*.png"))) == s["anomalous_frames"]
+    raw, over = sorted((tmp_path / "ov").glob("*.png")), sorted((tmp_path / "ov").glob("*_overlay.jpg"))
+    assert len(raw) == len(over) == s["anomalous_frames"]
+    assert [p.stem for p in raw] == [p.stem.removesuffix("_overlay") for p in over]
+    srcs = sorted((tiny_data / "brick/test/hole").iterdir())     # the raw frame is the frame, losslessly
+    assert any((cv2.imread(str(raw[0])) == cv2.imread(str(x))).all() for x in srcs)
+    assert cv2.imread(str(over[0])).shape == cv2.imread(str(raw[0])).shape
 
 
 def test_failed_export_keeps_the_previous_bundle(bundle, run_dir, tmp_path):

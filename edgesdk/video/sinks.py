@@ -3,7 +3,8 @@
   jsonl://results.jsonl    one JSON object per line, appended per frame (?max_mb=100&keep=5 rotates)
   video://annotated.mp4    the annotated stream (?fps=15)
   http://127.0.0.1:8080    live preview page (MJPEG with overlays) and /metrics for Prometheus
-  dir://overlays/          a heatmap overlay PNG per anomalous frame (all frames with ?all=1)
+  dir://ng/                per anomalous frame (all frames with ?all=1): the raw frame (lossless PNG,
+                           to label and retrain on) and its heatmap overlay (JPEG, for eyes)
   mqtt://host:1883/topic   QoS 1 to an MQTT broker through an on-disk outbox (see video/mqtt.py)
 """
 from __future__ import annotations
@@ -77,14 +78,27 @@ class JsonlSink(Sink):
 
 
 class DirSink(Sink):
+    """frame_NNNNNN.png (the raw frame) and frame_NNNNNN_overlay.jpg per NG frame. Each file is
+    written beside its name and renamed over it, so a crash never leaves half an image."""
+
     def __init__(self, path: Path, every_frame: bool = False):
         path.mkdir(parents=True, exist_ok=True)
         self.path, self.every_frame = path, every_frame
 
+    def _save(self, name: str, ext: str, img, params: list[int]) -> None:
+        ok, buf = cv2.imencode(ext, img, params)
+        if not ok:
+            raise OSError(f"{self.path / name}: OpenCV could not encode {ext}")
+        tmp = self.path / f".{name}.partial"
+        tmp.write_bytes(buf.tobytes())
+        os.replace(tmp, self.path / name)
+
     def write(self, record: dict, frame, result) -> None:
         if result.is_anomalous or self.every_frame:
+            stem = f"frame_{record['frame_id']:06d}"
+            self._save(f"{stem}.png", ".png", frame.image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
             img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
-            cv2.imwrite(str(self.path / f"frame_{record['frame_id']:06d}.png"), img)
+            self._save(f"{stem}_overlay.jpg", ".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 class VideoSink(Sink):
