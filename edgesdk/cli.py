@@ -48,8 +48,9 @@ def cmd_train(args) -> None:
              "seconds": args.seconds}
     config.update({k: v for k, v in flags.items() if v is not None})
     topts = {**asdict(TrainOptions()), **(recipe.train if recipe else {}),
-             **{k: v for k, v in {"holdout": args.holdout, "k_sigma": args.k_sigma, "seed": args.seed}.items()
-                if v is not None}}
+             **{k: v for k, v in {"holdout": args.holdout, "k_sigma": args.k_sigma, "seed": args.seed,
+                                  "camera": args.camera_augment}.items() if v is not None}}
+    topts["camera"] = tuple(topts.get("camera") or ())
     weights = args.backbone_weights or (recipe.backbone_weights if recipe else "") or None
     resolved = {"recipe": recipe.path if recipe else None, "model": model, "config": config, "train": topts,
                 "backbone_weights": weights, "export": recipe.export if recipe else {}}
@@ -371,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout", type=float)
     s.add_argument("--k-sigma", type=float)
     s.add_argument("--seed", type=int)
+    s.add_argument("--camera-augment", type=lambda v: v.split(","), metavar="KINDS",
+                   help="fit on each image again as the line's camera delivers it: mp4v, jpeg:Q (comma-separated)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("export", help="run folder -> verified ONNX bundle")

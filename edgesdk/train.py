@@ -32,6 +32,8 @@ class TrainOptions:
     batch: int = 16
     seed: int = 0
     max_parity_frames: int = 8
+    camera: tuple[str, ...] = ()   # fit on each image again as each of these camera pipelines delivers it
+                                   # (edgesdk.data.camera: "mp4v", "jpeg:Q"); the held-out set stays as is
 
 
 def split_holdout(paths: list[Path], share: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -44,9 +46,15 @@ def split_holdout(paths: list[Path], share: float, seed: int) -> tuple[list[Path
     return [p for i, p in enumerate(paths) if i not in set(hold)], [paths[i] for i in hold]
 
 
-def batches(paths: list[Path], size: tuple[int, int], batch: int):
+def batches(paths: list[Path], size: tuple[int, int], batch: int, camera: tuple[str, ...] = ()):
+    """(B, H, W, 3) uint8 batches of the images, each followed by its camera-simulated copies."""
+    from edgesdk.data.camera import simulate
+
     for i in range(0, len(paths), batch):
-        yield mvtec.read_batch(paths[i:i + batch], size)
+        x = mvtec.read_batch(paths[i:i + batch], size)
+        yield x
+        for kind in camera:
+            yield simulate(x, kind)
 
 
 def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Path | None = None,
@@ -62,6 +70,9 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
     if unknown:
         raise ValueError(f"{model}: unknown config key {unknown[0]!r} (known: {', '.join(cfg_cls().to_dict())})")
     cfg = cfg_cls.from_dict({**cfg_cls().to_dict(), **(config or {})})
+    from edgesdk.data.camera import parse
+
+    camera = parse(opts.camera)
     torch.manual_seed(opts.seed)
     paths = mvtec.good_images(data)
     fit_paths, hold_paths = split_holdout(paths, opts.holdout, opts.seed)
@@ -71,8 +82,8 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
 
     t0 = time.perf_counter()
     net = cls(cfg, weights=backbone_weights or "imagenet")
-    bar = tqdm(total=len(fit_paths), desc=f"fit {model}", unit="img", disable=quiet)
-    fit_info = net.fit(batches(fit_paths, cfg.input_size, opts.batch), progress=None if quiet else bar.update)
+    bar = tqdm(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", disable=quiet)
+    fit_info = net.fit(batches(fit_paths, cfg.input_size, opts.batch, camera), progress=None if quiet else bar.update)
     bar.close()
     cfg = net.cfg                       # fit may resolve parts of it (PatchCore's bank size)
     t_fit = time.perf_counter() - t0
@@ -105,7 +116,8 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
         "backbone_weights": str(Path(backbone_weights).resolve()) if backbone_weights else "imagenet (shipped)",
         "recipe": recipe,
         "fit": fit_info,
-        "data": {"path": str(Path(data).resolve()), "n_fit": fit_info["n_images"], "n_holdout": len(hold_paths),
+        "data": {"path": str(Path(data).resolve()), "n_fit": len(fit_paths), "n_holdout": len(hold_paths),
+                 "camera_augmentation": list(camera),
                  "holdout_files": [p.name for p in hold_paths]},
         "timing_s": {"fit": round(t_fit, 3), "total": round(t_total, 3)},
         "versions": {"edgesdk": __version__, "torch": torch.__version__, "python": platform.python_version()},
