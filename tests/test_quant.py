@@ -53,6 +53,11 @@ def test_int8_cpu_bundle_is_u8s8_gated_and_rederives_its_threshold(int8_cpu, bun
     # The distance head stays FP32 by rule: MatMul reads float inputs.
     model = onnx.load(str(b.model_path))
     assert all(n.op_type != "MatMulInteger" for n in model.graph.node)
+    # So does the stem on a CPU (3-channel input, slower in U8S8): its weight is a float initializer.
+    stems = cal["decisions"]["fp32_by_rule"]
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert len(stems) == 1 and convs[stems[0]].input[1] in inits and inits[convs[stems[0]].input[1]].dtype == np.float32
+    assert cal["attempts"][0]["fp32_convs"] >= 1
     # And the device runtime runs it.
     frame = cv2.imread(str(sorted((tiny_data / "brick" / "test" / "good").iterdir())[0]))
     with Detector(int8_cpu) as det:
