@@ -44,9 +44,10 @@ def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float
 
 
 def lower_priority(step: int = 5) -> None:
-    """Sinks (PNG/JPEG encodes, network) yield the CPU to inference when both want it: this thread
-    runs `step` nice levels lower (Linux schedules threads by their own nice value). A sink that
-    falls behind still blocks the loop through its bounded queue; it only stops stealing cycles."""
+    """Sinks (PNG/JPEG encodes, network) yield the CPU to inference when both want it, so a burst of
+    NG images on a live camera delays evidence, not verdicts: the calling thread runs `step` nice
+    levels lower (Linux schedules threads by their own nice value). A sink that falls behind still
+    holds the loop back through its bounded queue (files: every frame; cameras: drops, counted)."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + step)
     except (AttributeError, OSError):       # not Linux, or not permitted: run at normal priority
