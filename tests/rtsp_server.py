@@ -9,10 +9,9 @@ video file, looped, at rtsp://127.0.0.1:PORT/line. MPEG-4 part 2 (mp4v) in an .m
 """
 from __future__ import annotations
 
-import shutil
+import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -23,7 +22,7 @@ PROBE = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRt
 
 def available() -> str | None:
     """None when the server can run here, else why not (for a skip reason)."""
-    if not Path(SYSTEM_PYTHON).is_file() or not shutil.which("python3"):
+    if not Path(SYSTEM_PYTHON).is_file():
         return f"{SYSTEM_PYTHON} not found"
     r = subprocess.run([SYSTEM_PYTHON, "-c", PROBE], capture_output=True, text=True)
     if r.returncode:
@@ -38,14 +37,15 @@ class RtspServer:
         self.url = f"rtsp://127.0.0.1:{port}/line"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 15) -> "RtspServer":
+    def start(self, timeout: float = 30) -> "RtspServer":
         self.proc = subprocess.Popen([SYSTEM_PYTHON, __file__, str(self.video), str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + timeout
-        line = self.proc.stdout.readline()        # blocks until "ready" or the child dies
-        if line.strip() != "ready" or time.monotonic() > deadline:
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # never read: a full pipe would stall it
+        # "ready" once it listens; a first GStreamer run may scan its plugins for a few seconds.
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
             self.stop()
-            raise RuntimeError(f"RTSP server did not start: {line!r} {self.proc.stderr.read()}")
+            raise RuntimeError(f"RTSP server did not start within {timeout} s: {line!r}")
         return self
 
     def stop(self) -> None:
