@@ -413,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="score every frame of a stream into sinks")
     s.add_argument("bundle")
-    s.add_argument("--source", required=True, help="file://video.mkv, a folder of images, ...")
+    s.add_argument("--source", required=True,
+                   help="file://video.mp4 or a path, a folder of images, v4l2:///dev/video0, rtsp://..., "
+                        "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=")
     s.add_argument("--sink", action="append", required=True, help="jsonl://out.jsonl, dir://overlays/")
     s.add_argument("--max-frames", type=int)
     runtime_args(s)
@@ -432,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("soak", help="run the stream loop for many frames and show resident memory stays flat")
     s.add_argument("bundle")
-    s.add_argument("--source", required=True, help="e.g. line.mkv?loop=1 (an endless file source)")
+    s.add_argument("--source", required=True, help="e.g. line.mkv?loop=1 or synth://conveyor (endless sources)")
     s.add_argument("--frames", type=int, default=20000)
     s.add_argument("--sink", action="append", default=[], help="sinks to keep on during the soak")
     s.add_argument("--out-json", help="write the result (with every RSS sample) here")
