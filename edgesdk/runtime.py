@@ -81,6 +81,8 @@ class Detector:
 
     def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> list[Region]:
         """Connected components of `amap > threshold`, boxes scaled to the caller's frame."""
+        if not amap.max() > self.threshold:                  # a good frame (most of them): one pass
+            return []
         binary = (amap > self.threshold).view(np.uint8)     # bool -> {0, 1} without a copy
         rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
         if rows.size == 0:

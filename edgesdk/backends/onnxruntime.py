@@ -48,6 +48,7 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.model), opts, providers=providers)
         except Exception as e:
             raise RuntimeError(f"{self.model}: ONNX Runtime could not load the model: {e}") from e
+        self.output_names = [o.name for o in self.session.get_outputs()]   # asked once, not per frame
         self.loaded = True
         return self
 
@@ -67,8 +68,7 @@ class OnnxRuntimeRunner(Runner):
         return self._meta(self.session.get_outputs())
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feeds)))
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
     def close(self) -> None:
         self.session = None
