@@ -33,12 +33,14 @@ def test_file_source_every_frame_scored_in_order_with_stage_latency(bundle, tiny
                                          + lat["postprocess"], abs=0.01)
 
 
-def test_live_source_drops_oldest_frames_and_counts_them(bundle, tiny_data, tmp_path):
+@pytest.mark.parametrize("streams", [1, 2])
+def test_live_source_drops_oldest_frames_and_counts_them(bundle, tiny_data, tmp_path, streams):
     # The file played as a 100 FPS camera into a sink that takes 30 ms a frame: the loop must not
     # queue without bound; it drops (and counts) frames and keeps the verdicts in order.
     seen = []
     s = run_stream(bundle, f"{tiny_data / 'conveyor_brick.mkv'}?fps=100", [],
-                   on_record=lambda rec: (seen.append(rec["frame_id"]), time.sleep(0.03)), queue_depth=2)
+                   on_record=lambda rec: (seen.append(rec["frame_id"]), time.sleep(0.03)), queue_depth=2,
+                   streams=streams)
     dropped = s["dropped_frames"] + s["source_stats"]["dropped_at_source"]
     assert s["frames"] == len(seen) < 60 and dropped > 0 and s["frames"] + dropped == 60
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
@@ -165,3 +167,27 @@ def test_source_options_and_camera_errors_are_clear(tiny_data, tmp_path):
             open_source("csi://0")
     with pytest.raises(ValueError, match="unsupported source scheme 'ftp'"):
         open_source("ftp://x/y")
+
+
+def test_two_streams_score_every_frame_in_capture_order_with_the_same_verdicts(bundle, tiny_data, tmp_path):
+    # Throughput mode: two frames in flight on one shared session, one thread each. Records must
+    # still leave in capture order, and score what one stream scores (float sums may differ by
+    # thread count only in the last bits).
+    video = str(tiny_data / "conveyor_brick.mkv")
+    one, two = [], []
+    s1 = run_stream(bundle, video, [], on_record=one.append)
+    s2 = run_stream(bundle, video, [f"jsonl://{tmp_path / 'r.jsonl'}"], on_record=two.append, streams=2)
+    assert s2["streams"] == 2 and s2["threads_per_stream"] >= 1 and s2["frames"] == s1["frames"] == 60
+    assert [r["frame_id"] for r in two] == list(range(60))
+    assert [json.loads(x)["frame_id"] for x in (tmp_path / "r.jsonl").read_text().splitlines()] == list(range(60))
+    np.testing.assert_allclose([r["score"] for r in two], [r["score"] for r in one], rtol=1e-4, atol=1e-4)
+    assert [r["is_anomalous"] for r in two] == [r["is_anomalous"] for r in one]
+
+
+def test_streams_need_onnxruntime_and_at_least_one(bundle, tiny_data):
+    from edgesdk.runtime import DetectorOptions
+
+    with pytest.raises(ValueError, match="tensorrt backend runs one stream"):
+        run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [], DetectorOptions(backend="tensorrt"), streams=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [], streams=0)
