@@ -91,3 +91,28 @@ def _chromium_screenshot(url: str, out):
                     "--window-size=700,520", f"--screenshot={out}", url], capture_output=True, timeout=90)
     assert out.exists(), "chromium wrote no screenshot"
     return out
+
+
+def test_preview_encodes_only_for_a_viewer_and_once_per_frame():
+    # With nobody watching, the preview only counts (no overlay, no JPEG on the line's CPU); a
+    # viewer gets the newest frame, encoded once however often it is asked for.
+    from edgesdk.runtime import Result
+    from edgesdk.video.preview import PreviewSink
+    from edgesdk.video.sources import Frame
+
+    sink = PreviewSink(port=free_port())
+    try:
+        rng = np.random.default_rng(0)
+        for i in range(50):
+            img = rng.integers(0, 255, (64, 64, 3), np.uint8)
+            res = Result(0.1 * i, False, np.zeros((64, 64), np.float32), [], {"total": 1.0})
+            sink.write({"is_anomalous": False, "threshold": 3.0, "latency_ms": {"total": 1.0}},
+                       Frame(img, i, time.time(), None, "x"), res)
+        assert sink.frames == 50 and sink.encoded[0] == 0
+        body = urllib.request.urlopen(sink.address + "/frame.jpg", timeout=5).read()
+        again = urllib.request.urlopen(sink.address + "/frame.jpg", timeout=5).read()
+        assert sink.encoded[0] == 50 and body == again
+        shown = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        assert shown.shape == (64, 64, 3)
+    finally:
+        sink.close()

@@ -7,8 +7,9 @@
   GET /metrics       Prometheus text: frames, anomalies, drops, reconnects, FPS, latency quantiles
   GET /stats.json    the same as JSON
 
-Only `fps` frames a second are drawn and encoded (the preview must not slow the line); metrics
-count every frame.
+Frames are drawn and JPEG-encoded only while someone is looking, at most `fps` a second, on the
+viewer's own thread, once per frame however many viewers there are: with no viewer the sink only
+counts (the preview must not slow the line). Metrics count every frame.
 """
 from __future__ import annotations
 
@@ -44,10 +45,12 @@ class PreviewSink(Sink):
         self.threshold = 0.0
         self.lat: deque[float] = deque(maxlen=1000)       # recent capture-to-verdict ms
         self.times: deque[float] = deque(maxlen=1000)     # recent frame wall times, for FPS
-        self.jpeg: bytes | None = None
+        self.latest: tuple | None = None                   # (image, anomaly map, threshold, regions)
+        self.version = 0                                   # frames written; the JPEG cache is keyed on it
+        self.encoded: tuple[int, bytes] = (0, b"")
+        self.encode_lock = threading.Lock()
+        self.first_frame = threading.Event()
         self.width = 640
-        self.cond = threading.Condition()
-        self.last_draw = 0.0
         self.pipeline_stats = lambda: {}                   # set by the stream loop: drops, reconnects
         self.closed = threading.Event()
         self.server = ThreadingHTTPServer((host, port), self._handler())
@@ -59,19 +62,29 @@ class PreviewSink(Sink):
         self.pipeline_stats = stats_fn
 
     def write(self, record: dict, frame, result) -> None:
-        now = time.monotonic()
         self.frames += 1
         self.anomalous += bool(record["is_anomalous"])
         self.threshold = record["threshold"]
         self.lat.append(record["latency_ms"]["total"])
-        self.times.append(now)
-        if now - self.last_draw >= 1 / self.max_fps:
-            self.last_draw = now
-            img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
-            with self.cond:
-                self.jpeg, self.width = buf.tobytes(), max(img.shape[1], 384)
-                self.cond.notify_all()
+        self.times.append(time.monotonic())
+        # One reference swap: the frame and map are new arrays each frame, never written again.
+        self.latest = (frame.image, result.anomaly_map, record["threshold"], result.regions)
+        self.width = max(frame.image.shape[1], 384)
+        self.version += 1
+        self.first_frame.set()
+
+    def jpeg(self) -> bytes | None:
+        """The newest frame, annotated and encoded (cached until the next frame arrives)."""
+        with self.encode_lock:
+            version, latest = self.version, self.latest
+            if latest is None:
+                return None
+            if self.encoded[0] != version:
+                image, amap, threshold, regions = latest
+                ok, buf = cv2.imencode(".jpg", overlay(image, amap, threshold, regions),
+                                       [cv2.IMWRITE_JPEG_QUALITY, 80])
+                self.encoded = (version, buf.tobytes())
+            return self.encoded[1]
 
     def stats(self) -> dict:
         t = list(self.times)
@@ -130,12 +143,12 @@ class PreviewSink(Sink):
                 elif path == "/stats.json":
                     self._send(json.dumps(sink.stats()).encode(), "application/json")
                 elif path == "/frame.jpg":         # the latest annotated frame, as a still
-                    with sink.cond:
-                        sink.cond.wait_for(lambda: sink.jpeg is not None or sink.closed.is_set(), 5.0)
-                    if sink.jpeg is None:
+                    sink.first_frame.wait(5.0)
+                    jpg = sink.jpeg()
+                    if jpg is None:
                         self.send_error(503, "no frame scored yet")
                     else:
-                        self._send(sink.jpeg, "image/jpeg")
+                        self._send(jpg, "image/jpeg")
                 elif path == "/stream.mjpg":
                     self._stream()
                 else:
@@ -148,10 +161,9 @@ class PreviewSink(Sink):
                 self.end_headers()
                 last = None
                 try:
-                    while not sink.closed.is_set():
-                        with sink.cond:
-                            sink.cond.wait_for(lambda: sink.jpeg is not last or sink.closed.is_set(), 1.0)
-                            jpg = sink.jpeg
+                    # Poll at the preview rate: the loop never wakes this thread, whatever its FPS.
+                    while not sink.closed.wait(1 / sink.max_fps):
+                        jpg = sink.jpeg()
                         if jpg is None or jpg is last:
                             continue
                         last = jpg
@@ -164,7 +176,6 @@ class PreviewSink(Sink):
 
     def close(self) -> None:
         self.closed.set()
-        with self.cond:
-            self.cond.notify_all()
+        self.first_frame.set()
         self.server.shutdown()
         self.server.server_close()
