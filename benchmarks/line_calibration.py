@@ -15,13 +15,16 @@ recall and the false-alarm rate on good frames.
 Throughput (same run, same calibrated bundle, same line video looped): the model alone (the
 runner on preprocessed frames, back to back) against the whole loop (decode, resize, infer, regions,
 sinks: jsonl, dir overlays of NG frames, the live preview, and mqtt when --mqtt names a broker),
-in short adjacent pairs; the median of the pair ratios. Prints a table and writes JSON."""
+each with 1 stream (all cores on one frame) and with 2 (a frame per core), in short rounds; a
+loop's share is the median of its per-round ratios to the faster model-only mode. Prints a table
+and writes JSON."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,51 +78,78 @@ def score(bundle: Path, video: Path, labels: np.ndarray) -> dict:
             "threshold": Bundle.open(bundle).threshold, "frames": int(len(labels))}
 
 
-def model_only_fps(det: Detector, batches: list[np.ndarray], n: int) -> float:
+def model_only_fps(det: Detector, batches: list[np.ndarray], n: int, streams: int = 1) -> float:
+    """The runner alone on preprocessed frames, back to back: `streams` threads on the one session
+    (as the loop runs it), each taking every streams-th frame."""
     for b in batches[:5]:
         det.infer(b)                                        # warm: first runs allocate
+
+    def work(first: int) -> None:
+        for i in range(first, n, streams):
+            det.infer(batches[i % len(batches)])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(1, streams)]
     t0 = time.perf_counter()
-    for i in range(n):
-        det.infer(batches[i % len(batches)])
+    for t in threads:
+        t.start()
+    work(0)
+    for t in threads:
+        t.join()
     return n / (time.perf_counter() - t0)
 
 
-def stream_fps(bundle: Path, source: str, sinks: list[str], n: int, warm: int = 10) -> float:
+def stream_fps(bundle: Path, source: str, sinks: list[str], n: int, streams: int = 1, warm: int = 10) -> float:
     """The loop's steady rate: frames delivered through every sink per second, after `warm` frames
     (the model-only side is warmed too)."""
     done: list[float] = []
-    run_stream(bundle, source, sinks, max_frames=n + warm, on_record=lambda rec: done.append(time.perf_counter()))
+    run_stream(bundle, source, sinks, max_frames=n + warm, streams=streams,
+               on_record=lambda rec: done.append(time.perf_counter()))
     return (len(done) - 1 - warm) / (done[-1] - done[warm])
 
 
-def throughput(bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt: str | None) -> dict:
-    """Model-only FPS and the stream loop's FPS with two sets of sinks on: every-frame sinks
-    (jsonl, the live preview, mqtt when given) and those plus dir:// (two images per NG frame: the
-    line video is 62 % defective, far above a real line). Measured in short adjacent rounds, their
-    order rotating, so this shared machine's slow phases hit every side of a round; per set the
-    median of the per-round ratios to model-only, and the medians of each side."""
+def throughput(bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt: str | None,
+               streams: tuple[int, ...] = (1, 2)) -> dict:
+    """Model-only FPS in each mode (1 stream on every core; S streams of cores/S threads) and the
+    stream loop's FPS in each mode with every-frame sinks on (jsonl, the live preview, mqtt when
+    given), and in the last mode also with dir:// (two images per NG frame: the line video is 62 %
+    defective, far above a real line). Measured in short adjacent rounds, their order rotating, so
+    this shared machine's slow phases hit every side of a round. A loop's share is the median of
+    its per-round ratios to the best model-only mode of that round (the fastest the model alone
+    goes), and also to model-only in its own mode."""
+    from edgesdk.pipeline import stream_options
     from edgesdk.video.sources import VideoFileSource
 
     with VideoFileSource(video) as src:
         frames = [f.image for f in src]
     every = lambda: [f"jsonl://{work / 'r.jsonl'}", f"http://127.0.0.1:{free_port()}"] + ([mqtt] if mqtt else [])  # noqa: E731
-    sets = {"every_frame": every, "with_dir": lambda: every() + [f"dir://{work / 'ng'}"]}
-    model: list[float] = []
-    stream: dict[str, list[float]] = {k: [] for k in sets}
-    # The loop's own settings (no spinning pool threads: capture and sinks share the cores).
-    with Detector(bundle, DetectorOptions(spin=False)) as det:
-        batches = [det.preprocess(f) for f in frames]
+    loops = {f"s{k}": (k, every) for k in streams}
+    loops[f"s{streams[-1]}_with_dir"] = (streams[-1], lambda: every() + [f"dir://{work / 'ng'}"])
+    model: dict[int, list[float]] = {k: [] for k in streams}
+    loop: dict[str, list[float]] = {k: [] for k in loops}
+    dets = {k: Detector(bundle, stream_options(DetectorOptions(), k)) for k in streams}
+    try:
+        batches = [dets[streams[0]].preprocess(f) for f in frames]
+        sides = [lambda k=k: model[k].append(model_only_fps(dets[k], batches, n, k)) for k in streams]
+        sides += [lambda k=k: loop[k].append(stream_fps(bundle, f"{video}?loop=1", loops[k][1](), n, loops[k][0]))
+                  for k in loops]
         for r in range(rounds):
-            sides = [lambda: model.append(model_only_fps(det, batches, n))]
-            sides += [lambda k=k: stream[k].append(stream_fps(bundle, f"{video}?loop=1", sets[k](), n)) for k in sets]
-            for measure in sides[r % 3:] + sides[:r % 3]:
+            for measure in sides[r % len(sides):] + sides[:r % len(sides)]:
                 measure()
-    out = {"model_only_fps": float(np.median(model)), "rounds_model_only_fps": model,
-           "sinks": "jsonl, http" + (", mqtt" if mqtt else "") + " (+ dir)"}
-    for k, fps in stream.items():
-        ratios = np.array(fps) / np.array(model)
-        out.update({f"stream_fps_{k}": float(np.median(fps)), f"share_{k}": float(np.median(ratios)),
-                    f"rounds_stream_fps_{k}": fps})
+    finally:
+        for d in dets.values():
+            d.close()
+    best = np.max([model[k] for k in streams], axis=0)
+    out = {"sinks": "jsonl, http" + (", mqtt" if mqtt else "") + " (+ dir)", "rounds_best_model_only_fps": best.tolist()}
+    for k in streams:
+        out[f"model_only_fps_s{k}"] = float(np.median(model[k]))
+        out[f"rounds_model_only_fps_s{k}"] = model[k]
+    for name, fps in loop.items():
+        fps_a = np.array(fps)
+        out[f"loop_fps_{name}"] = float(np.median(fps_a))
+        out[f"share_{name}"] = float(np.median(fps_a / best))
+        out[f"share_{name}_iqr"] = [float(q) for q in np.percentile(fps_a / best, [25, 75])]
+        out[f"share_{name}_vs_own_mode"] = float(np.median(fps_a / np.array(model[loops[name][0]])))
+        out[f"rounds_loop_fps_{name}"] = fps
     return out
 
 
@@ -162,7 +192,8 @@ def main(argv=None) -> int:
             if args.throughput_frames:
                 rows[-1].update(throughput(tmp / f"{b.name}-line", tmp / "line.mp4", args.throughput_frames,
                                            args.rounds, tmp / f"{b.name}-sinks", args.mqtt))
-    print(table([{k.replace("_", " "): v for k, v in r.items() if not k.startswith("rounds")} for r in rows],
+    print(table([{k.replace("_", " "): v for k, v in r.items() if not k.startswith("rounds") and not k.endswith("iqr")}
+                 for r in rows],
                 title=f"line video (mp4v) of {data}/test, calibrated on {args.frames} new good parts (mp4v)"))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
