@@ -5,7 +5,10 @@ this process.
   mqtt://host:port/topic[?qos=1&outbox=FILE&health=10&client_id=ID&drain=5]
 
 Each record goes into the outbox (SQLite, committed) before it is published; the row is deleted
-when the broker acknowledges it (PUBACK). On (re)connect every row that is not already in flight is
+once the broker has acknowledged it (PUBACK), in batches (a crash between the two re-sends it,
+which QoS 1 allows). The outbox survives a crash of this process (WAL, synchronous=NORMAL: a
+power cut can lose the last commits, as it can the JSONL's last lines); full fsync per verdict
+cost 0.2 ms of CPU a frame, taken from inference on a small device. On (re)connect every row that is not already in flight is
 published again, oldest first. Delivery is QoS 1's at-least-once: a record whose PUBACK was lost is
 sent again, so consumers de-duplicate on `frame_id` (+ `timestamp`). Health (frames, anomalies,
 outbox depth, reconnects) goes to TOPIC/health every `health` seconds, QoS 0, retained.
@@ -32,6 +35,7 @@ class Outbox:
         self.path = path
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                         "topic TEXT NOT NULL, payload TEXT NOT NULL)")
         self.lock = threading.Lock()
@@ -41,9 +45,11 @@ class Outbox:
             return int(self.db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)",
                                        (topic, payload)).lastrowid)
 
-    def remove(self, seq: int) -> None:
+    def remove(self, seqs: list[int]) -> None:
         with self.lock:
-            self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in seqs])
+            self.db.execute("COMMIT")
 
     def pending(self) -> list[tuple[int, str, str]]:
         with self.lock:
@@ -73,6 +79,8 @@ class MqttSink(Sink):
         self.inflight: dict[int, int] = {}          # paho message id -> outbox seq
         self.sending: set[int] = set()               # seqs inside client.publish right now
         self.early_acks: set[int] = set()            # PUBACKs that beat publish() returning
+        self.done: list[int] = []                    # acknowledged seqs, deleted from the outbox in batches
+        self._last_purge = time.monotonic()
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.stats = {"published": 0, "acked": 0, "reconnects": 0, "connects": 0, "frames": 0, "anomalous": 0}
@@ -101,7 +109,8 @@ class MqttSink(Sink):
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected.clear()
-        log.warning("mqtt disconnected (%s); %d verdicts waiting in the outbox", reason, len(self.outbox))
+        log.warning("mqtt disconnected (%s); %d verdicts waiting in the outbox", reason,
+                    len(self.outbox) - len(self.done))
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         if self.qos == 0:
@@ -111,7 +120,7 @@ class MqttSink(Sink):
             if seq is None:
                 self.early_acks.add(mid)         # acknowledged before publish() returned its mid
                 return
-        self.outbox.remove(seq)
+            self.done.append(seq)
         self.stats["acked"] += 1
 
     # ----------------------------------------------------------------------------------------
@@ -130,14 +139,23 @@ class MqttSink(Sink):
             self.early_acks.discard(info.mid)
             if not acked:
                 self.inflight[info.mid] = seq   # paho re-sends it after a reconnect until PUBACK
+            else:
+                self.done.append(seq)
         if acked:
-            self.outbox.remove(seq)
             self.stats["acked"] += 1
+
+    def _purge(self) -> None:
+        """Delete acknowledged rows, many in one transaction."""
+        with self.lock:
+            seqs, self.done = self.done, []
+        if seqs:
+            self.outbox.remove(seqs)
+        self._last_purge = time.monotonic()
 
     def _flush(self) -> None:
         """Publish every outbox row not already in flight (paho re-sends those itself), oldest first."""
         with self.lock:
-            busy = set(self.inflight.values()) | self.sending
+            busy = set(self.inflight.values()) | self.sending | set(self.done)
         for seq, topic, payload in self.outbox.pending():
             if seq not in busy and self.connected.is_set():
                 self._publish(seq, topic, payload)
@@ -150,11 +168,14 @@ class MqttSink(Sink):
         self.stats["frames"] += 1
         self.stats["anomalous"] += bool(record.get("is_anomalous"))
         now = time.monotonic()
+        if len(self.done) >= 64 or now - self._last_purge >= 1.0:
+            self._purge()
         if self.health_s and now - self._last_health >= self.health_s:
             self._last_health = now
             self.publish_health()
 
     def health(self) -> dict:
+        self._purge()
         return {**self.stats, "outbox": len(self.outbox), "connected": self.connected.is_set(),
                 "time": time.time()}
 
@@ -165,10 +186,12 @@ class MqttSink(Sink):
     def close(self) -> None:
         """Wait up to drain_s for the outbox to empty; what is left is delivered by the next run."""
         deadline = time.monotonic() + self.drain_s
+        self._purge()
         while len(self.outbox) and time.monotonic() < deadline:
             if self.connected.is_set():
                 self._flush()          # rows written while disconnected, after the reconnect's flush
             time.sleep(0.05)
+            self._purge()
         self.publish_health()
         left = len(self.outbox)
         if left:
