@@ -323,7 +323,7 @@ def cmd_soak(args) -> None:
     from edgesdk.fsutil import write_json
     from edgesdk.soak import plot, soak
 
-    r = soak(args.bundle, args.source, args.frames, args.sink, opts=_detector_opts(args))
+    r = soak(args.bundle, args.source, args.frames, args.sink, opts=_detector_opts(args), streams=args.streams)
     if args.out_json:
         write_json(args.out_json, r)
     if args.plot:
@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sink", action="append", default=[], help="sinks to keep on during the soak")
     s.add_argument("--out-json", help="write the result (with every RSS sample) here")
     s.add_argument("--plot", help="PNG of RSS over frames")
+    s.add_argument("--streams", type=int, default=1, help="frames in flight, as for run")
     runtime_args(s)
     s.set_defaults(fn=cmd_soak)
 

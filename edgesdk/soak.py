@@ -22,7 +22,7 @@ def rss_mb() -> float:
 
 
 def soak(bundle: str, source: str, frames: int = 20000, sinks: list[str] | None = None, every: int = 200,
-         opts: DetectorOptions = DetectorOptions()) -> dict:
+         opts: DetectorOptions = DetectorOptions(), streams: int = 1) -> dict:
     samples: list[tuple[int, float]] = []
     seen = [0]                       # records delivered; frame ids of a live source skip dropped frames
 
@@ -31,13 +31,14 @@ def soak(bundle: str, source: str, frames: int = 20000, sinks: list[str] | None 
             samples.append((seen[0], rss_mb()))
         seen[0] += 1
 
-    s = run_stream(bundle, source, sinks or [], opts, max_frames=frames, on_record=sample)
+    s = run_stream(bundle, source, sinks or [], opts, max_frames=frames, on_record=sample, streams=streams)
     x = np.array([f for f, _ in samples], float)
     y = np.array([m for _, m in samples], float)
     tenth = max(1, len(y) // 10)
     early, late = float(np.median(y[tenth:2 * tenth])), float(np.median(y[-tenth:]))
     slope = float(np.polyfit(x[tenth:], y[tenth:], 1)[0] * 1e4) if len(y) > tenth + 2 else float("nan")
     return {"frames": s["frames"], "fps": s["fps"], "dropped_frames": s["dropped_frames"], "source": source,
+            "streams": streams,
             "rss_mb_start": float(y[0]) if len(y) else None, "rss_mb_after_warmup": early, "rss_mb_end": late,
             "rss_growth_mb": late - early, "slope_mb_per_10k_frames": slope, "rss_mb_max": float(y.max()),
             "samples": [[int(f), round(m, 2)] for f, m in samples],
