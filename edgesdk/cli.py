@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sink", action="append", required=True, help="jsonl://out.jsonl, dir://overlays/")
     s.add_argument("--max-frames", type=int)
     s.add_argument("--streams", type=int, default=1,
-                   help="frames in flight (ONNX Runtime): 1 = lowest latency; 2 on a 2-core CPU = 10-15%% more "
+                   help="frames in flight (ONNX Runtime): 1 = lowest latency; 2 on a 2-core CPU = 8-21%% more "
                         "frames a second at ~1.7x the latency (file backlogs, cameras faster than the model)")
     runtime_args(s)
     s.set_defaults(fn=cmd_run)

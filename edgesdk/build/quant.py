@@ -74,8 +74,8 @@ def stem_convs(model) -> list[str]:
     ONNX Runtime's U8S8 kernel runs a 3-input-channel conv at 0.7x its FP32 speed (measured,
     AVX2) and the image's quantization error is the first that every later layer carries."""
     inits = {i.name: i for i in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.name in set(feature_convs(model))
-            and list(inits[n.input[1]].dims[1:2]) == [3]]
+    convs = set(feature_convs(model))
+    return [n.name for n in model.graph.node if n.name in convs and list(inits[n.input[1]].dims[1:2]) == [3]]
 
 
 def _quantizable_neighbours(model, convs: set[str]) -> list[str]:

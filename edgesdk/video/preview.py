@@ -46,8 +46,7 @@ class PreviewSink(Sink):
         self.lat: deque[float] = deque(maxlen=1000)       # recent capture-to-verdict ms
         self.times: deque[float] = deque(maxlen=1000)     # recent frame wall times, for FPS
         self.latest: tuple | None = None                   # (image, anomaly map, threshold, regions)
-        self.version = 0                                   # frames written; the JPEG cache is keyed on it
-        self.encoded: tuple[int, bytes] = (0, b"")
+        self.encoded: tuple[int, bytes] = (0, b"")         # (frames when encoded, JPEG)
         self.encode_lock = threading.Lock()
         self.first_frame = threading.Event()
         self.width = 640
@@ -62,21 +61,21 @@ class PreviewSink(Sink):
         self.pipeline_stats = stats_fn
 
     def write(self, record: dict, frame, result) -> None:
+        # One reference swap: the frame and map are new arrays each frame, never written again. It
+        # comes before the count, which keys the JPEG cache, so a count never names an older frame.
+        self.latest = (frame.image, result.anomaly_map, record["threshold"], result.regions)
+        self.width = max(frame.image.shape[1], 384)
         self.frames += 1
         self.anomalous += bool(record["is_anomalous"])
         self.threshold = record["threshold"]
         self.lat.append(record["latency_ms"]["total"])
         self.times.append(time.monotonic())
-        # One reference swap: the frame and map are new arrays each frame, never written again.
-        self.latest = (frame.image, result.anomaly_map, record["threshold"], result.regions)
-        self.width = max(frame.image.shape[1], 384)
-        self.version += 1
         self.first_frame.set()
 
     def jpeg(self) -> bytes | None:
         """The newest frame, annotated and encoded (cached until the next frame arrives)."""
         with self.encode_lock:
-            version, latest = self.version, self.latest
+            version, latest = self.frames, self.latest
             if latest is None:
                 return None
             if self.encoded[0] != version:

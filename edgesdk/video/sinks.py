@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 import cv2
 
+from edgesdk.fsutil import atomic_write_bytes
 from edgesdk.viz import overlay
 
 
@@ -89,9 +90,7 @@ class DirSink(Sink):
         ok, buf = cv2.imencode(ext, img, params)
         if not ok:
             raise OSError(f"{self.path / name}: OpenCV could not encode {ext}")
-        tmp = self.path / f".{name}.partial"
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, self.path / name)
+        atomic_write_bytes(self.path / name, buf.tobytes())
 
     def write(self, record: dict, frame, result) -> None:
         if result.is_anomalous or self.every_frame:
