@@ -150,15 +150,21 @@ def pipeline_row(model_row: dict, source: str) -> dict:
             "share_of_model_only_fps": s["fps"] / model_row["fps"] if model_row.get("fps") else None}
 
 
-COLUMNS = [("model", "model"), ("backend", "backend"), ("precision", "precision"), ("batch", "batch"),
+# "bundle" is the bundle's folder name: two bundles of one model and precision (an A/B of quantization
+# options, say) are otherwise indistinguishable rows.
+COLUMNS = [("bundle", "bundle"), ("model", "model"), ("backend", "backend"), ("precision", "precision"), ("batch", "batch"),
            ("status", "status"), ("model_mb", "MB"), ("image_auroc", "image AUROC"), ("min_ms", "min ms"),
            ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("fps", "FPS"),
            ("cold_start_ms", "cold start ms"), ("peak_rss_mb", "peak RSS MB"), ("vs_torch", "vs torch"),
            ("noisy", "noisy")]
 
 
+def _cell(row: dict, key: str):
+    return Path(row["bundle"]).name if key == "bundle" and row.get("bundle") else row.get(key)
+
+
 def table_rows(result: dict) -> list[dict]:
-    return [{label: r.get(key) for key, label in COLUMNS} for r in result["rows"]]
+    return [{label: _cell(r, key) for key, label in COLUMNS} for r in result["rows"]]
 
 
 def markdown(result: dict) -> str:
@@ -166,7 +172,7 @@ def markdown(result: dict) -> str:
 
     head = [label for _, label in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(fmt(r.get(k), 3) for k, _ in COLUMNS) + " |" for r in result["rows"]]
+    lines += ["| " + " | ".join(fmt(_cell(r, k), 3) for k, _ in COLUMNS) + " |" for r in result["rows"]]
     p = result["provenance"]
     why = [f"- {r['backend']}: {r['reason']}" for r in result["rows"] if r.get("reason")]
     return "\n".join(lines + ["", f"{p['cpu']}, {p['cores']} cores, {p['os']}; harness overhead "
@@ -178,7 +184,7 @@ def plot(result: dict, path: str | Path, width: int = 900) -> None:
     import cv2
 
     timed = [r for r in result["rows"] if r.get("_ms")]
-    h_row, left, top = 36, 260, 40
+    h_row, left, top = 36, 340, 40
     img = np.full((top + h_row * max(len(timed), 1) + 40, width, 3), 255, np.uint8)
     hi = max((np.percentile(r["_ms"], 99) for r in timed), default=1.0) * 1.1
     sx = lambda v: int(left + (width - left - 20) * v / hi)  # noqa: E731
@@ -191,7 +197,7 @@ def plot(result: dict, path: str | Path, width: int = 900) -> None:
     for i, r in enumerate(timed):     # grid first, so it never crosses the labels
         y = top + i * h_row + h_row // 2
         p1, p25, p50, p75, p99 = np.percentile(r["_ms"], [1, 25, 50, 75, 99])
-        label = f"{r['model']} {r['backend']} {r['precision']} b{r['batch']}"
+        label = f"{Path(r.get('bundle') or r['model']).name} {r['backend']} {r['precision']} b{r['batch']}"
         cv2.putText(img, label, (10, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.line(img, (sx(p1), y), (sx(p99), y), (90, 90, 90), 1)
         cv2.rectangle(img, (sx(p25), y - 10), (sx(p75), y + 10), (200, 140, 60), -1)

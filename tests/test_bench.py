@@ -38,7 +38,10 @@ def test_bench_table_json_markdown_and_plot(zoo, tiny_data, tmp_path):
         assert all(x["status"] == "unavailable" and x["reason"] and x["p50_ms"] is None for x in trt)
         if _has("tensorrt_rtx"):                                          # the build is still reported
             assert all(x["engine_mb"] > 0.5 and x["engine_build_s"] > 0 for x in trt)
-    assert "| model | backend |" in (tmp_path / "b.md").read_text()
+    md = (tmp_path / "b.md").read_text()
+    # Rows name their bundle's folder: two bundles of one model and precision stay tellable apart.
+    assert "| bundle | model | backend |" in md and f"| {zoo['stfpm'][1].name} | stfpm |" in md
+    assert f"{zoo['padim'][1].name} " in r.stdout
     img = cv2.imread(str(tmp_path / "b.png"))
     assert img is not None and img.shape[1] == 900 and (img < 128).any()
 
