@@ -53,11 +53,15 @@ def test_int8_cpu_bundle_is_u8s8_gated_and_rederives_its_threshold(int8_cpu, bun
     # The distance head stays FP32 by rule: MatMul reads float inputs.
     model = onnx.load(str(b.model_path))
     assert all(n.op_type != "MatMulInteger" for n in model.graph.node)
-    # So does the stem on a CPU (3-channel input, slower in U8S8): its weight is a float initializer.
-    stems = cal["decisions"]["fp32_by_rule"]
+    # So, on a CPU, do the stem and block 0 (stem, depthwise, 16-channel projection: all at the stem's
+    # resolution, up to the narrowest): float initializers as weights, and every later conv is int8.
+    kept = cal["decisions"]["fp32_by_rule"]
     convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
-    assert len(stems) == 1 and convs[stems[0]].input[1] in inits and inits[convs[stems[0]].input[1]].dtype == np.float32
-    assert cal["attempts"][0]["fp32_convs"] >= 1
+    weights = [inits[convs[c].input[1]] for c in kept]
+    assert [w.shape[:2] for w in weights] == [(32, 3), (32, 1), (16, 32)]
+    assert all(w.dtype == np.float32 for w in weights)
+    assert cal["attempts"][0]["fp32_convs"] == len(kept)
+    assert sorted(quant.feature_convs(model)) == sorted(kept)     # the float convs left: these only
     # And the device runtime runs it.
     frame = cv2.imread(str(sorted((tiny_data / "brick" / "test" / "good").iterdir())[0]))
     with Detector(int8_cpu) as det:
@@ -103,6 +107,29 @@ def test_tensorrt_int8_and_fp16_bundles_pass_qdq_rules_and_build_engines(zoo, mo
         r = build_engine(b, load_profile("rtx"), BuildConfig(batch=(1, 1, 2)))
         assert r.sidecar.strongly_typed and r.sidecar.precision == precision and r.plan.stat().st_size > 100_000
         assert r.sidecar.tensorrt_module == "tensorrt_rtx" and trt.__version__ == r.sidecar.tensorrt_version
+
+
+def test_cpu_float_prefix_keeps_each_network_up_to_its_narrowest_conv_at_stem_resolution(zoo):
+    """STFPM has two networks on the image: the student's next conv halves the resolution again, so
+    only its stem stays FP32; the teacher (EfficientNet-Lite0) keeps stem, depthwise and the
+    16-channel projection, and not the 96-channel expansion that still runs at 128x128."""
+    model = onnx.load(str(zoo["stfpm"][1] / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    convs = {n.name: n for n in model.graph.node}
+    kept = quant.float_prefix(model)
+    shapes = [list(inits[convs[c].input[1]].dims[:2]) for c in kept]
+    stems = [c for c, s in zip(kept, shapes) if s[1] == 3]
+    assert len(stems) == 2 and sorted(shapes) == sorted([[16, 3], [32, 3], [32, 1], [16, 32]])
+    order = quant.feature_convs(model)
+    teacher = order.index(next(c for c, s in zip(kept, shapes) if s == [32, 3]))
+    assert order[teacher + 3] not in kept and list(inits[convs[order[teacher + 3]].input[1]].dims[:2]) == [96, 16]
+
+
+def test_a_cpu_bundle_no_faster_than_float_says_to_deploy_fp32():
+    cpu, trt = quant.QuantOptions(), quant.QuantOptions(target="tensorrt")
+    tip = gate.advice(cpu, 0.97, 28, 33)
+    assert "0.97x" in tip and "28 of 33" in tip and "FP32 bundle" in tip
+    assert gate.advice(cpu, 1.3, 3, 33) is None and gate.advice(trt, 0.5, 3, 33) is None
 
 
 def test_check_trt_qdq_rules_names_each_violation(tmp_path):
