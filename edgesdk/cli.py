@@ -67,6 +67,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from edgesdk.build.gate import report_table
     from edgesdk.build.onnx import ExportOptions, export_onnx
     from edgesdk.bundle import Bundle
     from edgesdk.recipe import load_recipe
@@ -86,24 +87,9 @@ def cmd_export(args) -> None:
                   "threshold": b.threshold, "parity score rel err": f"{par['score_max_rel_err']:.1e}",
                   "parity map rel err": f"{par['map_max_rel_err']:.1e}"}]))
     if "vs_float" in m:
-        print(quant_table(m["vs_float"], b.manifest.precision, b.manifest.calibration or {}))
+        print(report_table(m["vs_float"], b.manifest.precision, b.manifest.calibration or {}))
         if m["vs_float"].get("advice"):
             print(f"note: {m['vs_float']['advice']}")
-
-
-def quant_table(r: dict, precision: str, cal: dict) -> str:
-    """The gate's parity report: float vs this precision, one row each."""
-    ref = r.get("reference", {})
-    rows = [{"model": "float (PyTorch)", "image AUROC": ref.get("image_auroc"), "pixel AUROC": ref.get("pixel_auroc"),
-             "threshold": r["threshold_float"], "ORT p50 ms": r["ort_p50_ms_float"],
-             "MB": r["model_mb_float"]},
-            {"model": f"{precision} ({cal.get('target', '')})", "image AUROC": r.get("image_auroc"),
-             "pixel AUROC": r.get("pixel_auroc"), "threshold": r["threshold"], "ORT p50 ms": r["ort_p50_ms"],
-             "MB": r["model_mb"], "max |dz|": r["score_max_abs_diff"], "mean |dz| (held-out)": r["score_mean_abs_diff"],
-             "verdict flips": f"{r['verdict_flips']} of {r['n_holdout'] + r.get('n_val', 0)}",
-             "speedup": f"{r['speedup_vs_float']:.2f}x"}]
-    return table(rows, title=f"{precision} vs float: gated on {r['gated_on']}, "
-                             f"calibrated on {cal.get('n_images')} images ({cal.get('method')})")
 
 
 def _detector_opts(args):

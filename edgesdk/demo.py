@@ -3,7 +3,8 @@ PatchCore, student-teacher), with comparison tables at the end.
 
 sample data -> train (per category) -> export + parity -> eval through the device runtime ->
 torch eager vs ONNX Runtime latency on the same frames -> stream the conveyor video into JSONL and
-overlays, checked against the video's per-frame ground truth. Writes OUT/summary.json."""
+overlays, checked against the video's per-frame ground truth -> the streamed model quantized to INT8
+for this CPU, gated against the float model. Writes OUT/summary.json."""
 from __future__ import annotations
 
 import json
@@ -42,6 +43,26 @@ def stream_check(bundle: Path, video: Path, out: Path) -> dict:
     return {**summary, "frame_f1": f["f1"], "frame_confusion": {k: f[k] for k in ("tp", "fp", "fn", "tn")},
             "timeline": "".join("X" if r["is_anomalous"] else "." for r in recs),
             "truth": "".join("X" if v else "." for v in y)}
+
+
+def quantize_check(out: Path, name: str) -> tuple[dict, str]:
+    """RUNS/NAME exported to INT8 for this CPU, gated against the float model: (summary, the gate's
+    report as text), or its refusal (then no bundle exists, which is the point of the gate)."""
+    from edgesdk.build.gate import GateError, report_table
+    from edgesdk.build.onnx import ExportOptions
+
+    bundle = out / "bundles" / f"{name}-int8"
+    try:
+        export_onnx(out / "runs" / name, bundle, ExportOptions(precision="int8", target="cpu"))
+    except GateError as e:
+        return {"bundle": None, "passed": False, "why": str(e)}, str(e)
+    m = Bundle.open(bundle).manifest
+    rep, cal = m.metrics["vs_float"], m.calibration or {}
+    text = report_table(rep, "int8", cal) + (f"\nnote: {rep['advice']}" if rep.get("advice") else "")
+    return {"bundle": str(bundle), "passed": True, "image_auroc_float": rep["reference"].get("image_auroc"),
+            **{k: rep.get(k) for k in ("image_auroc", "image_auroc_drop", "score_max_abs_diff", "ort_p50_ms_float",
+                                       "ort_p50_ms", "speedup_vs_float", "model_mb_float", "model_mb")},
+            "fp32_convs": len(cal["decisions"]["fp32_convs"])}, text
 
 
 def build_engines(out: Path, bundles: list[str]) -> list[dict]:
@@ -95,20 +116,22 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
     categories = categories or sorted(TEXTURES)
     cfg = QUICK if quick else SynthConfig()
     t0 = time.perf_counter()
-    print(f"[1/4] sample data ({', '.join(categories)}, {cfg.size}px) -> {out / 'data'}")
+    print(f"[1/5] sample data ({', '.join(categories)}, {cfg.size}px) -> {out / 'data'}")
     synth_dataset(out / "data", categories, cfg)
     results: dict = {}
     for cat in categories:
         for model in models:
-            print(f"[2/4] {cat} / {model}: train -> export -> eval")
+            print(f"[2/5] {cat} / {model}: train -> export -> eval")
             results.setdefault(cat, {})[model] = run_model(out, cat, model, model_config(model, cfg.size, quick, full),
                                                            cfg.size)
     engines = build_engines(out, [f"{c}-{m}" for c in categories for m in models])
     video = out / "data" / f"conveyor_{categories[0]}.mkv"
     stream_model = "patchcore" if "patchcore" in models else models[0]
-    print(f"[3/4] stream {video.name} through the {categories[0]}-{stream_model} bundle")
+    print(f"[3/5] stream {video.name} through the {categories[0]}-{stream_model} bundle")
     stream = stream_check(out / "bundles" / f"{categories[0]}-{stream_model}", video, out)
-    print("[4/4] done\n")
+    print(f"[4/5] {categories[0]}-{stream_model} to INT8 for this CPU, gated against the float model")
+    int8, int8_text = quantize_check(out, f"{categories[0]}-{stream_model}")
+    print("[5/5] done\n")
 
     rows = []
     for c, by_model in results.items():
@@ -128,11 +151,12 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
     print("\n" + table(means, title="mean over categories"))
     if engines:
         print("\n" + table(engines, title="TensorRT engines (rtx profile, built ahead of time; running one needs the GPU)"))
+    print(f"\nINT8 for this CPU ({categories[0]}-{stream_model}):\n{int8_text}")
     print(f"\nstream: {stream['frames']} frames at {stream['fps']:.0f} FPS, frame F1 {stream['frame_f1']:.3f} "
           f"{stream['frame_confusion']}\n  detected {stream['timeline']}\n  truth    {stream['truth']}")
     summary = {"config": vars(cfg), "student_budget": model_config("stfpm", cfg.size, quick, full),
                "categories": results, "means": means, "engines": engines,
-               "stream": stream, "wall_s": time.perf_counter() - t0}
+               "stream": stream, "int8": int8, "wall_s": time.perf_counter() - t0}
     write_json(out / "summary.json", summary)
     print(f"\nsummary -> {out / 'summary.json'}, overlays -> {out / 'overlays'}; {summary['wall_s']:.0f} s in all")
     return summary

@@ -134,6 +134,14 @@ def test_demo_quick_runs_end_to_end(tmp_path):
         assert ev["image_auroc"] > 0.85 and ev["pixel_auroc"] > 0.9, model
     assert s["categories"]["brick"]["patchcore"]["fit"]["bank_size"] > 0
     assert s["stream"]["frames"] == 60 and s["stream"]["frame_f1"] > 0.5
+    # The streamed model, quantized for this CPU: either the gate passed it (a bundle within max-drop
+    # and its report printed) or it refused with the attempts (and left no bundle behind).
+    q = s["int8"]
+    if q["passed"]:
+        assert (tmp_path / "demo/bundles/brick-patchcore-int8/model.onnx").is_file() and q["image_auroc_drop"] <= 0.005
+        assert q["fp32_convs"] >= 3 and q["speedup_vs_float"] > 0 and "int8 vs float: gated on" in r.stdout
+    else:
+        assert "no bundle written" in q["why"] and not (tmp_path / "demo/bundles/brick-patchcore-int8").exists()
     import importlib.util
 
     if importlib.util.find_spec("tensorrt_rtx"):     # in the dev extra: the demo builds real engines

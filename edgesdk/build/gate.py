@@ -206,6 +206,21 @@ def advice(opts: quant.QuantOptions, speedup: float, fp32_convs: int, n_convs: i
             "more of the line's images")
 
 
+def report_table(r: dict, precision: str, cal: dict) -> str:
+    """The gate's parity report as a table: float vs this precision, one row each."""
+    ref = r.get("reference", {})
+    rows = [{"model": "float (PyTorch)", "image AUROC": ref.get("image_auroc"), "pixel AUROC": ref.get("pixel_auroc"),
+             "threshold": r["threshold_float"], "ORT p50 ms": r["ort_p50_ms_float"],
+             "MB": r["model_mb_float"]},
+            {"model": f"{precision} ({cal.get('target', '')})", "image AUROC": r.get("image_auroc"),
+             "pixel AUROC": r.get("pixel_auroc"), "threshold": r["threshold"], "ORT p50 ms": r["ort_p50_ms"],
+             "MB": r["model_mb"], "max |dz|": r["score_max_abs_diff"], "mean |dz| (held-out)": r["score_mean_abs_diff"],
+             "verdict flips": f"{r['verdict_flips']} of {r['n_holdout'] + r.get('n_val', 0)}",
+             "speedup": f"{r['speedup_vs_float']:.2f}x"}]
+    return table(rows, title=f"{precision} vs float: gated on {r['gated_on']}, "
+                             f"calibrated on {cal.get('n_images')} images ({cal.get('method')})")
+
+
 def reference(net, hold: np.ndarray, val) -> dict:
     """Float (PyTorch) scores the gate compares with: held-out good frames and validation frames."""
     import torch
