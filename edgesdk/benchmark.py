@@ -152,8 +152,8 @@ def pipeline_row(model_row: dict, source: str) -> dict:
 
 # "bundle" is the bundle's folder name: two bundles of one model and precision (an A/B of quantization
 # options, say) are otherwise indistinguishable rows.
-COLUMNS = [("bundle", "bundle"), ("model", "model"), ("backend", "backend"), ("precision", "precision"), ("batch", "batch"),
-           ("status", "status"), ("model_mb", "MB"), ("image_auroc", "image AUROC"), ("min_ms", "min ms"),
+COLUMNS = [("bundle", "bundle"), ("model", "model"), ("backend", "backend"), ("precision", "precision"),
+           ("batch", "batch"), ("status", "status"), ("model_mb", "MB"), ("image_auroc", "image AUROC"), ("min_ms", "min ms"),
            ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("fps", "FPS"),
            ("cold_start_ms", "cold start ms"), ("peak_rss_mb", "peak RSS MB"), ("vs_torch", "vs torch"),
            ("noisy", "noisy")]
@@ -197,7 +197,7 @@ def plot(result: dict, path: str | Path, width: int = 900) -> None:
     for i, r in enumerate(timed):     # grid first, so it never crosses the labels
         y = top + i * h_row + h_row // 2
         p1, p25, p50, p75, p99 = np.percentile(r["_ms"], [1, 25, 50, 75, 99])
-        label = f"{Path(r.get('bundle') or r['model']).name} {r['backend']} {r['precision']} b{r['batch']}"
+        label = f"{_cell(r, 'bundle') or r['model']} {r['backend']} {r['precision']} b{r['batch']}"
         cv2.putText(img, label, (10, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.line(img, (sx(p1), y), (sx(p99), y), (90, 90, 90), 1)
         cv2.rectangle(img, (sx(p25), y - 10), (sx(p75), y + 10), (200, 140, 60), -1)

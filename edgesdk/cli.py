@@ -88,8 +88,6 @@ def cmd_export(args) -> None:
                   "parity map rel err": f"{par['map_max_rel_err']:.1e}"}]))
     if "vs_float" in m:
         print(report_table(m["vs_float"], b.manifest.precision, b.manifest.calibration or {}))
-        if m["vs_float"].get("advice"):
-            print(f"note: {m['vs_float']['advice']}")
 
 
 def _detector_opts(args):

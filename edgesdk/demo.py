@@ -58,11 +58,10 @@ def quantize_check(out: Path, name: str) -> tuple[dict, str]:
         return {"bundle": None, "passed": False, "why": str(e)}, str(e)
     m = Bundle.open(bundle).manifest
     rep, cal = m.metrics["vs_float"], m.calibration or {}
-    text = report_table(rep, "int8", cal) + (f"\nnote: {rep['advice']}" if rep.get("advice") else "")
     return {"bundle": str(bundle), "passed": True, "image_auroc_float": rep["reference"].get("image_auroc"),
             **{k: rep.get(k) for k in ("image_auroc", "image_auroc_drop", "score_max_abs_diff", "ort_p50_ms_float",
                                        "ort_p50_ms", "speedup_vs_float", "model_mb_float", "model_mb")},
-            "fp32_convs": len(cal["decisions"]["fp32_convs"])}, text
+            "fp32_convs": len(cal["decisions"]["fp32_convs"])}, report_table(rep, "int8", cal)
 
 
 def build_engines(out: Path, bundles: list[str]) -> list[dict]:

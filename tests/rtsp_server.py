@@ -39,7 +39,8 @@ class RtspServer:
 
     def start(self, timeout: float = 30) -> "RtspServer":
         self.proc = subprocess.Popen([SYSTEM_PYTHON, __file__, str(self.video), str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # never read: a full pipe would stall it
+                                     # stderr is never read: a full pipe would stall the child
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         # "ready" once it listens; a first GStreamer run may scan its plugins for a few seconds.
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""

@@ -190,7 +190,8 @@ def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: 
     return {"threshold": thr, "report": report, "attempts": attempts,
             "decisions": {**info, "rule": "feature convolutions only; distance head, resizes, reductions, "
                                           "blur and normalization stay FP32"
-                                          + ("; on a CPU each stem and the convolutions at its resolution, up to the narrowest, too" if rule else ""),
+                                          + ("; on a CPU each stem and the convolutions at its resolution, "
+                                             "up to the narrowest, too" if rule else ""),
                           "fp32_by_rule": list(rule),
                           "sensitivity_sqnr_db": [[c, round(s, 2)] for c, s in ranked[:20]]}}
 
@@ -207,7 +208,7 @@ def advice(opts: quant.QuantOptions, speedup: float, fp32_convs: int, n_convs: i
 
 
 def report_table(r: dict, precision: str, cal: dict) -> str:
-    """The gate's parity report as a table: float vs this precision, one row each."""
+    """The gate's parity report as a table: float vs this precision, one row each; then its advice."""
     ref = r.get("reference", {})
     rows = [{"model": "float (PyTorch)", "image AUROC": ref.get("image_auroc"), "pixel AUROC": ref.get("pixel_auroc"),
              "threshold": r["threshold_float"], "ORT p50 ms": r["ort_p50_ms_float"],
@@ -217,8 +218,9 @@ def report_table(r: dict, precision: str, cal: dict) -> str:
              "MB": r["model_mb"], "max |dz|": r["score_max_abs_diff"], "mean |dz| (held-out)": r["score_mean_abs_diff"],
              "verdict flips": f"{r['verdict_flips']} of {r['n_holdout'] + r.get('n_val', 0)}",
              "speedup": f"{r['speedup_vs_float']:.2f}x"}]
-    return table(rows, title=f"{precision} vs float: gated on {r['gated_on']}, "
+    text = table(rows, title=f"{precision} vs float: gated on {r['gated_on']}, "
                              f"calibrated on {cal.get('n_images')} images ({cal.get('method')})")
+    return text + (f"\nnote: {r['advice']}" if r.get("advice") else "")
 
 
 def reference(net, hold: np.ndarray, val) -> dict:

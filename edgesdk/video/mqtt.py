@@ -9,8 +9,8 @@ once the broker has acknowledged it (PUBACK), in batches (a crash between the tw
 which QoS 1 allows). The outbox survives a crash of this process (WAL, synchronous=NORMAL: a
 power cut can lose the last commits, as it can the JSONL's last lines); full fsync per verdict
 cost 0.2 ms of CPU a frame, taken from inference on a small device. On (re)connect every row that
-is not already in flight is published again, oldest first. Delivery is QoS 1's at-least-once: a record whose PUBACK was lost is
-sent again, so consumers de-duplicate on `frame_id` (+ `timestamp`). Health (frames, anomalies,
+is not already in flight is published again, oldest first. Delivery is QoS 1's at-least-once: a
+record whose PUBACK was lost is sent again, so consumers de-duplicate on `frame_id` (+ `timestamp`). Health (frames, anomalies,
 outbox depth, reconnects) goes to TOPIC/health every `health` seconds, QoS 0, retained.
 """
 from __future__ import annotations
