@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgesdk.errors import EdgesdkError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -21,7 +23,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class SpecError(ValueError):
+class SpecError(EdgesdkError):
     """A file the user gave us is malformed; the message names the file and the problem."""
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgesdk.errors import EdgesdkError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class DataError(ValueError):
+class DataError(EdgesdkError):
     """A data folder or file is missing, empty, unreadable or inconsistent."""
 
 
