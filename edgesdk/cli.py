@@ -90,6 +90,16 @@ def cmd_export(args) -> None:
         print(report_table(m["vs_float"], b.manifest.precision, b.manifest.calibration or {}))
 
 
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number (inf and nan are refused; they would disable a check)."""
+    from edgesdk.errors import OptionError, finite
+
+    try:
+        return finite(text, "value")
+    except OptionError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
+
+
 def _detector_opts(args):
     from edgesdk.runtime import DetectorOptions
 
@@ -253,15 +263,11 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    import cv2
-
     from edgesdk.data.mvtec import read_image
     from edgesdk.runtime import Detector
-    from edgesdk.viz import overlay
+    from edgesdk.viz import save_overlay
 
     rows = []
-    if args.save:
-        Path(args.save).mkdir(parents=True, exist_ok=True)
     with Detector(args.bundle, _detector_opts(args)) as det:
         for path in args.images:
             img = read_image(path)
@@ -269,9 +275,8 @@ def cmd_predict(args) -> None:
             row = {"image": str(path), "score": r.score, "is_anomalous": r.is_anomalous,
                    "regions": [x.to_dict() for x in r.regions], "latency_ms": r.latency_ms["total"]}
             if args.save:
-                dest = Path(args.save) / f"{Path(path).stem}_overlay.png"
-                cv2.imwrite(str(dest), overlay(img, r.anomaly_map, det.threshold, r.regions))
-                row["overlay"] = str(dest)
+                row["overlay"] = str(save_overlay(Path(args.save) / f"{Path(path).stem}_overlay.png", img,
+                                                  r, det.threshold))
             rows.append(row)
     text = table([{"image": r["image"], "score": r["score"], "verdict": "DEFECT" if r["is_anomalous"] else "ok",
                    "regions": len(r["regions"]), "ms": r["latency_ms"]} for r in rows])
@@ -383,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
         s.add_argument("--engine", help="tensorrt: plan file (default: the match in BUNDLE/engines/)")
         s.add_argument("--providers", default="auto", help="ONNX Runtime provider, or auto")
-        s.add_argument("--threshold", type=float, help="override the bundle's threshold")
+        s.add_argument("--threshold", type=_finite_float, help="override the bundle's threshold")
         s.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("eval", help="score an MVTec-layout test set with a bundle")

@@ -14,6 +14,7 @@ import numpy as np
 from edgesdk.backends import Runner, open_runner
 from edgesdk.bundle import Bundle
 from edgesdk.data.mvtec import resize
+from edgesdk.errors import finite
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class Detector:
     def __init__(self, bundle: str | Path | Bundle, opts: DetectorOptions = DetectorOptions()):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=opts.verify)
         self.opts = opts
-        self.threshold = self.bundle.threshold if opts.threshold is None else float(opts.threshold)
+        # A NaN threshold flags nothing (every comparison with NaN is false): refuse it.
+        self.threshold = (finite(self.bundle.threshold, "threshold.value", str(self.bundle.path / "manifest.json"))
+                          if opts.threshold is None else finite(opts.threshold, "threshold"))
         self.size = self.bundle.input_size
         self.input_name = self.bundle.manifest.input.name
         self.runner: Runner = open_runner(opts.backend, self.bundle, opts.providers, opts.threads, opts.engine,

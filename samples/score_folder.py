@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
-
 from edgesdk.data.mvtec import list_images, read_image
 from edgesdk.metrics import latency_stats
 from edgesdk.runtime import Detector
-from edgesdk.viz import overlay
+from edgesdk.viz import save_overlay
 
 
 def main() -> None:
@@ -34,8 +32,7 @@ def main() -> None:
             boxes = " ".join(str(reg.bbox) for reg in r.regions)
             print(f"{path.name:20s} {r.score:7.2f}  {'DEFECT' if r.is_anomalous else 'ok':6s} {boxes}")
             if args.save and r.is_anomalous:
-                args.save.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(args.save / path.name), overlay(image, r.anomaly_map, det.threshold, r.regions))
+                save_overlay(args.save / path.name, image, r, det.threshold)   # raises if it cannot write
     lat = latency_stats(latencies)
     print(f"{n_bad}/{len(latencies)} anomalous; latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
 
