@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed   ## sample data -> train -> export -> eval -> stream, prints tables
 	$(BIN)/edgesdk demo --out out/demo
 
-test: $(VENV)/.installed   ## the test suite
+test: $(VENV)/.installed   ## system packages the tests use (when it can), then every test but the GPU ones
+	.ci/system-deps
 	$(BIN)/python -m pytest -q
 
 clean:
