@@ -13,6 +13,7 @@ from edgesdk.backends.tensorrt import EngineError, TensorRTRunner, load_plan_sid
 from edgesdk.build.trt import TensorRTUnavailable, check_onnx, find_reusable, import_tensorrt
 from edgesdk.cli import main
 from edgesdk.devices import load_profile
+from edgesdk.recipe import load_recipe
 from edgesdk.spec import BuildConfig, DeviceProfile, EngineSidecar, SpecError, from_mapping
 
 
@@ -243,3 +244,31 @@ def test_sidecar_validation_needs_no_gpu_and_comes_first(tmp_path):
     assert os.path.exists(plan)
     with pytest.raises(EngineError, match="dla_core must be >= -1"):
         TensorRTRunner(plan)
+
+
+@pytest.mark.parametrize("model, section, line, message", [
+    ("patchcore", "config", "coreset_ratio = inf", r"config\.coreset_ratio is inf"),
+    ("patchcore", "config", "coreset_ratio = nan", r"config\.coreset_ratio is nan"),
+    ("patchcore", "config", "coreset_ratio = 0.0", r"\[config\]: coreset_ratio must be in \(0, 1\]"),
+    ("patchcore", "config", "coreset_ratio = 1.5", r"\[config\]: coreset_ratio must be in \(0, 1\]"),
+    ("patchcore", "config", "num_neighbors = 0", r"\[config\]: num_neighbors must be >= 1"),
+    ("padim", "config", "feature_dim = 0", r"\[config\]: feature_dim must be > 0"),
+    ("padim", "config", "sigma = -inf", r"config\.sigma is -inf"),
+    ("padim", "config", "input_size = [100, 128]", r"\[config\]: input_size must be \[height, width\]"),
+    ("stfpm", "config", "steps = 0", r"\[config\]: steps must be > 0"),
+    ("stfpm", "config", "lr = 0.0", r"\[config\]: lr must be > 0"),
+    ("padim", "train", "holdout = 1.0", r"\[train\]: holdout must be in \(0, 1\)"),
+    ("padim", "train", "k_sigma = -1.0", r"\[train\]: k_sigma must be >= 0"),
+    ("padim", "train", "k_sigma = inf", r"train\.k_sigma is inf"),
+    ("padim", "train", 'camera = ["jpeg:0"]', r"\[train\]: camera must be camera pipelines"),
+    ("padim", "export", "max_drop = nan", r"export\.max_drop is nan"),
+    ("padim", "export", "max_drop = -0.1", r"\[export\]: max_drop must be in \[0, 1\)"),
+    ("padim", "export", "n_calib = 0", r"\[export\]: n_calib must be >= 8"),
+    ("padim", "export", 'precision = "fp64"', r"\[export\]: precision must be one of fp32"),
+    ("padim", "export", 'calib_method = "guess"', r"\[export\]: calib_method must be minmax"),
+])
+def test_recipe_values_are_finite_and_in_range(tmp_path, model, section, line, message):
+    f = tmp_path / "mine.toml"
+    f.write_text(f'model = "{model}"\n[{section}]\n{line}\n')
+    with pytest.raises(SpecError, match=r"mine\.toml.*" + message):
+        load_recipe(f)
