@@ -272,3 +272,21 @@ def test_recipe_values_are_finite_and_in_range(tmp_path, model, section, line, m
     f.write_text(f'model = "{model}"\n[{section}]\n{line}\n')
     with pytest.raises(SpecError, match=r"mine\.toml.*" + message):
         load_recipe(f)
+
+
+def test_build_and_device_check_options_fail_cleanly(tmp_path, capsys):
+    b = tmp_path / "no-bundle"
+    assert "--dla '-5': a DLA core is 0 or more" in _cli_error(capsys, "build", b, "--device", "rtx", "--dla", "-5")
+    assert "--workspace '0': need 1 <= MB" in _cli_error(capsys, "build", b, "--device", "rtx", "--workspace", "0")
+    assert "--workspace '-3'" in _cli_error(capsys, "build", b, "--device", "rtx", "--workspace", "-3")
+    assert "--batch '0'" in _cli_error(capsys, "build", b, "--device", "rtx", "--batch", "0")
+    assert "--dla '-2'" in _cli_error(capsys, "device", "check", b, "--device", "rtx", "--dla", "-2")
+    assert "--batch '2:1'" in _cli_error(capsys, "device", "check", b, "--device", "rtx", "--batch", "2:1")
+    assert "--batch '4:1:2'" in _cli_error(capsys, "device", "check", b, "--device", "rtx", "--batch", "4:1:2")
+    assert "'nosuch': no such device profile" in _cli_error(capsys, "build", b, "--device", "nosuch")
+
+
+def test_verify_tolerance_must_be_a_finite_difference(tmp_path, capsys):
+    plan = write_plan(tmp_path)
+    for bad, said in (("inf", "finite number"), ("nan", "finite number"), ("-0.1", ">= 0")):
+        assert said in _cli_error(capsys, "verify", plan, "--bundle", tmp_path, "--tolerance", bad)
