@@ -119,6 +119,40 @@ def _batch(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
+def _workspace(text: str) -> int:
+    from edgesdk.spec import MAX_WORKSPACE_MB
+
+    try:
+        mb = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workspace {text!r}: expected megabytes, e.g. 1024") from None
+    if not 0 < mb <= MAX_WORKSPACE_MB:
+        raise argparse.ArgumentTypeError(f"--workspace {text!r}: need 1 <= MB <= {MAX_WORKSPACE_MB}")
+    return mb
+
+
+def _dla(text: str) -> int:
+    try:
+        core = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dla {text!r}: expected a DLA core (0, 1) or -1 for the GPU") from None
+    if core < -1:
+        raise argparse.ArgumentTypeError(f"--dla {text!r}: a DLA core is 0 or more; -1 means the GPU only")
+    return core
+
+
+def _tolerance(text: str) -> float:
+    from edgesdk.errors import finite
+
+    try:
+        tol = finite(text, "--tolerance")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if tol < 0:        # inf would pass every engine, nan none
+        raise argparse.ArgumentTypeError(f"--tolerance {text!r}: a score difference >= 0, e.g. 0.05")
+    return tol
+
+
 def cmd_build(args) -> None:
     from edgesdk.build.trt import build_engine
     from edgesdk.devices import load_profile
@@ -441,11 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("build", help="bundle -> TensorRT engine for a device profile (raw plan + sidecar)")
     s.add_argument("bundle")
-    s.add_argument("--device", required=True, help="profile name in devices/ (orin-nx, rtx, ...) or a .toml path")
+    s.add_argument("--device", required=True, help="profile name in devices/ (orin-nx, rtx, ...) or a path to your "
+                   "own profile (a value with / or ending in .toml is a path)")
     s.add_argument("--out", help="engine folder (default BUNDLE/engines)")
     s.add_argument("--batch", type=_batch, default=(1, 1, 4), help="optimization profile MIN:OPT:MAX (default 1:1:4)")
-    s.add_argument("--workspace", type=int, default=1024, help="builder workspace, MB")
-    s.add_argument("--dla", type=int, default=-1, help="DLA core (Jetson Orin/Xavier); layers it lacks run on the GPU")
+    s.add_argument("--workspace", type=_workspace, default=1024, help="builder workspace, MB")
+    s.add_argument("--dla", type=_dla, default=-1, help="DLA core (Jetson Orin/Xavier); layers it lacks run on the GPU")
     s.add_argument("--force", action="store_true", help="rebuild even if a matching plan exists")
     s.add_argument("--no-timing-cache", action="store_true")
     s.add_argument("--json", action="store_true")
@@ -462,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="run an engine on the bundle's parity frames and compare with ONNX Runtime")
     s.add_argument("engine")
     s.add_argument("--bundle", required=True)
-    s.add_argument("--tolerance", type=float, help="max score difference (default 0.05 fp32, 0.25 fp16/int8)")
+    s.add_argument("--tolerance", type=_tolerance, help="max score difference (default 0.05 fp32, 0.25 fp16/int8)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_verify)
 
@@ -491,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_device)
     s = dsub.add_parser("check", help="will BUNDLE run on --device, and why not")
     s.add_argument("bundle")
-    s.add_argument("--device", required=True)
-    s.add_argument("--dla", type=int, default=-1)
+    s.add_argument("--device", required=True, help="profile name in devices/ or a path to a .toml (as for build)")
+    s.add_argument("--dla", type=_dla, default=-1)
     s.add_argument("--batch", type=_batch, default=(1, 1, 4))
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_device)

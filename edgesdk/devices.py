@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgesdk.bundle import Bundle
-from edgesdk.resources import data_dir, resolve
-from edgesdk.spec import DeviceProfile
+from edgesdk.resources import data_dir
+from edgesdk.spec import NAME, TENSORRT_MODULES, DeviceProfile, SpecError
 
 # ONNX op types TensorRT can place on a DLA (TensorRT's "DLA supported layers" list, mapped to ONNX;
 # conservative: the builder makes the final call and falls back to the GPU for the rest).
@@ -28,9 +28,35 @@ DLA_OPS = frozenset({
 })
 
 
-def load_profile(name_or_path: str) -> DeviceProfile:
-    """devices/NAME.toml among the shipped profiles, or a path to a profile of your own."""
-    return DeviceProfile.load(resolve(name_or_path, "devices"))
+def profile_path(name_or_path: str | os.PathLike) -> Path:
+    """The file behind a --device value. A value with a `/` (or the platform's separator) or ending
+    in .toml is a path, read as given; anything else is the NAME of a shipped profile and is only
+    ever looked up as devices/NAME.toml (a name cannot reach a file outside devices/)."""
+    text = os.fspath(name_or_path)
+    if "/" in text or os.sep in text or text.endswith(".toml"):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"{text}: device profile file not found (a value with / or .toml is read "
+                                    "as a path; a shipped profile is given by its name, e.g. orin-nx)")
+        return path
+    folder = data_dir("devices")
+    have = sorted(f.stem for f in folder.glob("*.toml"))
+    if not NAME.fullmatch(text):
+        raise SpecError(f"{text!r}: not a device profile name (names are letters, digits, . _ + -; shipped: "
+                        f"{', '.join(have)}; or give a path to a .toml file)")
+    path = folder / f"{text}.toml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{text!r}: no such device profile (shipped: {', '.join(have)}; "
+                                "or give a path to a .toml file)")
+    if path.resolve().parent != folder.resolve():
+        raise SpecError(f"{text!r}: the shipped profile {path} is a link to {path.resolve()}, outside {folder}")
+    return path
+
+
+def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
+    """devices/NAME.toml among the shipped profiles, or a path to a profile of your own (see
+    profile_path for which is which)."""
+    return DeviceProfile.load(profile_path(name_or_path))
 
 
 def list_profiles() -> list[DeviceProfile]:
@@ -104,7 +130,7 @@ def detect(root: Path = Path("/")) -> dict:
         "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "fma"}),
         "l4t": l4t, "device_model": model,
         "gpus": nvidia_gpus() if root == Path("/") else [],
-        "tensorrt_modules": [n for n in ("tensorrt", "tensorrt_rtx") if importlib.util.find_spec(n)],
+        "tensorrt_modules": [n for n in TENSORRT_MODULES if importlib.util.find_spec(n)],
     }
     facts["profile"], facts["why"] = match_profile(facts)
     return facts

@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgesdk.errors import EdgesdkError
+from edgesdk.errors import EdgesdkError, no_nonfinite
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -145,8 +147,17 @@ def file_entry(path: str | os.PathLike) -> FileEntry:
 T = TypeVar("T")
 
 
+def _finite_tree(value: Any, key: str, where: str) -> None:
+    """SpecError naming KEY (e.g. `profile.max[0]`) where VALUE holds an inf or nan anywhere."""
+    try:
+        no_nonfinite(value, where, key)
+    except EdgesdkError as e:
+        raise SpecError(str(e)) from None
+
+
 def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
-    """`value` converted to the dataclass field type `tp`, or SpecError naming the key and file."""
+    """`value` converted to the dataclass field type `tp`, or SpecError naming the key and file.
+    Floats must be finite, inside tables and lists too: inf/nan would pass every range check."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
         if value is None and type(None) in args:
@@ -161,24 +172,29 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise SpecError(f"{where}: {key} must be a table, got {type(value).__name__}")
+        _finite_tree(value, key, where)
         return dict(value)
     if tp is Any:
+        _finite_tree(value, key, where)
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise SpecError(f"{where}: {key} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise SpecError(f"{where}: {key} is {value!r}; only finite numbers are accepted")
     return value
 
 
 def from_mapping(cls: type[T], d: Any, where: str) -> T:
-    """Build a frozen dataclass from a dict: unknown keys, missing keys and wrong types are errors
-    that name the key and `where` (the file)."""
+    """Build a frozen dataclass from a dict: unknown keys, missing keys, wrong types, non-finite
+    numbers and the class's own range checks (its __post_init__) are errors that name the key and
+    `where` (the file)."""
     if not isinstance(d, dict):
         raise SpecError(f"{where}: expected a table/object, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(d) - set(fields))
+    unknown = sorted(set(d) - set(fields), key=str)
     if unknown:
         raise SpecError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})")
     kwargs = {}
@@ -188,20 +204,65 @@ def from_mapping(cls: type[T], d: Any, where: str) -> T:
                 raise SpecError(f"{where}: missing key {name!r}")
             continue
         kwargs[name] = _check_type(d[name], hints[name], name, where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except SpecError as e:          # a range check of the class itself: say which file
+        raise SpecError(f"{where}: {e}") from None
 
 
 def load_toml(path: str | os.PathLike) -> dict:
+    """Parsed TOML of PATH; SpecError naming the file when it is missing, not TOML, or holds an
+    inf/nan (TOML has literals for both) anywhere, naming the key."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: file not found")
     try:
-        return tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: not valid TOML ({e})") from None
+    _finite_tree(doc, "", str(path))
+    return doc
+
+
+# Range checks shared by the configs below. Each raises SpecError naming the field; from_mapping
+# prefixes the file.
+def _int(value: Any, key: str, lo: int | None = None, hi: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{key} must be int, got {type(value).__name__} {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        span = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in {lo}..{hi}"
+        raise SpecError(f"{key} must be {span}, got {value}")
+
+
+def _num(value: Any, key: str, lo: float = 0.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{key} must be a finite number, got {value!r}")
+    if value < lo:
+        raise SpecError(f"{key} must be >= {lo:g}, got {value!r}")
+
+
+def _text(value: Any, key: str, pattern: re.Pattern, like: str) -> None:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise SpecError(f"{key} must be {like}, got {value!r}")
+
+
+def _one_of(value: Any, key: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        names = ", ".join(repr(a) for a in allowed)
+        raise SpecError(f"{key} must be one of {names}, got {value!r}")
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
+DEVICE_KINDS = ("jetson", "rtx", "cpu")
+# The only Python modules a device profile or an engine sidecar may name: the value is imported,
+# so a free string would let a file pick code to run.
+TENSORRT_MODULES = ("tensorrt", "tensorrt_rtx")
+# Profile and device names become parts of engine and timing-cache file names: one plain component.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
+RELEASE = re.compile(r"[0-9]+(\.[0-9A-Za-z+-]+)*")    # a module's __version__, e.g. "10.3.0.30"
+COMPUTE_CAPABILITY = re.compile(r"[0-9]+\.[0-9]+")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +287,26 @@ class DeviceProfile:
     match_models: tuple[str, ...] = ()  # substrings of /proc/device-tree/model that identify it
     notes: str = ""
 
+    def __post_init__(self) -> None:
+        _text(self.name, "name", NAME, "a plain name (letters, digits, . _ + -; no / or leading .)")
+        if self.kind not in DEVICE_KINDS:
+            raise SpecError(f"kind must be jetson, rtx or cpu, got {self.kind!r}")
+        if self.tensorrt_module not in TENSORRT_MODULES + ("",):
+            raise SpecError(f"tensorrt_module must be {', '.join(TENSORRT_MODULES)} or empty, "
+                            f"got {self.tensorrt_module!r}")
+        if self.tensorrt_version:
+            _text(self.tensorrt_version, "tensorrt_version", VERSION, 'a version like "10.3", or ""')
+        if self.compute_capability:
+            _text(self.compute_capability, "compute_capability", COMPUTE_CAPABILITY, 'like "8.7", or ""')
+        bad = [p for p in self.gpu_precisions + self.dla_precisions if p not in PRECISIONS + ("fp8", "fp4")]
+        if bad:
+            raise SpecError(f"unknown precision {bad[0]!r} (known: {', '.join(PRECISIONS)}, fp8, fp4)")
+        _int(self.dla_cores, "dla_cores", lo=0)
+        _num(self.memory_gb, "memory_gb")
+        _int(self.max_onnx_opset, "max_onnx_opset", lo=0)
+        if any(not m.strip() for m in self.match_models):    # "" is a substring of every model
+            raise SpecError(f"match_models must not hold an empty string, got {list(self.match_models)}")
+
     @property
     def strongly_typed(self) -> bool:
         """TensorRT >= 10 (and every TensorRT for RTX) takes precision from the graph; 8.5 needs flags."""
@@ -235,16 +316,10 @@ class DeviceProfile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DeviceProfile":
-        prof = from_mapping(cls, load_toml(path), str(path))
-        if prof.kind not in ("jetson", "rtx", "cpu"):
-            raise SpecError(f"{path}: kind must be jetson, rtx or cpu, got {prof.kind!r}")
-        if prof.tensorrt_module not in ("tensorrt", "tensorrt_rtx", ""):
-            raise SpecError(f"{path}: tensorrt_module must be tensorrt, tensorrt_rtx or empty, "
-                            f"got {prof.tensorrt_module!r}")
-        bad = [p for p in prof.gpu_precisions + prof.dla_precisions if p not in PRECISIONS + ("fp8", "fp4")]
-        if bad:
-            raise SpecError(f"{path}: unknown precision {bad[0]!r} (known: {', '.join(PRECISIONS)}, fp8, fp4)")
-        return prof
+        return from_mapping(cls, load_toml(path), str(path))
+
+
+MAX_WORKSPACE_MB = 1 << 20     # 1 TiB: more is a typo, and TensorRT takes the pool size in bytes as size_t
 
 
 @dataclass(frozen=True)
@@ -258,14 +333,25 @@ class BuildConfig:
     timing_cache: bool = True
 
     def __post_init__(self) -> None:
+        if (not isinstance(self.batch, tuple) or len(self.batch) != 3
+                or any(not isinstance(b, int) or isinstance(b, bool) for b in self.batch)):
+            raise SpecError(f"batch {self.batch!r}: need three ints MIN, OPT, MAX")
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi:
             raise SpecError(f"batch {lo}:{opt}:{hi}: need 1 <= min <= opt <= max")
-        if self.workspace_mb <= 0:
-            raise SpecError(f"workspace {self.workspace_mb} MB: must be positive")
+        _int(self.workspace_mb, "workspace_mb")
+        if not 0 < self.workspace_mb <= MAX_WORKSPACE_MB:
+            raise SpecError(f"workspace {self.workspace_mb} MB: must be positive (and at most {MAX_WORKSPACE_MB})")
+        _int(self.dla_core, "dla_core", lo=-1)
+        _int(self.optimization_level, "optimization_level", lo=0, hi=5)
+        for key in ("gpu_fallback", "timing_cache"):
+            if not isinstance(getattr(self, key), bool):
+                raise SpecError(f"{key} must be bool, got {getattr(self, key)!r}")
 
 
 ENGINE_SCHEMA = 1
+BUILDER_FLAGS = ("FP16", "INT8", "GPU_FALLBACK")
+GPU_KEYS = ("name", "compute_capability")
 
 
 @dataclass(frozen=True)
@@ -273,7 +359,9 @@ class EngineSidecar:
     """What a raw TensorRT plan was built from and for (written as PLAN.json beside it).
 
     A plan is only valid for the TensorRT version and GPU that built it; the runtime refuses a plan
-    whose sidecar does not match what is running, and says what differs."""
+    whose sidecar does not match what is running, and says what differs. Every field is checked
+    when the sidecar is made or loaded, before anything acts on one: tensorrt_module is imported,
+    plan names a file, profile sizes buffers."""
     plan: str                     # plan file name, beside this sidecar
     plan_sha256: str
     plan_bytes: int
@@ -296,6 +384,57 @@ class EngineSidecar:
     edgesdk_version: str = ""
     schema_version: int = ENGINE_SCHEMA
 
+    def __post_init__(self) -> None:
+        # The import allow-list first: nothing below may be reached with a module the file chose.
+        if self.tensorrt_module not in TENSORRT_MODULES:
+            raise SpecError(f"tensorrt_module must be one of {', '.join(TENSORRT_MODULES)}, "
+                            f"got {self.tensorrt_module!r}")
+        _int(self.schema_version, "schema_version", lo=ENGINE_SCHEMA, hi=ENGINE_SCHEMA)
+        if not (isinstance(self.plan, str) and NAME.fullmatch(self.plan) and self.plan.endswith(".plan")):
+            raise SpecError(f"plan must be a plain file name ending in .plan (no folders), got {self.plan!r}")
+        _text(self.plan_sha256, "plan_sha256", SHA256, "64 lowercase hex digits")
+        _text(self.onnx_sha256, "onnx_sha256", SHA256, "64 lowercase hex digits")
+        _int(self.plan_bytes, "plan_bytes", lo=0)
+        _text(self.key, "key", re.compile(r"[0-9a-f]{1,64}"), "hex digits")
+        _text(self.model, "model", NAME, "a plain name")
+        _one_of(self.precision, "precision", PRECISIONS)
+        _text(self.tensorrt_version, "tensorrt_version", RELEASE, 'a version like "10.3.0.30"')
+        _text(self.device, "device", NAME, "a device profile name")
+        if not isinstance(self.gpu, dict) or set(self.gpu) - set(GPU_KEYS):
+            raise SpecError(f"gpu must be {{}} or a table of {', '.join(GPU_KEYS)}, got {self.gpu!r}")
+        if not isinstance(self.gpu.get("name", ""), str):
+            raise SpecError(f"gpu.name must be str, got {self.gpu['name']!r}")
+        if "compute_capability" in self.gpu:
+            _text(self.gpu["compute_capability"], "gpu.compute_capability", COMPUTE_CAPABILITY, 'like "8.7"')
+        if not isinstance(self.strongly_typed, bool):
+            raise SpecError(f"strongly_typed must be bool, got {self.strongly_typed!r}")
+        for i, f in enumerate(self.flags):
+            _one_of(f, f"flags[{i}]", BUILDER_FLAGS)
+        self._check_profile()
+        _int(self.dla_core, "dla_core", lo=-1)
+        _int(self.workspace_mb, "workspace_mb", lo=1, hi=MAX_WORKSPACE_MB)
+        _num(self.build_seconds, "build_seconds")
+        for key in ("bundle", "created_utc", "edgesdk_version"):
+            if not isinstance(getattr(self, key), str):
+                raise SpecError(f"{key} must be str, got {getattr(self, key)!r}")
+
+    def _check_profile(self) -> None:
+        """{"input": name, "min"/"opt"/"max": [B, H, W, C]}: positive ints, min <= opt <= max."""
+        p = self.profile
+        if not isinstance(p, dict) or set(p) != {"input", "min", "opt", "max"}:
+            raise SpecError(f"profile must be a table of input, min, opt, max, got {p!r}")
+        if not isinstance(p["input"], str) or not p["input"]:
+            raise SpecError(f"profile.input must be a tensor name, got {p['input']!r}")
+        shapes = [p[k] for k in ("min", "opt", "max")]
+        for k, shape in zip(("min", "opt", "max"), shapes):
+            if not isinstance(shape, (list, tuple)) or not shape:
+                raise SpecError(f"profile.{k} must be a list of dims, got {shape!r}")
+            for i, d in enumerate(shape):
+                _int(d, f"profile.{k}[{i}]", lo=1)
+        lo, opt, hi = shapes
+        if not len(lo) == len(opt) == len(hi) or any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
+            raise SpecError(f"profile shapes need min <= opt <= max in every dim, got {lo}, {opt}, {hi}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -306,13 +445,29 @@ class EngineSidecar:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EngineSidecar":
+        """The sidecar at PATH, every field checked; its plan must be the NAME.plan beside it."""
         path = Path(path)
         d = load_json(path, "engine sidecar not found (every plan has PLAN.json beside it; rebuild with "
                             "`edgesdk build`)")
         if isinstance(d, dict) and d.get("schema_version") != ENGINE_SCHEMA:
             raise SpecError(f"{path}: engine sidecar schema_version {d.get('schema_version')!r} is not "
                             f"supported (this edgesdk reads {ENGINE_SCHEMA})")
-        return from_mapping(cls, d, str(path))
+        side = from_mapping(cls, d, str(path))
+        if side.plan != path.with_suffix(".plan").name:
+            raise SpecError(f"{path}: plan {side.plan!r} is not the plan beside this sidecar "
+                            f"({path.with_suffix('.plan').name})")
+        return side
+
+    @staticmethod
+    def inside_folder(path: str | os.PathLike) -> Path:
+        """PATH (a plan or sidecar) when it, links followed, stays in its own folder; a link that
+        leads elsewhere is refused: the sidecar vouches for the file beside it, nothing else."""
+        path = Path(path)
+        real, folder = path.resolve(), path.parent.resolve()
+        if real.parent != folder:
+            raise SpecError(f"{path}: a link to {real}, outside {path.parent}; engines and sidecars must "
+                            "be plain files in their folder")
+        return path
 
     def mismatches(self, onnx_sha256: str | None = None, tensorrt_module: str | None = None,
                    tensorrt_version: str | None = None, gpu: dict | None = None) -> list[str]:

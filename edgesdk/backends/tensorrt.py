@@ -18,7 +18,7 @@ import numpy as np
 from edgesdk.backends.base import Runner, TensorMeta
 from edgesdk.bundle import Bundle
 from edgesdk.devices import cuda_device, current_gpu
-from edgesdk.spec import EngineSidecar, SpecError, sha256_file
+from edgesdk.spec import TENSORRT_MODULES, EngineSidecar, SpecError, sha256_file
 
 if TYPE_CHECKING:  # types come from tensorrt-stubs; at run time the sidecar names the flavour
     import tensorrt as trt
@@ -33,12 +33,17 @@ class NoGPU(RuntimeError):
 
 
 def load_plan_sidecar(plan: str | Path) -> EngineSidecar:
-    """The sidecar of PLAN, after checking the plan's size and sha256 against it."""
+    """The sidecar of PLAN, every field checked, after checking the plan's size and sha256 against
+    it. Plan and sidecar must be files in one folder (no links leading out of it)."""
     plan = Path(plan)
     if not plan.is_file():
         raise EngineError(f"{plan}: engine plan not found")
     try:
-        side = EngineSidecar.load(EngineSidecar.path_for(plan))
+        EngineSidecar.inside_folder(plan)
+        side_path = EngineSidecar.path_for(plan)
+        if side_path.exists():
+            EngineSidecar.inside_folder(side_path)
+        side = EngineSidecar.load(side_path)
     except SpecError as e:
         raise EngineError(str(e)) from None
     size = plan.stat().st_size
@@ -133,7 +138,7 @@ class TensorRTRunner(Runner):
     def load(self) -> "TensorRTRunner":
         side = self.sidecar
         try:
-            trt_mod: Any = importlib.import_module(side.tensorrt_module)
+            trt_mod: Any = _import_flavour(side.tensorrt_module)
         except ImportError:
             raise EngineError(f"{self.plan}: built with {side.tensorrt_module} {side.tensorrt_version}, "
                               f"which is not installed here") from None
@@ -263,11 +268,19 @@ def _gpu_or_none() -> dict | None:
     return current_gpu() or None
 
 
+def _import_flavour(name: str) -> Any:
+    """TensorRT's module NAME, only ever one of spec.TENSORRT_MODULES: the name comes from a file."""
+    if name not in TENSORRT_MODULES:
+        raise EngineError(f"tensorrt_module {name!r} is not one of {', '.join(TENSORRT_MODULES)}; "
+                          "refusing to import it")
+    return importlib.import_module(name)
+
+
 def _import_trt_for(bundle: Bundle) -> Any:
     """The TensorRT flavour installed here (JetPack's first), to pick an engine for it."""
-    for name in ("tensorrt", "tensorrt_rtx"):
+    for name in TENSORRT_MODULES:
         try:
-            return importlib.import_module(name)
+            return _import_flavour(name)
         except ImportError:
             continue
     raise EngineError(f"{bundle.path}: --backend tensorrt needs TensorRT's Python module (JetPack's "

@@ -29,7 +29,7 @@ from edgesdk import __version__
 from edgesdk.bundle import Bundle
 from edgesdk.devices import current_gpu
 from edgesdk.fsutil import atomic_write_bytes, atomic_write_text, write_json
-from edgesdk.spec import BuildConfig, DeviceProfile, EngineSidecar, sha256_file
+from edgesdk.spec import NAME, TENSORRT_MODULES, BuildConfig, DeviceProfile, EngineSidecar, sha256_file
 
 log = logging.getLogger("edgesdk.build")
 
@@ -50,7 +50,12 @@ class TensorRTParseError(RuntimeError):
 
 
 def import_tensorrt(module: str, device: str = "") -> Any:
+    """TensorRT's Python module MODULE; only the names in spec.TENSORRT_MODULES are ever imported
+    (a profile or a caller's string must not pick code to run)."""
     who = f"device {device!r} needs" if device else "this needs"
+    if module not in TENSORRT_MODULES:
+        raise TensorRTUnavailable(f"{who} tensorrt_module {module!r}, which is not one of "
+                                  f"{', '.join(TENSORRT_MODULES)}; refusing to import it")
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
@@ -244,11 +249,13 @@ def deepstream_config(bundle: Bundle, plan: Path, side: EngineSidecar) -> str:
 
 
 def find_reusable(plan: Path, side_path: Path, key: str) -> EngineSidecar | None:
-    """The sidecar of an existing plan with the same key whose bytes are intact, else None."""
+    """The sidecar of an existing plan with the same key whose bytes are intact, else None (a link
+    leading out of the folder is never reused: the build replaces the link, not what it points to)."""
     if not (plan.is_file() and side_path.is_file()):
         return None
     try:
-        side = EngineSidecar.load(side_path)
+        side = EngineSidecar.load(EngineSidecar.inside_folder(side_path))
+        EngineSidecar.inside_folder(plan)
     except ValueError:
         return None
     if side.key != key or plan.stat().st_size != side.plan_bytes or sha256_file(plan) != side.plan_sha256:
@@ -285,6 +292,9 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
     out_dir = Path(out) if out is not None else b.path / "engines"
     key = engine_key(b.onnx_sha256, m.precision, module, version, device.name, gpu, cfg)
     name = engine_name(m.model["name"], m.precision, device.name, module, version, cfg, key)
+    if not NAME.fullmatch(name):      # the model and device names are parts of a file name in OUT
+        raise ValueError(f"{b.path}: engine name {name!r} (model {m.model['name']!r}, device {device.name!r}) "
+                         "is not a plain file name")
     plan = out_dir / f"{name}.plan"
     side_path = EngineSidecar.path_for(plan)
     ds_path = out_dir / f"{name}.nvinfer.txt"
@@ -322,13 +332,19 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
             config.set_flag(getattr(trt.BuilderFlag, f))
         flags = tuple(fl)
         if module == "tensorrt_rtx" and device.compute_capability:
-            cc = getattr(trt.ComputeCapability, "SM" + device.compute_capability.replace(".", ""))
+            cc = getattr(trt.ComputeCapability, "SM" + device.compute_capability.replace(".", ""), None)
+            if cc is None:
+                known = [k for k in dir(trt.ComputeCapability) if k.startswith("SM")]
+                raise ValueError(f"device {device.name!r}: compute_capability {device.compute_capability} is not "
+                                 f"a target of {module} {version} (it builds for {', '.join(known)})")
             config.num_compute_capabilities = 1
             config.set_compute_capability(cc, 0)
         profile = builder.create_optimization_profile()
         profile.set_shape(shapes["input"], shapes["min"], shapes["opt"], shapes["max"])
         config.add_optimization_profile(profile)
         if cache is not None:
+            if cache.is_file():
+                EngineSidecar.inside_folder(cache)     # a link out of the folder is not read as a cache
             tc = config.create_timing_cache(cache.read_bytes() if cache.is_file() else b"")
             config.set_timing_cache(tc, False)
         if progress and hasattr(config, "progress_monitor"):
