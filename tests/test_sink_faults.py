@@ -124,3 +124,108 @@ def test_the_mqtt_health_topic_reports_a_failing_evidence_sink(bundle, tiny_data
         assert len(sub.messages) >= 60
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize("fps", [0, -5, math.nan, math.inf])
+def test_the_preview_refuses_a_frame_rate_that_is_not_a_positive_number(fps):
+    from edgesdk.errors import OptionError
+    from edgesdk.video.preview import PreviewSink
+
+    port = free_port()
+    with pytest.raises(OptionError, match=f"http://127.0.0.1:{port}: fps must be"):
+        PreviewSink(port=port, max_fps=fps)
+    with pytest.raises(ValueError, match="fps"):
+        open_sink(f"http://127.0.0.1:{port}?fps={fps}")
+    socket.create_server(("127.0.0.1", port)).close()        # nothing was left bound to the port
+
+
+def _write_frame(sink, i: int) -> None:
+    from edgesdk.runtime import Result
+    from edgesdk.video.sources import Frame
+
+    img = np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8)
+    sink.write({"is_anomalous": False, "threshold": 3.0, "latency_ms": {"total": 1.0}},
+               Frame(img, i, time.time(), None, "x"),
+               Result(0.1, False, np.zeros((64, 64), np.float32), [], {"total": 1.0}))
+
+
+def _read_part(conn: socket.socket, buf: bytearray) -> bytes:
+    """The next JPEG of a multipart MJPEG response."""
+    while True:
+        m = re.search(rb"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: (\d+)\r\n\r\n", buf)
+        if m and len(buf) >= m.end() + int(m[1]):
+            jpg = bytes(buf[m.end():m.end() + int(m[1])])
+            del buf[:m.end() + int(m[1])]
+            return jpg
+        chunk = conn.recv(65536)
+        assert chunk, "the preview closed the stream"
+        buf += chunk
+
+
+def test_a_connected_viewer_sleeps_while_no_new_frame_arrives():
+    # A huge fps and a line that delivers nothing: the viewer's thread must sleep until a frame
+    # comes, not poll. A poll wakes thousands of times a second (each a voluntary context switch of
+    # this process) and burns CPU doing it; a waiter wakes a few times. Both bounds are generous.
+    from edgesdk.video.preview import PreviewSink
+
+    sink = PreviewSink(port=free_port(), max_fps=1e6)
+    conn = socket.create_connection(("127.0.0.1", sink.server.server_address[1]), timeout=10)
+    try:
+        conn.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = bytearray()
+        while b"\r\n\r\n" not in buf:
+            buf += conn.recv(4096)
+        assert buf.startswith(b"HTTP/1.0 200")
+        cpu0, wakes0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        time.sleep(1.0)                                  # connected, no frame scored yet
+        _write_frame(sink, 0)
+        first = _read_part(conn, buf)
+        time.sleep(1.0)                                  # one frame sent, no new one since
+        idle_cpu = time.process_time() - cpu0
+        wakes = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - wakes0
+        _write_frame(sink, 1)
+        second = _read_part(conn, buf)                   # the viewer still wakes for the next frame
+        assert first != second and first[:2] == second[:2] == b"\xff\xd8"
+        assert wakes < 300 and idle_cpu < 0.1, f"{wakes} wake-ups, {idle_cpu:.3f} s of CPU in 2 s idle: it polls"
+    finally:
+        conn.close()
+        sink.close()
+
+
+def test_a_preview_reachable_from_the_network_says_so(caplog):
+    from edgesdk.video.preview import PreviewSink
+
+    caplog.set_level(logging.WARNING, logger="edgesdk.preview")
+    PreviewSink(port=free_port()).close()
+    assert not caplog.records
+    PreviewSink(host="0.0.0.0", port=free_port()).close()
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "bound to 0.0.0.0" in msg and "anyone on the network can watch" in msg and "token" in msg
+
+
+def test_a_preview_token_guards_every_path():
+    from edgesdk.video.preview import PreviewSink
+
+    sink = PreviewSink(port=free_port(), token="s3cret/+")
+    _write_frame(sink, 0)
+    base = sink.address
+
+    def status(path: str, headers: dict | None = None) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers or {}), timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        for path in ("/", "/metrics", "/stats.json", "/frame.jpg", "/stream.mjpg", "/nothing"):
+            assert status(path) == 401, path
+            assert status(path + "?token=wrong") == 401, path
+            assert status(path, {"Authorization": "Bearer wrong"}) == 401, path
+            want = 404 if path == "/nothing" else 200
+            assert status(path, {"Authorization": "Bearer s3cret/+"}) == want, path
+            assert status(path + "?token=s3cret%2F%2B") == want, path
+        page = urllib.request.urlopen(base + "/?token=s3cret%2F%2B", timeout=5).read().decode()
+        assert "/stream.mjpg?token=s3cret%2F%2B" in page and "/stats.json?token=s3cret%2F%2B" in page
+    finally:
+        sink.close()
