@@ -229,3 +229,40 @@ def test_a_preview_token_guards_every_path():
         assert "/stream.mjpg?token=s3cret%2F%2B" in page and "/stats.json?token=s3cret%2F%2B" in page
     finally:
         sink.close()
+
+
+def _outbox_with_rows(path, n: int = 3000) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+               "payload TEXT NOT NULL)")
+    db.executemany("INSERT INTO outbox (topic, payload) VALUES ('t', ?)", [(f"{i:0100d}",) for i in range(n)])
+    db.close()
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_mqtt_outbox_is_moved_aside_and_a_fresh_one_started(tmp_path, caplog, damage):
+    outbox = tmp_path / "outbox.db"
+    if damage == "garbage":
+        outbox.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, np.uint8).tobytes())
+    else:
+        _outbox_with_rows(outbox)
+        outbox.write_bytes(outbox.read_bytes()[:outbox.stat().st_size // 3])   # cut off mid-table
+    damaged = outbox.read_bytes()
+    broker = Broker(tmp_path).start()
+    try:
+        sub = Subscriber(broker.port, "line4")
+        caplog.set_level(logging.WARNING, logger="edgesdk.mqtt")
+        with open_sink(f"mqtt://127.0.0.1:{broker.port}/line4?outbox={outbox}&drain=10") as sink:
+            assert sink.connected.wait(10)
+            sink.write({"frame_id": 7, "is_anomalous": False}, None, None)
+        assert sub.wait_for({7}) == {7}
+        sub.close()
+    finally:
+        broker.stop()
+    (aside,) = tmp_path.glob("outbox.db.corrupt-*")
+    assert re.fullmatch(r"outbox\.db\.corrupt-\d{8}T\d{6}", aside.name)
+    assert aside.read_bytes() == damaged                                   # kept, byte for byte
+    assert sqlite3.connect(outbox).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0   # fresh, drained
+    (msg,) = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert str(outbox) in msg and str(aside) in msg
