@@ -23,12 +23,20 @@ runs side by side score 8-21 % more frames a second than one 2-thread run (measu
 than the model.
 
 Records keep stable names other tools read: frame_id, timestamp, score, is_anomalous, regions,
-latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict)."""
+latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict).
+
+Sinks fail in two ways (video.sinks.Sink.evidence). A verdict sink (jsonl, mqtt) that fails stops the
+run with an error naming it: verdicts are never lost silently. An evidence sink (dir, video, http
+preview) that fails is counted, logged once per episode and tried again after a backoff, while the
+verdict sinks carry on with every record; the counts are in the summary (sink_errors), the
+preview's /metrics and the MQTT health topic."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
+import re
 import signal
 import threading
 import time
@@ -44,6 +52,9 @@ from edgesdk.video import open_sink, open_source
 
 _END = object()
 SINK_BATCH, SINK_LINGER_S = 4, 0.010     # file sources: the sink thread's wake-up (results, at most s)
+EVIDENCE_RETRY_S, EVIDENCE_RETRY_MAX_S = 2.0, 30.0   # a failed evidence sink's backoff, doubling up to the max
+
+log = logging.getLogger("edgesdk.pipeline")
 
 
 def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float = 0.0) -> dict:
@@ -67,6 +78,102 @@ def lower_priority(step: int = 5) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + step)
     except (AttributeError, OSError):       # not Linux, or not permitted: run at normal priority
         pass
+
+
+def public_uri(uri: str) -> str:
+    """The URI with any token= value hidden: summaries, logs and metrics name sinks by it."""
+    return re.sub(r"([?&]token=)[^&#]*", r"\1***", uri)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        names = [str(f) for f in (e.filename, e.filename2) if f is not None]
+        return e.strerror + (f": {' -> '.join(names)}" if names else "")
+    return str(e) if isinstance(e, OSError) and str(e) else f"{type(e).__name__}: {e}"
+
+
+def _named_error(e: BaseException, msg: str) -> Exception:
+    """An OSError (keeping errno) or RuntimeError whose message is MSG alone, for the CLI's one line."""
+    if isinstance(e, OSError):
+        err = OSError(msg)
+        err.errno = e.errno
+        return err
+    return RuntimeError(msg)
+
+
+class SinkGuard:
+    """One open sink in the loop, by its public URI. A verdict sink's failure is raised, naming the
+    sink. An evidence sink's failure is counted and logged at the start and end of each episode (not
+    per frame); frames inside its backoff are skipped and counted; it is tried again after
+    EVIDENCE_RETRY_S, doubling up to EVIDENCE_RETRY_MAX_S, so a disk that frees up resumes."""
+
+    def __init__(self, uri: str, sink):
+        self.uri, self.sink = public_uri(uri), sink
+        self.evidence = bool(getattr(sink, "evidence", False))
+        self.errors = self.skipped = 0
+        self.failing = False                     # inside an episode of failures
+        self.retry_at, self.backoff = 0.0, EVIDENCE_RETRY_S
+        self._episode = (0, 0)                   # (errors, skipped) when the episode began
+
+    def write(self, record: dict, frame, result) -> None:
+        if not self.sink.wants(record):
+            return
+        if self.failing and time.monotonic() < self.retry_at:
+            self.skipped += 1
+            return
+        try:
+            self.sink.write(record, frame, result)
+        except Exception as e:
+            if not self.evidence:
+                raise _named_error(e, f"{self.uri}: the verdict sink failed ({_describe(e)}); the run "
+                                      "stops so that no verdict is lost silently") from e
+            self._failed(e)
+            return
+        if self.failing:
+            self.failing = False
+            failed, skipped = self.errors - self._episode[0], self.skipped - self._episode[1]
+            log.warning("%s: evidence sink working again after %d failed writes; %d frames have no evidence",
+                        self.uri, failed, failed + skipped)
+
+    def _failed(self, e: Exception) -> None:
+        self.errors += 1
+        if self.failing:
+            self.backoff = min(2 * self.backoff, EVIDENCE_RETRY_MAX_S)
+            log.debug("%s: evidence sink still failing: %s", self.uri, _describe(e))
+        else:
+            self.failing, self.backoff = True, EVIDENCE_RETRY_S
+            self._episode = (self.errors - 1, self.skipped)
+            log.warning("%s: evidence sink failed (%s); the verdicts carry on without it, and it is tried "
+                        "again in %g s (then less often)", self.uri, _describe(e), self.backoff)
+        self.retry_at = time.monotonic() + self.backoff
+
+    def health(self) -> dict:
+        return {"errors": self.errors, "skipped_frames": self.skipped, "degraded": self.failing}
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        except Exception as e:
+            if not self.evidence:
+                raise _named_error(e, f"{self.uri}: the verdict sink failed to close ({_describe(e)})") from e
+            self.errors += 1
+            log.warning("%s: evidence sink failed to close (%s)", self.uri, _describe(e))
+
+    def __enter__(self) -> "SinkGuard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_guarded(uri: str) -> SinkGuard:
+    """open_sink(uri) in a SinkGuard; a sink that cannot open at all (a port in use, a folder under a
+    file) is an error naming the sink, of either class: the run never starts without it."""
+    try:
+        sink = open_sink(uri)
+    except OSError as e:
+        raise _named_error(e, f"{public_uri(uri)}: cannot open this sink ({_describe(e)})") from e
+    return SinkGuard(uri, sink)
 
 
 class _Stages:
@@ -213,12 +320,16 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
         with ExitStack() as stack:
             det = stack.enter_context(Detector(bundle, det_opts))
             src = stack.enter_context(open_source(source))
-            outs = [stack.enter_context(open_sink(s)) for s in sinks]
+            outs = [stack.enter_context(open_guarded(s)) for s in sinks]
             st = _Stages(src, outs, det, max(1, queue_depth, streams), max_frames, on_record, stop)
-            for out in outs:       # sinks that report health (preview) see drops and reconnects
-                if hasattr(out, "attach"):
-                    out.attach(lambda: {"dropped_frames": st.dropped + src.stats.get("dropped_at_source", 0),
-                                        "reconnects": src.stats.get("reconnects", 0)})
+
+            def health() -> dict:
+                return {"dropped_frames": st.dropped + src.stats.get("dropped_at_source", 0),
+                        "reconnects": src.stats.get("reconnects", 0), "sinks": {g.uri: g.health() for g in outs}}
+
+            for out in outs:       # sinks that report health (preview, mqtt) see drops, reconnects, sink errors
+                if hasattr(out.sink, "attach"):
+                    out.sink.attach(health)
             helpers = [threading.Thread(target=st.infer, name=f"edgesdk-infer-{i + 1}", daemon=True)
                        for i in range(streams - 1)]
             t_start = time.perf_counter()
@@ -242,6 +353,8 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
         raise st.errors[0]
     n = st.n
     return {"frames": n, "anomalous_frames": st.n_bad, "dropped_frames": st.dropped, "wall_s": wall,
-            "fps": n / wall if wall else 0.0, "source": source, "sinks": sinks, "stopped": stop.is_set(),
-            "streams": streams, "threads_per_stream": det_opts.threads, "source_stats": source_stats,
+            "fps": n / wall if wall else 0.0, "source": source, "sinks": [g.uri for g in outs],
+            "sink_errors": {g.uri: g.errors for g in outs}, "sink_skipped_frames": {g.uri: g.skipped for g in outs},
+            "stopped": stop.is_set(), "streams": streams, "threads_per_stream": det_opts.threads,
+            "source_stats": source_stats,
             "latency_ms": {**{k: v.stats() for k, v in st.lat.items()}, "sink": st.sink_ms.stats()}}

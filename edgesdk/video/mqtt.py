@@ -10,13 +10,16 @@ which QoS 1 allows). The outbox survives a crash of this process (WAL, synchrono
 power cut can lose the last commits, as it can the JSONL's last lines); full fsync per verdict
 cost 0.2 ms of CPU a frame, taken from inference on a small device. On (re)connect every row that
 is not already in flight is published again, oldest first. Delivery is QoS 1's at-least-once: a
-record whose PUBACK was lost is sent again, so consumers de-duplicate on `frame_id` (+ `timestamp`). Health (frames, anomalies,
-outbox depth, reconnects) goes to TOPIC/health every `health` seconds, QoS 0, retained.
+record whose PUBACK was lost is sent again, so consumers de-duplicate on `frame_id` (+ `timestamp`).
+Health (frames, anomalies, outbox depth, reconnects, the stream's sink errors) goes to TOPIC/health
+every `health` seconds, QoS 0, retained. An outbox that is not a readable SQLite database (garbage,
+truncated) is moved aside to NAME.corrupt-<time>, never deleted, and a fresh one is started.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -33,17 +36,57 @@ class Outbox:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                        "topic TEXT NOT NULL, payload TEXT NOT NULL)")
         self.lock = threading.Lock()
+        try:
+            self.db = self._open()
+        except sqlite3.DatabaseError as e:
+            # Only a damaged file is moved aside: "locked" or "cannot open" (OperationalError) is raised.
+            if getattr(e, "sqlite_errorname", "") not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise OSError(f"mqtt outbox {path}: {e}") from e
+            aside = self._move_aside()
+            log.warning("mqtt outbox %s is damaged (%s): moved it aside to %s, with the verdicts it held, and "
+                        "started a fresh outbox at %s", path, e, aside, path)
+            self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                       "topic TEXT NOT NULL, payload TEXT NOT NULL)")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]   # reads every page: a short outbox
+            if check != "ok":
+                e = sqlite3.DatabaseError(f"quick_check: {check}")
+                e.sqlite_errorname = "SQLITE_CORRUPT"
+                raise e
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> Path:
+        """Rename the outbox (and its -wal/-shm, which would be replayed into a fresh file) to
+        NAME.corrupt-<time>[-wal, -shm]; a name already taken gets a counter, so nothing is overwritten."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        n = 0
+        while True:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}" + (f".{n}" if n else ""))
+            if not any(Path(f"{aside}{x}").exists() for x in ("", "-wal", "-shm")):
+                break
+            n += 1
+        for x in ("-wal", "-shm", ""):
+            if Path(f"{self.path}{x}").exists():
+                os.rename(f"{self.path}{x}", f"{aside}{x}")
+        return aside
 
     def add(self, topic: str, payload: str) -> int:
         with self.lock:
-            return int(self.db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)",
-                                       (topic, payload)).lastrowid)
+            try:
+                return int(self.db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)",
+                                           (topic, payload)).lastrowid)
+            except sqlite3.Error as e:       # a full disk: name the file, not only "database or disk is full"
+                raise OSError(f"mqtt outbox {self.path}: {e}") from e
 
     def remove(self, seqs: list[int]) -> None:
         with self.lock:
@@ -85,6 +128,7 @@ class MqttSink(Sink):
         self.connected = threading.Event()
         self.stats = {"published": 0, "acked": 0, "reconnects": 0, "connects": 0, "frames": 0, "anomalous": 0}
         self._last_health = 0.0
+        self.pipeline_stats = lambda: {}             # set by the stream loop: its sinks' errors
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   reconnect_on_failure=True)
         self.client.max_inflight_messages_set(100)
@@ -174,10 +218,15 @@ class MqttSink(Sink):
             self._last_health = now
             self.publish_health()
 
+    def attach(self, stats_fn) -> None:
+        self.pipeline_stats = stats_fn
+
     def health(self) -> dict:
         self._purge()
+        sinks = self.pipeline_stats().get("sinks", {})
         return {**self.stats, "outbox": len(self.outbox), "connected": self.connected.is_set(),
-                "time": time.time()}
+                "sink_errors": {u: h["errors"] for u, h in sinks.items()},
+                "sink_degraded": [u for u, h in sinks.items() if h["degraded"]], "time": time.time()}
 
     def publish_health(self) -> None:
         if self.connected.is_set():

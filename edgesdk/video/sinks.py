@@ -21,6 +21,17 @@ from edgesdk.viz import overlay
 
 
 class Sink:
+    """A verdict sink (evidence = False: jsonl, mqtt) carries every record: when it fails, the run
+    stops rather than lose verdicts silently. An evidence sink (dir, video, http preview) carries
+    images and views of the verdicts: when it fails, the stream loop counts, logs and retries it
+    while the verdict sinks carry on (edgesdk.pipeline)."""
+    evidence = False
+
+    def wants(self, record: dict) -> bool:
+        """Whether write() would store anything of this record: the loop counts only those frames
+        as written, failed or skipped, and only they end an evidence sink's episode of failures."""
+        return True
+
     def write(self, record: dict, frame, result) -> None:
         raise NotImplementedError
 
@@ -80,7 +91,9 @@ class JsonlSink(Sink):
 
 class DirSink(Sink):
     """frame_NNNNNN.png (the raw frame) and frame_NNNNNN_overlay.jpg per NG frame. Each file is
-    written beside its name and renamed over it, so a crash never leaves half an image."""
+    written beside its name and renamed over it, so a crash never leaves half an image. The folder
+    is made again if it goes missing (a cleaned-up disk resumes)."""
+    evidence = True
 
     def __init__(self, path: Path, every_frame: bool = False):
         path.mkdir(parents=True, exist_ok=True)
@@ -90,7 +103,16 @@ class DirSink(Sink):
         ok, buf = cv2.imencode(ext, img, params)
         if not ok:
             raise OSError(f"{self.path / name}: OpenCV could not encode {ext}")
-        atomic_write_bytes(self.path / name, buf.tobytes())
+        try:
+            atomic_write_bytes(self.path / name, buf.tobytes())
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            # a full disk's ENOSPC names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(self.path / name)) from e
+
+    def wants(self, record: dict) -> bool:
+        return bool(record["is_anomalous"]) or self.every_frame
 
     def write(self, record: dict, frame, result) -> None:
         if result.is_anomalous or self.every_frame:
@@ -103,6 +125,7 @@ class DirSink(Sink):
 class VideoSink(Sink):
     """The annotated stream (heatmap overlay, boxes, verdict) as an mp4v/FFV1 video, written beside
     the target and renamed over it when the run ends, so an interrupted run never leaves half a file."""
+    evidence = True
 
     def __init__(self, path: Path, fps: float = 15.0):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,12 +134,14 @@ class VideoSink(Sink):
 
     def write(self, record: dict, frame, result) -> None:
         img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
-        if self.writer is None:
+        if self.writer is None:           # kept only once open, so a failed open is tried again
             fourcc = "FFV1" if self.path.suffix.lower() in (".mkv", ".avi") else "mp4v"
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), self.fps,
-                                          (img.shape[1], img.shape[0]))
-            if not self.writer.isOpened():
-                raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer")
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+            writer = cv2.VideoWriter(str(self.tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), self.fps,
+                                     (img.shape[1], img.shape[0]))
+            if not writer.isOpened():
+                raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer at {self.tmp}")
+            self.writer = writer
         self.writer.write(img)
         self.frames += 1
 
