@@ -6,17 +6,22 @@
   dir://ng/                per anomalous frame (all frames with ?all=1): the raw frame (lossless PNG,
                            to label and retrain on) and its heatmap overlay (JPEG, for eyes)
   mqtt://host:1883/topic   QoS 1 to an MQTT broker through an on-disk outbox (see video/mqtt.py)
+
+Options are parsed and range-checked by video/options.py (unknown keys and bad values are refused,
+naming the URI and the option). A file sink's path keeps any `#`; the query starts at the first `?`.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import cv2
 
+from edgesdk.errors import OptionError
 from edgesdk.fsutil import atomic_write_bytes
+from edgesdk.video.options import Opt, host_port, parse_query, scheme_of, split_file_uri
 from edgesdk.viz import overlay
 
 
@@ -127,46 +132,55 @@ class VideoSink(Sink):
 
 
 def query_options(uri, known: dict) -> dict:
-    """A sink URI's ?key=value options: KNOWN maps each key to its default, whose type converts the
-    value; an unknown key is an error that names the URI and the keys it takes."""
-    q = {k: v[-1] for k, v in parse_qs(uri.query).items()}
-    unknown = set(q) - set(known)
-    if unknown:
-        raise ValueError(f"{uri.geturl()}: unknown option(s) {sorted(unknown)}; known: {', '.join(known)}")
-    return {k: type(d)(q[k]) if k in q else d for k, d in known.items()}
+    """A network sink URI's (urlparse result) ?key=value options, parsed by video/options.py: KNOWN
+    maps each key to its default or an Opt (type and range); an unknown key or a bad value is an
+    OptionError that names the URI and the option."""
+    return parse_query(uri.geturl(), uri.query, known)
 
 
-def _jsonl(uri) -> Sink:
-    return JsonlSink(Path(uri.netloc + uri.path), **query_options(uri, {"max_mb": 0.0, "keep": 5}))
+def _jsonl(uri: str) -> Sink:
+    path, query = split_file_uri(uri)
+    return JsonlSink(Path(path), **parse_query(uri, query, {"max_mb": Opt(0.0, lo=0), "keep": Opt(5, lo=1, hi=1000)}))
 
 
-def _video(uri) -> Sink:
-    return VideoSink(Path(uri.netloc + uri.path), **query_options(uri, {"fps": 15.0}))
+def _video(uri: str) -> Sink:
+    path, query = split_file_uri(uri)
+    return VideoSink(Path(path), **parse_query(uri, query, {"fps": Opt(15.0, lo=0.001, hi=1000.0)}))
 
 
-def _http(uri) -> Sink:
+def _http(uri: str) -> Sink:
     from edgesdk.video.preview import PreviewSink
 
-    q = query_options(uri, {"fps": 10.0})
-    return PreviewSink(uri.hostname or "127.0.0.1", uri.port or 8080, max_fps=q["fps"])
+    parsed = urlparse(uri)
+    if parsed.path not in ("", "/"):
+        raise OptionError(f"{uri}: the preview serves its own paths; give http://HOST:PORT")
+    q = query_options(parsed, {"fps": Opt(10.0, lo=0.001, hi=1000.0)})
+    host, port = host_port(uri, 8080)
+    return PreviewSink(host or "127.0.0.1", port, max_fps=q["fps"])
 
 
-def _dir(uri) -> Sink:
-    return DirSink(Path(uri.netloc + uri.path), parse_qs(uri.query).get("all", ["0"])[0] == "1")
+def _dir(uri: str) -> Sink:
+    path, query = split_file_uri(uri)
+    return DirSink(Path(path), parse_query(uri, query, {"all": False})["all"])
 
 
-def _mqtt(uri) -> Sink:
+def _mqtt(uri: str) -> Sink:
     from edgesdk.video.mqtt import open_mqtt   # paho-mqtt only when asked for
 
-    return open_mqtt(uri)
+    return open_mqtt(urlparse(uri))
 
 
 SINKS = {"jsonl": _jsonl, "dir": _dir, "mqtt": _mqtt, "video": _video, "http": _http}
+NETWORK = ("mqtt", "http")
 
 
 def open_sink(uri: str) -> Sink:
-    parsed = urlparse(uri)
-    if parsed.scheme not in SINKS:
-        raise ValueError(f"{uri}: unsupported sink scheme {parsed.scheme!r}; supported: "
-                         + ", ".join(f"{s}://" for s in sorted(SINKS)))
-    return SINKS[parsed.scheme](parsed)
+    """A sink for a URI. File sinks (jsonl, dir, video) keep `#` in their path (see video/options.py);
+    network sinks refuse it: urllib would cut the URI there (and `#` is an MQTT wildcard)."""
+    scheme = scheme_of(uri)
+    if scheme not in SINKS:
+        raise OptionError(f"{uri}: unsupported sink scheme {scheme!r}; supported: "
+                          + ", ".join(f"{s}://" for s in sorted(SINKS)))
+    if scheme in NETWORK and "#" in uri:
+        raise OptionError(f"{uri}: '#' is not allowed in a {scheme}:// sink (in MQTT it is a subscription wildcard)")
+    return SINKS[scheme](uri)

@@ -11,7 +11,8 @@
 
 Options as a query string, on any source: ?fps=30 (files: play at that rate, as a camera would,
 making the source live; cameras: request it), ?loop=1 (files: start again at the end),
-?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution).
+?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution); parsed and checked by
+video/options.py. In a file URI or path, `#` is part of the name; options start at the first `?`.
 File and folder sources apply backpressure (every frame is scored); live sources never wait for the
 consumer: frames it was too slow for are dropped and counted (`stats`).
 """
@@ -27,6 +28,8 @@ import cv2
 import numpy as np
 
 from edgesdk.data.mvtec import IMAGE_EXTS, DataError, list_images, read_image
+from edgesdk.errors import OptionError
+from edgesdk.video.options import Opt, parse_query, scheme_of, split_file_uri
 
 log = logging.getLogger("edgesdk.video")
 SMALL_FRAME = 1280 * 720      # pixels; videos up to this size decode on one thread
@@ -44,7 +47,10 @@ class Frame:
 
 @dataclass(frozen=True)
 class SourceOptions:
-    KEYS = ("fps", "loop", "roi", "size")           # the query keys that are ours, not a camera's
+    # fps at most 1000 (a frame a ms) and at least one frame in 1000 s: pacing sleeps 1/fps
+    SPEC = {"fps": Opt(None, "float", lo=0.001, hi=1000.0), "loop": Opt(False), "roi": Opt(None, "roi"),
+            "size": Opt(None, "size")}
+    KEYS = tuple(SPEC)                             # the query keys that are ours, not a camera's
 
     fps: float | None = None                       # files: pace to this rate (live); cameras: request
     loop: bool = False                             # files: start again at the end
@@ -55,24 +61,7 @@ class SourceOptions:
     def parse(cls, uri: str, query: str, strict: bool = True) -> "SourceOptions":
         """Our options from a query string; with strict=False (network cameras) other keys are the
         camera's own and are left alone."""
-        from urllib.parse import parse_qs
-
-        q = {k: v[-1] for k, v in parse_qs(query).items()}
-        unknown = set(q) - set(cls.KEYS)
-        if not strict:
-            q = {k: v for k, v in q.items() if k not in unknown}
-        elif unknown:
-            raise ValueError(f"{uri}: unknown source option(s) {sorted(unknown)}; known: fps, loop, roi, size")
-        try:
-            fps = float(q["fps"]) if "fps" in q else None
-            roi = tuple(int(v) for v in q["roi"].split(",")) if "roi" in q else None
-            size = tuple(int(v) for v in q["size"].lower().split("x")) if "size" in q else None
-        except ValueError:
-            raise ValueError(f"{uri}: bad option value (fps=30, roi=x,y,w,h, size=640x480)") from None
-        if fps is not None and fps <= 0 or roi is not None and (len(roi) != 4 or min(roi[2:]) <= 0) \
-                or size is not None and (len(size) != 2 or min(size) <= 0):
-            raise ValueError(f"{uri}: fps must be > 0, roi x,y,w,h with w,h > 0, size WxH")
-        return cls(fps, q.get("loop", "0") in ("1", "true", "yes"), roi, size)  # type: ignore[arg-type]
+        return cls(**parse_query(uri, query, cls.SPEC, strict, "source option"))
 
     def crop(self, img: np.ndarray) -> np.ndarray:
         if self.roi is None:
@@ -238,10 +227,12 @@ def _file_source(path: Path) -> Source:
     return VideoFileSource(path)
 
 
-def _file(uri: str, parsed, opts: SourceOptions) -> Source:
+def _file(uri: str) -> Source:
+    name, query = split_file_uri(uri)
+    opts = SourceOptions.parse(uri, query)
     if opts.size is not None:
-        raise ValueError(f"{uri}: size= is for cameras; files are resized to the model's input anyway")
-    path = Path(parsed.netloc + parsed.path) if parsed.scheme == "file" else Path(uri.split("?")[0])
+        raise OptionError(f"{uri}: size= is for cameras; files are resized to the model's input anyway")
+    path = Path(name)
     src = _file_source(path)
     if opts == SourceOptions():
         return src
@@ -275,47 +266,42 @@ class SynthSource(Source):
         return frame
 
 
-def _synth(uri: str, parsed, opts: SourceOptions) -> Source:
-    from urllib.parse import parse_qs
+SYNTH_SPEC = {**SourceOptions.SPEC, "category": "brick", "seed": Opt(0, lo=0)}
 
-    if parsed.netloc != "conveyor":
-        raise ValueError(f"{uri}: the generated source is synth://conveyor")
-    q = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    ours = {k: q[k] for k in ("category", "seed") if k in q}
-    opts = SourceOptions.parse(uri, "&".join(f"{k}={v}" for k, v in q.items() if k not in ours))
+
+def _synth(uri: str) -> Source:
+    parsed = urlparse(uri)
+    if parsed.netloc != "conveyor" or parsed.path not in ("", "/") or "#" in uri:
+        raise OptionError(f"{uri}: the generated source is synth://conveyor")
+    q = parse_query(uri, parsed.query, SYNTH_SPEC, what="source option")
+    opts = SourceOptions(**{k: q[k] for k in SourceOptions.SPEC})
     if opts.size is not None or opts.loop:
-        raise ValueError(f"{uri}: size= and loop= do not apply to the generated conveyor (256x256, endless)")
-    try:
-        seed = int(ours.get("seed", 0))
-    except ValueError:
-        raise ValueError(f"{uri}: seed must be an integer") from None
-    make = lambda: SynthSource(ours.get("category", "brick"), seed)  # noqa: E731
+        raise OptionError(f"{uri}: size= and loop= do not apply to the generated conveyor (256x256, endless)")
+    make = lambda: SynthSource(q["category"], q["seed"])  # noqa: E731
     try:
         src = make()
     except ValueError as e:
-        raise ValueError(f"{uri}: {e}") from None
+        raise OptionError(f"{uri}: {e}") from None
     return src if opts == SourceOptions() else FileOptions(src, opts, make)
 
 
-def _live(uri: str, parsed, opts: SourceOptions) -> Source:
+NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the camera's own parameters
+
+
+def _live(uri: str) -> Source:
     from edgesdk.video.live import open_live   # cameras and network streams
 
-    return open_live(uri, parsed, opts)
+    parsed = urlparse(uri)
+    return open_live(uri, parsed, SourceOptions.parse(uri, parsed.query, strict=parsed.scheme not in NETWORK))
 
 
-SOURCES = {"file": _file, "synth": _synth, "v4l2": _live, "rtsp": _live, "rtsps": _live, "http": _live, "https": _live, "csi": _live}
+SOURCES = {"file": _file, "synth": _synth, **{s: _live for s in ("v4l2", "csi", *NETWORK)}}
 
 
 def open_source(uri: str) -> Source:
     """A source for a URI or a plain path (see the module docstring for the schemes and options)."""
-    parsed = urlparse(uri)
-    scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"   # "C:" is a drive, not a scheme
+    scheme = scheme_of(uri) or "file"
     if scheme not in SOURCES:
-        raise ValueError(f"{uri}: unsupported source scheme {scheme!r}; supported: "
-                         f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
-    if scheme == "file" and not parsed.scheme and "?" not in uri:
-        parsed = parsed._replace(query="")             # a plain path may contain characters urlparse splits on
-    if scheme == "synth":
-        return _synth(uri, parsed, SourceOptions())            # it parses its own keys first
-    strict = scheme not in ("http", "https", "rtsp", "rtsps")
-    return SOURCES[scheme](uri, parsed, SourceOptions.parse(uri, parsed.query, strict))
+        raise OptionError(f"{uri}: unsupported source scheme {scheme!r}; supported: "
+                          f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
+    return SOURCES[scheme](uri)
