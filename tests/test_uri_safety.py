@@ -108,6 +108,28 @@ def test_fps_inf_is_refused_by_the_cli_instead_of_scoring_nothing(bundle, clip, 
     assert r.returncode == 2 and f"{clip}?fps=inf&loop=1: fps must be a finite number" in r.stderr, r.stderr
 
 
+def test_a_looping_source_without_a_readable_frame_ends_with_an_error(tmp_path):
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48)).release()   # opens, no frames
+    with open_source(f"{empty}?loop=1") as src:
+        with pytest.raises(DataError, match=r"empty.avi\?loop=1: loop=1, but .*no (readable )?frame"):
+            src.read()
+
+
+def test_a_paced_file_source_answers_read_timeouts_so_a_stop_is_honoured(bundle, clip):
+    # One frame in 1000 s: the run must still end soon after `stop` is set, not after the sleep.
+    stop, out, recs = threading.Event(), {}, []
+    t = threading.Thread(target=lambda: out.update(run_stream(bundle, f"{clip}?fps=0.001", [], stop=stop,
+                                                              on_record=recs.append)), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not recs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    t.join(30)
+    assert not t.is_alive() and out["stopped"] is True and out["frames"] == 1
+
+
 @pytest.mark.parametrize("scheme", ["file://", ""])
 def test_hash_in_a_file_name_is_part_of_the_name(clip, tmp_path, scheme):
     named = tmp_path / "line#2.avi"

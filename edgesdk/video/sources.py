@@ -13,6 +13,7 @@ Options as a query string, on any source: ?fps=30 (files: play at that rate, as 
 making the source live; cameras: request it), ?loop=1 (files: start again at the end),
 ?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution); parsed and checked by
 video/options.py. In a file URI or path, `#` is part of the name; options start at the first `?`.
+A paced file (?fps=) is live: read(timeout) returns None when its next frame is not due in time.
 File and folder sources apply backpressure (every frame is scored); live sources never wait for the
 consumer: frames it was too slow for are dropped and counted (`stats`).
 """
@@ -171,13 +172,17 @@ class ImageFilesSource(Source):
 
 class FileOptions(Source):
     """A file or folder source with options: ROI crop, loop, and pacing at `fps` as a camera would
-    deliver it (frames the consumer is too late for are skipped and counted: the source is live)."""
+    deliver it (frames the consumer is too late for are skipped and counted: the source is live).
+    A loop whose whole pass gave no readable frame is a DataError: looping again would spin."""
 
-    def __init__(self, inner: Source, opts: SourceOptions, reopen):
+    def __init__(self, inner: Source, opts: SourceOptions, reopen, uri: str = ""):
         super().__init__()
-        self.inner, self.opts, self.reopen = inner, opts, reopen
+        self.inner, self.opts, self.reopen, self.uri = inner, opts, reopen, uri
         self.live = opts.fps is not None
+        self.ended = not self.live                 # paced: None means "not due yet" until the end
         self.t0: float | None = None
+        self.good = 0                              # readable frames in this pass
+        self.pending: tuple[Frame, float] | None = None   # the next frame and when it is due
         self.stats = {"dropped_at_source": 0, "loops": 0}
 
     @property
@@ -187,29 +192,51 @@ class FileOptions(Source):
     def _next(self) -> Frame | None:
         frame = self.inner.read()
         if frame is None and self.opts.loop:
+            if not self.good:
+                raise DataError(f"{self.uri}: loop=1, but a whole pass gave no readable frame")
             self.inner.close()
             self.inner = self.reopen()
             self.stats["loops"] += 1
+            self.good = 0
             frame = self.inner.read()
+            if frame is None:
+                raise DataError(f"{self.uri}: loop=1, but the source gave no frame when reopened")
+        if frame is not None:
+            self.good += 1
         return frame
 
-    def read(self, timeout: float | None = None) -> Frame | None:
+    def _due(self) -> tuple[Frame, float] | None:
+        """The next frame to deliver and its due time (perf_counter), skipping frames a camera
+        would have moved past already."""
         frame = self._next()
-        if frame is not None and self.opts.fps:
-            now = time.perf_counter()
-            self.t0 = now if self.t0 is None else self.t0
-            due = self.t0 + self.count / self.opts.fps
-            while frame is not None and now - due >= 1 / self.opts.fps:   # a camera would have moved on
-                frame, self.count = self._next(), self.count + 1
-                self.stats["dropped_at_source"] += 1
-                due += 1 / self.opts.fps
-            if due > now:
-                time.sleep(due - now)
-        if frame is None:
-            return None
+        if frame is None or not self.opts.fps:
+            return None if frame is None else (frame, 0.0)
+        now = time.perf_counter()
+        self.t0 = now if self.t0 is None else self.t0
+        due = self.t0 + self.count / self.opts.fps
+        while frame is not None and now - due >= 1 / self.opts.fps:   # a camera would have moved on
+            frame, self.count = self._next(), self.count + 1
+            self.stats["dropped_at_source"] += 1
+            due += 1 / self.opts.fps
+        return None if frame is None else (frame, due)
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        if self.pending is None:
+            self.pending = self._due()
+            if self.pending is None:
+                self.ended = True
+                return None
+        frame, due = self.pending
+        wait = 0.0
         if self.opts.fps:
-            frame.wait_ms = max(0.0, (due - now) * 1e3)
+            wait = max(0.0, due - time.perf_counter())
+            if timeout is not None and wait > timeout:   # not due yet: the caller may want to stop
+                time.sleep(timeout)
+                return None
+            time.sleep(wait)
+            frame.wait_ms = wait * 1e3
             frame.timestamp = time.time()              # "arrived" when the camera would have sent it
+        self.pending = None
         frame.frame_id = self.count
         frame.image = self.opts.crop(frame.image)
         self.count += 1
@@ -236,7 +263,7 @@ def _file(uri: str) -> Source:
     src = _file_source(path)
     if opts == SourceOptions():
         return src
-    return FileOptions(src, opts, lambda: _file_source(path))
+    return FileOptions(src, opts, lambda: _file_source(path), uri)
 
 
 class SynthSource(Source):
@@ -282,7 +309,7 @@ def _synth(uri: str) -> Source:
         src = make()
     except ValueError as e:
         raise OptionError(f"{uri}: {e}") from None
-    return src if opts == SourceOptions() else FileOptions(src, opts, make)
+    return src if opts == SourceOptions() else FileOptions(src, opts, make, uri)
 
 
 NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the camera's own parameters
