@@ -156,3 +156,57 @@ def test_hash_in_a_sink_path_writes_that_file_and_leaves_the_other_alone(tmp_pat
     assert (tmp_path / "ng#1" / "frame_000000.png").exists() and not list((tmp_path / "ng").iterdir())
     assert (tmp_path / "out#2.avi").exists()
     assert (tmp_path / "out").read_bytes() == b'{"mine": 1}\n'
+
+
+def _png(path):
+    ok, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    path.write_bytes(buf.tobytes())
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("content", ["png", "text", "text_nl", "json_then_text", "torn_not_json", "empty_line"])
+def test_jsonl_sink_refuses_a_file_that_is_not_json_lines_and_leaves_it_byte_identical(tmp_path, content):
+    path = tmp_path / "picture.png"
+    if content == "png":
+        before = _png(path)
+    else:
+        before = {"text": b"my notes\nsecond line", "text_nl": b"# my notes\nkeep me\n",
+                  "json_then_text": b'{"a": 1}\nnot json\n{"frame_id": 2, "sc',
+                  "torn_not_json": b'{"a": 1}\n{"b": 2}\nhello',
+                  "empty_line": b'{"a": 1}\n\n{"b": 2'}[content]
+        path.write_bytes(before)
+    with pytest.raises(EdgesdkError, match=rf"{path}: .*not a JSON object|{path}: .*neither JSON"):
+        open_sink(f"jsonl://{path}")
+    assert path.read_bytes() == before
+
+
+def test_jsonl_sink_refuses_folders_and_fifos(tmp_path):
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(EdgesdkError, match=r"d.jsonl: is a folder"):
+        open_sink(f"jsonl://{tmp_path / 'd.jsonl'}")
+    fifo = tmp_path / "f.jsonl"
+    os.mkfifo(fifo)
+    got = []
+
+    def opening():
+        try:
+            got.append(open_sink(f"jsonl://{fifo}"))
+        except Exception as e:             # noqa: BLE001  (the refusal is what the test wants)
+            got.append(e)
+
+    t = threading.Thread(target=opening, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():                       # blocked opening a FIFO with no reader: release it
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        t.join(10)
+    assert isinstance(got[0], EdgesdkError) and "not a regular file" in str(got[0])
+
+
+def test_jsonl_sink_still_repairs_its_own_torn_line_and_zero_filled_tail(tmp_path):
+    for tail in (b'{"frame_id": 2, "sco', b"\0" * 300, b'{"frame_id": 2' + b"\0" * 50):
+        path = tmp_path / "r.jsonl"
+        path.write_bytes(b'{"frame_id": 0}\n{"frame_id": 1}\n' + tail)
+        with open_sink(f"jsonl://{path}") as sink:
+            sink.write({"frame_id": 3}, None, None)
+        assert [json.loads(x)["frame_id"] for x in path.read_text().splitlines()] == [0, 1, 3]

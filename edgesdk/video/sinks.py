@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
 import cv2
 
-from edgesdk.errors import OptionError
+from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.fsutil import atomic_write_bytes
 from edgesdk.video.options import Opt, host_port, parse_query, scheme_of, split_file_uri
 from edgesdk.viz import overlay
@@ -43,8 +44,10 @@ class JsonlSink(Sink):
     """Appends (never truncates: earlier runs' records are kept). Each record is one write() of a
     whole line on an O_APPEND descriptor, so a crash leaves complete lines only; a torn last line
     from a power cut is cut off when the file is next opened. With max_mb, the file is rotated at
-    that size: FILE -> FILE.1 -> ... -> FILE.<keep> (the oldest is deleted)."""
+    that size: FILE -> FILE.1 -> ... -> FILE.<keep> (the oldest is deleted).
 
+    An existing file must be JSON lines: one that is not (an image, a text file given by mistake)
+    is refused before a byte of it changes, as is a folder, a device or a FIFO."""
     def __init__(self, path: Path, max_mb: float = 0.0, keep: int = 5):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.max_bytes, self.keep = path, int(max_mb * 1e6), max(1, keep)
@@ -52,16 +55,47 @@ class JsonlSink(Sink):
         self._repair()
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
+    def _refuse(self, why: str) -> None:
+        raise EdgesdkError(f"{self.path}: {why}; the JSONL sink appends only to its own JSON-lines files "
+                           "(give a new file name)")
+
     def _repair(self) -> None:
-        if not self.path.is_file() or self.path.stat().st_size == 0:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
             return
-        with open(self.path, "rb+") as f:
+        if stat.S_ISDIR(st.st_mode):
+            self._refuse("is a folder")
+        if not stat.S_ISREG(st.st_mode):
+            self._refuse("is not a regular file (a device, FIFO or socket)")
+        if st.st_size == 0:
+            return
+        with open(self.path, "rb") as f:
             f.seek(-1, os.SEEK_END)
-            if f.read(1) == b"\n":
-                return
+            torn = f.read(1) != b"\n"
             f.seek(0)
-            data = f.read()
-            f.truncate(data.rfind(b"\n") + 1)          # drop the torn line, keep every complete one
+            if not torn:       # appending only: the first and last lines show whose file it is
+                first = f.readline()
+                f.seek(max(0, st.st_size - (1 << 20)))
+                last = f.read().rsplit(b"\n", 2)[-2]
+                for which, line in (("first", first), ("last", last)):
+                    if not _json_object(line):
+                        self._refuse(f"its {which} line is not a JSON object")
+                return
+            keep = 0           # bytes of complete lines; every one must be a JSON object to cut after them
+            for n, line in enumerate(f, 1):
+                if not line.endswith(b"\n"):
+                    break
+                if not _json_object(line):
+                    self._refuse(f"line {n} is not a JSON object")
+                keep += len(line)
+        tail = line
+        # The torn tail is the start of a record, or zeros: a power cut on ext4 (delayed allocation)
+        # can leave the file's last blocks allocated but never written.
+        if not (tail.startswith(b"{") or tail.strip(b"\0") == b""):
+            self._refuse("its last line is neither JSON nor a torn record")
+        with open(self.path, "rb+") as f:
+            f.truncate(keep)                           # drop the torn line, keep every complete one
 
     def _rotate(self) -> None:
         os.close(self.fd)
@@ -81,6 +115,13 @@ class JsonlSink(Sink):
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:                                 # not UTF-8, or not JSON
+        return False
 
 
 class DirSink(Sink):
