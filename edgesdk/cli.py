@@ -287,9 +287,11 @@ def cmd_run(args) -> None:
                   f"{'DEFECT' if rec['is_anomalous'] else 'ok':6s}  {rec['latency_ms']['total']:6.2f} ms")
 
     s = run_stream(args.bundle, args.source, args.sink, _detector_opts(args), args.max_frames, show,
-                   streams=args.streams)
+                   streams=args.streams, strict=args.strict)
     text = (f"{s['frames']} frames, {s['anomalous_frames']} anomalous, {s['fps']:.1f} FPS "
             f"({s['streams']} stream{'s' * (s['streams'] > 1)}) -> {', '.join(args.sink)}\n")
+    if s["errors"]:
+        text += f"{s['errors']} unreadable image(s) skipped; their records carry an \"error\" field\n"
     text += _stage_table(s["latency_ms"], "latency per stage")
     _emit(args, s, text)
 
@@ -406,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=")
     s.add_argument("--sink", action="append", required=True, help="jsonl://out.jsonl, dir://overlays/")
     s.add_argument("--max-frames", type=int)
+    s.add_argument("--strict", action="store_true",
+                   help="stop at the first image that cannot be read (default: record it with an error, go on)")
     s.add_argument("--streams", type=int, default=1,
                    help="frames in flight (ONNX Runtime): 1 = lowest latency; 2 on a 2-core CPU = 8-21%% more "
                         "frames a second at ~1.7x the latency (file backlogs, cameras faster than the model)")

@@ -116,6 +116,17 @@ def test_a_looping_source_without_a_readable_frame_ends_with_an_error(tmp_path):
             src.read()
 
 
+def test_a_looping_folder_of_unreadable_images_ends_with_an_error(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    (folder / "b.jpg").write_bytes(b"")
+    with open_source(f"{folder}?loop=1&fps=1000", errors="record") as src:     # error frames, then refuse
+        with pytest.raises(DataError, match=r"loop=1, but a whole pass gave no readable frame"):
+            for _ in range(10):
+                assert src.read(timeout=1).error == "not a readable image"
+
+
 def test_a_paced_file_source_answers_read_timeouts_so_a_stop_is_honoured(bundle, clip):
     # One frame in 1000 s: the run must still end soon after `stop` is set, not after the sleep.
     stop, out, recs = threading.Event(), {}, []
@@ -210,3 +221,40 @@ def test_jsonl_sink_still_repairs_its_own_torn_line_and_zero_filled_tail(tmp_pat
         with open_sink(f"jsonl://{path}") as sink:
             sink.write({"frame_id": 3}, None, None)
         assert [json.loads(x)["frame_id"] for x in path.read_text().splitlines()] == [0, 1, 3]
+
+
+def _folder_with_bad_images(tiny_data, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, p in enumerate(sorted((tiny_data / "brick/test/good").iterdir())[:3]):
+        shutil.copy(p, folder / f"{2 * i}_{p.name}")
+    (folder / "1_x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "3_y.jpg").write_bytes(b"")
+    return folder
+
+
+def test_an_unreadable_image_in_a_folder_is_recorded_and_the_run_goes_on(bundle, tiny_data, tmp_path):
+    folder = _folder_with_bad_images(tiny_data, tmp_path)
+    seen = []
+    s = run_stream(bundle, str(folder), [f"jsonl://{tmp_path / 'r.jsonl'}", f"dir://{tmp_path / 'ng'}?all=1"],
+                   on_record=seen.append)
+    recs = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert s["frames"] == 3 and s["errors"] == 2 and len(seen) == 3
+    assert [r["frame_id"] for r in recs] == [0, 1, 2, 3, 4]
+    bad = [r for r in recs if "error" in r]
+    assert [(r["name"], r["error"]) for r in bad] == [("1_x.png", "not a readable image"),
+                                                      ("3_y.jpg", "not a readable image")]
+    assert all("score" not in r for r in bad) and all("error" not in r and "score" in r for r in recs if r not in bad)
+    assert len(list((tmp_path / "ng").glob("*_overlay.jpg"))) == 3       # the image sink saw only the good ones
+    with pytest.raises(DataError, match=r"1_x.png: not a readable image"):
+        run_stream(bundle, str(folder), [], strict=True)
+
+
+def test_cli_strict_stops_at_an_unreadable_image(bundle, tiny_data, tmp_path):
+    folder = _folder_with_bad_images(tiny_data, tmp_path)
+    cmd = [sys.executable, "-m", "edgesdk", "run", str(bundle), "--source", str(folder), "--sink",
+           f"jsonl://{tmp_path / 'r.jsonl'}", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["errors"] == 2, r.stderr
+    r = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "1_x.png: not a readable image" in r.stderr, r.stderr

@@ -66,6 +66,8 @@ class Outbox:
 
 
 class MqttSink(Sink):
+    takes_errors = True       # write() reads the record only: records of unreadable frames go out too
+
     def __init__(self, host: str, port: int, topic: str, qos: int = 1, outbox: Path | None = None,
                  health_s: float = 10.0, client_id: str = "", drain_s: float = 5.0):
         import paho.mqtt.client as mqtt

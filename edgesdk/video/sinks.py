@@ -9,6 +9,8 @@
 
 Options are parsed and range-checked by video/options.py (unknown keys and bad values are refused,
 naming the URI and the option). A file sink's path keeps any `#`; the query starts at the first `?`.
+A frame the source could not read (a corrupt image in a folder) has a record with `error` and no
+result: only sinks with `takes_errors` get it (jsonl, mqtt); the image sinks have nothing to draw.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from edgesdk.viz import overlay
 
 
 class Sink:
+    takes_errors = False      # write(record, frame, None) for a frame that could not be read (record has "error")
+
     def write(self, record: dict, frame, result) -> None:
         raise NotImplementedError
 
@@ -48,6 +52,8 @@ class JsonlSink(Sink):
 
     An existing file must be JSON lines: one that is not (an image, a text file given by mistake)
     is refused before a byte of it changes, as is a folder, a device or a FIFO."""
+    takes_errors = True       # records of frames that could not be read (no result) are written too
+
     def __init__(self, path: Path, max_mb: float = 0.0, keep: int = 5):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.max_bytes, self.keep = path, int(max_mb * 1e6), max(1, keep)

@@ -14,6 +14,8 @@ making the source live; cameras: request it), ?loop=1 (files: start again at the
 ?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution); parsed and checked by
 video/options.py. In a file URI or path, `#` is part of the name; options start at the first `?`.
 A paced file (?fps=) is live: read(timeout) returns None when its next frame is not due in time.
+A folder image that cannot be read raises DataError, or with errors="record" becomes a Frame with
+`error` set and no image (the stream loop records it and goes on).
 File and folder sources apply backpressure (every frame is scored); live sources never wait for the
 consumer: frames it was too slow for are dropped and counted (`stats`).
 """
@@ -44,6 +46,7 @@ class Frame:
     source_time: float | None = None   # position in the source (video time, seconds) if known
     name: str = ""            # file name for image sources
     wait_ms: float = 0.0      # time read() spent waiting for the frame to be due (camera rate), not decoding
+    error: str = ""           # set (and image None) for a file that could not be read (errors="record")
 
 
 @dataclass(frozen=True)
@@ -149,13 +152,13 @@ class VideoFileSource(Source):
 class ImageFilesSource(Source):
     scheme = "file"
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], errors: str = "raise"):
         super().__init__()
-        self.paths = paths
+        self.paths, self.errors = paths, errors
 
     @classmethod
-    def from_path(cls, path: Path) -> "ImageFilesSource":
-        return cls(list_images(path) if path.is_dir() else [path])
+    def from_path(cls, path: Path, errors: str = "raise") -> "ImageFilesSource":
+        return cls(list_images(path) if path.is_dir() else [path], errors)
 
     @property
     def options(self) -> dict:
@@ -165,9 +168,15 @@ class ImageFilesSource(Source):
         if self.count >= len(self.paths):
             return None
         path = self.paths[self.count]
-        frame = Frame(read_image(path), self.count, time.time(), None, path.name)
-        self.count += 1
-        return frame
+        self.count += 1                               # past this file whether it reads or not
+        try:
+            return Frame(read_image(path), self.count - 1, time.time(), None, path.name)
+        except DataError:
+            if self.errors == "raise":
+                raise
+            log.warning("%s: not a readable image; recorded and skipped", path)
+            return Frame(None, self.count - 1, time.time(), None, path.name,  # type: ignore[arg-type]
+                         error="not a readable image")
 
 
 class FileOptions(Source):
@@ -201,7 +210,7 @@ class FileOptions(Source):
             frame = self.inner.read()
             if frame is None:
                 raise DataError(f"{self.uri}: loop=1, but the source gave no frame when reopened")
-        if frame is not None:
+        if frame is not None and not frame.error:
             self.good += 1
         return frame
 
@@ -238,7 +247,8 @@ class FileOptions(Source):
             frame.timestamp = time.time()              # "arrived" when the camera would have sent it
         self.pending = None
         frame.frame_id = self.count
-        frame.image = self.opts.crop(frame.image)
+        if frame.image is not None:
+            frame.image = self.opts.crop(frame.image)
         self.count += 1
         return frame
 
@@ -246,24 +256,24 @@ class FileOptions(Source):
         self.inner.close()
 
 
-def _file_source(path: Path) -> Source:
+def _file_source(path: Path, errors: str = "raise") -> Source:
     if path.is_dir() or path.suffix.lower() in IMAGE_EXTS:
         if not path.exists():
             raise DataError(f"{path}: not found")
-        return ImageFilesSource.from_path(path)
+        return ImageFilesSource.from_path(path, errors)
     return VideoFileSource(path)
 
 
-def _file(uri: str) -> Source:
+def _file(uri: str, errors: str) -> Source:
     name, query = split_file_uri(uri)
     opts = SourceOptions.parse(uri, query)
     if opts.size is not None:
         raise OptionError(f"{uri}: size= is for cameras; files are resized to the model's input anyway")
     path = Path(name)
-    src = _file_source(path)
+    src = _file_source(path, errors)
     if opts == SourceOptions():
         return src
-    return FileOptions(src, opts, lambda: _file_source(path), uri)
+    return FileOptions(src, opts, lambda: _file_source(path, errors), uri)
 
 
 class SynthSource(Source):
@@ -296,7 +306,7 @@ class SynthSource(Source):
 SYNTH_SPEC = {**SourceOptions.SPEC, "category": "brick", "seed": Opt(0, lo=0)}
 
 
-def _synth(uri: str) -> Source:
+def _synth(uri: str, errors: str) -> Source:
     parsed = urlparse(uri)
     if parsed.netloc != "conveyor" or parsed.path not in ("", "/") or "#" in uri:
         raise OptionError(f"{uri}: the generated source is synth://conveyor")
@@ -315,7 +325,7 @@ def _synth(uri: str) -> Source:
 NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the camera's own parameters
 
 
-def _live(uri: str) -> Source:
+def _live(uri: str, errors: str) -> Source:
     from edgesdk.video.live import open_live   # cameras and network streams
 
     parsed = urlparse(uri)
@@ -325,10 +335,13 @@ def _live(uri: str) -> Source:
 SOURCES = {"file": _file, "synth": _synth, **{s: _live for s in ("v4l2", "csi", *NETWORK)}}
 
 
-def open_source(uri: str) -> Source:
-    """A source for a URI or a plain path (see the module docstring for the schemes and options)."""
+def open_source(uri: str, errors: str = "raise") -> Source:
+    """A source for a URI or a plain path (see the module docstring for the schemes and options).
+    errors="record": a folder image that cannot be read is a Frame with `error` set, not a DataError."""
+    if errors not in ("raise", "record"):
+        raise ValueError(f"errors={errors!r}: 'raise' or 'record'")
     scheme = scheme_of(uri) or "file"
     if scheme not in SOURCES:
         raise OptionError(f"{uri}: unsupported source scheme {scheme!r}; supported: "
                           f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
-    return SOURCES[scheme](uri)
+    return SOURCES[scheme](uri, errors)
