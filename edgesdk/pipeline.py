@@ -30,6 +30,7 @@ counted in the summary's `errors`; strict=True stops the run on it instead."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import queue
 import signal
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import cv2
 
+from edgesdk.errors import OptionError
 from edgesdk.handoff import Handoff
 from edgesdk.metrics import LatencyWindow
 from edgesdk.runtime import Detector, DetectorOptions
@@ -198,6 +200,14 @@ class _Stages:
             self.stop.set()
 
 
+def _whole(n) -> bool:
+    """N is a whole number >= 1 (a count of frames or streams; True is not one)."""
+    try:
+        return not isinstance(n, bool) and operator.index(n) >= 1
+    except TypeError:                               # 1.5, "2", None
+        return False
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -208,8 +218,8 @@ def usable_cores() -> int:
 def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
     """The detector settings of the loop: no spinning pool threads (capture and sinks share the
     CPU with inference), and with N streams, cores/N threads per run unless threads is set."""
-    if streams < 1:
-        raise ValueError(f"streams {streams}: at least 1")
+    if not _whole(streams):
+        raise OptionError(f"streams {streams!r}: a whole number, at least 1")
     if streams > 1 and opts.backend != "onnxruntime":
         raise ValueError(f"streams {streams}: several frames in flight share one ONNX Runtime session; "
                          f"the {opts.backend} backend runs one stream (use streams=1)")
@@ -220,11 +230,13 @@ def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
 def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: DetectorOptions = DetectorOptions(),
                max_frames: int | None = None, on_record=None, queue_depth: int = 4,
                stop: threading.Event | None = None, streams: int = 1, strict: bool = False) -> dict:
-    """Score `source` into each sink until it ends, `max_frames`,
+    """Score `source` into each sink until it ends, `max_frames` (None: no limit; else at least 1),
     or `stop` is set (SIGINT/SIGTERM set it when called from the main thread). Returns a summary with
     latency percentiles, drops and `errors`: folder images that could not be read, each recorded by
     the sinks that take such records (jsonl, mqtt) and skipped; strict=True makes the first fatal.
     `streams`: frames in flight at once (see the module's notes); records stay in capture order."""
+    if max_frames is not None and not _whole(max_frames):
+        raise OptionError(f"max_frames {max_frames!r}: a whole number, at least 1 (None for no limit)")
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
     old_handlers = {}

@@ -258,3 +258,18 @@ def test_cli_strict_stops_at_an_unreadable_image(bundle, tiny_data, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["errors"] == 2, r.stderr
     r = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "1_x.png: not a readable image" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("flag,value", [("--max-frames", "-5"), ("--max-frames", "0"), ("--streams", "0"),
+                                        ("--streams", "-1"), ("--max-frames", "2.5")])
+def test_frame_and_stream_counts_are_refused_below_one(tmp_path, clip, flag, value):
+    r = subprocess.run([sys.executable, "-m", "edgesdk", "run", str(tmp_path / "nobundle"), "--source", str(clip),
+                        "--sink", f"jsonl://{tmp_path / 'r.jsonl'}", flag, value],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"argument {flag}: must be a whole number >= 1" in r.stderr, r.stderr
+
+
+def test_run_stream_refuses_frame_and_stream_counts_below_one(tmp_path, clip):
+    for kw in ({"max_frames": -5}, {"max_frames": 0}, {"max_frames": True}, {"streams": 0}, {"streams": 1.5}):
+        with pytest.raises(OptionError, match=rf"{next(iter(kw))} .*at least 1"):
+            run_stream(tmp_path / "nobundle", str(clip), [], **kw)
