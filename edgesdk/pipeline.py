@@ -23,7 +23,10 @@ runs side by side score 8-21 % more frames a second than one 2-thread run (measu
 than the model.
 
 Records keep stable names other tools read: frame_id, timestamp, score, is_anomalous, regions,
-latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict).
+latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict). A folder image
+that cannot be read is not scored: its record is frame_id, timestamp, source_time, name and `error`,
+written by the sinks that take such records (jsonl, mqtt; not on_record, which gets verdicts), and
+counted in the summary's `errors`; strict=True stops the run on it instead.
 
 Sinks fail in two ways (video.sinks.Sink.evidence). A verdict sink (jsonl, mqtt) that fails stops the
 run with an error naming it: verdicts are never lost silently. An evidence sink (dir, video, http
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import os
 import queue
 import re
@@ -45,6 +49,7 @@ from pathlib import Path
 
 import cv2
 
+from edgesdk.errors import OptionError
 from edgesdk.handoff import Handoff
 from edgesdk.metrics import LatencyWindow
 from edgesdk.runtime import Detector, DetectorOptions
@@ -67,6 +72,13 @@ def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float
         "threshold": threshold, "regions": [r.to_dict() for r in result.regions],
         "latency_ms": {k: round(v, 3) for k, v in lat.items()},
     }
+
+
+def error_record(frame) -> dict:
+    """The record of a frame the source could not read (a corrupt image in a folder): where it was
+    and why, no verdict. Written to the sinks that take such records (`takes_errors`: jsonl, mqtt)."""
+    return {"frame_id": frame.frame_id, "timestamp": round(frame.timestamp, 6), "source_time": frame.source_time,
+            "name": frame.name, "error": frame.error}
 
 
 def lower_priority(step: int = 5) -> None:
@@ -188,7 +200,7 @@ class _Stages:
         self.linger = 0.0 if live else SINK_LINGER_S
         self.take = threading.Lock()               # a frame and its sequence number are taken together
         self.seq = 0
-        self.dropped = self.n = self.n_bad = 0
+        self.dropped = self.n = self.n_bad = self.n_errors = 0
         self.lat: dict[str, LatencyWindow] = {}    # fixed memory however long the line runs
         self.sink_ms = LatencyWindow()
         self.errors: list[BaseException] = []
@@ -240,7 +252,7 @@ class _Stages:
                 frame, read_ms, t_read = item
                 try:
                     queue_ms = (time.perf_counter() - t_read) * 1e3
-                    out = (frame, self.det.predict(frame.image), read_ms, queue_ms)
+                    out = (frame, None if frame.error else self.det.predict(frame.image), read_ms, queue_ms)
                 except BaseException as e:
                     self.errors.append(e)
                     self.stop.set()
@@ -262,6 +274,8 @@ class _Stages:
                         self._emit(*out)
 
     def _emit(self, frame, result, read_ms: float, queue_ms: float) -> None:
+        if result is None:
+            return self._emit_error(frame)
         t0 = time.perf_counter()
         try:
             record = make_record(frame, result, self.det.threshold, read_ms, queue_ms)
@@ -280,6 +294,26 @@ class _Stages:
             self.stop.set()
         self.sink_ms.add((time.perf_counter() - t0) * 1e3)
 
+    def _emit_error(self, frame) -> None:
+        """A frame the source could not read: counted, and recorded by the sinks that take it."""
+        self.n_errors += 1
+        try:
+            record = error_record(frame)
+            for s in self.outs:
+                if getattr(s.sink, "takes_errors", False):
+                    s.write(record, frame, None)
+        except BaseException as e:
+            self.errors.append(e)
+            self.stop.set()
+
+
+def _whole(n) -> bool:
+    """N is a whole number >= 1 (a count of frames or streams; True is not one)."""
+    try:
+        return not isinstance(n, bool) and operator.index(n) >= 1
+    except TypeError:                               # 1.5, "2", None
+        return False
+
 
 def usable_cores() -> int:
     try:
@@ -291,8 +325,8 @@ def usable_cores() -> int:
 def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
     """The detector settings of the loop: no spinning pool threads (capture and sinks share the
     CPU with inference), and with N streams, cores/N threads per run unless threads is set."""
-    if streams < 1:
-        raise ValueError(f"streams {streams}: at least 1")
+    if not _whole(streams):
+        raise OptionError(f"streams {streams!r}: a whole number, at least 1")
     if streams > 1 and opts.backend != "onnxruntime":
         raise ValueError(f"streams {streams}: several frames in flight share one ONNX Runtime session; "
                          f"the {opts.backend} backend runs one stream (use streams=1)")
@@ -302,10 +336,14 @@ def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
 
 def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: DetectorOptions = DetectorOptions(),
                max_frames: int | None = None, on_record=None, queue_depth: int = 4,
-               stop: threading.Event | None = None, streams: int = 1) -> dict:
-    """Score `source` into each sink until it ends, `max_frames`, or `stop` is set (SIGINT/SIGTERM
-    set it when called from the main thread). Returns a summary with latency percentiles and drops.
+               stop: threading.Event | None = None, streams: int = 1, strict: bool = False) -> dict:
+    """Score `source` into each sink until it ends, `max_frames` (None: no limit; else at least 1),
+    or `stop` is set (SIGINT/SIGTERM set it when called from the main thread). Returns a summary with
+    latency percentiles, drops and `errors`: folder images that could not be read, each recorded by
+    the sinks that take such records (jsonl, mqtt) and skipped; strict=True makes the first fatal.
     `streams`: frames in flight at once (see the module's notes); records stay in capture order."""
+    if max_frames is not None and not _whole(max_frames):
+        raise OptionError(f"max_frames {max_frames!r}: a whole number, at least 1 (None for no limit)")
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
     old_handlers = {}
@@ -319,7 +357,7 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
     try:
         with ExitStack() as stack:
             det = stack.enter_context(Detector(bundle, det_opts))
-            src = stack.enter_context(open_source(source))
+            src = stack.enter_context(open_source(source, errors="raise" if strict else "record"))
             outs = [stack.enter_context(open_guarded(s)) for s in sinks]
             st = _Stages(src, outs, det, max(1, queue_depth, streams), max_frames, on_record, stop)
 
@@ -352,8 +390,8 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
     if st.errors:
         raise st.errors[0]
     n = st.n
-    return {"frames": n, "anomalous_frames": st.n_bad, "dropped_frames": st.dropped, "wall_s": wall,
-            "fps": n / wall if wall else 0.0, "source": source, "sinks": [g.uri for g in outs],
+    return {"frames": n, "anomalous_frames": st.n_bad, "errors": st.n_errors, "dropped_frames": st.dropped,
+            "wall_s": wall, "fps": n / wall if wall else 0.0, "source": source, "sinks": [g.uri for g in outs],
             "sink_errors": {g.uri: g.errors for g in outs}, "sink_skipped_frames": {g.uri: g.skipped for g in outs},
             "stopped": stop.is_set(), "streams": streams, "threads_per_stream": det_opts.threads,
             "source_stats": source_stats,

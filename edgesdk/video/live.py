@@ -9,11 +9,14 @@ reading resumes; only close() ends a live source.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
 import cv2
 
+from edgesdk.errors import OptionError
+from edgesdk.video.options import foreign_query
 from edgesdk.video.sources import Frame, Source, SourceOptions
 
 log = logging.getLogger("edgesdk.video")
@@ -27,7 +30,7 @@ NET_TIMEOUTS = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_
 def csi_pipeline(sensor: int, opts: SourceOptions) -> str:
     """nvarguscamerasrc -> BGR appsink, as JetPack's OpenCV (built with GStreamer) opens it."""
     w, h = opts.size or (1920, 1080)
-    fps = int(opts.fps or 30)
+    fps = max(1, round(opts.fps or 30))
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={w}, height={h}, "
             f"framerate={fps}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
             f"video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
@@ -130,11 +133,15 @@ class LiveSource(Source):
 
 def open_live(uri: str, parsed, opts: SourceOptions) -> LiveSource:
     if opts.loop:
-        raise ValueError(f"{uri}: loop= is for files; a live source never ends")
+        raise OptionError(f"{uri}: loop= is for files; a live source never ends")
     if parsed.scheme == "v4l2":
+        if parsed.netloc or "#" in uri:     # v4l2://video1 would otherwise open /dev/video0
+            raise OptionError(f"{uri}: a V4L2 camera is v4l2:///dev/videoN (the device node's path)")
         dev = parsed.path or "/dev/video0"
         return LiveSource(uri, dev, cv2.CAP_V4L2, opts, dev)
     if parsed.scheme == "csi":
+        if not re.fullmatch(r"[0-9]{0,3}", parsed.netloc) or parsed.path not in ("", "/") or "#" in uri:
+            raise OptionError(f"{uri}: a CSI camera is csi://N, N the sensor number (0, 1, ...)")
         if not has_gstreamer():
             raise RuntimeError(f"{uri}: CSI cameras are read through GStreamer (nvarguscamerasrc), and this "
                                "OpenCV is built without it (the PyPI wheel never has it). On a Jetson, use "
@@ -144,6 +151,6 @@ def open_live(uri: str, parsed, opts: SourceOptions) -> LiveSource:
         sensor = int(parsed.netloc or 0)
         return LiveSource(uri, csi_pipeline(sensor, opts), cv2.CAP_GSTREAMER, opts, f"csi{sensor}")
     # Our options come off the URL; the camera's own query parameters stay on it.
-    theirs = "&".join(p for p in parsed.query.split("&") if p and p.split("=")[0] not in SourceOptions.KEYS)
+    theirs = foreign_query(parsed.query, SourceOptions.KEYS)
     target = parsed._replace(query=theirs).geturl()
     return LiveSource(uri, target, cv2.CAP_FFMPEG, opts, parsed.hostname or "stream")

@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from edgesdk.video.options import Opt, host_port
 from edgesdk.video.sinks import Sink, query_options
 
 log = logging.getLogger("edgesdk.mqtt")
@@ -108,6 +109,8 @@ class Outbox:
 
 
 class MqttSink(Sink):
+    takes_errors = True       # write() reads the record only: records of unreadable frames go out too
+
     def __init__(self, host: str, port: int, topic: str, qos: int = 1, outbox: Path | None = None,
                  health_s: float = 10.0, client_id: str = "", drain_s: float = 5.0):
         import paho.mqtt.client as mqtt
@@ -252,7 +255,9 @@ class MqttSink(Sink):
 
 
 def open_mqtt(uri) -> MqttSink:
-    q = query_options(uri, {"qos": 1, "outbox": "", "health": 10.0, "client_id": "", "drain": 5.0})
-    return MqttSink(uri.hostname or "127.0.0.1", uri.port or 1883, uri.path.lstrip("/"), qos=q["qos"],
+    q = query_options(uri, {"qos": Opt(1, choices=(0, 1, 2)), "outbox": "", "health": Opt(10.0, lo=0),
+                            "client_id": "", "drain": Opt(5.0, lo=0)})
+    host, port = host_port(uri.geturl(), 1883)
+    return MqttSink(host or "127.0.0.1", port, uri.path.lstrip("/"), qos=q["qos"],
                     outbox=Path(q["outbox"]) if q["outbox"] else None, health_s=q["health"],
                     client_id=q["client_id"], drain_s=q["drain"])

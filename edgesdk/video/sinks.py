@@ -6,17 +6,26 @@
   dir://ng/                per anomalous frame (all frames with ?all=1): the raw frame (lossless PNG,
                            to label and retrain on) and its heatmap overlay (JPEG, for eyes)
   mqtt://host:1883/topic   QoS 1 to an MQTT broker through an on-disk outbox (see video/mqtt.py)
+
+Options are parsed and range-checked by video/options.py (unknown keys and bad values are refused,
+naming the URI and the option). A file sink's path keeps any `#`; the query starts at the first `?`.
+A frame the source could not read (a corrupt image in a folder) has a record with `error` and no
+result: only sinks with `takes_errors` get it (jsonl, mqtt); the image sinks have nothing to draw.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import cv2
 
+from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.fsutil import atomic_write_bytes
+from edgesdk.video.options import Opt, host_port, parse_query, scheme_of, split_file_uri
 from edgesdk.viz import overlay
 
 
@@ -26,6 +35,7 @@ class Sink:
     images and views of the verdicts: when it fails, the stream loop counts, logs and retries it
     while the verdict sinks carry on (edgesdk.pipeline)."""
     evidence = False
+    takes_errors = False      # write(record, frame, None) for a frame that could not be read (record has "error")
 
     def wants(self, record: dict) -> bool:
         """Whether write() would store anything of this record: the loop counts only those frames
@@ -49,7 +59,11 @@ class JsonlSink(Sink):
     """Appends (never truncates: earlier runs' records are kept). Each record is one write() of a
     whole line on an O_APPEND descriptor, so a crash leaves complete lines only; a torn last line
     from a power cut is cut off when the file is next opened. With max_mb, the file is rotated at
-    that size: FILE -> FILE.1 -> ... -> FILE.<keep> (the oldest is deleted)."""
+    that size: FILE -> FILE.1 -> ... -> FILE.<keep> (the oldest is deleted).
+
+    An existing file must be JSON lines: one that is not (an image, a text file given by mistake)
+    is refused before a byte of it changes, as is a folder, a device or a FIFO."""
+    takes_errors = True       # records of frames that could not be read (no result) are written too
 
     def __init__(self, path: Path, max_mb: float = 0.0, keep: int = 5):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,16 +72,47 @@ class JsonlSink(Sink):
         self._repair()
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
+    def _refuse(self, why: str) -> None:
+        raise EdgesdkError(f"{self.path}: {why}; the JSONL sink appends only to its own JSON-lines files "
+                           "(give a new file name)")
+
     def _repair(self) -> None:
-        if not self.path.is_file() or self.path.stat().st_size == 0:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
             return
-        with open(self.path, "rb+") as f:
+        if stat.S_ISDIR(st.st_mode):
+            self._refuse("is a folder")
+        if not stat.S_ISREG(st.st_mode):
+            self._refuse("is not a regular file (a device, FIFO or socket)")
+        if st.st_size == 0:
+            return
+        with open(self.path, "rb") as f:
             f.seek(-1, os.SEEK_END)
-            if f.read(1) == b"\n":
-                return
+            torn = f.read(1) != b"\n"
             f.seek(0)
-            data = f.read()
-            f.truncate(data.rfind(b"\n") + 1)          # drop the torn line, keep every complete one
+            if not torn:       # appending only: the first and last lines show whose file it is
+                first = f.readline()
+                f.seek(max(0, st.st_size - (1 << 20)))
+                last = f.read().rsplit(b"\n", 2)[-2]
+                for which, line in (("first", first), ("last", last)):
+                    if not _json_object(line):
+                        self._refuse(f"its {which} line is not a JSON object")
+                return
+            keep = 0           # bytes of complete lines; every one must be a JSON object to cut after them
+            for n, line in enumerate(f, 1):
+                if not line.endswith(b"\n"):
+                    break
+                if not _json_object(line):
+                    self._refuse(f"line {n} is not a JSON object")
+                keep += len(line)
+        tail = line
+        # The torn tail is the start of a record, or zeros: a power cut on ext4 (delayed allocation)
+        # can leave the file's last blocks allocated but never written.
+        if not (tail.startswith(b"{") or tail.strip(b"\0") == b""):
+            self._refuse("its last line is neither JSON nor a torn record")
+        with open(self.path, "rb+") as f:
+            f.truncate(keep)                           # drop the torn line, keep every complete one
 
     def _rotate(self) -> None:
         os.close(self.fd)
@@ -83,10 +128,20 @@ class JsonlSink(Sink):
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         if self.max_bytes and os.fstat(self.fd).st_size + len(line) > self.max_bytes:
             self._rotate()
-        os.write(self.fd, line)
+        n = os.write(self.fd, line)
+        if n != len(line):        # a full disk or a file-size limit took part of the line: take it back
+            os.ftruncate(self.fd, os.fstat(self.fd).st_size - n)
+            raise OSError(errno.ENOSPC, f"only {n} of {len(line)} bytes of a record fit", str(self.path))
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:                                 # not UTF-8, or not JSON
+        return False
 
 
 class DirSink(Sink):
@@ -152,46 +207,55 @@ class VideoSink(Sink):
 
 
 def query_options(uri, known: dict) -> dict:
-    """A sink URI's ?key=value options: KNOWN maps each key to its default, whose type converts the
-    value; an unknown key is an error that names the URI and the keys it takes."""
-    q = {k: v[-1] for k, v in parse_qs(uri.query).items()}
-    unknown = set(q) - set(known)
-    if unknown:
-        raise ValueError(f"{uri.geturl()}: unknown option(s) {sorted(unknown)}; known: {', '.join(known)}")
-    return {k: type(d)(q[k]) if k in q else d for k, d in known.items()}
+    """A network sink URI's (urlparse result) ?key=value options, parsed by video/options.py: KNOWN
+    maps each key to its default or an Opt (type and range); an unknown key or a bad value is an
+    OptionError that names the URI and the option."""
+    return parse_query(uri.geturl(), uri.query, known)
 
 
-def _jsonl(uri) -> Sink:
-    return JsonlSink(Path(uri.netloc + uri.path), **query_options(uri, {"max_mb": 0.0, "keep": 5}))
+def _jsonl(uri: str) -> Sink:
+    path, query = split_file_uri(uri)
+    return JsonlSink(Path(path), **parse_query(uri, query, {"max_mb": Opt(0.0, lo=0), "keep": Opt(5, lo=1, hi=1000)}))
 
 
-def _video(uri) -> Sink:
-    return VideoSink(Path(uri.netloc + uri.path), **query_options(uri, {"fps": 15.0}))
+def _video(uri: str) -> Sink:
+    path, query = split_file_uri(uri)
+    return VideoSink(Path(path), **parse_query(uri, query, {"fps": Opt(15.0, lo=0.001, hi=1000.0)}))
 
 
-def _http(uri) -> Sink:
+def _http(uri: str) -> Sink:
     from edgesdk.video.preview import PreviewSink
 
-    q = query_options(uri, {"fps": 10.0})
-    return PreviewSink(uri.hostname or "127.0.0.1", uri.port or 8080, max_fps=q["fps"])
+    parsed = urlparse(uri)
+    if parsed.path not in ("", "/"):
+        raise OptionError(f"{uri}: the preview serves its own paths; give http://HOST:PORT")
+    q = query_options(parsed, {"fps": Opt(10.0, lo=0.001, hi=1000.0), "token": ""})
+    host, port = host_port(uri, 8080)
+    return PreviewSink(host or "127.0.0.1", port, max_fps=q["fps"], token=q["token"])
 
 
-def _dir(uri) -> Sink:
-    return DirSink(Path(uri.netloc + uri.path), parse_qs(uri.query).get("all", ["0"])[0] == "1")
+def _dir(uri: str) -> Sink:
+    path, query = split_file_uri(uri)
+    return DirSink(Path(path), parse_query(uri, query, {"all": False})["all"])
 
 
-def _mqtt(uri) -> Sink:
+def _mqtt(uri: str) -> Sink:
     from edgesdk.video.mqtt import open_mqtt   # paho-mqtt only when asked for
 
-    return open_mqtt(uri)
+    return open_mqtt(urlparse(uri))
 
 
 SINKS = {"jsonl": _jsonl, "dir": _dir, "mqtt": _mqtt, "video": _video, "http": _http}
+NETWORK = ("mqtt", "http")
 
 
 def open_sink(uri: str) -> Sink:
-    parsed = urlparse(uri)
-    if parsed.scheme not in SINKS:
-        raise ValueError(f"{uri}: unsupported sink scheme {parsed.scheme!r}; supported: "
-                         + ", ".join(f"{s}://" for s in sorted(SINKS)))
-    return SINKS[parsed.scheme](parsed)
+    """A sink for a URI. File sinks (jsonl, dir, video) keep `#` in their path (see video/options.py);
+    network sinks refuse it: urllib would cut the URI there (and `#` is an MQTT wildcard)."""
+    scheme = scheme_of(uri)
+    if scheme not in SINKS:
+        raise OptionError(f"{uri}: unsupported sink scheme {scheme!r}; supported: "
+                          + ", ".join(f"{s}://" for s in sorted(SINKS)))
+    if scheme in NETWORK and "#" in uri:
+        raise OptionError(f"{uri}: '#' is not allowed in a {scheme}:// sink (in MQTT it is a subscription wildcard)")
+    return SINKS[scheme](uri)

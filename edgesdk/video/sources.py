@@ -11,7 +11,11 @@
 
 Options as a query string, on any source: ?fps=30 (files: play at that rate, as a camera would,
 making the source live; cameras: request it), ?loop=1 (files: start again at the end),
-?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution).
+?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution); parsed and checked by
+video/options.py. In a file URI or path, `#` is part of the name; options start at the first `?`.
+A paced file (?fps=) is live: read(timeout) returns None when its next frame is not due in time.
+A folder image that cannot be read raises DataError, or with errors="record" becomes a Frame with
+`error` set and no image (the stream loop records it and goes on).
 File and folder sources apply backpressure (every frame is scored); live sources never wait for the
 consumer: frames it was too slow for are dropped and counted (`stats`).
 """
@@ -27,6 +31,8 @@ import cv2
 import numpy as np
 
 from edgesdk.data.mvtec import IMAGE_EXTS, DataError, list_images, read_image
+from edgesdk.errors import OptionError
+from edgesdk.video.options import Opt, parse_query, scheme_of, split_file_uri
 
 log = logging.getLogger("edgesdk.video")
 SMALL_FRAME = 1280 * 720      # pixels; videos up to this size decode on one thread
@@ -40,11 +46,15 @@ class Frame:
     source_time: float | None = None   # position in the source (video time, seconds) if known
     name: str = ""            # file name for image sources
     wait_ms: float = 0.0      # time read() spent waiting for the frame to be due (camera rate), not decoding
+    error: str = ""           # set (and image None) for a file that could not be read (errors="record")
 
 
 @dataclass(frozen=True)
 class SourceOptions:
-    KEYS = ("fps", "loop", "roi", "size")           # the query keys that are ours, not a camera's
+    # fps at most 1000 (a frame a ms) and at least one frame in 1000 s: pacing sleeps 1/fps
+    SPEC = {"fps": Opt(None, "float", lo=0.001, hi=1000.0), "loop": Opt(False), "roi": Opt(None, "roi"),
+            "size": Opt(None, "size")}
+    KEYS = tuple(SPEC)                             # the query keys that are ours, not a camera's
 
     fps: float | None = None                       # files: pace to this rate (live); cameras: request
     loop: bool = False                             # files: start again at the end
@@ -55,24 +65,7 @@ class SourceOptions:
     def parse(cls, uri: str, query: str, strict: bool = True) -> "SourceOptions":
         """Our options from a query string; with strict=False (network cameras) other keys are the
         camera's own and are left alone."""
-        from urllib.parse import parse_qs
-
-        q = {k: v[-1] for k, v in parse_qs(query).items()}
-        unknown = set(q) - set(cls.KEYS)
-        if not strict:
-            q = {k: v for k, v in q.items() if k not in unknown}
-        elif unknown:
-            raise ValueError(f"{uri}: unknown source option(s) {sorted(unknown)}; known: fps, loop, roi, size")
-        try:
-            fps = float(q["fps"]) if "fps" in q else None
-            roi = tuple(int(v) for v in q["roi"].split(",")) if "roi" in q else None
-            size = tuple(int(v) for v in q["size"].lower().split("x")) if "size" in q else None
-        except ValueError:
-            raise ValueError(f"{uri}: bad option value (fps=30, roi=x,y,w,h, size=640x480)") from None
-        if fps is not None and fps <= 0 or roi is not None and (len(roi) != 4 or min(roi[2:]) <= 0) \
-                or size is not None and (len(size) != 2 or min(size) <= 0):
-            raise ValueError(f"{uri}: fps must be > 0, roi x,y,w,h with w,h > 0, size WxH")
-        return cls(fps, q.get("loop", "0") in ("1", "true", "yes"), roi, size)  # type: ignore[arg-type]
+        return cls(**parse_query(uri, query, cls.SPEC, strict, "source option"))
 
     def crop(self, img: np.ndarray) -> np.ndarray:
         if self.roi is None:
@@ -159,13 +152,13 @@ class VideoFileSource(Source):
 class ImageFilesSource(Source):
     scheme = "file"
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], errors: str = "raise"):
         super().__init__()
-        self.paths = paths
+        self.paths, self.errors = paths, errors
 
     @classmethod
-    def from_path(cls, path: Path) -> "ImageFilesSource":
-        return cls(list_images(path) if path.is_dir() else [path])
+    def from_path(cls, path: Path, errors: str = "raise") -> "ImageFilesSource":
+        return cls(list_images(path) if path.is_dir() else [path], errors)
 
     @property
     def options(self) -> dict:
@@ -175,20 +168,30 @@ class ImageFilesSource(Source):
         if self.count >= len(self.paths):
             return None
         path = self.paths[self.count]
-        frame = Frame(read_image(path), self.count, time.time(), None, path.name)
-        self.count += 1
-        return frame
+        self.count += 1                               # past this file whether it reads or not
+        try:
+            return Frame(read_image(path), self.count - 1, time.time(), None, path.name)
+        except DataError:
+            if self.errors == "raise":
+                raise
+            log.warning("%s: not a readable image; recorded and skipped", path)
+            return Frame(None, self.count - 1, time.time(), None, path.name,  # type: ignore[arg-type]
+                         error="not a readable image")
 
 
 class FileOptions(Source):
     """A file or folder source with options: ROI crop, loop, and pacing at `fps` as a camera would
-    deliver it (frames the consumer is too late for are skipped and counted: the source is live)."""
+    deliver it (frames the consumer is too late for are skipped and counted: the source is live).
+    A loop whose whole pass gave no readable frame is a DataError: looping again would spin."""
 
-    def __init__(self, inner: Source, opts: SourceOptions, reopen):
+    def __init__(self, inner: Source, opts: SourceOptions, reopen, uri: str = ""):
         super().__init__()
-        self.inner, self.opts, self.reopen = inner, opts, reopen
+        self.inner, self.opts, self.reopen, self.uri = inner, opts, reopen, uri
         self.live = opts.fps is not None
+        self.ended = not self.live                 # paced: None means "not due yet" until the end
         self.t0: float | None = None
+        self.good = 0                              # readable frames in this pass
+        self.pending: tuple[Frame, float] | None = None   # the next frame and when it is due
         self.stats = {"dropped_at_source": 0, "loops": 0}
 
     @property
@@ -198,31 +201,54 @@ class FileOptions(Source):
     def _next(self) -> Frame | None:
         frame = self.inner.read()
         if frame is None and self.opts.loop:
+            if not self.good:
+                raise DataError(f"{self.uri}: loop=1, but a whole pass gave no readable frame")
             self.inner.close()
             self.inner = self.reopen()
             self.stats["loops"] += 1
+            self.good = 0
             frame = self.inner.read()
+            if frame is None:
+                raise DataError(f"{self.uri}: loop=1, but the source gave no frame when reopened")
+        if frame is not None and not frame.error:
+            self.good += 1
         return frame
 
-    def read(self, timeout: float | None = None) -> Frame | None:
+    def _due(self) -> tuple[Frame, float] | None:
+        """The next frame to deliver and its due time (perf_counter), skipping frames a camera
+        would have moved past already."""
         frame = self._next()
-        if frame is not None and self.opts.fps:
-            now = time.perf_counter()
-            self.t0 = now if self.t0 is None else self.t0
-            due = self.t0 + self.count / self.opts.fps
-            while frame is not None and now - due >= 1 / self.opts.fps:   # a camera would have moved on
-                frame, self.count = self._next(), self.count + 1
-                self.stats["dropped_at_source"] += 1
-                due += 1 / self.opts.fps
-            if due > now:
-                time.sleep(due - now)
-        if frame is None:
-            return None
+        if frame is None or not self.opts.fps:
+            return None if frame is None else (frame, 0.0)
+        now = time.perf_counter()
+        self.t0 = now if self.t0 is None else self.t0
+        due = self.t0 + self.count / self.opts.fps
+        while frame is not None and now - due >= 1 / self.opts.fps:   # a camera would have moved on
+            frame, self.count = self._next(), self.count + 1
+            self.stats["dropped_at_source"] += 1
+            due += 1 / self.opts.fps
+        return None if frame is None else (frame, due)
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        if self.pending is None:
+            self.pending = self._due()
+            if self.pending is None:
+                self.ended = True
+                return None
+        frame, due = self.pending
+        wait = 0.0
         if self.opts.fps:
-            frame.wait_ms = max(0.0, (due - now) * 1e3)
+            wait = max(0.0, due - time.perf_counter())
+            if timeout is not None and wait > timeout:   # not due yet: the caller may want to stop
+                time.sleep(timeout)
+                return None
+            time.sleep(wait)
+            frame.wait_ms = wait * 1e3
             frame.timestamp = time.time()              # "arrived" when the camera would have sent it
+        self.pending = None
         frame.frame_id = self.count
-        frame.image = self.opts.crop(frame.image)
+        if frame.image is not None:
+            frame.image = self.opts.crop(frame.image)
         self.count += 1
         return frame
 
@@ -230,22 +256,24 @@ class FileOptions(Source):
         self.inner.close()
 
 
-def _file_source(path: Path) -> Source:
+def _file_source(path: Path, errors: str = "raise") -> Source:
     if path.is_dir() or path.suffix.lower() in IMAGE_EXTS:
         if not path.exists():
             raise DataError(f"{path}: not found")
-        return ImageFilesSource.from_path(path)
+        return ImageFilesSource.from_path(path, errors)
     return VideoFileSource(path)
 
 
-def _file(uri: str, parsed, opts: SourceOptions) -> Source:
+def _file(uri: str, errors: str) -> Source:
+    name, query = split_file_uri(uri)
+    opts = SourceOptions.parse(uri, query)
     if opts.size is not None:
-        raise ValueError(f"{uri}: size= is for cameras; files are resized to the model's input anyway")
-    path = Path(parsed.netloc + parsed.path) if parsed.scheme == "file" else Path(uri.split("?")[0])
-    src = _file_source(path)
+        raise OptionError(f"{uri}: size= is for cameras; files are resized to the model's input anyway")
+    path = Path(name)
+    src = _file_source(path, errors)
     if opts == SourceOptions():
         return src
-    return FileOptions(src, opts, lambda: _file_source(path))
+    return FileOptions(src, opts, lambda: _file_source(path, errors), uri)
 
 
 class SynthSource(Source):
@@ -275,47 +303,45 @@ class SynthSource(Source):
         return frame
 
 
-def _synth(uri: str, parsed, opts: SourceOptions) -> Source:
-    from urllib.parse import parse_qs
+SYNTH_SPEC = {**SourceOptions.SPEC, "category": "brick", "seed": Opt(0, lo=0)}
 
-    if parsed.netloc != "conveyor":
-        raise ValueError(f"{uri}: the generated source is synth://conveyor")
-    q = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    ours = {k: q[k] for k in ("category", "seed") if k in q}
-    opts = SourceOptions.parse(uri, "&".join(f"{k}={v}" for k, v in q.items() if k not in ours))
+
+def _synth(uri: str, errors: str) -> Source:
+    parsed = urlparse(uri)
+    if parsed.netloc != "conveyor" or parsed.path not in ("", "/") or "#" in uri:
+        raise OptionError(f"{uri}: the generated source is synth://conveyor")
+    q = parse_query(uri, parsed.query, SYNTH_SPEC, what="source option")
+    opts = SourceOptions(**{k: q[k] for k in SourceOptions.SPEC})
     if opts.size is not None or opts.loop:
-        raise ValueError(f"{uri}: size= and loop= do not apply to the generated conveyor (256x256, endless)")
-    try:
-        seed = int(ours.get("seed", 0))
-    except ValueError:
-        raise ValueError(f"{uri}: seed must be an integer") from None
-    make = lambda: SynthSource(ours.get("category", "brick"), seed)  # noqa: E731
+        raise OptionError(f"{uri}: size= and loop= do not apply to the generated conveyor (256x256, endless)")
+    make = lambda: SynthSource(q["category"], q["seed"])  # noqa: E731
     try:
         src = make()
     except ValueError as e:
-        raise ValueError(f"{uri}: {e}") from None
-    return src if opts == SourceOptions() else FileOptions(src, opts, make)
+        raise OptionError(f"{uri}: {e}") from None
+    return src if opts == SourceOptions() else FileOptions(src, opts, make, uri)
 
 
-def _live(uri: str, parsed, opts: SourceOptions) -> Source:
+NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the camera's own parameters
+
+
+def _live(uri: str, errors: str) -> Source:
     from edgesdk.video.live import open_live   # cameras and network streams
 
-    return open_live(uri, parsed, opts)
-
-
-SOURCES = {"file": _file, "synth": _synth, "v4l2": _live, "rtsp": _live, "rtsps": _live, "http": _live, "https": _live, "csi": _live}
-
-
-def open_source(uri: str) -> Source:
-    """A source for a URI or a plain path (see the module docstring for the schemes and options)."""
     parsed = urlparse(uri)
-    scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"   # "C:" is a drive, not a scheme
+    return open_live(uri, parsed, SourceOptions.parse(uri, parsed.query, strict=parsed.scheme not in NETWORK))
+
+
+SOURCES = {"file": _file, "synth": _synth, **{s: _live for s in ("v4l2", "csi", *NETWORK)}}
+
+
+def open_source(uri: str, errors: str = "raise") -> Source:
+    """A source for a URI or a plain path (see the module docstring for the schemes and options).
+    errors="record": a folder image that cannot be read is a Frame with `error` set, not a DataError."""
+    if errors not in ("raise", "record"):
+        raise ValueError(f"errors={errors!r}: 'raise' or 'record'")
+    scheme = scheme_of(uri) or "file"
     if scheme not in SOURCES:
-        raise ValueError(f"{uri}: unsupported source scheme {scheme!r}; supported: "
-                         f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
-    if scheme == "file" and not parsed.scheme and "?" not in uri:
-        parsed = parsed._replace(query="")             # a plain path may contain characters urlparse splits on
-    if scheme == "synth":
-        return _synth(uri, parsed, SourceOptions())            # it parses its own keys first
-    strict = scheme not in ("http", "https", "rtsp", "rtsps")
-    return SOURCES[scheme](uri, parsed, SourceOptions.parse(uri, parsed.query, strict))
+        raise OptionError(f"{uri}: unsupported source scheme {scheme!r}; supported: "
+                          f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
+    return SOURCES[scheme](uri, errors)
