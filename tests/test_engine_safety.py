@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgesdk.backends.tensorrt import EngineError, TensorRTRunner, load_plan_sidecar
+from edgesdk.backends.tensorrt import EngineError, TensorRTRunner, load_plan_sidecar, read_plan, staged_plan
 from edgesdk.build.trt import TensorRTUnavailable, check_onnx, find_reusable, import_tensorrt
 from edgesdk.cli import main
 from edgesdk.devices import load_profile
@@ -144,6 +144,30 @@ def test_plan_and_sidecar_links_out_of_the_folder_are_refused(tmp_path):
     (inside / "e.json").write_bytes(outside.with_suffix(".json").read_bytes())
     assert load_plan_sidecar(inside / "e.plan").plan == "e.plan"        # plain files beside each other
     assert find_reusable(inside / "e.plan", inside / "e.json", "0123456789") is not None
+
+
+def test_a_staged_plan_is_taken_only_when_the_sidecar_vouches_for_it(tmp_path):
+    """Between a rebuild's last two steps NAME.json vouches for the staged .NAME.plan.next, not for
+    NAME.plan: the loader takes the staged one when it is a plain file in the folder, and never renames."""
+    new = write_plan(tmp_path / "elsewhere")              # the rebuilt plan, and a sidecar for it
+    plan = tmp_path / "engines" / "e.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"an older build" * 8)
+    plan.with_suffix(".json").write_bytes(new.with_suffix(".json").read_bytes())
+    staged = staged_plan(plan)
+    staged.symlink_to(new)                                # the vouched bytes, but outside the folder
+    with pytest.raises(EngineError, match=r"e\.plan: .* differ from its sidecar"):
+        load_plan_sidecar(plan)
+    staged.unlink()
+    staged.write_bytes(new.read_bytes())
+    s = load_plan_sidecar(plan)
+    assert read_plan(plan, s) == new.read_bytes()
+    assert plan.read_bytes() == b"an older build" * 8 and staged.is_file()
+    staged.write_bytes(b"x" + new.read_bytes()[1:])       # same size, other bytes
+    with pytest.raises(EngineError, match="differ from its sidecar"):
+        load_plan_sidecar(plan)
+    with pytest.raises(EngineError, match="no longer the plan its sidecar vouched for"):
+        read_plan(plan, s)
 
 
 PROFILE = 'name = "mine"\ndescription = "x"\nkind = "jetson"\ntensorrt_module = "tensorrt"\n'

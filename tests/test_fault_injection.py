@@ -188,10 +188,7 @@ STEP_CASES = [
     pytest.param("export", 1, marks=known_defect(ATOMIC_DIR_GAP.format("bundle", "bundle"))),
     pytest.param("calibrate", 1, marks=known_defect(ATOMIC_DIR_GAP.format("calibrated bundle", "bundle"))),
     # A rebuilt plan differs from the previous one in most builds, not all: a few tries per step.
-    pytest.param("build", 4, marks=known_defect(
-        "edgesdk/build/trt.py build_engine: with --force over an existing plan of the same key, the new "
-        "sidecar is written before the new plan; a kill between the two leaves the old plan beside a sidecar "
-        "with the new plan's sha256, and the engine is refused (load_plan_sidecar: sha256 differ)")),
+    pytest.param("build", 4),
 ]
 
 

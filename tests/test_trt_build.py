@@ -1,5 +1,6 @@
 """Every graph the project exports is built into a real TensorRT engine (TensorRT for RTX builds
 ahead of time on this CPU-only machine), and the engine cache, sidecars and refusals work."""
+import hashlib
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgesdk.backends.tensorrt import EngineError, find_engine, load_plan_sidecar
+from edgesdk.backends.tensorrt import EngineError, find_engine, load_plan_sidecar, read_plan, staged_plan
 from edgesdk.build.trt import (TensorRTParseError, TensorRTUnavailable, build_engine, check_onnx,
                                is_strongly_typed, trtexec_command)
 from edgesdk.bundle import Bundle
@@ -82,6 +83,8 @@ def test_every_uint8_input_feeds_only_a_cast(bundle):
 
 
 def test_interrupted_build_leaves_no_plan(own_bundle, monkeypatch):
+    """A first build stopped at its last rename leaves no NAME.plan, only a sidecar and the staged plan
+    it vouches for; the next build finishes the rename. A sidecar alone is never reused."""
     import edgesdk.fsutil as fsutil
 
     real = os.replace
@@ -96,8 +99,52 @@ def test_interrupted_build_leaves_no_plan(own_bundle, monkeypatch):
         build_engine(own_bundle, RTX)
     folder = own_bundle.path / "engines"
     assert not list(folder.glob("*.plan")) and not list(folder.glob(".*tmp"))
+    (side_path,) = folder.glob("*.json")
+    staged = staged_plan(side_path.with_suffix(".plan"))
+    assert staged.is_file()
     monkeypatch.setattr(fsutil.os, "replace", real)
+    r = build_engine(own_bundle, RTX)
+    assert r.reused and not staged.exists() and load_plan_sidecar(r.plan).plan_sha256 == r.sidecar.plan_sha256
+    r.plan.unlink()
     assert not build_engine(own_bundle, RTX).reused        # a sidecar alone is never reused
+
+
+def test_rebuild_stopped_before_any_rename_keeps_a_matching_pair(own_bundle, monkeypatch):
+    """--force over a plan of the same key, stopped before its 1st, 2nd, ... rename into engines/ until
+    one run finishes: after every stop the loader finds the plan the sidecar vouches for and reads
+    exactly those bytes. The previous plan is made a byte longer (its sidecar to match) so that a new
+    sidecar beside it can never pass by chance: rebuilt plans are equal in some builds."""
+    r = build_engine(own_bundle, RTX)
+    old = r.plan.read_bytes() + b"\0"
+    r.plan.write_bytes(old)
+    side_path = r.plan.with_suffix(".json")
+    side = json.loads(side_path.read_text())
+    side.update(plan_sha256=hashlib.sha256(old).hexdigest(), plan_bytes=len(old))
+    side_path.write_text(json.dumps(side))
+    real, folder = os.replace, r.plan.parent
+    done, stop = None, 0
+    while done is None:
+        stop += 1
+        seen = []
+
+        def interrupted(src, dst):
+            if os.path.dirname(os.path.abspath(dst)) == str(folder):
+                seen.append(dst)
+                if len(seen) == stop:
+                    raise KeyboardInterrupt
+            return real(src, dst)
+
+        monkeypatch.setattr(os, "replace", interrupted)
+        try:
+            done = build_engine(own_bundle, RTX, force=True)
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.setattr(os, "replace", real)
+        s = load_plan_sidecar(r.plan)
+        assert hashlib.sha256(read_plan(r.plan, s)).hexdigest() == s.plan_sha256, f"stopped before rename {stop}"
+        assert not list(folder.glob(".*tmp"))
+    assert stop > 3 and not staged_plan(r.plan).exists() and r.plan.read_bytes() != old
+    assert load_plan_sidecar(r.plan) == done.sidecar
 
 
 def test_mismatched_or_corrupt_plans_are_refused_by_name(own_bundle, tmp_path):

@@ -8,6 +8,7 @@ Works with JetPack's `tensorrt` (8.5+: the named-tensor API) and TensorRT for RT
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,28 @@ class NoGPU(RuntimeError):
     """TensorRT engines run on an NVIDIA GPU; this machine has none (or no CUDA driver)."""
 
 
+def staged_plan(plan: str | Path) -> Path:
+    """Where `edgesdk build` stages a new NAME.plan: .NAME.plan.next beside it (hidden, and no *.plan
+    glob lists it). The build writes it, then NAME.json for it, then renames it onto NAME.plan."""
+    plan = Path(plan)
+    return plan.with_name(f".{plan.name}.next")
+
+
+def vouched_by(path: Path, side: EngineSidecar) -> bool:
+    """PATH is a file in its own folder with the size and sha256 that SIDE names."""
+    try:
+        EngineSidecar.inside_folder(path)
+        return path.is_file() and path.stat().st_size == side.plan_bytes and sha256_file(path) == side.plan_sha256
+    except (SpecError, OSError):      # a link out of the folder; renamed away while we looked
+        return False
+
+
 def load_plan_sidecar(plan: str | Path) -> EngineSidecar:
     """The sidecar of PLAN, every field checked, after checking the plan's size and sha256 against
-    it. Plan and sidecar must be files in one folder (no links leading out of it)."""
+    it. Plan and sidecar must be files in one folder (no links leading out of it). A rebuild killed
+    between writing NAME.json and renaming its staged plan onto NAME.plan leaves the plan the
+    sidecar vouches for in staged_plan(PLAN): that one is accepted (and read by the runner), never
+    renamed here; the next build finishes the rename."""
     plan = Path(plan)
     if not plan.is_file():
         raise EngineError(f"{plan}: engine plan not found")
@@ -46,11 +66,28 @@ def load_plan_sidecar(plan: str | Path) -> EngineSidecar:
         side = EngineSidecar.load(side_path)
     except SpecError as e:
         raise EngineError(str(e)) from None
-    size = plan.stat().st_size
-    if size != side.plan_bytes or sha256_file(plan) != side.plan_sha256:
+    # PLAN again last: a build's final rename may land between the first two looks.
+    if not any(vouched_by(p, side) for p in (plan, staged_plan(plan), plan)):
+        size = plan.stat().st_size
         raise EngineError(f"{plan}: {size} bytes / sha256 differ from its sidecar "
                           f"({side.plan_bytes} bytes): truncated, corrupt or replaced; rebuild with `edgesdk build`")
     return side
+
+
+def read_plan(plan: str | Path, side: EngineSidecar) -> bytes:
+    """The plan bytes SIDE vouches for (PLAN's, or its staged plan's, as in load_plan_sidecar), read
+    once and checked in memory: what TensorRT deserializes is what was checked, even if a build
+    replaces the files meanwhile."""
+    plan = Path(plan)
+    for p in (plan, staged_plan(plan), plan):
+        try:
+            data = EngineSidecar.inside_folder(p).read_bytes()
+        except (SpecError, OSError):
+            continue
+        if len(data) == side.plan_bytes and hashlib.sha256(data).hexdigest() == side.plan_sha256:
+            return data
+    raise EngineError(f"{plan}: no longer the plan its sidecar vouched for when it was opened "
+                      "(rebuilt meanwhile?); open it again")
 
 
 def find_engine(bundle: Bundle, folder: str | Path | None = None, module: str | None = None,
@@ -163,7 +200,7 @@ class TensorRTRunner(Runner):
         # JetPack's tensorrt and tensorrt_rtx.
         self._logger: trt.ILogger = trt_mod.Logger(trt_mod.Logger.WARNING)
         self._runtime: trt.Runtime = trt_mod.Runtime(self._logger)
-        engine: trt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
+        engine: trt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(read_plan(self.plan, side))
         if engine is None:
             raise EngineError(f"{self.plan}: TensorRT could not deserialize the plan (see its log above)")
         self.engine = engine

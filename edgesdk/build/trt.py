@@ -8,6 +8,8 @@ Output, in BUNDLE/engines/ unless told otherwise:
                    precision, profile shapes, flags, build time (spec.EngineSidecar)
   NAME.nvinfer.txt DeepStream nvinfer config for the engine
   timing-DEVICE-VERSION.cache   TensorRT timing cache, reused by the next build for that device
+  .NAME.plan.next  only during a build: the new plan, staged until NAME.json vouches for it (a killed
+                   build's one is finished or removed by the next build; see write_plan)
 NAME carries model, precision, device, TensorRT version, batch profile and a key hash: a second build
 with the same key reuses the plan; any change (bundle, TensorRT, device, profile) builds a new one.
 No torch here: this runs on the device."""
@@ -18,6 +20,7 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk import __version__
+from edgesdk.backends.tensorrt import staged_plan, vouched_by
 from edgesdk.bundle import Bundle
 from edgesdk.devices import current_gpu
 from edgesdk.fsutil import atomic_write_bytes, atomic_write_text, write_json
@@ -263,11 +267,42 @@ def find_reusable(plan: Path, side_path: Path, key: str) -> EngineSidecar | None
     return side
 
 
+def settle_staged(plan: Path, side_path: Path) -> None:
+    """Finish or undo what a killed build left beside PLAN (see write_plan): a staged plan that the
+    sidecar already vouches for is renamed onto PLAN (killed before its last step); any other one is
+    removed (killed before the sidecar was written, so PLAN and the sidecar still agree). A build
+    must never stage a new plan over one the sidecar vouches for: the loader would find neither."""
+    staged = staged_plan(plan)
+    if not (staged.exists() or staged.is_symlink()):
+        return
+    try:
+        side = EngineSidecar.load(EngineSidecar.inside_folder(side_path)) if side_path.is_file() else None
+    except ValueError:
+        side = None
+    if side is not None and vouched_by(staged, side):
+        os.replace(staged, plan)
+    else:
+        staged.unlink()
+
+
+def write_plan(plan: Path, side_path: Path, side: EngineSidecar, data: bytes | memoryview) -> None:
+    """Replace PLAN and its sidecar so that the loader finds a matching pair at every instant, a kill
+    included (a rebuilt plan's bytes differ from the old one's): 1. the new plan is staged beside
+    PLAN (the old pair, or none, is untouched); 2. the sidecar is replaced: it vouches for the staged
+    plan, which the loader takes while PLAN is the old one; 3. the staged plan is renamed onto PLAN.
+    Each step is one rename; settle_staged, at the start of the next build, finishes 3 or undoes 1."""
+    staged = staged_plan(plan)
+    atomic_write_bytes(staged, data)
+    write_json(side_path, side.to_dict())
+    os.replace(staged, plan)
+
+
 def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildConfig = BuildConfig(),
                  out: str | Path | None = None, progress: bool = False, force: bool = False) -> BuildResult:
     """Build (or reuse) the engine of BUNDLE for DEVICE. Raises with a clear message when the
     device's TensorRT is missing, the precision or DLA core does not exist there, or TensorRT
-    rejects the graph; an interrupted build leaves no plan behind (atomic writes)."""
+    rejects the graph; an interrupted build leaves the previous plan and sidecar, or the new ones,
+    matching each other (write_plan)."""
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     m = b.manifest
     if device.kind == "cpu" or not device.tensorrt_module:
@@ -304,6 +339,7 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
         notes.append("TensorRT for RTX keeps no timing cache (its timing-cache calls are no-ops)")
     flags: tuple[str, ...]
 
+    settle_staged(plan, side_path)        # before reuse is judged or a new plan is staged
     side = None if force else find_reusable(plan, side_path, key)
     if side is not None:
         reused = True
@@ -364,10 +400,7 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
             dla_core=cfg.dla_core, workspace_mb=cfg.workspace_mb, build_seconds=round(seconds, 3),
             bundle=str(b.path.resolve()), edgesdk_version=__version__,
             created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-        # Sidecar first, then the plan, each written atomically: an interrupted build leaves no plan
-        # (at worst a sidecar whose plan is missing, which is never used).
-        write_json(side_path, side.to_dict())
-        atomic_write_bytes(plan, data)
+        write_plan(plan, side_path, side, data)
         if cache is not None:
             atomic_write_bytes(cache, memoryview(config.get_timing_cache().serialize()))
     atomic_write_text(ds_path, deepstream_config(b, plan, side))
