@@ -282,3 +282,14 @@ def test_a_damaged_mqtt_outbox_is_moved_aside_and_a_fresh_one_started(tmp_path, 
     assert sqlite3.connect(outbox).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0   # fresh, drained
     (msg,) = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     assert str(outbox) in msg and str(aside) in msg
+
+
+def test_a_second_run_never_replaces_the_first_runs_evidence(bundle, tiny_data, tmp_path):
+    ng = tmp_path / "ng"
+    run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [f"dir://{ng}?all=1"], max_frames=3)
+    first = {p.name: p.read_bytes() for p in ng.iterdir()}
+    assert "frame_000000.png" in first
+    run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [f"dir://{ng}?all=1"], max_frames=3)
+    after = {p.name: p.read_bytes() for p in ng.iterdir()}
+    assert all(after[name] == data for name, data in first.items())      # every earlier file as it was
+    assert {"frame_000000-1.png", "frame_000000-1_overlay.jpg"} <= set(after) and len(after) == 2 * len(first)

@@ -147,7 +147,8 @@ def _json_object(line: bytes) -> bool:
 class DirSink(Sink):
     """frame_NNNNNN.png (the raw frame) and frame_NNNNNN_overlay.jpg per NG frame. Each file is
     written beside its name and renamed over it, so a crash never leaves half an image. The folder
-    is made again if it goes missing (a cleaned-up disk resumes)."""
+    is made again if it goes missing (a cleaned-up disk resumes). Frame ids start at 0 every run:
+    a name an earlier run took gets a suffix (frame_NNNNNN-1.png), so its evidence is never replaced."""
     evidence = True
 
     def __init__(self, path: Path, every_frame: bool = False):
@@ -169,9 +170,16 @@ class DirSink(Sink):
     def wants(self, record: dict) -> bool:
         return bool(record["is_anomalous"]) or self.every_frame
 
+    def _free_stem(self, stem: str) -> str:
+        name, k = stem, 0
+        while (self.path / f"{name}.png").exists() or (self.path / f"{name}_overlay.jpg").exists():
+            k += 1
+            name = f"{stem}-{k}"
+        return name
+
     def write(self, record: dict, frame, result) -> None:
         if result.is_anomalous or self.every_frame:
-            stem = f"frame_{record['frame_id']:06d}"
+            stem = self._free_stem(f"frame_{record['frame_id']:06d}")
             self._save(f"{stem}.png", ".png", frame.image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
             img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
             self._save(f"{stem}_overlay.jpg", ".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
