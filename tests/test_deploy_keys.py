@@ -12,7 +12,8 @@ from deploy_util import cli
 from edgesdk.deploy import keys
 
 minisign = shutil.which("minisign")
-needs_minisign = pytest.mark.skipif(minisign is None, reason="the minisign tool is not installed (apt install minisign)")
+needs_minisign = pytest.mark.skipif(minisign is None, reason="the minisign tool is not installed "
+                                                                   "(apt install minisign)")
 
 
 def test_keygen_writes_a_private_key_only_we_can_read_and_refuses_to_overwrite(tmp_path):
