@@ -179,3 +179,14 @@ def test_stage_makes_the_same_slot_tree_as_install(pkgs, keypair, tmp_path):
     assert os.readlink(opt / "previous") == f"slots/{rep.slot}"
     with pytest.raises(InstallError, match="absolute path"):
         stage(pkgs["2.0.0"], pub, rootfs, prefix="opt/../../x")
+
+
+def test_a_damaged_current_slot_does_not_block_the_install_that_replaces_it(pkgs, keypair, tmp_path):
+    root, pub = tmp_path / "root", keypair[1]
+    old = install(pkgs["1.1.0"], pub, root).slot
+    (root / "slots" / old / "package.json").write_text("{")              # bit rot in the running slot
+    assert not status(root)["slots"][0]["verifies"]
+    rep = install(pkgs["2.0.0"], pub, root)
+    assert rep.ok and current(root) == f"slots/{rep.slot}" and rep.previous == old
+    with pytest.raises(InstallError, match="fails verification"):       # nor is it a rollback target
+        rollback(root)

@@ -125,6 +125,8 @@ def test_altered_manifest_signature_or_member_is_refused(pkgs, keypair, other_ke
             "'bundle/extra.txt' is not listed")
     refused(_variant(pkgs, tmp_path, lambda ms: ms + [ms[3]]), pub, installed, "appears twice")
     refused(_variant(pkgs, tmp_path, lambda ms: [ms[1], ms[0]] + ms[2:]), pub, installed, "must come first")
+    r = cli("inspect", _variant(pkgs, tmp_path, member_edit), "--pubkey", pub, check=True)
+    assert "NOT VERIFIED" in r.stdout and "bundle/model.onnx" in r.stdout and "changed after signing" in r.stdout
     pkg = _variant(pkgs, tmp_path, lambda ms: ms)
     pkg.write_bytes(pkg.read_bytes() + b"trailing")
     refused(pkg, pub, installed, "damaged archive data|not a readable package")

@@ -150,6 +150,9 @@ def clean_leftovers(root: Path) -> list[str]:
         if p.is_symlink():
             p.unlink()
             gone.append(p.name)
+    for p in sorted(root.glob(f".{PUBKEY}.*.tmp")):      # an atomic write of the key, interrupted
+        p.unlink()
+        gone.append(p.name)
     return gone
 
 
@@ -260,9 +263,12 @@ def target_device(m: PackageManifest, opts: InstallOptions, where: str) -> str:
 
 def decide(v: Verified, current: Path | None, opts: InstallOptions) -> str:
     """"install", or "same" when the package is already current; refuses a downgrade."""
-    if current is None or not (current / META).is_file():
+    try:
+        cur = slot_manifest(current) if current is not None else None
+    except (OSError, EdgesdkError):
+        cur = None          # a damaged current slot must not block the install that replaces it
+    if cur is None or current is None:
         return "install"
-    cur = slot_manifest(current)
     new_key, cur_key = version_key(v.manifest.version), version_key(cur.version)
     same_pkg = (current / META).read_bytes() == v.manifest_bytes
     if same_pkg:
