@@ -349,6 +349,59 @@ def _engine(slot: Path, m: PackageManifest, device: str, staged: bool) -> tuple[
     return "tensorrt", str(res.plan), f"built {res.plan.name} in {res.sidecar.build_seconds:.0f} s{skipped}"
 
 
+def _extract(package: Path, pub: keys.PublicKey, v: Verified, slot: Path, limits: Limits, step) -> None:
+    """Steps extract, fsync, rename: SLOT holds the package, durable, or (reused) already did."""
+    fault("extract")
+    if slot.is_dir() and not verify_slot(slot, pub):
+        step("extract", "ok", f"{slot.name} already holds this package and verifies: reused")
+        return
+    if slot.exists():
+        shutil.rmtree(slot)                    # not current (checked by the caller); damaged or partial
+    incoming = Path(tempfile.mkdtemp(dir=slot.parent, prefix=".incoming-"))
+    try:
+        again = read_package(package, pub, limits, sink=_writer(incoming))
+        if again.manifest_bytes != v.manifest_bytes:
+            raise InstallError(f"{package}: changed while it was being installed; refused")
+        for member, data in ((META, v.manifest_bytes), (SIG, v.signature)):
+            with _writer(incoming)(member) as f:
+                f.write(data)
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    step("extract", "ok", f"{len(v.manifest.members)} members into {SLOTS}/{incoming.name}, each re-checked")
+    fault("fsync")
+    step("fsync", "ok", f"{_fsync_tree(incoming)} files durable")
+    fault("rename")
+    os.chmod(incoming, 0o755)
+    os.rename(incoming, slot)
+    _fsync_dir(slot.parent)
+    step("rename", "ok", f"{SLOTS}/{slot.name}")
+
+
+def _engine_and_health(slot: Path, m: PackageManifest, device: str, opts: InstallOptions, step) -> dict:
+    """Steps engine, health: the health report, written to SLOT/health.json."""
+    fault("engine")
+    try:
+        backend, plan, what = _engine(slot, m, device, opts.staged)
+        step("engine", "ok", what)
+    except Exception as e:      # a device that cannot build or adopt an engine fails this install
+        backend, plan, what = "", None, f"{type(e).__name__}: {e}"
+        step("engine", "FAILED", what)
+    fault("health")
+    if backend:
+        hopts = health.HealthOptions(golden=opts.golden, max_latency_ms=opts.max_latency_ms, backend=backend,
+                                     engine=plan, staged=opts.staged)
+        report = health.check(slot, m, hopts)
+    else:
+        report = health.finish({"mode": "staged" if opts.staged else "device", "backend": None,
+                                "checks": [{"check": "engine", "passed": False, "detail": what}]})
+    health.write(slot, report)
+    step("health", "ok" if report["passed"] else "FAILED",
+         "; ".join(f"{c['check']} {'ok' if c['passed'] else 'FAILED'}" for c in report["checks"])
+         if report["passed"] else report["why"])
+    return report
+
+
 def install(package: str | Path, pubkey: str | Path, root: str | Path,
             opts: InstallOptions = InstallOptions()) -> Report:
     """Verify PACKAGE with PUBKEY and install it under ROOT (the module doc's state machine). Refusals
@@ -400,52 +453,9 @@ def install(package: str | Path, pubkey: str | Path, root: str | Path,
         step("lock", "ok", f"{root} locked" + (f"; removed leftovers {', '.join(gone)}" if gone else ""))
         rep.previous = cur.name if cur else None
         slot = root / SLOTS / name
-        fault("extract")
-        incoming = None
-        if slot.is_dir() and not verify_slot(slot, pub):
-            step("extract", "ok", f"{slot.name} already holds this package and verifies: reused")
-        else:
-            if slot.exists():
-                shutil.rmtree(slot)                    # not current (checked above); damaged or partial
-            incoming = Path(tempfile.mkdtemp(dir=root / SLOTS, prefix=".incoming-"))
-            try:
-                again = read_package(package, pub, opts.limits, sink=_writer(incoming))
-                if again.manifest_bytes != v.manifest_bytes:
-                    raise InstallError(f"{package}: changed while it was being installed; refused")
-                for member, data in ((META, v.manifest_bytes), (SIG, v.signature)):
-                    with _writer(incoming)(member) as f:
-                        f.write(data)
-            except BaseException:
-                shutil.rmtree(incoming, ignore_errors=True)
-                raise
-            step("extract", "ok", f"{len(v.manifest.members)} members into {SLOTS}/{incoming.name}, each re-checked")
-            fault("fsync")
-            step("fsync", "ok", f"{_fsync_tree(incoming)} files durable")
-            fault("rename")
-            os.chmod(incoming, 0o755)
-            os.rename(incoming, slot)
-            _fsync_dir(root / SLOTS)
-            step("rename", "ok", f"{SLOTS}/{name}")
-        fault("engine")
-        try:
-            backend, plan, what = _engine(slot, v.manifest, device, opts.staged)
-            step("engine", "ok", what)
-        except Exception as e:      # a device that cannot build or adopt an engine fails this install
-            backend, plan, what = "", None, f"{type(e).__name__}: {e}"
-            step("engine", "FAILED", what)
-        fault("health")
-        if backend:
-            hopts = health.HealthOptions(golden=opts.golden, max_latency_ms=opts.max_latency_ms, backend=backend,
-                                         engine=plan, staged=opts.staged)
-            report = health.check(slot, v.manifest, hopts)
-        else:
-            report = health.finish({"mode": "staged" if opts.staged else "device", "backend": None,
-                                     "checks": [{"check": "engine", "passed": False, "detail": what}]})
-        health.write(slot, report)
+        _extract(package, pub, v, slot, opts.limits, step)
+        report = _engine_and_health(slot, v.manifest, device, opts, step)
         rep.health = report
-        step("health", "ok" if report["passed"] else "FAILED",
-             "; ".join(f"{c['check']} {'ok' if c['passed'] else 'FAILED'}" for c in report["checks"])
-             if report["passed"] else report["why"])
         if not report["passed"]:
             rep.status = "failed"
             append_history(root, {"event": "health-failed", "slot": name, "version": v.manifest.version,
