@@ -7,6 +7,7 @@ Device side: never imports torch. Modules:
   archive   reading a package archive safely (member types, names, sizes, counts)
   package   pack, verify, inspect
   health    the health check a slot passes before it becomes current
-  slots     install / rollback / status / gc: the install state machine
+  layout    a deployment root on disk: current/previous pointers, lock, slot checks, gc, history
+  slots     install / rollback / status: the install state machine
   stage     the same install into a target root filesystem that is never executed
   commands  the command line of all of the above"""
