@@ -127,7 +127,7 @@ def add_commands(sub) -> None:
     s.add_argument("bundle")
     s.add_argument("--key", required=True, help="private key from `edgesdk keygen`")
     s.add_argument("--version", required=True, help="package version, e.g. 1.4.0 (compared numerically)")
-    s.add_argument("--out", required=True, help="package file to write, e.g. brick-1.4.0.edgepkg")
+    s.add_argument("--out", required=True, help="package file to write, e.g. brick-1.4.0.tgz (tar in gzip)")
     s.add_argument("--device", action="append", help="device profile it may install on (repeat); default any")
     s.add_argument("--golden", help="golden set: good/*.png must pass, <kind>/*.png must be flagged")
     s.add_argument("--engines", action="store_true", help="include BUNDLE/engines plans built for --device")
