@@ -554,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true", help="the student-teacher's full training budget (README table)")
     s.add_argument("--models", nargs="+", choices=["padim", "patchcore", "stfpm"], help="default: all three")
     s.set_defaults(fn=cmd_demo)
+
+    from edgesdk.deploy.commands import add_commands   # keygen, pack, inspect, install, stage, rollback, status
+
+    add_commands(sub)
     return p
 
 

@@ -1,0 +1,180 @@
+"""`edgesdk keygen | pack | inspect | install | rollback | status | stage`: parse, call one function,
+print one table (or --json). add_commands(sub) hooks them into edgesdk.cli's parser."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from edgesdk.table import table
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number (inf and nan would switch a check off)."""
+    from edgesdk.errors import OptionError, finite
+
+    try:
+        return finite(text, "value")
+    except OptionError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
+
+
+def _emit(args, obj: dict, text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+def _steps(rep) -> str:
+    return table(rep.steps, ["step", "result", "detail"],
+                 title=f"{rep.status}: {rep.package} {rep.version} -> slot {rep.slot} (device {rep.device or '-'})")
+
+
+def _failed(rep) -> None:
+    from edgesdk.deploy.slots import InstallError
+
+    if not rep.ok:
+        raise InstallError(f"{rep.package}: health check failed: {rep.health['why']}; slot {rep.slot} kept "
+                           f"(marked failed); current is still {rep.previous or 'nothing'}")
+
+
+def cmd_keygen(args) -> None:
+    from edgesdk.deploy.keys import keygen, load_public, read_passphrase
+
+    key, pub = keygen(args.out, read_passphrase(args.passphrase_file))
+    p = load_public(pub)
+    _emit(args, {"key": str(key), "pubkey": str(pub), "key_id": p.id_hex, "encrypted": bool(args.passphrase_file)},
+          table([{"file": str(key), "what": "private key (PKCS8 PEM, mode 0600" +
+                  (", encrypted)" if args.passphrase_file else ", not encrypted)")},
+                 {"file": str(pub), "what": f"public key, minisign format, key id {p.id_hex}"}]))
+
+
+def cmd_pack(args) -> None:
+    from edgesdk.deploy.keys import read_passphrase
+    from edgesdk.deploy.package import PackOptions, pack
+
+    opts = PackOptions(version=args.version, devices=tuple(args.device or ()), golden=args.golden,
+                       engines=args.engines, name=args.name or "", min_edgesdk=args.min_edgesdk or "",
+                       tolerance=args.tolerance)
+    r = pack(args.bundle, args.key, args.out, opts, read_passphrase(args.passphrase_file))
+    m = r["manifest"]
+    rows = [{"member": k, "bytes": v["bytes"], "sha256": v["sha256"][:12]} for k, v in m["members"].items()]
+    text = table(rows, title=f"{r['package']}: {m['name']} {m['version']}, {r['bytes'] / 1e6:.2f} MB, "
+                             f"for {', '.join(m['devices']) or 'any device'}, package.json sha256 {r['sha256'][:12]}")
+    if r["engines"]:
+        text += "\n\n" + table(r["engines"], title="engines")
+    _emit(args, r, text)
+
+
+def cmd_inspect(args) -> None:
+    from edgesdk.deploy.package import inspect
+
+    r = inspect(args.package, args.pubkey)
+    m = r["manifest"] or {}
+    head = (f"{r['package']}: {m.get('name', '?')} {m.get('version', '?')}, for "
+            f"{', '.join(m.get('devices') or []) or 'any device'}; "
+            + ("VERIFIED, signed by " + r["signed_by"] if r["verified"] else "NOT VERIFIED: " + r["reason"]))
+    _emit(args, r, table(r["members"], title=head) + ("\n" + head if r["members"] else ""))
+
+
+def cmd_install(args) -> None:
+    from edgesdk.deploy.slots import InstallOptions, install
+
+    rep = install(args.package, args.pubkey, args.root,
+                  InstallOptions(golden=args.golden, allow_downgrade=args.allow_downgrade,
+                                 max_latency_ms=args.max_latency_ms, keep=args.keep, device=args.device))
+    _emit(args, rep.to_dict(), _steps(rep))
+    _failed(rep)
+
+
+def cmd_stage(args) -> None:
+    from edgesdk.deploy.stage import stage
+
+    rep, written = stage(args.package, args.pubkey, args.rootfs, args.prefix, device=args.device,
+                         golden=args.golden, keep=args.keep, allow_downgrade=args.allow_downgrade)
+    _emit(args, {**rep.to_dict(), "written": written},
+          _steps(rep) + "".join(f"\n{k}: {v}" for k, v in written.items()))
+    _failed(rep)
+
+
+def cmd_rollback(args) -> None:
+    from edgesdk.deploy.slots import rollback
+
+    r = rollback(args.root, args.pubkey)
+    _emit(args, r, table([r], title="rolled back"))
+
+
+def cmd_status(args) -> None:
+    from edgesdk.deploy.slots import status
+
+    r = status(args.root, args.pubkey)
+    cols = ["slot", "version", "state", "current", "previous", "verifies", "health", "p50 ms"]
+    hist = [{"utc": h.get("utc"), "event": h.get("event"), "slot": h.get("slot"), "version": h.get("version"),
+             "detail": h.get("why") or (f"from {h['from']}" if h.get("from") else "")} for h in r["history"][-10:]]
+    text = table(r["slots"], cols, title=f"{r['root']}: current {r['current']}, previous {r['previous']}")
+    bad = [f"{s['slot']}: {s['why']}" for s in r["slots"] if not s["verifies"]]
+    text += "".join(f"\ndoes not verify: {b}" for b in bad)
+    text += "\n\n" + table(hist, title=f"history (last {len(hist)} of {len(r['history'])})")
+    _emit(args, r, text)
+
+
+def add_commands(sub) -> None:
+    """Register the deployment commands on edgesdk.cli's subparsers."""
+    s = sub.add_parser("keygen", help="Ed25519 key pair for signing packages (minisign-compatible public key)")
+    s.add_argument("--out", required=True, help="folder for edgesdk.key and edgesdk.pub (never overwritten)")
+    s.add_argument("--passphrase-file", help="encrypt the private key with the first line of this file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_keygen)
+
+    s = sub.add_parser("pack", help="bundle -> one signed package for devices")
+    s.add_argument("bundle")
+    s.add_argument("--key", required=True, help="private key from `edgesdk keygen`")
+    s.add_argument("--version", required=True, help="package version, e.g. 1.4.0 (compared numerically)")
+    s.add_argument("--out", required=True, help="package file to write, e.g. brick-1.4.0.tgz (tar in gzip)")
+    s.add_argument("--device", action="append", help="device profile it may install on (repeat); default any")
+    s.add_argument("--golden", help="golden set: good/*.png must pass, <kind>/*.png must be flagged")
+    s.add_argument("--engines", action="store_true", help="include BUNDLE/engines plans built for --device")
+    s.add_argument("--name", help="package name (default: the bundle folder's name)")
+    s.add_argument("--min-edgesdk", help="oldest edgesdk that may install it (default: the bundle's exporter)")
+    s.add_argument("--tolerance", type=_finite_float, help="health check: max |score - reference| "
+                                                          "(default 0.05 fp32, 0.25 fp16/int8)")
+    s.add_argument("--passphrase-file", help="passphrase of an encrypted key")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_pack)
+
+    s = sub.add_parser("inspect", help="a package's members and manifest, and whether it verifies")
+    s.add_argument("package")
+    s.add_argument("--pubkey", help="check the signature with this public key")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_inspect)
+
+    def install_args(s):
+        s.add_argument("package")
+        s.add_argument("--pubkey", required=True, help="public key the package must be signed with")
+        s.add_argument("--golden", help="golden folder for the health check (replaces the packaged one)")
+        s.add_argument("--allow-downgrade", action="store_true",
+                       help="install an older version, or another package of the active version")
+        s.add_argument("--keep", type=int, default=3, help="slots kept, current and previous included (default 3)")
+        s.add_argument("--device", help="device profile to install for (default: detect this machine)")
+        s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("install", help="verify a package, install it into a new slot, health-check, switch")
+    install_args(s)
+    s.add_argument("--root", required=True, help="deployment root (slots/, current, previous, history.jsonl)")
+    s.add_argument("--max-latency-ms", type=_finite_float, help="health check: p50 latency budget")
+    s.set_defaults(fn=cmd_install)
+
+    s = sub.add_parser("stage", help="install a package into a target root filesystem folder (not run here)")
+    install_args(s)
+    s.add_argument("--rootfs", required=True, help="the target's root filesystem folder")
+    s.add_argument("--prefix", default="/opt/edgesdk", help="deployment root on the target (default /opt/edgesdk)")
+    s.set_defaults(fn=cmd_stage)
+
+    s = sub.add_parser("rollback", help="switch current back to the previous slot")
+    s.add_argument("--root", required=True)
+    s.add_argument("--pubkey", help="key to verify the previous slot with (default ROOT/edgesdk.pub)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_rollback)
+
+    s = sub.add_parser("status", help="slots, current/previous, health reports, install history")
+    s.add_argument("--root", required=True)
+    s.add_argument("--pubkey", help="key to verify slots with (default ROOT/edgesdk.pub)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_status)

@@ -1,0 +1,72 @@
+"""Stage a package into a target root filesystem (a folder that becomes a device's image; never run
+here): the very install of slots.py, rooted at ROOTFS/PREFIX, plus the device's config.
+
+  ROOTFS/opt/edgesdk/           slots/, current, previous, history.jsonl (as `edgesdk install` makes them)
+  ROOTFS/etc/edgesdk/edgesdk.pub   the key the device verifies packages with
+  ROOTFS/etc/edgesdk/config.toml   root, pubkey, device
+  ROOTFS/etc/systemd/system/UNIT + multi-user.target.wants/UNIT   only when unit text is given
+
+No engine is built (the target's TensorRT builds it when it installs). The health check verifies the
+files and scores the parity frames (and the golden set) with this host's ONNX Runtime CPU: it proves the
+slot is intact and the model right, not the target's speed. Works as a normal user on a plain folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from edgesdk.deploy import keys
+from edgesdk.deploy.slots import InstallError, InstallOptions, Report, install
+from edgesdk.fsutil import atomic_write_text
+
+DEFAULT_PREFIX = "/opt/edgesdk"
+UNIT_NAME = "edgesdk.service"
+
+
+def _inside(rootfs: Path, prefix: str, what: str) -> Path:
+    p = PurePosixPath(prefix)
+    if not p.is_absolute() or ".." in p.parts:
+        raise InstallError(f"{what} {prefix!r}: must be an absolute path without '..' (a path on the target)")
+    return rootfs.joinpath(*p.parts[1:])
+
+
+def stage(package: str | Path, pubkey: str | Path, rootfs: str | Path, prefix: str = DEFAULT_PREFIX,
+          device: str | None = None, golden: str | None = None, keep: int = 3, allow_downgrade: bool = False,
+          unit_text: str | None = None, unit_name: str = UNIT_NAME) -> tuple[Report, dict]:
+    """Install PACKAGE into ROOTFS/PREFIX for DEVICE (required when the package names devices) and
+    write the device's config; with UNIT_TEXT, also the systemd unit and its multi-user.target.wants
+    link (the hook `edgesdk service` fills). Returns the install report and the files written."""
+    rootfs = Path(rootfs)
+    if not rootfs.is_dir():
+        raise InstallError(f"{rootfs}: root filesystem folder not found")
+    root = _inside(rootfs, prefix, "--prefix")
+    pub = keys.load_public(pubkey)
+    if unit_text is not None and (not unit_name.endswith(".service") or "/" in unit_name):
+        raise InstallError(f"unit name {unit_name!r}: a file name ending in .service")
+    opts = InstallOptions(golden=golden, allow_downgrade=allow_downgrade, keep=keep, device=device, staged=True)
+    rep = install(package, pubkey, root, opts)
+    written = {}
+    if rep.ok:
+        etc = rootfs / "etc" / "edgesdk"
+        atomic_write_text(etc / keys.PUB_FILE, pub.text())
+        config = (f'# written by `edgesdk stage`: where the device finds its model and key\n'
+                  f'root = "{prefix}"\npubkey = "/etc/edgesdk/{keys.PUB_FILE}"\ndevice = "{rep.device}"\n')
+        atomic_write_text(etc / "config.toml", config)
+        written = {"pubkey": str(etc / keys.PUB_FILE), "config": str(etc / "config.toml")}
+        if unit_text is not None:
+            written.update(write_unit(rootfs, unit_text, unit_name))
+    return rep, written
+
+
+def write_unit(rootfs: Path, unit_text: str, unit_name: str = UNIT_NAME) -> dict:
+    """ROOTFS/etc/systemd/system/UNIT_NAME and its multi-user.target.wants link (what `systemctl enable`
+    makes; relative, so it resolves inside the image and on the device)."""
+    system = rootfs / "etc" / "systemd" / "system"
+    atomic_write_text(system / unit_name, unit_text)
+    wants = system / "multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / unit_name
+    tmp = wants / f".{unit_name}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(f"../{unit_name}", tmp)
+    os.replace(tmp, link)
+    return {"unit": str(system / unit_name), "wants": str(link)}

@@ -1,0 +1,43 @@
+"""Prebuilt engines travel in the package and are adopted only where their sidecar matches the device
+and its TensorRT (here TensorRT for RTX, whose builder runs without a GPU)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from deploy_util import keypair  # noqa: F401  (fixture)
+from edgesdk.deploy.package import PackOptions, pack
+from edgesdk.deploy.slots import InstallOptions, install
+
+
+def test_a_packaged_engine_is_adopted_on_its_device_and_ignored_elsewhere(bundle, keypair, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX builds the engine")
+    from edgesdk.build.trt import build_engine
+    from edgesdk.devices import current_gpu, load_profile
+
+    b = tmp_path / "bundle"
+    shutil.copytree(bundle, b)
+    built = build_engine(b, load_profile("rtx"))
+    with pytest.raises(ValueError, match="no engine built from this bundle for orin-nx"):
+        pack(b, keypair[0], tmp_path / "x.tgz", PackOptions(version="1.0.0", devices=("orin-nx",), engines=True))
+    r = pack(b, keypair[0], tmp_path / "p.tgz", PackOptions(version="1.0.0", devices=("rtx", "cpu"), engines=True))
+    assert r["manifest"]["engines"] == [{"plan": f"engines/{built.plan.name}",
+                                         "sidecar": f"engines/{built.plan.with_suffix('.json').name}",
+                                         "device": "rtx"}]
+    # On a cpu device the plan is carried but not adopted: ONNX Runtime runs the model.
+    rep = install(r["package"], keypair[1], tmp_path / "cpu", InstallOptions(device="cpu"))
+    assert rep.ok and rep.steps[5]["detail"].startswith("none: cpu runs ONNX Runtime")
+    assert not (tmp_path / "cpu" / "slots" / rep.slot / "bundle" / "engines").exists()
+    # On rtx the packaged plan matches (device, TensorRT flavour and version): adopted, not rebuilt.
+    rep = install(r["package"], keypair[1], tmp_path / "rtx", InstallOptions(device="rtx"))
+    assert rep.steps[5]["detail"] == f"adopted packaged {built.plan.name}"
+    slot = tmp_path / "rtx" / "slots" / rep.slot
+    assert (slot / "bundle" / "engines" / built.plan.name).read_bytes() == built.plan.read_bytes()
+    health = json.loads((slot / "health.json").read_text())
+    assert health["backend"] == "tensorrt" and health["engine"] == built.plan.name
+    if current_gpu():
+        assert rep.ok, rep.health["why"]
+    else:        # the engine cannot run without a GPU: the install fails its health check, saying why
+        assert not rep.ok and rep.health["why"].startswith("runtime:") and not (tmp_path / "rtx" / "current").exists()
