@@ -11,16 +11,28 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
 from edgesdk.bundle import Bundle
-from edgesdk.fsutil import atomic_dir, write_json
+from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.runtime import Detector, DetectorOptions
 from edgesdk.spec import MANIFEST, Threshold
 from edgesdk.video import open_source
 
 MIN_FRAMES = 30     # below this the std of the good scores is too rough to set a threshold on
+
+
+def _local_paths(source: str) -> list[Path]:
+    """The files or folders a source URI reads on this machine (none for cameras and streams)."""
+    parsed = urlparse(source)
+    if len(parsed.scheme) > 1 and parsed.scheme != "file":
+        return []
+    cands = [Path(source), Path(source.split("?")[0])]
+    if parsed.scheme == "file":
+        cands.append(Path(parsed.netloc + parsed.path))
+    return [p for p in cands if p.exists()]
 
 
 def line_scores(det: Detector, source: str, frames: int, progress: bool = True) -> np.ndarray:
@@ -36,14 +48,17 @@ def line_scores(det: Detector, source: str, frames: int, progress: bool = True) 
 
 
 def calibrate(bundle: str | Path, source: str, out: str | Path, frames: int = 200, k_sigma: float | None = None,
-              opts: DetectorOptions = DetectorOptions(), progress: bool = True) -> dict:
+              opts: DetectorOptions = DetectorOptions(), progress: bool = True, force: bool = False) -> dict:
     """Write OUT: BUNDLE with its threshold re-derived on FRAMES known-good frames of SOURCE.
-    Returns the statistics recorded in OUT's manifest."""
+    Returns the statistics recorded in OUT's manifest. OUT is replaced only when missing, empty or a
+    bundle (any folder with FORCE), and never when it is, holds or lies inside BUNDLE or SOURCE."""
     bundle, out = Path(bundle), Path(out)
     if frames < MIN_FRAMES:
         raise ValueError(f"--frames {frames}: at least {MIN_FRAMES} known-good frames are needed")
     if out.resolve() == bundle.resolve():
         raise ValueError(f"--out {out}: give a new folder; the original bundle stays as exported")
+    inputs = [bundle, *_local_paths(source)]
+    prepare_output(out, "bundle", inputs, force)
     b = Bundle.open(bundle)
     with Detector(b, dataclasses.replace(opts, threshold=None)) as det:
         z = line_scores(det, source, frames, progress)
@@ -64,7 +79,7 @@ def calibrate(bundle: str | Path, source: str, out: str | Path, frames: int = 20
                                                         f"{source}", **stats})
     manifest = dataclasses.replace(b.manifest, threshold=thr,
                                    provenance={**b.manifest.provenance, "line_calibration": stats})
-    with atomic_dir(out) as stage:
+    with atomic_dir(out, kind="bundle", inputs=inputs, force=force) as stage:
         for name in b.manifest.files:          # every file the manifest vouches for, hashes unchanged
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(b.path / name, stage / name)

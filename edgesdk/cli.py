@@ -13,6 +13,10 @@ from pathlib import Path
 from edgesdk.table import table
 
 
+FORCE_HELP = ("replace --out even when it is neither empty nor an edgesdk {} folder (never a folder that is, "
+              "holds or lies inside an input)")
+
+
 def _emit(args, obj: dict, text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if getattr(args, "json", False) else text)
 
@@ -55,7 +59,7 @@ def cmd_train(args) -> None:
     resolved = {"recipe": recipe.path if recipe else None, "model": model, "config": config, "train": topts,
                 "backbone_weights": weights, "export": recipe.export if recipe else {}}
     out = train(args.data, args.out, model, val=args.val, config=config, opts=TrainOptions(**topts),
-                backbone_weights=weights, recipe=resolved)
+                backbone_weights=weights, recipe=resolved, force=args.force)
     run = json.loads((out / "run.json").read_text())
     fit = run["fit"]
     print(table([{"run": str(out), "model": run["model"], "backbone": run["config"]["backbone"],
@@ -78,7 +82,7 @@ def cmd_export(args) -> None:
     for flag in ("precision", "target", "calib", "n_calib", "calib_method", "max_drop", "val"):
         if getattr(args, flag) is not None:
             eopts[flag] = getattr(args, flag)
-    out = export_onnx(args.run, args.out, ExportOptions(**eopts))
+    out = export_onnx(args.run, args.out, ExportOptions(**eopts), force=args.force)
     b = Bundle.open(out)
     m = b.manifest.metrics
     par = m.get("parity_vs_torch") or m["float_graph_parity_vs_torch"]
@@ -297,7 +301,8 @@ def cmd_run(args) -> None:
 def cmd_calibrate(args) -> None:
     from edgesdk.calibrate import calibrate
 
-    st = calibrate(args.bundle, args.source, args.out, args.frames, args.k_sigma, _detector_opts(args))
+    st = calibrate(args.bundle, args.source, args.out, args.frames, args.k_sigma, _detector_opts(args),
+                   force=args.force)
     text = table([{"bundle": args.out, "frames": st["frames"], "good mean z": st["mean"], "good std z": st["std"],
                    "threshold": f"{st['old_threshold']:.3f} -> {st['threshold']:.3f}",
                    "good flagged before": st["flagged_at_old_threshold"],
@@ -362,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--camera-augment", type=lambda v: v.split(","), metavar="KINDS",
                    help="fit on each image again as the line's camera delivers it: mp4v, jpeg:Q (comma-separated)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP.format("run"))
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("export", help="run folder -> verified ONNX bundle")
@@ -377,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
     s.add_argument("--max-drop", type=float, help="largest image-AUROC drop vs float accepted (default 0.005)")
     s.add_argument("--val", help="labelled folder (good/, <defect>/) for the gate (default: the run's DATA/test)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
     s.set_defaults(fn=cmd_export)
 
     def runtime_args(s):
@@ -420,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the calibrated bundle's folder")
     s.add_argument("--k-sigma", type=float, help="threshold = mean + k std of the good scores "
                                                  "(default: the bundle's own k, else 3)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
     runtime_args(s)
     s.set_defaults(fn=cmd_calibrate)
 

@@ -19,9 +19,8 @@ from tqdm import tqdm
 
 from edgesdk import __version__
 from edgesdk.data import mvtec
-from edgesdk.fsutil import atomic_dir
+from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.metrics import best_f1_threshold
-from edgesdk.fsutil import write_json
 from edgesdk.zoo import MODEL_NAMES, models
 
 
@@ -59,10 +58,11 @@ def batches(paths: list[Path], size: tuple[int, int], batch: int, camera: tuple[
 
 def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Path | None = None,
           config: dict | None = None, opts: TrainOptions = TrainOptions(), quiet: bool = False,
-          backbone_weights: str | None = None, recipe: dict | None = None) -> Path:
+          backbone_weights: str | None = None, recipe: dict | None = None, force: bool = False) -> Path:
     """Fit `model` on DATA's good images (DATA/train/good or a plain folder) and write run folder OUT.
     backbone_weights: a state-dict file for the config's backbone (None: the shipped ImageNet weights,
-    which only efficientnet_lite0 has)."""
+    which only efficientnet_lite0 has). OUT is replaced only when missing, empty or a run folder (any
+    folder with FORCE), and never when it is, holds or lies inside DATA, VAL or the weights file."""
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
     cls, cfg_cls = models()[model]
@@ -75,6 +75,8 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
     camera = parse(opts.camera)
     torch.manual_seed(opts.seed)
     paths = mvtec.good_images(data)
+    inputs = [data, val, backbone_weights]
+    prepare_output(out, "run", inputs, force)      # before minutes of fitting, not after
     fit_paths, hold_paths = split_holdout(paths, opts.holdout, opts.seed)
     val_items = mvtec.labelled_items(val) if val is not None else None
     if val_items is not None and not any(it.label for it in val_items):
@@ -122,7 +124,7 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
         "timing_s": {"fit": round(t_fit, 3), "total": round(t_total, 3)},
         "versions": {"edgesdk": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-    with atomic_dir(out) as stage:
+    with atomic_dir(out, kind="run", inputs=inputs, force=force) as stage:
         torch.save(net.state_dict(), stage / "model.pt")
         np.save(stage / "holdout_frames.npy", hold[: opts.max_parity_frames])
         write_json(stage / "run.json", run)
