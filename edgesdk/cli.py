@@ -71,14 +71,23 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from dataclasses import fields
+
     from edgesdk.build.gate import report_table
     from edgesdk.build.onnx import ExportOptions, export_onnx
     from edgesdk.bundle import Bundle
+    from edgesdk.errors import OptionError
     from edgesdk.recipe import load_recipe
 
-    run_recipe = json.loads((Path(args.run) / "run.json").read_text()).get("recipe") or {} \
-        if (Path(args.run) / "run.json").is_file() else {}
-    eopts = dict(load_recipe(args.recipe).export if args.recipe else run_recipe.get("export") or {})
+    run_json = Path(args.run) / "run.json"
+    run = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    run_recipe = (run.get("recipe") if isinstance(run, dict) else None) or {}
+    eopts = dict(load_recipe(args.recipe).export if args.recipe else
+                 (run_recipe.get("export") if isinstance(run_recipe, dict) else None) or {})
+    known = {f.name for f in fields(ExportOptions)}
+    if set(eopts) - known:
+        raise OptionError(f"{args.recipe or run_json}: unknown export option {sorted(set(eopts) - known)[0]!r} "
+                          f"(known: {', '.join(sorted(known))})")
     for flag in ("precision", "target", "calib", "n_calib", "calib_method", "max_drop", "val"):
         if getattr(args, flag) is not None:
             eopts[flag] = getattr(args, flag)

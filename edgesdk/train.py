@@ -19,8 +19,10 @@ from tqdm import tqdm
 
 from edgesdk import __version__
 from edgesdk.data import mvtec
+from edgesdk.errors import no_nonfinite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.metrics import best_f1_threshold
+from edgesdk.spec import SpecError
 from edgesdk.zoo import MODEL_NAMES, models
 
 
@@ -137,11 +139,33 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not found; is {run_dir} a folder made by `edgesdk train`?")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise SpecError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    no_nonfinite(meta, str(meta_path))
     if meta.get("model") not in MODEL_NAMES:
         raise ValueError(f"{meta_path}: unknown model {meta.get('model')!r}")
+    check_run_data(meta, meta_path)
     cls, cfg_cls = models()[meta["model"]]
     net = cls(cfg_cls.from_dict(meta["config"]), weights=None)
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     return net.eval(), meta
+
+
+def check_run_data(meta: dict, where: Path) -> None:
+    """run.json's `data` as export reads it: a path string, and held-out file names that are plain
+    names inside that folder (export reads the images they name)."""
+    data = meta.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+        raise SpecError(f"{where}: field data.path must be a string (the training data folder)")
+    names = data.get("holdout_files", [])
+    if not isinstance(names, list):
+        raise SpecError(f"{where}: field data.holdout_files must be a list of file names")
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or n in ("", ".", "..") or any(c in n for c in "/\\\0"):
+            raise SpecError(f"{where}: field data.holdout_files[{i}] must be a plain file name in the data "
+                            f"folder, got {n!r}")

@@ -1,6 +1,6 @@
 """Nothing a user types destroys their files: `--out` replaces only what is ours (a bundle, a run folder,
 a synth category), empty or missing folders; never anything holding or inside an input, even with
---force; killed runs' staging is swept."""
+--force; names read from a manifest or run.json stay inside their folder; killed runs' staging is swept."""
 import json
 import os
 import shutil
@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edgesdk.bundle import Bundle
+from edgesdk.bundle import Bundle, BundleError
 from edgesdk.cli import main
 from edgesdk.data.mvtec import list_images
+from edgesdk.spec import SpecError, sha256_file
 
 
 def user_folder(path, n=3):
@@ -185,3 +186,95 @@ def test_a_folder_replaced_but_not_yet_succeeded_is_put_back(tmp_path):
         with atomic_dir(tmp_path / "run", kind="run"):
             raise RuntimeError("fit failed")
     assert (tmp_path / "run/notes0.txt").is_file() and not old.exists()
+
+
+# -- 2. names from a manifest or run.json stay inside their folder ---------------------------------
+def edit_manifest(folder, fn):
+    m = json.loads((folder / "manifest.json").read_text())
+    fn(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("name", ["../evil.sh", "../../x/evil.sh", "/tmp/evil.sh", "a/../../evil.sh", "..\\evil.sh",
+                                  "./model.onnx", "a//b", "", "a\0b"])
+def test_manifest_file_names_that_leave_the_bundle_are_refused(my_bundle, name):
+    def add(m):
+        m["files"][name] = m["files"]["parity.json"]
+
+    edit_manifest(my_bundle, add)
+    with pytest.raises(SpecError, match=r"manifest\.json: field files\[.*the file name"):
+        Bundle.open(my_bundle)
+
+
+def test_calibrate_writes_nothing_outside_out_for_an_escaping_manifest(my_bundle, tiny_data, tmp_path):
+    from edgesdk.calibrate import calibrate
+
+    evil = my_bundle.parent.parent / "evil.sh"           # the file the manifest vouches for, outside
+    evil.write_text("#!/bin/sh\necho owned\n")
+
+    def add(m):
+        m["files"]["../../evil.sh"] = {"sha256": sha256_file(evil), "bytes": evil.stat().st_size}
+
+    edit_manifest(my_bundle, add)
+    out = tmp_path / "deep" / "er" / "cal"
+    with pytest.raises(SpecError, match=r"evil\.sh"):
+        calibrate(my_bundle, str(tiny_data / "brick/train/good"), out, frames=30, progress=False)
+    assert not (out.parent.parent / "evil.sh").exists() and not out.exists()
+
+
+@pytest.mark.parametrize("outside", [False, True])
+def test_bundle_files_that_are_symlinks_are_refused(my_bundle, tmp_path, outside):
+    real = tmp_path / "elsewhere.json"
+    shutil.move(my_bundle / "parity.json", real)
+    if outside:
+        (my_bundle / "parity.json").symlink_to(real)
+    else:        # a linked folder on the way out
+        (tmp_path / "dir").mkdir()
+        shutil.move(real, tmp_path / "dir" / "parity.json")
+        (my_bundle / "sub").symlink_to(tmp_path / "dir", target_is_directory=True)
+        edit_manifest(my_bundle, lambda m: m["files"].__setitem__("sub/parity.json", m["files"].pop("parity.json")))
+    with pytest.raises(BundleError, match="symbolic link or outside"):
+        Bundle.open(my_bundle)
+
+
+def test_run_json_holdout_names_that_leave_the_data_folder_are_refused(run_dir, tmp_path):
+    from edgesdk.train import load_run
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    meta = json.loads((run / "run.json").read_text())
+    meta["data"]["holdout_files"] = ["000.png", "../../../secret.png"]
+    (run / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(SpecError, match=r"run\.json: field data\.holdout_files\[1\]"):
+        load_run(run)
+    meta["data"]["holdout_files"] = ["000.png"]
+    meta["threshold"]["value"] = float("nan")
+    (run / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"run\.json: threshold\.value is nan"):
+        load_run(run)
+
+
+# -- 3. manifest fields typed and in range --------------------------------------------------------
+BAD_FIELDS = [
+    (lambda m: m["threshold"].__setitem__("value", float("nan")), r"threshold\.value is nan"),
+    (lambda m: m["threshold"].__setitem__("value", float("inf")), r"threshold\.value is inf"),
+    (lambda m: m["threshold"].__setitem__("value", "3.0"), r"field threshold\.value must be a number"),
+    (lambda m: m["input"].__setitem__("height", -128), r"field input\.height must be a positive integer"),
+    (lambda m: m["input"].__setitem__("width", "128"), r"field input\.width must be an integer"),
+    (lambda m: m["input"].__setitem__("width", 12.5), r"field input\.width must be an integer"),
+    (lambda m: m["files"]["model.onnx"].__setitem__("sha256", "abc"), r"field files\['model\.onnx'\]\.sha256 must be 64"),
+    (lambda m: m["files"]["model.onnx"].__setitem__("bytes", -1), r"field files\['model\.onnx'\]\.bytes must be a non-neg"),
+    (lambda m: m["files"]["model.onnx"].__setitem__("bytes", "12"), r"field files\['model\.onnx'\]\.bytes must be an int"),
+    (lambda m: m["files"].__setitem__("model.onnx", "abc"), r"field files\['model\.onnx'\] must be an object"),
+    (lambda m: m.__setitem__("precision", "int4"), r"field precision must be one of fp32, fp16, int8"),
+    (lambda m: m.__setitem__("outputs", {"score": 1}), r"field outputs must be a list"),
+    (lambda m: m.__setitem__("outputs", ["score"]), r"field outputs\[0\] must be an object"),
+    (lambda m: m.__setitem__("files", []), r"field files must be an object"),
+    (lambda m: m.__setitem__("threshold", 3.0), r"field threshold must be an object"),
+]
+
+
+@pytest.mark.parametrize("edit,msg", BAD_FIELDS, ids=[m.split(" ")[0].replace("\\", "") for _, m in BAD_FIELDS])
+def test_manifest_fields_are_type_and_range_checked(my_bundle, edit, msg):
+    edit_manifest(my_bundle, edit)
+    with pytest.raises(SpecError, match=r"manifest\.json: " + msg):
+        Bundle.open(my_bundle)

@@ -16,7 +16,7 @@ import torch
 
 from edgesdk import __version__
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
-from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES
+from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES, Bundle
 from edgesdk.devices import graph_summary
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.spec import MANIFEST, InputSpec, Manifest, OutputSpec, Threshold, file_entry
@@ -144,4 +144,5 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
             created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
         write_json(stage / MANIFEST, manifest.to_dict())
+        Bundle.open(stage)                # the manifest reads back and every hash verifies, or nothing is replaced
     return Path(out)
