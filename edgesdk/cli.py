@@ -315,7 +315,8 @@ def cmd_calibrate(args) -> None:
     text = table([{"bundle": args.out, "frames": st["frames"], "good mean z": st["mean"], "good std z": st["std"],
                    "threshold": f"{st['old_threshold']:.3f} -> {st['threshold']:.3f}",
                    "good flagged before": st["flagged_at_old_threshold"],
-                   "good flagged after": st["flagged_at_new_threshold"]}], title=f"line calibration on {args.source}")
+                   "good flagged after": st["flagged_at_new_threshold"], "suspect frames": st["suspect_frames"]}],
+                 title=f"line calibration on {args.source}")
     _emit(args, st, text)
 
 
