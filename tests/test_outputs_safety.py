@@ -278,3 +278,33 @@ def test_manifest_fields_are_type_and_range_checked(my_bundle, edit, msg):
     edit_manifest(my_bundle, edit)
     with pytest.raises(SpecError, match=r"manifest\.json: " + msg):
         Bundle.open(my_bundle)
+
+
+# -- 6. train warns on too few or identical images ------------------------------------------------
+def test_train_warns_on_few_identical_flat_images(tmp_path, caplog):
+    from edgesdk.train import train
+
+    data = tmp_path / "flat"
+    data.mkdir()
+    img = np.full((64, 64, 3), 128, np.uint8)
+    for i in range(6):
+        cv2.imwrite(str(data / f"{i:03d}.png"), img)
+    run = train(data, tmp_path / "run", config={"input_size": [64, 64], "feature_dim": 8}, quiet=True)
+    warnings = json.loads((run / "run.json").read_text())["warnings"]
+    assert any("only 6 good images" in w for w in warnings)
+    assert any("byte-identical" in w for w in warnings)
+    assert any("one flat colour" in w for w in warnings)
+    assert {r.getMessage() for r in caplog.records if r.levelname == "WARNING"} >= set(warnings)
+
+
+def test_train_warns_when_images_decode_to_the_same_pixels(tiny_data, tmp_path, caplog):
+    from edgesdk.train import train
+
+    data = tmp_path / "same"
+    data.mkdir()
+    img = cv2.imread(str(list_images(tiny_data / "brick/train/good")[0]))
+    for i in range(12):              # different files (PNG compression level), the same picture
+        cv2.imwrite(str(data / f"{i:03d}.png"), img, [cv2.IMWRITE_PNG_COMPRESSION, i % 10])
+    run = train(data, tmp_path / "run", config={"input_size": [64, 64], "feature_dim": 8}, quiet=True)
+    warnings = json.loads((run / "run.json").read_text())["warnings"]
+    assert len(warnings) == 1 and "have the same pixels" in warnings[0], warnings
