@@ -54,11 +54,17 @@ class Bundle:
             raise BundleError(f"{path}: bundle folder not found")
         if not (path / MANIFEST).is_file():
             raise BundleError(f"{path}: no {MANIFEST}; not a bundle, or an export that did not finish")
-        manifest = Manifest.load(path / MANIFEST)
+        manifest = Manifest.load(path / MANIFEST)      # file names checked: relative, no `..`
         if MODEL_FILE not in manifest.files:
             raise BundleError(f"{path / MANIFEST}: does not list {MODEL_FILE}")
+        root = path.resolve()
         for name, entry in manifest.files.items():
             f = path / name
+            # A listed file is the bundle's own: a link (or a linked folder on its way) could make a
+            # copy of the bundle read, or write, somewhere else.
+            if f.is_symlink() or (f.exists() and root not in f.resolve().parents):
+                raise BundleError(f"{f}: listed in {MANIFEST} but a symbolic link or outside {path}; "
+                                  "a bundle's files must be plain files inside its folder")
             if not f.is_file():
                 raise BundleError(f"{f}: listed in {MANIFEST} but missing")
             if not verify:

@@ -13,6 +13,10 @@ from pathlib import Path
 from edgesdk.table import table
 
 
+FORCE_HELP = ("replace --out even when it is neither empty nor an edgesdk {} folder (never a folder that is, "
+              "holds or lies inside an input)")
+
+
 def _emit(args, obj: dict, text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if getattr(args, "json", False) else text)
 
@@ -55,7 +59,7 @@ def cmd_train(args) -> None:
     resolved = {"recipe": recipe.path if recipe else None, "model": model, "config": config, "train": topts,
                 "backbone_weights": weights, "export": recipe.export if recipe else {}}
     out = train(args.data, args.out, model, val=args.val, config=config, opts=TrainOptions(**topts),
-                backbone_weights=weights, recipe=resolved)
+                backbone_weights=weights, recipe=resolved, force=args.force)
     run = json.loads((out / "run.json").read_text())
     fit = run["fit"]
     print(table([{"run": str(out), "model": run["model"], "backbone": run["config"]["backbone"],
@@ -67,18 +71,27 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from dataclasses import fields
+
     from edgesdk.build.gate import report_table
     from edgesdk.build.onnx import ExportOptions, export_onnx
     from edgesdk.bundle import Bundle
+    from edgesdk.errors import OptionError
     from edgesdk.recipe import load_recipe
 
-    run_recipe = json.loads((Path(args.run) / "run.json").read_text()).get("recipe") or {} \
-        if (Path(args.run) / "run.json").is_file() else {}
-    eopts = dict(load_recipe(args.recipe).export if args.recipe else run_recipe.get("export") or {})
+    run_json = Path(args.run) / "run.json"
+    run = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    run_recipe = (run.get("recipe") if isinstance(run, dict) else None) or {}
+    eopts = dict(load_recipe(args.recipe).export if args.recipe else
+                 (run_recipe.get("export") if isinstance(run_recipe, dict) else None) or {})
+    known = {f.name for f in fields(ExportOptions)}
+    if set(eopts) - known:
+        raise OptionError(f"{args.recipe or run_json}: unknown export option {sorted(set(eopts) - known)[0]!r} "
+                          f"(known: {', '.join(sorted(known))})")
     for flag in ("precision", "target", "calib", "n_calib", "calib_method", "max_drop", "val"):
         if getattr(args, flag) is not None:
             eopts[flag] = getattr(args, flag)
-    out = export_onnx(args.run, args.out, ExportOptions(**eopts))
+    out = export_onnx(args.run, args.out, ExportOptions(**eopts), force=args.force)
     b = Bundle.open(out)
     m = b.manifest.metrics
     par = m.get("parity_vs_torch") or m["float_graph_parity_vs_torch"]
@@ -349,11 +362,13 @@ def cmd_run(args) -> None:
 def cmd_calibrate(args) -> None:
     from edgesdk.calibrate import calibrate
 
-    st = calibrate(args.bundle, args.source, args.out, args.frames, args.k_sigma, _detector_opts(args))
+    st = calibrate(args.bundle, args.source, args.out, args.frames, args.k_sigma, _detector_opts(args),
+                   force=args.force)
     text = table([{"bundle": args.out, "frames": st["frames"], "good mean z": st["mean"], "good std z": st["std"],
                    "threshold": f"{st['old_threshold']:.3f} -> {st['threshold']:.3f}",
                    "good flagged before": st["flagged_at_old_threshold"],
-                   "good flagged after": st["flagged_at_new_threshold"]}], title=f"line calibration on {args.source}")
+                   "good flagged after": st["flagged_at_new_threshold"], "suspect frames": st["suspect_frames"]}],
+                 title=f"line calibration on {args.source}")
     _emit(args, st, text)
 
 
@@ -414,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--camera-augment", type=lambda v: v.split(","), metavar="KINDS",
                    help="fit on each image again as the line's camera delivers it: mp4v, jpeg:Q (comma-separated)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP.format("run"))
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("export", help="run folder -> verified ONNX bundle")
@@ -429,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
     s.add_argument("--max-drop", type=float, help="largest image-AUROC drop vs float accepted (default 0.005)")
     s.add_argument("--val", help="labelled folder (good/, <defect>/) for the gate (default: the run's DATA/test)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
     s.set_defaults(fn=cmd_export)
 
     def runtime_args(s):
@@ -474,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the calibrated bundle's folder")
     s.add_argument("--k-sigma", type=float, help="threshold = mean + k std of the good scores "
                                                  "(default: the bundle's own k, else 3)")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
     runtime_args(s)
     s.set_defaults(fn=cmd_calibrate)
 

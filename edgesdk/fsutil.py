@@ -1,7 +1,9 @@
 """Atomic writes of files and whole folders: build beside the target, then rename over it.
 
 A crash or an error mid-way leaves the previous file/folder untouched and nothing half-written.
-Standard library only (the device runtime uses it)."""
+An output folder is only ever replaced when it is missing, empty, or recognisably ours of the same
+kind (a bundle, a run folder, a synth category), and never when it holds or lies inside an input of
+the command writing it. Standard library only (the device runtime uses it)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +12,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from edgesdk.errors import EdgesdkError
+
+SYNTH_MARKER = "edgesdk-synth.json"    # written into each category folder `edgesdk data synth` makes
+
+
+class OutputError(EdgesdkError):
+    """An output folder that this command may not replace: the message names it and why."""
 
 
 def _umask() -> int:
@@ -19,13 +29,138 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yields an empty staging folder; on success it replaces `target` (old contents removed only
-    after the new folder is in place), on error it is deleted and `target` is left as it was."""
+def _not_bundle(path: Path) -> str | None:
+    from edgesdk.spec import MANIFEST, Manifest
+
+    if not (path / MANIFEST).is_file():
+        return f"it has no {MANIFEST}, so it is not an edgesdk bundle"
+    try:
+        Manifest.load(path / MANIFEST)
+    except EdgesdkError as e:
+        return f"its {MANIFEST} is not an edgesdk bundle manifest ({e})"
+    return None
+
+
+def _not_run(path: Path) -> str | None:
+    try:
+        meta = json.loads((path / "run.json").read_text())
+    except FileNotFoundError:
+        return "it has no run.json, so it is not a run folder made by `edgesdk train`"
+    except (OSError, ValueError) as e:
+        return f"its run.json is not readable JSON ({e})"
+    keys = ("model", "config", "threshold", "normalization")
+    missing = [k for k in keys if not isinstance(meta, dict) or k not in meta]
+    return f"its run.json is not one `edgesdk train` wrote (no {missing[0]!r})" if missing else None
+
+
+def _not_synth(path: Path) -> str | None:
+    if not (path / SYNTH_MARKER).is_file():
+        return f"it has no {SYNTH_MARKER}, so it is not a category folder made by `edgesdk data synth`"
+    return None
+
+
+# kind -> why FOLDER (non-empty) is not ours of that kind, or None when it is.
+KINDS: dict[str, Callable[[Path], str | None]] = {"bundle": _not_bundle, "run": _not_run, "synth": _not_synth}
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child != parent and parent in child.parents
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0 or os.name == "nt":       # 0/negative address process groups; Windows' kill terminates
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:               # someone else's live process
+        return True
+    return True
+
+
+def _stale(target: Path, tag: str) -> list[Path]:
+    """`.NAME.TAG.PID.XXXX` folders beside TARGET whose owner process PID is gone. Folders without a
+    PID in the name (older edgesdk) have no known owner and are left alone."""
+    prefix = f".{target.name}.{tag}."
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for p in target.parent.iterdir():
+            pid = p.name[len(prefix):].split(".", 1)[0] if p.name.startswith(prefix) else ""
+            if pid.isdigit() and not p.is_symlink() and p.is_dir() and not _pid_alive(int(pid)):
+                out.append(p)
+    return out
+
+
+def sweep_stale(target: str | Path) -> list[Path]:
+    """Remove what a killed atomic_dir left beside TARGET: staging folders, and replaced folders it
+    had not yet deleted; a replaced folder whose successor never arrived (killed between the two
+    renames) is put back as TARGET instead. Only folders of processes that are gone. Returns them."""
     target = Path(target)
+    done = []
+    for p in _stale(target, "staging"):
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(p)
+    old = sorted(_stale(target, "old"), key=lambda p: p.stat().st_mtime)
+    if old and not target.exists() and not target.is_symlink():
+        old.pop().rename(target)
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(p)
+    return done
+
+
+def check_replaceable(target: str | Path, kind: str, inputs: Iterable[str | Path | None] = (),
+                      force: bool = False) -> Path:
+    """TARGET resolved, if a command that reads INPUTS may write its output folder of KIND there:
+    a missing or empty folder, or one recognisably ours of that KIND; anything else only with FORCE.
+    Never (not even with FORCE) a folder that is, holds or lies inside one of INPUTS. OutputError
+    naming the folder and why otherwise."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown output kind {kind!r} (known: {', '.join(KINDS)})")
+    real = Path(target).resolve()
+    if real.parent == real:
+        raise OutputError(f"{target}: the file system root cannot be an output folder")
+    for inp in inputs:
+        if inp is None or str(inp) == "":
+            continue
+        src = Path(inp).resolve()
+        if src == real or _inside(src, real):
+            what = "is" if src == real else "holds"
+            raise OutputError(f"{target}: not replaced: it {what} the input {inp}; write the {kind} to another folder")
+        if _inside(real, src):
+            raise OutputError(f"{target}: lies inside the input {inp}; write the {kind} outside it")
+    if not real.exists() or force:
+        return real
+    if not real.is_dir():
+        raise OutputError(f"{target}: is a file, not a {kind} folder; choose another path (or --force to replace it)")
+    if not any(real.iterdir()):
+        return real
+    why = KINDS[kind](real)
+    if why:
+        raise OutputError(f"{target}: not replaced: {why}; choose a new or empty folder "
+                          f"(or --force to replace it)")
+    return real
+
+
+def prepare_output(target: str | Path, kind: str, inputs: Iterable[str | Path | None] = (),
+                   force: bool = False) -> Path:
+    """sweep_stale then check_replaceable: what a command calls before its work, to fail early."""
+    sweep_stale(Path(target).resolve())
+    return check_replaceable(target, kind, inputs, force)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, *, kind: str, inputs: Iterable[str | Path | None] = (),
+               force: bool = False) -> Iterator[Path]:
+    """Yields an empty staging folder; on success it replaces `target` (old contents removed only
+    after the new folder is in place), on error it is deleted and `target` is left as it was.
+    `target` must pass check_replaceable(target, kind, inputs, force); what killed runs left beside
+    it is swept first. Staging names carry this process's PID so a later run can tell them stale."""
+    target = prepare_output(target, kind, inputs, force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging."))
+    pid = os.getpid()
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging.{pid}."))
     stage.chmod(0o777 & ~_umask())   # mkdtemp makes 0700; the result should look like any folder
     try:
         yield stage
@@ -34,12 +169,15 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.{pid}."))
         old.rmdir()
         target.rename(old)
     stage.rename(target)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()            # a file replaced with --force
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -7,7 +7,9 @@ A run folder holds what export needs and nothing device-specific:
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import platform
 import time
 from dataclasses import dataclass
@@ -19,10 +21,14 @@ from tqdm import tqdm
 
 from edgesdk import __version__
 from edgesdk.data import mvtec
-from edgesdk.fsutil import atomic_dir
+from edgesdk.errors import no_nonfinite
+from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.metrics import best_f1_threshold
-from edgesdk.fsutil import write_json
+from edgesdk.spec import SpecError
 from edgesdk.zoo import MODEL_NAMES, models
+
+log = logging.getLogger(__name__)
+FEW_IMAGES = 10     # below this the held-out std, and with it the threshold, rests on a handful of scores
 
 
 @dataclass(frozen=True)
@@ -46,23 +52,63 @@ def split_holdout(paths: list[Path], share: float, seed: int) -> tuple[list[Path
     return [p for i, p in enumerate(paths) if i not in set(hold)], [paths[i] for i in hold]
 
 
-def batches(paths: list[Path], size: tuple[int, int], batch: int, camera: tuple[str, ...] = ()):
+class Seen:
+    """What the fit batches held: whether any two frames differ and whether any frame is not flat."""
+
+    def __init__(self) -> None:
+        self.first: np.ndarray | None = None
+        self.varied = self.textured = False
+
+    def add(self, x: np.ndarray) -> None:          # x: (B, H, W, 3) uint8
+        if not len(x):
+            return
+        if self.first is None:
+            self.first = x[0].copy()
+        self.varied = self.varied or bool((x != self.first).any())
+        flat = x.reshape(len(x), -1)
+        self.textured = self.textured or bool((flat.max(axis=1) > flat.min(axis=1)).any())
+
+
+def batches(paths: list[Path], size: tuple[int, int], batch: int, camera: tuple[str, ...] = (),
+            seen: Seen | None = None):
     """(B, H, W, 3) uint8 batches of the images, each followed by its camera-simulated copies."""
     from edgesdk.data.camera import simulate
 
     for i in range(0, len(paths), batch):
         x = mvtec.read_batch(paths[i:i + batch], size)
+        if seen is not None:
+            seen.add(x)
         yield x
         for kind in camera:
             yield simulate(x, kind)
 
 
+def data_warnings(paths: list[Path], fit_paths: list[Path], seen: Seen) -> list[str]:
+    """What makes a fit untrustworthy without making it impossible: too few images, all the same."""
+    out = []
+    where = paths[0].parent if paths else "?"
+    if len(paths) < FEW_IMAGES:
+        out.append(f"{where}: only {len(paths)} good images; at least {FEW_IMAGES} are needed for a threshold "
+                   "that holds on the line (more for the model to learn the parts' normal variation)")
+    if len(fit_paths) > 1 and not seen.varied:       # only then can the files be identical too
+        same = len({hashlib.sha256(p.read_bytes()).digest() for p in fit_paths}) == 1
+        out.append(f"{where}: all {len(fit_paths)} fit images " + ("are byte-identical copies of one file" if same
+                   else "have the same pixels at the model's input size") + "; the model learns one picture, "
+                   "not the parts' normal variation")
+    if fit_paths and not seen.textured:
+        out.append(f"{where}: every fit image is one flat colour (zero variance); is the camera covered or "
+                   "the exposure wrong?")
+    return out
+
+
 def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Path | None = None,
           config: dict | None = None, opts: TrainOptions = TrainOptions(), quiet: bool = False,
-          backbone_weights: str | None = None, recipe: dict | None = None) -> Path:
+          backbone_weights: str | None = None, recipe: dict | None = None, force: bool = False) -> Path:
     """Fit `model` on DATA's good images (DATA/train/good or a plain folder) and write run folder OUT.
     backbone_weights: a state-dict file for the config's backbone (None: the shipped ImageNet weights,
-    which only efficientnet_lite0 has)."""
+    which only efficientnet_lite0 has). OUT is replaced only when missing, empty or a run folder (any
+    folder with FORCE), and never when it is, holds or lies inside DATA, VAL or the weights file.
+    Too few or identical images are warned about and listed in run.json's `warnings`."""
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
     cls, cfg_cls = models()[model]
@@ -75,6 +121,8 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
     camera = parse(opts.camera)
     torch.manual_seed(opts.seed)
     paths = mvtec.good_images(data)
+    inputs = [data, val, backbone_weights]
+    prepare_output(out, "run", inputs, force)      # before minutes of fitting, not after
     fit_paths, hold_paths = split_holdout(paths, opts.holdout, opts.seed)
     val_items = mvtec.labelled_items(val) if val is not None else None
     if val_items is not None and not any(it.label for it in val_items):
@@ -83,8 +131,13 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
     t0 = time.perf_counter()
     net = cls(cfg, weights=backbone_weights or "imagenet")
     bar = tqdm(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", disable=quiet)
-    fit_info = net.fit(batches(fit_paths, cfg.input_size, opts.batch, camera), progress=None if quiet else bar.update)
+    seen = Seen()
+    fit_info = net.fit(batches(fit_paths, cfg.input_size, opts.batch, camera, seen),
+                       progress=None if quiet else bar.update)
     bar.close()
+    warnings = data_warnings(paths, fit_paths, seen)
+    for w in warnings:
+        log.warning("%s", w)
     cfg = net.cfg                       # fit may resolve parts of it (PatchCore's bank size)
     t_fit = time.perf_counter() - t0
 
@@ -121,8 +174,9 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
                  "holdout_files": [p.name for p in hold_paths]},
         "timing_s": {"fit": round(t_fit, 3), "total": round(t_total, 3)},
         "versions": {"edgesdk": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "warnings": warnings,
     }
-    with atomic_dir(out) as stage:
+    with atomic_dir(out, kind="run", inputs=inputs, force=force) as stage:
         torch.save(net.state_dict(), stage / "model.pt")
         np.save(stage / "holdout_frames.npy", hold[: opts.max_parity_frames])
         write_json(stage / "run.json", run)
@@ -135,11 +189,33 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not found; is {run_dir} a folder made by `edgesdk train`?")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise SpecError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    no_nonfinite(meta, str(meta_path))
     if meta.get("model") not in MODEL_NAMES:
         raise ValueError(f"{meta_path}: unknown model {meta.get('model')!r}")
+    check_run_data(meta, meta_path)
     cls, cfg_cls = models()[meta["model"]]
     net = cls(cfg_cls.from_dict(meta["config"]), weights=None)
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     return net.eval(), meta
+
+
+def check_run_data(meta: dict, where: Path) -> None:
+    """run.json's `data` as export reads it: a path string, and held-out file names that are plain
+    names inside that folder (export reads the images they name)."""
+    data = meta.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+        raise SpecError(f"{where}: field data.path must be a string (the training data folder)")
+    names = data.get("holdout_files", [])
+    if not isinstance(names, list):
+        raise SpecError(f"{where}: field data.holdout_files must be a list of file names")
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or n in ("", ".", "..") or any(c in n for c in "/\\\0"):
+            raise SpecError(f"{where}: field data.holdout_files[{i}] must be a plain file name in the data "
+                            f"folder, got {n!r}")

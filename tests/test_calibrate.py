@@ -46,6 +46,7 @@ def test_calibrate_writes_a_new_bundle_with_the_lines_own_threshold(bundle, good
     assert len(z) == st["frames"] == 40
     assert thr.value == pytest.approx(z.mean() + st["k_sigma"] * z.std(ddof=1), rel=1e-5)
     assert st["flagged_at_new_threshold"] == int((z > thr.value).sum()) <= 2
+    assert st["suspect_frames"] == 0                                   # a clean clip raises no alarm
     with Detector(out) as det:                                         # the runtime uses the new value
         assert det.threshold == thr.value
 
@@ -68,3 +69,42 @@ def test_calibrate_cli_runs_on_the_device_without_torch(bundle, good_mp4, tmp_pa
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert st["frames"] == 40 and Bundle.open(tmp_path / "cal").threshold == pytest.approx(st["threshold"])
+
+
+def test_calibrate_warns_when_the_good_clip_holds_defects(bundle, tiny_data, tmp_path, caplog):
+    """Defect frames mixed into a "known-good" clip would lift the threshold over the defects it should
+    catch: the frames far above the rest of the clip (and the bundle's threshold) are counted and warned."""
+    goods = list_images(tiny_data / "brick/train/good")[-40:]
+    bad = [p for kind in ("hole", "stain", "scratch", "smudge") for p in list_images(tiny_data / f"brick/test/{kind}")]
+    seq = goods[:10] + bad[0:2] + goods[10:25] + bad[3:5] + goods[25:] + bad[6:8]
+    clip = write_mp4(tmp_path / "mixed.mp4", seq)
+    st = calibrate(bundle, str(clip), tmp_path / "c", frames=len(seq), progress=False)
+    defect_at = {i for i, p in enumerate(seq) if p in bad}
+    assert st["suspect_frames"] == len(st["suspect_frame_indices"]) >= 2
+    assert set(st["suspect_frame_indices"]) <= defect_at                 # never a good frame
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"{st['suspect_frames']} of {len(seq)} frames" in w and "look like defects" in w for w in warned)
+    assert Bundle.open(tmp_path / "c").manifest.threshold.detail["suspect_frames"] == st["suspect_frames"]
+
+
+@pytest.mark.parametrize("k", ["nan", "inf", "-1"])
+def test_calibrate_refuses_a_non_finite_or_negative_k_sigma(bundle, good_mp4, tmp_path, k, capsys):
+    from edgesdk.cli import main
+
+    with pytest.raises(ValueError, match="--k-sigma"):
+        calibrate(bundle, str(good_mp4), tmp_path / "c", frames=40, k_sigma=float(k), progress=False)
+    assert main(["calibrate", str(bundle), "--source", str(good_mp4), "--frames", "40", "--out",
+                 str(tmp_path / "c"), "--k-sigma", k]) == 2
+    assert "--k-sigma" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_calibrate_refuses_a_negative_k_sigma_from_the_bundle(bundle, good_mp4, tmp_path):
+    import shutil
+
+    b = shutil.copytree(bundle, tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    m["threshold"]["detail"]["k_sigma"] = -2.0
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"manifest\.json: threshold\.detail\.k_sigma must be >= 0"):
+        calibrate(b, str(good_mp4), tmp_path / "c", frames=40, progress=False)
+    assert not (tmp_path / "c").exists()

@@ -16,9 +16,9 @@ import torch
 
 from edgesdk import __version__
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
-from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES
+from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES, Bundle
 from edgesdk.devices import graph_summary
-from edgesdk.fsutil import atomic_dir, write_json
+from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.spec import MANIFEST, InputSpec, Manifest, OutputSpec, Threshold, file_entry
 from edgesdk.train import load_run
 
@@ -70,13 +70,18 @@ def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
     }
 
 
-def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = ExportOptions()) -> Path:
-    """Export the run in RUN_DIR to a verified bundle folder OUT (written atomically)."""
+def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = ExportOptions(),
+                force: bool = False) -> Path:
+    """Export the run in RUN_DIR to a verified bundle folder OUT (written atomically). OUT is replaced
+    only when missing, empty or a bundle (any folder with FORCE), and never when it is, holds or lies
+    inside what the export reads: the run, its training data, the calibration and validation folders."""
     if opts.precision not in PRECISIONS:
         raise ExportError(f"precision {opts.precision!r}: choose from {', '.join(PRECISIONS)}")
     qopts = opts.quant() if opts.precision != "fp32" else None      # option errors before any work
     run_dir = Path(run_dir)
     net, meta = load_run(run_dir)
+    inputs = [run_dir, meta["data"]["path"], opts.calib, opts.val]
+    prepare_output(out, "bundle", inputs, force)
     h, w = net.cfg.input_size
     frames = np.load(run_dir / "holdout_frames.npy")
     calib = calib_info = None
@@ -84,7 +89,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         from edgesdk.build import gate
 
         calib, calib_info = gate.calibration_frames(qopts, meta, (h, w))
-    with atomic_dir(out) as stage:
+    with atomic_dir(out, kind="bundle", inputs=inputs, force=force) as stage:
         onnx_path = stage / MODEL_FILE
         # Batch 2, not 1: torch.export specializes a size-1 dim to a constant (no dynamic batch).
         example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
@@ -139,4 +144,5 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
             created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
         write_json(stage / MANIFEST, manifest.to_dict())
+        Bundle.open(stage)                # the manifest reads back and every hash verifies, or nothing is replaced
     return Path(out)

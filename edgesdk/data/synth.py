@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgesdk.fsutil import atomic_dir
+from edgesdk.fsutil import SYNTH_MARKER, atomic_dir, check_replaceable, write_json
 
 # Category -> (scikit-image loader name, BGR tint). Grayscale textures are tinted so that colour
 # channels carry information, as on most real parts.
@@ -120,12 +120,13 @@ def paint_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
     return out, np.where((mask > 0) & changed, 255, 0).astype(np.uint8)
 
 
-def write_category(root: Path, category: str, cfg: SynthConfig) -> dict:
-    """Writes root/category in MVTec AD layout (atomically) and returns a summary dict."""
+def write_category(root: Path, category: str, cfg: SynthConfig, force: bool = False) -> dict:
+    """Writes root/category in MVTec AD layout (atomically) and returns a summary dict. An existing
+    root/category is replaced only if empty or made by this function (its SYNTH_MARKER), or with FORCE."""
     tex = texture(category)
     rng = np.random.default_rng([cfg.seed, sorted(TEXTURES).index(category)])
     counts = {}
-    with atomic_dir(root / category) as out:
+    with atomic_dir(root / category, kind="synth", force=force) as out:
         def save(rel: str, img: np.ndarray) -> None:
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,7 @@ def write_category(root: Path, category: str, cfg: SynthConfig) -> dict:
                 save(f"test/{kind}/{i:03d}.png", img)
                 save(f"ground_truth/{kind}/{i:03d}_mask.png", mask)
             counts[f"test/{kind}"] = cfg.n_test_per_defect
+        write_json(out / SYNTH_MARKER, {"category": category, "config": vars(cfg), "counts": counts})
     return counts
 
 
@@ -216,11 +218,14 @@ def write_conveyor(path: Path, category: str, cfg: SynthConfig, n_frames: int = 
 
 
 def synth_dataset(out: str | Path, categories: list[str] | None = None, cfg: SynthConfig = SynthConfig(),
-                  video: bool = True) -> dict:
-    """Writes OUT/<category>/... for each category and OUT/conveyor_<first category>.mkv (+ .json)."""
+                  video: bool = True, force: bool = False) -> dict:
+    """Writes OUT/<category>/... for each category and OUT/conveyor_<first category>.mkv (+ .json).
+    An existing OUT/<category> is replaced only if this function made it (or with FORCE)."""
     out = Path(out)
     categories = categories or sorted(TEXTURES)
-    summary = {cat: write_category(out, cat, cfg) for cat in categories}
+    for cat in categories:              # refuse before any category is written, not half-way
+        check_replaceable(out / cat, "synth", force=force)
+    summary = {cat: write_category(out, cat, cfg, force) for cat in categories}
     if video:
         write_conveyor(out / f"conveyor_{categories[0]}.mkv", categories[0], cfg)
     return summary
