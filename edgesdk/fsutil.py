@@ -167,17 +167,46 @@ def atomic_dir(target: str | Path, *, kind: str, inputs: Iterable[str | Path | N
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.{pid}."))
-        old.rmdir()
-        target.rename(old)
-    stage.rename(target)
+    if (target.exists() or target.is_symlink()) and exchange(stage, target):
+        old = stage                 # one atomic step: the new folder is in place, the old one at `stage`
+    else:
+        old = None
+        if target.exists() or target.is_symlink():
+            # No atomic exchange here (not Linux, or a filesystem without it): two renames, and a run
+            # killed between them is repaired by the next one (sweep_stale puts the old folder back).
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.{pid}."))
+            old.rmdir()
+            target.rename(old)
+        stage.rename(target)
     if old is not None:
-        if old.is_dir():
+        if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink()            # a file replaced with --force
+
+
+_RENAME_EXCHANGE = 2              # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the names A and B in one atomic step (Linux renameat2 RENAME_EXCHANGE). False where the
+    system or filesystem cannot; then nothing changed."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
