@@ -32,7 +32,8 @@ def cmd_synth(args) -> None:
 
     cfg = SynthConfig(size=args.size, n_train=args.n_train, n_test_good=args.n_test_good,
                       n_test_per_defect=args.n_test_per_defect, seed=args.seed)
-    summary = synth_dataset(args.out, args.categories or sorted(TEXTURES), cfg, video=not args.no_video)
+    summary = synth_dataset(args.out, args.categories or sorted(TEXTURES), cfg, video=not args.no_video,
+                            force=args.force)
     rows = [{"category": c, **counts} for c, counts in summary.items()]
     print(table(rows, title=f"sample data -> {args.out}"))
 
@@ -409,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test-good", type=int, default=20)
     s.add_argument("--n-test-per-defect", type=int, default=8)
     s.add_argument("--no-video", action="store_true")
+    s.add_argument("--force", action="store_true", help="replace category folders this command did not make")
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("train", help="fit a model on good images -> run folder")
