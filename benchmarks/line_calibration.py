@@ -32,10 +32,10 @@ import cv2
 import numpy as np
 
 from edgesdk.bundle import Bundle
-from edgesdk.calibrate import calibrate
+from edgesdk.stream.calibrate import calibrate
 from edgesdk.data import mvtec
-from edgesdk.pipeline import run_stream
-from edgesdk.runtime import Detector, DetectorOptions
+from edgesdk.stream.pipeline import run_stream
+from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.table import table
 
 
@@ -116,7 +116,7 @@ def throughput(bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt:
     this shared machine's slow phases hit every side of a round. A loop's share is the median of
     its per-round ratios to the best model-only mode of that round (the fastest the model alone
     goes), and also to model-only in its own mode."""
-    from edgesdk.pipeline import stream_options
+    from edgesdk.stream.pipeline import stream_options
     from edgesdk.video.sources import VideoFileSource
 
     with VideoFileSource(video) as src:

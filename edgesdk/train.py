@@ -20,7 +20,7 @@ from tqdm import tqdm
 from edgesdk import __version__
 from edgesdk.data import mvtec
 from edgesdk.fsutil import atomic_dir
-from edgesdk.metrics import best_f1_threshold
+from edgesdk.measure.metrics import best_f1_threshold
 from edgesdk.fsutil import write_json
 from edgesdk.zoo import MODEL_NAMES, models
 

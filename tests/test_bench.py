@@ -7,7 +7,7 @@ import sys
 import cv2
 import pytest
 
-from edgesdk.bench import BenchOptions, harness_overhead_ms
+from edgesdk.measure.timing import BenchOptions, harness_overhead_ms
 
 KEYS = {"backend", "precision", "status", "p50_ms", "p90_ms", "p99_ms", "fps", "cold_start_ms", "peak_rss_mb",
         "image_auroc"}
@@ -80,7 +80,7 @@ def test_peak_rss_is_the_cold_start_process_alone(bundle):
     """ru_maxrss would count the parent's pages copied by fork; the bench reads VmHWM after exec."""
     import numpy as np
 
-    from edgesdk.bench import cold_start
+    from edgesdk.measure.timing import cold_start
 
     big = np.ones(100_000_000)          # 800 MB resident in this (parent) process
     ms, mb = cold_start("onnxruntime", bundle, "")

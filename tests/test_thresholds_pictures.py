@@ -8,7 +8,7 @@ import pytest
 
 from edgesdk.cli import main
 from edgesdk.data.mvtec import list_images, read_image
-from edgesdk.runtime import Detector, DetectorOptions
+from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.viz import JET, overlay
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgesdk.backends.tensorrt import EngineError, find_engine, load_plan_sidecar
-from edgesdk.build.trt import (TensorRTParseError, TensorRTUnavailable, build_engine, check_onnx,
+from edgesdk.compile.trt import (TensorRTParseError, TensorRTUnavailable, build_engine, check_onnx,
                                is_strongly_typed, trtexec_command)
 from edgesdk.bundle import Bundle
 from edgesdk.devices import load_profile

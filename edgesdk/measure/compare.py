@@ -63,7 +63,7 @@ def compare_bundles(a, b, data) -> dict:
     folder good/ + <defect>/), each at its own threshold. {"rows": [one per bundle], "pair": {...}}."""
     from edgesdk.bundle import Bundle
     from edgesdk.data import mvtec
-    from edgesdk.metrics import auroc
+    from edgesdk.measure.metrics import auroc
 
     ba, bb = Bundle.open(a), Bundle.open(b)
     if ba.input_size != bb.input_size:

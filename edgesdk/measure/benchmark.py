@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesdk.bench import BenchOptions, cold_start, harness_overhead_ms, provenance, summarize
+from edgesdk.measure.timing import BenchOptions, cold_start, harness_overhead_ms, provenance, summarize
 from edgesdk.bundle import Bundle
-from edgesdk.metrics import auroc
+from edgesdk.measure.metrics import auroc
 
 
 def _frames(bundle: Bundle, data: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -55,7 +55,7 @@ def _engine_info(bundle: Bundle) -> dict:
 
     if importlib.util.find_spec("tensorrt_rtx") is None:
         return {}
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import load_profile
 
     try:
@@ -137,7 +137,7 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
 def pipeline_row(model_row: dict, source: str) -> dict:
     """The whole stream loop (read, resize, infer, regions) on SOURCE beside the model-only row of
     the same bundle: end-to-end FPS, per-stage p50, and its share of the model-only throughput."""
-    from edgesdk.pipeline import run_stream
+    from edgesdk.stream.pipeline import run_stream
 
     s = run_stream(model_row["bundle"], source, [])
     lat = s["latency_ms"]

@@ -31,7 +31,7 @@ from edgesdk.devices import current_gpu
 from edgesdk.fsutil import atomic_write_bytes, atomic_write_text, write_json
 from edgesdk.spec import BuildConfig, DeviceProfile, EngineSidecar, sha256_file
 
-log = logging.getLogger("edgesdk.build")
+log = logging.getLogger("edgesdk.compile")
 
 WHERE_TO_BUILD = {
     "tensorrt": ("A Jetson builds its own engines (or one of the same module and JetPack): on it, JetPack's "

@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from edgesdk.backends.base import Runner
-from edgesdk.metrics import latency_stats
+from edgesdk.measure.metrics import latency_stats
 
 HIGH_VARIANCE = 0.10   # trtexec warns when the coefficient of variation exceeds 10%
 BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
@@ -146,7 +146,7 @@ if backend == "torch":
 else:
     sys.modules["torch"] = None          # the device path: torch must not be needed
     import numpy as np
-    from edgesdk.runtime import Detector, DetectorOptions
+    from edgesdk.stream.detector import Detector, DetectorOptions
     with Detector(bundle, DetectorOptions(backend=backend)) as det:   # sha256 check, session load
         det.predict(np.zeros((*det.size, 3), np.uint8))
 ms = (time.perf_counter() - t0) * 1e3
