@@ -180,8 +180,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from edgesdk.measure.timing import BenchOptions
-    from edgesdk.measure.benchmark import bench, for_json, markdown, plot, table_rows
+    from edgesdk.measure.benchmark import BenchOptions, bench, for_json, markdown, plot, table_rows
     from edgesdk.fsutil import atomic_write_text, write_json
 
     try:
