@@ -34,6 +34,7 @@ import numpy as np
 from edgesdk.bundle import Bundle
 from edgesdk.stream.calibrate import calibrate
 from edgesdk.data import mvtec
+from edgesdk.images import read_image
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.table import table
@@ -54,7 +55,7 @@ def line_video(data: Path, out: Path, seed: int = 0) -> np.ndarray:
     """line.mp4 from DATA's test images in a shuffled order; returns the labels (N,) per frame."""
     items = mvtec.test_items(data)
     order = np.random.default_rng(seed).permutation(len(items))
-    frames = [mvtec.read_image(items[i].path) for i in order]
+    frames = [read_image(items[i].path) for i in order]
     write_mp4(out, frames)
     return np.array([items[i].label for i in order])
 
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        size = mvtec.read_image(mvtec.test_items(data)[0].path).shape[0]
+        size = read_image(mvtec.test_items(data)[0].path).shape[0]
         labels = line_video(data, tmp / "line.mp4")
         good = good_clip(data.name, size, args.frames, tmp / "good.mp4")
         for b in map(Path, args.bundles):

@@ -262,7 +262,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from edgesdk.data.mvtec import read_image
+    from edgesdk.images import read_image
     from edgesdk.stream.detector import Detector
     from edgesdk.viz import save_overlay
 

@@ -9,7 +9,7 @@ from test_device_no_torch import run as run_without_torch
 
 from edgesdk.bundle import Bundle
 from edgesdk.stream.calibrate import calibrate
-from edgesdk.data.mvtec import list_images, read_image
+from edgesdk.images import list_images, read_image
 from edgesdk.stream.detector import Detector
 
 

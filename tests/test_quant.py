@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from edgesdk.compile import gate, quant
 from edgesdk.compile.onnx import ExportError, ExportOptions, export_onnx
 from edgesdk.bundle import Bundle
-from edgesdk.data.mvtec import DataError
+from edgesdk.errors import DataError
 from edgesdk.stream.detector import Detector
 
 

@@ -26,7 +26,8 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from edgesdk.data.mvtec import IMAGE_EXTS, DataError, list_images, read_image
+from edgesdk.errors import DataError
+from edgesdk.images import IMAGE_EXTS, list_images, read_image
 
 log = logging.getLogger("edgesdk.video")
 SMALL_FRAME = 1280 * 720      # pixels; videos up to this size decode on one thread
