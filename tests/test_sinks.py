@@ -98,7 +98,7 @@ def test_preview_encodes_only_for_a_viewer_and_once_per_frame():
     # viewer gets the newest frame, encoded once however often it is asked for.
     from edgesdk.stream.detector import Result
     from edgesdk.video.preview import PreviewSink
-    from edgesdk.video.sources import Frame
+    from edgesdk.video.base import Frame
 
     sink = PreviewSink(port=free_port())
     try:

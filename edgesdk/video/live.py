@@ -14,7 +14,7 @@ import time
 
 import cv2
 
-from edgesdk.video.sources import Frame, Source, SourceOptions
+from edgesdk.video.base import Frame, Source, SourceOptions
 
 log = logging.getLogger("edgesdk.video")
 

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from edgesdk.video.sinks import Sink, query_options
+from edgesdk.video.base import Sink, query_options
 
 log = logging.getLogger("edgesdk.mqtt")
 

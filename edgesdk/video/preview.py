@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
-from edgesdk.video.sinks import Sink
+from edgesdk.video.base import Sink
 from edgesdk.viz import overlay
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>edgesdk line preview</title>

@@ -17,21 +17,8 @@ from urllib.parse import parse_qs, urlparse
 import cv2
 
 from edgesdk.fsutil import atomic_write_bytes
+from edgesdk.video.base import Sink, query_options
 from edgesdk.viz import overlay
-
-
-class Sink:
-    def write(self, record: dict, frame, result) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "Sink":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class JsonlSink(Sink):
@@ -124,16 +111,6 @@ class VideoSink(Sink):
         if self.writer is not None:
             self.writer.release()
             os.replace(self.tmp, self.path)
-
-
-def query_options(uri, known: dict) -> dict:
-    """A sink URI's ?key=value options: KNOWN maps each key to its default, whose type converts the
-    value; an unknown key is an error that names the URI and the keys it takes."""
-    q = {k: v[-1] for k, v in parse_qs(uri.query).items()}
-    unknown = set(q) - set(known)
-    if unknown:
-        raise ValueError(f"{uri.geturl()}: unknown option(s) {sorted(unknown)}; known: {', '.join(known)}")
-    return {k: type(d)(q[k]) if k in q else d for k, d in known.items()}
 
 
 def _jsonl(uri) -> Sink:
