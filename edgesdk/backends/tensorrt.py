@@ -2,13 +2,12 @@
 named-tensor API (set_input_shape, set_tensor_address, execute_async_v3) on one CUDA stream, device
 buffers from cuda-python (`cuda.bindings`), pinned host buffers, GPU time from CUDA events.
 
-The parts that need no GPU are plain functions and unit-tested: finding the engine of a bundle,
-refusing a plan whose sidecar does not match the running TensorRT or GPU, and buffer planning.
+The parts that need no GPU are plain functions and unit-tested: buffer planning here; finding the
+engine of a bundle and refusing a plan whose sidecar does not match are edgesdk/engines.py.
 Works with JetPack's `tensorrt` (8.5+: the named-tensor API) and TensorRT for RTX (`tensorrt_rtx`)."""
 from __future__ import annotations
 
 import ctypes
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,56 +17,15 @@ import numpy as np
 from edgesdk.backends.base import Runner, TensorMeta
 from edgesdk.bundle import Bundle
 from edgesdk.devices import cuda_device, current_gpu
-from edgesdk.spec import EngineSidecar, SpecError, sha256_file
+from edgesdk.engines import (EngineError, TensorRTUnavailable, find_engine, import_tensorrt, installed_tensorrt,
+                             load_plan_sidecar)
 
 if TYPE_CHECKING:  # types come from tensorrt-stubs; at run time the sidecar names the flavour
     import tensorrt as trt
 
 
-class EngineError(RuntimeError):
-    """A plan is missing, corrupt, or was built for another bundle, TensorRT or GPU."""
-
-
 class NoGPU(RuntimeError):
     """TensorRT engines run on an NVIDIA GPU; this machine has none (or no CUDA driver)."""
-
-
-def load_plan_sidecar(plan: str | Path) -> EngineSidecar:
-    """The sidecar of PLAN, after checking the plan's size and sha256 against it."""
-    plan = Path(plan)
-    if not plan.is_file():
-        raise EngineError(f"{plan}: engine plan not found")
-    try:
-        side = EngineSidecar.load(EngineSidecar.path_for(plan))
-    except SpecError as e:
-        raise EngineError(str(e)) from None
-    size = plan.stat().st_size
-    if size != side.plan_bytes or sha256_file(plan) != side.plan_sha256:
-        raise EngineError(f"{plan}: {size} bytes / sha256 differ from its sidecar "
-                          f"({side.plan_bytes} bytes): truncated, corrupt or replaced; rebuild with `edgesdk build`")
-    return side
-
-
-def find_engine(bundle: Bundle, folder: str | Path | None = None, module: str | None = None,
-                version: str | None = None, gpu: dict | None = None) -> Path:
-    """The plan in FOLDER (default BUNDLE/engines) built from this bundle for the running TensorRT
-    and GPU; otherwise EngineError listing each plan found and why it does not fit."""
-    folder = Path(folder) if folder is not None else bundle.path / "engines"
-    plans = sorted(folder.glob("*.plan")) if folder.is_dir() else []
-    why = []
-    for plan in plans:
-        try:
-            side = load_plan_sidecar(plan)
-        except EngineError as e:
-            why.append(str(e))
-            continue
-        diff = side.mismatches(bundle.onnx_sha256, module, version, gpu)
-        if not diff:
-            return plan
-        why.append(f"{plan.name}: " + "; ".join(diff))
-    hint = f"build one there with `edgesdk build {bundle.path} --device PROFILE`"
-    raise EngineError(f"{folder}: no engine for this bundle and this TensorRT/GPU"
-                      + (":\n  " + "\n  ".join(why) if why else f" (no .plan files)") + f"\n{hint}")
 
 
 @dataclass(frozen=True)
@@ -126,17 +84,16 @@ class TensorRTRunner(Runner):
     @classmethod
     def from_bundle(cls, bundle: Bundle, engine: str | Path | None = None, **_: Any) -> "TensorRTRunner":
         if engine is None:
-            trt_mod = _import_trt_for(bundle)
+            trt_mod = installed_tensorrt(bundle)
             engine = find_engine(bundle, module=trt_mod.__name__, version=trt_mod.__version__, gpu=_gpu_or_none())
         return cls(engine, bundle)
 
     def load(self) -> "TensorRTRunner":
         side = self.sidecar
         try:
-            trt_mod: Any = importlib.import_module(side.tensorrt_module)
-        except ImportError:
-            raise EngineError(f"{self.plan}: built with {side.tensorrt_module} {side.tensorrt_version}, "
-                              f"which is not installed here") from None
+            trt_mod: Any = import_tensorrt(side.tensorrt_module)
+        except TensorRTUnavailable as e:
+            raise EngineError(f"{self.plan}: built with {side.tensorrt_module} {side.tensorrt_version}: {e}") from None
         if not nvidia_gpu_present():
             raise NoGPU(f"{self.plan}: no NVIDIA GPU here (no /dev/nvidia*, no Jetson GPU); TensorRT engines "
                         "run on the device they were built for: run this there")
@@ -261,14 +218,3 @@ def _gpu_count(cudart: Any) -> int:
 
 def _gpu_or_none() -> dict | None:
     return current_gpu() or None
-
-
-def _import_trt_for(bundle: Bundle) -> Any:
-    """The TensorRT flavour installed here (JetPack's first), to pick an engine for it."""
-    for name in ("tensorrt", "tensorrt_rtx"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise EngineError(f"{bundle.path}: --backend tensorrt needs TensorRT's Python module (JetPack's "
-                      "python3-libnvinfer on a Jetson, tensorrt-rtx-cu12 on an RTX PC); none is installed")
