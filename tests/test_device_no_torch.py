@@ -30,8 +30,11 @@ def test_runtime_modules_import_and_score_without_torch(bundle, tiny_data):
 import json, sys
 import edgesdk.backends, edgesdk.video, edgesdk.stream.detector, edgesdk.stream.pipeline, edgesdk.measure.metrics
 import edgesdk.measure.timing, edgesdk.measure.evaluate, edgesdk.bundle, edgesdk.spec, edgesdk.viz, edgesdk.cli
-import edgesdk.backends.tensorrt, edgesdk.compile.trt, edgesdk.devices, edgesdk.measure.compare   # engine build/run on the device
-import edgesdk.stream.calibrate, edgesdk.stream.soak, edgesdk.video.mqtt, edgesdk.video.live, edgesdk.video.preview, paho.mqtt.client
+import edgesdk.backends.tensorrt, edgesdk.compile.trt, edgesdk.engines   # engine build/run on the device
+import edgesdk.devices, edgesdk.measure.compare, edgesdk.images, edgesdk.video.base
+import edgesdk.stream.calibrate, edgesdk.stream.soak, edgesdk.video.mqtt, edgesdk.video.live, edgesdk.video.preview
+import paho.mqtt.client
+from edgesdk import Bundle, Detector, DetectorOptions
 from edgesdk.measure.evaluate import evaluate
 from edgesdk.stream.pipeline import run_stream
 r = evaluate(sys.argv[1], sys.argv[2] + "/brick")
