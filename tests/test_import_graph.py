@@ -255,3 +255,9 @@ def test_import_edgesdk_is_cheap_and_the_public_names_load_on_use():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.split("\n")[0] == "[] True False", r.stdout + r.stderr
     assert "AttributeError: module 'edgesdk' has no attribute 'Nope'" in r.stderr
+
+
+def test_the_architecture_page_names_every_module():
+    text = (ROOT / "docs/ARCHITECTURE.md").read_text()
+    missing = [str(p.relative_to(ROOT)) for p in MODULES.values() if f"`{p.relative_to(ROOT)}`" not in text]
+    assert not missing, f"docs/ARCHITECTURE.md has no line for {missing}"
