@@ -32,11 +32,11 @@ import cv2
 import numpy as np
 
 from edgesdk.bundle import Bundle
-from edgesdk.stream.calibrate import calibrate
 from edgesdk.data import mvtec
 from edgesdk.images import read_image
-from edgesdk.stream.pipeline import run_stream
+from edgesdk.stream.calibrate import calibrate
 from edgesdk.stream.detector import Detector, DetectorOptions
+from edgesdk.stream.pipeline import run_stream
 from edgesdk.table import table
 
 

@@ -15,14 +15,14 @@ import numpy as np
 
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 from edgesdk.backends.torch import TorchRunner
-from edgesdk.measure.timing import time_runner
-from edgesdk.compile.onnx import export_onnx
 from edgesdk.bundle import Bundle
+from edgesdk.compile.onnx import export_onnx
 from edgesdk.data import mvtec
 from edgesdk.data.synth import TEXTURES, SynthConfig, synth_dataset
-from edgesdk.measure.evaluate import evaluate
 from edgesdk.fsutil import write_json
+from edgesdk.measure.evaluate import evaluate
 from edgesdk.measure.metrics import f1_at
+from edgesdk.measure.timing import time_runner
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.table import table
 from edgesdk.train import train

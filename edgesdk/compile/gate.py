@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from edgesdk.compile import quant
-from edgesdk.measure.compare import interleaved_p50, score_onnx
 from edgesdk.data import mvtec
+from edgesdk.measure.compare import interleaved_p50, score_onnx
 from edgesdk.measure.metrics import auroc
 from edgesdk.table import table
 
