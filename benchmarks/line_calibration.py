@@ -32,10 +32,11 @@ import cv2
 import numpy as np
 
 from edgesdk.bundle import Bundle
-from edgesdk.calibrate import calibrate
 from edgesdk.data import mvtec
-from edgesdk.pipeline import run_stream
-from edgesdk.runtime import Detector, DetectorOptions
+from edgesdk.images import read_image
+from edgesdk.stream.calibrate import calibrate
+from edgesdk.stream.detector import Detector, DetectorOptions
+from edgesdk.stream.pipeline import run_stream
 from edgesdk.table import table
 
 
@@ -54,7 +55,7 @@ def line_video(data: Path, out: Path, seed: int = 0) -> np.ndarray:
     """line.mp4 from DATA's test images in a shuffled order; returns the labels (N,) per frame."""
     items = mvtec.test_items(data)
     order = np.random.default_rng(seed).permutation(len(items))
-    frames = [mvtec.read_image(items[i].path) for i in order]
+    frames = [read_image(items[i].path) for i in order]
     write_mp4(out, frames)
     return np.array([items[i].label for i in order])
 
@@ -116,7 +117,7 @@ def throughput(bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt:
     this shared machine's slow phases hit every side of a round. A loop's share is the median of
     its per-round ratios to the best model-only mode of that round (the fastest the model alone
     goes), and also to model-only in its own mode."""
-    from edgesdk.pipeline import stream_options
+    from edgesdk.stream.pipeline import stream_options
     from edgesdk.video.sources import VideoFileSource
 
     with VideoFileSource(video) as src:
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        size = mvtec.read_image(mvtec.test_items(data)[0].path).shape[0]
+        size = read_image(mvtec.test_items(data)[0].path).shape[0]
         labels = line_video(data, tmp / "line.mp4")
         good = good_clip(data.name, size, args.frames, tmp / "good.mp4")
         for b in map(Path, args.bundles):

@@ -74,8 +74,8 @@ def cmd_train(args) -> None:
 def cmd_export(args) -> None:
     from dataclasses import fields
 
-    from edgesdk.build.gate import report_table
-    from edgesdk.build.onnx import ExportOptions, export_onnx
+    from edgesdk.compile.gate import report_table
+    from edgesdk.compile.onnx import ExportOptions, export_onnx
     from edgesdk.bundle import Bundle
     from edgesdk.errors import OptionError
     from edgesdk.recipe import load_recipe
@@ -115,7 +115,7 @@ def _finite_float(text: str) -> float:
 
 
 def _detector_opts(args):
-    from edgesdk.runtime import DetectorOptions
+    from edgesdk.stream.detector import DetectorOptions
 
     return DetectorOptions(backend=args.backend, providers=args.providers, threshold=args.threshold,
                            engine=args.engine)
@@ -168,7 +168,7 @@ def _tolerance(text: str) -> float:
 
 
 def cmd_build(args) -> None:
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import load_profile
     from edgesdk.spec import BuildConfig, EngineSidecar
 
@@ -195,7 +195,7 @@ def cmd_build(args) -> None:
 def cmd_verify(args) -> None:
     from edgesdk.backends import OnnxRuntimeRunner, TensorRTRunner
     from edgesdk.bundle import Bundle
-    from edgesdk.compare import compare_runners
+    from edgesdk.measure.compare import compare_runners
 
     b = Bundle.open(args.bundle)
     frames = b.parity_frames()
@@ -214,7 +214,7 @@ def cmd_verify(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from edgesdk.compare import compare_bundles
+    from edgesdk.measure.compare import compare_bundles
     from edgesdk.fsutil import write_json
 
     r = compare_bundles(args.a, args.b, args.data)
@@ -228,8 +228,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from edgesdk.bench import BenchOptions
-    from edgesdk.benchmark import bench, for_json, markdown, plot, table_rows
+    from edgesdk.measure.benchmark import BenchOptions, bench, for_json, markdown, plot, table_rows
     from edgesdk.fsutil import atomic_write_text, write_json
 
     try:
@@ -298,7 +297,7 @@ def cmd_device(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from edgesdk.evaluate import evaluate
+    from edgesdk.measure.evaluate import evaluate
 
     r = evaluate(args.bundle, args.data, _detector_opts(args), progress=not args.json)
     lat = r["latency_ms"]
@@ -311,8 +310,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from edgesdk.data.mvtec import read_image
-    from edgesdk.runtime import Detector
+    from edgesdk.images import read_image
+    from edgesdk.stream.detector import Detector
     from edgesdk.viz import save_overlay
 
     rows = []
@@ -343,7 +342,7 @@ def _count(text: str) -> int:
 
 
 def cmd_run(args) -> None:
-    from edgesdk.pipeline import run_stream
+    from edgesdk.stream.pipeline import run_stream
 
     def show(rec):
         if args.verbose:
@@ -361,7 +360,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from edgesdk.calibrate import calibrate
+    from edgesdk.stream.calibrate import calibrate
 
     st = calibrate(args.bundle, args.source, args.out, args.frames, args.k_sigma, _detector_opts(args),
                    force=args.force)
@@ -375,7 +374,7 @@ def cmd_calibrate(args) -> None:
 
 def cmd_soak(args) -> None:
     from edgesdk.fsutil import write_json
-    from edgesdk.soak import plot, soak
+    from edgesdk.stream.soak import plot, soak
 
     r = soak(args.bundle, args.source, args.frames, args.sink, opts=_detector_opts(args), streams=args.streams)
     if args.out_json:

@@ -15,15 +15,15 @@ import numpy as np
 
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 from edgesdk.backends.torch import TorchRunner
-from edgesdk.bench import time_runner
-from edgesdk.build.onnx import export_onnx
 from edgesdk.bundle import Bundle
+from edgesdk.compile.onnx import export_onnx
 from edgesdk.data import mvtec
 from edgesdk.data.synth import TEXTURES, SynthConfig, synth_dataset
-from edgesdk.evaluate import evaluate
 from edgesdk.fsutil import write_json
-from edgesdk.metrics import f1_at
-from edgesdk.pipeline import run_stream
+from edgesdk.measure.evaluate import evaluate
+from edgesdk.measure.metrics import f1_at
+from edgesdk.measure.timing import time_runner
+from edgesdk.stream.pipeline import run_stream
 from edgesdk.table import table
 from edgesdk.train import train
 
@@ -48,8 +48,8 @@ def stream_check(bundle: Path, video: Path, out: Path) -> dict:
 def quantize_check(out: Path, name: str) -> tuple[dict, str]:
     """RUNS/NAME exported to INT8 for this CPU, gated against the float model: (summary, the gate's
     report as text), or its refusal (then no bundle exists, which is the point of the gate)."""
-    from edgesdk.build.gate import GateError, report_table
-    from edgesdk.build.onnx import ExportOptions
+    from edgesdk.compile.gate import GateError, report_table
+    from edgesdk.compile.onnx import ExportOptions
 
     bundle = out / "bundles" / f"{name}-int8"
     try:
@@ -71,7 +71,7 @@ def build_engines(out: Path, bundles: list[str]) -> list[dict]:
     if importlib.util.find_spec("tensorrt_rtx") is None:
         print("      (TensorRT for RTX not installed: pip install 'edgesdk[tensorrt-rtx]' to build engines)")
         return []
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import load_profile
 
     rtx = load_profile("rtx")

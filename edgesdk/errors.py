@@ -16,6 +16,10 @@ class OptionError(EdgesdkError):
     """A URI's query option or a command-line value is malformed or out of range."""
 
 
+class DataError(EdgesdkError):
+    """A data folder or file is missing, empty, unreadable or inconsistent."""
+
+
 def finite(value: Any, name: str, where: str = "") -> float:
     """VALUE as a finite float, or OptionError naming NAME (and WHERE: a URI, a file)."""
     prefix = f"{where}: " if where else ""

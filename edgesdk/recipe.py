@@ -91,7 +91,7 @@ def check_values(section: str, values: dict, where: str, model: str = "") -> Non
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """export/NAME.toml among the shipped recipes, or a path; every section is checked against the
     dataclass it configures and the ranges above, so a typo fails here, naming the key and the file."""
-    from edgesdk.build.onnx import ExportOptions
+    from edgesdk.compile.onnx import ExportOptions
     from edgesdk.train import TrainOptions
     from edgesdk.zoo import MODEL_NAMES, models
 

@@ -23,7 +23,7 @@ from edgesdk import __version__
 from edgesdk.data import mvtec
 from edgesdk.errors import no_nonfinite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
-from edgesdk.metrics import best_f1_threshold
+from edgesdk.measure.metrics import best_f1_threshold
 from edgesdk.spec import SpecError
 from edgesdk.zoo import MODEL_NAMES, models
 

@@ -42,7 +42,7 @@ def overlay(frame: np.ndarray, amap: np.ndarray, threshold: float, regions=(), a
 
 
 def save_overlay(path: str | os.PathLike, frame: np.ndarray, result, threshold: float) -> Path:
-    """Write the overlay of RESULT (a runtime.Result) on FRAME to PATH, encoded by its extension,
+    """Write the overlay of RESULT (a stream.detector.Result) on FRAME to PATH, encoded by its extension,
     atomically; OSError naming PATH when it cannot be written (never a silent False)."""
     path = Path(path)
     ok, buf = cv2.imencode(path.suffix or ".png", overlay(frame, result.anomaly_map, threshold, result.regions))

@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from edgesdk.pipeline import run_stream
+from edgesdk.stream.pipeline import run_stream
 from edgesdk.table import table
 
 

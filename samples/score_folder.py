@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgesdk.data.mvtec import list_images, read_image
-from edgesdk.metrics import latency_stats
-from edgesdk.runtime import Detector
+from edgesdk.images import list_images, read_image
+from edgesdk.measure.metrics import latency_stats
+from edgesdk.stream.detector import Detector
 from edgesdk.viz import save_overlay
 
 

@@ -28,7 +28,7 @@ def run_dir(tiny_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundle(run_dir, tmp_path_factory):
-    from edgesdk.build.onnx import export_onnx
+    from edgesdk.compile.onnx import export_onnx
 
     return export_onnx(run_dir, tmp_path_factory.mktemp("bundles") / "brick")
 
@@ -44,7 +44,7 @@ ZOO_CONFIGS = {
 @pytest.fixture(scope="session")
 def zoo(tiny_data, run_dir, bundle, tmp_path_factory):
     """{model: (run_dir, bundle_dir)} for every zoo model, trained and exported once per session."""
-    from edgesdk.build.onnx import export_onnx
+    from edgesdk.compile.onnx import export_onnx
     from edgesdk.train import train
 
     out = {"padim": (run_dir, bundle)}

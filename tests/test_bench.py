@@ -8,7 +8,8 @@ import sys
 import cv2
 import pytest
 
-from edgesdk.bench import BenchOptions, harness_overhead_ms
+from edgesdk.measure.benchmark import BenchOptions
+from edgesdk.measure.timing import harness_overhead_ms, timed_calls
 
 KEYS = {"backend", "precision", "status", "p50_ms", "p90_ms", "p99_ms", "fps", "cold_start_ms", "peak_rss_mb",
         "image_auroc"}
@@ -68,6 +69,21 @@ def test_bad_input_is_a_clear_error_and_good_rows_are_kept(bundle, tmp_path):
     assert rows[1]["status"] == "ok" and rows[1]["p50_ms"] > 0
 
 
+def test_the_timing_loop_rotates_feeds_and_leaves_untimed_calls_out():
+    """compare, the export gate, the bench rounds and time_runner all time through timed_calls."""
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def infer(self, feed):
+            self.seen.append(feed["i"])
+
+    feeds = [{"i": i} for i in range(3)]
+    r, ms = Recorder(), [1.0]
+    assert timed_calls(r, feeds, 5, start=2, untimed=2, out=ms) is ms
+    assert r.seen == [2, 0, 1, 2, 0] and len(ms) == 1 + 3 and all(x >= 0 for x in ms)
+
+
 def test_harness_overhead_is_measured():
     overhead = harness_overhead_ms()
     assert math.isfinite(overhead) and overhead > 0
@@ -82,7 +98,7 @@ def test_peak_rss_is_the_cold_start_process_alone(bundle):
     """ru_maxrss would count the parent's pages copied by fork; the bench reads VmHWM after exec."""
     import numpy as np
 
-    from edgesdk.bench import cold_start
+    from edgesdk.measure.benchmark import cold_start
 
     big = np.ones(100_000_000)          # 800 MB resident in this (parent) process
     ms, mb = cold_start("onnxruntime", bundle, "")

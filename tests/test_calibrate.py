@@ -8,9 +8,9 @@ import pytest
 from test_device_no_torch import run as run_without_torch
 
 from edgesdk.bundle import Bundle
-from edgesdk.calibrate import calibrate
-from edgesdk.data.mvtec import list_images, read_image
-from edgesdk.runtime import Detector
+from edgesdk.stream.calibrate import calibrate
+from edgesdk.images import list_images, read_image
+from edgesdk.stream.detector import Detector
 
 
 def write_mp4(path, images, size=(160, 160)):

@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edgesdk import images
 from edgesdk.data import mvtec
 from edgesdk.data.synth import DEFECTS, SynthConfig, good_image, paint_defect, synth_dataset, texture
 
@@ -60,7 +61,7 @@ def test_bad_folders_name_the_path(tmp_path, tiny_data):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
     with pytest.raises(mvtec.DataError, match="x.png: not a readable image"):
-        mvtec.read_image(mvtec.good_images(tmp_path / "broken")[0])
+        images.read_image(mvtec.good_images(tmp_path / "broken")[0])
 
 
 def test_inconsistent_masks_are_errors(tmp_path, tiny_data):

@@ -14,7 +14,7 @@ from edgesdk.deploy.slots import InstallOptions, install
 
 def test_a_packaged_engine_is_adopted_on_its_device_and_ignored_elsewhere(bundle, keypair, tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX builds the engine")
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import current_gpu, load_profile
 
     b = tmp_path / "bundle"

@@ -122,7 +122,7 @@ def test_latency_budget_fails_the_health_check_and_keeps_the_old_model(pkgs, key
 @pytest.fixture(scope="module")
 def grass_bundle(tmp_path_factory):
     """A tiny PaDiM trained on another texture (grass): the wrong model for the brick line."""
-    from edgesdk.build.onnx import export_onnx
+    from edgesdk.compile.onnx import export_onnx
     from edgesdk.data.synth import SynthConfig, synth_dataset
     from edgesdk.train import train
 

@@ -28,12 +28,15 @@ def test_block_really_blocks():
 def test_runtime_modules_import_and_score_without_torch(bundle, tiny_data):
     code = """
 import json, sys
-import edgesdk.backends, edgesdk.video, edgesdk.runtime, edgesdk.pipeline, edgesdk.metrics
-import edgesdk.bench, edgesdk.evaluate, edgesdk.bundle, edgesdk.spec, edgesdk.viz, edgesdk.cli
-import edgesdk.backends.tensorrt, edgesdk.build.trt, edgesdk.devices, edgesdk.compare   # engine build/run on the device
-import edgesdk.calibrate, edgesdk.soak, edgesdk.video.mqtt, edgesdk.video.live, edgesdk.video.preview, paho.mqtt.client
-from edgesdk.evaluate import evaluate
-from edgesdk.pipeline import run_stream
+import edgesdk.backends, edgesdk.video, edgesdk.stream.detector, edgesdk.stream.pipeline, edgesdk.measure.metrics
+import edgesdk.measure.timing, edgesdk.measure.evaluate, edgesdk.bundle, edgesdk.spec, edgesdk.viz, edgesdk.cli
+import edgesdk.backends.tensorrt, edgesdk.compile.trt, edgesdk.engines   # engine build/run on the device
+import edgesdk.devices, edgesdk.measure.compare, edgesdk.images, edgesdk.video.base
+import edgesdk.stream.calibrate, edgesdk.stream.soak, edgesdk.video.mqtt, edgesdk.video.live, edgesdk.video.preview
+import paho.mqtt.client
+from edgesdk import Bundle, Detector, DetectorOptions
+from edgesdk.measure.evaluate import evaluate
+from edgesdk.stream.pipeline import run_stream
 r = evaluate(sys.argv[1], sys.argv[2] + "/brick")
 s = run_stream(sys.argv[1], sys.argv[2] + "/conveyor_brick.mkv", [])
 print(json.dumps({"auroc": r["image_auroc"], "frames": s["frames"], "torch": "torch" in sys.modules and sys.modules["torch"] is not None}))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgesdk.build.onnx import ExportError, ExportOptions, export_onnx
+from edgesdk.compile.onnx import ExportError, ExportOptions, export_onnx
 from edgesdk.bundle import Bundle
 from edgesdk.data import mvtec
-from edgesdk.runtime import Detector
+from edgesdk.stream.detector import Detector
 from edgesdk.train import load_run
 
 

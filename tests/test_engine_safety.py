@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from edgesdk.backends.tensorrt import EngineError, TensorRTRunner, load_plan_sidecar, read_plan, staged_plan
-from edgesdk.build.trt import TensorRTUnavailable, check_onnx, find_reusable, import_tensorrt
+from edgesdk.backends.tensorrt import TensorRTRunner
+from edgesdk.compile.trt import check_onnx
+from edgesdk.engines import (EngineError, TensorRTUnavailable, find_reusable, import_tensorrt, load_plan_sidecar,
+                             read_plan, staged_plan)
 from edgesdk.cli import main
 from edgesdk.devices import load_profile
 from edgesdk.recipe import load_recipe
-from edgesdk.spec import BuildConfig, DeviceProfile, EngineSidecar, SpecError, from_mapping
+from edgesdk.spec import BuildConfig, EngineSidecar, SpecError, from_mapping
 
 
 def write_plan(folder: Path, name: str = "e.plan", **over) -> Path:
@@ -77,7 +79,7 @@ def test_the_builder_imports_only_tensorrt_modules(tmp_path, evil):
 
 
 def test_build_engine_refuses_a_profile_that_names_another_module(bundle, tmp_path, evil):
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
 
     prof = load_profile("rtx")
     object.__setattr__(prof, "tensorrt_module", "evil_mod")     # past the profile's own checks
@@ -132,18 +134,18 @@ def test_plan_and_sidecar_links_out_of_the_folder_are_refused(tmp_path):
     (inside / "e.json").write_bytes(outside.with_suffix(".json").read_bytes())
     with pytest.raises(EngineError, match=r"e\.plan: a link to .*elsewhere.*, outside"):
         load_plan_sidecar(inside / "e.plan")
-    assert find_reusable(inside / "e.plan", inside / "e.json", "0123456789") is None
+    assert find_reusable(inside / "e.plan", "0123456789") is None
     (inside / "e.plan").unlink()
     (inside / "e.plan").write_bytes(outside.read_bytes())
     (inside / "e.json").unlink()
     (inside / "e.json").symlink_to(outside.with_suffix(".json"))
     with pytest.raises(EngineError, match=r"e\.json: a link to .*, outside"):
         load_plan_sidecar(inside / "e.plan")
-    assert find_reusable(inside / "e.plan", inside / "e.json", "0123456789") is None
+    assert find_reusable(inside / "e.plan", "0123456789") is None
     (inside / "e.json").unlink()
     (inside / "e.json").write_bytes(outside.with_suffix(".json").read_bytes())
     assert load_plan_sidecar(inside / "e.plan").plan == "e.plan"        # plain files beside each other
-    assert find_reusable(inside / "e.plan", inside / "e.json", "0123456789") is not None
+    assert find_reusable(inside / "e.plan", "0123456789") is not None
 
 
 def test_a_staged_plan_is_taken_only_when_the_sidecar_vouches_for_it(tmp_path):
@@ -253,7 +255,7 @@ def test_verify_refuses_a_sidecar_that_names_another_module(bundle, tmp_path, ca
 
 def test_unknown_compute_capability_is_a_clean_error(bundle, tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX builds the engine")
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
 
     prof = dataclasses.replace(load_profile("rtx"), compute_capability="9.9")
     with pytest.raises(ValueError, match="compute_capability 9.9 is not a target of tensorrt_rtx"):

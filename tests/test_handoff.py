@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edgesdk.handoff import Handoff
+from edgesdk.stream.handoff import Handoff
 
 
 def _started(fn) -> tuple[threading.Thread, threading.Event]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgesdk.metrics import auroc, best_f1_threshold, f1_at, latency_stats
+from edgesdk.measure.metrics import auroc, best_f1_threshold, f1_at, latency_stats
 
 
 def brute_auroc(s, y):
@@ -38,7 +38,7 @@ def test_latency_stats_percentiles():
 
 
 def test_latency_window_keeps_fixed_memory_and_exact_totals():
-    from edgesdk.metrics import LatencyWindow
+    from edgesdk.measure.metrics import LatencyWindow
 
     w = LatencyWindow(size=100)
     for i in range(1000):

@@ -6,7 +6,7 @@ import time
 import pytest
 from mqtt_broker import Broker, Subscriber, mosquitto_binary
 
-from edgesdk.pipeline import run_stream
+from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
@@ -55,7 +55,7 @@ def test_broker_restart_mid_stream_loses_no_verdict(broker, bundle, tiny_data, t
 
 
 def test_verdicts_written_while_broker_is_down_are_delivered_by_the_next_run(bundle, tiny_data, tmp_path):
-    from edgesdk.runtime import Detector
+    from edgesdk.stream.detector import Detector
     from edgesdk.video import open_source
 
     broker = Broker(tmp_path)                        # configured, not started: the line has no broker

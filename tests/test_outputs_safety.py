@@ -77,7 +77,7 @@ def test_calibrate_never_replaces_its_source_folder(my_bundle, tiny_data, tmp_pa
 
 
 def test_calibrate_replaces_a_bundle_and_with_force_anything_else(my_bundle, tiny_data, tmp_path):
-    from edgesdk.calibrate import calibrate
+    from edgesdk.stream.calibrate import calibrate
 
     src = str(tiny_data / "brick/train/good")
     out = tmp_path / "cal"
@@ -110,7 +110,7 @@ def test_train_refuses_to_replace_its_data_folder(tiny_data, tmp_path, capsys):
 
 
 def test_export_refuses_user_folders_its_run_and_its_training_data(run_dir, tmp_path, capsys):
-    from edgesdk.build.onnx import export_onnx
+    from edgesdk.compile.onnx import export_onnx
 
     run = shutil.copytree(run_dir, tmp_path / "runs" / "brick")
     data = user_folder(tmp_path / "data")                  # stands in for the run's training images
@@ -152,7 +152,7 @@ def test_synth_replaces_only_its_own_category_folders(tmp_path):
 
 # -- 7. staging left by killed runs ----------------------------------------------------------------
 def test_killed_runs_staging_is_swept_but_a_live_runs_is_not(my_bundle, tiny_data, tmp_path):
-    from edgesdk.calibrate import calibrate
+    from edgesdk.stream.calibrate import calibrate
 
     out, src = tmp_path / "cal", str(tiny_data / "brick/train/good")
     calibrate(my_bundle, src, out, frames=30, progress=False)
@@ -168,7 +168,7 @@ def test_killed_runs_staging_is_swept_but_a_live_runs_is_not(my_bundle, tiny_dat
 
 
 def test_killed_export_staging_is_swept(run_dir, tmp_path):
-    from edgesdk.build.onnx import export_onnx
+    from edgesdk.compile.onnx import export_onnx
 
     stale = tmp_path / f".b.staging.{dead_pid()}.k1ll3d"
     stale.mkdir()
@@ -207,7 +207,7 @@ def test_manifest_file_names_that_leave_the_bundle_are_refused(my_bundle, name):
 
 
 def test_calibrate_writes_nothing_outside_out_for_an_escaping_manifest(my_bundle, tiny_data, tmp_path):
-    from edgesdk.calibrate import calibrate
+    from edgesdk.stream.calibrate import calibrate
 
     evil = my_bundle.parent.parent / "evil.sh"           # the file the manifest vouches for, outside
     evil.write_text("#!/bin/sh\necho owned\n")

@@ -42,7 +42,7 @@ def test_fit_recovers_gaussian_statistics(tiny_data):
 
 def test_defects_score_higher_than_good(run_dir, tiny_data):
     from edgesdk.data import mvtec
-    from edgesdk.metrics import auroc
+    from edgesdk.measure.metrics import auroc
     from edgesdk.train import load_run
 
     net, meta = load_run(run_dir)

@@ -10,11 +10,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgesdk.build import gate, quant
-from edgesdk.build.onnx import ExportError, ExportOptions, export_onnx
+from edgesdk.compile import gate, quant
+from edgesdk.compile.onnx import ExportError, ExportOptions, export_onnx
 from edgesdk.bundle import Bundle
-from edgesdk.data.mvtec import DataError
-from edgesdk.runtime import Detector
+from edgesdk.errors import DataError
+from edgesdk.stream.detector import Detector
 
 
 def _qdq(path):
@@ -72,7 +72,7 @@ def test_int8_cpu_bundle_is_u8s8_gated_and_rederives_its_threshold(int8_cpu, bun
 @pytest.mark.parametrize("model", ["padim", "patchcore", "stfpm"])
 def test_tensorrt_int8_and_fp16_bundles_pass_qdq_rules_and_build_engines(zoo, model, tmp_path):
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX (tensorrt-rtx-cu12) is in the dev extra")
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import load_profile
     from edgesdk.spec import BuildConfig
 
@@ -96,7 +96,7 @@ def test_tensorrt_int8_and_fp16_bundles_pass_qdq_rules_and_build_engines(zoo, mo
         # Runs correctly in ONNX Runtime: FP16 scores match the float bundle's; INT8 scores carry the
         # quantization noise as an offset (symmetric int8 raises PatchCore's nearest-neighbour distances
         # by many z), so the check is that each bundle, at its own threshold, gives the same verdicts.
-        from edgesdk.compare import score_onnx
+        from edgesdk.measure.compare import score_onnx
 
         lo, _ = score_onnx(b.model_path, frames)
         hi, _ = score_onnx(ref.model_path, frames)
@@ -209,7 +209,7 @@ def test_option_errors_are_clear(run_dir, tmp_path):
 
 
 def test_tensorrt_build_refuses_a_cpu_int8_bundle(int8_cpu):
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import load_profile
 
     with pytest.raises(ValueError, match="quantized for ONNX Runtime on a CPU.*--target tensorrt"):

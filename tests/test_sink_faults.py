@@ -3,7 +3,6 @@ degrades (counted, logged once, retried, resumed) while every verdict is still w
 sink on a full disk stops the run naming its file; the preview refuses a frame rate <= 0, never
 spins a core for a viewer, warns when it is reachable from the network and asks for its token on
 every path; a damaged MQTT outbox is moved aside, not deleted, and a fresh one is started."""
-import errno
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ import pytest
 from mqtt_broker import Broker, Subscriber, free_port, mosquitto_binary
 
 from edgesdk import pipeline
-from edgesdk.pipeline import run_stream
+from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None,
@@ -52,7 +51,7 @@ def test_a_dir_sink_whose_folder_becomes_a_file_degrades_and_every_verdict_is_wr
         elif rec["frame_id"] == 30:
             ng.unlink()
 
-    caplog.set_level(logging.WARNING, logger="edgesdk.pipeline")
+    caplog.set_level(logging.WARNING, logger="edgesdk.stream.pipeline")
     s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"),
                    [f"jsonl://{jsonl}", dir_uri, f"http://127.0.0.1:{port}?fps=10"], on_record=on_record)
     recs = [json.loads(x) for x in jsonl.read_text().splitlines()]
@@ -83,7 +82,7 @@ def test_a_video_sink_that_cannot_finish_its_file_is_counted_not_fatal(bundle, t
             vid.rename(tmp_path / "vid-before")
             vid.write_text("a file where the folder was")
 
-    caplog.set_level(logging.WARNING, logger="edgesdk.pipeline")
+    caplog.set_level(logging.WARNING, logger="edgesdk.stream.pipeline")
     s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [f"jsonl://{jsonl}", video_uri], on_record=on_record)
     assert s["frames"] == len(jsonl.read_text().splitlines()) == 60 and s["sink_errors"][video_uri] == 1
     (msg,) = [r.getMessage() for r in caplog.records if video_uri in r.getMessage()]
@@ -156,7 +155,7 @@ def test_the_preview_refuses_a_frame_rate_that_is_not_a_positive_number(fps):
 
 
 def _write_frame(sink, i: int) -> None:
-    from edgesdk.runtime import Result
+    from edgesdk.stream.detector import Result
     from edgesdk.video.sources import Frame
 
     img = np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8)

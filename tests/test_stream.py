@@ -16,7 +16,7 @@ import rtsp_server
 from mjpeg_server import MjpegCamera
 from mqtt_broker import free_port
 
-from edgesdk.pipeline import run_stream
+from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_source
 
 
@@ -185,7 +185,7 @@ def test_two_streams_score_every_frame_in_capture_order_with_the_same_verdicts(b
 
 
 def test_streams_need_onnxruntime_and_at_least_one(bundle, tiny_data):
-    from edgesdk.runtime import DetectorOptions
+    from edgesdk.stream.detector import DetectorOptions
 
     with pytest.raises(ValueError, match="tensorrt backend runs one stream"):
         run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [], DetectorOptions(backend="tensorrt"), streams=2)

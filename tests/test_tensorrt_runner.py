@@ -34,7 +34,7 @@ def test_gpu_presence_is_read_from_device_nodes(tmp_path):
 @pytest.fixture(scope="module")
 def engine(bundle, tmp_path_factory):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX builds the engine")
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import load_profile
 
     b = Bundle.open(shutil.copytree(bundle, tmp_path_factory.mktemp("trt") / "b"))
@@ -59,7 +59,7 @@ def test_without_a_gpu_the_runner_and_verify_say_so(engine):
 def test_engine_agrees_with_onnxruntime_on_the_gpu(engine):
     pytest.importorskip("cuda.bindings", reason="cuda-python provides device memory")
     from edgesdk.backends import OnnxRuntimeRunner
-    from edgesdk.compare import compare_runners
+    from edgesdk.measure.compare import compare_runners
 
     b, plan = engine
     with TensorRTRunner(plan, b) as t, OnnxRuntimeRunner(b.model_path, "CPUExecutionProvider") as o:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgesdk.cli import main
-from edgesdk.data.mvtec import list_images, read_image
-from edgesdk.runtime import Detector, DetectorOptions
+from edgesdk.images import list_images, read_image
+from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.viz import JET, overlay
 
 

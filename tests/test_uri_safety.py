@@ -19,7 +19,7 @@ from mqtt_broker import free_port
 
 from edgesdk.data.mvtec import DataError
 from edgesdk.errors import EdgesdkError, OptionError
-from edgesdk.pipeline import run_stream
+from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink, open_source
 
 
@@ -152,7 +152,7 @@ def test_hash_in_a_file_name_is_part_of_the_name(clip, tmp_path, scheme):
 
 
 def test_hash_in_a_sink_path_writes_that_file_and_leaves_the_other_alone(tmp_path):
-    from edgesdk.runtime import Result
+    from edgesdk.stream.detector import Result
     from edgesdk.video.sources import Frame
 
     (tmp_path / "out").write_bytes(b'{"mine": 1}\n')

@@ -19,7 +19,7 @@ def test_each_model_exports_with_parity_and_scores_without_torch(zoo, tiny_data,
     par = json.loads((bundle / "parity.json").read_text())
     assert par["passed"] and par["score_max_rel_err"] <= 1e-4 and par["map_max_rel_err"] <= 1e-4
     code = ("import sys, json; sys.modules['torch'] = None\n"
-            "from edgesdk.evaluate import evaluate\n"
+            "from edgesdk.measure.evaluate import evaluate\n"
             "r = evaluate(sys.argv[1], sys.argv[2]); print(json.dumps([r['image_auroc'], r['pixel_auroc']]))")
     r = subprocess.run([sys.executable, "-c", code, str(bundle), str(tiny_data / "brick")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -32,7 +32,7 @@ def test_each_model_exports_with_parity_and_scores_without_torch(zoo, tiny_data,
 @pytest.mark.parametrize("model", MODELS)
 def test_each_models_bundle_builds_a_tensorrt_engine(zoo, model, tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is in the dev extra")
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import load_profile
 
     r = build_engine(zoo[model][1], load_profile("rtx"), out=tmp_path)

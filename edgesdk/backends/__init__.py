@@ -11,8 +11,6 @@ from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 from edgesdk.backends.tensorrt import TensorRTRunner
 from edgesdk.bundle import Bundle
 
-BACKENDS = {"onnxruntime": OnnxRuntimeRunner, "tensorrt": TensorRTRunner}
-
 
 def open_runner(backend: str, bundle: Bundle, providers: str | list[str] = "auto", threads: int = 0,
                 engine: str | Path | None = None, spin: bool = True) -> Runner:
@@ -21,7 +19,7 @@ def open_runner(backend: str, bundle: Bundle, providers: str | list[str] = "auto
         return OnnxRuntimeRunner(bundle.model_path, providers=providers, threads=threads, spin=spin).load()
     if backend == "tensorrt":
         return TensorRTRunner.from_bundle(bundle, engine=engine).load()
-    raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
+    raise ValueError(f"unknown backend {backend!r}; available: onnxruntime, tensorrt")
 
 
-__all__ = ["BACKENDS", "OnnxRuntimeRunner", "Runner", "TensorMeta", "TensorRTRunner", "open_runner"]
+__all__ = ["OnnxRuntimeRunner", "Runner", "TensorMeta", "TensorRTRunner", "open_runner"]

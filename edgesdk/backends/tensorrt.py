@@ -2,14 +2,12 @@
 named-tensor API (set_input_shape, set_tensor_address, execute_async_v3) on one CUDA stream, device
 buffers from cuda-python (`cuda.bindings`), pinned host buffers, GPU time from CUDA events.
 
-The parts that need no GPU are plain functions and unit-tested: finding the engine of a bundle,
-refusing a plan whose sidecar does not match the running TensorRT or GPU, and buffer planning.
+The parts that need no GPU are plain functions and unit-tested: buffer planning here; finding the
+engine of a bundle and refusing a plan whose sidecar does not match are edgesdk/engines.py.
 Works with JetPack's `tensorrt` (8.5+: the named-tensor API) and TensorRT for RTX (`tensorrt_rtx`)."""
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,97 +17,15 @@ import numpy as np
 from edgesdk.backends.base import Runner, TensorMeta
 from edgesdk.bundle import Bundle
 from edgesdk.devices import cuda_device, current_gpu
-from edgesdk.spec import TENSORRT_MODULES, EngineSidecar, SpecError, sha256_file
+from edgesdk.engines import (EngineError, TensorRTUnavailable, find_engine, import_tensorrt, installed_tensorrt,
+                             load_plan_sidecar, read_plan)
 
 if TYPE_CHECKING:  # types come from tensorrt-stubs; at run time the sidecar names the flavour
     import tensorrt as trt
 
 
-class EngineError(RuntimeError):
-    """A plan is missing, corrupt, or was built for another bundle, TensorRT or GPU."""
-
-
 class NoGPU(RuntimeError):
     """TensorRT engines run on an NVIDIA GPU; this machine has none (or no CUDA driver)."""
-
-
-def staged_plan(plan: str | Path) -> Path:
-    """Where `edgesdk build` stages a new NAME.plan: .NAME.plan.next beside it (hidden, and no *.plan
-    glob lists it). The build writes it, then NAME.json for it, then renames it onto NAME.plan."""
-    plan = Path(plan)
-    return plan.with_name(f".{plan.name}.next")
-
-
-def vouched_by(path: Path, side: EngineSidecar) -> bool:
-    """PATH is a file in its own folder with the size and sha256 that SIDE names."""
-    try:
-        EngineSidecar.inside_folder(path)
-        return path.is_file() and path.stat().st_size == side.plan_bytes and sha256_file(path) == side.plan_sha256
-    except (SpecError, OSError):      # a link out of the folder; renamed away while we looked
-        return False
-
-
-def load_plan_sidecar(plan: str | Path) -> EngineSidecar:
-    """The sidecar of PLAN, every field checked, after checking the plan's size and sha256 against
-    it. Plan and sidecar must be files in one folder (no links leading out of it). A rebuild killed
-    between writing NAME.json and renaming its staged plan onto NAME.plan leaves the plan the
-    sidecar vouches for in staged_plan(PLAN): that one is accepted (and read by the runner), never
-    renamed here; the next build finishes the rename."""
-    plan = Path(plan)
-    if not plan.is_file():
-        raise EngineError(f"{plan}: engine plan not found")
-    try:
-        EngineSidecar.inside_folder(plan)
-        side_path = EngineSidecar.path_for(plan)
-        if side_path.exists():
-            EngineSidecar.inside_folder(side_path)
-        side = EngineSidecar.load(side_path)
-    except SpecError as e:
-        raise EngineError(str(e)) from None
-    # PLAN again last: a build's final rename may land between the first two looks.
-    if not any(vouched_by(p, side) for p in (plan, staged_plan(plan), plan)):
-        size = plan.stat().st_size
-        raise EngineError(f"{plan}: {size} bytes / sha256 differ from its sidecar "
-                          f"({side.plan_bytes} bytes): truncated, corrupt or replaced; rebuild with `edgesdk build`")
-    return side
-
-
-def read_plan(plan: str | Path, side: EngineSidecar) -> bytes:
-    """The plan bytes SIDE vouches for (PLAN's, or its staged plan's, as in load_plan_sidecar), read
-    once and checked in memory: what TensorRT deserializes is what was checked, even if a build
-    replaces the files meanwhile."""
-    plan = Path(plan)
-    for p in (plan, staged_plan(plan), plan):
-        try:
-            data = EngineSidecar.inside_folder(p).read_bytes()
-        except (SpecError, OSError):
-            continue
-        if len(data) == side.plan_bytes and hashlib.sha256(data).hexdigest() == side.plan_sha256:
-            return data
-    raise EngineError(f"{plan}: no longer the plan its sidecar vouched for when it was opened "
-                      "(rebuilt meanwhile?); open it again")
-
-
-def find_engine(bundle: Bundle, folder: str | Path | None = None, module: str | None = None,
-                version: str | None = None, gpu: dict | None = None) -> Path:
-    """The plan in FOLDER (default BUNDLE/engines) built from this bundle for the running TensorRT
-    and GPU; otherwise EngineError listing each plan found and why it does not fit."""
-    folder = Path(folder) if folder is not None else bundle.path / "engines"
-    plans = sorted(folder.glob("*.plan")) if folder.is_dir() else []
-    why = []
-    for plan in plans:
-        try:
-            side = load_plan_sidecar(plan)
-        except EngineError as e:
-            why.append(str(e))
-            continue
-        diff = side.mismatches(bundle.onnx_sha256, module, version, gpu)
-        if not diff:
-            return plan
-        why.append(f"{plan.name}: " + "; ".join(diff))
-    hint = f"build one there with `edgesdk build {bundle.path} --device PROFILE`"
-    raise EngineError(f"{folder}: no engine for this bundle and this TensorRT/GPU"
-                      + (":\n  " + "\n  ".join(why) if why else f" (no .plan files)") + f"\n{hint}")
 
 
 @dataclass(frozen=True)
@@ -168,17 +84,16 @@ class TensorRTRunner(Runner):
     @classmethod
     def from_bundle(cls, bundle: Bundle, engine: str | Path | None = None, **_: Any) -> "TensorRTRunner":
         if engine is None:
-            trt_mod = _import_trt_for(bundle)
+            trt_mod = installed_tensorrt(bundle)
             engine = find_engine(bundle, module=trt_mod.__name__, version=trt_mod.__version__, gpu=_gpu_or_none())
         return cls(engine, bundle)
 
     def load(self) -> "TensorRTRunner":
         side = self.sidecar
         try:
-            trt_mod: Any = _import_flavour(side.tensorrt_module)
-        except ImportError:
-            raise EngineError(f"{self.plan}: built with {side.tensorrt_module} {side.tensorrt_version}, "
-                              f"which is not installed here") from None
+            trt_mod: Any = import_tensorrt(side.tensorrt_module)
+        except TensorRTUnavailable as e:
+            raise EngineError(f"{self.plan}: built with {side.tensorrt_module} {side.tensorrt_version}: {e}") from None
         if not nvidia_gpu_present():
             raise NoGPU(f"{self.plan}: no NVIDIA GPU here (no /dev/nvidia*, no Jetson GPU); TensorRT engines "
                         "run on the device they were built for: run this there")
@@ -303,22 +218,3 @@ def _gpu_count(cudart: Any) -> int:
 
 def _gpu_or_none() -> dict | None:
     return current_gpu() or None
-
-
-def _import_flavour(name: str) -> Any:
-    """TensorRT's module NAME, only ever one of spec.TENSORRT_MODULES: the name comes from a file."""
-    if name not in TENSORRT_MODULES:
-        raise EngineError(f"tensorrt_module {name!r} is not one of {', '.join(TENSORRT_MODULES)}; "
-                          "refusing to import it")
-    return importlib.import_module(name)
-
-
-def _import_trt_for(bundle: Bundle) -> Any:
-    """The TensorRT flavour installed here (JetPack's first), to pick an engine for it."""
-    for name in TENSORRT_MODULES:
-        try:
-            return _import_flavour(name)
-        except ImportError:
-            continue
-    raise EngineError(f"{bundle.path}: --backend tensorrt needs TensorRT's Python module (JetPack's "
-                      "python3-libnvinfer on a Jetson, tensorrt-rtx-cu12 on an RTX PC); none is installed")

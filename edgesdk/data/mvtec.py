@@ -1,5 +1,6 @@
 """Dataset layouts: MVTec AD (category/train/good, test/<kind>, ground_truth/<kind>/*_mask.png) and
-plain folders of images. numpy + OpenCV only, so the device can evaluate too.
+plain folders of images; reading and resizing one image is edgesdk/images.py. numpy + OpenCV only, so
+the device can evaluate too.
 
 Every error names the path and what is wrong with it."""
 from __future__ import annotations
@@ -10,13 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgesdk.errors import EdgesdkError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DataError(EdgesdkError):
-    """A data folder or file is missing, empty, unreadable or inconsistent."""
+from edgesdk.errors import DataError
+from edgesdk.images import list_images, read_image, resize
 
 
 @dataclass(frozen=True)
@@ -25,32 +21,6 @@ class Item:
     label: int                  # 0 good, 1 defective
     kind: str                   # "good" or the defect folder name
     mask: Path | None = None    # ground-truth mask, defective items only
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: folder not found")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-    if not files:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
-    return files
-
-
-def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 BGR, resized to size=(H, W) if given."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{path}: not a readable image")
-    return resize(img, size) if size is not None else img
-
-
-def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    if img.shape[:2] == (h, w):
-        return img
-    shrink = img.shape[0] > h or img.shape[1] > w
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def read_batch(paths: list[Path], size: tuple[int, int]) -> np.ndarray:

@@ -9,7 +9,6 @@ Deterministic per seed (numpy Generator + OpenCV drawing, no global state).
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

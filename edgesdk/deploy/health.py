@@ -62,7 +62,7 @@ def check(slot: Path, m: PackageManifest, opts: HealthOptions = HealthOptions())
         done("bundle", False, str(e))
         return finish(report)
     done("bundle", True, f"{len(b.manifest.files)} files verified")
-    from edgesdk.runtime import Detector, DetectorOptions
+    from edgesdk.stream.detector import Detector, DetectorOptions
 
     providers = "CPUExecutionProvider" if opts.staged else "auto"
     try:

@@ -58,7 +58,7 @@ def reference_scores(b: Bundle) -> tuple[list[float], str]:
         rec = json.loads(par.read_text()).get(PARITY_SCORES_KEY)
         if isinstance(rec, list) and rec:
             return [float(s) for s in rec], f"bundle parity.json {PARITY_SCORES_KEY}"
-    from edgesdk.runtime import Detector, DetectorOptions
+    from edgesdk.stream.detector import Detector, DetectorOptions
 
     frames = b.parity_frames()
     with Detector(b, DetectorOptions(providers="CPUExecutionProvider")) as det:
@@ -67,7 +67,7 @@ def reference_scores(b: Bundle) -> tuple[list[float], str]:
 
 def golden_files(folder: str | Path) -> dict[str, list[Path]]:
     """{"good": [...], kind: [...]} of a golden folder; good/ is required."""
-    from edgesdk.data.mvtec import list_images
+    from edgesdk.images import list_images
 
     folder = Path(folder)
     if not (folder / "good").is_dir():
@@ -83,7 +83,7 @@ def golden_files(folder: str | Path) -> dict[str, list[Path]]:
 
 def golden_verdicts(det, files: dict[str, list[Path]]) -> list[dict]:
     """One row per golden image: kind, file, score, flagged, right (good passes, others flagged)."""
-    from edgesdk.data.mvtec import read_image
+    from edgesdk.images import read_image
 
     rows = []
     for kind, paths in files.items():
@@ -149,7 +149,7 @@ def pack(bundle: str | Path, key: str | Path, out: str | Path, opts: PackOptions
     golden, golden_rows = {}, []
     if opts.golden:
         files = golden_files(opts.golden)
-        from edgesdk.runtime import Detector, DetectorOptions
+        from edgesdk.stream.detector import Detector, DetectorOptions
 
         with Detector(b, DetectorOptions(providers="CPUExecutionProvider")) as det:
             golden_rows = golden_verdicts(det, files)

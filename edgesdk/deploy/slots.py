@@ -158,7 +158,7 @@ def _engine(slot: Path, m: PackageManifest, device: str, staged: bool) -> tuple[
         return "onnxruntime", None, f"none: {device or 'this device'} runs ONNX Runtime"
     if importlib.util.find_spec(prof.tensorrt_module) is None:
         return "onnxruntime", None, f"none: {prof.tensorrt_module} is not installed here; ONNX Runtime"
-    from edgesdk.build.trt import build_engine, import_tensorrt
+    from edgesdk.compile.trt import build_engine, import_tensorrt
 
     trt = import_tensorrt(prof.tensorrt_module, prof.name)
     gpu = current_gpu()

@@ -16,8 +16,8 @@ import time
 import cv2
 
 from edgesdk.errors import OptionError
+from edgesdk.video.base import Frame, Source, SourceOptions
 from edgesdk.video.options import foreign_query
-from edgesdk.video.sources import Frame, Source, SourceOptions
 
 log = logging.getLogger("edgesdk.video")
 

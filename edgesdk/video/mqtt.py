@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from edgesdk.video.base import Sink, query_options
 from edgesdk.video.options import Opt, host_port
-from edgesdk.video.sinks import Sink, query_options
 
 log = logging.getLogger("edgesdk.mqtt")
 

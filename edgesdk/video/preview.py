@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from edgesdk.errors import OptionError, finite
-from edgesdk.video.sinks import Sink
+from edgesdk.video.base import Sink
 from edgesdk.viz import overlay
 
 log = logging.getLogger("edgesdk.preview")

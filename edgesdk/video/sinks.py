@@ -25,34 +25,9 @@ import cv2
 
 from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.fsutil import atomic_write_bytes
+from edgesdk.video.base import Sink, query_options
 from edgesdk.video.options import Opt, host_port, parse_query, scheme_of, split_file_uri
 from edgesdk.viz import overlay
-
-
-class Sink:
-    """A verdict sink (evidence = False: jsonl, mqtt) carries every record: when it fails, the run
-    stops rather than lose verdicts silently. An evidence sink (dir, video, http preview) carries
-    images and views of the verdicts: when it fails, the stream loop counts, logs and retries it
-    while the verdict sinks carry on (edgesdk.pipeline)."""
-    evidence = False
-    takes_errors = False      # write(record, frame, None) for a frame that could not be read (record has "error")
-
-    def wants(self, record: dict) -> bool:
-        """Whether write() would store anything of this record: the loop counts only those frames
-        as written, failed or skipped, and only they end an evidence sink's episode of failures."""
-        return True
-
-    def write(self, record: dict, frame, result) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "Sink":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class JsonlSink(Sink):
@@ -212,13 +187,6 @@ class VideoSink(Sink):
         if self.writer is not None:
             self.writer.release()
             os.replace(self.tmp, self.path)
-
-
-def query_options(uri, known: dict) -> dict:
-    """A network sink URI's (urlparse result) ?key=value options, parsed by video/options.py: KNOWN
-    maps each key to its default or an Opt (type and range); an unknown key or a bad value is an
-    OptionError that names the URI and the option."""
-    return parse_query(uri.geturl(), uri.query, known)
 
 
 def _jsonl(uri: str) -> Sink:

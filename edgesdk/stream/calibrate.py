@@ -23,7 +23,7 @@ import numpy as np
 from edgesdk.bundle import Bundle
 from edgesdk.errors import OptionError, finite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
-from edgesdk.runtime import Detector, DetectorOptions
+from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.spec import MANIFEST, Threshold
 from edgesdk.video import open_source
 

@@ -7,7 +7,7 @@ Three stages run concurrently, joined by bounded queues (never an unbounded back
                     thread and streams - 1 more), each taking the next frame as it frees up
   sink thread       puts results back in capture order, makes each record, every sink writes
                     it, then `on_record`; for files it wakes for 4 results or after 10 ms
-The queues are edgesdk.handoff.Handoff: on 2 cores each wake-up of capture or sinks preempts
+The queues are edgesdk.stream.handoff.Handoff: on 2 cores each wake-up of capture or sinks preempts
 inference, so file sources (where throughput is what counts) hand frames and results over in
 bursts; live sources hand each one over at once (latency is what counts).
 File and folder sources apply backpressure: every frame is scored. Live sources (cameras, RTSP)
@@ -50,16 +50,16 @@ from pathlib import Path
 import cv2
 
 from edgesdk.errors import OptionError
-from edgesdk.handoff import Handoff
-from edgesdk.metrics import LatencyWindow
-from edgesdk.runtime import Detector, DetectorOptions
+from edgesdk.measure.metrics import LatencyWindow
+from edgesdk.stream.detector import Detector, DetectorOptions
+from edgesdk.stream.handoff import Handoff
 from edgesdk.video import open_sink, open_source
 
 _END = object()
 SINK_BATCH, SINK_LINGER_S = 4, 0.010     # file sources: the sink thread's wake-up (results, at most s)
 EVIDENCE_RETRY_S, EVIDENCE_RETRY_MAX_S = 2.0, 30.0   # a failed evidence sink's backoff, doubling up to the max
 
-log = logging.getLogger("edgesdk.pipeline")
+log = logging.getLogger("edgesdk.stream.pipeline")
 
 
 def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float = 0.0) -> dict:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesdk.pipeline import run_stream
-from edgesdk.runtime import DetectorOptions
+from edgesdk.stream.pipeline import run_stream
+from edgesdk.stream.detector import DetectorOptions
 
 
 def rss_mb() -> float:

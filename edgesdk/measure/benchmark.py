@@ -3,17 +3,128 @@ cold start and provenance, as a terminal table, JSON, Markdown and a PNG latency
 
 JSON: {"rows": [...], "provenance": {...}, "harness_overhead_ms": x}; every row has backend,
 precision, status, p50_ms, p90_ms, p99_ms, fps, cold_start_ms, peak_rss_mb, image_auroc (other
-scripts read these names)."""
+scripts read these names).
+
+Every (bundle x backend x batch) is timed in one process, interleaved in rounds of a few calls per
+row so that machine drift hits all rows alike (calling two sessions alternately on every frame
+evicts each other's caches and inflates both). A backend that cannot run here is a row with its
+status and reason, never a crash. numpy + OpenCV, no torch at import: the torch baseline row
+imports it only when asked for."""
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgesdk.bench import BenchOptions, cold_start, harness_overhead_ms, provenance, summarize
 from edgesdk.bundle import Bundle
-from edgesdk.metrics import auroc
+from edgesdk.measure.metrics import auroc
+from edgesdk.measure.timing import harness_overhead_ms, summarize, timed_calls
+
+BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    backends: tuple[str, ...] = BACKEND_NAMES
+    batches: tuple[int, ...] = (1,)
+    iters: int = 200              # timed calls per row ...
+    seconds: float = 0.0          # ... or, when > 0, a time budget for all rows together
+    warmup: int = 10
+    chunk: int = 10               # calls per row per round
+    data: str = ""                # MVTec category: real frames and image AUROC
+    run: str = ""                 # torch baseline's run folder (default: the one the bundle records)
+    cold_start: bool = True
+    e2e: str = ""                 # a source URI: add the stream pipeline row (ONNX Runtime)
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.backends if b not in BACKEND_NAMES]
+        if bad:
+            raise ValueError(f"unknown backend {bad[0]!r}; choose from {', '.join(BACKEND_NAMES)}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ValueError(f"--batch {','.join(map(str, self.batches))}: every batch must be >= 1")
+        if self.iters < 1 and self.seconds <= 0:
+            raise ValueError("--iters must be >= 1 (or give --seconds)")
+
+
+def provenance() -> dict:
+    """Machine, software and (on a Jetson) release, power mode and clocks, read-only."""
+    from importlib import metadata
+
+    from edgesdk import __version__
+    from edgesdk.devices import detect
+
+    f = detect()
+    versions = {"edgesdk": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "onnxruntime", "opencv-python-headless", "torch", "tensorrt-rtx-cu12", "tensorrt"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    p = {"cpu": f["cpu"], "cores": f["cores"], "machine": f["machine"], "os": f["os"], "cpu_flags": f["cpu_flags"],
+         "gpus": f["gpus"], "versions": versions, "device_profile": f["profile"],
+         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if f["l4t"]:
+        p["jetson"] = {"l4t": f["l4t"], "model": f["device_model"], **_jetson_state()}
+    return p
+
+
+def _jetson_state() -> dict:
+    out: dict = {}
+    try:
+        q = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5)
+        out["power_mode"] = " ".join(q.stdout.split())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    freqs = {}
+    for cpu in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq")):
+        freqs[cpu.parts[-3]] = int(cpu.read_text().strip())
+    for gpu in Path("/sys/class/devfreq").glob("*gpu*/cur_freq"):
+        freqs[gpu.parent.name] = int(gpu.read_text().strip())
+    out["clocks_khz_or_hz"] = freqs
+    return out
+
+
+COLD = """
+import resource, sys, time
+t0 = time.perf_counter()
+backend, bundle, run = sys.argv[1:4]
+if backend == "torch":
+    import numpy as np, torch
+    from edgesdk.train import load_run
+    net, _ = load_run(run)
+    h, w = net.cfg.input_size
+    with torch.inference_mode():
+        net(torch.zeros(1, h, w, 3, dtype=torch.uint8))
+else:
+    sys.modules["torch"] = None          # the device path: torch must not be needed
+    import numpy as np
+    from edgesdk.stream.detector import Detector, DetectorOptions
+    with Detector(bundle, DetectorOptions(backend=backend)) as det:   # sha256 check, session load
+        det.predict(np.zeros((*det.size, 3), np.uint8))
+ms = (time.perf_counter() - t0) * 1e3
+# Peak RSS of this process alone: VmHWM resets at exec, while ru_maxrss would include the parent's
+# memory copied by fork (the bench process holds torch and several models).
+try:
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    mb = int(hwm.split()[1]) / 1024
+except (OSError, StopIteration):
+    mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{ms:.1f} {mb:.1f}")
+"""
+
+
+def cold_start(backend: str, bundle: Path, run: str) -> tuple[float | None, float | None]:
+    """(ms from a fresh interpreter to the first result, peak RSS MB of that process)."""
+    r = subprocess.run([sys.executable, "-c", COLD, backend, str(bundle), run], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, None
+    ms, mb = r.stdout.split()[-2:]
+    return float(ms), float(mb)
 
 
 def _frames(bundle: Bundle, data: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -55,7 +166,7 @@ def _engine_info(bundle: Bundle) -> dict:
 
     if importlib.util.find_spec("tensorrt_rtx") is None:
         return {}
-    from edgesdk.build.trt import build_engine
+    from edgesdk.compile.trt import build_engine
     from edgesdk.devices import load_profile
 
     try:
@@ -102,17 +213,12 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
                     live.append((row, runner, feeds, []))
     # Warm-up, then rounds: each live row runs `chunk` calls per round until all have their iters.
     for _, runner, feeds, _ in live:
-        for i in range(opts.warmup):
-            runner.infer(feeds[i % len(feeds)])
+        timed_calls(runner, feeds, opts.warmup, untimed=opts.warmup)
     t_end = time.perf_counter() + opts.seconds if opts.seconds > 0 else None
     rounds = 0
     while live and (any(len(ms) < opts.iters for *_, ms in live) if t_end is None else time.perf_counter() < t_end):
         for row, runner, feeds, ms in live:
-            for _ in range(opts.chunk):
-                f = feeds[len(ms) % len(feeds)]
-                t0 = time.perf_counter()
-                runner.infer(f)
-                ms.append((time.perf_counter() - t0) * 1e3)
+            timed_calls(runner, feeds, opts.chunk, start=len(ms), out=ms)
         rounds += 1
     for row, runner, feeds, ms in live:
         st = summarize(ms, row["batch"])
@@ -137,7 +243,7 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
 def pipeline_row(model_row: dict, source: str) -> dict:
     """The whole stream loop (read, resize, infer, regions) on SOURCE beside the model-only row of
     the same bundle: end-to-end FPS, per-stage p50, and its share of the model-only throughput."""
-    from edgesdk.pipeline import run_stream
+    from edgesdk.stream.pipeline import run_stream
 
     s = run_stream(model_row["bundle"], source, [])
     lat = s["latency_ms"]

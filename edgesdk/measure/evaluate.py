@@ -10,8 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edgesdk.data import mvtec
-from edgesdk.metrics import auroc, f1_at, latency_stats
-from edgesdk.runtime import Detector, DetectorOptions
+from edgesdk.measure.metrics import auroc, f1_at, latency_stats
+from edgesdk.stream.detector import Detector, DetectorOptions
 
 
 def evaluate(bundle: str | Path, data: str | Path, opts: DetectorOptions = DetectorOptions(),

@@ -13,7 +13,7 @@ target-aware because the fast layout differs. ONNX Runtime's quantization toolin
 By rule only the feature extractor's convolutions are quantized: the distance head (Mahalanobis,
 nearest neighbour, the student's discrepancy), upsampling, smoothing and score normalization stay
 FP32 (they are MatMul/Resize/Reduce ops, or the 1 -> 1 channel blur convolutions). When the gate
-(edgesdk.build.quantize) finds too much loss, `float_convs` names more convolutions to keep in FP32,
+(edgesdk.compile.quantize) finds too much loss, `float_convs` names more convolutions to keep in FP32,
 picked by `sensitivity`. No torch here."""
 from __future__ import annotations
 
