@@ -25,14 +25,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import cv2
 import numpy as np
 
 from edgesdk.data.mvtec import IMAGE_EXTS, DataError, list_images, read_image
 from edgesdk.errors import OptionError
-from edgesdk.video.options import Opt, parse_query, scheme_of, split_file_uri
+from edgesdk.video.options import Opt, parse_query, parse_url, scheme_of, split_file_uri
 
 log = logging.getLogger("edgesdk.video")
 SMALL_FRAME = 1280 * 720      # pixels; videos up to this size decode on one thread
@@ -307,7 +306,7 @@ SYNTH_SPEC = {**SourceOptions.SPEC, "category": "brick", "seed": Opt(0, lo=0)}
 
 
 def _synth(uri: str, errors: str) -> Source:
-    parsed = urlparse(uri)
+    parsed = parse_url(uri)
     if parsed.netloc != "conveyor" or parsed.path not in ("", "/") or "#" in uri:
         raise OptionError(f"{uri}: the generated source is synth://conveyor")
     q = parse_query(uri, parsed.query, SYNTH_SPEC, what="source option")
@@ -328,7 +327,7 @@ NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the ca
 def _live(uri: str, errors: str) -> Source:
     from edgesdk.video.live import open_live   # cameras and network streams
 
-    parsed = urlparse(uri)
+    parsed = parse_url(uri)
     return open_live(uri, parsed, SourceOptions.parse(uri, parsed.query, strict=parsed.scheme not in NETWORK))
 
 
