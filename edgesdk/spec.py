@@ -84,34 +84,60 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = MANIFEST) -> "Manifest":
+        """The manifest in D, every field checked: types, finite numbers, sha256 and sizes, and file
+        names that stay inside the bundle folder; SpecError names WHERE and the field."""
         if not isinstance(d, dict):
             raise SpecError(f"{where}: expected a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or type(version) is not int:      # True and 1.0 equal 1
             raise SpecError(f"{where}: schema_version {version!r} is not supported "
                             f"(this edgesdk reads schema_version {SCHEMA_VERSION}); "
                             "re-export the bundle with this edgesdk version")
-        try:
-            return cls(
-                model=dict(d["model"]),
-                input=InputSpec(**d["input"]),
-                outputs=tuple(OutputSpec(**{**o, "shape": tuple(o["shape"])}) for o in d["outputs"]),
-                threshold=Threshold(**d["threshold"]),
-                normalization=dict(d["normalization"]),
-                precision=str(d["precision"]),
-                files={k: FileEntry(**v) for k, v in d["files"].items()},
-                metrics=dict(d.get("metrics", {})),
-                calibration=d.get("calibration"),
-                graph=dict(d.get("graph", {})),
-                provenance=dict(d.get("provenance", {})),
-                edgesdk_version=str(d.get("edgesdk_version", "")),
-                created_utc=str(d.get("created_utc", "")),
-                schema_version=version,
-            )
-        except KeyError as e:
-            raise SpecError(f"{where}: missing field {e.args[0]!r}") from None
-        except TypeError as e:
-            raise SpecError(f"{where}: malformed field ({e})") from None
+        _finite_tree(d, "", where)
+        missing = [k for k in ("model", "input", "outputs", "threshold", "normalization", "precision", "files")
+                   if k not in d]
+        if missing:
+            raise SpecError(f"{where}: missing field {missing[0]!r}")
+        tables = {k: d.get(k, {}) for k in ("model", "normalization", "metrics", "graph", "provenance", "files")}
+        for k, v in {**tables, "calibration": d.get("calibration")}.items():
+            if not isinstance(v, dict) and not (k == "calibration" and v is None):
+                raise SpecError(f"{where}: {k} must be an object, got {type(v).__name__}")
+        for k in ("edgesdk_version", "created_utc"):
+            if not isinstance(d.get(k, ""), str):
+                raise SpecError(f"{where}: {k} must be a string, got {d[k]!r}")
+        if d["precision"] not in PRECISIONS:
+            raise SpecError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {d['precision']!r}")
+        if not isinstance(d["outputs"], list) or not all(isinstance(o, dict) for o in d["outputs"]):
+            raise SpecError(f"{where}: outputs must be a list of objects, got {d['outputs']!r}")
+        inp = from_mapping(InputSpec, d["input"], f"{where}: input")
+        if not inp.name or inp.height <= 0 or inp.width <= 0:
+            raise SpecError(f"{where}: input needs a name and height, width > 0, got {inp.name!r}, "
+                            f"{inp.height}x{inp.width}")
+        outputs = []
+        for i, o in enumerate(d["outputs"]):
+            shape = o.get("shape")
+            if not isinstance(shape, list) or any(type(x) is not str and (type(x) is not int or x <= 0) for x in shape):
+                raise SpecError(f"{where}: outputs[{i}].shape must be a list of names and sizes > 0, got {shape!r}")
+            outputs.append(from_mapping(OutputSpec, {**o, "shape": tuple(shape)}, f"{where}: outputs[{i}]"))
+            if not outputs[-1].name:
+                raise SpecError(f"{where}: outputs[{i}].name must be a tensor name, got ''")
+        files = {}
+        for name, v in tables["files"].items():
+            if not _inside(name):
+                raise SpecError(f"{where}: files: {name!r} is not a file name inside the bundle folder "
+                                "(a relative path without '.', '..' or empty parts, at most 255 bytes a part)")
+            e = files[name] = from_mapping(FileEntry, v, f"{where}: files[{name!r}]")
+            if not SHA256.fullmatch(e.sha256) or e.bytes < 0:
+                raise SpecError(f"{where}: files[{name!r}] needs sha256 (64 lowercase hex digits) and bytes >= 0, "
+                                f"got {e.sha256!r}, {e.bytes!r}")
+        return cls(
+            model=tables["model"], input=inp, outputs=tuple(outputs),
+            threshold=from_mapping(Threshold, d["threshold"], f"{where}: threshold"),
+            normalization=tables["normalization"], precision=d["precision"], files=files,
+            metrics=tables["metrics"], calibration=d.get("calibration"), graph=tables["graph"],
+            provenance=tables["provenance"], edgesdk_version=d.get("edgesdk_version", ""),
+            created_utc=d.get("created_utc", ""), schema_version=version,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Manifest":
@@ -126,9 +152,24 @@ def load_json(path: Path, missing: str) -> Any:
     if not path.is_file():
         raise SpecError(f"{path}: {missing}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:             # not UTF-8, not JSON, an integer of more than 4300 digits
         raise SpecError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid JSON (arrays/objects nested too deep)") from None
+    _finite_tree(doc, "", str(path))    # NaN, Infinity and 1e999: Python's json reads them all
+    return doc
+
+
+def _inside(name: Any) -> bool:
+    """NAME joined to a folder stays in it: a relative path of plain parts ('/'-separated; no '.',
+    '..', empty part, backslash or NUL), each at most 255 bytes, so the OS can look it up."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name or name.startswith("/"):
+        return False
+    try:
+        return all(p not in ("", ".", "..") and len(p.encode()) <= 255 for p in name.split("/"))
+    except UnicodeEncodeError:          # a lone surrogate: no file name on disk is that
+        return False
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -147,8 +188,19 @@ def file_entry(path: str | os.PathLike) -> FileEntry:
 T = TypeVar("T")
 
 
+MAX_DEPTH = 64     # tables/arrays inside each other: no config nests so deep, and walks of it recurse
+
+
 def _finite_tree(value: Any, key: str, where: str) -> None:
-    """SpecError naming KEY (e.g. `profile.max[0]`) where VALUE holds an inf or nan anywhere."""
+    """SpecError naming KEY (e.g. `profile.max[0]`) where VALUE holds an inf or nan anywhere, or
+    nests tables/arrays more than MAX_DEPTH deep (checked first, without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if depth >= MAX_DEPTH:
+                raise SpecError(f"{where}: {key or 'the document'} nests more than {MAX_DEPTH} tables/arrays deep")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
     try:
         no_nonfinite(value, where, key)
     except EdgesdkError as e:
@@ -178,6 +230,8 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
         _finite_tree(value, key, where)
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > sys.float_info.max:              # float() would raise OverflowError
+            raise SpecError(f"{where}: {key} is an integer too large for a number ({value.bit_length()} bits)")
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise SpecError(f"{where}: {key} must be {tp.__name__}, got {type(value).__name__} {value!r}")
@@ -217,9 +271,11 @@ def load_toml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise SpecError(f"{path}: file not found")
     try:
-        doc = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:             # not UTF-8, not TOML, an integer of more than 4300 digits
         raise SpecError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid TOML (arrays/tables nested too deep)") from None
     _finite_tree(doc, "", str(path))
     return doc
 
