@@ -138,9 +138,13 @@ def load_json(path: Path, missing: str) -> Any:
     if not path.is_file():
         raise SpecError(f"{path}: {missing}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:             # not UTF-8, not JSON, an integer of more than 4300 digits
         raise SpecError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid JSON (arrays/objects nested too deep)") from None
+    _finite_tree(doc, "", str(path))    # NaN, Infinity and 1e999: Python's json reads them all
+    return doc
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -233,19 +237,38 @@ def check_file_name(name: Any, where: str) -> str:
         raise SpecError(f"{where}: field files has a key that is not a string: {name!r}")
     why = ("is empty" if not name else "contains a NUL byte" if "\0" in name
            else "contains a backslash" if "\\" in name else "is absolute" if name.startswith("/")
-           else "has a '..', '.' or empty part" if any(p in ("", ".", "..") for p in name.split("/")) else "")
+           else "has a '..', '.' or empty part" if any(p in ("", ".", "..") for p in name.split("/"))
+           else "has a part over 255 bytes, or one no file system can hold" if not _storable(name) else "")
     if why:
         raise SpecError(f"{where}: field files[{name!r}]: the file name {why}; only relative paths inside the "
                         "bundle folder are accepted")
     return name
 
 
+def _storable(name: str) -> bool:
+    try:
+        return all(len(p.encode()) <= 255 for p in name.split("/"))
+    except UnicodeEncodeError:          # a lone surrogate: no file name on disk is that
+        return False
+
+
 # -- typed TOML/JSON configs ---------------------------------------------------------------------
 T = TypeVar("T")
 
 
+MAX_DEPTH = 64     # tables/arrays inside each other: no config nests so deep, and walks of it recurse
+
+
 def _finite_tree(value: Any, key: str, where: str) -> None:
-    """SpecError naming KEY (e.g. `profile.max[0]`) where VALUE holds an inf or nan anywhere."""
+    """SpecError naming KEY (e.g. `profile.max[0]`) where VALUE holds an inf or nan anywhere, or
+    nests tables/arrays more than MAX_DEPTH deep (checked first, without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if depth >= MAX_DEPTH:
+                raise SpecError(f"{where}: {key or 'the document'} nests more than {MAX_DEPTH} tables/arrays deep")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
     try:
         no_nonfinite(value, where, key)
     except EdgesdkError as e:
@@ -275,6 +298,8 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
         _finite_tree(value, key, where)
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > sys.float_info.max:              # float() would raise OverflowError
+            raise SpecError(f"{where}: {key} is an integer too large for a number ({value.bit_length()} bits)")
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise SpecError(f"{where}: {key} must be {tp.__name__}, got {type(value).__name__} {value!r}")
@@ -314,9 +339,11 @@ def load_toml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise SpecError(f"{path}: file not found")
     try:
-        doc = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:             # not UTF-8, not TOML, an integer of more than 4300 digits
         raise SpecError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid TOML (arrays/tables nested too deep)") from None
     _finite_tree(doc, "", str(path))
     return doc
 

@@ -112,8 +112,9 @@ class Sink:
         self.close()
 
 
-def query_options(uri, known: dict) -> dict:
+def query_options(uri, known: dict, text: str = "") -> dict:
     """A network sink URI's (urlparse result) ?key=value options, parsed by video/options.py: KNOWN
     maps each key to its default or an Opt (type and range); an unknown key or a bad value is an
-    OptionError that names the URI and the option."""
-    return parse_query(uri.geturl(), uri.query, known)
+    OptionError that names the URI and the option: TEXT, the URI as typed, where given (geturl()
+    rewrites some, e.g. mqtt://?x as mqtt:?x)."""
+    return parse_query(text or uri.geturl(), uri.query, known)

@@ -25,8 +25,9 @@ import threading
 import time
 from pathlib import Path
 
+from edgesdk.errors import OptionError
 from edgesdk.video.base import Sink, query_options
-from edgesdk.video.options import Opt, host_port
+from edgesdk.video.options import Opt, host_port, parse_url
 
 log = logging.getLogger("edgesdk.mqtt")
 
@@ -254,10 +255,30 @@ class MqttSink(Sink):
         self.outbox.close()
 
 
+def mqtt_topic(parsed, uri: str) -> str:
+    """The topic URI (PARSED: its urlparse result) publishes to; OptionError naming URI where there
+    is none, or where paho would refuse it at the first publish: a wildcard (+ #), a NUL, text that
+    is not UTF-8, or more than MQTT's 65535 bytes."""
+    topic = parsed.path.lstrip("/")
+    if not topic:
+        raise OptionError(f"{uri}: give a topic, e.g. mqtt://HOST:PORT/line1/verdicts")
+    try:
+        size = len(topic.encode())
+    except UnicodeEncodeError:
+        size = -1
+    if set(topic) & set("+#\0") or not 0 < size <= 65535:
+        raise OptionError(f"{uri}: topic {topic[:80]!r} cannot be published to: no + or # (wildcards), no NUL, "
+                          "UTF-8, at most 65535 bytes")
+    return topic
+
+
 def open_mqtt(uri) -> MqttSink:
-    q = query_options(uri, {"qos": Opt(1, choices=(0, 1, 2)), "outbox": "", "health": Opt(10.0, lo=0),
-                            "client_id": "", "drain": Opt(5.0, lo=0)})
-    host, port = host_port(uri.geturl(), 1883)
-    return MqttSink(host or "127.0.0.1", port, uri.path.lstrip("/"), qos=q["qos"],
+    """The sink for URI: its text (named by every error as typed), or its urlparse result."""
+    text = uri if isinstance(uri, str) else uri.geturl()
+    parsed = parse_url(text) if isinstance(uri, str) else uri
+    q = query_options(parsed, {"qos": Opt(1, choices=(0, 1, 2)), "outbox": "", "health": Opt(10.0, lo=0),
+                               "client_id": "", "drain": Opt(5.0, lo=0)}, text)
+    host, port = host_port(text, 1883)
+    return MqttSink(host or "127.0.0.1", port, mqtt_topic(parsed, text), qos=q["qos"],
                     outbox=Path(q["outbox"]) if q["outbox"] else None, health_s=q["health"],
                     client_id=q["client_id"], drain_s=q["drain"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from urllib.parse import ParseResult, parse_qsl, unquote_plus, urlparse, urlsplit
 
 from edgesdk.errors import OptionError, finite
 
@@ -130,9 +130,21 @@ def split_file_uri(uri: str) -> tuple[str, str]:
     return path, query
 
 
+def parse_url(uri: str) -> ParseResult:
+    """urlparse(URI); what urllib refuses itself (an unclosed `[`, a bracketed host that is no IPv6
+    address) is an OptionError naming the URI, not urllib's bare ValueError."""
+    try:
+        return urlparse(uri)
+    except ValueError as e:
+        raise OptionError(f"{uri}: not a valid URL ({e})") from None
+
+
 def host_port(uri: str, default_port: int) -> tuple[str | None, int]:
     """Host and port of a network URI; a port that is not 1-65535 is an OptionError naming the URI."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as e:
+        raise OptionError(f"{uri}: not a valid URL ({e})") from None
     try:
         port = parts.port
     except ValueError:

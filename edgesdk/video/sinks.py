@@ -19,14 +19,13 @@ import json
 import os
 import stat
 from pathlib import Path
-from urllib.parse import urlparse
 
 import cv2
 
 from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.fsutil import atomic_write_bytes
 from edgesdk.video.base import Sink, query_options
-from edgesdk.video.options import Opt, host_port, parse_query, scheme_of, split_file_uri
+from edgesdk.video.options import Opt, host_port, parse_query, parse_url, scheme_of, split_file_uri
 from edgesdk.viz import overlay
 
 
@@ -191,7 +190,9 @@ class VideoSink(Sink):
 
 def _jsonl(uri: str) -> Sink:
     path, query = split_file_uri(uri)
-    return JsonlSink(Path(path), **parse_query(uri, query, {"max_mb": Opt(0.0, lo=0), "keep": Opt(5, lo=1, hi=1000)}))
+    # max_mb at most a petabyte: the sink counts bytes in an int, and int(1e308 * 1e6) overflows
+    spec = {"max_mb": Opt(0.0, lo=0, hi=1e9), "keep": Opt(5, lo=1, hi=1000)}
+    return JsonlSink(Path(path), **parse_query(uri, query, spec))
 
 
 def _video(uri: str) -> Sink:
@@ -202,10 +203,10 @@ def _video(uri: str) -> Sink:
 def _http(uri: str) -> Sink:
     from edgesdk.video.preview import PreviewSink
 
-    parsed = urlparse(uri)
+    parsed = parse_url(uri)
     if parsed.path not in ("", "/"):
         raise OptionError(f"{uri}: the preview serves its own paths; give http://HOST:PORT")
-    q = query_options(parsed, {"fps": Opt(10.0, lo=0.001, hi=1000.0), "token": ""})
+    q = query_options(parsed, {"fps": Opt(10.0, lo=0.001, hi=1000.0), "token": ""}, uri)
     host, port = host_port(uri, 8080)
     return PreviewSink(host or "127.0.0.1", port, max_fps=q["fps"], token=q["token"])
 
@@ -218,7 +219,7 @@ def _dir(uri: str) -> Sink:
 def _mqtt(uri: str) -> Sink:
     from edgesdk.video.mqtt import open_mqtt   # paho-mqtt only when asked for
 
-    return open_mqtt(urlparse(uri))
+    return open_mqtt(uri)
 
 
 SINKS = {"jsonl": _jsonl, "dir": _dir, "mqtt": _mqtt, "video": _video, "http": _http}

@@ -24,14 +24,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import cv2
 
 from edgesdk.errors import DataError, OptionError
 from edgesdk.images import IMAGE_EXTS, list_images, read_image
 from edgesdk.video.base import Frame, Source, SourceOptions
-from edgesdk.video.options import Opt, parse_query, scheme_of, split_file_uri
+from edgesdk.video.options import Opt, parse_query, parse_url, scheme_of, split_file_uri
 
 log = logging.getLogger("edgesdk.video")
 
@@ -236,7 +235,7 @@ SYNTH_SPEC = {**SourceOptions.SPEC, "category": "brick", "seed": Opt(0, lo=0)}
 
 
 def _synth(uri: str, errors: str) -> Source:
-    parsed = urlparse(uri)
+    parsed = parse_url(uri)
     if parsed.netloc != "conveyor" or parsed.path not in ("", "/") or "#" in uri:
         raise OptionError(f"{uri}: the generated source is synth://conveyor")
     q = parse_query(uri, parsed.query, SYNTH_SPEC, what="source option")
@@ -257,7 +256,7 @@ NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the ca
 def _live(uri: str, errors: str) -> Source:
     from edgesdk.video.live import open_live   # cameras and network streams
 
-    parsed = urlparse(uri)
+    parsed = parse_url(uri)
     return open_live(uri, parsed, SourceOptions.parse(uri, parsed.query, strict=parsed.scheme not in NETWORK))
 
 
