@@ -23,7 +23,8 @@ runs side by side score 8-21 % more frames a second than one 2-thread run (measu
 than the model.
 
 Records keep stable names other tools read: frame_id, timestamp, score, is_anomalous, regions,
-latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict). A folder image
+latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict), model (which
+model scored the frame: its model.onnx sha256, 12 hex digits). A folder image
 that cannot be read is not scored: its record is frame_id, timestamp, source_time, name and `error`,
 written by the sinks that take such records (jsonl, mqtt; not on_record, which gets verdicts), and
 counted in the summary's `errors`; strict=True stops the run on it instead.
@@ -32,7 +33,13 @@ Sinks fail in two ways (video.sinks.Sink.evidence). A verdict sink (jsonl, mqtt)
 run with an error naming it: verdicts are never lost silently. An evidence sink (dir, video, http
 preview) that fails is counted, logged once per episode and tried again after a backoff, while the
 verdict sinks carry on with every record; the counts are in the summary (sink_errors), the
-preview's /metrics and the MQTT health topic."""
+preview's /metrics and the MQTT health topic.
+
+The model can change under a running loop (_HotSwitch): given a path such as ROOT/current, which
+`install` and `rollback` switch, the loop opens the new model off the hot path and the next frame is
+scored by it, the camera untouched. Under systemd (Type=notify, edgesdk/deploy/service.py) a heartbeat
+thread sends WATCHDOG=1 only while records come out of the sinks, or nothing is in flight and the source
+is waiting (notify.Heartbeat, _Stages.moving): a stalled inference or sink stops the pings."""
 from __future__ import annotations
 
 import dataclasses
@@ -48,30 +55,53 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
+import numpy as np
 
+from edgesdk.bundle import Bundle
 from edgesdk.errors import OptionError
 from edgesdk.handoff import Handoff
 from edgesdk.metrics import LatencyWindow
+from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.runtime import Detector, DetectorOptions
+from edgesdk.spec import MANIFEST
 from edgesdk.video import open_sink, open_source
 
 _END = object()
 SINK_BATCH, SINK_LINGER_S = 4, 0.010     # file sources: the sink thread's wake-up (results, at most s)
 EVIDENCE_RETRY_S, EVIDENCE_RETRY_MAX_S = 2.0, 30.0   # a failed evidence sink's backoff, doubling up to the max
+READ_TIMEOUT_S = 0.5                      # the capture thread's wait for a frame: how often it looks at `stop`
 
 log = logging.getLogger("edgesdk.pipeline")
 
 
-def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float = 0.0) -> dict:
+def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float = 0.0, model: str = "") -> dict:
     lat = {"read": read_ms, "queue": queue_ms, **result.latency_ms}
     lat["total"] = read_ms + queue_ms + result.latency_ms["total"]
-    return {
+    rec = {
         "frame_id": frame.frame_id, "timestamp": round(frame.timestamp, 6),
         "source_time": frame.source_time, "name": frame.name,
         "score": round(result.score, 5), "is_anomalous": bool(result.is_anomalous),
         "threshold": threshold, "regions": [r.to_dict() for r in result.regions],
         "latency_ms": {k: round(v, 3) for k, v in lat.items()},
     }
+    if model:
+        rec["model"] = model
+    return rec
+
+
+def model_id(det: Detector) -> str:
+    """Which model scored a record: the first 12 hex digits of its model.onnx's sha256 (as in the
+    bundle's manifest and a package's package.json), so a hot switch shows in the records."""
+    return det.bundle.onnx_sha256[:12]
+
+
+def bundle_folder(path: str | Path) -> Path:
+    """PATH, or PATH/bundle when PATH is an installed slot: `edgesdk run ROOT/current` runs the model
+    `install` and `rollback` point `current` at (edgesdk/deploy/layout.py)."""
+    p = Path(path)
+    if not (p / MANIFEST).is_file() and (p / "bundle" / MANIFEST).is_file():
+        return p / "bundle"
+    return p
 
 
 def error_record(frame) -> dict:
@@ -188,11 +218,117 @@ def open_guarded(uri: str) -> SinkGuard:
     return SinkGuard(uri, sink)
 
 
+class _Models:
+    """The detector the inference threads take for their next frame, and how many frames each detector
+    has in flight. A hot switch swaps a new one in between frames; the old one is closed once the frames
+    it took have finished on it."""
+
+    def __init__(self, det: Detector):
+        self.det = det
+        self.busy = {det: 0}
+        self.cv = threading.Condition()
+        self.closed = False
+
+    def take(self) -> Detector:
+        with self.cv:
+            det = self.det
+            self.busy[det] += 1
+            return det
+
+    def done(self, det: Detector) -> None:
+        with self.cv:
+            self.busy[det] -= 1
+            self.cv.notify_all()
+
+    def swap(self, new: Detector) -> Detector | None:
+        """NEW for the next frame; the old detector (to retire), or None when the run has ended (NEW is closed)."""
+        with self.cv:
+            if not self.closed:
+                old, self.det = self.det, new
+                self.busy[new] = 0
+                return old
+        new.close()
+        return None
+
+    def retire(self, old: Detector) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: self.closed or self.busy[old] == 0)
+            if self.closed:                        # close() closes it
+                return
+            del self.busy[old]
+        old.close()
+
+    def close(self) -> None:
+        with self.cv:
+            dets, self.busy, self.closed = list(self.busy), {}, True
+            self.cv.notify_all()
+        for det in dets:
+            det.close()
+
+
+class _HotSwitch:
+    """A new model without restarting the camera: the bundle path run_stream was given is resolved on
+    every heartbeat tick (ROOT/current is a symlink that `install` and `rollback` replace) and again on
+    SIGHUP. A change opens the new bundle (its sha256s checked) and detector in a background thread and
+    scores one blank frame on it (its first run's allocations stay off the hot path); then the next frame
+    is taken by it. A bundle that fails is logged and the running model kept, until the next change or
+    SIGHUP. systemd hears RELOADING=1, then READY=1 either way."""
+
+    def __init__(self, path: str | Path, target: str, models: _Models, opts: DetectorOptions, notifier: Notifier,
+                 reload: threading.Event):
+        self.path, self.target, self.models, self.notifier = str(path), target, models, notifier
+        # an --engine plan belongs to the first model; a new one finds its own in BUNDLE/engines/
+        self.opts = dataclasses.replace(opts, engine=None)
+        self.reload = reload                       # set by SIGHUP
+        self.loader: threading.Thread | None = None
+        self.errors = 0
+
+    def tick(self) -> None:
+        if self.loader is not None and self.loader.is_alive():
+            return
+        target = os.path.realpath(self.path)
+        if target == self.target and not self.reload.is_set():
+            return
+        self.reload.clear()
+        self.target = target                       # a failed target is not retried every tick
+        self.loader = threading.Thread(target=self._load, args=(target,), name="edgesdk-model-switch", daemon=True)
+        self.loader.start()
+
+    def _load(self, target: str) -> None:
+        old = self.models.det
+        self.notifier.reloading(f"loading the model at {target}")
+        try:
+            det = Detector(bundle_folder(target), self.opts)
+            try:
+                det.predict(np.zeros((*det.size, 3), np.uint8))
+            except BaseException:
+                det.close()
+                raise
+        except Exception as e:
+            self.errors += 1
+            log.error("%s -> %s: the new model cannot be used (%s); still scoring with model %s from %s",
+                      self.path, target, e, model_id(old), old.bundle.path)
+            self.notifier.ready(f"kept model {model_id(old)}: {target} failed to open")
+            return
+        prev = self.models.swap(det)
+        if prev is None:
+            return
+        log.warning("%s -> %s: switched model %s -> %s between frames", self.path, target, model_id(prev),
+                    model_id(det))
+        self.notifier.ready(f"model {model_id(det)} from {target}")
+        self.models.retire(prev)
+
+    def join(self, timeout: float = 60.0) -> None:
+        if self.loader is not None:
+            self.loader.join(timeout)
+
+
 class _Stages:
     """The capture, inference and sink threads of one run, and what they count."""
 
-    def __init__(self, src, outs, det, depth: int, max_frames: int | None, on_record, stop: threading.Event):
-        self.src, self.outs, self.det, self.max_frames = src, outs, det, max_frames
+    def __init__(self, src, outs, models: _Models, depth: int, max_frames: int | None, on_record,
+                 stop: threading.Event):
+        self.src, self.outs, self.models, self.max_frames = src, outs, models, max_frames
         self.on_record, self.stop = on_record, stop
         live = src.live
         self.frames = Handoff(depth) if live else Handoff(2 * depth, refill_at=depth // 2)
@@ -204,33 +340,49 @@ class _Stages:
         self.lat: dict[str, LatencyWindow] = {}    # fixed memory however long the line runs
         self.sink_ms = LatencyWindow()
         self.errors: list[BaseException] = []
+        # progress, for the watchdog (moving): frames put in, dropped and through the sinks, and when
+        self.n_put = self.n_done = 0
+        self.t_read = self.t_done = time.monotonic()
+        self.model_runs: list[dict] = []          # each model's first frame, in record order
         self.capture_t = threading.Thread(target=self._capture, name="edgesdk-capture", daemon=True)
         self.sink_t = threading.Thread(target=self._deliver, name="edgesdk-sinks", daemon=True)
 
-    def _put_frame(self, item) -> None:
+    def _put_frame(self, item) -> bool:
         if self.src.live:                          # keep the newest, count what is dropped
             self.dropped += self.frames.put_drop_oldest(item)
-            return
+            return True
         while not self.stop.is_set():              # backpressure, but never deaf to a stop
             try:
                 self.frames.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 pass
+        return False
+
+    def moving(self, window: float) -> bool:
+        """Whether the loop made progress in the last WINDOW seconds: a record went through the sinks,
+        or nothing is in flight and the source's read keeps returning (a live camera between frames, a
+        stream reconnecting). Frames in flight and no record out means a stalled inference or sink."""
+        now = time.monotonic()
+        if now - self.t_done < window:
+            return True
+        # a waiting read returns every READ_TIMEOUT_S: that long plus the window is alive
+        return self.n_put - self.dropped - self.n_done <= 0 and now - self.t_read < window + READ_TIMEOUT_S
 
     def _capture(self) -> None:
         n = 0
         try:
             while not self.stop.is_set() and (self.max_frames is None or n < self.max_frames):
                 t0 = time.perf_counter()
-                frame = self.src.read(timeout=0.5)
+                frame = self.src.read(timeout=READ_TIMEOUT_S)
+                self.t_read = time.monotonic()
                 if frame is None:
                     if self.src.live and not self.src.ended:
                         continue                   # a live source with nothing yet (or reconnecting)
                     break
                 t1 = time.perf_counter()
                 # read = decoding/copying; waiting for a camera to deliver is not latency of this frame
-                self._put_frame((frame, max(0.0, (t1 - t0) * 1e3 - frame.wait_ms), t1))
+                self.n_put += self._put_frame((frame, max(0.0, (t1 - t0) * 1e3 - frame.wait_ms), t1))
                 n += 1
         except BaseException as e:                 # reported by run_stream, after the drain
             self.errors.append(e)
@@ -247,15 +399,18 @@ class _Stages:
                     self.frames.put(_END)          # for the other streams; a slot was just freed
                     return
                 seq, self.seq = self.seq, self.seq + 1
+                det = self.models.take()           # in capture order: a switch is one point in the stream
             out = None
-            if not self.errors:
-                frame, read_ms, t_read = item
-                try:
+            try:
+                if not self.errors:
+                    frame, read_ms, t_read = item
                     queue_ms = (time.perf_counter() - t_read) * 1e3
-                    out = (frame, None if frame.error else self.det.predict(frame.image), read_ms, queue_ms)
-                except BaseException as e:
-                    self.errors.append(e)
-                    self.stop.set()
+                    out = (frame, None if frame.error else det.predict(frame.image), read_ms, queue_ms, det)
+            except BaseException as e:
+                self.errors.append(e)
+                self.stop.set()
+            finally:
+                self.models.done(det)
             self.results.put((seq, out))           # None keeps the order whole after an error
 
     def _deliver(self) -> None:
@@ -272,13 +427,18 @@ class _Stages:
                     nxt += 1
                     if out is not None and not self.errors:
                         self._emit(*out)
+                    self.n_done += 1
+                    self.t_done = time.monotonic()
 
-    def _emit(self, frame, result, read_ms: float, queue_ms: float) -> None:
+    def _emit(self, frame, result, read_ms: float, queue_ms: float, det: Detector) -> None:
         if result is None:
             return self._emit_error(frame)
         t0 = time.perf_counter()
         try:
-            record = make_record(frame, result, self.det.threshold, read_ms, queue_ms)
+            record = make_record(frame, result, det.threshold, read_ms, queue_ms, model_id(det))
+            if not self.model_runs or self.model_runs[-1]["model"] != record["model"]:
+                self.model_runs.append({"model": record["model"], "bundle": str(det.bundle.path),
+                                        "first_frame": frame.frame_id})
             for k, v in record["latency_ms"].items():
                 if k not in self.lat:
                     self.lat[k] = LatencyWindow()
@@ -334,32 +494,47 @@ def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
     return dataclasses.replace(opts, spin=False, threads=threads)
 
 
-def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: DetectorOptions = DetectorOptions(),
-               max_frames: int | None = None, on_record=None, queue_depth: int = 4,
-               stop: threading.Event | None = None, streams: int = 1, strict: bool = False) -> dict:
+def run_stream(bundle: str | Path | Bundle, source: str, sinks: list[str],
+               opts: DetectorOptions = DetectorOptions(), max_frames: int | None = None, on_record=None,
+               queue_depth: int = 4, stop: threading.Event | None = None, streams: int = 1,
+               strict: bool = False) -> dict:
     """Score `source` into each sink until it ends, `max_frames` (None: no limit; else at least 1),
     or `stop` is set (SIGINT/SIGTERM set it when called from the main thread). Returns a summary with
     latency percentiles, drops and `errors`: folder images that could not be read, each recorded by
     the sinks that take such records (jsonl, mqtt) and skipped; strict=True makes the first fatal.
-    `streams`: frames in flight at once (see the module's notes); records stay in capture order."""
+    `streams`: frames in flight at once (see the module's notes); records stay in capture order.
+
+    `bundle` may be an installed slot (ROOT/current): a bundle path is watched, and when it comes to
+    name another model (install, rollback) or on SIGHUP, the new one is swapped in between frames
+    (_HotSwitch); each record's `model` names the model that scored it. Under systemd (NOTIFY_SOCKET)
+    the loop sends READY, WATCHDOG while it makes progress, STATUS, RELOADING and STOPPING (notify.py)."""
     if max_frames is not None and not _whole(max_frames):
         raise OptionError(f"max_frames {max_frames!r}: a whole number, at least 1 (None for no limit)")
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
+    notifier = Notifier()
+    watch = not isinstance(bundle, Bundle)
+    target = os.path.realpath(bundle) if watch else ""     # before opening: a switch meanwhile is seen
+    reload = threading.Event()
     old_handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+        if watch:
+            old_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload.set())
     cv_threads = cv2.getNumThreads()
     # OpenCV's own pool (resize, labelling) would wake threads on the cores ONNX Runtime is using,
     # for work too small to gain from them; restored when the loop ends.
     cv2.setNumThreads(1)
     try:
         with ExitStack() as stack:
-            det = stack.enter_context(Detector(bundle, det_opts))
+            stack.callback(notifier.close)
+            models = _Models(Detector(bundle_folder(bundle) if watch else bundle, det_opts))
+            stack.callback(models.close)
             src = stack.enter_context(open_source(source, errors="raise" if strict else "record"))
             outs = [stack.enter_context(open_guarded(s)) for s in sinks]
-            st = _Stages(src, outs, det, max(1, queue_depth, streams), max_frames, on_record, stop)
+            st = _Stages(src, outs, models, max(1, queue_depth, streams), max_frames, on_record, stop)
+            switch = _HotSwitch(bundle, target, models, det_opts, notifier, reload) if watch else None
 
             def health() -> dict:
                 return {"dropped_frames": st.dropped + src.stats.get("dropped_at_source", 0),
@@ -370,17 +545,25 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
                     out.sink.attach(health)
             helpers = [threading.Thread(target=st.infer, name=f"edgesdk-infer-{i + 1}", daemon=True)
                        for i in range(streams - 1)]
+            beat = Heartbeat(notifier, st.moving, _status(st, models), switch.tick if switch else None)
             t_start = time.perf_counter()
             for t in [st.capture_t, st.sink_t, *helpers]:
                 t.start()
+            notifier.ready(f"scoring {public_uri(source)} with model {model_id(models.det)}")
+            if switch or notifier.enabled:
+                beat.start()
             try:
                 st.infer()                         # this thread is the first stream
             finally:
+                beat.stop()
+                notifier.stopping(f"stopping after {st.n} frames")
                 for t in helpers:
                     t.join()
                 st.results.put(_END, urgent=True)
                 st.sink_t.join()
                 st.capture_t.join()
+                if switch:
+                    switch.join(5.0)               # a model still loading is dropped by models.close
             wall = time.perf_counter() - t_start
             source_stats = dict(src.stats)
     finally:
@@ -394,5 +577,20 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
             "wall_s": wall, "fps": n / wall if wall else 0.0, "source": source, "sinks": [g.uri for g in outs],
             "sink_errors": {g.uri: g.errors for g in outs}, "sink_skipped_frames": {g.uri: g.skipped for g in outs},
             "stopped": stop.is_set(), "streams": streams, "threads_per_stream": det_opts.threads,
-            "source_stats": source_stats,
+            "source_stats": source_stats, "model": model_id(models.det), "models": st.model_runs,
+            "model_switch_errors": switch.errors if switch else 0,
             "latency_ms": {**{k: v.stats() for k, v in st.lat.items()}, "sink": st.sink_ms.stats()}}
+
+
+def _status(st: _Stages, models: _Models):
+    """The STATUS line systemctl shows: frames, the rate since the last line, drops, the model."""
+    last = [time.monotonic(), 0]
+
+    def status() -> str:
+        now, n = time.monotonic(), st.n
+        fps = (n - last[1]) / max(now - last[0], 1e-6)
+        last[:] = [now, n]
+        drops = st.dropped + st.src.stats.get("dropped_at_source", 0)
+        return (f"{n} frames, {fps:.1f} FPS, model {model_id(models.det)}"
+                + (f", {drops} dropped" if drops else ""))
+    return status
