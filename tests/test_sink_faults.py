@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from mqtt_broker import Broker, Subscriber, free_port, mosquitto_binary
 
-from edgesdk import pipeline
+from edgesdk.stream import pipeline, sinkguard
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink
 
@@ -35,8 +35,8 @@ def test_a_dir_sink_whose_folder_becomes_a_file_degrades_and_every_verdict_is_wr
     # The folder of dir:// is replaced by a regular file after frame 10 (real ENOTDIR/EEXIST, which
     # root cannot write through either) and freed again after frame 30. The JSONL must hold every
     # frame, the dir sink must resume, and the preview's /metrics must show the errors meanwhile.
-    monkeypatch.setattr(pipeline, "EVIDENCE_RETRY_S", 0.05)
-    monkeypatch.setattr(pipeline, "EVIDENCE_RETRY_MAX_S", 0.05)
+    monkeypatch.setattr(sinkguard, "EVIDENCE_RETRY_S", 0.05)
+    monkeypatch.setattr(sinkguard, "EVIDENCE_RETRY_MAX_S", 0.05)
     ng, port = tmp_path / "ng", free_port()
     dir_uri, jsonl = f"dir://{ng}?all=1", tmp_path / "r.jsonl"
     seen = {}

@@ -1,5 +1,5 @@
 """Deployment to the device: signed packages, slots with an atomic `current` pointer, a health check
-before the switch, rollback, and staging into a target root filesystem (docs/DEPLOY.md).
+before the switch, rollback, staging into a target root filesystem, and the service (docs/DEPLOY.md).
 
 Device side: never imports torch. Modules:
   keys      Ed25519 keys and detached signatures in minisign's formats
@@ -10,4 +10,5 @@ Device side: never imports torch. Modules:
   layout    a deployment root on disk: current/previous pointers, lock, slot checks, gc, history
   slots     install / rollback / status: the install state machine
   stage     the same install into a target root filesystem that is never executed
+  service   the hardened systemd unit that runs `edgesdk run` on ROOT/current
   commands  the command line of all of the above"""

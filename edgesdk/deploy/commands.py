@@ -1,9 +1,10 @@
-"""`edgesdk keygen | pack | inspect | install | rollback | status | stage`: parse, call one function,
-print one table (or --json). add_commands(sub) hooks them into edgesdk.cli's parser."""
+"""`edgesdk keygen | pack | inspect | install | rollback | status | stage | service`: parse, call one
+function, print one table (or --json). add_commands(sub) hooks them into edgesdk.cli's parser."""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from edgesdk.table import table
 
@@ -84,14 +85,53 @@ def cmd_install(args) -> None:
     _failed(rep)
 
 
-def cmd_stage(args) -> None:
-    from edgesdk.deploy.stage import stage
+def _service_opts(args):
+    from edgesdk.deploy.service import ServiceOptions
 
+    return ServiceOptions(source=args.source, sinks=tuple(args.sink or ()), user=args.user, name=args.name,
+                          watchdog_s=args.watchdog_s, device_allow=tuple(args.device_allow or ()),
+                          runtime=args.runtime)
+
+
+def cmd_stage(args) -> None:
+    from edgesdk.deploy.service import plan, stage_unit
+    from edgesdk.deploy.stage import stage
+    from edgesdk.errors import OptionError
+
+    unit = None
+    if args.source or args.sink:
+        if not (args.source and args.sink):
+            raise OptionError("stage: --source and --sink go together (they make the service unit)")
+        unit = _service_opts(args)
+        plan(args.prefix, unit, "--prefix")    # refused before anything is installed
     rep, written = stage(args.package, args.pubkey, args.rootfs, args.prefix, device=args.device,
                          golden=args.golden, keep=args.keep, allow_downgrade=args.allow_downgrade)
+    if unit is not None and rep.ok:
+        # after the install: --runtime auto looks for the runtime in the slot that is now current
+        u = stage_unit(args.rootfs, args.prefix, unit, f"{args.name}.service")
+        written.update({k: u[k] for k in ("unit", "wants", "sysusers", "executable")})
+        _notes("stage", u["notes"])
     _emit(args, {**rep.to_dict(), "written": written},
           _steps(rep) + "".join(f"\n{k}: {v}" for k, v in written.items()))
     _failed(rep)
+
+
+def _notes(cmd: str, notes: list[str]) -> None:
+    import sys
+
+    for note in notes:
+        print(f"edgesdk {cmd}: note: {note}", file=sys.stderr)
+
+
+def cmd_service(args) -> None:
+    from edgesdk.deploy.service import service
+
+    r = service(args.root, args.out, _service_opts(args))
+    _notes("service", r["notes"])
+    _emit(args, {k: v for k, v in r.items() if k != "text"},
+          f"{r['unit']}: {args.name} runs {r['executable']} ({r['runtime']} runtime) on {r['root']}/current\n"
+          f"enable it: cp {r['unit']} /etc/systemd/system/ && systemctl daemon-reload && "
+          f"systemctl enable --now {Path(r['unit']).name}")
 
 
 def cmd_rollback(args) -> None:
@@ -161,11 +201,32 @@ def add_commands(sub) -> None:
     s.add_argument("--max-latency-ms", type=_finite_float, help="health check: p50 latency budget")
     s.set_defaults(fn=cmd_install)
 
+    def unit_args(s, required: bool):
+        s.add_argument("--source", required=required, help="what `edgesdk run` reads, e.g. v4l2:///dev/video0")
+        s.add_argument("--sink", action="append", required=required,
+                       help="where it writes (repeat), absolute paths: jsonl:///var/lib/edgesdk/verdicts.jsonl")
+        s.add_argument("--user", default="edgesdk", help="the unprivileged user it runs as (default edgesdk)")
+        s.add_argument("--name", default="edgesdk", help="service name: logs, /var/lib/NAME (default edgesdk)")
+        s.add_argument("--watchdog-s", type=_finite_float, default=10.0,
+                       help="restart when the stream loop makes no progress this long (default 10)")
+        s.add_argument("--device-allow", action="append", help="another device node it may open (repeat)")
+        s.add_argument("--runtime", choices=["auto", "system", "slot"], default="auto",
+                       help="slot: the current slot's packaged runtime; system: this edgesdk; auto: slot "
+                            "when the current slot has one (default)")
+
     s = sub.add_parser("stage", help="install a package into a target root filesystem folder (not run here)")
     install_args(s)
     s.add_argument("--rootfs", required=True, help="the target's root filesystem folder")
     s.add_argument("--prefix", default="/opt/edgesdk", help="deployment root on the target (default /opt/edgesdk)")
+    unit_args(s, required=False)
     s.set_defaults(fn=cmd_stage)
+
+    s = sub.add_parser("service", help="a hardened systemd unit that runs `edgesdk run` on ROOT/current")
+    s.add_argument("--root", required=True, help="deployment root (as `install --root`)")
+    s.add_argument("--out", required=True, help="unit file to write, e.g. edgesdk.service")
+    unit_args(s, required=True)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_service)
 
     s = sub.add_parser("rollback", help="switch current back to the previous slot")
     s.add_argument("--root", required=True)

@@ -23,7 +23,8 @@ runs side by side score 8-21 % more frames a second than one 2-thread run (measu
 than the model.
 
 Records keep stable names other tools read: frame_id, timestamp, score, is_anomalous, regions,
-latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict). A folder image
+latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict), model (which
+model scored the frame: its model.onnx sha256, 12 hex digits). A folder image
 that cannot be read is not scored: its record is frame_id, timestamp, source_time, name and `error`,
 written by the sinks that take such records (jsonl, mqtt; not on_record, which gets verdicts), and
 counted in the summary's `errors`; strict=True stops the run on it instead.
@@ -32,7 +33,13 @@ Sinks fail in two ways (video.sinks.Sink.evidence). A verdict sink (jsonl, mqtt)
 run with an error naming it: verdicts are never lost silently. An evidence sink (dir, video, http
 preview) that fails is counted, logged once per episode and tried again after a backoff, while the
 verdict sinks carry on with every record; the counts are in the summary (sink_errors), the
-preview's /metrics and the MQTT health topic."""
+preview's /metrics and the MQTT health topic.
+
+The model can change under a running loop (_HotSwitch): given a path such as ROOT/current, which
+`install` and `rollback` switch, the loop opens the new model off the hot path and the next frame is
+scored by it, the camera untouched. Under systemd (Type=notify, edgesdk/deploy/service.py) a heartbeat
+thread sends WATCHDOG=1 only while records come out of the sinks, or nothing is in flight and the source
+is waiting (notify.Heartbeat, _Stages.moving): a stalled inference or sink stops the pings."""
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +47,6 @@ import logging
 import operator
 import os
 import queue
-import re
 import signal
 import threading
 import time
@@ -49,29 +55,36 @@ from pathlib import Path
 
 import cv2
 
+from edgesdk.bundle import Bundle
 from edgesdk.errors import OptionError
 from edgesdk.measure.metrics import LatencyWindow
+from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.stream.handoff import Handoff
-from edgesdk.video import open_sink, open_source
+from edgesdk.stream.sinkguard import (open_guarded, public_uri)
+from edgesdk.stream.switch import _HotSwitch, _Models, bundle_folder, model_id
+from edgesdk.video import open_source
 
 _END = object()
 SINK_BATCH, SINK_LINGER_S = 4, 0.010     # file sources: the sink thread's wake-up (results, at most s)
-EVIDENCE_RETRY_S, EVIDENCE_RETRY_MAX_S = 2.0, 30.0   # a failed evidence sink's backoff, doubling up to the max
+READ_TIMEOUT_S = 0.5                      # the capture thread's wait for a frame: how often it looks at `stop`
 
 log = logging.getLogger("edgesdk.stream.pipeline")
 
 
-def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float = 0.0) -> dict:
+def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float = 0.0, model: str = "") -> dict:
     lat = {"read": read_ms, "queue": queue_ms, **result.latency_ms}
     lat["total"] = read_ms + queue_ms + result.latency_ms["total"]
-    return {
+    rec = {
         "frame_id": frame.frame_id, "timestamp": round(frame.timestamp, 6),
         "source_time": frame.source_time, "name": frame.name,
         "score": round(result.score, 5), "is_anomalous": bool(result.is_anomalous),
         "threshold": threshold, "regions": [r.to_dict() for r in result.regions],
         "latency_ms": {k: round(v, 3) for k, v in lat.items()},
     }
+    if model:
+        rec["model"] = model
+    return rec
 
 
 def error_record(frame) -> dict:
@@ -92,107 +105,12 @@ def lower_priority(step: int = 5) -> None:
         pass
 
 
-def public_uri(uri: str) -> str:
-    """The URI with any token= value hidden: summaries, logs and metrics name sinks by it."""
-    return re.sub(r"([?&]token=)[^&#]*", r"\1***", uri)
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        names = [str(f) for f in (e.filename, e.filename2) if f is not None]
-        return e.strerror + (f": {' -> '.join(names)}" if names else "")
-    return str(e) if isinstance(e, OSError) and str(e) else f"{type(e).__name__}: {e}"
-
-
-def _named_error(e: BaseException, msg: str) -> Exception:
-    """An OSError (keeping errno) or RuntimeError whose message is MSG alone, for the CLI's one line."""
-    if isinstance(e, OSError):
-        err = OSError(msg)
-        err.errno = e.errno
-        return err
-    return RuntimeError(msg)
-
-
-class SinkGuard:
-    """One open sink in the loop, by its public URI. A verdict sink's failure is raised, naming the
-    sink. An evidence sink's failure is counted and logged at the start and end of each episode (not
-    per frame); frames inside its backoff are skipped and counted; it is tried again after
-    EVIDENCE_RETRY_S, doubling up to EVIDENCE_RETRY_MAX_S, so a disk that frees up resumes."""
-
-    def __init__(self, uri: str, sink):
-        self.uri, self.sink = public_uri(uri), sink
-        self.evidence = bool(getattr(sink, "evidence", False))
-        self.errors = self.skipped = 0
-        self.failing = False                     # inside an episode of failures
-        self.retry_at, self.backoff = 0.0, EVIDENCE_RETRY_S
-        self._episode = (0, 0)                   # (errors, skipped) when the episode began
-
-    def write(self, record: dict, frame, result) -> None:
-        if not self.sink.wants(record):
-            return
-        if self.failing and time.monotonic() < self.retry_at:
-            self.skipped += 1
-            return
-        try:
-            self.sink.write(record, frame, result)
-        except Exception as e:
-            if not self.evidence:
-                raise _named_error(e, f"{self.uri}: the verdict sink failed ({_describe(e)}); the run "
-                                      "stops so that no verdict is lost silently") from e
-            self._failed(e)
-            return
-        if self.failing:
-            self.failing = False
-            failed, skipped = self.errors - self._episode[0], self.skipped - self._episode[1]
-            log.warning("%s: evidence sink working again after %d failed writes; %d frames have no evidence",
-                        self.uri, failed, failed + skipped)
-
-    def _failed(self, e: Exception) -> None:
-        self.errors += 1
-        if self.failing:
-            self.backoff = min(2 * self.backoff, EVIDENCE_RETRY_MAX_S)
-            log.debug("%s: evidence sink still failing: %s", self.uri, _describe(e))
-        else:
-            self.failing, self.backoff = True, EVIDENCE_RETRY_S
-            self._episode = (self.errors - 1, self.skipped)
-            log.warning("%s: evidence sink failed (%s); the verdicts carry on without it, and it is tried "
-                        "again in %g s (then less often)", self.uri, _describe(e), self.backoff)
-        self.retry_at = time.monotonic() + self.backoff
-
-    def health(self) -> dict:
-        return {"errors": self.errors, "skipped_frames": self.skipped, "degraded": self.failing}
-
-    def close(self) -> None:
-        try:
-            self.sink.close()
-        except Exception as e:
-            if not self.evidence:
-                raise _named_error(e, f"{self.uri}: the verdict sink failed to close ({_describe(e)})") from e
-            self.errors += 1
-            log.warning("%s: evidence sink failed to close (%s)", self.uri, _describe(e))
-
-    def __enter__(self) -> "SinkGuard":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def open_guarded(uri: str) -> SinkGuard:
-    """open_sink(uri) in a SinkGuard; a sink that cannot open at all (a port in use, a folder under a
-    file) is an error naming the sink, of either class: the run never starts without it."""
-    try:
-        sink = open_sink(uri)
-    except OSError as e:
-        raise _named_error(e, f"{public_uri(uri)}: cannot open this sink ({_describe(e)})") from e
-    return SinkGuard(uri, sink)
-
-
 class _Stages:
     """The capture, inference and sink threads of one run, and what they count."""
 
-    def __init__(self, src, outs, det, depth: int, max_frames: int | None, on_record, stop: threading.Event):
-        self.src, self.outs, self.det, self.max_frames = src, outs, det, max_frames
+    def __init__(self, src, outs, models: _Models, depth: int, max_frames: int | None, on_record,
+                 stop: threading.Event):
+        self.src, self.outs, self.models, self.max_frames = src, outs, models, max_frames
         self.on_record, self.stop = on_record, stop
         live = src.live
         self.frames = Handoff(depth) if live else Handoff(2 * depth, refill_at=depth // 2)
@@ -204,33 +122,49 @@ class _Stages:
         self.lat: dict[str, LatencyWindow] = {}    # fixed memory however long the line runs
         self.sink_ms = LatencyWindow()
         self.errors: list[BaseException] = []
+        # progress, for the watchdog (moving): frames put in, dropped and through the sinks, and when
+        self.n_put = self.n_done = 0
+        self.t_read = self.t_done = time.monotonic()
+        self.model_runs: list[dict] = []          # each model's first frame, in record order
         self.capture_t = threading.Thread(target=self._capture, name="edgesdk-capture", daemon=True)
         self.sink_t = threading.Thread(target=self._deliver, name="edgesdk-sinks", daemon=True)
 
-    def _put_frame(self, item) -> None:
+    def _put_frame(self, item) -> bool:
         if self.src.live:                          # keep the newest, count what is dropped
             self.dropped += self.frames.put_drop_oldest(item)
-            return
+            return True
         while not self.stop.is_set():              # backpressure, but never deaf to a stop
             try:
                 self.frames.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 pass
+        return False
+
+    def moving(self, window: float) -> bool:
+        """Whether the loop made progress in the last WINDOW seconds: a record went through the sinks,
+        or nothing is in flight and the source's read keeps returning (a live camera between frames, a
+        stream reconnecting). Frames in flight and no record out means a stalled inference or sink."""
+        now = time.monotonic()
+        if now - self.t_done < window:
+            return True
+        # a waiting read returns every READ_TIMEOUT_S: that long plus the window is alive
+        return self.n_put - self.dropped - self.n_done <= 0 and now - self.t_read < window + READ_TIMEOUT_S
 
     def _capture(self) -> None:
         n = 0
         try:
             while not self.stop.is_set() and (self.max_frames is None or n < self.max_frames):
                 t0 = time.perf_counter()
-                frame = self.src.read(timeout=0.5)
+                frame = self.src.read(timeout=READ_TIMEOUT_S)
+                self.t_read = time.monotonic()
                 if frame is None:
                     if self.src.live and not self.src.ended:
                         continue                   # a live source with nothing yet (or reconnecting)
                     break
                 t1 = time.perf_counter()
                 # read = decoding/copying; waiting for a camera to deliver is not latency of this frame
-                self._put_frame((frame, max(0.0, (t1 - t0) * 1e3 - frame.wait_ms), t1))
+                self.n_put += self._put_frame((frame, max(0.0, (t1 - t0) * 1e3 - frame.wait_ms), t1))
                 n += 1
         except BaseException as e:                 # reported by run_stream, after the drain
             self.errors.append(e)
@@ -247,15 +181,18 @@ class _Stages:
                     self.frames.put(_END)          # for the other streams; a slot was just freed
                     return
                 seq, self.seq = self.seq, self.seq + 1
+                det = self.models.take()           # in capture order: a switch is one point in the stream
             out = None
-            if not self.errors:
-                frame, read_ms, t_read = item
-                try:
+            try:
+                if not self.errors:
+                    frame, read_ms, t_read = item
                     queue_ms = (time.perf_counter() - t_read) * 1e3
-                    out = (frame, None if frame.error else self.det.predict(frame.image), read_ms, queue_ms)
-                except BaseException as e:
-                    self.errors.append(e)
-                    self.stop.set()
+                    out = (frame, None if frame.error else det.predict(frame.image), read_ms, queue_ms, det)
+            except BaseException as e:
+                self.errors.append(e)
+                self.stop.set()
+            finally:
+                self.models.done(det)
             self.results.put((seq, out))           # None keeps the order whole after an error
 
     def _deliver(self) -> None:
@@ -272,13 +209,18 @@ class _Stages:
                     nxt += 1
                     if out is not None and not self.errors:
                         self._emit(*out)
+                    self.n_done += 1
+                    self.t_done = time.monotonic()
 
-    def _emit(self, frame, result, read_ms: float, queue_ms: float) -> None:
+    def _emit(self, frame, result, read_ms: float, queue_ms: float, det: Detector) -> None:
         if result is None:
             return self._emit_error(frame)
         t0 = time.perf_counter()
         try:
-            record = make_record(frame, result, self.det.threshold, read_ms, queue_ms)
+            record = make_record(frame, result, det.threshold, read_ms, queue_ms, model_id(det))
+            if not self.model_runs or self.model_runs[-1]["model"] != record["model"]:
+                self.model_runs.append({"model": record["model"], "bundle": str(det.bundle.path),
+                                        "first_frame": frame.frame_id})
             for k, v in record["latency_ms"].items():
                 if k not in self.lat:
                     self.lat[k] = LatencyWindow()
@@ -334,32 +276,47 @@ def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
     return dataclasses.replace(opts, spin=False, threads=threads)
 
 
-def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: DetectorOptions = DetectorOptions(),
-               max_frames: int | None = None, on_record=None, queue_depth: int = 4,
-               stop: threading.Event | None = None, streams: int = 1, strict: bool = False) -> dict:
+def run_stream(bundle: str | Path | Bundle, source: str, sinks: list[str],
+               opts: DetectorOptions = DetectorOptions(), max_frames: int | None = None, on_record=None,
+               queue_depth: int = 4, stop: threading.Event | None = None, streams: int = 1,
+               strict: bool = False) -> dict:
     """Score `source` into each sink until it ends, `max_frames` (None: no limit; else at least 1),
     or `stop` is set (SIGINT/SIGTERM set it when called from the main thread). Returns a summary with
     latency percentiles, drops and `errors`: folder images that could not be read, each recorded by
     the sinks that take such records (jsonl, mqtt) and skipped; strict=True makes the first fatal.
-    `streams`: frames in flight at once (see the module's notes); records stay in capture order."""
+    `streams`: frames in flight at once (see the module's notes); records stay in capture order.
+
+    `bundle` may be an installed slot (ROOT/current): a bundle path is watched, and when it comes to
+    name another model (install, rollback) or on SIGHUP, the new one is swapped in between frames
+    (_HotSwitch); each record's `model` names the model that scored it. Under systemd (NOTIFY_SOCKET)
+    the loop sends READY, WATCHDOG while it makes progress, STATUS, RELOADING and STOPPING (notify.py)."""
     if max_frames is not None and not _whole(max_frames):
         raise OptionError(f"max_frames {max_frames!r}: a whole number, at least 1 (None for no limit)")
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
+    notifier = Notifier()
+    watch = not isinstance(bundle, Bundle)
+    target = os.path.realpath(bundle) if watch else ""     # before opening: a switch meanwhile is seen
+    reload = threading.Event()
     old_handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+        if watch:
+            old_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload.set())
     cv_threads = cv2.getNumThreads()
     # OpenCV's own pool (resize, labelling) would wake threads on the cores ONNX Runtime is using,
     # for work too small to gain from them; restored when the loop ends.
     cv2.setNumThreads(1)
     try:
         with ExitStack() as stack:
-            det = stack.enter_context(Detector(bundle, det_opts))
+            stack.callback(notifier.close)
+            models = _Models(Detector(bundle_folder(bundle) if watch else bundle, det_opts))
+            stack.callback(models.close)
             src = stack.enter_context(open_source(source, errors="raise" if strict else "record"))
             outs = [stack.enter_context(open_guarded(s)) for s in sinks]
-            st = _Stages(src, outs, det, max(1, queue_depth, streams), max_frames, on_record, stop)
+            st = _Stages(src, outs, models, max(1, queue_depth, streams), max_frames, on_record, stop)
+            switch = _HotSwitch(bundle, target, models, det_opts, notifier, reload) if watch else None
 
             def health() -> dict:
                 return {"dropped_frames": st.dropped + src.stats.get("dropped_at_source", 0),
@@ -370,17 +327,25 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
                     out.sink.attach(health)
             helpers = [threading.Thread(target=st.infer, name=f"edgesdk-infer-{i + 1}", daemon=True)
                        for i in range(streams - 1)]
+            beat = Heartbeat(notifier, st.moving, _status(st, models), switch.tick if switch else None)
             t_start = time.perf_counter()
             for t in [st.capture_t, st.sink_t, *helpers]:
                 t.start()
+            notifier.ready(f"scoring {public_uri(source)} with model {model_id(models.det)}")
+            if switch or notifier.enabled:
+                beat.start()
             try:
                 st.infer()                         # this thread is the first stream
             finally:
+                beat.stop()
+                notifier.stopping(f"stopping after {st.n} frames")
                 for t in helpers:
                     t.join()
                 st.results.put(_END, urgent=True)
                 st.sink_t.join()
                 st.capture_t.join()
+                if switch:
+                    switch.join(5.0)               # a model still loading is dropped by models.close
             wall = time.perf_counter() - t_start
             source_stats = dict(src.stats)
     finally:
@@ -394,5 +359,20 @@ def run_stream(bundle: str | Path, source: str, sinks: list[str], opts: Detector
             "wall_s": wall, "fps": n / wall if wall else 0.0, "source": source, "sinks": [g.uri for g in outs],
             "sink_errors": {g.uri: g.errors for g in outs}, "sink_skipped_frames": {g.uri: g.skipped for g in outs},
             "stopped": stop.is_set(), "streams": streams, "threads_per_stream": det_opts.threads,
-            "source_stats": source_stats,
+            "source_stats": source_stats, "model": model_id(models.det), "models": st.model_runs,
+            "model_switch_errors": switch.errors if switch else 0,
             "latency_ms": {**{k: v.stats() for k, v in st.lat.items()}, "sink": st.sink_ms.stats()}}
+
+
+def _status(st: _Stages, models: _Models):
+    """The STATUS line systemctl shows: frames, the rate since the last line, drops, the model."""
+    last = [time.monotonic(), 0]
+
+    def status() -> str:
+        now, n = time.monotonic(), st.n
+        fps = (n - last[1]) / max(now - last[0], 1e-6)
+        last[:] = [now, n]
+        drops = st.dropped + st.src.stats.get("dropped_at_source", 0)
+        return (f"{n} frames, {fps:.1f} FPS, model {model_id(models.det)}"
+                + (f", {drops} dropped" if drops else ""))
+    return status
