@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from mqtt_broker import Broker, Subscriber, free_port, mosquitto_binary
 
-from edgesdk.stream import pipeline, sinkguard
+from edgesdk.stream import sinkguard
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink
 
