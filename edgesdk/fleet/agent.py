@@ -125,6 +125,8 @@ class Agent:
         self.busy: dict | None = None
         self.dirty = True
         self.started = time.time()
+        self.state_lock = threading.Lock()
+        self.snapshot: dict | None = None
         self.slots_now = self._slots()
         self.link = Link(broker, f"edgesdk-agent-{opts.group}-{opts.device_id}", self._on_message,
                          (self.t_release, self.t_cmd), will=(self.t_online, self._online(False, "connection lost")),
@@ -142,6 +144,7 @@ class Agent:
 
     def _on_connect(self) -> None:
         self.link.send(self.t_online, self._online(True, ""))
+        self.beat()                         # the last state now (an install may hold the worker for minutes)
         self.dirty = True
 
     # state -----------------------------------------------------------------------------------------
@@ -172,9 +175,23 @@ class Agent:
                 "rejected": self.record.data["rejected"][-KEEP_REJECTED:], "link": dict(self.link.stats)}
 
     def publish_state(self) -> None:
-        if self.link.connected.is_set():
-            self.dirty = False          # cleared first: a reconnect while sending marks it again
-            self.link.send(self.t_state, json.dumps(self.state()))
+        """The worker's fresh state: kept as the snapshot heartbeats re-send, and sent when connected."""
+        self.dirty = False              # cleared first: a reconnect while sending marks it again
+        with self.state_lock:
+            self.snapshot = self.state()
+        self.beat()
+
+    def beat(self) -> None:
+        """Re-send the last snapshot with the time now (the heartbeat thread, and every connect)."""
+        with self.state_lock:
+            st = dict(self.snapshot) if self.snapshot else None
+        if st is not None and self.link.connected.is_set():
+            st["time"] = time.time()
+            self.link.send(self.t_state, json.dumps(st))
+
+    def _heartbeats(self, stop: threading.Event) -> None:
+        while not stop.wait(self.opts.heartbeat_s):
+            self.beat()
 
     def _reject(self, topic: str, why: str) -> None:
         log.warning("ignored a message on %s: %s", topic, why)
@@ -232,7 +249,8 @@ class Agent:
             fetch(pkg, dest, self.opts.fetch_timeout_s, chunks=lambda: self._chunks(rid))
             rep = self.install(dest, self.opts.pubkey, self.root,
                                slots.InstallOptions(golden=self.opts.golden, device=self.opts.device,
-                                                    keep=self.opts.keep, max_latency_ms=self.opts.max_latency_ms))
+                                                    keep=self.opts.keep, max_latency_ms=self.opts.max_latency_ms,
+                                                    allow_downgrade=body.get("allow_downgrade") is True))
             result = _summary(rep)
         except FetchError as e:
             result = {"result": "error", "why": str(e)}
@@ -320,21 +338,24 @@ class Agent:
         (self.root / FLEET_DIR / "incoming").mkdir(parents=True, exist_ok=True)
         for p in (self.root / FLEET_DIR / "incoming").glob(".*.part"):
             p.unlink()                                  # a download a crash interrupted
+        self.publish_state()
         self.link.start()
-        self._resume()
-        end = None if run_for is None else time.monotonic() + run_for
-        next_beat = 0.0
-        while not stop.is_set() and (end is None or time.monotonic() < end):
-            if self.dirty or time.monotonic() >= next_beat:
-                if self.link.connected.is_set():
-                    next_beat = time.monotonic() + self.opts.heartbeat_s
-                self.publish_state()
-            try:
-                topic, payload = self.q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self.handle(topic, payload)
-        self.close()
+        beats = threading.Event()
+        threading.Thread(target=self._heartbeats, args=(beats,), daemon=True, name="edgesdk-heartbeat").start()
+        try:
+            self._resume()
+            end = None if run_for is None else time.monotonic() + run_for
+            while not stop.is_set() and (end is None or time.monotonic() < end):
+                if self.dirty:
+                    self.publish_state()
+                try:
+                    topic, payload = self.q.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                self.handle(topic, payload)
+        finally:
+            beats.set()
+            self.close()
 
     def close(self) -> None:
         """Say goodbye (offline, retained) when the broker is there; the will covers a crash."""

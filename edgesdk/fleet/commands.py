@@ -59,7 +59,8 @@ def cmd_rollout(args) -> None:
     opts = RolloutOptions(group=args.group, waves=args.waves, max_failures=args.max_failures, timeout_s=args.timeout,
                           url=args.url, chunk_kb=args.chunk_kb, rollback_on_halt=args.rollback_on_halt,
                           devices=tuple(d for d in (args.devices or "").split(",") if d),
-                          discover_s=args.discover, expires_h=args.expires, release_id=args.release_id or "")
+                          discover_s=args.discover, expires_h=args.expires, release_id=args.release_id or "",
+                          allow_downgrade=args.allow_downgrade)
     live = sys.stdout.isatty() and not args.json
 
     def on_change(rows, event):
@@ -155,6 +156,8 @@ def add_commands(sub) -> None:
     s.add_argument("--discover", type=_positive, default=3.0, help="seconds to gather device states (default 3)")
     s.add_argument("--expires", type=_positive, default=72.0, help="hours a device may still start the release "
                                                                   "(default 72)")
+    s.add_argument("--allow-downgrade", action="store_true",
+                   help="devices install it even when they run a newer version (a fleet-wide step back)")
     s.add_argument("--release-id", help="default NAME-VERSION-UTCTIME")
     s.add_argument("--report", help="JSON report (default rollout-RELEASE.json)")
     s.add_argument("--json", action="store_true")

@@ -9,7 +9,8 @@ checked is what is read. Every field is then validated; a device acts only on a 
 release:  schema, kind "release", group, release (id), issued, expires (unix seconds), wave, devices
           (every device targeted so far), package {name, version, manifest_sha256 (names the slot),
           sha256 + bytes (of the file), url (file://, http(s)://, or "mqtt:chunks"), chunks
-          (null, or {size, sha256: [one per chunk]})}
+          (null, or {size, sha256: [one per chunk]})}, allow_downgrade (optional, default false: install
+          refuses an older version than the one running, as `edgesdk install` does)
 rollback: schema, kind "rollback", group, device, command (id), release, slot (roll back only when
           this slot is current), issued, expires"""
 from __future__ import annotations
@@ -84,6 +85,8 @@ def check_release(body: dict, where: str) -> dict:
     check_name(body.get("release"), "release", where)
     if _field(body, "wave", int, where) < 1:
         raise MessageError(f"{where}: wave {body['wave']} must be at least 1")
+    if not isinstance(body.get("allow_downgrade", False), bool):
+        raise MessageError(f"{where}: field 'allow_downgrade' must be true or false")
     devices = _field(body, "devices", list, where)
     for d in devices:
         check_name(d, "device", where)

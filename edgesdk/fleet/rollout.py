@@ -56,6 +56,7 @@ class RolloutOptions:
     discover_s: float = 3.0
     expires_h: float = 72.0
     release_id: str = ""
+    allow_downgrade: bool = False       # devices install it even over a newer version (a fleet-wide step back)
 
 
 def plan_waves(spec: str, n: int) -> list[int]:
@@ -206,7 +207,7 @@ def rollout(package: str | Path, key: str | Path, broker: BrokerOptions, opts: R
             new = devices[prev:n]
             body = {"schema": messages.SCHEMA, "kind": "release", "group": opts.group, "release": rid,
                     "issued": issued, "expires": issued + int(opts.expires_h * 3600), "wave": k,
-                    "devices": devices[:n], "package": pkg}
+                    "devices": devices[:n], "package": pkg, "allow_downgrade": opts.allow_downgrade}
             t_wave = time.monotonic()
             for d in new:
                 wave_of[d], t_of[d] = k, t_wave
