@@ -16,7 +16,7 @@ from mqtt_broker import mosquitto_binary
 from edgesdk.deploy import keys
 from edgesdk.deploy.slots import Report
 from edgesdk.fleet import messages, topics
-from edgesdk.fleet.agent import Agent, AgentOptions
+from edgesdk.fleet.agent import Agent, AgentOptions, Record
 from edgesdk.fleet.broker import BrokerOptions
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
@@ -70,3 +70,20 @@ def test_heartbeats_during_a_long_install_and_the_state_after_a_broker_that_forg
         stop.set()
         worker.join(30)
         broker.stop()
+
+
+def test_a_release_interrupted_three_times_is_reported_not_tried_again(keypair, tmp_path):
+    """A package whose install kills the agent every time (a crash loop) ends as an error after three
+    tries; the agent reports it and goes on."""
+    record = Record(tmp_path / "root")
+    record.data["releases"]["r-loop"] = {"state": "started", "attempts": 3, "message": "{}"}
+    record.save()
+    calls = []
+    agent = Agent(BrokerOptions("127.0.0.1", 1), AgentOptions(group=GROUP, device_id="d", root=tmp_path / "root",
+                                                              pubkey=keypair[1], device="cpu"),
+                  installer=lambda *a: calls.append(a))
+    agent._resume()
+    entry = Record(tmp_path / "root").data["releases"]["r-loop"]
+    assert calls == [] and entry["state"] == "done" and entry["result"]["result"] == "error"
+    assert "interrupted 3 times" in entry["result"]["why"]
+    assert agent.state()["releases"]["r-loop"]["result"] == "error"

@@ -151,3 +151,21 @@ def test_silent_devices_are_those_without_a_recent_heartbeat_or_whose_will_came(
     assert [by[d]["silent"] for d in ("fresh", "late", "gone")] == [False, True, True]
     assert by["late"]["silent_why"] == "no heartbeat for 10 s" and by["gone"]["silent_why"] == "connection lost"
     assert by["fresh"]["version"] == "1.1.0" and by["fresh"]["result"] == "installed"
+
+
+def test_every_fleet_module_imports_without_torch():
+    """Device side: the agent runs where torch (and the export-only packages) are not installed."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import edgesdk.fleet
+    from fleet_util import ROOT
+
+    mods = sorted(f"edgesdk.fleet.{m.name}" for m in pkgutil.iter_modules(edgesdk.fleet.__path__))
+    assert {"edgesdk.fleet.agent", "edgesdk.fleet.rollout", "edgesdk.fleet.commands"} <= set(mods)
+    code = ("import sys, importlib\nfor n in ('torch', 'torchvision', 'onnx', 'onnxscript', 'skimage'):\n"
+            "    sys.modules[n] = None\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods)
+            + "from edgesdk.cli import main\nmain(['agent', '--help'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "--device-id" in r.stdout, r.stderr

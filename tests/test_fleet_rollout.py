@@ -13,11 +13,12 @@ import threading
 
 import pytest
 from deploy_util import golden_set, keypair, pkgs  # noqa: F401
-from fleet_util import (GROUP, ROOT, FleetBroker, bad_golden, cli_args, env, read_json_lines, start_agent,
-                        states, stop_all, wait_until)
+from fleet_util import (GROUP, ROOT, FleetBroker, bad_golden, cli_args, env, read_json_lines, retained,
+                        start_agent, states, stop_all, wait_until)
 from mqtt_broker import mosquitto_binary
 
 from edgesdk.deploy.slots import install
+from edgesdk.fleet import topics
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
                                 reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")
@@ -86,6 +87,9 @@ def test_waves_install_the_healthy_devices_and_halt_at_the_failing_one_across_a_
         assert {r["device"]: r["state"] for r in rep["rollback"]} == {DEVICES[3]: "rolled back",
                                                                      DEVICES[5]: "rolled back"}
         assert rep["messages"]["devices"] == 6 and rep["messages"]["connects"] >= 2    # it reconnected
+        # Halted: the release is withdrawn (no late device starts it); acknowledged commands are cleared.
+        assert retained(broker.port, topics.release(GROUP)) is None
+        assert all(retained(broker.port, topics.device(GROUP, d, "cmd")) is None for d in DEVICES)
 
         # On the devices: one install each, never two (the release was redelivered after the restart,
         # and again with each wave); the failing device kept its old model, with the health report.

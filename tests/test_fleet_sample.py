@@ -10,6 +10,9 @@ from deploy_util import keypair, pkgs  # noqa: F401
 from fleet_util import ROOT, FleetBroker, env, start_agent, states, stop_all, wait_until
 from mqtt_broker import mosquitto_binary
 
+from edgesdk.fleet.broker import BrokerOptions
+from edgesdk.fleet.status import collect
+
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
                                 reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")
 
@@ -31,6 +34,12 @@ def test_fleet_rollout_sample(keypair, pkgs, tmp_path):
         assert "complete in" in r.stdout and "broker messages:" in r.stdout
         fleet = r.stdout.split("fleet line1 on")[1].splitlines()
         assert [ln.split()[:2] for ln in fleet[3:]] == [["cam1", "1.0.0"], ["cam2", "1.0.0"]]
+        # systemctl stop (SIGTERM): each agent says goodbye, retained, and exits by itself.
+        stop_all(procs)
+        assert [p.returncode for p in procs] == [0, 0]
+        found = collect(BrokerOptions("127.0.0.1", broker.port), "line1", wait_s=1)
+        assert {d: v["online"]["why"] for (g, d), v in found.items()} == {"cam1": "agent stopped",
+                                                                          "cam2": "agent stopped"}
     finally:
         stop_all(procs)
         broker.stop()
