@@ -99,6 +99,8 @@ class Agent:
                  rollbacker: Callable = slots.rollback):
         topics.check_name(opts.group, "--group")
         topics.check_name(opts.device_id, "--device-id")
+        if opts.keep < 1:
+            raise EdgesdkError(f"--keep {opts.keep}: keep at least 1 slot")
         self.opts, self.install, self.rollback = opts, installer, rollbacker
         self.pub = keys.load_public(opts.pubkey)
         if opts.golden:

@@ -46,8 +46,8 @@ def cmd_agent(args) -> None:
           file=sys.stderr, flush=True)
     try:
         agent.run(args.run_for, stop)
-    except KeyboardInterrupt:
-        agent.close()
+    except KeyboardInterrupt:       # Ctrl-C: run() has already said goodbye on its way out
+        pass
 
 
 def cmd_rollout(args) -> None:

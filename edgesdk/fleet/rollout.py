@@ -145,6 +145,7 @@ def rollout(package: str | Path, key: str | Path, broker: BrokerOptions, opts: R
     topics.check_name(opts.group, "--group")
     if opts.max_failures < 0 or opts.timeout_s <= 0 or opts.chunk_kb < 1:
         raise OptionError("--max-failures >= 0, --timeout > 0 and --chunk-kb >= 1, please")
+    plan_waves(opts.waves, 10 ** 6)                   # a malformed --waves is refused before anything is sent
     private = keys.load_private(key, passphrase)
     pub = keys.public_of(private)
     package = Path(package)
@@ -172,7 +173,7 @@ def rollout(package: str | Path, key: str | Path, broker: BrokerOptions, opts: R
     link.start(wait=10)
     try:
         _discover(watch, link, opts.discover_s)
-        devices = list(opts.devices) or sorted(watch.states)
+        devices = list(dict.fromkeys(opts.devices)) or sorted(watch.states)
         for d in devices:
             topics.check_name(d, "--devices")
         if not devices:
