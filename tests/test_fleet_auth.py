@@ -15,7 +15,7 @@ from fleet_util import (GROUP, ROOT, FleetBroker, cli_args, env, make_tls, read_
 from mqtt_broker import mosquitto_binary
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None,
-                                reason="needs Debian's mosquitto broker and mosquitto_passwd (apt-get install mosquitto)")
+                                reason="needs Debian's mosquitto and mosquitto_passwd (apt-get install mosquitto)")
 
 
 def test_password_and_tls_are_required_and_a_chunked_rollout_goes_through_them(keypair, pkgs, tmp_path):

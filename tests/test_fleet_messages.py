@@ -49,7 +49,8 @@ def test_a_release_opens_only_with_the_fleet_key_unchanged_and_for_this_group(ke
                          (messages.seal(body(issued=1.5), key), "'issued' must be int"),
                          (messages.seal(body(allow_downgrade="yes"), key), "'allow_downgrade' must be true or false"),
                          (messages.seal(body(package={**body()["package"], "url": "ftp://x"}), key), "url 'ftp://x'"),
-                         (messages.seal(body(package={**body()["package"], "url": "mqtt:chunks"}), key), "needs chunks"),
+                         (messages.seal(body(package={**body()["package"], "url": "mqtt:chunks"}), key),
+                          "needs chunks"),
                          (messages.seal(body(package={**body()["package"], "url": "mqtt:chunks",
                                                       "chunks": {"size": 4, "sha256": ["c" * 64]}}), key),
                           "one sha256 per 4-byte chunk")):
