@@ -577,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgesdk.deploy.commands import add_commands   # keygen, pack, inspect, install, stage, rollback, status
 
     add_commands(sub)
+    from edgesdk.fleet.commands import add_commands as add_fleet   # agent, rollout, fleet status|forget
+
+    add_fleet(sub)
     return p
 
 

@@ -36,5 +36,7 @@ def test_line_app_sample_rejects_the_conveyor_defects(bundle, tiny_data, tmp_pat
 
 
 def test_every_sample_is_tested():
-    tested = {"score_folder.py", "line_app.py", "deploy_roundtrip.py"}   # deploy_roundtrip: test_deploy_sample.py
+    tested = {"score_folder.py", "line_app.py",
+              "deploy_roundtrip.py",      # test_deploy_sample.py
+              "fleet_rollout.py"}         # test_fleet_sample.py
     assert {p.name for p in (ROOT / "samples").glob("*.py")} == tested
