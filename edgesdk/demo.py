@@ -149,7 +149,8 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
              for m in models]
     print("\n" + table(means, title="mean over categories"))
     if engines:
-        print("\n" + table(engines, title="TensorRT engines (rtx profile, built ahead of time; running one needs the GPU)"))
+        print("\n" + table(engines, title="TensorRT engines (rtx profile, built ahead of time; "
+                                          "running one needs the GPU)"))
     print(f"\nINT8 for this CPU ({categories[0]}-{stream_model}):\n{int8_text}")
     print(f"\nstream: {stream['frames']} frames at {stream['fps']:.0f} FPS, frame F1 {stream['frame_f1']:.3f} "
           f"{stream['frame_confusion']}\n  detected {stream['timeline']}\n  truth    {stream['truth']}")

@@ -102,7 +102,7 @@ def cuda_device(cudart: object, index: int = 0) -> dict:
 def current_gpu() -> dict:
     """{"name", "compute_capability"} of GPU 0, from cuda-python or nvidia-smi; {} where none."""
     try:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+        from cuda.bindings import runtime as cudart
 
         return cuda_device(cudart)
     except Exception:   # no cuda-python, no driver, no GPU: all mean "unknown" here

@@ -26,6 +26,7 @@ from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.measure.metrics import best_f1_threshold
 from edgesdk.spec import SpecError
 from edgesdk.zoo import MODEL_NAMES, models
+from edgesdk.zoo.components import AnomalyModel
 
 log = logging.getLogger(__name__)
 FEW_IMAGES = 10     # below this the held-out std, and with it the threshold, rests on a handful of scores
@@ -183,7 +184,7 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
     return Path(out)
 
 
-def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_run(run_dir: str | Path) -> tuple[AnomalyModel, dict]:
     """(model in eval mode with fitted state, run.json dict); errors name the file."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"

@@ -9,7 +9,6 @@ import numpy as np
 
 from edgesdk.fsutil import atomic_write_bytes
 
-
 # The JET colormap as a (256, 3) BGR table.
 JET = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, :]
 

@@ -62,7 +62,8 @@ def test_bad_input_is_a_clear_error_and_good_rows_are_kept(bundle, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
     (broken / "model.onnx").write_bytes(b"truncated")
-    r = cli(broken, bundle, "--backends", "onnxruntime", "--iters", "5", "--no-cold-start", "--json", tmp_path / "o.json")
+    r = cli(broken, bundle, "--backends", "onnxruntime", "--iters", "5", "--no-cold-start",
+            "--json", tmp_path / "o.json")
     assert r.returncode == 1
     rows = json.loads((tmp_path / "o.json").read_text())["rows"]
     assert rows[0]["status"] == "error" and "broken/model.onnx" in rows[0]["reason"]
@@ -82,6 +83,22 @@ def test_the_timing_loop_rotates_feeds_and_leaves_untimed_calls_out():
     r, ms = Recorder(), [1.0]
     assert timed_calls(r, feeds, 5, start=2, untimed=2, out=ms) is ms
     assert r.seen == [2, 0, 1, 2, 0] and len(ms) == 1 + 3 and all(x >= 0 for x in ms)
+
+
+def test_a_runner_used_before_load_or_after_close_says_so(run_dir, bundle):
+    import numpy as np
+
+    from edgesdk.backends import OnnxRuntimeRunner
+    from edgesdk.backends.torch import TorchRunner
+
+    feeds = {"image": np.zeros((1, 128, 128, 3), np.uint8)}
+    for runner in (OnnxRuntimeRunner(bundle / "model.onnx", "CPUExecutionProvider"), TorchRunner(run_dir)):
+        with pytest.raises(RuntimeError, match=f"{runner.name} runner: not loaded; call load"):
+            runner.infer(feeds)
+        with runner:
+            assert runner.infer(feeds)["score"].shape == (1,) and runner.inputs[0].shape[1:] == (128, 128, 3)
+        with pytest.raises(RuntimeError, match="not loaded"):
+            _ = runner.outputs
 
 
 def test_harness_overhead_is_measured():

@@ -29,6 +29,10 @@ class Runner(abc.ABC):
     def close(self) -> None:
         self.loaded = False
 
+    def not_loaded(self) -> RuntimeError:
+        """The error for a runner used before load() (or after close())."""
+        return RuntimeError(f"{self.name} runner: not loaded; call load() first, or use it in a `with` block")
+
     @property
     @abc.abstractmethod
     def inputs(self) -> list[TensorMeta]: ...

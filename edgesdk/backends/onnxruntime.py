@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,8 @@ class OnnxRuntimeRunner(Runner):
         # and sinks share it (the stream loop), they steal its cores: measured on 2 cores, PatchCore
         # in the pipeline 69% -> 78% of model-only FPS with spinning off.
         self.spin = spin
-        self.session = None
+        self.session: Any = None        # an onnxruntime.InferenceSession once loaded (the package ships no types)
+        self.output_names: list[str] = []
 
     def load(self) -> "OnnxRuntimeRunner":
         import onnxruntime as ort
@@ -56,19 +58,24 @@ class OnnxRuntimeRunner(Runner):
     def providers(self) -> list[str]:
         return self.session.get_providers() if self.session else []
 
+    def _live(self) -> Any:
+        if self.session is None:
+            raise self.not_loaded()
+        return self.session
+
     def _meta(self, items) -> list[TensorMeta]:
         return [TensorMeta(i.name, tuple(i.shape), _DTYPES.get(i.type, i.type)) for i in items]
 
     @property
     def inputs(self) -> list[TensorMeta]:
-        return self._meta(self.session.get_inputs())
+        return self._meta(self._live().get_inputs())
 
     @property
     def outputs(self) -> list[TensorMeta]:
-        return self._meta(self.session.get_outputs())
+        return self._meta(self._live().get_outputs())
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        return dict(zip(self.output_names, self._live().run(self.output_names, feeds)))
 
     def close(self) -> None:
         self.session = None

@@ -3,10 +3,14 @@ timed against. torch is imported in load(), never at module import."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgesdk.backends.base import Runner, TensorMeta
+
+if TYPE_CHECKING:
+    from edgesdk.zoo.components import AnomalyModel
 
 
 class TorchRunner(Runner):
@@ -16,7 +20,7 @@ class TorchRunner(Runner):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.threads = threads
-        self.net = None
+        self.net: AnomalyModel | None = None
 
     def load(self) -> "TorchRunner":
         import torch
@@ -30,19 +34,25 @@ class TorchRunner(Runner):
         self.loaded = True
         return self
 
+    def _live(self) -> AnomalyModel:
+        if self.net is None:
+            raise self.not_loaded()
+        return self.net
+
     @property
     def inputs(self) -> list[TensorMeta]:
-        h, w = self.net.cfg.input_size
+        h, w = self._live().cfg.input_size
         return [TensorMeta("image", ("batch", h, w, 3), "uint8")]
 
     @property
     def outputs(self) -> list[TensorMeta]:
-        h, w = self.net.cfg.input_size
+        h, w = self._live().cfg.input_size
         return [TensorMeta("score", ("batch",), "float32"), TensorMeta("anomaly_map", ("batch", h, w), "float32")]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        net = self._live()
         with self._torch.inference_mode():
-            score, amap = self.net(self._torch.from_numpy(feeds["image"]))
+            score, amap = net(self._torch.from_numpy(feeds["image"]))
         return {"score": score.numpy(), "anomaly_map": amap.numpy()}
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,8 @@ def holdout_frames(meta: dict, run_dir: Path, size: tuple[int, int]) -> np.ndarr
     return np.load(run_dir / "holdout_frames.npy")
 
 
-def validation_set(val: str, meta: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str] | None:
+def validation_set(val: str, meta: dict, size: tuple[int, int]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str] | None:
     """(frames, labels, masks or None, where) from VAL or the run's DATA/test; None if neither."""
     if val:
         items = mvtec.labelled_items(val)
@@ -93,7 +95,8 @@ def rederive_threshold(threshold: dict, z_float: np.ndarray, z_low: np.ndarray) 
     else:
         value = float(threshold["value"] + z_low.mean() - z_float.mean())
         detail["how"] = "float threshold + this model's held-out mean shift"
-    source = threshold["source"] if threshold["source"].endswith("+requantized") else threshold["source"] + "+requantized"
+    source = threshold["source"]
+    source = source if source.endswith("+requantized") else source + "+requantized"
     return {"value": value, "source": source, "detail": detail}
 
 
@@ -141,7 +144,10 @@ def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: 
     rule = tuple(quant.float_prefix(graph)) if opts.target == "cpu" and opts.precision == "int8" else ()
     keep: tuple[str, ...] = rule
     ranked: list[tuple[str, float]] = []
-    attempts, info, report, thr = [], {}, {}, {}
+    attempts: list[dict[str, Any]] = []
+    info: dict = {}
+    report: dict[str, Any] = {}
+    thr: dict = {}
     for step in (0.0,) + STEPS:
         if step:
             if not ranked:        # rank once, from the first (all-quantized) attempt

@@ -84,7 +84,8 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
     prepare_output(out, "bundle", inputs, force)
     h, w = net.cfg.input_size
     frames = np.load(run_dir / "holdout_frames.npy")
-    calib = calib_info = None
+    calib: np.ndarray | None = None      # (N, H, W, 3) uint8, set with calib_info for fp16/int8
+    calib_info: dict = {}
     if qopts is not None:          # bad calibration data fails here, before anything is written
         from edgesdk.compile import gate
 
@@ -109,10 +110,11 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         np.save(stage / PARITY_FRAMES, frames)
         threshold, metrics, calibration = meta["threshold"], {"parity_vs_torch": par}, None
         extra_files: tuple[str, ...] = ()
-        if qopts is not None:
+        if qopts is not None and calib is not None:
             float_path = stage / "float.onnx"
             onnx_path.rename(float_path)
-            ref = gate.reference(net, gate.holdout_frames(meta, run_dir, (h, w)), gate.validation_set(opts.val, meta, (h, w)))
+            ref = gate.reference(net, gate.holdout_frames(meta, run_dir, (h, w)),
+                                 gate.validation_set(opts.val, meta, (h, w)))
             low = gate.lower_precision(stage, float_path, ref, meta["threshold"], calib, qopts, MODEL_FILE)
             float_path.unlink()
             threshold = low["threshold"]

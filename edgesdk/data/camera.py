@@ -32,23 +32,33 @@ def parse(specs: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _jpeg(frame: np.ndarray, params: list[int]) -> np.ndarray:
+    """One (H, W, 3) uint8 BGR frame through JPEG encoding at params, decoded back."""
+    ok, buf = cv2.imencode(".jpg", frame, params)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    if img is None:
+        raise OSError("OpenCV could not JPEG-encode and decode a frame for camera augmentation")
+    return img
+
+
 def simulate(frames: np.ndarray, kind: str) -> np.ndarray:
     """(N, H, W, 3) uint8 BGR -> the same frames after the camera pipeline `kind`."""
     name, _, arg = kind.partition(":")
     if name == "jpeg":
         q = [cv2.IMWRITE_JPEG_QUALITY, int(arg)]
-        return np.stack([cv2.imdecode(cv2.imencode(".jpg", f, q)[1], cv2.IMREAD_COLOR) for f in frames])
+        return np.stack([_jpeg(f, q) for f in frames])
     if name == "mp4v":
         h, w = frames.shape[1:3]
         with tempfile.TemporaryDirectory(prefix="edgesdk-camera-") as tmp:
             path = str(Path(tmp) / "clip.mp4")
-            writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (w, h))
+            writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*"mp4v"), 15.0, (w, h))
             if not writer.isOpened():
                 raise OSError("OpenCV could not open an mp4v writer for camera augmentation")
             for f in frames:
                 writer.write(np.ascontiguousarray(f))
             writer.release()
-            cap, out = cv2.VideoCapture(path, cv2.CAP_FFMPEG), []
+            cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+            out: list[np.ndarray] = []
             while len(out) < len(frames) and (got := cap.read())[0]:
                 out.append(got[1])
             cap.release()

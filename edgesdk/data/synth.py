@@ -52,7 +52,7 @@ def view(tex: np.ndarray, cx: float, cy: float, angle: float, cfg: SynthConfig) 
     """A rotated `window` crop of the texture centred at (cx, cy), resized to cfg.size."""
     scale = cfg.size / cfg.window
     m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
-    m[:, 2] += (cfg.size / 2 - cx, cfg.size / 2 - cy)
+    m[:, 2] += np.array((cfg.size / 2 - cx, cfg.size / 2 - cy))
     return cv2.warpAffine(tex, m, (cfg.size, cfg.size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT)
 
@@ -167,7 +167,7 @@ class Conveyor:
         k, u = divmod(t, self.n)
         if k and not self.cycle:
             return None
-        for i, (start, end, kind) in enumerate(self.schedule):
+        for start, end, kind in self.schedule:
             if start <= u < end:
                 kind = DEFECTS[(DEFECTS.index(kind) + k * len(self.schedule)) % len(DEFECTS)] if k else kind
                 return k * self.n + start, k * self.n + end, kind
@@ -200,7 +200,7 @@ def write_conveyor(path: Path, category: str, cfg: SynthConfig, n_frames: int = 
     # match images captured through the same camera pipeline. (mp4v at ~36 dB PSNR blurs the
     # texture enough to shift every score: train on what the camera really delivers.)
     fourcc = "FFV1" if path.suffix.lower() in (".mkv", ".avi") else "mp4v"
-    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), fps,
+    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), fps,
                              (cfg.size, cfg.size))
     if not writer.isOpened():
         raise OSError(f"{path}: OpenCV could not open a {fourcc} video writer")

@@ -18,9 +18,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edgesdk.backends.base import Runner
 from edgesdk.bundle import Bundle
 from edgesdk.measure.metrics import auroc
 from edgesdk.measure.timing import harness_overhead_ms, summarize, timed_calls
@@ -178,7 +180,8 @@ def _engine_info(bundle: Bundle) -> dict:
 
 
 def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=print) -> dict:
-    rows, live = [], []
+    rows: list[dict[str, Any]] = []
+    live: list[tuple[dict[str, Any], Runner, list[dict[str, np.ndarray]], list[float]]] = []   # row, runner, feeds, ms
     for path in bundles:
         try:
             b = Bundle.open(path)
@@ -195,14 +198,16 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
             extra = _engine_info(b) if backend == "tensorrt" and runner is None else {}
             score = None
             if runner is not None and labels is not None:
-                s = [float(runner.infer({b.manifest.input.name: frames[i:i + 1]})["score"][0]) for i in range(len(frames))]
+                s = [float(runner.infer({b.manifest.input.name: frames[i:i + 1]})["score"][0])
+                     for i in range(len(frames))]
                 score = auroc(np.array(s), labels)
             cold, rss = (cold_start(backend, b.path, run)
                          if opts.cold_start and runner is not None else (None, None))
             for batch in opts.batches:
                 row = {"bundle": str(b.path), "model": b.manifest.model["name"], "backend": backend, "run": run,
                        # torch eager runs the run's float model, whatever the bundle's precision
-                       "precision": "fp32" if backend == "torch" else b.manifest.precision, "batch": batch, "status": status, "reason": reason,
+                       "precision": "fp32" if backend == "torch" else b.manifest.precision, "batch": batch,
+                       "status": status, "reason": reason,
                        "model_mb": b.manifest.files["model.onnx"].bytes / 1e6, "image_auroc": score,
                        "cold_start_ms": cold, "peak_rss_mb": rss, "bundle_sha256": b.onnx_sha256, **extra}
                 rows.append(row)
@@ -217,10 +222,10 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
     t_end = time.perf_counter() + opts.seconds if opts.seconds > 0 else None
     rounds = 0
     while live and (any(len(ms) < opts.iters for *_, ms in live) if t_end is None else time.perf_counter() < t_end):
-        for row, runner, feeds, ms in live:
+        for _, runner, feeds, ms in live:
             timed_calls(runner, feeds, opts.chunk, start=len(ms), out=ms)
         rounds += 1
-    for row, runner, feeds, ms in live:
+    for row, _, _, ms in live:
         st = summarize(ms, row["batch"])
         row.update({f"{k}_ms": st[k] for k in ("min", "mean", "p50", "p90", "p95", "p99", "max")},
                    fps=st["fps"], cv=st["cv"], noisy=st["high_variance"], n=st["n"], _ms=ms)
@@ -250,8 +255,8 @@ def pipeline_row(model_row: dict, source: str) -> dict:
     return {**{k: model_row[k] for k in ("bundle", "model", "precision", "model_mb", "bundle_sha256")},
             "backend": "pipeline (onnxruntime)", "batch": 1, "status": "ok", "reason": "", "image_auroc": None,
             "cold_start_ms": None, "peak_rss_mb": None, "vs_torch": None, "source": source, "frames": s["frames"],
-            "fps": s["fps"], "p50_ms": lat["total"]["p50"], "p90_ms": lat["total"]["p90"], "p99_ms": lat["total"]["p99"],
-            "min_ms": lat["total"]["min"], "max_ms": lat["total"]["max"],
+            "fps": s["fps"], "p50_ms": lat["total"]["p50"], "p90_ms": lat["total"]["p90"],
+            "p99_ms": lat["total"]["p99"], "min_ms": lat["total"]["min"], "max_ms": lat["total"]["max"],
             "stage_p50_ms": {k: v["p50"] for k, v in lat.items() if v.get("n")},
             "share_of_model_only_fps": s["fps"] / model_row["fps"] if model_row.get("fps") else None}
 
@@ -259,9 +264,9 @@ def pipeline_row(model_row: dict, source: str) -> dict:
 # "bundle" is the bundle's folder name: two bundles of one model and precision (an A/B of quantization
 # options, say) are otherwise indistinguishable rows.
 COLUMNS = [("bundle", "bundle"), ("model", "model"), ("backend", "backend"), ("precision", "precision"),
-           ("batch", "batch"), ("status", "status"), ("model_mb", "MB"), ("image_auroc", "image AUROC"), ("min_ms", "min ms"),
-           ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("fps", "FPS"),
-           ("cold_start_ms", "cold start ms"), ("peak_rss_mb", "peak RSS MB"), ("vs_torch", "vs torch"),
+           ("batch", "batch"), ("status", "status"), ("model_mb", "MB"), ("image_auroc", "image AUROC"),
+           ("min_ms", "min ms"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"),
+           ("fps", "FPS"), ("cold_start_ms", "cold start ms"), ("peak_rss_mb", "peak RSS MB"), ("vs_torch", "vs torch"),
            ("noisy", "noisy")]
 
 

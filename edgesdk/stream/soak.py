@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesdk.stream.pipeline import run_stream
 from edgesdk.stream.detector import DetectorOptions
+from edgesdk.stream.pipeline import run_stream
 
 
 def rss_mb() -> float:

@@ -9,6 +9,7 @@ stride-2 feature map by half a pixel and costs accuracy.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -59,8 +60,25 @@ class MBConv(nn.Module):
         return x + y if self.skip else y
 
 
-class EfficientNetLite0(nn.Module):
+class Backbone(nn.Module):
+    """What a zoo model reads of its backbone: the pixel normalization it was trained with, the
+    convolution that reads the pixels, and feature taps [(C, stride), ...] by index."""
+    pixel_mean_rgb: ClassVar[tuple[float, float, float]]
+    pixel_std_rgb: ClassVar[tuple[float, float, float]]
+    tap_info: list[tuple[int, int]]
+
+    @property
+    def stem(self) -> nn.Conv2d:
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+class EfficientNetLite0(Backbone):
     """Input: (B, 3, H, W) float RGB normalized with PIXEL_MEAN/STD. Output: (B, 1000) logits."""
+    pixel_mean_rgb = PIXEL_MEAN_RGB
+    pixel_std_rgb = PIXEL_STD_RGB
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
@@ -82,6 +100,7 @@ class EfficientNetLite0(nn.Module):
             for i in range(repeats):
                 s *= stride if i == 0 else 1
                 self.block_info.append((cout, s))
+        self.tap_info = self.block_info
 
     @property
     def stem(self) -> nn.Conv2d:
@@ -173,12 +192,13 @@ def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """Input (B, 3, H, W) float RGB normalized with IMAGENET_MEAN/STD. Taps 0..3 = layer1..layer4."""
     pixel_mean_rgb = IMAGENET_MEAN_RGB
     pixel_std_rgb = IMAGENET_STD_RGB
 
-    def __init__(self, block: type, layers: tuple[int, ...], width_factor: int = 1, num_classes: int = 1000):
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], width_factor: int = 1,
+                 num_classes: int = 1000):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -211,10 +231,6 @@ class ResNet(nn.Module):
         x = self.features(x, (3,))[0]
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
-
-EfficientNetLite0.pixel_mean_rgb = PIXEL_MEAN_RGB   # type: ignore[attr-defined]
-EfficientNetLite0.pixel_std_rgb = PIXEL_STD_RGB     # type: ignore[attr-defined]
-EfficientNetLite0.tap_info = property(lambda self: self.block_info)  # type: ignore[attr-defined]
 
 BACKBONES = {
     "efficientnet_lite0": (EfficientNetLite0, {}),
@@ -249,7 +265,7 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def build_backbone(name: str, weights: str | None) -> nn.Module:
+def build_backbone(name: str, weights: str | None) -> Backbone:
     """A pretrained backbone in eval mode. weights: "imagenet" (shipped; efficientnet_lite0 only), a
     path to a state dict (torchvision's for the ResNets), or None only when the caller loads a full
     model state right after (a fitted run): never a silently random backbone."""

@@ -16,6 +16,8 @@ class FramePreprocess(nn.Module):
 
     (B, H, W, 3) uint8 BGR  ->  (B, 3, H, W) float32 RGB, (x - mean) / std.
     """
+    mean: torch.Tensor       # buffers: (1, 3, 1, 1) BGR, mean a () scalar once folded if uniform
+    inv_std: torch.Tensor
 
     def __init__(self, mean_rgb: tuple[float, ...], std_rgb: tuple[float, ...]):
         super().__init__()
@@ -53,6 +55,8 @@ class GaussianBlur(nn.Module):
     """Separable Gaussian smoothing of a (B, 1, H, W) map with reflect padding (no dark borders).
 
     anomalib uses sigma=4 at 256 px; two 1-D convolutions cost 2*k MACs per pixel instead of k*k."""
+    kx: torch.Tensor         # buffers: (1, 1, 1, k) and (1, 1, k, 1)
+    ky: torch.Tensor
 
     def __init__(self, sigma: float):
         super().__init__()
@@ -118,6 +122,8 @@ class AnomalyModel(nn.Module):
     forward: (B, H, W, 3) uint8 BGR -> score (B,) = max of anomaly_map, anomaly_map (B, H, W), in
     standard deviations above the held-out good images' mean score (set by set_score_normalization)."""
     name = "model"
+    score_shift: torch.Tensor    # () buffers
+    score_scale: torch.Tensor
 
     def __init__(self, cfg, weights: str | None):
         super().__init__()

@@ -39,6 +39,9 @@ class PadimConfig(ModelConfig):
 
 class Padim(AnomalyModel):
     name = "padim"
+    channel_idx: torch.Tensor    # buffers: (D,) long, (P, D), (P, D, D)
+    mean: torch.Tensor
+    precision: torch.Tensor
 
     def __init__(self, cfg: PadimConfig = PadimConfig(), weights: str | None = "imagenet"):
         super().__init__(cfg, weights)

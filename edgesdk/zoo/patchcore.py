@@ -67,6 +67,10 @@ def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int, seed: int, prog
 
 class Patchcore(AnomalyModel):
     name = "patchcore"
+    channel_idx: torch.Tensor    # buffers: (D,) long, (M, D), (M,), (M, k) long
+    bank: torch.Tensor
+    bank_sq: torch.Tensor
+    support: torch.Tensor
 
     def __init__(self, cfg: PatchcoreConfig = PatchcoreConfig(), weights: str | None = "imagenet"):
         super().__init__(cfg, weights)

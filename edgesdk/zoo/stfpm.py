@@ -7,15 +7,16 @@ good images only to imitate the teacher; where it fails to (what it never saw: d
 squared discrepancy is the anomaly. At 256x256 the student costs ~90 M MACs; with the truncated
 teacher the whole graph is cheaper than PaDiM's backbone alone.
 Loss: EfficientAD's penalty (the student must output the teacher's mean on photographs that are not
-the product: real images shipped with scikit-image stand in for ImageNet), plus its hard-feature loss (only errors above the 99.9th percentile train the student),
-which lowers good images' peak discrepancy and so raises image-level AUROC.
+the product: real images shipped with scikit-image stand in for ImageNet), plus its hard-feature loss
+(only errors above the 99.9th percentile train the student), which lowers good images' peak
+discrepancy and so raises image-level AUROC.
 Training stops at a step or a time budget, whichever comes first, and shows progress.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, cast
 
 import numpy as np
 import torch
@@ -87,6 +88,8 @@ def student_net(channels: int, width: int) -> nn.Sequential:
 
 class Stfpm(AnomalyModel):
     name = "stfpm"
+    t_mean: torch.Tensor         # buffers: (1, C, 1, 1)
+    t_inv_std: torch.Tensor
 
     def __init__(self, cfg: StfpmConfig = StfpmConfig(), weights: str | None = "imagenet"):
         super().__init__(cfg, weights)
@@ -98,7 +101,7 @@ class Stfpm(AnomalyModel):
         self.register_buffer("t_inv_std", torch.ones(1, c, 1, 1))
 
     def input_convs(self) -> list[nn.Conv2d]:
-        return [self.backbone.stem, self.student[0]]
+        return [self.backbone.stem, cast(nn.Conv2d, self.student[0])]     # student_net's first layer
 
     def teacher(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, C, h, w) normalized teacher features."""
@@ -122,7 +125,8 @@ class Stfpm(AnomalyModel):
             self.t_inv_std.copy_(1.0 / feats.std((0, 2, 3), keepdim=True).clamp_min(1e-6))
             target = (feats - self.t_mean) * self.t_inv_std
             pixels = torch.cat([self.pre(x[i:i + 16]) for i in range(0, len(x), 16)])
-            ood = self.pre(torch.from_numpy(ood_frames(self.input_size, 64, self.cfg.seed))) if self.cfg.penalty else None
+            ood = (self.pre(torch.from_numpy(ood_frames(self.input_size, 64, self.cfg.seed)))
+                   if self.cfg.penalty else None)
         gen = torch.Generator().manual_seed(self.cfg.seed)
         opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, weight_decay=1e-5)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.cfg.steps)
