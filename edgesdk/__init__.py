@@ -10,12 +10,12 @@ __all__ = ["Bundle", "Detector", "DetectorOptions", "__version__"]
 
 def __getattr__(name: str):
     if name in ("Detector", "DetectorOptions"):
-        from edgesdk.stream import detector as module
-    elif name == "Bundle":
-        from edgesdk import bundle as module
-    else:
-        raise AttributeError(f"module 'edgesdk' has no attribute {name!r}")
-    return getattr(module, name)
+        from edgesdk.stream import detector
+        return getattr(detector, name)
+    if name == "Bundle":
+        from edgesdk.bundle import Bundle
+        return Bundle
+    raise AttributeError(f"module 'edgesdk' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -98,7 +98,7 @@ class TensorRTRunner(Runner):
             raise NoGPU(f"{self.plan}: no NVIDIA GPU here (no /dev/nvidia*, no Jetson GPU); TensorRT engines "
                         "run on the device they were built for: run this there")
         try:
-            from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+            from cuda.bindings import runtime as cudart
         except ImportError:
             raise EngineError("--backend tensorrt needs cuda-python's cuda.bindings for device memory: "
                               "pip install 'cuda-python>=12,<13' (CUDA 12: JetPack 6, RTX), "

@@ -52,7 +52,7 @@ def make_logger(trt: Any) -> Any:
     """A TensorRT logger that keeps messages (shown when a parse or build fails) instead of printing
     them: on a machine without a GPU, TensorRT for RTX logs a harmless CUDA driver error."""
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.messages: list[tuple[str, str]] = []
@@ -104,7 +104,7 @@ class _Progress:
 
     @staticmethod
     def make(trt: Any) -> Any:
-        class Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+        class Monitor(trt.IProgressMonitor):
             def __init__(self) -> None:
                 trt.IProgressMonitor.__init__(self)
                 self.t0: dict[str, float] = {}

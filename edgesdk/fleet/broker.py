@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 from edgesdk.errors import EdgesdkError, OptionError
@@ -211,7 +211,7 @@ class Link:
         self.client.publish(topic, payload, qos=1, retain=retain)
         self.stats["published"] += 1
 
-    def publish(self, items: list[tuple[str, bytes | str]], retain: bool = True, timeout: float = 60.0) -> None:
+    def publish(self, items: Sequence[tuple[str, bytes | str]], retain: bool = True, timeout: float = 60.0) -> None:
         """Publish every (topic, payload), QoS 1, and wait until the broker acknowledged each one; a
         message whose PUBACK a broker restart swallowed is sent again (every fleet message is
         idempotent: retained snapshots and signed messages with ids)."""

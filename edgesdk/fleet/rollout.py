@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from edgesdk.deploy import keys
 from edgesdk.deploy.package import read_package
@@ -84,7 +84,8 @@ class Watch:
     """The group's retained device states (newest per device) and the release retained now."""
 
     def __init__(self, group: str):
-        self.group, self.states, self.release = group, {}, b""
+        self.group, self.release = group, b""
+        self.states: dict[str, dict] = {}
         self.lock, self.seen = threading.Lock(), threading.Event()
 
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
@@ -186,7 +187,7 @@ def rollout(package: str | Path, key: str | Path, broker: BrokerOptions, opts: R
             link.publish([(topics.chunk(opts.group, rid, i), p) for i, p in enumerate(pieces)],
                          timeout=max(opts.timeout_s, 60))
         issued = int(time.time())
-        report = {"release_id": rid, "group": opts.group, "package": str(package), "broker": broker.uri,
+        report: dict[str, Any] = {"release_id": rid, "group": opts.group, "package": str(package), "broker": broker.uri,
                   "slot": slot, "waves_spec": opts.waves, "max_failures": opts.max_failures, "waves": [],
                   "devices": [], "rollback": [], "result": "running", "why": ""}
         wave_of: dict[str, int] = {}

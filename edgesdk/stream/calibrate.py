@@ -66,7 +66,7 @@ def line_scores(det: Detector, source: str, frames: int, progress: bool = True) 
     """Scores (N,) of the first FRAMES frames of SOURCE."""
     from tqdm import tqdm
 
-    scores = []
+    scores: list[float] = []
     with open_source(source) as src, tqdm(total=frames, desc="calibrate", unit="frame", disable=not progress) as bar:
         while len(scores) < frames and (frame := src.read(timeout=5.0)) is not None:
             scores.append(float(det.infer(det.preprocess(frame.image))[0][0]))   # score only: no regions

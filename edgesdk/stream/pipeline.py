@@ -295,8 +295,9 @@ def run_stream(bundle: str | Path | Bundle, source: str, sinks: list[str],
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
     notifier = Notifier()
-    watch = not isinstance(bundle, Bundle)
-    target = os.path.realpath(bundle) if watch else ""     # before opening: a switch meanwhile is seen
+    path = None if isinstance(bundle, Bundle) else bundle     # a path is watched for a new model
+    watch = path is not None
+    target = os.path.realpath(path) if path is not None else ""   # before opening: a switch meanwhile is seen
     reload = threading.Event()
     old_handlers = {}
     if threading.current_thread() is threading.main_thread():
@@ -311,12 +312,12 @@ def run_stream(bundle: str | Path | Bundle, source: str, sinks: list[str],
     try:
         with ExitStack() as stack:
             stack.callback(notifier.close)
-            models = _Models(Detector(bundle_folder(bundle) if watch else bundle, det_opts))
+            models = _Models(Detector(bundle_folder(path) if path is not None else bundle, det_opts))
             stack.callback(models.close)
             src = stack.enter_context(open_source(source, errors="raise" if strict else "record"))
             outs = [stack.enter_context(open_guarded(s)) for s in sinks]
             st = _Stages(src, outs, models, max(1, queue_depth, streams), max_frames, on_record, stop)
-            switch = _HotSwitch(bundle, target, models, det_opts, notifier, reload) if watch else None
+            switch = _HotSwitch(path, target, models, det_opts, notifier, reload) if path is not None else None
 
             def health() -> dict:
                 return {"dropped_frames": st.dropped + src.stats.get("dropped_at_source", 0),

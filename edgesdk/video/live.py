@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+from typing import Any
 
 import cv2
 
@@ -49,7 +50,7 @@ class LiveSource(Source):
         self.uri, self.target, self.backend, self.opts, self.name = uri, target, backend, opts, name
         self.stats = {"reconnects": 0, "failed_opens": 0, "dropped_at_source": 0, "grabbed": 0}
         self._cond = threading.Condition()
-        self._latest: tuple[object, float] | None = None   # (BGR frame, wall time)
+        self._latest: tuple[Any, float] | None = None   # (BGR frame, wall time)
         self._stop = threading.Event()
         self._resolved: dict = {}
         self.cap = self._open()

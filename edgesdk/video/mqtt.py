@@ -23,6 +23,7 @@ import os
 import sqlite3
 import threading
 import time
+from typing import Callable
 from pathlib import Path
 
 from edgesdk.errors import OptionError
@@ -43,7 +44,7 @@ class Outbox:
             self.db = self._open()
         except sqlite3.DatabaseError as e:
             # Only a damaged file is moved aside: "locked" or "cannot open" (OperationalError) is raised.
-            if getattr(e, "sqlite_errorname", "") not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            if not _damaged(e):
                 raise OSError(f"mqtt outbox {path}: {e}") from e
             aside = self._move_aside()
             log.warning("mqtt outbox %s is damaged (%s): moved it aside to %s, with the verdicts it held, and "
@@ -59,9 +60,8 @@ class Outbox:
                        "topic TEXT NOT NULL, payload TEXT NOT NULL)")
             check = db.execute("PRAGMA quick_check").fetchone()[0]   # reads every page: a short outbox
             if check != "ok":
-                e = sqlite3.DatabaseError(f"quick_check: {check}")
-                e.sqlite_errorname = "SQLITE_CORRUPT"
-                raise e
+                # Raised as corrupt: sqlite_errorname is only set by SQLite itself (Python >= 3.11).
+                raise sqlite3.DatabaseError(f"database disk image is malformed (quick_check: {check})")
         except BaseException:
             db.close()
             raise
@@ -86,7 +86,7 @@ class Outbox:
         with self.lock:
             try:
                 return int(self.db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)",
-                                           (topic, payload)).lastrowid)
+                                           (topic, payload)).lastrowid or 0)
             except sqlite3.Error as e:       # a full disk: name the file, not only "database or disk is full"
                 raise OSError(f"mqtt outbox {self.path}: {e}") from e
 
@@ -132,7 +132,7 @@ class MqttSink(Sink):
         self.connected = threading.Event()
         self.stats = {"published": 0, "acked": 0, "reconnects": 0, "connects": 0, "frames": 0, "anomalous": 0}
         self._last_health = 0.0
-        self.pipeline_stats = lambda: {}             # set by the stream loop: its sinks' errors
+        self.pipeline_stats: Callable[[], dict] = lambda: {}   # set by the stream loop: its sinks' errors
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   reconnect_on_failure=True)
         self.client.max_inflight_messages_set(100)
@@ -282,3 +282,12 @@ def open_mqtt(uri) -> MqttSink:
     return MqttSink(host or "127.0.0.1", port, mqtt_topic(parsed, text), qos=q["qos"],
                     outbox=Path(q["outbox"]) if q["outbox"] else None, health_s=q["health"],
                     client_id=q["client_id"], drain_s=q["drain"])
+
+
+def _damaged(e: sqlite3.DatabaseError) -> bool:
+    """SQLite says the file is not a database or is corrupt (sqlite_errorname exists from Python 3.11;
+    JetPack 6 has 3.10, so the message decides there)."""
+    name = getattr(e, "sqlite_errorname", "")
+    if name:
+        return name in ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+    return any(m in str(e) for m in ("file is not a database", "database disk image is malformed"))

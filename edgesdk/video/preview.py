@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from typing import Callable
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
@@ -76,12 +77,12 @@ class PreviewSink(Sink):
         self.first_frame = threading.Event()
         self.new_frame = threading.Condition()             # viewers wait on it; write() notifies
         self.width = 640
-        self.pipeline_stats = lambda: {}                   # set by the stream loop: drops, reconnects
+        self.pipeline_stats: Callable[[], dict] = lambda: {}   # set by the stream loop: drops, reconnects
         self.closed = threading.Event()
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
         self.address = f"http://{host}:{self.server.server_address[1]}"
-        bound = self.server.server_address[0]
+        bound = str(self.server.server_address[0])
         if not ipaddress.ip_address(bound).is_loopback:
             log.warning("preview %s is bound to %s, not loopback: anyone on the network can watch the line%s",
                         self.address, bound, "" if token else " (add ?token=SECRET to ask viewers for it)")
@@ -136,7 +137,7 @@ class PreviewSink(Sink):
 
     def metrics(self) -> str:
         s = self.stats()
-        lines = []
+        lines: list[str] = []
 
         def m(name, kind, help_, value, labels=""):
             if not any(x.startswith(f"# TYPE {name} ") for x in lines):

@@ -166,7 +166,8 @@ class VideoSink(Sink):
 
     def __init__(self, path: Path, fps: float = 15.0):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.fps, self.writer, self.frames = path, fps, None, 0
+        self.path, self.fps, self.frames = path, fps, 0
+        self.writer: cv2.VideoWriter | None = None
         self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
 
     def write(self, record: dict, frame, result) -> None:
@@ -174,7 +175,7 @@ class VideoSink(Sink):
         if self.writer is None:           # kept only once open, so a failed open is tried again
             fourcc = "FFV1" if self.path.suffix.lower() in (".mkv", ".avi") else "mp4v"
             self.tmp.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(self.tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), self.fps,
+            writer = cv2.VideoWriter(str(self.tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), self.fps,
                                      (img.shape[1], img.shape[0]))
             if not writer.isOpened():
                 raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer at {self.tmp}")
