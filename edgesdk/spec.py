@@ -262,6 +262,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
 RELEASE = re.compile(r"[0-9]+(\.[0-9A-Za-z+-]+)*")    # a module's __version__, e.g. "10.3.0.30"
 COMPUTE_CAPABILITY = re.compile(r"[0-9]+\.[0-9]+")
+RUNTIME_PYTHON = re.compile(r"3\.[0-9]{1,2}")
+RUNTIME_PLATFORM = re.compile(r"(manylinux_2_[0-9]{1,3}|manylinux2014|manylinux2010|manylinux1|linux)"
+                              r"_(x86_64|i686|aarch64|armv7l|ppc64le|s390x|riscv64)")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -286,6 +289,8 @@ class DeviceProfile:
     power_modes: tuple[str, ...] = ()
     match_models: tuple[str, ...] = ()  # substrings of /proc/device-tree/model that identify it
     notes: str = ""
+    runtime_python: str = ""           # the OS's Python (major.minor) a packed runtime targets (pack --runtime)
+    runtime_platforms: tuple[str, ...] = ()   # wheel platform tags it runs, e.g. manylinux_2_35_aarch64
 
     def __post_init__(self) -> None:
         _text(self.name, "name", NAME, "a plain name (letters, digits, . _ + -; no / or leading .)")
@@ -306,6 +311,12 @@ class DeviceProfile:
         _int(self.max_onnx_opset, "max_onnx_opset", lo=0)
         if any(not m.strip() for m in self.match_models):    # "" is a substring of every model
             raise SpecError(f"match_models must not hold an empty string, got {list(self.match_models)}")
+        if bool(self.runtime_python) != bool(self.runtime_platforms):
+            raise SpecError("runtime_python and runtime_platforms go together (both or neither)")
+        if self.runtime_python:
+            _text(self.runtime_python, "runtime_python", RUNTIME_PYTHON, 'major.minor like "3.10"')
+        for p in self.runtime_platforms:
+            _text(p, "runtime_platforms", RUNTIME_PLATFORM, "a Linux wheel platform tag like manylinux_2_35_aarch64")
 
     @property
     def strongly_typed(self) -> bool:
