@@ -253,11 +253,16 @@ def wheelhouse(t: Target, dest: Path, roots: list[str], find_links: tuple[str, .
                 raise RuntimeSetupError(f"{dest}: two versions of {name} ({have[canon(name)][0]}, {version}); the "
                                     "target's requirements pull different versions")
             have[canon(name)] = (version, w)
+        reqs = {name: [Requirement(t) for t in _wheel_meta(w)[2]] for name, (_, w) in have.items()}
+        extras: dict[str, set[str]] = {}          # extras some requirement asks of a project: its deps count too
+        for rs in reqs.values():
+            for req in rs:
+                extras.setdefault(canon(req.name), set()).update(req.extras)
         missing = []
-        for version, w in have.values():
-            for text in _wheel_meta(w)[2]:
-                req = Requirement(text)
-                if req.marker is not None and not req.marker.evaluate(env):
+        for name, (version, w) in have.items():
+            for req in reqs[name]:
+                if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e})
+                                                      for e in {"", *extras.get(name, ())}):
                     continue
                 got = have.get(canon(req.name))
                 if got is None:
