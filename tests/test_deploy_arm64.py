@@ -129,8 +129,9 @@ def test_staged_aarch64_runtime_installs_offline_and_scores_like_x86_under_qemu(
     t0 = time.time()
     cached = bookworm_arm64()
     rootfs = tmp_path / "rootfs"
+    tc = time.time()
     subprocess.run(["cp", "-a", str(cached), str(rootfs)], check=True)     # the cache stays pristine
-    say(f"root filesystem copied in {time.time() - t0:.0f} s")
+    say(f"root filesystem copied in {time.time() - tc:.0f} s")
 
     r = cli("stage", arm64_pkg["package"], "--pubkey", keypair[1], "--rootfs", rootfs, "--json", check=True)
     staged = json.loads(r.stdout)

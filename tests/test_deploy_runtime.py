@@ -120,6 +120,11 @@ def test_a_killed_bootstrap_never_leaves_a_half_venv_and_the_runtime_rolls_back_
     v1_venv = venv_of(root)
     assert run(root / "current/runtime/venv/bin/edgesdk", "--help").returncode == 0
 
+    # bootstrap.py killed inside the install's runtime step: the install fails like a health check
+    # and current (and its runtime) stays.
+    r = cli("install", rt_pkgs["2.0.0"]["package"], "--pubkey", pub, "--root", root, env={FAULT_ENV: "runtime-pip"})
+    assert r.returncode == 2 and "health check failed: packaged runtime" in r.stderr, r.stderr
+    assert f"current is still {rep.slot}" in r.stderr and venv_of(root) == v1_venv
     # Killed as the install's runtime step begins: current (and its runtime) untouched.
     r = cli("install", rt_pkgs["2.0.0"]["package"], "--pubkey", pub, "--root", root, env={FAULT_ENV: "runtime"})
     assert r.returncode == -signal.SIGKILL, r.stderr
