@@ -8,7 +8,9 @@ here): the very install of slots.py, rooted at ROOTFS/PREFIX, plus the device's 
 
 No engine is built (the target's TensorRT builds it when it installs). The health check verifies the
 files and scores the parity frames (and the golden set) with this host's ONNX Runtime CPU: it proves the
-slot is intact and the model right, not the target's speed. Works as a normal user on a plain folder."""
+slot is intact and the model right, not the target's speed. A packed runtime is only extracted (its
+wheels and bootstrap.py): the target builds runtime/venv at first boot with runtime.bootstrap_command().
+Works as a normal user on a plain folder."""
 from __future__ import annotations
 
 import os
