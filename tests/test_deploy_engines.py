@@ -28,11 +28,11 @@ def test_a_packaged_engine_is_adopted_on_its_device_and_ignored_elsewhere(bundle
                                          "device": "rtx"}]
     # On a cpu device the plan is carried but not adopted: ONNX Runtime runs the model.
     rep = install(r["package"], keypair[1], tmp_path / "cpu", InstallOptions(device="cpu"))
-    assert rep.ok and rep.steps[5]["detail"].startswith("none: cpu runs ONNX Runtime")
+    assert rep.ok and rep.steps[6]["detail"].startswith("none: cpu runs ONNX Runtime")
     assert not (tmp_path / "cpu" / "slots" / rep.slot / "bundle" / "engines").exists()
     # On rtx the packaged plan matches (device, TensorRT flavour and version): adopted, not rebuilt.
     rep = install(r["package"], keypair[1], tmp_path / "rtx", InstallOptions(device="rtx"))
-    assert rep.steps[5]["detail"] == f"adopted packaged {built.plan.name}"
+    assert rep.steps[6]["detail"] == f"adopted packaged {built.plan.name}"
     slot = tmp_path / "rtx" / "slots" / rep.slot
     assert (slot / "bundle" / "engines" / built.plan.name).read_bytes() == built.plan.read_bytes()
     health = json.loads((slot / "health.json").read_text())

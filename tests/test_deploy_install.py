@@ -22,8 +22,9 @@ def test_install_upgrade_rollback_and_status(pkgs, keypair, tmp_path):
     r = cli("install", pkgs["1.0.0"], "--pubkey", pub, "--root", root, "--json", check=True)
     rep = json.loads(r.stdout)
     assert rep["status"] == "installed" and rep["device"] == "cpu" and rep["health"]["passed"]
-    assert [s["step"] for s in rep["steps"]] == ["verify", "lock", "extract", "fsync", "rename", "engine", "health",
-                                                  "previous", "current", "history", "gc"]
+    assert [s["step"] for s in rep["steps"]] == ["verify", "lock", "extract", "fsync", "rename", "runtime", "engine",
+                                                  "health", "previous", "current", "history", "gc"]
+    assert rep["steps"][5]["detail"] == "the package carries no runtime"
     v1 = root / current(root)
     assert current(root) == f"slots/{rep['slot']}" and not verify_slot(v1, keys.load_public(pub))
     assert {p.name for p in v1.iterdir()} == {"package.json", "package.json.minisig", "bundle", "health.json"}
@@ -70,7 +71,7 @@ def test_a_package_for_another_device_is_refused(bundle, keypair, tmp_path):
     assert not root.exists()
     # --device names the target (tests, staging); orin-nx's TensorRT is not here, so ONNX Runtime runs it.
     rep = install(pkg, keypair[1], root, InstallOptions(device="orin-nx"))
-    assert rep.ok and "tensorrt is not installed here" in rep.steps[5]["detail"]
+    assert rep.ok and "tensorrt is not installed here" in rep.steps[6]["detail"]
 
 
 def test_gc_keeps_n_slots_never_current_or_previous(bundle, pkgs, keypair, tmp_path):

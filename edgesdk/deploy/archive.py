@@ -68,7 +68,7 @@ def _kind(ti: tarfile.TarInfo) -> str:
 def _bounded_info(limit: int) -> type[tarfile.TarInfo]:
     class BoundedTarInfo(tarfile.TarInfo):
         # tarfile reads a pax or GNU long-name header whole into memory: bound it first.
-        def _proc_member(self, tf):  # type: ignore[override]
+        def _proc_member(self, tf):
             meta = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                     tarfile.GNUTYPE_LONGLINK)
             if self.type in meta and self.size > limit:
@@ -115,7 +115,7 @@ def members(path: str | os.PathLike, limits: Limits = Limits()) -> Iterator[tupl
             # After the end-of-archive blocks only zero padding may follow; reading to the end also
             # makes gzip check the stream's CRC and length.
             rest = 0
-            while block := tar.fileobj.read(1 << 16):  # type: ignore[union-attr]
+            while block := tar.fileobj.read(1 << 16):
                 rest += len(block)
                 if block.count(0) != len(block) or rest > TRAILER_MAX:
                     raise ArchiveError(f"{path}: data after the end of the archive (a damaged member header, "

@@ -50,10 +50,16 @@ def cmd_keygen(args) -> None:
 def cmd_pack(args) -> None:
     from edgesdk.deploy.keys import read_passphrase
     from edgesdk.deploy.package import PackOptions, pack
+    from edgesdk.deploy.runtime import target
 
+    if (args.find_links or args.no_index) and not (args.runtime or args.platform or args.python):
+        from edgesdk.errors import OptionError
+
+        raise OptionError("--find-links and --no-index are for the runtime's wheels: give --runtime or --platform")
     opts = PackOptions(version=args.version, devices=tuple(args.device or ()), golden=args.golden,
                        engines=args.engines, name=args.name or "", min_edgesdk=args.min_edgesdk or "",
-                       tolerance=args.tolerance)
+                       tolerance=args.tolerance, runtime=target(args.runtime, tuple(args.platform or ()), args.python),
+                       find_links=tuple(args.find_links or ()), no_index=args.no_index)
     r = pack(args.bundle, args.key, args.out, opts, read_passphrase(args.passphrase_file))
     m = r["manifest"]
     rows = [{"member": k, "bytes": v["bytes"], "sha256": v["sha256"][:12]} for k, v in m["members"].items()]
@@ -61,6 +67,10 @@ def cmd_pack(args) -> None:
                              f"for {', '.join(m['devices']) or 'any device'}, package.json sha256 {r['sha256'][:12]}")
     if r["engines"]:
         text += "\n\n" + table(r["engines"], title="engines")
+    if r["runtime"]:
+        rt = r["runtime"]
+        text += (f"\nruntime: {len(rt['wheels'])} wheels, {rt['bytes'] / 1e6:.1f} MB, for Python {rt['python']} on "
+                 f"{rt['machine']} ({', '.join(rt['platforms'])})")
     _emit(args, r, text)
 
 
@@ -80,7 +90,8 @@ def cmd_install(args) -> None:
 
     rep = install(args.package, args.pubkey, args.root,
                   InstallOptions(golden=args.golden, allow_downgrade=args.allow_downgrade,
-                                 max_latency_ms=args.max_latency_ms, keep=args.keep, device=args.device))
+                                 max_latency_ms=args.max_latency_ms, keep=args.keep, device=args.device,
+                                 runtime=not args.no_runtime))
     _emit(args, rep.to_dict(), _steps(rep))
     _failed(rep)
 
@@ -176,6 +187,13 @@ def add_commands(sub) -> None:
     s.add_argument("--tolerance", type=_finite_float, help="health check: max |score - reference| "
                                                           "(default 0.05 fp32, 0.25 fp16/int8)")
     s.add_argument("--passphrase-file", help="passphrase of an encrypted key")
+    s.add_argument("--runtime", metavar="PROFILE", help="add the runtime (edgesdk and its dependencies as wheels) for "
+                   "this device profile's platform and Python, e.g. orin-nx (JetPack 6: aarch64, Python 3.10)")
+    s.add_argument("--platform", action="append", metavar="TAG",
+                   help="runtime for this wheel platform (repeat), e.g. manylinux_2_35_aarch64; with --python")
+    s.add_argument("--python", metavar="X.Y", help="the target's Python for --platform, e.g. 3.10")
+    s.add_argument("--find-links", action="append", metavar="DIR", help="wheel folder pip also looks in (repeat)")
+    s.add_argument("--no-index", action="store_true", help="runtime wheels from --find-links only (offline pack)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_pack)
 
@@ -199,6 +217,8 @@ def add_commands(sub) -> None:
     install_args(s)
     s.add_argument("--root", required=True, help="deployment root (slots/, current, previous, history.jsonl)")
     s.add_argument("--max-latency-ms", type=_finite_float, help="health check: p50 latency budget")
+    s.add_argument("--no-runtime", action="store_true", help="install the model without building the packed "
+                   "runtime's venv (a package whose runtime is for another machine or Python)")
     s.set_defaults(fn=cmd_install)
 
     def unit_args(s, required: bool):

@@ -21,16 +21,13 @@ from typing import Iterator
 
 from edgesdk.deploy import health, keys
 from edgesdk.deploy.archive import check_name
+from edgesdk.deploy.errors import InstallError
 from edgesdk.deploy.manifest import META, SIG, PackageManifest
 from edgesdk.errors import EdgesdkError
 from edgesdk.spec import sha256_file
 
 SLOTS, CURRENT, PREVIOUS, HISTORY, PUBKEY = "slots", "current", "previous", "history.jsonl", "edgesdk.pub"
 LEFTOVER = (".incoming-", ".trash-")
-
-
-class InstallError(EdgesdkError):
-    """An install, rollback or status request was refused; nothing under the root changed."""
 
 
 def link_target(root: Path, name: str) -> Path | None:

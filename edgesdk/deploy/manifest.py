@@ -45,6 +45,7 @@ class PackageManifest:
     members: dict[str, FileEntry]      # every member but package.json and its signature
     golden: dict = field(default_factory=dict)      # {"good": n, "kinds": {kind: n}} or {}
     engines: tuple[dict, ...] = ()     # {"plan", "sidecar", "device"}: prebuilt plans and their sidecars
+    runtime: dict = field(default_factory=dict)     # the packed runtime (deploy/runtime.py) or {}
     format: str = FORMAT
     package_schema: int = PACKAGE_SCHEMA
 
@@ -55,6 +56,8 @@ class PackageManifest:
     def to_json(self) -> bytes:
         d = dataclasses.asdict(self)
         d["members"] = {k: dataclasses.asdict(v) for k, v in self.members.items()}
+        if not self.runtime:
+            del d["runtime"]          # a package without one reads as before on older devices
         return (json.dumps(d, indent=2) + "\n").encode()
 
     @classmethod
@@ -81,6 +84,7 @@ class PackageManifest:
                     devices=tuple(d["devices"]), min_edgesdk=d["min_edgesdk"], model=dict(d["model"]),
                     health=dict(d["health"]), members={k: FileEntry(**v) for k, v in dict(d["members"]).items()},
                     golden=dict(d.get("golden") or {}), engines=tuple(dict(e) for e in d.get("engines", ())),
+                    runtime=dict(d.get("runtime") or {}),
                     format=d["format"], package_schema=d["package_schema"])
         except (TypeError, ValueError) as e:
             raise SpecError(f"{where}: malformed field ({e})") from None
@@ -126,6 +130,10 @@ class PackageManifest:
             for k in ("plan", "sidecar"):
                 if eng.get(k) not in self.members:
                     raise SpecError(f"{where}: engines: {k} {eng.get(k)!r} is not a member")
+        if self.runtime:
+            from edgesdk.deploy.runtime import check_description
+
+            check_description(self.runtime, {k: dataclasses.asdict(v) for k, v in self.members.items()}, where)
 
     def golden_members(self) -> dict[str, list[str]]:
         """{"good": [member, ...], kind: [...]} of the packaged golden set ({} when none)."""

@@ -6,6 +6,8 @@ Archive (tar in gzip; the bundle's parity frames and golden images shrink, the O
   bundle/...              the bundle folder: manifest.json and every file it lists
   engines/NAME.plan|json  optional prebuilt TensorRT plans + sidecars for the target devices
   golden/good/*.png, golden/<kind>/*.png   optional golden set for the health check
+  runtime/wheels/*.whl, runtime/bootstrap.py   optional (pack --runtime): edgesdk and its base dependencies
+                          for the target's platform and Python, and the script that installs them (runtime.py)
 The two package files come first, so a reader checks the signature before it reads any other member."""
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from edgesdk.bundle import Bundle
 from edgesdk.deploy import keys
 from edgesdk.deploy.archive import ArchiveError, Limits, copy_member, members as archive_members
 from edgesdk.deploy.manifest import META, NAME, SIG, PackageManifest, version_key
+from edgesdk.deploy.runtime import Target, pack_runtime
 from edgesdk.errors import EdgesdkError, finite
 from edgesdk.spec import MANIFEST, EngineSidecar, SpecError, file_entry, sha256_file
 
@@ -48,6 +51,9 @@ class PackOptions:
     name: str = ""                     # default: the bundle folder's name
     min_edgesdk: str = ""              # default: the edgesdk that exported the bundle
     tolerance: float | None = None     # default: default_tolerance(precision)
+    runtime: Target | None = None      # add the runtime for this platform (runtime/wheels, runtime/bootstrap.py)
+    find_links: tuple[str, ...] = ()   # extra wheel folders for the runtime's pip download
+    no_index: bool = False             # the runtime's wheels come from FIND_LINKS only
 
 
 def reference_scores(b: Bundle) -> tuple[list[float], str]:
@@ -122,11 +128,17 @@ def _engines(b: Bundle, devices: tuple[str, ...]) -> tuple[list[tuple[str, Path]
 def pack(bundle: str | Path, key: str | Path, out: str | Path, opts: PackOptions,
          passphrase: bytes | None = None, limits: Limits = Limits()) -> dict:
     """Write the signed package OUT (refuses to overwrite); returns a report (manifest, members, times)."""
-    t0 = time.perf_counter()
     out = Path(out)
     version_key(opts.version, "--version")
     if out.exists() or out.is_symlink():
         raise EdgesdkError(f"{out}: already exists; refusing to overwrite a package")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.runtime-") as work:
+        return _pack(bundle, key, out, opts, passphrase, limits, Path(work))
+
+
+def _pack(bundle: str | Path, key: str | Path, out: Path, opts: PackOptions, passphrase: bytes | None,
+          limits: Limits, work: Path) -> dict:
+    t0 = time.perf_counter()
     private = keys.load_private(key, passphrase)
     b = Bundle.open(bundle)
     from edgesdk.devices import load_profile
@@ -160,6 +172,11 @@ def pack(bundle: str | Path, key: str | Path, out: str | Path, opts: PackOptions
         sources += [(f"golden/{k}/{p.name}", p) for k, ps in files.items() for p in ps]
         golden = {"good": len(files["good"]), "kinds": {k: len(v) for k, v in files.items() if k != "good"}}
     tol = default_tolerance(b.manifest.precision) if opts.tolerance is None else finite(opts.tolerance, "--tolerance")
+    runtime: dict = {}
+    runtime_rep: dict | None = None
+    if opts.runtime is not None:
+        found_rt, runtime, runtime_rep = pack_runtime(opts.runtime, work, opts.find_links, opts.no_index)
+        sources += found_rt
     manifest = PackageManifest(
         name=name, version=opts.version,
         created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -168,7 +185,7 @@ def pack(bundle: str | Path, key: str | Path, out: str | Path, opts: PackOptions
                "onnx_sha256": b.onnx_sha256, "threshold": b.threshold},
         health={"reference_scores": refs, "reference_source": source, "tolerance": tol,
                 "frames": "bundle/parity_frames.npy"},
-        members={m: file_entry(p) for m, p in sources}, golden=golden, engines=tuple(engines))
+        members={m: file_entry(p) for m, p in sources}, golden=golden, engines=tuple(engines), runtime=runtime)
     meta = manifest.to_json()
     manifest.check(str(out), limits)
     comment = f"timestamp:{int(time.time())}\tfile:{META}\tprehashed\tedgesdk package {name} {opts.version}"
@@ -186,7 +203,7 @@ def pack(bundle: str | Path, key: str | Path, out: str | Path, opts: PackOptions
         tmp.unlink(missing_ok=True)
         raise
     return {"package": str(out), "bytes": out.stat().st_size, "sha256": hashlib.sha256(meta).hexdigest(),
-            "manifest": json.loads(meta), "engines": engine_rows, "golden": golden_rows,
+            "manifest": json.loads(meta), "engines": engine_rows, "golden": golden_rows, "runtime": runtime_rep,
             "seconds": {"prepare": t1 - t0, "write": t2 - t1, "verify": time.perf_counter() - t2}}
 
 

@@ -8,6 +8,9 @@ process with SIGKILL as that step begins:
   extract  read the package again into slots/.incoming-XXXX, re-checking every member as it is written
   fsync    fsync every file and folder of the incoming slot
   rename   rename it to slots/<version>-<sha12>; fsync slots/
+  runtime  a package with a runtime: build SLOT/runtime/venv from its wheels at its final path
+           (runtime/bootstrap.py, offline) and have that venv's edgesdk score the parity frames; a failure
+           fails the install like a health check (staged, or --no-runtime: not run here)
   engine   adopt a packaged TensorRT plan that matches this device, or build one (TensorRT devices)
   health   run the health check; write health.json (a failure ends here: the slot stays, marked failed)
   previous point `previous` at the slot `current` points at
@@ -28,18 +31,18 @@ from pathlib import Path
 from typing import IO
 
 from edgesdk import __version__
-from edgesdk.deploy import health, keys
+from edgesdk.deploy import health, keys, runtime
 from edgesdk.deploy.archive import Limits
-from edgesdk.deploy.layout import (CURRENT, HISTORY, PREVIOUS, PUBKEY, SLOTS, InstallError, age, fsync_dir,
-                                   append_history, clean_leftovers, gc, link_target, locked, point, read_history,
-                                   slot_manifest, slot_state, verify_slot)
+from edgesdk.deploy.layout import (CURRENT, HISTORY, PREVIOUS, PUBKEY, SLOTS, InstallError, fsync_dir,
+                                   append_history, clean_leftovers, gc, link_target, locked, point, slot_manifest, verify_slot)
 from edgesdk.deploy.manifest import META, SIG, PackageManifest, check_min_edgesdk, version_key
 from edgesdk.deploy.package import Verified, golden_files, read_package
 from edgesdk.errors import EdgesdkError, finite
 from edgesdk.fsutil import atomic_write_text
 from edgesdk.spec import EngineSidecar
 
-STEPS = ("verify", "lock", "extract", "fsync", "rename", "engine", "health", "previous", "current", "history", "gc")
+STEPS = ("verify", "lock", "extract", "fsync", "rename", "runtime", "engine", "health", "previous", "current",
+         "history", "gc")
 FAULT_ENV = "EDGESDK_FAULT_AT"
 
 
@@ -57,6 +60,7 @@ class InstallOptions:
     keep: int = 3                       # slots kept by gc, current and previous included
     device: str | None = None           # device profile name; None: detect this machine
     staged: bool = False                # edgesdk stage: a root filesystem for another machine
+    runtime: bool = True                # build a packed runtime's venv (False: --no-runtime, the model only)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -216,23 +220,49 @@ def _extract(package: Path, pub: keys.PublicKey, v: Verified, slot: Path, limits
     step("rename", "ok", f"{SLOTS}/{slot.name}")
 
 
-def _engine_and_health(slot: Path, m: PackageManifest, device: str, opts: InstallOptions, step) -> dict:
-    """Steps engine, health: the health report, written to SLOT/health.json."""
+def _runtime(slot: Path, m: PackageManifest, python: str | None, opts: InstallOptions, step) -> list[dict]:
+    """Step runtime: the packaged runtime's venv, built and checked here; its health check row ([] when
+    not run here)."""
+    fault("runtime")
+    if not m.runtime:
+        step("runtime", "-", "the package carries no runtime")
+    elif opts.staged:
+        step("runtime", "-", f"{len(m.runtime['wheels'])} wheels extracted, not run here: the target builds "
+                             f"runtime/venv at first boot ({' '.join(runtime.bootstrap_command())})")
+    elif python is None:
+        step("runtime", "skipped", f"--no-runtime: the model only; {runtime.BOOTSTRAP} builds the venv later")
+    else:
+        row = runtime.install_runtime(slot, m, python)
+        step("runtime", "ok" if row["passed"] else "FAILED", row["detail"])
+        return [row]
+    return []
+
+
+def _engine_and_health(slot: Path, m: PackageManifest, device: str, opts: InstallOptions, step,
+                       before: list[dict]) -> dict:
+    """Steps engine, health: the health report (BEFORE's check rows first), written to SLOT/health.json."""
     fault("engine")
-    try:
-        backend, plan, what = _engine(slot, m, device, opts.staged)
-        step("engine", "ok", what)
-    except Exception as e:      # a device that cannot build or adopt an engine fails this install
-        backend, plan, what = "", None, f"{type(e).__name__}: {e}"
-        step("engine", "FAILED", what)
+    if not all(c["passed"] for c in before):
+        backend, plan, what = "", None, ""
+        step("engine", "-", f"not run: the {runtime.CHECK} failed")
+    else:
+        try:
+            backend, plan, what = _engine(slot, m, device, opts.staged)
+            step("engine", "ok", what)
+        except Exception as e:      # a device that cannot build or adopt an engine fails this install
+            backend, plan, what = "", None, f"{type(e).__name__}: {e}"
+            step("engine", "FAILED", what)
     fault("health")
     if backend:
         hopts = health.HealthOptions(golden=opts.golden, max_latency_ms=opts.max_latency_ms, backend=backend,
                                      engine=plan, staged=opts.staged)
         report = health.check(slot, m, hopts)
+        report["checks"][:0] = before
+        report = health.finish(report)
     else:
+        failed = [{"check": "engine", "passed": False, "detail": what}] if what else []
         report = health.finish({"mode": "staged" if opts.staged else "device", "backend": None,
-                                "checks": [{"check": "engine", "passed": False, "detail": what}]})
+                                "checks": before + failed})
     health.write(slot, report)
     step("health", "ok" if report["passed"] else "FAILED",
          "; ".join(f"{c['check']} {'ok' if c['passed'] else 'FAILED'}" for c in report["checks"])
@@ -262,6 +292,8 @@ def install(package: str | Path, pubkey: str | Path, root: str | Path,
     if opts.golden:
         golden_files(opts.golden)                      # a bad --golden is refused before any write
     device = target_device(v.manifest, opts, str(package))
+    python = runtime.host_python(v.manifest.runtime, str(package)) \
+        if v.manifest.runtime and opts.runtime and not opts.staged else None
     name = f"{v.manifest.version}-{v.sha256[:12]}"
     step("verify", "ok", f"signed by {pub.id_hex}; {len(v.manifest.members)} members match {META}; "
                          f"for {', '.join(v.manifest.devices) or 'any device'}, this is {device or 'unspecified'}")
@@ -273,6 +305,8 @@ def install(package: str | Path, pubkey: str | Path, root: str | Path,
         step("decide", "ok", f"{name} is already current and verifies; nothing to do")
         return rep
     need = sum(e.bytes for e in v.manifest.members.values())
+    if python is not None:      # the venv unpacks the wheels: about three times their size
+        need += 3 * sum(v.manifest.members[w].bytes for w in v.manifest.runtime["wheels"])
     free = shutil.disk_usage(next(p for p in (root, *root.parents) if p.is_dir())).free
     if free < need + (16 << 20):
         raise InstallError(f"{root}: {free >> 20} MiB free, {package} needs {need >> 20} MiB + 16 MiB headroom")
@@ -292,7 +326,8 @@ def install(package: str | Path, pubkey: str | Path, root: str | Path,
         rep.previous = cur.name if cur else None
         slot = root / SLOTS / name
         _extract(package, pub, v, slot, opts.limits, step)
-        report = _engine_and_health(slot, v.manifest, device, opts, step)
+        before = _runtime(slot, v.manifest, python, opts, step)
+        report = _engine_and_health(slot, v.manifest, device, opts, step, before)
         rep.health = report
         if not report["passed"]:
             rep.status = "failed"
@@ -321,67 +356,7 @@ def install(package: str | Path, pubkey: str | Path, root: str | Path,
     return rep
 
 
-# -- rollback and status ---------------------------------------------------------------------------
-def _pub_for(root: Path, pubkey: str | Path | None) -> keys.PublicKey | None:
-    if pubkey is not None:
-        return keys.load_public(pubkey)
-    return keys.load_public(root / PUBKEY) if (root / PUBKEY).is_file() else None
+# rollback and status live in deploy/rollback.py; importable from here as before.
+from edgesdk.deploy.rollback import rollback, status  # noqa: E402
 
-
-def rollback(root: str | Path, pubkey: str | Path | None = None) -> dict:
-    """Point `current` back at `previous` (and `previous` at the slot left), after verifying it.
-    Refuses, changing nothing, when there is no previous slot or it does not verify."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InstallError(f"{root}: not found; nothing is installed there")
-    with locked(root):
-        cur, prev = link_target(root, CURRENT), link_target(root, PREVIOUS)
-        if prev is None:
-            raise InstallError(f"{root / PREVIOUS}: no previous slot to roll back to")
-        if prev == cur:
-            raise InstallError(f"{root / PREVIOUS}: points at the current slot {prev.name} (an install was "
-                               "interrupted between its two pointer switches); nothing to roll back to")
-        pub = _pub_for(root, pubkey)
-        if pub is None:
-            raise InstallError(f"{root / PUBKEY}: missing; give --pubkey to verify {prev.name} before using it")
-        why = verify_slot(prev, pub)
-        if why:
-            raise InstallError(f"{root / PREVIOUS}: {prev.name} fails verification ({why}); not rolled back")
-        state, _ = slot_state(prev)
-        if state != "good":
-            raise InstallError(f"{root / PREVIOUS}: {prev.name} has no passed health check ({state}); not rolled back")
-        m = slot_manifest(prev)
-        # current first: a crash between the two switches leaves previous == current, never a lost model.
-        point(root, CURRENT, prev)
-        if cur is not None:
-            point(root, PREVIOUS, cur)
-        append_history(root, {"event": "rollback", "slot": prev.name, "version": m.version,
-                              "from": cur.name if cur else None})
-    return {"root": str(root), "current": prev.name, "version": m.version, "previous": cur.name if cur else None}
-
-
-def status(root: str | Path, pubkey: str | Path | None = None) -> dict:
-    """Slots (version, state, verifies, health), current/previous, history. Read-only."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InstallError(f"{root}: not found; nothing is installed there")
-    pub = _pub_for(root, pubkey)
-    cur, prev = link_target(root, CURRENT), link_target(root, PREVIOUS)
-    rows = []
-    sdir = root / SLOTS
-    for slot in sorted((p for p in sdir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=age) \
-            if sdir.is_dir() else []:
-        state, rep = slot_state(slot)
-        try:
-            version = slot_manifest(slot).version
-        except (OSError, EdgesdkError):
-            version = "?"
-        why = verify_slot(slot, pub)
-        rows.append({"slot": slot.name, "version": version, "state": state, "current": slot == cur,
-                     "previous": slot == prev, "verifies": not why, "why": why,
-                     "signature": "checked" if pub else "not checked (no key)",
-                     "health": (rep.get("why") or "passed") if rep else None,
-                     "p50 ms": ((rep or {}).get("latency_ms") or {}).get("p50")})
-    leftovers = [p.name for p in sdir.glob(".*")] if sdir.is_dir() else []
-    return {"root": str(root), "current": cur.name if cur else None, "previous": prev.name if prev else None,
-            "slots": rows, "history": read_history(root), "leftovers": leftovers}
+__all__ = ["install", "rollback", "status", "InstallOptions", "Report", "STEPS"]

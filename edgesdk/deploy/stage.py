@@ -8,13 +8,15 @@ here): the very install of slots.py, rooted at ROOTFS/PREFIX, plus the device's 
 
 No engine is built (the target's TensorRT builds it when it installs). The health check verifies the
 files and scores the parity frames (and the golden set) with this host's ONNX Runtime CPU: it proves the
-slot is intact and the model right, not the target's speed. Works as a normal user on a plain folder."""
+slot is intact and the model right, not the target's speed. A packed runtime is only extracted (its
+wheels and bootstrap.py): the target builds runtime/venv at first boot with runtime.bootstrap_command().
+Works as a normal user on a plain folder."""
 from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
 
-from edgesdk.deploy import keys
+from edgesdk.deploy import keys, runtime
 from edgesdk.deploy.slots import InstallError, InstallOptions, Report, install
 from edgesdk.fsutil import atomic_write_text
 
@@ -54,7 +56,22 @@ def stage(package: str | Path, pubkey: str | Path, rootfs: str | Path, prefix: s
         written = {"pubkey": str(etc / keys.PUB_FILE), "config": str(etc / "config.toml")}
         if unit_text is not None:
             written.update(write_unit(rootfs, unit_text, unit_name))
+        written.update(_runtime_note(rootfs, root / "slots" / rep.slot, prefix))
     return rep, written
+
+
+def _runtime_note(rootfs: Path, slot: Path, prefix: str) -> dict:
+    """The command that builds the staged runtime on the target, and whether ROOTFS has its Python."""
+    from edgesdk.deploy.layout import slot_manifest
+
+    rt = slot_manifest(slot).runtime
+    if not rt:
+        return {}
+    out = {"runtime": " ".join(runtime.bootstrap_command(prefix))}
+    if not (rootfs / "usr" / "bin" / f"python{rt['python']}").exists():
+        out["runtime_warning"] = (f"{rootfs}/usr/bin/python{rt['python']} not found: the packed runtime needs "
+                                  f"Python {rt['python']} on the target")
+    return out
 
 
 def write_unit(rootfs: Path, unit_text: str, unit_name: str = UNIT_NAME) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 
 from edgesdk.spec.typed import (COMPUTE_CAPABILITY, DEVICE_KINDS, NAME, PRECISIONS, TENSORRT_MODULES, VERSION,
+                                RUNTIME_PLATFORM, RUNTIME_PYTHON,
                                 SpecError, _int, _num, _text, from_mapping, load_toml)
 
 
@@ -31,6 +32,8 @@ class DeviceProfile:
     power_modes: tuple[str, ...] = ()
     match_models: tuple[str, ...] = ()  # substrings of /proc/device-tree/model that identify it
     notes: str = ""
+    runtime_python: str = ""           # the OS's Python (major.minor) a packed runtime targets (pack --runtime)
+    runtime_platforms: tuple[str, ...] = ()   # wheel platform tags it runs, e.g. manylinux_2_35_aarch64
 
     def __post_init__(self) -> None:
         _text(self.name, "name", NAME, "a plain name (letters, digits, . _ + -; no / or leading .)")
@@ -51,6 +54,12 @@ class DeviceProfile:
         _int(self.max_onnx_opset, "max_onnx_opset", lo=0)
         if any(not m.strip() for m in self.match_models):    # "" is a substring of every model
             raise SpecError(f"match_models must not hold an empty string, got {list(self.match_models)}")
+        if bool(self.runtime_python) != bool(self.runtime_platforms):
+            raise SpecError("runtime_python and runtime_platforms go together (both or neither)")
+        if self.runtime_python:
+            _text(self.runtime_python, "runtime_python", RUNTIME_PYTHON, 'major.minor like "3.10"')
+        for p in self.runtime_platforms:
+            _text(p, "runtime_platforms", RUNTIME_PLATFORM, "a Linux wheel platform tag like manylinux_2_35_aarch64")
 
     @property
     def strongly_typed(self) -> bool:

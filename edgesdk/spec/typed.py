@@ -185,6 +185,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
 RELEASE = re.compile(r"[0-9]+(\.[0-9A-Za-z+-]+)*")    # a module's __version__, e.g. "10.3.0.30"
 COMPUTE_CAPABILITY = re.compile(r"[0-9]+\.[0-9]+")
+RUNTIME_PYTHON = re.compile(r"3\.[0-9]{1,2}")
+RUNTIME_PLATFORM = re.compile(r"(manylinux_2_[0-9]{1,3}|manylinux2014|manylinux2010|manylinux1|linux)"
+                              r"_(x86_64|i686|aarch64|armv7l|ppc64le|s390x|riscv64)")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
