@@ -140,7 +140,8 @@ def throughput(bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt:
         for d in dets.values():
             d.close()
     best = np.max([model[k] for k in streams], axis=0)
-    out = {"sinks": "jsonl, http" + (", mqtt" if mqtt else "") + " (+ dir)", "rounds_best_model_only_fps": best.tolist()}
+    out = {"sinks": "jsonl, http" + (", mqtt" if mqtt else "") + " (+ dir)",
+           "rounds_best_model_only_fps": best.tolist()}
     for k in streams:
         out[f"model_only_fps_s{k}"] = float(np.median(model[k]))
         out[f"rounds_model_only_fps_s{k}"] = model[k]

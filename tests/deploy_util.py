@@ -79,8 +79,8 @@ def sign_manifest(meta: bytes, key: Path) -> bytes:
 
 def golden_set(bundle: Path, category: Path, out: Path) -> Path:
     """OUT/good and OUT/<kind>: the category's test images the bundle gets right (a line's golden set)."""
-    from edgesdk.stream.detector import Detector
     from edgesdk.images import list_images, read_image
+    from edgesdk.stream.detector import Detector
 
     with Detector(bundle) as det:
         for kind in sorted(p.name for p in (category / "test").iterdir()):

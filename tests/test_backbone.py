@@ -22,8 +22,8 @@ def test_imagenet_weights_are_real_a_cat_is_a_cat():
 
 def test_random_weights_do_not_recognise_the_cat():
     # Guards the test above: it must be the weights, not the input, that make it pass.
-    import skimage.data
     import cv2
+    import skimage.data
 
     torch.manual_seed(0)
     net = backbones.efficientnet_lite0(None)

@@ -5,12 +5,12 @@ import json
 import cv2
 import numpy as np
 import pytest
-from test_device_no_torch import run as run_without_torch
 
 from edgesdk.bundle import Bundle
-from edgesdk.stream.calibrate import calibrate
 from edgesdk.images import list_images, read_image
+from edgesdk.stream.calibrate import calibrate
 from edgesdk.stream.detector import Detector
+from test_device_no_torch import run as run_without_torch
 
 
 def write_mp4(path, images, size=(160, 160)):

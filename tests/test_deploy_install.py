@@ -7,10 +7,10 @@ import os
 import pytest
 
 from deploy_util import cli, golden_set, keypair, pkgs, snapshot  # noqa: F401
+from edgesdk.deploy import keys
 from edgesdk.deploy.package import PackOptions, pack
 from edgesdk.deploy.slots import InstallError, InstallOptions, install, rollback, status, verify_slot
 from edgesdk.deploy.stage import stage
-from edgesdk.deploy import keys
 
 
 def current(root):

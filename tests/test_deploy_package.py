@@ -9,8 +9,7 @@ import tarfile
 
 import pytest
 
-from deploy_util import keypair, other_keypair, pkgs  # noqa: F401  (fixtures)
-from deploy_util import cli, info, read_members, sign_manifest, snapshot, write_raw
+from deploy_util import cli, info, keypair, other_keypair, pkgs, read_members, sign_manifest, snapshot, write_raw  # noqa: F401  (fixtures)
 from edgesdk.deploy.archive import Limits
 from edgesdk.deploy.slots import InstallOptions, install
 from edgesdk.errors import EdgesdkError

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgesdk.compile.onnx import ExportError, ExportOptions, export_onnx
 from edgesdk.bundle import Bundle
+from edgesdk.compile.onnx import ExportError, ExportOptions, export_onnx
 from edgesdk.data import mvtec
 from edgesdk.stream.detector import Detector
 from edgesdk.train import load_run

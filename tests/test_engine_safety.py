@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 
 from edgesdk.backends.tensorrt import TensorRTRunner
-from edgesdk.compile.trt import check_onnx
-from edgesdk.engines import (EngineError, TensorRTUnavailable, find_reusable, import_tensorrt, load_plan_sidecar,
-                             read_plan, staged_plan)
 from edgesdk.cli import main
+from edgesdk.compile.trt import check_onnx
 from edgesdk.devices import load_profile
+from edgesdk.engines import (
+    EngineError,
+    TensorRTUnavailable,
+    find_reusable,
+    import_tensorrt,
+    load_plan_sidecar,
+    read_plan,
+    staged_plan,
+)
 from edgesdk.recipe import load_recipe
 from edgesdk.spec import BuildConfig, EngineSidecar, SpecError, from_mapping
 

@@ -9,15 +9,15 @@ import threading
 import time
 
 import pytest
-from deploy_util import keypair  # noqa: F401
-from fleet_util import GROUP, FleetBroker, publish, states, wait_until
-from mqtt_broker import mosquitto_binary
 
+from deploy_util import keypair  # noqa: F401
 from edgesdk.deploy import keys
 from edgesdk.deploy.slots import Report
 from edgesdk.fleet import messages, topics
 from edgesdk.fleet.agent import Agent, AgentOptions, Record
 from edgesdk.fleet.broker import BrokerOptions
+from fleet_util import GROUP, FleetBroker, publish, states, wait_until
+from mqtt_broker import mosquitto_binary
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
                                 reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")

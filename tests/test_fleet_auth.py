@@ -9,9 +9,21 @@ import shutil
 import subprocess
 
 import pytest
+
 from deploy_util import keypair, pkgs  # noqa: F401
-from fleet_util import (GROUP, ROOT, FleetBroker, cli_args, env, make_tls, read_json_lines, start_agent, states,
-                        stop_all, wait_until)
+from fleet_util import (
+    GROUP,
+    ROOT,
+    FleetBroker,
+    cli_args,
+    env,
+    make_tls,
+    read_json_lines,
+    start_agent,
+    states,
+    stop_all,
+    wait_until,
+)
 from mqtt_broker import mosquitto_binary
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from fleet_util import ROOT, env
 from mqtt_broker import mosquitto_binary
 

@@ -7,9 +7,8 @@ import json
 import time
 
 import pytest
-from deploy_util import keypair, other_keypair  # noqa: F401
-from fleet_util import FileServer
 
+from deploy_util import keypair, other_keypair  # noqa: F401
 from edgesdk.deploy import keys
 from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.fleet import messages
@@ -18,6 +17,7 @@ from edgesdk.fleet.broker import parse_broker
 from edgesdk.fleet.fetch import FetchError, fetch
 from edgesdk.fleet.rollout import plan_waves
 from edgesdk.fleet.status import rows
+from fleet_util import FileServer
 
 
 def body(**kw) -> dict:

@@ -12,13 +12,25 @@ import subprocess
 import threading
 
 import pytest
-from deploy_util import golden_set, keypair, pkgs  # noqa: F401
-from fleet_util import (GROUP, ROOT, FleetBroker, bad_golden, cli_args, env, read_json_lines, retained,
-                        start_agent, states, stop_all, wait_until)
-from mqtt_broker import mosquitto_binary
 
+from deploy_util import golden_set, keypair, pkgs  # noqa: F401
 from edgesdk.deploy.slots import install
 from edgesdk.fleet import topics
+from fleet_util import (
+    GROUP,
+    ROOT,
+    FleetBroker,
+    bad_golden,
+    cli_args,
+    env,
+    read_json_lines,
+    retained,
+    start_agent,
+    states,
+    stop_all,
+    wait_until,
+)
+from mqtt_broker import mosquitto_binary
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
                                 reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from deploy_util import keypair, pkgs  # noqa: F401
-from fleet_util import ROOT, FleetBroker, env, start_agent, states, stop_all, wait_until
-from mqtt_broker import mosquitto_binary
 
+from deploy_util import keypair, pkgs  # noqa: F401
 from edgesdk.fleet.broker import BrokerOptions
 from edgesdk.fleet.status import collect
+from fleet_util import ROOT, FleetBroker, env, start_agent, states, stop_all, wait_until
+from mqtt_broker import mosquitto_binary
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
                                 reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")

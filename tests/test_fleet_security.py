@@ -9,14 +9,27 @@ import subprocess
 import time
 
 import pytest
-from deploy_util import keypair, other_keypair, pkgs, read_members, write_raw  # noqa: F401
-from fleet_util import (GROUP, ROOT, FileServer, FleetBroker, cli_args, env, publish, read_json_lines,
-                        retained, start_agent, states, stop_all, wait_until)
-from mqtt_broker import mosquitto_binary
 
+from deploy_util import keypair, other_keypair, pkgs, read_members, write_raw  # noqa: F401
 from edgesdk.deploy import keys
 from edgesdk.deploy.package import read_package
 from edgesdk.fleet import messages, topics
+from fleet_util import (
+    GROUP,
+    ROOT,
+    FileServer,
+    FleetBroker,
+    cli_args,
+    env,
+    publish,
+    read_json_lines,
+    retained,
+    start_agent,
+    states,
+    stop_all,
+    wait_until,
+)
+from mqtt_broker import mosquitto_binary
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
                                 reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")

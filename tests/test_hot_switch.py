@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from deploy_util import ROOT, cli, keypair  # noqa: F401
-from notify_util import NotifySocket
 from edgesdk.stream.pipeline import run_stream
+from notify_util import NotifySocket
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import json
 import time
 
 import pytest
-from mqtt_broker import Broker, Subscriber, mosquitto_binary
 
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink
+from mqtt_broker import Broker, Subscriber, mosquitto_binary
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
                                 reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")

@@ -34,8 +34,16 @@ from edgesdk.devices import load_profile
 from edgesdk.errors import EdgesdkError
 from edgesdk.recipe import load_recipe
 from edgesdk.resources import data_dir
-from edgesdk.spec import (DEVICE_KINDS, NAME, PRECISIONS, TENSORRT_MODULES, DeviceProfile, EngineSidecar, Manifest,
-                          from_mapping)
+from edgesdk.spec import (
+    DEVICE_KINDS,
+    NAME,
+    PRECISIONS,
+    TENSORRT_MODULES,
+    DeviceProfile,
+    EngineSidecar,
+    Manifest,
+    from_mapping,
+)
 from edgesdk.video import open_sink, open_source
 from edgesdk.video.options import Opt, host_port, parse_query, scheme_of, split_file_uri
 from edgesdk.video.sources import SYNTH_SPEC, FileOptions, SourceOptions

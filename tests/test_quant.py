@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from edgesdk.bundle import Bundle
 from edgesdk.compile import gate, quant
 from edgesdk.compile.onnx import ExportError, ExportOptions, export_onnx
-from edgesdk.bundle import Bundle
 from edgesdk.errors import DataError
 from edgesdk.stream.detector import Detector
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from deploy_util import ROOT, cli, keypair, snapshot  # noqa: F401
-from notify_util import NotifySocket
 from edgesdk.notify import Notifier
 from edgesdk.stream.pipeline import run_stream
+from notify_util import NotifySocket
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")

@@ -16,11 +16,11 @@ import urllib.request
 
 import numpy as np
 import pytest
-from mqtt_broker import Broker, Subscriber, free_port, mosquitto_binary
 
 from edgesdk.stream import sinkguard
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink
+from mqtt_broker import Broker, Subscriber, free_port, mosquitto_binary
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None,
                                      reason="needs Debian's mosquitto broker (apt-get install mosquitto)")

@@ -10,10 +10,10 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-from mqtt_broker import free_port
 
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_source
+from mqtt_broker import free_port
 
 
 def test_jsonl_cuts_a_torn_last_line_and_rotates_by_size(bundle, tiny_data, tmp_path):
@@ -97,8 +97,8 @@ def test_preview_encodes_only_for_a_viewer_and_once_per_frame():
     # With nobody watching, the preview only counts (no overlay, no JPEG on the line's CPU); a
     # viewer gets the newest frame, encoded once however often it is asked for.
     from edgesdk.stream.detector import Result
-    from edgesdk.video.preview import PreviewSink
     from edgesdk.video.base import Frame
+    from edgesdk.video.preview import PreviewSink
 
     sink = PreviewSink(port=free_port())
     try:

@@ -10,14 +10,14 @@ import threading
 import time
 
 import cv2
-import pytest
 import numpy as np
-import rtsp_server
-from mjpeg_server import MjpegCamera
-from mqtt_broker import free_port
+import pytest
 
+import rtsp_server
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_source
+from mjpeg_server import MjpegCamera
+from mqtt_broker import free_port
 
 
 def test_file_source_every_frame_scored_in_order_with_stage_latency(bundle, tiny_data, tmp_path):

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgesdk.backends.tensorrt import (EngineError, NoGPU, TensorRTRunner, nvidia_gpu_present,
-                                       plan_bindings)
+from edgesdk.backends.tensorrt import EngineError, NoGPU, TensorRTRunner, nvidia_gpu_present, plan_bindings
 from edgesdk.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from edgesdk.engines import read_plan, staged_plan
 from edgesdk.bundle import Bundle
 from edgesdk.compile.trt import TensorRTParseError, build_engine, check_onnx, is_strongly_typed, trtexec_command
 from edgesdk.devices import load_profile
-from edgesdk.engines import EngineError, TensorRTUnavailable, find_engine, load_plan_sidecar
+from edgesdk.engines import EngineError, TensorRTUnavailable, find_engine, load_plan_sidecar, read_plan, staged_plan
 from edgesdk.spec import BuildConfig
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX (tensorrt-rtx-cu12) is in the dev extra")

@@ -15,12 +15,12 @@ import time
 import cv2
 import numpy as np
 import pytest
-from mqtt_broker import free_port
 
 from edgesdk.data.mvtec import DataError
 from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink, open_source
+from mqtt_broker import free_port
 
 
 def _video(path, frames: int = 5):

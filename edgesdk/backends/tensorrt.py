@@ -17,8 +17,15 @@ import numpy as np
 from edgesdk.backends.base import Runner, TensorMeta
 from edgesdk.bundle import Bundle
 from edgesdk.devices import cuda_device, current_gpu
-from edgesdk.engines import (EngineError, TensorRTUnavailable, find_engine, import_tensorrt, installed_tensorrt,
-                             load_plan_sidecar, read_plan)
+from edgesdk.engines import (
+    EngineError,
+    TensorRTUnavailable,
+    find_engine,
+    import_tensorrt,
+    installed_tensorrt,
+    load_plan_sidecar,
+    read_plan,
+)
 
 if TYPE_CHECKING:  # types come from tensorrt-stubs; at run time the sidecar names the flavour
     import tensorrt as trt

@@ -176,7 +176,8 @@ def deepstream_config(bundle: Bundle, plan: Path, side: EngineSidecar) -> str:
     h, w = bundle.input_size
     mode = {"fp32": 0, "int8": 1, "fp16": 2}.get(side.precision, 0)
     return "\n".join([
-        f"# DeepStream nvinfer config for {bundle.path.name} ({side.model}, {side.precision}), written by edgesdk build.",
+        f"# DeepStream nvinfer config for {bundle.path.name} ({side.model}, {side.precision}), "
+        "written by edgesdk build.",
         "# Custom network (network-type=100): no built-in parser; the outputs 'score' (batch,) and",
         "# 'anomaly_map' (batch, H, W), in the units of the bundle's threshold, are attached as tensor",
         "# meta (output-tensor-meta=1) for a pad probe to read. Normalization is inside the graph.",

@@ -58,7 +58,7 @@ def describe(slot):
         with open(path, "rb") as f:
             d = json.load(f)
     except (OSError, ValueError) as e:
-        raise Refused("%s: cannot read the package manifest (%s)" % (path, e))
+        raise Refused("%s: cannot read the package manifest (%s)" % (path, e)) from None
     rt, members = d.get("runtime"), d.get("members")
     if not isinstance(rt, dict) or not rt or not isinstance(members, dict):
         raise Refused("%s: this package carries no runtime" % path)
@@ -141,7 +141,7 @@ def _check_wheels(slot, rt, members):
                     h.update(block)
                     n += len(block)
         except OSError as e:
-            raise Refused("%s: %s" % (path, e.strerror))
+            raise Refused("%s: %s" % (path, e.strerror)) from None
         if n != want.get("bytes") or h.hexdigest() != want.get("sha256"):
             raise Refused("%s: size or sha256 differs from package.json (changed after install)" % path)
 

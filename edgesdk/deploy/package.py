@@ -27,7 +27,8 @@ from typing import IO, Callable
 from edgesdk import __version__
 from edgesdk.bundle import Bundle
 from edgesdk.deploy import keys
-from edgesdk.deploy.archive import ArchiveError, Limits, copy_member, members as archive_members
+from edgesdk.deploy.archive import ArchiveError, Limits, copy_member
+from edgesdk.deploy.archive import members as archive_members
 from edgesdk.deploy.manifest import META, NAME, SIG, PackageManifest, version_key
 from edgesdk.deploy.runtime import Target, pack_runtime
 from edgesdk.errors import EdgesdkError, finite

@@ -5,8 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgesdk.deploy import keys, runtime
-from edgesdk.deploy.layout import (CURRENT, PREVIOUS, PUBKEY, SLOTS, InstallError, age, append_history, link_target,
-                                   locked, point, read_history, slot_manifest, slot_state, verify_slot)
+from edgesdk.deploy.layout import (
+    CURRENT,
+    PREVIOUS,
+    PUBKEY,
+    SLOTS,
+    InstallError,
+    age,
+    append_history,
+    link_target,
+    locked,
+    point,
+    read_history,
+    slot_manifest,
+    slot_state,
+    verify_slot,
+)
 from edgesdk.errors import EdgesdkError
 
 

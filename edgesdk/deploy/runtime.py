@@ -132,8 +132,8 @@ def _packaging():
         from packaging.requirements import Requirement
         from packaging.utils import canonicalize_name
     except ImportError:       # pip always carries a copy
-        from pip._vendor.packaging.requirements import Requirement          # type: ignore[no-redef, unused-ignore]
-        from pip._vendor.packaging.utils import canonicalize_name           # type: ignore[no-redef, unused-ignore]
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef, unused-ignore]
+        from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[no-redef, unused-ignore]
     return Requirement, canonicalize_name
 
 
@@ -259,7 +259,7 @@ def wheelhouse(t: Target, dest: Path, roots: list[str], find_links: tuple[str, .
             for req in rs:
                 extras.setdefault(canon(req.name), set()).update(req.extras)
         missing = []
-        for name, (version, w) in have.items():
+        for name, (_version, w) in have.items():
             for req in reqs[name]:
                 if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e})
                                                       for e in {"", *extras.get(name, ())}):

@@ -33,8 +33,23 @@ from typing import IO
 from edgesdk import __version__
 from edgesdk.deploy import health, keys, runtime
 from edgesdk.deploy.archive import Limits
-from edgesdk.deploy.layout import (CURRENT, HISTORY, PREVIOUS, PUBKEY, SLOTS, InstallError, fsync_dir,
-                                   append_history, clean_leftovers, gc, link_target, locked, point, slot_manifest, verify_slot)
+from edgesdk.deploy.layout import (
+    CURRENT,
+    HISTORY,
+    PREVIOUS,
+    PUBKEY,
+    SLOTS,
+    InstallError,
+    append_history,
+    clean_leftovers,
+    fsync_dir,
+    gc,
+    link_target,
+    locked,
+    point,
+    slot_manifest,
+    verify_slot,
+)
 from edgesdk.deploy.manifest import META, SIG, PackageManifest, check_min_edgesdk, version_key
 from edgesdk.deploy.package import Verified, golden_files, read_package
 from edgesdk.errors import EdgesdkError, finite

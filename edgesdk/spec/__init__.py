@@ -4,14 +4,39 @@ sidecar (engine.py), and the typed-config machinery they share (typed.py). Stand
 the device runtime imports this. Import names from here; the modules are how it is arranged."""
 from edgesdk.spec.device import MAX_WORKSPACE_MB, BuildConfig, DeviceProfile
 from edgesdk.spec.engine import BUILDER_FLAGS, ENGINE_SCHEMA, GPU_KEYS, EngineSidecar
-from edgesdk.spec.manifest import (MANIFEST, SCHEMA_VERSION, FileEntry, InputSpec, Manifest, OutputSpec, Threshold,
-                                   check_file_name, file_entry)
-from edgesdk.spec.typed import (COMPUTE_CAPABILITY, DEVICE_KINDS, MAX_DEPTH, NAME, PRECISIONS, RELEASE,
-                                RUNTIME_PLATFORM, RUNTIME_PYTHON, SHA256,
-                                TENSORRT_MODULES, VERSION, SpecError, from_mapping, load_json, load_toml, sha256_file)
+from edgesdk.spec.manifest import (
+                                   MANIFEST,
+                                   SCHEMA_VERSION,
+                                   FileEntry,
+                                   InputSpec,
+                                   Manifest,
+                                   OutputSpec,
+                                   Threshold,
+                                   check_file_name,
+                                   file_entry,
+)
+from edgesdk.spec.typed import (
+                                   COMPUTE_CAPABILITY,
+                                   DEVICE_KINDS,
+                                   MAX_DEPTH,
+                                   NAME,
+                                   PRECISIONS,
+                                   RELEASE,
+                                   RUNTIME_PLATFORM,
+                                   RUNTIME_PYTHON,
+                                   SHA256,
+                                   TENSORRT_MODULES,
+                                   VERSION,
+                                   SpecError,
+                                   from_mapping,
+                                   load_json,
+                                   load_toml,
+                                   sha256_file,
+)
 
 __all__ = ["BUILDER_FLAGS", "COMPUTE_CAPABILITY", "DEVICE_KINDS", "ENGINE_SCHEMA", "GPU_KEYS", "MANIFEST",
-           "MAX_DEPTH", "MAX_WORKSPACE_MB", "NAME", "PRECISIONS", "RELEASE", "RUNTIME_PLATFORM", "RUNTIME_PYTHON", "SCHEMA_VERSION", "SHA256",
+           "MAX_DEPTH", "MAX_WORKSPACE_MB", "NAME", "PRECISIONS", "RELEASE", "RUNTIME_PLATFORM", "RUNTIME_PYTHON",
+           "SCHEMA_VERSION", "SHA256",
            "TENSORRT_MODULES", "VERSION", "BuildConfig", "DeviceProfile", "EngineSidecar", "FileEntry", "InputSpec",
            "Manifest", "OutputSpec", "SpecError", "Threshold", "check_file_name", "file_entry", "from_mapping",
            "load_json", "load_toml", "sha256_file"]

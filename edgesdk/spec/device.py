@@ -5,10 +5,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-
-from edgesdk.spec.typed import (COMPUTE_CAPABILITY, DEVICE_KINDS, NAME, PRECISIONS, TENSORRT_MODULES, VERSION,
-                                RUNTIME_PLATFORM, RUNTIME_PYTHON,
-                                SpecError, _int, _num, _text, from_mapping, load_toml)
+from edgesdk.spec.typed import (
+    COMPUTE_CAPABILITY,
+    DEVICE_KINDS,
+    NAME,
+    PRECISIONS,
+    RUNTIME_PLATFORM,
+    RUNTIME_PYTHON,
+    TENSORRT_MODULES,
+    VERSION,
+    SpecError,
+    _int,
+    _num,
+    _text,
+    from_mapping,
+    load_toml,
+)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,22 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from edgesdk.spec.device import MAX_WORKSPACE_MB
-from edgesdk.spec.typed import (COMPUTE_CAPABILITY, NAME, PRECISIONS, RELEASE, SHA256, TENSORRT_MODULES, SpecError, _int, _num, _one_of,
-                                _text, from_mapping, load_json)
-
+from edgesdk.spec.typed import (
+    COMPUTE_CAPABILITY,
+    NAME,
+    PRECISIONS,
+    RELEASE,
+    SHA256,
+    TENSORRT_MODULES,
+    SpecError,
+    _int,
+    _num,
+    _one_of,
+    _text,
+    from_mapping,
+    load_json,
+)
 
 ENGINE_SCHEMA = 1
 BUILDER_FLAGS = ("FP16", "INT8", "GPU_FALLBACK")

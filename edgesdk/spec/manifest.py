@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk.errors import EdgesdkError, no_nonfinite
-
 from edgesdk.spec.typed import PRECISIONS, SpecError, load_json, sha256_file
 
 SCHEMA_VERSION = 1

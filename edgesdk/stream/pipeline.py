@@ -61,7 +61,7 @@ from edgesdk.measure.metrics import LatencyWindow
 from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.stream.handoff import Handoff
-from edgesdk.stream.sinkguard import (open_guarded, public_uri)
+from edgesdk.stream.sinkguard import open_guarded, public_uri
 from edgesdk.stream.switch import _HotSwitch, _Models, bundle_folder, model_id
 from edgesdk.video import open_source
 

@@ -23,8 +23,8 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from edgesdk.errors import OptionError
 from edgesdk.video.base import Sink, query_options

@@ -24,9 +24,9 @@ import json
 import logging
 import threading
 import time
-from typing import Callable
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2

@@ -218,7 +218,7 @@ def _dir(uri: str) -> Sink:
 
 
 def _mqtt(uri: str) -> Sink:
-    from edgesdk.video.mqtt import open_mqtt   # paho-mqtt only when asked for
+    from edgesdk.video.mqtt import open_mqtt  # paho-mqtt only when asked for
 
     return open_mqtt(uri)
 

@@ -254,7 +254,7 @@ NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the ca
 
 
 def _live(uri: str, errors: str) -> Source:
-    from edgesdk.video.live import open_live   # cameras and network streams
+    from edgesdk.video.live import open_live  # cameras and network streams
 
     parsed = parse_url(uri)
     return open_live(uri, parsed, SourceOptions.parse(uri, parsed.query, strict=parsed.scheme not in NETWORK))
