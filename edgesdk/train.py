@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from edgesdk import __version__
 from edgesdk.data import mvtec
 from edgesdk.errors import no_nonfinite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.measure.metrics import best_f1_threshold
+from edgesdk.progress import bar as progress_bar
 from edgesdk.spec import SpecError
 from edgesdk.zoo import MODEL_NAMES, models
 
@@ -130,7 +130,7 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
 
     t0 = time.perf_counter()
     net = cls(cfg, weights=backbone_weights or "imagenet")
-    bar = tqdm(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", disable=quiet)
+    bar = progress_bar(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", enabled=not quiet)
     seen = Seen()
     fit_info = net.fit(batches(fit_paths, cfg.input_size, opts.batch, camera, seen),
                        progress=None if quiet else bar.update)
