@@ -186,6 +186,18 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
 def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode with fitted state, run.json dict); errors name the file."""
     run_dir = Path(run_dir)
+    meta = read_run(run_dir)
+    cls, cfg_cls = models()[meta["model"]]
+    net = cls(cfg_cls.from_dict(meta["config"]), weights=None)
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return net.eval(), meta
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """RUN_DIR/run.json, checked (a JSON object, finite numbers, a zoo model, its data fields);
+    errors name the file."""
+    run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not found; is {run_dir} a folder made by `edgesdk train`?")
@@ -199,11 +211,7 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     if meta.get("model") not in MODEL_NAMES:
         raise ValueError(f"{meta_path}: unknown model {meta.get('model')!r}")
     check_run_data(meta, meta_path)
-    cls, cfg_cls = models()[meta["model"]]
-    net = cls(cfg_cls.from_dict(meta["config"]), weights=None)
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(state, strict=True)
-    return net.eval(), meta
+    return meta
 
 
 def check_run_data(meta: dict, where: Path) -> None:
