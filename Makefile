@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed   ## sample data -> train -> export -> eval -> stream, prints tables
 	$(BIN)/edgesdk demo --out out/demo
 
-test: $(VENV)/.installed   ## system packages the tests use (when it can), then every test but the GPU ones
+test: $(VENV)/.installed lint   ## system packages the tests use (when it can), then every test but the GPU ones
 	.ci/system-deps
 	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed   ## ruff (lint rules and import order) and mypy over the package, as CI runs them
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf out .pytest_cache

@@ -5,13 +5,19 @@ records the resolved recipe. Unknown keys, wrong types, inf/nan and values out o
 naming the key and the file."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from edgesdk.errors import OptionError, finite
 from edgesdk.resources import resolve
 from edgesdk.spec import PRECISIONS, SpecError, from_mapping, load_toml
+
+if TYPE_CHECKING:
+    from edgesdk.compile.onnx import ExportOptions
+    from edgesdk.train import TrainOptions
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,14 @@ MODEL_RULES: dict[str, dict[str, Rule]] = {
 }
 
 
+def _rules(section: str, model: str) -> dict[str, Rule]:
+    return {**RULES[section], **(MODEL_RULES.get(model, {}) if section == "config" else {})}
+
+
 def check_values(section: str, values: dict, where: str, model: str = "") -> None:
     """SpecError naming WHERE [SECTION] and the key for the first value of VALUES (already typed
     by from_mapping) outside its range; keys without a rule pass."""
-    rules = {**RULES[section], **(MODEL_RULES.get(model, {}) if section == "config" else {})}
+    rules = _rules(section, model)
     for key, value in values.items():
         if key in rules and not rules[key][0](value):
             raise SpecError(f"{where} [{section}]: {key} must be {rules[key][1]}, got {value!r}")
@@ -106,3 +116,109 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         typed = from_mapping(cls, values, f"{where} [{section}]")
         check_values(section, {k: getattr(typed, k) for k in values}, where, r.model)
     return r
+
+
+# Command-line values by the field they set; `edgesdk train` and `export` name them as flags.
+CONFIG_FLAGS = ("input_size", "backbone", "feature_dim", "coreset_ratio", "steps", "seconds")
+TRAIN_FLAGS = ("holdout", "k_sigma", "seed", "camera")
+EXPORT_FLAGS = ("precision", "target", "calib", "n_calib", "calib_method", "max_drop", "val")
+FLAG_NAMES = {"input_size": "--size", "camera": "--camera-augment"}
+
+
+def flag_name(key: str) -> str:
+    return FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
+def check_flags(section: str, values: dict, model: str = "") -> None:
+    """OptionError naming the flag for the first of VALUES (given flags, by field) that is not finite
+    or outside the range a recipe's value must keep (RULES): a flag is held to the recipe's rules."""
+    rules = _rules(section, model)
+    for key, value in values.items():
+        if isinstance(value, float):
+            finite(value, flag_name(key))
+        if key in rules and not rules[key][0](value):
+            shown = (value[0] if key == "input_size" and len(set(value)) == 1 else
+                     ",".join(value) if key == "camera" else value)
+            raise OptionError(f"{flag_name(key)} {shown}: {key} must be {rules[key][1]}")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `edgesdk train` fits: the recipe's values with the flags over them (edgesdk.train.train's
+    arguments, `**request.kwargs()`), and the resolved recipe the run folder records."""
+    model: str
+    config: dict
+    opts: "TrainOptions"
+    backbone_weights: str | None
+    recipe: dict
+
+    def kwargs(self) -> dict:
+        return {"model": self.model, "config": self.config, "opts": self.opts,
+                "backbone_weights": self.backbone_weights, "recipe": self.recipe}
+
+
+def resolve_train(recipe: str | Path | Recipe | None, flags: dict) -> TrainRequest:
+    """RECIPE (a name in export/, a path, or None) with FLAGS over it. FLAGS: command-line values by
+    field (CONFIG_FLAGS, TRAIN_FLAGS, "model", "backbone_weights"); None means not given. The model
+    is the flag's, else the recipe's, else padim; the recipe's config counts only for its own model."""
+    from dataclasses import asdict
+
+    from edgesdk.train import TrainOptions
+
+    r = recipe if isinstance(recipe, Recipe) or recipe is None else load_recipe(recipe)
+    given = {k: v for k, v in flags.items() if v is not None}
+    unknown = sorted(set(given) - set(CONFIG_FLAGS + TRAIN_FLAGS + ("model", "backbone_weights")))
+    if unknown:
+        raise OptionError(f"{flag_name(unknown[0])}: not a train option")
+    model = given.get("model") or (r.model if r else "padim")
+    config_flags = {k: given[k] for k in CONFIG_FLAGS if k in given}
+    train_flags = {k: given[k] for k in TRAIN_FLAGS if k in given}
+    check_flags("config", config_flags, model)
+    check_flags("train", train_flags)
+    config = {**(dict(r.config) if r and r.model == model else {}), **config_flags}
+    topts = {**asdict(TrainOptions()), **(r.train if r else {}), **train_flags}
+    topts["camera"] = tuple(topts.get("camera") or ())
+    weights = given.get("backbone_weights") or (r.backbone_weights if r else "") or None
+    resolved = {"recipe": r.path if r else None, "model": model, "config": config, "train": topts,
+                "backbone_weights": weights, "export": r.export if r else {}}
+    return TrainRequest(model, config, TrainOptions(**topts), weights, resolved)
+
+
+def run_export_options(run: str | Path) -> dict:
+    """The export options RUN/run.json's recipe recorded at training ({} when it has none, or when
+    there is no run.json: export itself says so), typed and range-checked, errors naming the file."""
+    from edgesdk.compile.onnx import ExportOptions
+    from edgesdk.errors import no_nonfinite
+
+    path = Path(run) / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: not valid JSON ({e})") from None
+    rec = meta.get("recipe") if isinstance(meta, dict) else None
+    values = (rec.get("export") if isinstance(rec, dict) else None) or {}
+    where = f"{path} [recipe.export]"
+    no_nonfinite(values, where)
+    typed = from_mapping(ExportOptions, values, where)
+    check_values("export", {k: getattr(typed, k) for k in values}, str(path))
+    return dict(values)
+
+
+def resolve_export(run: str | Path, recipe: str | Path | Recipe | None = None,
+                   flags: dict | None = None) -> "ExportOptions":
+    """`edgesdk export RUN`'s options: RECIPE's [export] (a name, a path), else the recipe RUN was
+    trained with (run.json), with FLAGS (EXPORT_FLAGS by field, None = not given) over them."""
+    from edgesdk.compile.onnx import ExportOptions
+
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(EXPORT_FLAGS))
+    if unknown:
+        raise OptionError(f"{flag_name(unknown[0])}: not an export option")
+    check_flags("export", given)
+    if recipe is None:
+        values = run_export_options(run)
+    else:
+        values = dict((recipe if isinstance(recipe, Recipe) else load_recipe(recipe)).export)
+    return ExportOptions(**{**values, **given})

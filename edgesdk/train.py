@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from edgesdk import __version__
 from edgesdk.data import mvtec
 from edgesdk.errors import no_nonfinite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.measure.metrics import best_f1_threshold
+from edgesdk.progress import bar as progress_bar
 from edgesdk.spec import SpecError
 from edgesdk.zoo import MODEL_NAMES, models
 from edgesdk.zoo.components import AnomalyModel
@@ -131,7 +131,7 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
 
     t0 = time.perf_counter()
     net = cls(cfg, weights=backbone_weights or "imagenet")
-    bar = tqdm(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", disable=quiet)
+    bar = progress_bar(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", enabled=not quiet)
     seen = Seen()
     fit_info = net.fit(batches(fit_paths, cfg.input_size, opts.batch, camera, seen),
                        progress=None if quiet else bar.update)
@@ -187,6 +187,18 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
 def load_run(run_dir: str | Path) -> tuple[AnomalyModel, dict]:
     """(model in eval mode with fitted state, run.json dict); errors name the file."""
     run_dir = Path(run_dir)
+    meta = read_run(run_dir)
+    cls, cfg_cls = models()[meta["model"]]
+    net = cls(cfg_cls.from_dict(meta["config"]), weights=None)
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return net.eval(), meta
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """RUN_DIR/run.json, checked (a JSON object, finite numbers, a zoo model, its data fields);
+    errors name the file."""
+    run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not found; is {run_dir} a folder made by `edgesdk train`?")
@@ -200,11 +212,7 @@ def load_run(run_dir: str | Path) -> tuple[AnomalyModel, dict]:
     if meta.get("model") not in MODEL_NAMES:
         raise ValueError(f"{meta_path}: unknown model {meta.get('model')!r}")
     check_run_data(meta, meta_path)
-    cls, cfg_cls = models()[meta["model"]]
-    net = cls(cfg_cls.from_dict(meta["config"]), weights=None)
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(state, strict=True)
-    return net.eval(), meta
+    return meta
 
 
 def check_run_data(meta: dict, where: Path) -> None:

@@ -2,16 +2,16 @@
 
     python samples/score_folder.py BUNDLE FOLDER [--save OVERLAYS]
 
-Prints one line per image and the verdict counts; with --save, writes heatmap overlays."""
+Prints one line per image and the verdict counts; with --save, writes heatmap overlays of the
+anomalous images."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from edgesdk.images import list_images, read_image
+from edgesdk.images import list_images
 from edgesdk.measure.metrics import latency_stats
-from edgesdk.stream.detector import Detector
-from edgesdk.viz import save_overlay
+from edgesdk.stream.detector import predict_files
 
 
 def main() -> None:
@@ -21,20 +21,17 @@ def main() -> None:
     ap.add_argument("--save", type=Path, help="folder for overlays of anomalous images")
     args = ap.parse_args()
 
-    latencies, n_bad = [], 0
-    with Detector(args.bundle) as det:                     # verifies the bundle's sha256s
-        print(f"threshold {det.threshold:.2f} ({det.bundle.manifest.threshold.source})")
-        for path in list_images(args.folder):
-            image = read_image(path)                       # (h, w, 3) uint8 BGR, any size
-            r = det.predict(image)
-            latencies.append(r.latency_ms["total"])
-            n_bad += r.is_anomalous
-            boxes = " ".join(str(reg.bbox) for reg in r.regions)
-            print(f"{path.name:20s} {r.score:7.2f}  {'DEFECT' if r.is_anomalous else 'ok':6s} {boxes}")
-            if args.save and r.is_anomalous:
-                save_overlay(args.save / path.name, image, r, det.threshold)   # raises if it cannot write
-    lat = latency_stats(latencies)
-    print(f"{n_bad}/{len(latencies)} anomalous; latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
+    # Verifies the bundle's sha256s, then scores each image (any size) at batch 1; overlays raise if
+    # they cannot be written.
+    r = predict_files(args.bundle, list_images(args.folder), save=args.save, only_anomalous=True)
+    print(f"threshold {r['threshold']:.2f} ({r['threshold_source']})")
+    for row in r["results"]:
+        boxes = " ".join(str(tuple(reg["bbox"])) for reg in row["regions"])    # x0, y0, x1, y1 in the image
+        print(f"{Path(row['image']).name:20s} {row['score']:7.2f}  {'DEFECT' if row['is_anomalous'] else 'ok':6s} "
+              f"{boxes}")
+    lat = latency_stats([row["latency_ms"] for row in r["results"]])
+    n_bad = sum(row["is_anomalous"] for row in r["results"])
+    print(f"{n_bad}/{len(r['results'])} anomalous; latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
 
 
 if __name__ == "__main__":

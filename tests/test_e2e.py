@@ -60,6 +60,25 @@ def test_predict_flags_a_defect_and_saves_an_overlay(bundle, tiny_data, tmp_path
     assert cv2.imread(b["overlay"]).shape == (128, 128, 3)
 
 
+def test_predict_files_is_the_detector_on_each_file(bundle, tiny_data, tmp_path):
+    """The loop `edgesdk predict` and samples/score_folder.py share: one row per file, in order, each
+    the Detector's verdict; overlays of the anomalous ones only when asked."""
+    from edgesdk.stream.detector import DetectorOptions, predict_files
+
+    paths = mvtec.list_images(tiny_data / "brick/test/good")[:2] + mvtec.list_images(tiny_data / "brick/test/hole")
+    r = predict_files(bundle, paths, save=tmp_path, only_anomalous=True)
+    with Detector(bundle) as det:
+        want = [det.predict(cv2.imread(str(p))) for p in paths]
+    assert [x["image"] for x in r["results"]] == [str(p) for p in paths]
+    assert [x["score"] for x in r["results"]] == pytest.approx([w.score for w in want], rel=1e-5)
+    assert [x["is_anomalous"] for x in r["results"]] == [w.is_anomalous for w in want]
+    assert sorted(tmp_path.glob("*_overlay.png")) == sorted(tmp_path / f"{p.stem}_overlay.png"
+                                                            for p, w in zip(paths, want) if w.is_anomalous)
+    assert r["threshold"] == Bundle.open(bundle).threshold and r["threshold_source"] == "good_holdout_k_sigma"
+    r = predict_files(bundle, paths[:1], DetectorOptions(threshold=-100.0))
+    assert r["results"][0]["is_anomalous"] and r["threshold_source"] == "option" and "overlay" not in r["results"][0]
+
+
 def test_run_scores_every_frame_of_the_video(bundle, tiny_data, tmp_path):
     out = tmp_path / "frames.jsonl"
     out.write_text('{"earlier": "run"}\n')   # appended to, never truncated

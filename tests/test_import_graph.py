@@ -44,6 +44,11 @@ ALLOWED_LAZY = {
         "extra; a clear error without it). data.synth itself is checked below to stay torch-free.",
 }
 ENTRY_POINTS = {"edgesdk.__main__"}   # `python -m edgesdk` runs the CLI; nothing else may import it
+CLI = "edgesdk.cli"
+# What a CLI module may import at module level (the rest only inside its command functions, so that
+# `edgesdk --help` loads no numpy and a device without torch runs its commands): the CLI's own
+# modules and the standard-library-only table printer.
+CLI_EAGER_OK = ("edgesdk.table",)
 
 
 @dataclass(frozen=True)
@@ -224,21 +229,41 @@ def test_the_exceptions_stay_narrow():
         assert not [t for t in reach if t in TORCH or t in ("edgesdk.zoo", "edgesdk.train")], reach
 
 
+def _in_cli(name: str) -> bool:
+    return name == CLI or name.startswith(CLI + ".")
+
+
 def test_nothing_imports_the_cli():
-    bad = [f"{m}:{e.line}" for m in MODULES if m not in ENTRY_POINTS for e in edges(m)
-           if e.target == "edgesdk.cli" or e.target.startswith("edgesdk.cli.")]
+    """Only the entry point and the CLI's own modules (its command groups, their shared argparse types)."""
+    assert {"edgesdk.cli.__main__", "edgesdk.cli._common"} <= set(MODULES), "the CLI is the package edgesdk/cli/"
+    bad = [f"{m}:{e.line}" for m in MODULES if m not in ENTRY_POINTS and not _in_cli(m) for e in edges(m)
+           if _in_cli(e.target)]
     assert not bad, f"the CLI is the outermost layer; imported by {bad}"
 
 
-def _size_param(module: str):
-    if module == "edgesdk.cli":
-        return pytest.param(module, marks=pytest.mark.xfail(
-            strict=True, reason="cli.py is being split into cli/ (one module per command group); "
-                                "this passes, and must then lose its xfail, when the split lands"))
-    return module
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _in_cli(m)))
+def test_the_cli_imports_the_rooms_only_inside_its_commands(module):
+    eager = [f"{e.target} (line {e.line})" for e in edges(module) if not e.lazy and e.target.startswith("edgesdk")
+             and not _in_cli(e.target) and e.target not in CLI_EAGER_OK + ("edgesdk",)]
+    assert not eager, f"{module} imports at module level: {eager}; import inside the command function"
 
 
-@pytest.mark.parametrize("module", [_size_param(m) for m in MODULES])
+def test_help_loads_no_heavy_module():
+    """`edgesdk --help` and every command's parser: no numpy, OpenCV, ONNX Runtime or torch loaded."""
+    code = ("import sys, contextlib, io\n"
+            "from edgesdk.cli import build_parser, main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    for argv in (['--help'], ['run', '--help'], ['device', 'check', '--help'], ['pack', '--help']):\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "print([m for m in ('numpy', 'cv2', 'onnxruntime', 'torch') if m in sys.modules])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("module", list(MODULES))
 def test_every_module_fits_in_your_head(module):
     n = len(MODULES[module].read_text().splitlines())
     assert n <= MAX_LINES, f"{MODULES[module].relative_to(ROOT)}: {n} lines (> {MAX_LINES}): split it"

@@ -47,3 +47,67 @@ def test_train_from_a_recipe_records_it_and_flags_override(tiny_data, tmp_path):
     assert meta["recipe"]["recipe"] == str(f) and meta["recipe"]["config"]["input_size"] == [64, 64]
     r = cli("train", "--recipe", tmp_path / "nope.toml", "--data", tiny_data / "brick", "--out", tmp_path / "r2")
     assert r.returncode == 2 and "nope.toml: file not found" in r.stderr
+
+
+# A flag is held to the rules a recipe's value is: before this, `--holdout 2` fitted on 2 images and
+# held out the rest, and `--k-sigma inf` wrote a run whose threshold flags nothing.
+@pytest.mark.parametrize("flags, message", [
+    (["--holdout", "2"], "--holdout 2.0: holdout must be in (0, 1)"),
+    (["--k-sigma", "inf"], "--k-sigma must be a finite number, got inf"),
+    (["--k-sigma", "-1"], "--k-sigma -1.0: k_sigma must be >= 0"),
+    (["--model", "patchcore", "--coreset-ratio", "nan"], "--coreset-ratio must be a finite number, got nan"),
+    (["--model", "stfpm", "--seconds", "inf"], "--seconds must be a finite number, got inf"),
+    (["--size", "100"], "--size 100: input_size must be [height, width], positive multiples of 32"),
+    (["--model", "padim", "--feature-dim", "0"], "--feature-dim 0: feature_dim must be > 0"),
+    (["--camera-augment", "jpeg:0"], '--camera-augment jpeg:0: camera must be camera pipelines "mp4v"'),
+])
+def test_train_flags_are_checked_like_recipe_values(tiny_data, tmp_path, capsys, flags, message):
+    from edgesdk.cli import main
+
+    rc = main(["train", "--data", str(tiny_data / "brick"), "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert not (tmp_path / "run").exists()          # refused before any fitting
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-calib", "3"], "--n-calib 3: n_calib must be >= 8"),
+    (["--max-drop", "nan"], "--max-drop must be a finite number, got nan"),
+    (["--max-drop", "1.5"], "--max-drop 1.5: max_drop must be in [0, 1)"),
+])
+def test_export_flags_are_checked_like_recipe_values(run_dir, tmp_path, capsys, flags, message):
+    from edgesdk.cli import main
+
+    rc = main(["export", str(run_dir), "--out", str(tmp_path / "b"), "--precision", "int8", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_resolve_train_puts_flags_over_the_recipe():
+    from edgesdk.recipe import load_recipe, resolve_train
+
+    r = load_recipe("patchcore-lite0")
+    req = resolve_train(r, {"coreset_ratio": 0.05, "k_sigma": 4.0, "seed": None, "camera": ["mp4v"]})
+    assert req.model == "patchcore" and req.config == {**r.config, "coreset_ratio": 0.05}
+    assert req.opts.k_sigma == 4.0 and req.opts.camera == ("mp4v",) and req.opts.seed == 0
+    assert req.recipe["recipe"] == r.path and req.recipe["export"] == r.export
+    other = resolve_train(r, {"model": "padim"})           # another model: the recipe's config does not fit it
+    assert other.model == "padim" and other.config == {}
+    assert resolve_train(None, {}).model == "padim"
+
+
+def test_resolve_export_reads_the_runs_recipe_and_checks_it(tmp_path):
+    from edgesdk.recipe import resolve_export
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"recipe": {"export": {"precision": "int8", "n_calib": 16}}}))
+    opts = resolve_export(run, None, {"n_calib": 32, "target": None})
+    assert (opts.precision, opts.n_calib, opts.target) == ("int8", 32, "cpu")
+    (run / "run.json").write_text(json.dumps({"recipe": {"export": {"n_calib": "many"}}}))
+    with pytest.raises(SpecError, match=r"run\.json \[recipe\.export\]: .*n_calib must be int"):
+        resolve_export(run)
+    (run / "run.json").write_text("{not json")
+    with pytest.raises(SpecError, match=r"run\.json: not valid JSON"):
+        resolve_export(run)

@@ -12,6 +12,7 @@ of them) are kept FP32, in growing steps, until it passes or
 every step failed: then GateError with the table of attempts, and nothing is written."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from edgesdk.compile import quant
 from edgesdk.data import mvtec
 from edgesdk.measure.compare import interleaved_p50, score_onnx
 from edgesdk.measure.metrics import auroc
+from edgesdk.progress import say
 from edgesdk.table import table
 
 MIN_CALIB = 8
@@ -130,9 +132,10 @@ def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dic
 
 
 def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: np.ndarray,
-                    opts: quant.QuantOptions, model_file: str, progress=print) -> dict:
+                    opts: quant.QuantOptions, model_file: str, progress=None) -> dict:
     """Write STAGE/MODEL_FILE at opts.precision from the float graph FP32, gated against REF.
-    Returns the manifest's record: threshold, calibration, quantization decisions, gate report."""
+    Returns the manifest's record: threshold, calibration, quantization decisions, gate report.
+    PROGRESS(text) gets each attempt's table (default: stdout, unless edgesdk.progress is quiet)."""
     import onnx
 
     dst = stage / model_file
@@ -170,7 +173,8 @@ def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: 
         attempts.append({"fp32_convs": len(keep), "seconds": round(time.perf_counter() - t0, 1),
                          **{k: report.get(k) for k in ("image_auroc", "image_auroc_drop", "pixel_auroc",
                                                        "verdict_flips", "score_max_abs_diff", "passed")}})
-        progress(table([attempts[-1]], title=f"{opts.precision} ({opts.target}) attempt {len(attempts)}"))
+        note = table([attempts[-1]], title=f"{opts.precision} ({opts.target}) attempt {len(attempts)}")
+        (progress or (lambda text: say(text, sys.stdout)))(note)
         if report["passed"]:
             break
     if not report["passed"]:

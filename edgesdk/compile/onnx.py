@@ -6,8 +6,11 @@ outputs disagree with torch on the run's held-out good frames: users never get a
 different model."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +50,28 @@ class ExportOptions:
 
         return QuantOptions(precision=self.precision, target=self.target, calib=self.calib, n_calib=self.n_calib,
                             method=self.calib_method, max_drop=self.max_drop)
+
+
+class _NotAboutTorchvision(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _exporter_quiet():
+    """torch.onnx's exporter talks about its own internals on every export, none of it about the
+    user's model: a warning per torchvision op it cannot register when torchvision is absent (no zoo
+    model uses one), and a FutureWarning torch raises on its own LeafSpec while it copies a tree spec.
+    Both are dropped for this call only; every other warning still shows."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    drop = _NotAboutTorchvision()
+    registration.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+            yield
+    finally:
+        registration.removeFilter(drop)
 
 
 def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
@@ -94,9 +119,10 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         onnx_path = stage / MODEL_FILE
         # Batch 2, not 1: torch.export specializes a size-1 dim to a constant (no dynamic batch).
         example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
-        torch.onnx.export(net.for_export(), (example,), str(onnx_path), input_names=[INPUT], output_names=list(OUTPUTS),
-                          dynamic_shapes={"frames": {0: torch.export.Dim("batch")}},
-                          opset_version=opts.opset, external_data=False, dynamo=True, verbose=False)
+        with _exporter_quiet():
+            torch.onnx.export(net.for_export(), (example,), str(onnx_path), input_names=[INPUT],
+                              output_names=list(OUTPUTS), dynamic_shapes={"frames": {0: torch.export.Dim("batch")}},
+                              opset_version=opts.opset, external_data=False, dynamo=True, verbose=False)
         import onnx
 
         onnx.checker.check_model(str(onnx_path))

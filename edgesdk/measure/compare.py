@@ -62,7 +62,8 @@ def compare_bundles(a, b, data) -> dict:
 
     ba, bb = Bundle.open(a), Bundle.open(b)
     if ba.input_size != bb.input_size:
-        raise ValueError(f"{a} takes {ba.input_size} frames and {b} {bb.input_size}: compare bundles of one model input")
+        raise ValueError(f"{a} takes {ba.input_size} frames and {b} {bb.input_size}: "
+                         "compare bundles of one model input")
     from pathlib import Path
 
     items = mvtec.test_items(data) if (Path(data) / "test").is_dir() else mvtec.labelled_items(data)
@@ -81,6 +82,34 @@ def compare_bundles(a, b, data) -> dict:
     va, vb = scores[0] > ba.threshold, scores[1] > bb.threshold
     d = np.abs(scores[0] - scores[1])
     pair = {"n_images": int(len(frames)), "score_max_abs_diff": float(d.max()), "score_mean_abs_diff": float(d.mean()),
-            "verdict_flips": int((va != vb).sum()), "image_auroc_drop": (rows[0]["image_auroc"] or 0) - (rows[1]["image_auroc"] or 0),
+            "verdict_flips": int((va != vb).sum()),
+            "image_auroc_drop": (rows[0]["image_auroc"] or 0) - (rows[1]["image_auroc"] or 0),
             "speedup": p50[0] / p50[1], "data": str(data)}
     return {"rows": rows, "pair": pair}
+
+
+def default_tolerance(precision: str) -> float:
+    """Largest |score difference| `edgesdk verify` accepts between an engine and ONNX Runtime, in the
+    scores' (threshold) units: reduced precision moves scores more than FP32 kernels do."""
+    return 0.05 if precision == "fp32" else 0.25
+
+
+def verify_engine(engine, bundle, tolerance: float | None = None) -> dict:
+    """`edgesdk verify`: the TensorRT plan ENGINE against ONNX Runtime (CPU) on BUNDLE's parity frames.
+    Passes when no verdict flips at the bundle's threshold and every score is within TOLERANCE
+    (default: default_tolerance of the bundle's precision). compare_runners' record, plus "tolerance"
+    and "passed"."""
+    from edgesdk.backends import OnnxRuntimeRunner, TensorRTRunner
+    from edgesdk.bundle import Bundle
+    from edgesdk.errors import finite
+
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    tol = default_tolerance(b.manifest.precision) if tolerance is None else finite(tolerance, "tolerance")
+    if tol < 0:             # inf would pass every engine, nan none (finite refuses both)
+        raise ValueError(f"tolerance {tol}: a score difference >= 0, e.g. 0.05")
+    frames = b.parity_frames()
+    with TensorRTRunner(engine, b) as trt_r, OnnxRuntimeRunner(b.model_path, "CPUExecutionProvider") as ort_r:
+        r = compare_runners(ort_r, trt_r, frames, b.threshold, b.manifest.input.name)
+    r["tolerance"] = tol
+    r["passed"] = r["verdict_flips"] == 0 and r["score_max_abs_err"] <= tol
+    return r

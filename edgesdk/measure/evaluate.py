@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from edgesdk.data import mvtec
 from edgesdk.measure.metrics import auroc, f1_at, latency_stats
+from edgesdk.progress import bar
 from edgesdk.stream.detector import Detector, DetectorOptions
 
 
@@ -23,7 +23,7 @@ def evaluate(bundle: str | Path, data: str | Path, opts: DetectorOptions = Detec
         for img, _ in loaded[:warmup]:
             det.predict(img)
         scores, maps, stages = [], [], []
-        for img, _ in tqdm(loaded, desc="eval", unit="img", disable=not progress):
+        for img, _ in bar(loaded, desc="eval", unit="img", enabled=progress):
             r = det.predict(img)
             scores.append(r.score)
             maps.append(r.anomaly_map)

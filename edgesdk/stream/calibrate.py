@@ -23,8 +23,9 @@ import numpy as np
 from edgesdk.bundle import Bundle
 from edgesdk.errors import OptionError, finite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
-from edgesdk.stream.detector import Detector, DetectorOptions
+from edgesdk.progress import bar
 from edgesdk.spec import MANIFEST, Threshold
+from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.video import open_source
 
 MIN_FRAMES = 30     # below this the std of the good scores is too rough to set a threshold on
@@ -64,13 +65,11 @@ def suspect_frames(z: np.ndarray, old_threshold: float, held_out_std: float) -> 
 
 def line_scores(det: Detector, source: str, frames: int, progress: bool = True) -> np.ndarray:
     """Scores (N,) of the first FRAMES frames of SOURCE."""
-    from tqdm import tqdm
-
     scores: list[float] = []
-    with open_source(source) as src, tqdm(total=frames, desc="calibrate", unit="frame", disable=not progress) as bar:
+    with open_source(source) as src, bar(total=frames, desc="calibrate", unit="frame", enabled=progress) as b:
         while len(scores) < frames and (frame := src.read(timeout=5.0)) is not None:
             scores.append(float(det.infer(det.preprocess(frame.image))[0][0]))   # score only: no regions
-            bar.update()
+            b.update()
     return np.asarray(scores, np.float64)
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from edgesdk.backends import Runner, open_runner
 from edgesdk.bundle import Bundle
-from edgesdk.images import resize
 from edgesdk.errors import finite
+from edgesdk.images import read_image, resize
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,27 @@ class Detector:
         lat = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3,
                "total": (t3 - t0) * 1e3}
         return Result(score, score > self.threshold, amap, regions, lat)
+
+
+def predict_files(bundle: str | Path | Bundle, paths, opts: DetectorOptions = DetectorOptions(),
+                  save: str | Path | None = None, only_anomalous: bool = False) -> dict:
+    """Score each image file of PATHS (any size, read as BGR) at batch 1, in order: `edgesdk predict`
+    and samples/score_folder.py. With SAVE, a heatmap overlay per image (only the anomalous ones with
+    ONLY_ANOMALOUS) goes to SAVE/<stem>_overlay.png; a row names its overlay once it is written.
+    {"threshold", "threshold_source", "results": [{"image", "score", "is_anomalous", "regions",
+    "latency_ms" (the whole per-frame path), "overlay"?}]}."""
+    from edgesdk.viz import save_overlay
+
+    rows = []
+    with Detector(bundle, opts) as det:
+        for path in paths:
+            img = read_image(path)                       # (h, w, 3) uint8 BGR
+            r = det.predict(img)
+            row = {"image": str(path), "score": r.score, "is_anomalous": r.is_anomalous,
+                   "regions": [x.to_dict() for x in r.regions], "latency_ms": r.latency_ms["total"]}
+            if save is not None and (r.is_anomalous or not only_anomalous):
+                row["overlay"] = str(save_overlay(Path(save) / f"{Path(path).stem}_overlay.png", img, r,
+                                                  det.threshold))
+            rows.append(row)
+        source = det.bundle.manifest.threshold.source if opts.threshold is None else "option"
+        return {"threshold": det.threshold, "threshold_source": source, "results": rows}

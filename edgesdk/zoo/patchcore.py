@@ -20,8 +20,8 @@ from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from edgesdk.progress import bar as bar_of
 from edgesdk.zoo.components import AnomalyModel, ModelConfig, nearest_sq_dist
 
 DEFAULT_TAPS = {"efficientnet_lite0": (4, 10), "resnet18": (1, 2), "wide_resnet50_2": (1, 2)}
@@ -125,7 +125,7 @@ class Patchcore(AnomalyModel):
         x = torch.cat(feats)                                           # (N * P, D)
         m = max(1, int(round(self.cfg.coreset_ratio * len(x))))
         t0 = time.perf_counter()
-        bar = tqdm(total=m, desc="coreset", unit="patch", disable=progress is None, leave=False)
+        bar = bar_of(total=m, desc="coreset", unit="patch", enabled=progress is not None, leave=False)
         picks = greedy_coreset(x, m, self.cfg.projection_dim, self.cfg.seed, bar.update)
         bar.close()
         bank = x[picks].contiguous()

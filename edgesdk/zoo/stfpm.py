@@ -21,8 +21,8 @@ from typing import ClassVar, Iterable, cast
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from edgesdk.progress import bar as bar_of
 from edgesdk.zoo.components import AnomalyModel, ModelConfig
 
 DEFAULT_TAPS = {"efficientnet_lite0": (2, 4), "resnet18": (0, 1), "wide_resnet50_2": (0, 1)}
@@ -132,7 +132,7 @@ class Stfpm(AnomalyModel):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.cfg.steps)
         self.student.train()
         t0, losses = time.perf_counter(), []
-        bar = tqdm(total=self.cfg.steps, desc="train student", unit="step", disable=progress is None, leave=False)
+        bar = bar_of(total=self.cfg.steps, desc="train student", unit="step", enabled=progress is not None, leave=False)
         step = 0
         while step < self.cfg.steps and time.perf_counter() - t0 < self.cfg.seconds:
             idx = torch.randint(len(x), (min(self.cfg.batch, len(x)),), generator=gen)

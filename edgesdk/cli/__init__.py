@@ -1,0 +1,70 @@
+"""`edgesdk` command line: each subcommand parses arguments, calls one public function and prints.
+
+One module per command group (data, workstation, line, measure, device, demo; deploy's live in
+edgesdk/deploy/commands.py), each with add_commands(sub). Heavy modules (torch, onnx, numpy) are
+imported inside the commands that need them, so `edgesdk --help` is quick and `edgesdk eval`,
+`predict` and `run` work on a device with only the base install."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def command_groups() -> tuple:
+    """The command-group modules, in --help order: build_parser calls each one's add_commands(sub)."""
+    from edgesdk.cli import data, demo, device, line, measure, workstation
+    from edgesdk.deploy import commands as deploy  # keygen, pack, inspect, install, stage, rollback, status, service
+    from edgesdk.fleet import commands as fleet  # agent, rollout, fleet status|forget
+
+    return (data, workstation, line, measure, device, demo, deploy, fleet)
+
+
+def _verbosity(p: argparse.ArgumentParser, default) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="log what sources and sinks resolved (run: a line per frame)")
+    g.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars or info lines: results, warnings and errors only")
+
+
+def _leaves(sub: argparse._SubParsersAction):
+    """Every command's own parser (`device check`, not `device`)."""
+    for parser in dict.fromkeys(sub.choices.values()):
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            yield from _leaves(nested[0])
+        else:
+            yield parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgesdk", description=__doc__.splitlines()[0])
+    _verbosity(p, False)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for group in command_groups():
+        group.add_commands(sub)
+    # -v/-q after the command too (`edgesdk run ... -q`); SUPPRESS keeps a flag given before it.
+    for leaf in _leaves(sub):
+        if not {"-v", "-q", "--verbose", "--quiet"} & set(leaf._option_string_actions):
+            _verbosity(leaf, argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("edgesdk").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    from edgesdk.progress import quiet
+
+    try:
+        with quiet(args.quiet):
+            args.fn(args)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        # Our errors name the file and the problem; a traceback would bury that.
+        print(f"edgesdk {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
