@@ -13,7 +13,7 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from edgesdk.errors import EdgesdkError, no_nonfinite
 
@@ -31,15 +31,21 @@ class SpecError(EdgesdkError):
 def load_json(path: Path, missing: str) -> Any:
     """Parsed JSON of PATH; SpecError naming the file when it is missing (MISSING says what it is)
     or not JSON."""
+    return _load(path, json.loads, "JSON", "arrays/objects", missing)
+
+
+def _load(path: Path, parse: Callable[[str], Any], kind: str, nests: str, missing: str) -> Any:
+    """PATH parsed by PARSE, refusing what Python's JSON and TOML parsers let through: NaN, Infinity
+    and 1e999 (_finite_tree names the key), nesting deep enough to exhaust the stack."""
     if not path.is_file():
         raise SpecError(f"{path}: {missing}")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:             # not UTF-8, not JSON, an integer of more than 4300 digits
-        raise SpecError(f"{path}: not valid JSON ({e})") from None
+        doc = parse(path.read_text(encoding="utf-8"))
+    except ValueError as e:             # not UTF-8, not JSON/TOML, an integer of more than 4300 digits
+        raise SpecError(f"{path}: not valid {kind} ({e})") from None
     except RecursionError:
-        raise SpecError(f"{path}: not valid JSON (arrays/objects nested too deep)") from None
-    _finite_tree(doc, "", str(path))    # NaN, Infinity and 1e999: Python's json reads them all
+        raise SpecError(f"{path}: not valid {kind} ({nests} nested too deep)") from None
+    _finite_tree(doc, "", str(path))
     return doc
 
 
@@ -134,17 +140,7 @@ def from_mapping(cls: type[T], d: Any, where: str) -> T:
 def load_toml(path: str | os.PathLike) -> dict:
     """Parsed TOML of PATH; SpecError naming the file when it is missing, not TOML, or holds an
     inf/nan (TOML has literals for both) anywhere, naming the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: file not found")
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:             # not UTF-8, not TOML, an integer of more than 4300 digits
-        raise SpecError(f"{path}: not valid TOML ({e})") from None
-    except RecursionError:
-        raise SpecError(f"{path}: not valid TOML (arrays/tables nested too deep)") from None
-    _finite_tree(doc, "", str(path))
-    return doc
+    return _load(Path(path), tomllib.loads, "TOML", "arrays/tables", "file not found")
 
 
 # Range checks shared by the configs below. Each raises SpecError naming the field; from_mapping
