@@ -3,17 +3,15 @@ clone (downloaded once per platform and dependency set, reused by every later ru
 bundle with a runtime from that cache only (--no-index)."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from edgesdk.deploy import runtime
+from edgesdk.deploy.layout import locked
 
 
 def cache_root() -> Path:
@@ -32,15 +30,8 @@ def cache_root() -> Path:
     return root
 
 
-@contextlib.contextmanager
-def cache_lock(root: Path) -> Iterator[None]:
-    """One builder of a cache entry at a time (concurrent test runs wait)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+# One builder of a cache entry at a time (concurrent test runs wait): the install root's own lock.
+cache_lock = locked
 
 
 def wheel_cache(t: runtime.Target) -> Path:

@@ -37,12 +37,6 @@ from edgesdk.spec import MANIFEST, EngineSidecar, SpecError, file_entry, sha256_
 PARITY_SCORES_KEY = "onnxruntime_scores"   # parity.json field a bundle may record its reference scores in
 
 
-def default_tolerance(precision: str) -> float:
-    """Largest |score - reference| the health check accepts, in the scores' (threshold) units: what
-    `edgesdk verify` accepts between an engine and ONNX Runtime."""
-    return 0.05 if precision == "fp32" else 0.25
-
-
 @dataclass(frozen=True)
 class PackOptions:
     version: str
@@ -172,6 +166,8 @@ def _pack(bundle: str | Path, key: str | Path, out: Path, opts: PackOptions, pas
                                f"({', '.join(wrong[:5])}): every device would fail its health check")
         sources += [(f"golden/{k}/{p.name}", p) for k, ps in files.items() for p in ps]
         golden = {"good": len(files["good"]), "kinds": {k: len(v) for k, v in files.items() if k != "good"}}
+    from edgesdk.measure.compare import default_tolerance  # the rule `edgesdk verify` applies to engines
+
     tol = default_tolerance(b.manifest.precision) if opts.tolerance is None else finite(opts.tolerance, "--tolerance")
     runtime: dict = {}
     runtime_rep: dict | None = None
