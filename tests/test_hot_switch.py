@@ -21,11 +21,9 @@ from notify_util import NotifySocket
 
 
 @pytest.fixture(scope="module")
-def bundle_v2(run_dir, tmp_path_factory):
-    """A second export of the same run (opset 17): another model.onnx, so another model id."""
-    from edgesdk.compile.onnx import ExportOptions, export_onnx
-
-    return export_onnx(run_dir, tmp_path_factory.mktemp("bundles") / "brick-v2", ExportOptions(opset=17))
+def bundle_v2(zoo):
+    """Another model of the same line (PatchCore beside the PaDiM bundle): another model id."""
+    return zoo["patchcore"][1]
 
 
 @pytest.fixture(scope="module")

@@ -221,3 +221,4 @@ def test_build_cli_prints_the_table_and_reuses(own_bundle):
 def test_parity_frames_travel_with_the_bundle(bundle):
     frames = Bundle.open(bundle).parity_frames()
     assert frames.dtype == np.uint8 and frames.shape[1:] == (128, 128, 3) and len(frames) >= 2
+

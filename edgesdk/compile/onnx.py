@@ -126,6 +126,13 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         import onnx
 
         onnx.checker.check_model(str(onnx_path))
+        # torch's exporter falls back to its own opset when it cannot convert every op to the one asked
+        # for (e.g. Pad to 17): a bundle must never claim an opset its graph does not have.
+        summary = graph_summary(onnx_path)
+        if summary["opset"] != opts.opset:
+            raise ExportError(f"{run_dir}: export asked for ONNX opset {opts.opset}, but torch's exporter wrote "
+                              f"opset {summary['opset']} (it cannot convert every op of this model to "
+                              f"{opts.opset}); no bundle written")
         par = parity(net, onnx_path, frames)
         worst = max(par["score_max_rel_err"], par["map_max_rel_err"], par["batch2_max_abs_err"])
         if worst > opts.rtol:
@@ -163,7 +170,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
             files={name: file_entry(stage / name) for name in (MODEL_FILE, "parity.json", PARITY_FRAMES) + extra_files},
             metrics=metrics,
             calibration=calibration,
-            graph=graph_summary(onnx_path),
+            graph=graph_summary(onnx_path) if calibration is not None else summary,   # int8/fp16: a new graph
             provenance={"run": str(run_dir.resolve()), "data": meta["data"], "train_timing_s": meta["timing_s"],
                         "opset": opts.opset, "host": platform.platform(),
                         "versions": {**meta["versions"], "onnx": onnx.__version__,
