@@ -11,7 +11,7 @@ def brute_auroc(s, y):
 
 def test_auroc_matches_pairwise_definition_with_ties():
     rng = np.random.default_rng(0)
-    s = rng.integers(0, 6, 200).astype(float)   # many ties
+    s = rng.integers(0, 6, 200).astype(float)  # many ties
     y = (rng.random(200) < 0.3).astype(int)
     assert abs(auroc(s, y) - brute_auroc(s, y)) < 1e-12
 
@@ -45,5 +45,5 @@ def test_latency_window_keeps_fixed_memory_and_exact_totals():
         w.add(float(i))
     s = w.stats()
     assert s["n"] == 1000 and s["mean"] == pytest.approx(499.5) and s["min"] == 0 and s["max"] == 999
-    assert s["p50"] == pytest.approx(949.5)          # percentiles over the last 100 samples
+    assert s["p50"] == pytest.approx(949.5)  # percentiles over the last 100 samples
     assert w.ring.nbytes == 400 and LatencyWindow().stats() == {"n": 0}

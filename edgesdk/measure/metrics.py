@@ -1,4 +1,5 @@
 """Accuracy and latency statistics in numpy alone (the device runtime imports this)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,15 @@ def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"f1": f1, "precision": precision, "recall": recall, "tp": tp, "fp": fp, "fn": fn,
-            "tn": int((~pred & ~labels).sum())}
+    return {
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": int((~pred & ~labels).sum()),
+    }
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -55,9 +63,17 @@ def latency_stats(ms: list[float] | np.ndarray) -> dict:
     if a.size == 0:
         return {"n": 0}
     p = np.percentile(a, [50, 90, 95, 99])
-    return {"n": int(a.size), "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()),
-            "p50": float(p[0]), "p90": float(p[1]), "p95": float(p[2]), "p99": float(p[3]),
-            "fps": float(1000.0 / a.mean()) if a.mean() > 0 else float("inf")}
+    return {
+        "n": int(a.size),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "p50": float(p[0]),
+        "p90": float(p[1]),
+        "p95": float(p[2]),
+        "p99": float(p[3]),
+        "fps": float(1000.0 / a.mean()) if a.mean() > 0 else float("inf"),
+    }
 
 
 class LatencyWindow:
@@ -77,7 +93,14 @@ class LatencyWindow:
     def stats(self) -> dict:
         if self.n == 0:
             return {"n": 0}
-        s = latency_stats(self.ring[:min(self.n, len(self.ring))])      # percentiles: the recent window
+        s = latency_stats(self.ring[: min(self.n, len(self.ring))])  # percentiles: the recent window
         mean = self.total / self.n
-        return {**s, "n": self.n, "mean": mean, "min": self.lo, "max": self.hi, "window": int(len(self.ring)),
-                "fps": 1000.0 / mean if mean > 0 else float("inf")}
+        return {
+            **s,
+            "n": self.n,
+            "mean": mean,
+            "min": self.lo,
+            "max": self.hi,
+            "window": int(len(self.ring)),
+            "fps": 1000.0 / mean if mean > 0 else float("inf"),
+        }
