@@ -16,18 +16,27 @@ def cmd_eval(args) -> None:
     text = table(
         [
             {
-                "data": str(args.data),
                 "images": r["n_images"],
                 "image AUROC": r["image_auroc"],
                 "pixel AUROC": r["pixel_auroc"],
+                "AUPRO": r["aupro"],
                 "F1": r["f1"],
+                "pixel F1": r["pixel_f1"],
+                "pixel IoU": r["pixel_iou"],
                 "threshold": r["threshold"],
                 "p50 ms": lat["p50"],
                 "p90 ms": lat["p90"],
                 "p99 ms": lat["p99"],
             }
         ],
-        title="accuracy",
+        title=f"accuracy on {args.data} (F1, pixel F1/IoU and recall at the threshold)",
+    )
+    text += "\n\n" + table(
+        [
+            {"defect": k, "images": v["n_images"], "image AUROC": v["image_auroc"], "recall": r["recall_by_kind"][k]}
+            for k, v in r["per_defect"].items()
+        ],
+        title="per defect kind",
     )
     text += "\n\n" + stage_table(r["latency_ms_by_stage"], f"latency per stage ({', '.join(r['providers'])}, batch 1)")
     emit(args, r, text)
@@ -38,7 +47,10 @@ def cmd_compare(args) -> None:
     from edgesdk.measure.compare import compare_bundles
 
     r = compare_bundles(args.a, args.b, args.data)
-    print(table(r["rows"], title=f"{args.a} vs {args.b} on {r['pair']['n_images']} images of {args.data}"))
+    rows = [{k: v for k, v in row.items() if k != "recall_by_kind"} for row in r["rows"]]
+    print(table(rows, title=f"{args.a} vs {args.b} on {r['pair']['n_images']} images of {args.data}"))
+    a, b = (row["recall_by_kind"] for row in r["rows"])
+    print(table([{"defect": k, "recall A": a[k], "recall B": b[k]} for k in a], title="recall per defect kind"))
     p = r["pair"]
     print(
         table(
@@ -48,6 +60,7 @@ def cmd_compare(args) -> None:
                     "mean |d score|": p["score_mean_abs_diff"],
                     "verdict flips": p["verdict_flips"],
                     "image AUROC drop": p["image_auroc_drop"],
+                    "AUPRO drop": p["aupro_drop"],
                     "speedup (A/B p50)": f"{p['speedup']:.2f}x",
                 }
             ]

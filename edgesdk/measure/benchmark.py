@@ -3,7 +3,7 @@ cold start and provenance; bench_report.py shows it as a terminal table, JSON, M
 
 JSON: {"rows": [...], "provenance": {...}, "harness_overhead_ms": x}; every row has backend,
 precision, status, p50_ms, p90_ms, p99_ms, fps, cold_start_ms, peak_rss_mb, image_auroc (other
-scripts read these names).
+scripts read these names); with --data also aupro, pixel_f1, pixel_iou and recall_by_kind (else None).
 
 Every (bundle x backend x batch) is timed in one process, interleaved in rounds of a few calls per
 row so that machine drift hits all rows alike (calling two sessions alternately on every frame
@@ -25,7 +25,7 @@ import numpy as np
 
 from edgesdk.backends.base import Runner
 from edgesdk.bundle import Bundle
-from edgesdk.measure.metrics import auroc
+from edgesdk.measure.testset import ACCURACY_KEYS, LabelledSet, load_test_set, runner_accuracy
 from edgesdk.measure.timing import harness_overhead_ms, summarize, timed_calls
 
 BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
@@ -138,14 +138,12 @@ def cold_start(backend: str, bundle: Path, run: str) -> tuple[float | None, floa
     return float(ms), float(mb)
 
 
-def _frames(bundle: Bundle, data: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Real frames at the model size: the MVTec test set of DATA (with labels) or the parity frames."""
+def _frames(bundle: Bundle, data: str) -> tuple[np.ndarray, LabelledSet | None]:
+    """Real frames at the model size: the MVTec test set of DATA (with its truth) or the parity frames."""
     if not data:
         return bundle.parity_frames(), None
-    from edgesdk.data import mvtec
-
-    items = mvtec.test_items(data)
-    return mvtec.read_batch([it.path for it in items], bundle.input_size), np.array([it.label for it in items])
+    ts = load_test_set(data, bundle.input_size)
+    return ts.frames, ts
 
 
 def _open(backend: str, bundle: Bundle, run: str):
@@ -198,7 +196,7 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
     for path in bundles:
         try:
             b = Bundle.open(path)
-            frames, labels = _frames(b, opts.data)
+            frames, truth = _frames(b, opts.data)
         except Exception as e:
             rows.append(
                 {
@@ -217,13 +215,11 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
                 continue  # an INT8/FP16 bundle of a run already measured: one float baseline serves both
             runner, status, reason = _open(backend, b, opts.run)
             extra = _engine_info(b) if backend == "tensorrt" and runner is None else {}
-            score = None
-            if runner is not None and labels is not None:
-                s = [
-                    float(runner.infer({b.manifest.input.name: frames[i : i + 1]})["score"][0])
-                    for i in range(len(frames))
-                ]
-                score = auroc(np.array(s), labels)
+            acc = (
+                runner_accuracy(runner, b.manifest.input.name, b.threshold, truth)
+                if runner is not None and truth is not None
+                else dict.fromkeys(ACCURACY_KEYS)
+            )
             cold, rss = cold_start(backend, b.path, run) if opts.cold_start and runner is not None else (None, None)
             for batch in opts.batches:
                 row = {
@@ -237,7 +233,7 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
                     "status": status,
                     "reason": reason,
                     "model_mb": b.manifest.files["model.onnx"].bytes / 1e6,
-                    "image_auroc": score,
+                    **acc,
                     "cold_start_ms": cold,
                     "peak_rss_mb": rss,
                     "bundle_sha256": b.onnx_sha256,
@@ -321,7 +317,7 @@ def pipeline_row(model_row: dict, source: str) -> dict:
         "batch": 1,
         "status": "ok",
         "reason": "",
-        "image_auroc": None,
+        **dict.fromkeys(ACCURACY_KEYS),
         "cold_start_ms": None,
         "peak_rss_mb": None,
         "vs_torch": None,

@@ -65,10 +65,11 @@ def interleaved_p50(
 
 def compare_bundles(a, b, data) -> dict:
     """`edgesdk compare A B --data D`: both bundles on D's test images (MVTec layout, or a labelled
-    folder good/ + <defect>/), each at its own threshold. {"rows": [one per bundle], "pair": {...}}."""
+    folder good/ + <defect>/), each at its own threshold. {"rows": [one per bundle], "pair": {...}}.
+    Pixel metrics (pixel_auroc, aupro, pixel_f1, pixel_iou) are None where a defect image has no mask."""
     from edgesdk.bundle import Bundle
     from edgesdk.data import mvtec
-    from edgesdk.measure.metrics import auroc
+    from edgesdk.measure.metrics import auroc, localization, recall_by_kind
 
     ba, bb = Bundle.open(a), Bundle.open(b)
     if ba.input_size != bb.input_size:
@@ -93,6 +94,12 @@ def compare_bundles(a, b, data) -> dict:
                 "MB": bundle.manifest.files["model.onnx"].bytes / 1e6,
                 "image_auroc": auroc(s, labels) if 0 < labels.sum() < len(labels) else None,
                 "pixel_auroc": auroc(maps, masks) if masks is not None else None,
+                **(
+                    localization(maps, masks, bundle.threshold)
+                    if masks is not None
+                    else dict.fromkeys(("aupro", "pixel_f1", "pixel_iou"))
+                ),
+                "recall_by_kind": recall_by_kind(s, [it.kind for it in items], bundle.threshold),
                 "threshold": bundle.threshold,
                 "ort_p50_ms": ms,
             }
@@ -105,6 +112,7 @@ def compare_bundles(a, b, data) -> dict:
         "score_mean_abs_diff": float(d.mean()),
         "verdict_flips": int((va != vb).sum()),
         "image_auroc_drop": (rows[0]["image_auroc"] or 0) - (rows[1]["image_auroc"] or 0),
+        "aupro_drop": rows[0]["aupro"] - rows[1]["aupro"] if None not in (rows[0]["aupro"], rows[1]["aupro"]) else None,
         "speedup": p50[0] / p50[1],
         "data": str(data),
     }
