@@ -66,7 +66,7 @@ def cmd_keygen(args) -> None:
 def cmd_pack(args) -> None:
     from edgesdk.deploy.keys import read_passphrase
     from edgesdk.deploy.package import PackOptions, pack
-    from edgesdk.deploy.runtime import target
+    from edgesdk.deploy.wheels import target
 
     if (args.find_links or args.no_index) and not (args.runtime or args.platform or args.python):
         from edgesdk.errors import OptionError

@@ -1,8 +1,8 @@
 """`edgesdk service --agent`: the hardened systemd unit that runs `edgesdk agent` (docs/FLEET.md). It
-takes the run service's sandbox, user, quoting and device list from edgesdk.deploy.service, and differs
-where the agent does: it writes the deployment root (slots, current, the fleet record), talks to the
-broker, sends no readiness (it reconnects by itself, so a broker that is down at boot is not a failed
-start), and may take minutes to stop (the install under way finishes first).
+takes the run service's sandbox, user, quoting and device list from edgesdk.deploy.service and
+service_plan, and differs where the agent does: it writes the deployment root (slots, current, the
+fleet record), talks to the broker, sends no readiness (it reconnects by itself, so a broker that is
+down at boot is not a failed start), and may take minutes to stop (the install under way finishes).
 
 The broker password never enters the unit or the command line: the unit names the password file,
 whose first line the agent reads. Every path is checked here, on the device, before the unit is
@@ -14,21 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from edgesdk.deploy.service import (
-    _NAME,
-    _USER,
-    HEADER,
-    SANDBOX,
-    Plan,
-    _absolute,
-    _hidden,
-    _plain,
-    _text,
-    device_allow,
-    executable,
-    user_notes,
-    word,
-)
+from edgesdk.deploy.service import HEADER, SANDBOX, device_allow, executable, user_notes, write_own
+from edgesdk.deploy.service_plan import _NAME, _USER, RUNTIMES, Plan, _absolute, free_text, hidden, plain, word
 from edgesdk.errors import OptionError, finite
 from edgesdk.fleet import topics
 
@@ -60,10 +47,10 @@ class AgentUnitOptions:
 
 
 def _file(path: str, flag: str, plan: Plan, folder: bool = False) -> str:
-    _absolute(_plain(path, flag), flag)
+    _absolute(plain(path, flag), flag)
     if not (Path(path).is_dir() if folder else Path(path).is_file()):
         raise OptionError(f"{flag} {path}: {'folder' if folder else 'file'} not found")
-    _hidden(path, flag, plan)
+    hidden(path, flag, plan)
     return path
 
 
@@ -88,7 +75,7 @@ def check(root: str, o: AgentUnitOptions) -> Plan:
             raise OptionError(f"service --agent: {flag} is required (the agent's own {flag})")
     topics.check_name(o.group, "--group")
     topics.check_name(o.device_id, "--device-id")
-    _absolute(_plain(root, "--root"), "--root")
+    _absolute(plain(root, "--root"), "--root")
     if PurePosixPath(root) == PurePosixPath("/"):
         raise OptionError("--root /: the agent writes its deployment root; give a folder of its own")
     if not _USER.fullmatch(o.user) or o.user == "root":
@@ -98,7 +85,7 @@ def check(root: str, o: AgentUnitOptions) -> Plan:
     if not _NAME.fullmatch(o.name):
         raise OptionError(f"--name {o.name!r}: letters, digits, '_', '.' and '-' (it names /var/lib/NAME)")
     p = Plan(writable=[str(PurePosixPath(root))], network=True)
-    _hidden(root, "--root", p)
+    hidden(root, "--root", p)
     load_public(_file(o.pubkey, "--pubkey", p))
     if o.golden is not None:
         from edgesdk.deploy.package import golden_files
@@ -108,7 +95,7 @@ def check(root: str, o: AgentUnitOptions) -> Plan:
         if path is not None:
             _file(path, flag, p)
     if o.broker_user is not None:
-        _plain(o.broker_user, "--broker-user")
+        plain(o.broker_user, "--broker-user")
     if o.broker_password_file is not None:
         if o.broker_user is None:
             raise OptionError("--broker-password-file: give --broker-user too")
@@ -120,7 +107,7 @@ def check(root: str, o: AgentUnitOptions) -> Plan:
         if os.stat(pw).st_mode & 0o004:
             p.notes.append(f"--broker-password-file {pw}: every user can read it; chown root:{o.user} and chmod 0640")
     parse_broker(
-        _plain(o.broker, "--broker"),
+        plain(o.broker, "--broker"),
         cafile=o.cafile,
         certfile=o.certfile,
         keyfile=o.keyfile,
@@ -130,7 +117,7 @@ def check(root: str, o: AgentUnitOptions) -> Plan:
     if o.device is not None:
         from edgesdk.devices import load_profile
 
-        dev = _plain(o.device, "--device")
+        dev = plain(o.device, "--device")
         if "/" in dev or dev.endswith(".toml"):
             _file(dev, "--device", p)
         try:
@@ -194,7 +181,7 @@ def render(root: str, exe: str, o: AgentUnitOptions, p: Plan) -> str:
         f"{HEADER} --agent (edgesdk {__version__}); regenerate it rather than edit it, and put",
         f"# local changes in a drop-in (systemctl edit {o.name}). docs/FLEET.md explains the agent.",
         "[Unit]",
-        f"Description={_text(f'edgesdk agent: {o.group}/{o.device_id}, signed releases into {root}')}",
+        f"Description={free_text(f'edgesdk agent: {o.group}/{o.device_id}, signed releases into {root}')}",
         "After=network-online.target",
         "Wants=network-online.target",
         "",
@@ -243,14 +230,12 @@ def render(root: str, exe: str, o: AgentUnitOptions, p: Plan) -> str:
 def agent_service(root: str | Path, out: str | Path, o: AgentUnitOptions) -> dict:
     """`edgesdk service --agent`: the agent's unit for ROOT (a deployment root on this machine) written to
     OUT, replacing OUT only when this project wrote it."""
-    from edgesdk.deploy.service import RUNTIMES, write_own
-
-    root = os.path.abspath(_plain(str(root), "--root"))
+    root = os.path.abspath(plain(str(root), "--root"))
     if o.runtime not in RUNTIMES:
         raise OptionError(f"--runtime {o.runtime!r}: one of {', '.join(RUNTIMES)}")
     p = check(root, o)
     exe, kind = executable(o.runtime, Path(root), root)
-    _hidden(exe, "edgesdk", p)
+    hidden(exe, "edgesdk", p)
     if kind == "slot":
         p.notes.append(
             f"the agent runs the current slot's runtime ({exe}); after it installs a release it "
