@@ -11,4 +11,4 @@ Device side: never imports torch. Modules:
   rollout   waves, per-wave verdicts, halt, rollback on halt, the JSON report
   status    every device's retained state in one table
   unit      the agent's systemd unit (`edgesdk service --agent`)
-  commands  `edgesdk agent | rollout | fleet status | fleet forget`"""
+The commands (`edgesdk agent | rollout | fleet status | fleet forget`) are edgesdk/cli/fleet.py."""
