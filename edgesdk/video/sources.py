@@ -7,7 +7,10 @@
   rtsp://host/stream, http://host/mjpg   an IP camera (FFmpeg)                  (live)
   csi://0                            a Jetson CSI camera via GStreamer nvarguscamerasrc (live)
   synth://conveyor?category=brick    the generated conveyor, endless: a defect rides through every
-                                     ~10 frames on average; frame names say "good" or the defect kind
+                                     ~10 frames on average; frame names say "good" or the defect kind;
+                                     ?defects=0: good parts only; ?drift=ramp|shift|blur|texture
+                                     &drift_at=N&drift_len=N&drift_amount=X: the line drifts from frame N
+                                     on; ?rails=1: fixed guide rails in view (data/drift_synth.py)
 
 Options as a query string, on any source: ?fps=30 (files: play at that rate, as a camera would,
 making the source live; cameras: request it), ?loop=1 (files: start again at the end),
@@ -19,6 +22,7 @@ A folder image that cannot be read raises DataError, or with errors="record" bec
 File and folder sources apply backpressure (every frame is scored); live sources never wait for the
 consumer: frames it was too slow for are dropped and counted (`stats`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +38,7 @@ from edgesdk.video.options import Opt, parse_query, parse_url, scheme_of, split_
 
 log = logging.getLogger("edgesdk.video")
 
-SMALL_FRAME = 1280 * 720      # pixels; videos up to this size decode on one thread
+SMALL_FRAME = 1280 * 720  # pixels; videos up to this size decode on one thread
 
 
 class VideoFileSource(Source):
@@ -60,16 +64,19 @@ class VideoFileSource(Source):
     @property
     def options(self) -> dict:
         c = self.cap
-        return {"path": str(self.path), "width": int(c.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                "height": int(c.get(cv2.CAP_PROP_FRAME_HEIGHT)), "fps": c.get(cv2.CAP_PROP_FPS),
-                "frames": int(c.get(cv2.CAP_PROP_FRAME_COUNT))}
+        return {
+            "path": str(self.path),
+            "width": int(c.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            "height": int(c.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            "fps": c.get(cv2.CAP_PROP_FPS),
+            "frames": int(c.get(cv2.CAP_PROP_FRAME_COUNT)),
+        }
 
     def read(self, timeout: float | None = None) -> Frame | None:
         ok, img = self.cap.read()
         if not ok:
             return None
-        frame = Frame(img, self.count, time.time(), self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1e3,
-                      self.path.name)
+        frame = Frame(img, self.count, time.time(), self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1e3, self.path.name)
         self.count += 1
         return frame
 
@@ -96,15 +103,21 @@ class ImageFilesSource(Source):
         if self.count >= len(self.paths):
             return None
         path = self.paths[self.count]
-        self.count += 1                               # past this file whether it reads or not
+        self.count += 1  # past this file whether it reads or not
         try:
             return Frame(read_image(path), self.count - 1, time.time(), None, path.name)
         except DataError:
             if self.errors == "raise":
                 raise
             log.warning("%s: not a readable image; recorded and skipped", path)
-            return Frame(None, self.count - 1, time.time(), None, path.name,  # type: ignore[arg-type]
-                         error="not a readable image")
+            return Frame(
+                None,  # type: ignore[arg-type]
+                self.count - 1,
+                time.time(),
+                None,
+                path.name,
+                error="not a readable image",
+            )
 
 
 class FileOptions(Source):
@@ -116,10 +129,10 @@ class FileOptions(Source):
         super().__init__()
         self.inner, self.opts, self.reopen, self.uri = inner, opts, reopen, uri
         self.live = opts.fps is not None
-        self.ended = not self.live                 # paced: None means "not due yet" until the end
+        self.ended = not self.live  # paced: None means "not due yet" until the end
         self.t0: float | None = None
-        self.good = 0                              # readable frames in this pass
-        self.pending: tuple[Frame, float] | None = None   # the next frame and when it is due
+        self.good = 0  # readable frames in this pass
+        self.pending: tuple[Frame, float] | None = None  # the next frame and when it is due
         self.stats = {"dropped_at_source": 0, "loops": 0}
 
     @property
@@ -151,7 +164,7 @@ class FileOptions(Source):
         now = time.perf_counter()
         self.t0 = now if self.t0 is None else self.t0
         due = self.t0 + self.count / self.opts.fps
-        while frame is not None and now - due >= 1 / self.opts.fps:   # a camera would have moved on
+        while frame is not None and now - due >= 1 / self.opts.fps:  # a camera would have moved on
             frame, self.count = self._next(), self.count + 1
             self.stats["dropped_at_source"] += 1
             due += 1 / self.opts.fps
@@ -167,12 +180,12 @@ class FileOptions(Source):
         wait = 0.0
         if self.opts.fps:
             wait = max(0.0, due - time.perf_counter())
-            if timeout is not None and wait > timeout:   # not due yet: the caller may want to stop
+            if timeout is not None and wait > timeout:  # not due yet: the caller may want to stop
                 time.sleep(timeout)
                 return None
             time.sleep(wait)
             frame.wait_ms = wait * 1e3
-            frame.timestamp = time.time()              # "arrived" when the camera would have sent it
+            frame.timestamp = time.time()  # "arrived" when the camera would have sent it
         self.pending = None
         frame.frame_id = self.count
         if frame.image is not None:
@@ -206,32 +219,79 @@ def _file(uri: str, errors: str) -> Source:
 
 class SynthSource(Source):
     """The sample conveyor, generated frame by frame forever (scikit-image textures, the training
-    extra). Frame.name is the ground truth ("good" or the defect kind), so a sink records it."""
+    extra). Frame.name is the ground truth ("good" or the defect kind), so a sink records it.
+    DRIFT (data/drift_synth.py) makes the line drift from a given frame on; defects=False: good parts only."""
+
     scheme = "synth"
     ended = False
 
-    def __init__(self, category: str, seed: int):
+    def __init__(self, category: str, seed: int, drift=None, defects: bool = True, rails: bool = False):
         super().__init__()
         try:
-            from edgesdk.data.synth import Conveyor, SynthConfig
+            from edgesdk.data.drift_synth import Drift
+            from edgesdk.data.synth import TEXTURES, Conveyor, SynthConfig
         except ImportError as e:
-            raise RuntimeError(f"synth://conveyor draws real textures from scikit-image ({e}); "
-                               "pip install 'edgesdk[train]'") from None
-        self.category, self.seed = category, seed
-        self.frames = iter(Conveyor(category, SynthConfig(seed=seed), cycle=True))
+            raise RuntimeError(
+                f"synth://conveyor draws real textures from scikit-image ({e}); pip install 'edgesdk[train]'"
+            ) from None
+        self.category, self.seed, self.drift, self.defects, self.rails = (
+            category,
+            seed,
+            drift or Drift(),
+            defects,
+            rails,
+        )
+        line = Conveyor(category, SynthConfig(seed=seed), cycle=True)
+        if not defects:
+            line.schedule = ()
+        self.frames = iter(line)
+        self.other = None
+        if self.drift.kind == "texture":  # the new batch: the next category's texture, good parts
+            names = sorted(TEXTURES)
+            other = names[(names.index(category) + 1) % len(names)] if category in names else category
+            self.other = iter(Conveyor(other, SynthConfig(seed=seed + 1), schedule=(), cycle=True))
 
     @property
     def options(self) -> dict:
-        return {"category": self.category, "seed": self.seed, "endless": True}
+        d = self.drift
+        return {
+            "category": self.category,
+            "seed": self.seed,
+            "endless": True,
+            "defects": self.defects,
+            "rails": self.rails,
+            **(
+                {"drift": d.kind, "drift_at": d.at, "drift_len": d.length, "drift_amount": d.value}
+                if d.kind != "none"
+                else {}
+            ),
+        }
 
     def read(self, timeout: float | None = None) -> Frame | None:
         img, truth = next(self.frames)
+        if self.rails:
+            from edgesdk.data.drift_synth import add_rails
+
+            img = add_rails(img)
+        if self.drift.kind != "none":
+            other = next(self.other)[0] if self.other is not None else None
+            img = self.drift.apply(img, self.count, other)
         frame = Frame(img, self.count, time.time(), None, truth["defect"] or "good")
         self.count += 1
         return frame
 
 
-SYNTH_SPEC = {**SourceOptions.SPEC, "category": "brick", "seed": Opt(0, lo=0)}
+SYNTH_SPEC = {
+    **SourceOptions.SPEC,
+    "category": "brick",
+    "seed": Opt(0, lo=0),
+    "defects": Opt(True),
+    "rails": Opt(False),
+    "drift": "none",
+    "drift_at": Opt(300, lo=0),
+    "drift_len": Opt(300, lo=1),
+    "drift_amount": Opt(None, "float"),
+}
 
 
 def _synth(uri: str, errors: str) -> Source:
@@ -242,7 +302,13 @@ def _synth(uri: str, errors: str) -> Source:
     opts = SourceOptions(**{k: q[k] for k in SourceOptions.SPEC})
     if opts.size is not None or opts.loop:
         raise OptionError(f"{uri}: size= and loop= do not apply to the generated conveyor (256x256, endless)")
-    make = lambda: SynthSource(q["category"], q["seed"])  # noqa: E731
+
+    def make() -> SynthSource:
+        from edgesdk.data.drift_synth import Drift
+
+        drift = Drift(q["drift"], q["drift_at"], q["drift_len"], q["drift_amount"])
+        return SynthSource(q["category"], q["seed"], drift, q["defects"], q["rails"])
+
     try:
         src = make()
     except ValueError as e:
@@ -250,7 +316,7 @@ def _synth(uri: str, errors: str) -> Source:
     return src if opts == SourceOptions() else FileOptions(src, opts, make, uri)
 
 
-NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the camera's own parameters
+NETWORK = ("http", "https", "rtsp", "rtsps")  # their query may carry the camera's own parameters
 
 
 def _live(uri: str, errors: str) -> Source:
@@ -270,6 +336,8 @@ def open_source(uri: str, errors: str = "raise") -> Source:
         raise ValueError(f"errors={errors!r}: 'raise' or 'record'")
     scheme = scheme_of(uri) or "file"
     if scheme not in SOURCES:
-        raise OptionError(f"{uri}: unsupported source scheme {scheme!r}; supported: "
-                          f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
+        raise OptionError(
+            f"{uri}: unsupported source scheme {scheme!r}; supported: "
+            f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path"
+        )
     return SOURCES[scheme](uri, errors)
