@@ -60,6 +60,7 @@ from edgesdk.errors import OptionError
 from edgesdk.measure.metrics import LatencyWindow
 from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.stream.detector import Detector, DetectorOptions
+from edgesdk.stream.drift import DriftOptions, LoopDrift
 from edgesdk.stream.handoff import Handoff
 from edgesdk.stream.sinkguard import open_guarded, public_uri
 from edgesdk.stream.switch import _HotSwitch, _Models, bundle_folder, model_id
@@ -109,8 +110,8 @@ class _Stages:
     """The capture, inference and sink threads of one run, and what they count."""
 
     def __init__(self, src, outs, models: _Models, depth: int, max_frames: int | None, on_record,
-                 stop: threading.Event):
-        self.src, self.outs, self.models, self.max_frames = src, outs, models, max_frames
+                 stop: threading.Event, drift: LoopDrift | None = None):
+        self.src, self.outs, self.models, self.max_frames, self.drift = src, outs, models, max_frames, drift
         self.on_record, self.stop = on_record, stop
         live = src.live
         self.frames = Handoff(depth) if live else Handoff(2 * depth, refill_at=depth // 2)
@@ -218,6 +219,8 @@ class _Stages:
         t0 = time.perf_counter()
         try:
             record = make_record(frame, result, det.threshold, read_ms, queue_ms, model_id(det))
+            if self.drift is not None:             # events go into this frame's record: record["drift"]
+                self.drift.observe(record, frame.image, det.bundle)
             if not self.model_runs or self.model_runs[-1]["model"] != record["model"]:
                 self.model_runs.append({"model": record["model"], "bundle": str(det.bundle.path),
                                         "first_frame": frame.frame_id})
@@ -279,12 +282,14 @@ def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
 def run_stream(bundle: str | Path | Bundle, source: str, sinks: list[str],
                opts: DetectorOptions = DetectorOptions(), max_frames: int | None = None, on_record=None,
                queue_depth: int = 4, stop: threading.Event | None = None, streams: int = 1,
-               strict: bool = False) -> dict:
+               strict: bool = False, drift: DriftOptions = DriftOptions()) -> dict:
     """Score `source` into each sink until it ends, `max_frames` (None: no limit; else at least 1),
     or `stop` is set (SIGINT/SIGTERM set it when called from the main thread). Returns a summary with
     latency percentiles, drops and `errors`: folder images that could not be read, each recorded by
     the sinks that take such records (jsonl, mqtt) and skipped; strict=True makes the first fatal.
     `streams`: frames in flight at once (see the module's notes); records stay in capture order.
+    `drift`: the drift alarms' sensitivity (stream/drift.py); an event is in its frame's record as
+    `drift` (a list), on the preview's /metrics and the MQTT health topic, and logged.
 
     `bundle` may be an installed slot (ROOT/current): a bundle path is watched, and when it comes to
     name another model (install, rollback) or on SIGHUP, the new one is swapped in between frames
@@ -316,12 +321,14 @@ def run_stream(bundle: str | Path | Bundle, source: str, sinks: list[str],
             stack.callback(models.close)
             src = stack.enter_context(open_source(source, errors="raise" if strict else "record"))
             outs = [stack.enter_context(open_guarded(s)) for s in sinks]
-            st = _Stages(src, outs, models, max(1, queue_depth, streams), max_frames, on_record, stop)
+            watch_drift = LoopDrift(drift, models.det.bundle) if drift.enabled else None
+            st = _Stages(src, outs, models, max(1, queue_depth, streams), max_frames, on_record, stop, watch_drift)
             switch = _HotSwitch(path, target, models, det_opts, notifier, reload) if path is not None else None
 
             def health() -> dict:
                 return {"dropped_frames": st.dropped + src.stats.get("dropped_at_source", 0),
-                        "reconnects": src.stats.get("reconnects", 0), "sinks": {g.uri: g.health() for g in outs}}
+                        "reconnects": src.stats.get("reconnects", 0), "sinks": {g.uri: g.health() for g in outs},
+                        **({"drift": watch_drift.stats()} if watch_drift else {})}
 
             for out in outs:       # sinks that report health (preview, mqtt) see drops, reconnects, sink errors
                 if hasattr(out.sink, "attach"):
@@ -362,6 +369,7 @@ def run_stream(bundle: str | Path | Bundle, source: str, sinks: list[str],
             "stopped": stop.is_set(), "streams": streams, "threads_per_stream": det_opts.threads,
             "source_stats": source_stats, "model": model_id(models.det), "models": st.model_runs,
             "model_switch_errors": switch.errors if switch else 0,
+            "drift": watch_drift.stats() if watch_drift else None,
             "latency_ms": {**{k: v.stats() for k, v in st.lat.items()}, "sink": st.sink_ms.stats()}}
 
 
