@@ -199,3 +199,19 @@ def test_a_drift_event_reaches_metrics_and_the_mqtt_health_topic(line_bundle, tm
     assert sub.health[-1]["drift"]["events"]["sharpness"] == 1
     flagged = [m for m in sub.messages if "drift" in m]
     assert any(e["kind"] == "sharpness" for m in flagged for e in m["drift"])
+
+
+def test_run_cli_takes_the_drift_sensitivity(line_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "edgesdk", "run", str(line_bundle), "--sink", f"jsonl://{tmp_path / 'r.jsonl'}"]
+    src = ["--source", f"{LINE}&drift=blur&drift_at=100", "--max-frames", "200"]
+    r = subprocess.run([*base, *src, "--drift", "high"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("drift events: "))
+    assert "sharpness 1" in line and "drift: sharpness at frame" in r.stderr
+    r = subprocess.run([*base, *src, "--drift", "off", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["drift"] is None
+    r = subprocess.run([*base, *src, "--drift", "loud"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--drift" in r.stderr
