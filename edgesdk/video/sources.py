@@ -234,13 +234,8 @@ class SynthSource(Source):
             raise RuntimeError(
                 f"synth://conveyor draws real textures from scikit-image ({e}); pip install 'edgesdk[train]'"
             ) from None
-        self.category, self.seed, self.drift, self.defects, self.rails = (
-            category,
-            seed,
-            drift or Drift(),
-            defects,
-            rails,
-        )
+        self.category, self.seed, self.defects, self.rails = category, seed, defects, rails
+        self.drift = drift or Drift()
         line = Conveyor(category, SynthConfig(seed=seed), cycle=True)
         if not defects:
             line.schedule = ()
