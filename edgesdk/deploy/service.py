@@ -211,22 +211,3 @@ def service(root: str | Path, out: str | Path, opts: ServiceOptions) -> dict:
         "notes": p.notes,
         "text": text,
     }
-
-
-def stage_unit(rootfs: str | Path, prefix: str, opts: ServiceOptions, unit_name: str) -> dict:
-    """After `stage` installed into ROOTFS/PREFIX: the unit for the target (PREFIX, not the host path)
-    under ROOTFS/etc/systemd/system with its multi-user.target.wants link (stage.write_unit), and a
-    sysusers.d entry that makes the user on the target's first boot."""
-    from edgesdk.deploy.stage import write_unit
-
-    p = plan(prefix, opts, "--prefix")
-    root_here = Path(rootfs).joinpath(*PurePosixPath(prefix).parts[1:])
-    exe, kind = executable(opts.runtime, root_here, prefix, staged=True)
-    written = write_unit(Path(rootfs), render(prefix, exe, opts, p), unit_name)
-    users = Path(rootfs) / "etc" / "sysusers.d" / f"{opts.name}.conf"
-    atomic_write_text(
-        users,
-        f"# written by `edgesdk stage`: the user {unit_name} runs as (systemd-sysusers)\n"
-        f'u {opts.user} - "edgesdk" /var/lib/{opts.name} -\n',
-    )
-    return {**written, "sysusers": str(users), "executable": exe, "runtime": kind, "notes": p.notes}

@@ -17,10 +17,9 @@ already read are still scored and written, then sinks close.
 
 streams=1 (latency mode, the default): one frame in flight, ONNX Runtime's pool on every core.
 streams=N (throughput mode, ONNX Runtime): N frames in flight on one shared session, each run on
-cores/N threads. A small model parallelizes imperfectly inside one run, so on 2 cores two 1-thread
-runs side by side score 8-21 % more frames a second than one 2-thread run (measured: PaDiM 154 vs
-127 FPS, PatchCore 81 vs 75), at ~1.7x the latency per frame. For file backlogs and cameras faster
-than the model.
+cores/N threads. A small model parallelizes imperfectly inside one run, so two 1-thread runs side by
+side score more frames a second than one 2-thread run, at a higher latency per frame (docs/LINE.md
+has the measurement and its command). For file backlogs and cameras faster than the model.
 
 Records keep stable names other tools read: frame_id, timestamp, score, is_anomalous, regions,
 latency_ms (read, queue, preprocess, infer, postprocess, total = capture to verdict), model (which

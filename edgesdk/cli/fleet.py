@@ -1,31 +1,17 @@
-"""`edgesdk agent | rollout | fleet status | fleet forget`: parse, call one function, print one table
-(or --json). add_commands(sub) hooks them into edgesdk.cli's parser."""
+"""`edgesdk agent | rollout | fleet status | fleet forget`: parse, call one edgesdk.fleet function, print
+one table (or --json)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from edgesdk.table import table
+from edgesdk.cli._common import emit, positive_float, table
 
 COLUMNS = ["device", "wave", "state", "version", "health", "seconds"]
-
-
-def _positive(text: str) -> float:
-    from edgesdk.errors import OptionError, finite
-
-    try:
-        x = finite(text, "value")
-    except OptionError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return x
 
 
 def _short(rows: list[dict], width: int = 70) -> list[dict]:
@@ -108,17 +94,11 @@ def cmd_rollout(args) -> None:
         report, halted = e.report, e
     out = Path(args.report or f"rollout-{report['release_id']}.json")
     write_json(out, report)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print(
-            table(
-                _short(report["devices"]),
-                COLUMNS,
-                title=f"{report['result']}: {report['release_id']} to {report['group']} "
-                f"({len(report['waves'])} wave(s), {report['seconds']:.1f} s); report {out}",
-            )
-        )
+    title = (
+        f"{report['result']}: {report['release_id']} to {report['group']} "
+        f"({len(report['waves'])} wave(s), {report['seconds']:.1f} s); report {out}"
+    )
+    emit(args, report, table(_short(report["devices"]), COLUMNS, title=title))
     if halted is not None:
         raise halted
 
@@ -128,9 +108,6 @@ def cmd_status(args) -> None:
     from edgesdk.fleet.status import fleet_status
 
     r = fleet_status(broker_from_args(args), args.group, args.wait)
-    if args.json:
-        print(json.dumps(r, indent=2, default=str))
-        return
     cols = [
         "group",
         "device",
@@ -157,7 +134,7 @@ def cmd_status(args) -> None:
         for d in r["devices"]
         if d["rejected"]
     ]
-    print(text + "".join(f"\n{n}" for n in notes))
+    emit(args, r, text + "".join(f"\n{n}" for n in notes))
 
 
 def cmd_forget(args) -> None:
@@ -181,10 +158,12 @@ def add_commands(sub) -> None:
     s.add_argument("--golden", help="this line's golden set for the health check (replaces the package's)")
     s.add_argument("--device", help="device profile (default: detect this machine)")
     s.add_argument("--keep", type=int, default=3, help="slots kept, current and previous included (default 3)")
-    s.add_argument("--max-latency-ms", type=_positive, help="health check: p50 latency budget")
-    s.add_argument("--heartbeat", type=_positive, default=30.0, help="seconds between state reports (default 30)")
-    s.add_argument("--fetch-timeout", type=_positive, default=300.0, help="seconds to fetch a package (default 300)")
-    s.add_argument("--run-for", type=_positive, help="exit after this many seconds (default: run until stopped)")
+    s.add_argument("--max-latency-ms", type=positive_float, help="health check: p50 latency budget")
+    s.add_argument("--heartbeat", type=positive_float, default=30.0, help="seconds between state reports (default 30)")
+    s.add_argument(
+        "--fetch-timeout", type=positive_float, default=300.0, help="seconds to fetch a package (default 300)"
+    )
+    s.add_argument("--run-for", type=positive_float, help="exit after this many seconds (default: run until stopped)")
     s.set_defaults(fn=cmd_agent)
 
     s = sub.add_parser("rollout", help="roll a signed package out to a group in waves; halt when a wave fails")
@@ -199,7 +178,7 @@ def add_commands(sub) -> None:
     s.add_argument("--max-failures", type=int, default=0, help="failed or silent devices tolerated (default 0)")
     s.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_float,
         default=1200.0,
         help="seconds each wave waits for its devices (default 1200: engine builds take minutes)",
     )
@@ -212,9 +191,9 @@ def add_commands(sub) -> None:
         "--devices",
         help="comma-separated device ids, in wave order (default: every device with a state in the group, sorted)",
     )
-    s.add_argument("--discover", type=_positive, default=3.0, help="seconds to gather device states (default 3)")
+    s.add_argument("--discover", type=positive_float, default=3.0, help="seconds to gather device states (default 3)")
     s.add_argument(
-        "--expires", type=_positive, default=72.0, help="hours a device may still start the release (default 72)"
+        "--expires", type=positive_float, default=72.0, help="hours a device may still start the release (default 72)"
     )
     s.add_argument(
         "--allow-downgrade",
@@ -232,7 +211,7 @@ def add_commands(sub) -> None:
     s = fleet.add_parser("status", help="every device's retained state: versions, failures, silence")
     add_broker_args(s)
     s.add_argument("--group", help="one group (default: every group)")
-    s.add_argument("--wait", type=_positive, default=3.0, help="seconds to gather retained states (default 3)")
+    s.add_argument("--wait", type=positive_float, default=3.0, help="seconds to gather retained states (default 3)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)
     s = fleet.add_parser("forget", help="clear a retired device's retained topics")
