@@ -102,6 +102,7 @@ def add_commands(sub) -> None:
     s.add_argument("bundle")
     s.add_argument(
         "--source",
+        action="append",
         required=True,
         help="file://video.mp4 or a path, a folder of images, v4l2:///dev/video0, rtsp://..., "
         "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=",

@@ -96,9 +96,22 @@ def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
     return dataclasses.replace(opts, spin=False, threads=threads)
 
 
+def one_source(source: str | list[str]) -> str:
+    """The one source URI of a list (`run --source` collects every one given): refusing a second
+    one instead of keeping the last, which would score one camera while the user thinks two are."""
+    if isinstance(source, str):
+        return source
+    if len(source) != 1:
+        raise OptionError(
+            f"--source given {len(source)} times ({', '.join(map(public_uri, source))}): "
+            "one source per run; start one `edgesdk run` per camera"
+        )
+    return source[0]
+
+
 def run_stream(
     bundle: str | Path | Bundle,
-    source: str,
+    source: str | list[str],
     sinks: list[str],
     opts: DetectorOptions = DetectorOptions(),
     max_frames: int | None = None,
@@ -123,6 +136,7 @@ def run_stream(
     the loop sends READY, WATCHDOG while it makes progress, STATUS, RELOADING and STOPPING (notify.py)."""
     if max_frames is not None and not _whole(max_frames):
         raise OptionError(f"max_frames {max_frames!r}: a whole number, at least 1 (None for no limit)")
+    source = one_source(source)
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
     notifier = Notifier()
