@@ -46,6 +46,7 @@ def cmd_run(args) -> None:
         streams=args.streams,
         strict=args.strict,
         drift=DriftOptions.preset(args.drift),
+        batch_deadline_ms=args.batch_deadline_ms,
     )
     text = (
         f"{s['frames']} frames, {s['anomalous_frames']} anomalous, {s['fps']:.1f} FPS "
@@ -53,6 +54,8 @@ def cmd_run(args) -> None:
     )
     if s["drift"] and any(s["drift"]["events"].values()):
         text += "drift events: " + ", ".join(f"{k} {n}" for k, n in s["drift"]["events"].items() if n) + "\n"
+    for name, c in s.get("sources", {}).items():
+        text += f"  {name}: {c['frames']} frames, {c['anomalous_frames']} anomalous, {c['dropped_frames']} dropped\n"
     if s["errors"]:
         text += f'{s["errors"]} unreadable image(s) skipped; their records carry an "error" field\n'
     text += stage_table(s["latency_ms"], "latency per stage")
@@ -105,9 +108,17 @@ def add_commands(sub) -> None:
         action="append",
         required=True,
         help="file://video.mp4 or a path, a folder of images, v4l2:///dev/video0, rtsp://..., "
-        "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=",
+        "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=; given more than once, the "
+        "sources' frames are batched into one inference call (each source may add ?name=&threshold=)",
     )
     s.add_argument("--sink", action="append", required=True, help="jsonl://out.jsonl, dir://overlays/")
+    s.add_argument(
+        "--batch-deadline-ms",
+        type=float,
+        default=10.0,
+        help="several sources: how long a frame waits for the other sources' frames before its batch "
+        "runs without them (default 10)",
+    )
     s.add_argument("--max-frames", type=count, help="stop after this many frames (default: the source's end)")
     s.add_argument(
         "--strict",

@@ -87,11 +87,13 @@ class Detector:
         out = self.runner.infer({self.input_name: batch})
         return out["score"], out["anomaly_map"]
 
-    def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> list[Region]:
-        """Connected components of `amap > threshold`, boxes scaled to the caller's frame."""
-        if not amap.max() > self.threshold:  # a good frame (most of them): one pass
+    def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...], threshold: float | None = None) -> list[Region]:
+        """Connected components of `amap > threshold` (None: the detector's), boxes scaled to the caller's
+        frame. A camera of a multi-source run may carry its own threshold (stream/multi.py)."""
+        thr = self.threshold if threshold is None else threshold
+        if not amap.max() > thr:  # a good frame (most of them): one pass
             return []
-        binary = (amap > self.threshold).view(np.uint8)  # bool -> {0, 1} without a copy
+        binary = (amap > thr).view(np.uint8)  # bool -> {0, 1} without a copy
         rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
         # Label only the box around the pixels above threshold: a defect is small, and labelling the
         # whole map costs ~0.5 ms a frame at 256x256, time taken from inference on a small CPU.

@@ -59,6 +59,7 @@ from edgesdk.errors import OptionError
 from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.stream.drift import DriftOptions, LoopDrift
+from edgesdk.stream.multi import DEFAULT_DEADLINE_MS, run_multi
 from edgesdk.stream.sinkguard import open_guarded, public_uri
 from edgesdk.stream.stages import END, Stages
 from edgesdk.stream.switch import _HotSwitch, _Models, bundle_folder, model_id
@@ -96,19 +97,6 @@ def stream_options(opts: DetectorOptions, streams: int) -> DetectorOptions:
     return dataclasses.replace(opts, spin=False, threads=threads)
 
 
-def one_source(source: str | list[str]) -> str:
-    """The one source URI of a list (`run --source` collects every one given): refusing a second
-    one instead of keeping the last, which would score one camera while the user thinks two are."""
-    if isinstance(source, str):
-        return source
-    if len(source) != 1:
-        raise OptionError(
-            f"--source given {len(source)} times ({', '.join(map(public_uri, source))}): "
-            "one source per run; start one `edgesdk run` per camera"
-        )
-    return source[0]
-
-
 def run_stream(
     bundle: str | Path | Bundle,
     source: str | list[str],
@@ -121,12 +109,15 @@ def run_stream(
     streams: int = 1,
     strict: bool = False,
     drift: DriftOptions = DriftOptions(),
+    batch_deadline_ms: float = DEFAULT_DEADLINE_MS,
 ) -> dict:
     """Score `source` into each sink until it ends, `max_frames` (None: no limit; else at least 1),
     or `stop` is set (SIGINT/SIGTERM set it when called from the main thread). Returns a summary with
     latency percentiles, drops and `errors`: folder images that could not be read, each recorded by
     the sinks that take such records (jsonl, mqtt) and skipped; strict=True makes the first fatal.
     `streams`: frames in flight at once (see the module's notes); records stay in capture order.
+    Several sources (a list) are batched into one inference call (stream/multi.py: each waits at most
+    `batch_deadline_ms` for the others); records carry `source`, the summary's `sources` counts each.
     `drift`: the drift alarms' sensitivity (stream/drift.py); an event is in its frame's record as
     `drift` (a list), on the preview's /metrics and the MQTT health topic, and logged.
 
@@ -136,9 +127,13 @@ def run_stream(
     the loop sends READY, WATCHDOG while it makes progress, STATUS, RELOADING and STOPPING (notify.py)."""
     if max_frames is not None and not _whole(max_frames):
         raise OptionError(f"max_frames {max_frames!r}: a whole number, at least 1 (None for no limit)")
-    source = one_source(source)
+    sources = [source] if isinstance(source, str) else list(source)
+    if not sources:
+        raise OptionError("--source: no source given")
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
+    if len(sources) > 1 and streams > 1:
+        raise OptionError(f"streams {streams}: several sources are batched into one inference call; use streams=1")
     notifier = Notifier()
     path = None if isinstance(bundle, Bundle) else bundle  # a path is watched for a new model
     watch = path is not None
@@ -155,6 +150,14 @@ def run_stream(
     # for work too small to gain from them; restored when the loop ends.
     cv2.setNumThreads(1)
     try:
+        if len(sources) != 1:
+            if drift.enabled:
+                log.warning("drift alarms watch single-source runs; %d sources run without them", len(sources))
+            folder = bundle_folder(path) if path is not None else bundle
+            return run_multi(
+                folder, sources, sinks, det_opts, max_frames, on_record, stop, strict, batch_deadline_ms, queue_depth
+            )
+        source = sources[0]
         with ExitStack() as stack:
             stack.callback(notifier.close)
             models = _Models(Detector(bundle_folder(path) if path is not None else bundle, det_opts))

@@ -181,6 +181,26 @@ class PreviewSink(Sink):
                 f'{{quantile="0.{q}"}}',
             )
         m("edgesdk_threshold", "gauge", "Threshold in score units.", s["threshold"])
+        for name, c in self.pipeline_stats().get("sources", {}).items():  # a multi-source run: each camera
+            label = f'{{source="{_label(name)}"}}'
+            m("edgesdk_source_frames_total", "counter", "Frames of this source scored.", c["frames"], label)
+            m(
+                "edgesdk_source_dropped_frames_total",
+                "counter",
+                "Frames of this source dropped.",
+                c["dropped_frames"],
+                label,
+            )
+            m("edgesdk_source_reconnects_total", "counter", "Times this source was reopened.", c["reconnects"], label)
+            for q in ("50", "99"):
+                v = c["latency_ms"].get(f"p{q}", 0.0)
+                m(
+                    "edgesdk_source_latency_ms",
+                    "gauge",
+                    "Capture-to-verdict latency quantiles per source.",
+                    round(v, 3),
+                    f'{{source="{_label(name)}",quantile="0.{q}"}}',
+                )
         for uri, h in self.pipeline_stats().get("sinks", {}).items():
             label = f'{{sink="{_label(uri)}"}}'
             m(
