@@ -107,3 +107,22 @@ def test_multi_source_options_are_checked(bundle, tiny_data):
         run_stream(bundle, [], [])
     with pytest.raises(OptionError, match="batched into one inference call"):
         run_stream(bundle, [video, f"{video}?name=b"], [], streams=2)
+
+
+def test_multicam_benchmark_runs_batched_and_separate(bundle, tiny_data, tmp_path):
+    from pathlib import Path
+
+    root, out = Path(__file__).resolve().parents[1], tmp_path / "mc.json"
+    argv = [root / "benchmarks/multicam.py", bundle, "--video", tiny_data / "conveyor_brick.mkv"]
+    argv += ["--frames", "8", "--cameras", "1,2", "--json", out]
+    r = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["mode"], x["cameras"], x["frames"]) for x in rows] == [
+        ("batched, 1 process", 1, 8),
+        ("1 process", 1, 8),
+        ("batched, 1 process", 2, 16),
+        ("2 processes", 2, 16),
+    ]
+    assert all(x["cpu_s"] > 0 and x["peak_rss_mb"] > 0 and x["p99_ms"] >= x["p50_ms"] > 0 for x in rows)
+    assert rows[2]["mean_batch"] > 1 and rows[3]["peak_rss_mb"] > rows[2]["peak_rss_mb"] / 2

@@ -258,6 +258,7 @@ def run_multi(
         ]
         sink_t = threading.Thread(target=loop.deliver, name="edgesdk-sinks", daemon=True)
         t_start = time.perf_counter()
+        c_start = time.process_time()  # every thread of the process: CPU per frame, per core
         for t in [*threads, sink_t]:
             t.start()
         log.info("scoring %d sources batched with model %s", len(cams), model_id(det))
@@ -270,6 +271,7 @@ def run_multi(
             for t in threads:
                 t.join()
         wall = time.perf_counter() - t_start
+        cpu = time.process_time() - c_start
         health = loop.health()
     if loop.errors:
         raise loop.errors[0]
@@ -280,6 +282,7 @@ def run_multi(
         "errors": sum(c.n_errors for c in cams),
         "dropped_frames": sum(c.dropped for c in cams),
         "wall_s": wall,
+        "cpu_s": cpu,
         "fps": n / wall if wall else 0.0,
         "source": names,
         "sources": health["sources"],

@@ -185,6 +185,7 @@ def run_stream(
             ]
             beat = Heartbeat(notifier, st.moving, _status(st, models), switch.tick if switch else None)
             t_start = time.perf_counter()
+            c_start = time.process_time()  # every thread of the process: CPU per frame, per core
             for t in [st.capture_t, st.sink_t, *helpers]:
                 t.start()
             notifier.ready(f"scoring {public_uri(source)} with model {model_id(models.det)}")
@@ -203,6 +204,7 @@ def run_stream(
                 if switch:
                     switch.join(5.0)  # a model still loading is dropped by models.close
             wall = time.perf_counter() - t_start
+            cpu = time.process_time() - c_start
             source_stats = dict(src.stats)
     finally:
         cv2.setNumThreads(cv_threads)
@@ -217,6 +219,7 @@ def run_stream(
         "errors": st.n_errors,
         "dropped_frames": st.dropped,
         "wall_s": wall,
+        "cpu_s": cpu,
         "fps": n / wall if wall else 0.0,
         "source": source,
         "sinks": [g.uri for g in outs],
