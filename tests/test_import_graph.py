@@ -26,7 +26,7 @@ DEVICE_PACKAGES = ("edgesdk.backends", "edgesdk.video", "edgesdk.stream", "edges
 DEVICE_MODULES = ("edgesdk.engines", "edgesdk.images", "edgesdk.bundle", "edgesdk.spec", "edgesdk.devices",
                   "edgesdk.compile.trt")
 HOST_ONLY = ("edgesdk.zoo", "edgesdk.train", "edgesdk.data.synth", "edgesdk.compile.onnx", "edgesdk.compile.quant",
-             "edgesdk.compile.gate")
+             "edgesdk.compile.gate", "edgesdk.compile.adaptable")
 TORCH = ("torch", "torchvision")
 
 # The torch eager baseline runner is host-only by design: it is the reference bundles are timed and
