@@ -8,6 +8,7 @@ The operator looks at the overlays and lists, in ok.txt (one per line, `#` comme
 were good parts after all. This script moves those frames into GOOD (kept there for the next round),
 then adapts the bundle on every frame GOOD holds (no torch) into OUT: a new bundle, gated on the
 labelled set VAL so that defect recall cannot fall. The original bundle is left as it was."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,10 @@ def move_confirmed(flagged: Path, confirmed: Path, good: Path) -> list[str]:
     good.mkdir(parents=True, exist_ok=True)
     moved = []
     for name in filter(None, names):
-        src = flagged / Path(name).name             # a bare file name: nothing outside FLAGGED is moved
+        src = flagged / Path(name).name  # a bare file name: nothing outside FLAGGED is moved
         if not src.is_file():
             raise SystemExit(f"{confirmed}: {name} is not a frame in {flagged}")
-        shutil.move(src, good / f"{flagged.name}_{src.name}")     # unique across rounds of the loop
+        shutil.move(src, good / f"{flagged.name}_{src.name}")  # unique across rounds of the loop
         moved.append(src.name)
     return moved
 
@@ -46,9 +47,11 @@ def main() -> None:
     r = adapt(args.bundle, args.out, AdaptOptions(good=str(args.good), val=args.val), progress=False)
     g, t = r["gate"], r["threshold"]
     size = f"N {r['n_before']} -> {r['n_after']}" if "n_after" in r else f"bank {r['bank_size']} rows"
-    print(f"{r['model']}: learned from {len(r['fit_frames'])} frames ({size}), threshold {t['old']:.2f} -> "
-          f"{t['new']:.2f}, held-out false alarms {r['false_alarms']['old_on_holdout']:.2f} -> "
-          f"{r['false_alarms']['new_on_holdout']:.2f}")
+    print(
+        f"{r['model']}: learned from {len(r['fit_frames'])} frames ({size}), threshold {t['old']:.2f} -> "
+        f"{t['new']:.2f}, held-out false alarms {r['false_alarms']['old_on_holdout']:.2f} -> "
+        f"{r['false_alarms']['new_on_holdout']:.2f}"
+    )
     print(f"gate on {g['val']}: recall {g['recall']['old']:.2f} -> {g['recall']['new']:.2f}; wrote {args.out}")
 
 

@@ -1,6 +1,7 @@
 """`edgesdk adapt`: a bundle taught the line's new normal from confirmed-good frames on the device (no
 torch), into a new gated bundle; the original stays byte for byte. PaDiM's update is exact (adapt on A
 then B = fit on A and B), PatchCore's bank is re-thinned by the same coreset as training."""
+
 import hashlib
 import json
 import shutil
@@ -17,7 +18,7 @@ from edgesdk.stream import heads
 from edgesdk.stream.adapt import AdaptError, AdaptOptions, adapt, scores
 from edgesdk.train import load_run
 
-TINT = (1.25, 1.0, 0.8)     # B, G, R: a new lamp (or material batch): every good part reads bluer
+TINT = (1.25, 1.0, 0.8)  # B, G, R: a new lamp (or material batch): every good part reads bluer
 
 
 def shifted(paths, folder, tint=TINT):
@@ -30,14 +31,18 @@ def shifted(paths, folder, tint=TINT):
 
 
 def digests(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def line_set(tiny_data, folder):
     """The moved line's parts: the test images (good and defects) and training images adapt does not see."""
-    shifted(list_images(tiny_data / "brick/test/good") + list_images(tiny_data / "brick/train/good")[30:],
-            folder / "good")
+    shifted(
+        list_images(tiny_data / "brick/test/good") + list_images(tiny_data / "brick/train/good")[30:], folder / "good"
+    )
     for kind in ("hole", "stain", "scratch", "smudge"):
         shifted(list_images(tiny_data / f"brick/test/{kind}"), folder / kind)
     return folder
@@ -67,7 +72,7 @@ def test_padim_adapt_on_a_then_b_equals_a_fit_on_a_and_b(run_dir, bundle, tiny_d
     b1, b2 = shifted(train[:12], tmp_path / "b1"), shifted(train[12:24], tmp_path / "b2", (0.8, 0.8, 0.8))
     r1 = adapt(bundle, tmp_path / "a1", AdaptOptions(good=str(b1), gate=False), progress=False)
     r2 = adapt(tmp_path / "a1", tmp_path / "a2", AdaptOptions(good=str(b2), gate=False), progress=False)
-    assert digests(bundle) == before                         # the original, byte for byte
+    assert digests(bundle) == before  # the original, byte for byte
     # The same model fitted by torch on A (the run's fit images) and both adapt sets' fit frames.
     net, meta = load_run(run_dir)
     size = net.cfg.input_size
@@ -102,10 +107,11 @@ def test_adapt_cuts_false_alarms_on_a_moved_line(zoo, tiny_data, tmp_path, model
     before = digests(bundle)
     line = line_set(tiny_data, tmp_path / "line")
     fa_old, _ = rates(bundle, line)
-    assert fa_old >= 0.9                                    # the new lamp: nearly every good part flagged
+    assert fa_old >= 0.9  # the new lamp: nearly every good part flagged
     good = shifted(list_images(tiny_data / "brick/train/good")[:30], tmp_path / "good")
-    r = adapt(bundle, tmp_path / "adapted", AdaptOptions(good=str(good), val=str(tiny_data / "brick/test")),
-              progress=False)
+    r = adapt(
+        bundle, tmp_path / "adapted", AdaptOptions(good=str(good), val=str(tiny_data / "brick/test")), progress=False
+    )
     assert digests(bundle) == before
     fa_new, recall_new = rates(tmp_path / "adapted", line)
     # Recall on the moved line's defects before meant little (every part was flagged); it stays high.
@@ -121,7 +127,7 @@ def test_adapt_cuts_false_alarms_on_a_moved_line(zoo, tiny_data, tmp_path, model
     bank = heads.read_head(out.model_path.read_bytes(), "bank", t["bank"])
     sq = heads.read_head(out.model_path.read_bytes(), "bank_sq", t["bank_sq"]).reshape(-1)
     np.testing.assert_allclose(sq, (bank * bank).sum(1), rtol=1e-5)
-    assert out.onnx_sha256 != Bundle.open(bundle).onnx_sha256      # engines are cached by it
+    assert out.onnx_sha256 != Bundle.open(bundle).onnx_sha256  # engines are cached by it
 
 
 def test_adapt_refuses_what_it_cannot_adapt(zoo, bundle, tiny_data, tmp_path):
@@ -162,19 +168,26 @@ def test_the_gate_refuses_a_model_taught_defects(bundle, tiny_data, tmp_path):
             shutil.copy(p, bad / f"{k}_{p.name}")
     shutil.copytree(tiny_data / "brick/test", tmp_path / "val")
     with pytest.raises(AdaptError, match="recall .* is below the bundle's"):
-        adapt(bundle, tmp_path / "out", AdaptOptions(good=str(bad), val=str(tmp_path / "val"), k_sigma=0.0),
-              progress=False)
+        adapt(
+            bundle,
+            tmp_path / "out",
+            AdaptOptions(good=str(bad), val=str(tmp_path / "val"), k_sigma=0.0),
+            progress=False,
+        )
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda a: a.update(kind="stfpm"), r"adapt\.kind must be one of padim, patchcore"),
-    (lambda a: a["tensors"]["mean"].update(offset=-1), r"adapt\.tensors\.mean\.offset must be an integer >= 0"),
-    (lambda a: a["tensors"]["precision"].update(shape=[0, 2]), r"adapt\.tensors\.precision\.shape must be"),
-    (lambda a: a["tensors"].pop("precision"), r"adapt\.tensors must give mean, precision"),
-    (lambda a: a.update(features="other.onnx"), r"adapt names 'other\.onnx', which files does not list"),
-    (lambda a: a.update(ridge=-1), r"adapt\.ridge must be a finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a.update(kind="stfpm"), r"adapt\.kind must be one of padim, patchcore"),
+        (lambda a: a["tensors"]["mean"].update(offset=-1), r"adapt\.tensors\.mean\.offset must be an integer >= 0"),
+        (lambda a: a["tensors"]["precision"].update(shape=[0, 2]), r"adapt\.tensors\.precision\.shape must be"),
+        (lambda a: a["tensors"].pop("precision"), r"adapt\.tensors must give mean, precision"),
+        (lambda a: a.update(features="other.onnx"), r"adapt names 'other\.onnx', which files does not list"),
+        (lambda a: a.update(ridge=-1), r"adapt\.ridge must be a finite number >= 0"),
+    ],
+)
 def test_manifest_adapt_field_is_checked(bundle, edit, message):
     d = json.loads((bundle / "manifest.json").read_text())
     edit(d["adapt"])

@@ -16,7 +16,9 @@ def test_synth_is_deterministic_per_seed(tmp_path):
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     synth_dataset(tmp_path / "c", ["grass"], SynthConfig(**{**vars(cfg), "seed": 8}), video=False)
-    assert (tmp_path / "a/grass/train/good/000.png").read_bytes() != (tmp_path / "c/grass/train/good/000.png").read_bytes()
+    assert (tmp_path / "a/grass/train/good/000.png").read_bytes() != (
+        tmp_path / "c/grass/train/good/000.png"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize("kind", DEFECTS)

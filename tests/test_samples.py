@@ -1,4 +1,5 @@
 """Every script in samples/ runs as a user would run it (here with torch blocked: device-side)."""
+
 import json
 import subprocess
 import sys
@@ -8,23 +9,53 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_score_folder_sample(bundle, tiny_data, tmp_path):
-    code = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "samples/score_folder.py"), str(bundle),
-                        str(tiny_data / "brick/test/hole"), "--save", str(tmp_path)],
-                       capture_output=True, text=True, cwd=ROOT)
+    code = (
+        "import sys, runpy; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(ROOT / "samples/score_folder.py"),
+            str(bundle),
+            str(tiny_data / "brick/test/hole"),
+            "--save",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert "DEFECT" in r.stdout and "latency p50" in r.stdout
     assert list(tmp_path.glob("*.png"))
 
 
 def test_line_app_sample_rejects_the_conveyor_defects(bundle, tiny_data, tmp_path):
-    code = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    code = (
+        "import sys, runpy; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     log = tmp_path / "rejects.jsonl"
-    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "samples/line_app.py"), str(bundle),
-                        str(tiny_data / "conveyor_brick.mkv"), "--reject-after", "2", "--log", str(log)],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(ROOT / "samples/line_app.py"),
+            str(bundle),
+            str(tiny_data / "conveyor_brick.mkv"),
+            "--reject-after",
+            "2",
+            "--log",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     truth = json.loads((tiny_data / "conveyor_brick.json").read_text())["frames"]
     bad = {f["frame_id"] for f in truth if f["is_anomalous"]}
@@ -43,20 +74,40 @@ def test_adapt_loop_sample_learns_the_confirmed_false_alarms(bundle, tiny_data, 
     from edgesdk.images import list_images, read_image
     from edgesdk.stream.pipeline import run_stream
 
-    line = tmp_path / "line"         # the line after a lamp change: good parts, bluer than in training
+    line = tmp_path / "line"  # the line after a lamp change: good parts, bluer than in training
     line.mkdir()
     for p in list_images(tiny_data / "brick/train/good")[:16]:
         cv2.imwrite(str(line / p.name), np.clip(read_image(p) * np.float32((1.25, 1.0, 0.8)), 0, 255).astype(np.uint8))
     run_stream(bundle, str(line), [f"dir://{tmp_path / 'flagged'}"])
     flagged = sorted(p.name for p in (tmp_path / "flagged").glob("frame_*.png"))
-    assert len(flagged) >= 12                                        # false alarms, saved by dir://
+    assert len(flagged) >= 12  # false alarms, saved by dir://
     (tmp_path / "ok.txt").write_text("# confirmed good by the operator\n" + "\n".join(flagged) + "\n")
-    code = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "samples/adapt_loop.py"), str(bundle),
-                        "--flagged", str(tmp_path / "flagged"), "--confirmed", str(tmp_path / "ok.txt"),
-                        "--good", str(tmp_path / "good"), "--val", str(tiny_data / "brick/test"),
-                        "--out", str(tmp_path / "adapted")], capture_output=True, text=True, cwd=ROOT)
+    code = (
+        "import sys, runpy; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(ROOT / "samples/adapt_loop.py"),
+            str(bundle),
+            "--flagged",
+            str(tmp_path / "flagged"),
+            "--confirmed",
+            str(tmp_path / "ok.txt"),
+            "--good",
+            str(tmp_path / "good"),
+            "--val",
+            str(tiny_data / "brick/test"),
+            "--out",
+            str(tmp_path / "adapted"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert f"{len(flagged)} confirmed false alarms moved" in r.stdout and "gate on" in r.stdout
     assert sorted((tmp_path / "good").iterdir()) and not list((tmp_path / "flagged").glob("frame_*[0-9].png"))
@@ -65,7 +116,11 @@ def test_adapt_loop_sample_learns_the_confirmed_false_alarms(bundle, tiny_data, 
 
 
 def test_every_sample_is_tested():
-    tested = {"score_folder.py", "line_app.py", "adapt_loop.py",
-              "deploy_roundtrip.py",      # test_deploy_sample.py
-              "fleet_rollout.py"}         # test_fleet_sample.py
+    tested = {
+        "score_folder.py",
+        "line_app.py",
+        "adapt_loop.py",
+        "deploy_roundtrip.py",  # test_deploy_sample.py
+        "fleet_rollout.py",
+    }  # test_fleet_sample.py
     assert {p.name for p in (ROOT / "samples").glob("*.py")} == tested

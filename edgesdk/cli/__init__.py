@@ -4,6 +4,7 @@ One module per command group (data, workstation, line, measure, device, demo; de
 edgesdk/deploy/commands.py), each with add_commands(sub). Heavy modules (torch, onnx, numpy) are
 imported inside the commands that need them, so `edgesdk --help` is quick and `edgesdk eval`,
 `predict` and `run` work on a device with only the base install."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,20 @@ def command_groups() -> tuple:
 
 def _verbosity(p: argparse.ArgumentParser, default) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-v", "--verbose", action="store_true", default=default,
-                   help="log what sources and sinks resolved (run: a line per frame)")
-    g.add_argument("-q", "--quiet", action="store_true", default=default,
-                   help="no progress bars or info lines: results, warnings and errors only")
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log what sources and sinks resolved (run: a line per frame)",
+    )
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no progress bars or info lines: results, warnings and errors only",
+    )
 
 
 def _leaves(sub: argparse._SubParsersAction):

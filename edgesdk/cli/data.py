@@ -1,4 +1,5 @@
 """`edgesdk data synth`: the sample data set (MVTec AD layout) and the conveyor video."""
+
 from __future__ import annotations
 
 from edgesdk.cli._common import table
@@ -7,10 +8,16 @@ from edgesdk.cli._common import table
 def cmd_synth(args) -> None:
     from edgesdk.data.synth import TEXTURES, SynthConfig, synth_dataset
 
-    cfg = SynthConfig(size=args.size, n_train=args.n_train, n_test_good=args.n_test_good,
-                      n_test_per_defect=args.n_test_per_defect, seed=args.seed)
-    summary = synth_dataset(args.out, args.categories or sorted(TEXTURES), cfg, video=not args.no_video,
-                            force=args.force)
+    cfg = SynthConfig(
+        size=args.size,
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_per_defect=args.n_test_per_defect,
+        seed=args.seed,
+    )
+    summary = synth_dataset(
+        args.out, args.categories or sorted(TEXTURES), cfg, video=not args.no_video, force=args.force
+    )
     print(table([{"category": c, **counts} for c, counts in summary.items()], title=f"sample data -> {args.out}"))
 
 

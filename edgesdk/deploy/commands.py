@@ -1,5 +1,6 @@
 """`edgesdk keygen | pack | inspect | install | rollback | status | stage | service`: parse, call one
 function, print one table (or --json). add_commands(sub) hooks them into edgesdk.cli's parser."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,16 +25,21 @@ def _emit(args, obj: dict, text: str) -> None:
 
 
 def _steps(rep) -> str:
-    return table(rep.steps, ["step", "result", "detail"],
-                 title=f"{rep.status}: {rep.package} {rep.version} -> slot {rep.slot} (device {rep.device or '-'})")
+    return table(
+        rep.steps,
+        ["step", "result", "detail"],
+        title=f"{rep.status}: {rep.package} {rep.version} -> slot {rep.slot} (device {rep.device or '-'})",
+    )
 
 
 def _failed(rep) -> None:
     from edgesdk.deploy.slots import InstallError
 
     if not rep.ok:
-        raise InstallError(f"{rep.package}: health check failed: {rep.health['why']}; slot {rep.slot} kept "
-                           f"(marked failed); current is still {rep.previous or 'nothing'}")
+        raise InstallError(
+            f"{rep.package}: health check failed: {rep.health['why']}; slot {rep.slot} kept "
+            f"(marked failed); current is still {rep.previous or 'nothing'}"
+        )
 
 
 def cmd_keygen(args) -> None:
@@ -41,36 +47,59 @@ def cmd_keygen(args) -> None:
 
     key, pub = keygen(args.out, read_passphrase(args.passphrase_file))
     p = load_public(pub)
-    _emit(args, {"key": str(key), "pubkey": str(pub), "key_id": p.id_hex, "encrypted": bool(args.passphrase_file)},
-          table([{"file": str(key), "what": "private key (PKCS8 PEM, mode 0600" +
-                  (", encrypted)" if args.passphrase_file else ", not encrypted)")},
-                 {"file": str(pub), "what": f"public key, minisign format, key id {p.id_hex}"}]))
+    _emit(
+        args,
+        {"key": str(key), "pubkey": str(pub), "key_id": p.id_hex, "encrypted": bool(args.passphrase_file)},
+        table(
+            [
+                {
+                    "file": str(key),
+                    "what": "private key (PKCS8 PEM, mode 0600"
+                    + (", encrypted)" if args.passphrase_file else ", not encrypted)"),
+                },
+                {"file": str(pub), "what": f"public key, minisign format, key id {p.id_hex}"},
+            ]
+        ),
+    )
 
 
 def cmd_pack(args) -> None:
     from edgesdk.deploy.keys import read_passphrase
     from edgesdk.deploy.package import PackOptions, pack
-    from edgesdk.deploy.runtime import target
+    from edgesdk.deploy.wheels import target
 
     if (args.find_links or args.no_index) and not (args.runtime or args.platform or args.python):
         from edgesdk.errors import OptionError
 
         raise OptionError("--find-links and --no-index are for the runtime's wheels: give --runtime or --platform")
-    opts = PackOptions(version=args.version, devices=tuple(args.device or ()), golden=args.golden,
-                       engines=args.engines, name=args.name or "", min_edgesdk=args.min_edgesdk or "",
-                       tolerance=args.tolerance, runtime=target(args.runtime, tuple(args.platform or ()), args.python),
-                       find_links=tuple(args.find_links or ()), no_index=args.no_index)
+    opts = PackOptions(
+        version=args.version,
+        devices=tuple(args.device or ()),
+        golden=args.golden,
+        engines=args.engines,
+        name=args.name or "",
+        min_edgesdk=args.min_edgesdk or "",
+        tolerance=args.tolerance,
+        runtime=target(args.runtime, tuple(args.platform or ()), args.python),
+        find_links=tuple(args.find_links or ()),
+        no_index=args.no_index,
+    )
     r = pack(args.bundle, args.key, args.out, opts, read_passphrase(args.passphrase_file))
     m = r["manifest"]
     rows = [{"member": k, "bytes": v["bytes"], "sha256": v["sha256"][:12]} for k, v in m["members"].items()]
-    text = table(rows, title=f"{r['package']}: {m['name']} {m['version']}, {r['bytes'] / 1e6:.2f} MB, "
-                             f"for {', '.join(m['devices']) or 'any device'}, package.json sha256 {r['sha256'][:12]}")
+    text = table(
+        rows,
+        title=f"{r['package']}: {m['name']} {m['version']}, {r['bytes'] / 1e6:.2f} MB, "
+        f"for {', '.join(m['devices']) or 'any device'}, package.json sha256 {r['sha256'][:12]}",
+    )
     if r["engines"]:
         text += "\n\n" + table(r["engines"], title="engines")
     if r["runtime"]:
         rt = r["runtime"]
-        text += (f"\nruntime: {len(rt['wheels'])} wheels, {rt['bytes'] / 1e6:.1f} MB, for Python {rt['python']} on "
-                 f"{rt['machine']} ({', '.join(rt['platforms'])})")
+        text += (
+            f"\nruntime: {len(rt['wheels'])} wheels, {rt['bytes'] / 1e6:.1f} MB, for Python {rt['python']} on "
+            f"{rt['machine']} ({', '.join(rt['platforms'])})"
+        )
     _emit(args, r, text)
 
 
@@ -79,19 +108,30 @@ def cmd_inspect(args) -> None:
 
     r = inspect(args.package, args.pubkey)
     m = r["manifest"] or {}
-    head = (f"{r['package']}: {m.get('name', '?')} {m.get('version', '?')}, for "
-            f"{', '.join(m.get('devices') or []) or 'any device'}; "
-            + ("VERIFIED, signed by " + r["signed_by"] if r["verified"] else "NOT VERIFIED: " + r["reason"]))
+    head = (
+        f"{r['package']}: {m.get('name', '?')} {m.get('version', '?')}, for "
+        f"{', '.join(m.get('devices') or []) or 'any device'}; "
+        + ("VERIFIED, signed by " + r["signed_by"] if r["verified"] else "NOT VERIFIED: " + r["reason"])
+    )
     _emit(args, r, table(r["members"], title=head) + ("\n" + head if r["members"] else ""))
 
 
 def cmd_install(args) -> None:
     from edgesdk.deploy.slots import InstallOptions, install
 
-    rep = install(args.package, args.pubkey, args.root,
-                  InstallOptions(golden=args.golden, allow_downgrade=args.allow_downgrade,
-                                 max_latency_ms=args.max_latency_ms, keep=args.keep, device=args.device,
-                                 runtime=not args.no_runtime))
+    rep = install(
+        args.package,
+        args.pubkey,
+        args.root,
+        InstallOptions(
+            golden=args.golden,
+            allow_downgrade=args.allow_downgrade,
+            max_latency_ms=args.max_latency_ms,
+            keep=args.keep,
+            device=args.device,
+            runtime=not args.no_runtime,
+        ),
+    )
     _emit(args, rep.to_dict(), _steps(rep))
     _failed(rep)
 
@@ -99,9 +139,15 @@ def cmd_install(args) -> None:
 def _service_opts(args):
     from edgesdk.deploy.service import ServiceOptions
 
-    return ServiceOptions(source=args.source, sinks=tuple(args.sink or ()), user=args.user, name=args.name,
-                          watchdog_s=args.watchdog_s, device_allow=tuple(args.device_allow or ()),
-                          runtime=args.runtime)
+    return ServiceOptions(
+        source=args.source,
+        sinks=tuple(args.sink or ()),
+        user=args.user,
+        name=args.name,
+        watchdog_s=args.watchdog_s,
+        device_allow=tuple(args.device_allow or ()),
+        runtime=args.runtime,
+    )
 
 
 def cmd_stage(args) -> None:
@@ -114,16 +160,23 @@ def cmd_stage(args) -> None:
         if not (args.source and args.sink):
             raise OptionError("stage: --source and --sink go together (they make the service unit)")
         unit = _service_opts(args)
-        plan(args.prefix, unit, "--prefix")    # refused before anything is installed
-    rep, written = stage(args.package, args.pubkey, args.rootfs, args.prefix, device=args.device,
-                         golden=args.golden, keep=args.keep, allow_downgrade=args.allow_downgrade)
+        plan(args.prefix, unit, "--prefix")  # refused before anything is installed
+    rep, written = stage(
+        args.package,
+        args.pubkey,
+        args.rootfs,
+        args.prefix,
+        device=args.device,
+        golden=args.golden,
+        keep=args.keep,
+        allow_downgrade=args.allow_downgrade,
+    )
     if unit is not None and rep.ok:
         # after the install: --runtime auto looks for the runtime in the slot that is now current
         u = stage_unit(args.rootfs, args.prefix, unit, f"{args.name}.service")
         written.update({k: u[k] for k in ("unit", "wants", "sysusers", "executable")})
         _notes("stage", u["notes"])
-    _emit(args, {**rep.to_dict(), "written": written},
-          _steps(rep) + "".join(f"\n{k}: {v}" for k, v in written.items()))
+    _emit(args, {**rep.to_dict(), "written": written}, _steps(rep) + "".join(f"\n{k}: {v}" for k, v in written.items()))
     _failed(rep)
 
 
@@ -139,10 +192,13 @@ def cmd_service(args) -> None:
 
     r = service(args.root, args.out, _service_opts(args))
     _notes("service", r["notes"])
-    _emit(args, {k: v for k, v in r.items() if k != "text"},
-          f"{r['unit']}: {args.name} runs {r['executable']} ({r['runtime']} runtime) on {r['root']}/current\n"
-          f"enable it: cp {r['unit']} /etc/systemd/system/ && systemctl daemon-reload && "
-          f"systemctl enable --now {Path(r['unit']).name}")
+    _emit(
+        args,
+        {k: v for k, v in r.items() if k != "text"},
+        f"{r['unit']}: {args.name} runs {r['executable']} ({r['runtime']} runtime) on {r['root']}/current\n"
+        f"enable it: cp {r['unit']} /etc/systemd/system/ && systemctl daemon-reload && "
+        f"systemctl enable --now {Path(r['unit']).name}",
+    )
 
 
 def cmd_rollback(args) -> None:
@@ -157,8 +213,16 @@ def cmd_status(args) -> None:
 
     r = status(args.root, args.pubkey)
     cols = ["slot", "version", "state", "current", "previous", "verifies", "health", "p50 ms"]
-    hist = [{"utc": h.get("utc"), "event": h.get("event"), "slot": h.get("slot"), "version": h.get("version"),
-             "detail": h.get("why") or (f"from {h['from']}" if h.get("from") else "")} for h in r["history"][-10:]]
+    hist = [
+        {
+            "utc": h.get("utc"),
+            "event": h.get("event"),
+            "slot": h.get("slot"),
+            "version": h.get("version"),
+            "detail": h.get("why") or (f"from {h['from']}" if h.get("from") else ""),
+        }
+        for h in r["history"][-10:]
+    ]
     text = table(r["slots"], cols, title=f"{r['root']}: current {r['current']}, previous {r['previous']}")
     bad = [f"{s['slot']}: {s['why']}" for s in r["slots"] if not s["verifies"]]
     text += "".join(f"\ndoes not verify: {b}" for b in bad)
@@ -184,13 +248,24 @@ def add_commands(sub) -> None:
     s.add_argument("--engines", action="store_true", help="include BUNDLE/engines plans built for --device")
     s.add_argument("--name", help="package name (default: the bundle folder's name)")
     s.add_argument("--min-edgesdk", help="oldest edgesdk that may install it (default: the bundle's exporter)")
-    s.add_argument("--tolerance", type=_finite_float, help="health check: max |score - reference| "
-                                                          "(default 0.05 fp32, 0.25 fp16/int8)")
+    s.add_argument(
+        "--tolerance",
+        type=_finite_float,
+        help="health check: max |score - reference| (default 0.05 fp32, 0.25 fp16/int8)",
+    )
     s.add_argument("--passphrase-file", help="passphrase of an encrypted key")
-    s.add_argument("--runtime", metavar="PROFILE", help="add the runtime (edgesdk and its dependencies as wheels) for "
-                   "this device profile's platform and Python, e.g. orin-nx (JetPack 6: aarch64, Python 3.10)")
-    s.add_argument("--platform", action="append", metavar="TAG",
-                   help="runtime for this wheel platform (repeat), e.g. manylinux_2_35_aarch64; with --python")
+    s.add_argument(
+        "--runtime",
+        metavar="PROFILE",
+        help="add the runtime (edgesdk and its dependencies as wheels) for "
+        "this device profile's platform and Python, e.g. orin-nx (JetPack 6: aarch64, Python 3.10)",
+    )
+    s.add_argument(
+        "--platform",
+        action="append",
+        metavar="TAG",
+        help="runtime for this wheel platform (repeat), e.g. manylinux_2_35_aarch64; with --python",
+    )
     s.add_argument("--python", metavar="X.Y", help="the target's Python for --platform, e.g. 3.10")
     s.add_argument("--find-links", action="append", metavar="DIR", help="wheel folder pip also looks in (repeat)")
     s.add_argument("--no-index", action="store_true", help="runtime wheels from --find-links only (offline pack)")
@@ -207,8 +282,11 @@ def add_commands(sub) -> None:
         s.add_argument("package")
         s.add_argument("--pubkey", required=True, help="public key the package must be signed with")
         s.add_argument("--golden", help="golden folder for the health check (replaces the packaged one)")
-        s.add_argument("--allow-downgrade", action="store_true",
-                       help="install an older version, or another package of the active version")
+        s.add_argument(
+            "--allow-downgrade",
+            action="store_true",
+            help="install an older version, or another package of the active version",
+        )
         s.add_argument("--keep", type=int, default=3, help="slots kept, current and previous included (default 3)")
         s.add_argument("--device", help="device profile to install for (default: detect this machine)")
         s.add_argument("--json", action="store_true")
@@ -217,22 +295,38 @@ def add_commands(sub) -> None:
     install_args(s)
     s.add_argument("--root", required=True, help="deployment root (slots/, current, previous, history.jsonl)")
     s.add_argument("--max-latency-ms", type=_finite_float, help="health check: p50 latency budget")
-    s.add_argument("--no-runtime", action="store_true", help="install the model without building the packed "
-                   "runtime's venv (a package whose runtime is for another machine or Python)")
+    s.add_argument(
+        "--no-runtime",
+        action="store_true",
+        help="install the model without building the packed "
+        "runtime's venv (a package whose runtime is for another machine or Python)",
+    )
     s.set_defaults(fn=cmd_install)
 
     def unit_args(s, required: bool):
         s.add_argument("--source", required=required, help="what `edgesdk run` reads, e.g. v4l2:///dev/video0")
-        s.add_argument("--sink", action="append", required=required,
-                       help="where it writes (repeat), absolute paths: jsonl:///var/lib/edgesdk/verdicts.jsonl")
+        s.add_argument(
+            "--sink",
+            action="append",
+            required=required,
+            help="where it writes (repeat), absolute paths: jsonl:///var/lib/edgesdk/verdicts.jsonl",
+        )
         s.add_argument("--user", default="edgesdk", help="the unprivileged user it runs as (default edgesdk)")
         s.add_argument("--name", default="edgesdk", help="service name: logs, /var/lib/NAME (default edgesdk)")
-        s.add_argument("--watchdog-s", type=_finite_float, default=10.0,
-                       help="restart when the stream loop makes no progress this long (default 10)")
+        s.add_argument(
+            "--watchdog-s",
+            type=_finite_float,
+            default=10.0,
+            help="restart when the stream loop makes no progress this long (default 10)",
+        )
         s.add_argument("--device-allow", action="append", help="another device node it may open (repeat)")
-        s.add_argument("--runtime", choices=["auto", "system", "slot"], default="auto",
-                       help="slot: the current slot's packaged runtime; system: this edgesdk; auto: slot "
-                            "when the current slot has one (default)")
+        s.add_argument(
+            "--runtime",
+            choices=["auto", "system", "slot"],
+            default="auto",
+            help="slot: the current slot's packaged runtime; system: this edgesdk; auto: slot "
+            "when the current slot has one (default)",
+        )
 
     s = sub.add_parser("stage", help="install a package into a target root filesystem folder (not run here)")
     install_args(s)

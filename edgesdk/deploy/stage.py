@@ -11,6 +11,7 @@ files and scores the parity frames (and the golden set) with this host's ONNX Ru
 slot is intact and the model right, not the target's speed. A packed runtime is only extracted (its
 wheels and bootstrap.py): the target builds runtime/venv at first boot with runtime.bootstrap_command().
 Works as a normal user on a plain folder."""
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,18 @@ def _inside(rootfs: Path, prefix: str, what: str) -> Path:
     return rootfs.joinpath(*p.parts[1:])
 
 
-def stage(package: str | Path, pubkey: str | Path, rootfs: str | Path, prefix: str = DEFAULT_PREFIX,
-          device: str | None = None, golden: str | None = None, keep: int = 3, allow_downgrade: bool = False,
-          unit_text: str | None = None, unit_name: str = UNIT_NAME) -> tuple[Report, dict]:
+def stage(
+    package: str | Path,
+    pubkey: str | Path,
+    rootfs: str | Path,
+    prefix: str = DEFAULT_PREFIX,
+    device: str | None = None,
+    golden: str | None = None,
+    keep: int = 3,
+    allow_downgrade: bool = False,
+    unit_text: str | None = None,
+    unit_name: str = UNIT_NAME,
+) -> tuple[Report, dict]:
     """Install PACKAGE into ROOTFS/PREFIX for DEVICE (required when the package names devices) and
     write the device's config; with UNIT_TEXT, also the systemd unit and its multi-user.target.wants
     link (the hook `edgesdk service` fills). Returns the install report and the files written."""
@@ -50,8 +60,10 @@ def stage(package: str | Path, pubkey: str | Path, rootfs: str | Path, prefix: s
     if rep.ok:
         etc = rootfs / "etc" / "edgesdk"
         atomic_write_text(etc / keys.PUB_FILE, pub.text())
-        config = (f'# written by `edgesdk stage`: where the device finds its model and key\n'
-                  f'root = "{prefix}"\npubkey = "/etc/edgesdk/{keys.PUB_FILE}"\ndevice = "{rep.device}"\n')
+        config = (
+            f"# written by `edgesdk stage`: where the device finds its model and key\n"
+            f'root = "{prefix}"\npubkey = "/etc/edgesdk/{keys.PUB_FILE}"\ndevice = "{rep.device}"\n'
+        )
         atomic_write_text(etc / "config.toml", config)
         written = {"pubkey": str(etc / keys.PUB_FILE), "config": str(etc / "config.toml")}
         if unit_text is not None:
@@ -69,8 +81,10 @@ def _runtime_note(rootfs: Path, slot: Path, prefix: str) -> dict:
         return {}
     out = {"runtime": " ".join(runtime.bootstrap_command(prefix))}
     if not (rootfs / "usr" / "bin" / f"python{rt['python']}").exists():
-        out["runtime_warning"] = (f"{rootfs}/usr/bin/python{rt['python']} not found: the packed runtime needs "
-                                  f"Python {rt['python']} on the target")
+        out["runtime_warning"] = (
+            f"{rootfs}/usr/bin/python{rt['python']} not found: the packed runtime needs "
+            f"Python {rt['python']} on the target"
+        )
     return out
 
 

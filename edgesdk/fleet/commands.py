@@ -1,5 +1,6 @@
 """`edgesdk agent | rollout | fleet status | fleet forget`: parse, call one function, print one table
 (or --json). add_commands(sub) hooks them into edgesdk.cli's parser."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,17 +37,29 @@ def cmd_agent(args) -> None:
     from edgesdk.fleet.broker import broker_from_args
 
     logging.getLogger("edgesdk.fleet").setLevel(logging.INFO)
-    opts = AgentOptions(group=args.group, device_id=args.device_id, root=Path(args.root), pubkey=Path(args.pubkey),
-                        golden=args.golden, device=args.device, keep=args.keep, max_latency_ms=args.max_latency_ms,
-                        heartbeat_s=args.heartbeat, fetch_timeout_s=args.fetch_timeout)
+    opts = AgentOptions(
+        group=args.group,
+        device_id=args.device_id,
+        root=Path(args.root),
+        pubkey=Path(args.pubkey),
+        golden=args.golden,
+        device=args.device,
+        keep=args.keep,
+        max_latency_ms=args.max_latency_ms,
+        heartbeat_s=args.heartbeat,
+        fetch_timeout_s=args.fetch_timeout,
+    )
     agent = Agent(broker_from_args(args), opts)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())   # systemd stop: finish the install under way, say goodbye
-    print(f"edgesdk agent {args.group}/{args.device_id} ({agent.profile}) on {agent.link.opts.uri}, root {args.root}",
-          file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())  # systemd stop: finish the install under way, say goodbye
+    print(
+        f"edgesdk agent {args.group}/{args.device_id} ({agent.profile}) on {agent.link.opts.uri}, root {args.root}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         agent.run(args.run_for, stop)
-    except KeyboardInterrupt:       # Ctrl-C: run() has already said goodbye on its way out
+    except KeyboardInterrupt:  # Ctrl-C: run() has already said goodbye on its way out
         pass
 
 
@@ -56,11 +69,20 @@ def cmd_rollout(args) -> None:
     from edgesdk.fleet.rollout import RolloutHalted, RolloutOptions, rollout
     from edgesdk.fsutil import write_json
 
-    opts = RolloutOptions(group=args.group, waves=args.waves, max_failures=args.max_failures, timeout_s=args.timeout,
-                          url=args.url, chunk_kb=args.chunk_kb, rollback_on_halt=args.rollback_on_halt,
-                          devices=tuple(d for d in (args.devices or "").split(",") if d),
-                          discover_s=args.discover, expires_h=args.expires, release_id=args.release_id or "",
-                          allow_downgrade=args.allow_downgrade)
+    opts = RolloutOptions(
+        group=args.group,
+        waves=args.waves,
+        max_failures=args.max_failures,
+        timeout_s=args.timeout,
+        url=args.url,
+        chunk_kb=args.chunk_kb,
+        rollback_on_halt=args.rollback_on_halt,
+        devices=tuple(d for d in (args.devices or "").split(",") if d),
+        discover_s=args.discover,
+        expires_h=args.expires,
+        release_id=args.release_id or "",
+        allow_downgrade=args.allow_downgrade,
+    )
     live = sys.stdout.isatty() and not args.json
 
     def on_change(rows, event):
@@ -74,8 +96,14 @@ def cmd_rollout(args) -> None:
 
     halted = None
     try:
-        report = rollout(args.package, args.key, broker_from_args(args), opts, read_passphrase(args.passphrase_file),
-                         on_change=on_change)
+        report = rollout(
+            args.package,
+            args.key,
+            broker_from_args(args),
+            opts,
+            read_passphrase(args.passphrase_file),
+            on_change=on_change,
+        )
     except RolloutHalted as e:
         report, halted = e.report, e
     out = Path(args.report or f"rollout-{report['release_id']}.json")
@@ -83,9 +111,14 @@ def cmd_rollout(args) -> None:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        print(table(_short(report["devices"]), COLUMNS,
-                    title=f"{report['result']}: {report['release_id']} to {report['group']} "
-                          f"({len(report['waves'])} wave(s), {report['seconds']:.1f} s); report {out}"))
+        print(
+            table(
+                _short(report["devices"]),
+                COLUMNS,
+                title=f"{report['result']}: {report['release_id']} to {report['group']} "
+                f"({len(report['waves'])} wave(s), {report['seconds']:.1f} s); report {out}",
+            )
+        )
     if halted is not None:
         raise halted
 
@@ -98,14 +131,32 @@ def cmd_status(args) -> None:
     if args.json:
         print(json.dumps(r, indent=2, default=str))
         return
-    cols = ["group", "device", "profile", "online", "version", "previous", "state", "last release", "result",
-            "heartbeat s", "silent"]
-    text = table(r["devices"], cols, title=f"{r['broker']}: {len(r['devices'])} device(s)"
-                                          + (f" in group {r['group']}" if r["group"] else ""))
+    cols = [
+        "group",
+        "device",
+        "profile",
+        "online",
+        "version",
+        "previous",
+        "state",
+        "last release",
+        "result",
+        "heartbeat s",
+        "silent",
+    ]
+    text = table(
+        r["devices"],
+        cols,
+        title=f"{r['broker']}: {len(r['devices'])} device(s)" + (f" in group {r['group']}" if r["group"] else ""),
+    )
     notes = [f"{d['device']}: {d['result']}: {d['why']}" for d in r["devices"] if d["why"]]
     notes += [f"{d['device']}: silent: {d['silent_why']}" for d in r["devices"] if d["silent"]]
-    notes += [f"{d['device']}: ignored {d['rejected']} message(s) not signed by the fleet key or malformed "
-              "(see --json: rejected)" for d in r["devices"] if d["rejected"]]
+    notes += [
+        f"{d['device']}: ignored {d['rejected']} message(s) not signed by the fleet key or malformed "
+        "(see --json: rejected)"
+        for d in r["devices"]
+        if d["rejected"]
+    ]
     print(text + "".join(f"\n{n}" for n in notes))
 
 
@@ -142,29 +193,42 @@ def add_commands(sub) -> None:
     s.add_argument("--group", required=True)
     s.add_argument("--key", required=True, help="the fleet's private key (signs the release messages)")
     s.add_argument("--passphrase-file", help="passphrase of an encrypted key")
-    s.add_argument("--waves", default="1,10%,50%,100%", help="cumulative device counts or percentages "
-                                                            "(default 1,10%%,50%%,100%%)")
+    s.add_argument(
+        "--waves", default="1,10%,50%,100%", help="cumulative device counts or percentages (default 1,10%%,50%%,100%%)"
+    )
     s.add_argument("--max-failures", type=int, default=0, help="failed or silent devices tolerated (default 0)")
-    s.add_argument("--timeout", type=_positive, default=1200.0, help="seconds each wave waits for its devices "
-                                                                    "(default 1200: engine builds take minutes)")
+    s.add_argument(
+        "--timeout",
+        type=_positive,
+        default=1200.0,
+        help="seconds each wave waits for its devices (default 1200: engine builds take minutes)",
+    )
     s.add_argument("--rollback-on-halt", action="store_true", help="on halt, the wave's devices roll back")
-    s.add_argument("--url", help="where devices fetch the package: file:///PATH or http(s)://... "
-                                 "(default: chunks over MQTT)")
+    s.add_argument(
+        "--url", help="where devices fetch the package: file:///PATH or http(s)://... (default: chunks over MQTT)"
+    )
     s.add_argument("--chunk-kb", type=int, default=256, help="chunk size over MQTT (default 256 KiB)")
-    s.add_argument("--devices", help="comma-separated device ids, in wave order (default: every device with a "
-                                     "state in the group, sorted)")
+    s.add_argument(
+        "--devices",
+        help="comma-separated device ids, in wave order (default: every device with a state in the group, sorted)",
+    )
     s.add_argument("--discover", type=_positive, default=3.0, help="seconds to gather device states (default 3)")
-    s.add_argument("--expires", type=_positive, default=72.0, help="hours a device may still start the release "
-                                                                  "(default 72)")
-    s.add_argument("--allow-downgrade", action="store_true",
-                   help="devices install it even when they run a newer version (a fleet-wide step back)")
+    s.add_argument(
+        "--expires", type=_positive, default=72.0, help="hours a device may still start the release (default 72)"
+    )
+    s.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="devices install it even when they run a newer version (a fleet-wide step back)",
+    )
     s.add_argument("--release-id", help="default NAME-VERSION-UTCTIME")
     s.add_argument("--report", help="JSON report (default rollout-RELEASE.json)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_rollout)
 
-    fleet = sub.add_parser("fleet", help="the fleet's state on the broker").add_subparsers(dest="fleet_cmd",
-                                                                                          required=True)
+    fleet = sub.add_parser("fleet", help="the fleet's state on the broker").add_subparsers(
+        dest="fleet_cmd", required=True
+    )
     s = fleet.add_parser("status", help="every device's retained state: versions, failures, silence")
     add_broker_args(s)
     s.add_argument("--group", help="one group (default: every group)")

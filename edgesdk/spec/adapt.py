@@ -11,6 +11,7 @@ adapt, or at fp16/int8) load as before, and `adapt` on them says what to do inst
   ridge                                    padim: covariance + ridge * I, as fit
   projection_dim, seed, num_neighbors      patchcore: its greedy coreset and re-weighting support
 Standard library only."""
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,9 @@ FEATURES_OUTPUT = "features"
 
 @dataclass(frozen=True)
 class HeadTensor:
-    offset: int                 # of the tensor's raw bytes in model.onnx
-    shape: tuple[int, ...]      # as stored in the graph (folded reshapes included)
-    dtype: str                  # float32 or int64
+    offset: int  # of the tensor's raw bytes in model.onnx
+    shape: tuple[int, ...]  # as stored in the graph (folded reshapes included)
+    dtype: str  # float32 or int64
 
     @property
     def size(self) -> int:
@@ -83,15 +84,23 @@ def adapt_spec(d: Any, where: str) -> AdaptSpec | None:
         raise SpecError(f"{where}: field adapt.features must name the features graph of the bundle")
     tensors = d.get("tensors")
     if not isinstance(tensors, dict) or sorted(tensors) != sorted(HEADS[kind]):
-        raise SpecError(f"{where}: field adapt.tensors must give {', '.join(HEADS[kind])} for {kind}, "
-                        f"got {sorted(tensors) if isinstance(tensors, dict) else tensors!r}")
+        raise SpecError(
+            f"{where}: field adapt.tensors must give {', '.join(HEADS[kind])} for {kind}, "
+            f"got {sorted(tensors) if isinstance(tensors, dict) else tensors!r}"
+        )
     ridge = d.get("ridge", 0.0)
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
         raise SpecError(f"{where}: field adapt.ridge must be a finite number >= 0, got {ridge!r}")
-    spec = AdaptSpec(kind=kind, features=d["features"], state=d.get("state", ""), ridge=float(ridge),
-                     projection_dim=_int(d, "projection_dim", where, 0), seed=_int(d, "seed", where, 0),
-                     num_neighbors=_int(d, "num_neighbors", where, 0),
-                     tensors={k: _tensor(v, where, f"adapt.tensors.{k}") for k, v in tensors.items()})
+    spec = AdaptSpec(
+        kind=kind,
+        features=d["features"],
+        state=d.get("state", ""),
+        ridge=float(ridge),
+        projection_dim=_int(d, "projection_dim", where, 0),
+        seed=_int(d, "seed", where, 0),
+        num_neighbors=_int(d, "num_neighbors", where, 0),
+        tensors={k: _tensor(v, where, f"adapt.tensors.{k}") for k, v in tensors.items()},
+    )
     if kind == "padim" and (not spec.state or spec.ridge <= 0):
         raise SpecError(f"{where}: field adapt: padim needs its statistics file (adapt.state) and adapt.ridge > 0")
     if kind == "patchcore" and (spec.projection_dim < 1 or spec.num_neighbors < 1):
@@ -105,8 +114,11 @@ def _tensor(d: Any, where: str, name: str) -> HeadTensor:
     offset, shape, dtype = d["offset"], d["shape"], d["dtype"]
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise SpecError(f"{where}: field {name}.offset must be an integer >= 0, got {offset!r}")
-    if not isinstance(shape, list) or not shape or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
         raise SpecError(f"{where}: field {name}.shape must be a list of positive integers, got {shape!r}"[:300])
     if dtype not in DTYPES:
         raise SpecError(f"{where}: field {name}.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

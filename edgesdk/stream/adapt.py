@@ -15,6 +15,7 @@ Frames that stand far above the rest (calibrate.suspect_frames) look like defect
 
 Gate: before anything is written, the labelled images (--val DIR: good/ and one folder per defect)
 are scored by the old and the new model at their thresholds; defect recall must not fall."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,7 @@ from edgesdk.spec.adapt import FEATURES_OUTPUT, HEADS, AdaptSpec
 from edgesdk.stream import heads
 from edgesdk.stream.calibrate import _k_sigma, _local_paths, suspect_frames
 
-MIN_FRAMES = 8          # at least 2 held out for the threshold and a few to learn from
+MIN_FRAMES = 8  # at least 2 held out for the threshold and a few to learn from
 log = logging.getLogger(__name__)
 
 
@@ -46,13 +47,13 @@ class AdaptError(EdgesdkError):
 
 @dataclass(frozen=True)
 class AdaptOptions:
-    good: str = ""              # folder of confirmed-good images (dir:// overlays, *_overlay.*, are skipped)
-    source: str = ""            # or a source URI of good parts (file://good.mp4, a camera)
-    frames: int = 0             # at most this many frames (0: every image of --good; 50 of a --source)
-    val: str = ""               # labelled folder for the gate: good/ and one folder per defect kind
-    gate: bool = True           # False: write without the recall check (the report says so)
-    holdout: float = 0.25       # share of the frames kept out of the update to set the threshold
-    k_sigma: float | None = None   # None: the bundle's own k, else 3
+    good: str = ""  # folder of confirmed-good images (dir:// overlays, *_overlay.*, are skipped)
+    source: str = ""  # or a source URI of good parts (file://good.mp4, a camera)
+    frames: int = 0  # at most this many frames (0: every image of --good; 50 of a --source)
+    val: str = ""  # labelled folder for the gate: good/ and one folder per defect kind
+    gate: bool = True  # False: write without the recall check (the report says so)
+    holdout: float = 0.25  # share of the frames kept out of the update to set the threshold
+    k_sigma: float | None = None  # None: the bundle's own k, else 3
     batch: int = 8
 
 
@@ -65,8 +66,10 @@ def _check_opts(opts: AdaptOptions) -> AdaptOptions:
     if not 0 < holdout < 1:
         raise OptionError(f"holdout must be in (0, 1), got {holdout:g}")
     if opts.gate and not opts.val:
-        raise OptionError("--val DIR is needed: the adapted model is gated on labelled images (DIR/good and one "
-                          "folder per defect kind), so that defect recall cannot fall; --no-gate skips the check")
+        raise OptionError(
+            "--val DIR is needed: the adapted model is gated on labelled images (DIR/good and one "
+            "folder per defect kind), so that defect recall cannot fall; --no-gate skips the check"
+        )
     k = None if opts.k_sigma is None else _k_sigma(opts.k_sigma, "--k-sigma")
     return dataclasses.replace(opts, k_sigma=k)
 
@@ -78,21 +81,27 @@ def adaptable(b: Bundle) -> AdaptSpec:
     if m.adapt is not None:
         return m.adapt
     if name not in HEADS:
-        raise AdaptError(f"{b.path}: a {name} model cannot be adapted on the device: a student-teacher learns its "
-                         "features by training. Add the confirmed-good frames to its training images, then train "
-                         "and export again on the workstation (or calibrate its threshold: edgesdk calibrate)")
+        raise AdaptError(
+            f"{b.path}: a {name} model cannot be adapted on the device: a student-teacher learns its "
+            "features by training. Add the confirmed-good frames to its training images, then train "
+            "and export again on the workstation (or calibrate its threshold: edgesdk calibrate)"
+        )
     if m.precision != "fp32":
-        raise AdaptError(f"{b.path}: a {m.precision} bundle cannot be adapted (its head is not stored as fp32): "
-                         "adapt the fp32 bundle of the same run, then quantize it on the workstation")
-    raise AdaptError(f"{b.path}: exported without what adapt needs (manifest field adapt: features.onnx and the "
-                     "head's place in model.onnx); export the run again with this edgesdk (edgesdk export)")
+        raise AdaptError(
+            f"{b.path}: a {m.precision} bundle cannot be adapted (its head is not stored as fp32): "
+            "adapt the fp32 bundle of the same run, then quantize it on the workstation"
+        )
+    raise AdaptError(
+        f"{b.path}: exported without what adapt needs (manifest field adapt: features.onnx and the "
+        "head's place in model.onnx); export the run again with this edgesdk (edgesdk export)"
+    )
 
 
 def good_frames(opts: AdaptOptions, size: tuple[int, int]) -> tuple[list[str], np.ndarray]:
     """(names, (N, H, W, 3) uint8 frames at the model's size) of the confirmed-good frames."""
     if opts.good:
         paths = [p for p in list_images(opts.good) if not p.stem.endswith("_overlay")]
-        paths = paths[:opts.frames] if opts.frames else paths
+        paths = paths[: opts.frames] if opts.frames else paths
         return [p.name for p in paths], np.stack([read_image(p, size) for p in paths]) if paths else np.zeros(0)
     from edgesdk.video import open_source
 
@@ -112,7 +121,7 @@ def scores(model: Path, frames: np.ndarray, batch: int, output: str = "score") -
         return np.zeros(0, np.float32)
     with OnnxRuntimeRunner(model) as r:
         name = r.inputs[0].name
-        return np.concatenate([r.infer({name: frames[i:i + batch]})[output] for i in range(0, len(frames), batch)])
+        return np.concatenate([r.infer({name: frames[i : i + batch]})[output] for i in range(0, len(frames), batch)])
 
 
 def _val(val: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -143,12 +152,16 @@ def new_head(b: Bundle, spec: AdaptSpec, model: bytes, feats: np.ndarray) -> tup
         with np.load(b.path / spec.state, allow_pickle=False) as z:
             state = heads.check_state({k: z[k] for k in z.files}, spec, where)
         if feats.shape[1:] != state["sum"].shape:
-            raise AdaptError(f"{b.path / spec.features}: features {feats.shape[1:]} do not fit the statistics "
-                             f"{state['sum'].shape} of {where}")
+            raise AdaptError(
+                f"{b.path / spec.features}: features {feats.shape[1:]} do not fit the statistics "
+                f"{state['sum'].shape} of {where}"
+            )
         mean = heads.read_head(model, "mean", spec.tensors["mean"]).reshape(state["sum"].shape)
         if not np.allclose(mean, state["sum"] / int(state["n"]), rtol=1e-5, atol=1e-5):
-            raise SpecError(f"{b.path / MANIFEST}: field adapt.tensors.mean does not point at the mean of {where} "
-                            "in model.onnx; export the run again")
+            raise SpecError(
+                f"{b.path / MANIFEST}: field adapt.tensors.mean does not point at the mean of {where} "
+                "in model.onnx; export the run again"
+            )
         new = heads.padim_state(state, feats)
         values = heads.padim_head(new, spec.ridge)
         info = {"n_before": int(state["n"]), "n_after": int(new["n"])}
@@ -156,21 +169,27 @@ def new_head(b: Bundle, spec: AdaptSpec, model: bytes, feats: np.ndarray) -> tup
         t = spec.tensors["bank"]
         bank = heads.read_head(model, "bank", t).reshape(-1, t.shape[-1])
         if feats.shape[-1] != bank.shape[1]:
-            raise AdaptError(f"{b.path / spec.features}: features of {feats.shape[-1]} channels do not fit the "
-                             f"bank's {bank.shape[1]}")
+            raise AdaptError(
+                f"{b.path / spec.features}: features of {feats.shape[-1]} channels do not fit the "
+                f"bank's {bank.shape[1]}"
+            )
         sq = heads.read_head(model, "bank_sq", spec.tensors["bank_sq"]).reshape(-1)
         support = heads.read_head(model, "support", spec.tensors["support"])
-        if len(sq) != len(bank) or not np.allclose(sq, (bank * bank).sum(1), rtol=1e-4, atol=1e-4) or not (
-                (support >= 0) & (support < len(bank))).all():
-            raise SpecError(f"{b.path / MANIFEST}: field adapt.tensors does not point at the memory bank in "
-                            "model.onnx; export the run again")
+        if (
+            len(sq) != len(bank)
+            or not np.allclose(sq, (bank * bank).sum(1), rtol=1e-4, atol=1e-4)
+            or not ((support >= 0) & (support < len(bank))).all()
+        ):
+            raise SpecError(
+                f"{b.path / MANIFEST}: field adapt.tensors does not point at the memory bank in "
+                "model.onnx; export the run again"
+            )
         values, info = heads.patchcore_head(bank, feats, spec)
         new = None
     return {k: v.reshape(spec.tensors[k].shape) for k, v in values.items()}, info, new
 
 
-def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: bool = True,
-          force: bool = False) -> dict:
+def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: bool = True, force: bool = False) -> dict:
     """Write OUT: BUNDLE adapted to the confirmed-good frames of OPTS, gated, with a re-derived threshold.
     Returns the report (also in OUT's manifest, provenance.adaptation). OUT is replaced only when missing,
     empty or a bundle (any folder with FORCE), and never when it is, holds or lies inside an input."""
@@ -183,8 +202,13 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
     b = Bundle.open(bundle)
     spec = adaptable(b)
     old_thr = b.threshold
-    k = opts.k_sigma if opts.k_sigma is not None else _k_sigma(
-        b.manifest.threshold.detail.get("k_sigma", 3.0), "threshold.detail.k_sigma", str(bundle / MANIFEST))
+    k = (
+        opts.k_sigma
+        if opts.k_sigma is not None
+        else _k_sigma(
+            b.manifest.threshold.detail.get("k_sigma", 3.0), "threshold.detail.k_sigma", str(bundle / MANIFEST)
+        )
+    )
     size = b.input_size
     val = _val(opts.val, size) if opts.gate else None
     names, frames = good_frames(opts, size)
@@ -195,22 +219,34 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
         held_std = 1.0 if b.manifest.normalization.get("kind") == "z_from_good_holdout" else 0.0
         suspect = suspect_frames(z_old, old_thr, held_std)
         if len(suspect):
-            log.warning("%s: %d frames score far above the others (%s): they look like defects and are left out",
-                        opts.good or opts.source, len(suspect), ", ".join(names[i] for i in suspect[:10]))
+            log.warning(
+                "%s: %d frames score far above the others (%s): they look like defects and are left out",
+                opts.good or opts.source,
+                len(suspect),
+                ", ".join(names[i] for i in suspect[:10]),
+            )
         keep = np.setdiff1d(np.arange(len(frames)), suspect)
         hold = keep[_split(len(keep), opts.holdout)]
         fit = np.setdiff1d(keep, hold)
         if len(fit) < 1:
-            raise DataError(f"{opts.good or opts.source}: after {len(suspect)} suspect frames, no frame is left "
-                            "to learn from")
-        feats = scores(b.path / spec.features, frames[fit], opts.batch, FEATURES_OUTPUT)   # (N, P, D)
+            raise DataError(
+                f"{opts.good or opts.source}: after {len(suspect)} suspect frames, no frame is left to learn from"
+            )
+        feats = scores(b.path / spec.features, frames[fit], opts.batch, FEATURES_OUTPUT)  # (N, P, D)
         steps.update()
         model = b.model_path.read_bytes()
         values, change, state = new_head(b, spec, model, feats)
         steps.update()
-        report = {"bundle": str(bundle), "out": str(out), "model": spec.kind, "frames": len(frames),
-                  "fit_frames": [names[i] for i in fit], "holdout_frames": [names[i] for i in hold],
-                  "suspect_frames": [names[i] for i in suspect], **change}
+        report = {
+            "bundle": str(bundle),
+            "out": str(out),
+            "model": spec.kind,
+            "frames": len(frames),
+            "fit_frames": [names[i] for i in fit],
+            "holdout_frames": [names[i] for i in hold],
+            "suspect_frames": [names[i] for i in suspect],
+            **change,
+        }
         with atomic_dir(out, kind="bundle", inputs=inputs, force=force) as stage:
             for name in b.manifest.files:
                 (stage / name).parent.mkdir(parents=True, exist_ok=True)
@@ -223,34 +259,55 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
             z_good = scores(stage / MODEL_FILE, np.concatenate([frames[hold], parity]), opts.batch).astype(np.float64)
             new_thr = float(z_good.mean() + k * z_good.std(ddof=1))
             steps.update()
-            report.update(threshold={"old": old_thr, "new": new_thr, "k_sigma": k, "n_good_scores": len(z_good)},
-                          false_alarms={"old_on_all_frames": float((z_old > old_thr).mean()),
-                                        "old_on_holdout": float((z_old[hold] > old_thr).mean()),
-                                        "new_on_holdout": float((z_good[:len(hold)] > new_thr).mean())})
+            report.update(
+                threshold={"old": old_thr, "new": new_thr, "k_sigma": k, "n_good_scores": len(z_good)},
+                false_alarms={
+                    "old_on_all_frames": float((z_old > old_thr).mean()),
+                    "old_on_holdout": float((z_old[hold] > old_thr).mean()),
+                    "new_on_holdout": float((z_good[: len(hold)] > new_thr).mean()),
+                },
+            )
             report["gate"] = _gate(stage, b, val, old_thr, new_thr, opts) if val is not None else {"checked": False}
-            thr = Threshold(new_thr, "adapt_good_k_sigma",
-                            {"how": f"mean + {k:g} std of {len(z_good)} good frames kept out of the update",
-                             "k_sigma": k, "old_threshold": old_thr})
+            thr = Threshold(
+                new_thr,
+                "adapt_good_k_sigma",
+                {
+                    "how": f"mean + {k:g} std of {len(z_good)} good frames kept out of the update",
+                    "k_sigma": k,
+                    "old_threshold": old_thr,
+                },
+            )
             m = b.manifest
             manifest = dataclasses.replace(
-                m, threshold=thr, files={n: file_entry(stage / n) for n in m.files},
-                provenance={**m.provenance, "adaptation": {**report, "from_model_sha256": b.onnx_sha256}})
+                m,
+                threshold=thr,
+                files={n: file_entry(stage / n) for n in m.files},
+                provenance={**m.provenance, "adaptation": {**report, "from_model_sha256": b.onnx_sha256}},
+            )
             write_json(stage / MANIFEST, manifest.to_dict())
-            Bundle.open(stage)               # the new bundle verifies before it replaces anything
+            Bundle.open(stage)  # the new bundle verifies before it replaces anything
             steps.update()
     return report
 
 
-def _gate(stage: Path, b: Bundle, val: tuple[np.ndarray, np.ndarray], old_thr: float, new_thr: float,
-          opts: AdaptOptions) -> dict:
+def _gate(
+    stage: Path, b: Bundle, val: tuple[np.ndarray, np.ndarray], old_thr: float, new_thr: float, opts: AdaptOptions
+) -> dict:
     frames, labels = val
     old = _rates(scores(b.model_path, frames, opts.batch), labels, old_thr)
     new = _rates(scores(stage / MODEL_FILE, frames, opts.batch), labels, new_thr)
-    gate = {"checked": True, "val": opts.val, "n_good": int((labels == 0).sum()), "n_defective": int(labels.sum()),
-            "recall": {"old": old["recall"], "new": new["recall"]},
-            "false_alarm_rate": {"old": old["false_alarm_rate"], "new": new["false_alarm_rate"]}}
+    gate = {
+        "checked": True,
+        "val": opts.val,
+        "n_good": int((labels == 0).sum()),
+        "n_defective": int(labels.sum()),
+        "recall": {"old": old["recall"], "new": new["recall"]},
+        "false_alarm_rate": {"old": old["false_alarm_rate"], "new": new["false_alarm_rate"]},
+    }
     if new["recall"] < old["recall"]:
-        raise AdaptError(f"{opts.val}: the adapted model's defect recall {new['recall']:.3f} is below the bundle's "
-                         f"{old['recall']:.3f} (threshold {old_thr:.3f} -> {new_thr:.3f}); nothing written. Check "
-                         "that the frames are good parts only, or give more of them")
+        raise AdaptError(
+            f"{opts.val}: the adapted model's defect recall {new['recall']:.3f} is below the bundle's "
+            f"{old['recall']:.3f} (threshold {old_thr:.3f} -> {new_thr:.3f}); nothing written. Check "
+            "that the frames are good parts only, or give more of them"
+        )
     return gate

@@ -2,6 +2,7 @@
 
 Stages, each timed: preprocess (resize to the model's input; normalization is in the graph),
 infer (the runner), postprocess (threshold the anomaly map into boxes in frame coordinates)."""
+
 from __future__ import annotations
 
 import time
@@ -19,9 +20,9 @@ from edgesdk.images import read_image, resize
 
 @dataclass(frozen=True)
 class Region:
-    bbox: tuple[int, int, int, int]   # x0, y0, x1, y1 in the caller's frame, x1/y1 exclusive
-    area: int                         # pixels above threshold, in model resolution
-    peak: float                       # highest score inside the region
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 in the caller's frame, x1/y1 exclusive
+    area: int  # pixels above threshold, in model resolution
+    peak: float  # highest score inside the region
 
     def to_dict(self) -> dict:
         return {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
@@ -31,21 +32,21 @@ class Region:
 class Result:
     score: float
     is_anomalous: bool
-    anomaly_map: np.ndarray           # (H, W) float32 at model resolution, threshold units
+    anomaly_map: np.ndarray  # (H, W) float32 at model resolution, threshold units
     regions: list[Region]
     latency_ms: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    backend: str = "onnxruntime"     # or "tensorrt" (an engine from `edgesdk build`)
+    backend: str = "onnxruntime"  # or "tensorrt" (an engine from `edgesdk build`)
     providers: str | list[str] = "auto"
-    engine: str | None = None         # tensorrt: plan path; None finds BUNDLE/engines/<match>.plan
+    engine: str | None = None  # tensorrt: plan path; None finds BUNDLE/engines/<match>.plan
     threads: int = 0
-    spin: bool = True                 # onnxruntime: spinning pool threads (off in the stream loop)
-    threshold: float | None = None    # None: the bundle's threshold
-    min_region_area: int = 4          # ignore specks smaller than this (model pixels)
-    verify: bool = True               # check file hashes when opening the bundle
+    spin: bool = True  # onnxruntime: spinning pool threads (off in the stream loop)
+    threshold: float | None = None  # None: the bundle's threshold
+    min_region_area: int = 4  # ignore specks smaller than this (model pixels)
+    verify: bool = True  # check file hashes when opening the bundle
 
 
 class Detector:
@@ -55,12 +56,16 @@ class Detector:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=opts.verify)
         self.opts = opts
         # A NaN threshold flags nothing (every comparison with NaN is false): refuse it.
-        self.threshold = (finite(self.bundle.threshold, "threshold.value", str(self.bundle.path / "manifest.json"))
-                          if opts.threshold is None else finite(opts.threshold, "threshold"))
+        self.threshold = (
+            finite(self.bundle.threshold, "threshold.value", str(self.bundle.path / "manifest.json"))
+            if opts.threshold is None
+            else finite(opts.threshold, "threshold")
+        )
         self.size = self.bundle.input_size
         self.input_name = self.bundle.manifest.input.name
-        self.runner: Runner = open_runner(opts.backend, self.bundle, opts.providers, opts.threads, opts.engine,
-                                          opts.spin)
+        self.runner: Runner = open_runner(
+            opts.backend, self.bundle, opts.providers, opts.threads, opts.engine, opts.spin
+        )
 
     def __enter__(self) -> "Detector":
         return self
@@ -84,14 +89,14 @@ class Detector:
 
     def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> list[Region]:
         """Connected components of `amap > threshold`, boxes scaled to the caller's frame."""
-        if not amap.max() > self.threshold:                  # a good frame (most of them): one pass
+        if not amap.max() > self.threshold:  # a good frame (most of them): one pass
             return []
-        binary = (amap > self.threshold).view(np.uint8)     # bool -> {0, 1} without a copy
+        binary = (amap > self.threshold).view(np.uint8)  # bool -> {0, 1} without a copy
         rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
         # Label only the box around the pixels above threshold: a defect is small, and labelling the
         # whole map costs ~0.5 ms a frame at 256x256, time taken from inference on a small CPU.
         oy, ox = int(rows[0]), int(cols[0])
-        sub = binary[oy:rows[-1] + 1, ox:cols[-1] + 1]
+        sub = binary[oy : rows[-1] + 1, ox : cols[-1] + 1]
         n, labels, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
         sy, sx = frame_shape[0] / amap.shape[0], frame_shape[1] / amap.shape[1]
         out = []
@@ -99,10 +104,11 @@ class Detector:
             x, y, w, h, area = (int(v) for v in stats[i])
             if area < self.opts.min_region_area:
                 continue
-            peak = float(amap[oy + y:oy + y + h, ox + x:ox + x + w][labels[y:y + h, x:x + w] == i].max())
+            peak = float(amap[oy + y : oy + y + h, ox + x : ox + x + w][labels[y : y + h, x : x + w] == i].max())
             x, y = x + ox, y + oy
-            out.append(Region((int(x * sx), int(y * sy), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))),
-                              area, peak))
+            out.append(
+                Region((int(x * sx), int(y * sy), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))), area, peak)
+            )
         return sorted(out, key=lambda r: -r.peak)
 
     def predict(self, frame: np.ndarray) -> Result:
@@ -114,13 +120,22 @@ class Detector:
         score, amap = float(scores[0]), maps[0]
         regions = self.regions(amap, frame.shape)
         t3 = time.perf_counter()
-        lat = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3,
-               "total": (t3 - t0) * 1e3}
+        lat = {
+            "preprocess": (t1 - t0) * 1e3,
+            "infer": (t2 - t1) * 1e3,
+            "postprocess": (t3 - t2) * 1e3,
+            "total": (t3 - t0) * 1e3,
+        }
         return Result(score, score > self.threshold, amap, regions, lat)
 
 
-def predict_files(bundle: str | Path | Bundle, paths, opts: DetectorOptions = DetectorOptions(),
-                  save: str | Path | None = None, only_anomalous: bool = False) -> dict:
+def predict_files(
+    bundle: str | Path | Bundle,
+    paths,
+    opts: DetectorOptions = DetectorOptions(),
+    save: str | Path | None = None,
+    only_anomalous: bool = False,
+) -> dict:
     """Score each image file of PATHS (any size, read as BGR) at batch 1, in order: `edgesdk predict`
     and samples/score_folder.py. With SAVE, a heatmap overlay per image (only the anomalous ones with
     ONLY_ANOMALOUS) goes to SAVE/<stem>_overlay.png; a row names its overlay once it is written.
@@ -131,13 +146,17 @@ def predict_files(bundle: str | Path | Bundle, paths, opts: DetectorOptions = De
     rows = []
     with Detector(bundle, opts) as det:
         for path in paths:
-            img = read_image(path)                       # (h, w, 3) uint8 BGR
+            img = read_image(path)  # (h, w, 3) uint8 BGR
             r = det.predict(img)
-            row = {"image": str(path), "score": r.score, "is_anomalous": r.is_anomalous,
-                   "regions": [x.to_dict() for x in r.regions], "latency_ms": r.latency_ms["total"]}
+            row = {
+                "image": str(path),
+                "score": r.score,
+                "is_anomalous": r.is_anomalous,
+                "regions": [x.to_dict() for x in r.regions],
+                "latency_ms": r.latency_ms["total"],
+            }
             if save is not None and (r.is_anomalous or not only_anomalous):
-                row["overlay"] = str(save_overlay(Path(save) / f"{Path(path).stem}_overlay.png", img, r,
-                                                  det.threshold))
+                row["overlay"] = str(save_overlay(Path(save) / f"{Path(path).stem}_overlay.png", img, r, det.threshold))
             rows.append(row)
         source = det.bundle.manifest.threshold.source if opts.threshold is None else "option"
         return {"threshold": det.threshold, "threshold_source": source, "results": rows}

@@ -1,5 +1,6 @@
 """The model zoo: model name -> (class, config class). Every model takes (B, H, W, 3) uint8 BGR
 frames and returns (score (B,), anomaly_map (B, H, W)) in z units; see components.AnomalyModel."""
+
 from __future__ import annotations
 
 
