@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
-from edgesdk.bundle import MODEL_FILE, Bundle
+from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES, Bundle
 from edgesdk.errors import DataError, EdgesdkError, OptionError, finite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.images import list_images, read_image, resize
@@ -255,8 +255,13 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
             (stage / MODEL_FILE).write_bytes(heads.write_head(model, spec, values))
             if state is not None:
                 np.savez(stage / spec.state, **state)
-            parity = b.parity_frames() if "parity_frames.npy" in b.manifest.files else frames[:0]
+            parity = b.parity_frames() if PARITY_FRAMES in b.manifest.files else frames[:0]
             z_good = scores(stage / MODEL_FILE, np.concatenate([frames[hold], parity]), opts.batch).astype(np.float64)
+            if not np.all(np.isfinite(z_good)):
+                raise AdaptError(
+                    f"{out}: the adapted model scored {int((~np.isfinite(z_good)).sum())} good frames "
+                    "NaN/inf; nothing written"
+                )
             new_thr = float(z_good.mean() + k * z_good.std(ddof=1))
             steps.update()
             report.update(
