@@ -193,3 +193,11 @@ def test_manifest_adapt_field_is_checked(bundle, edit, message):
     edit(d["adapt"])
     with pytest.raises(SpecError, match=message):
         Manifest.from_dict(d, "m.json")
+
+
+def test_adapt_reads_good_frames_from_a_source_uri(bundle, tiny_data, tmp_path):
+    # A folder of images as a source (as `edgesdk run --source` reads it), capped by --frames.
+    line = shifted(list_images(tiny_data / "brick/train/good")[:14], tmp_path / "line")
+    r = adapt(bundle, tmp_path / "a", AdaptOptions(source=str(line), frames=12, gate=False), progress=False)
+    assert r["frames"] == 12 and len(r["fit_frames"]) + len(r["holdout_frames"]) + len(r["suspect_frames"]) == 12
+    assert r["fit_frames"][0] == "frame 1 (frame_000001.png)" and Bundle.open(tmp_path / "a").manifest.adapt is not None

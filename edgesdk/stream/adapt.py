@@ -110,7 +110,7 @@ def good_frames(opts: AdaptOptions, size: tuple[int, int]) -> tuple[list[str], n
     with open_source(opts.source) as src:
         while len(imgs) < (opts.frames or 50) and (frame := src.read(timeout=5.0)) is not None:
             if frame.image is not None:
-                names.append(frame.name or f"frame {frame.frame_id}")
+                names.append(f"frame {frame.frame_id}" + (f" ({frame.name})" if frame.name else ""))
                 imgs.append(resize(frame.image, size))
     return names, np.stack(imgs) if imgs else np.zeros(0)
 
