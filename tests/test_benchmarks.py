@@ -78,3 +78,32 @@ def test_soak_reports_flat_memory_fields(bundle, tiny_data, tmp_path):
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["frames"] == 400 and len(s["samples"]) == 2 and (tmp_path / "s.png").stat().st_size > 1000
     assert 20 < s["rss_mb_end"] < 2000
+
+
+def test_drift_benchmark_reports_false_alarms_and_delays(bundle, tmp_path):
+    out = tmp_path / "drift.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/drift_false_alarms.py"),
+            str(bundle),
+            "--frames",
+            "200",
+            "--onset",
+            "100",
+            "--after",
+            "150",
+            "--runs",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["stable"]["frames"] == 200 and res["stable"]["false_alarms"] == 0
+    assert set(res["kinds"]) == {"ramp", "shift", "blur", "texture"} and "frames to event" in r.stdout
+    assert res["kinds"]["blur"]["frames_to_event"][0] is not None

@@ -27,10 +27,10 @@ def run(code: str, *args) -> subprocess.CompletedProcess:
 
 
 def test_every_deploy_module_imports_without_torch():
-    assert {"edgesdk.deploy.keys", "edgesdk.deploy.slots", "edgesdk.deploy.commands"} <= set(MODULES)
+    assert {"edgesdk.deploy.keys", "edgesdk.deploy.slots", "edgesdk.deploy.stage"} <= set(MODULES)
     code = (
         "import importlib\n"
-        + "".join(f"importlib.import_module({m!r})\n" for m in MODULES)
+        + "".join(f"importlib.import_module({m!r})\n" for m in [*MODULES, "edgesdk.cli.deploy"])
         + "print(sys.modules.get('torch'))"
     )
     r = run(code)

@@ -60,6 +60,22 @@ def test_inspect_without_a_key_says_the_signature_was_not_checked(pkgs):
     assert "NOT VERIFIED: signature not checked" in r.stdout
 
 
+def test_pack_refuses_runtime_wheel_options_without_a_runtime(bundle, keypair, tmp_path):
+    """find_links and no_index only steer the runtime's pip download: pack() refuses them without a
+    runtime, from Python as from the command line, and writes nothing."""
+    from edgesdk.deploy.package import PackOptions, pack
+    from edgesdk.errors import OptionError
+
+    out = tmp_path / "brick.tgz"
+    for opts in (
+        PackOptions(version="1.0.0", find_links=(str(tmp_path),)),
+        PackOptions(version="1.0.0", no_index=True),
+    ):
+        with pytest.raises(OptionError, match="--find-links and --no-index are for the runtime's wheels"):
+            pack(bundle, keypair[0], out, opts)
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("where", [0.1, 0.3, 0.5, 0.7, 0.9, "crc", "isize"])
 def test_a_flipped_byte_anywhere_is_refused(pkgs, keypair, installed, tmp_path, where):
     data = bytearray(pkgs["2.0.0"].read_bytes())

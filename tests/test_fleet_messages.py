@@ -212,7 +212,7 @@ def test_every_fleet_module_imports_without_torch():
     from fleet_util import ROOT
 
     mods = sorted(f"edgesdk.fleet.{m.name}" for m in pkgutil.iter_modules(edgesdk.fleet.__path__))
-    assert {"edgesdk.fleet.agent", "edgesdk.fleet.rollout", "edgesdk.fleet.commands"} <= set(mods)
+    assert {"edgesdk.fleet.agent", "edgesdk.fleet.rollout", "edgesdk.fleet.status"} <= set(mods)
     code = (
         "import sys, importlib\nfor n in ('torch', 'torchvision', 'onnx', 'onnxscript', 'skimage'):\n"
         "    sys.modules[n] = None\n"

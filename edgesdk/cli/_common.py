@@ -53,6 +53,14 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds, hours, a latency budget)."""
+    x = finite_float(text)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return x
+
+
 def count(text: str) -> int:
     """argparse type of --max-frames, --frames, --streams: a whole number >= 1 (0 would score nothing)."""
     try:

@@ -33,7 +33,7 @@ from edgesdk.deploy.archive import members as archive_members
 from edgesdk.deploy.manifest import META, NAME, SIG, PackageManifest, version_key
 from edgesdk.deploy.runtime import pack_runtime
 from edgesdk.deploy.wheels import Target
-from edgesdk.errors import EdgesdkError, finite
+from edgesdk.errors import EdgesdkError, OptionError, finite
 from edgesdk.spec import MANIFEST, EngineSidecar, SpecError, file_entry, sha256_file
 
 PARITY_SCORES_KEY = "onnxruntime_scores"  # parity.json field a bundle may record its reference scores in
@@ -148,6 +148,8 @@ def pack(
 ) -> dict:
     """Write the signed package OUT (refuses to overwrite); returns a report (manifest, members, times)."""
     out = Path(out)
+    if (opts.find_links or opts.no_index) and opts.runtime is None:
+        raise OptionError("--find-links and --no-index are for the runtime's wheels: give --runtime or --platform")
     version_key(opts.version, "--version")
     if out.exists() or out.is_symlink():
         raise EdgesdkError(f"{out}: already exists; refusing to overwrite a package")

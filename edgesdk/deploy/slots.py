@@ -83,6 +83,15 @@ class Report:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def raise_if_failed(self) -> None:
+        """InstallError when the health check failed (the slot is kept, marked failed; current unchanged)."""
+        if not self.ok:
+            why = self.health["why"] if self.health else "failed"
+            raise InstallError(
+                f"{self.package}: health check failed: {why}; slot {self.slot} kept "
+                f"(marked failed); current is still {self.previous or 'nothing'}"
+            )
+
 
 def target_device(m: PackageManifest, opts: InstallOptions, where: str) -> str:
     """The device profile this install is for; refuses a package not built for it."""

@@ -1,31 +1,17 @@
-"""`edgesdk agent | rollout | fleet status | fleet forget`: parse, call one function, print one table
-(or --json). add_commands(sub) hooks them into edgesdk.cli's parser."""
+"""`edgesdk agent | rollout | fleet status | fleet forget` (and `service --agent`'s options): parse, call
+one edgesdk.fleet function, print one table (or --json)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from edgesdk.table import table
+from edgesdk.cli._common import emit, positive_float, table
 
 COLUMNS = ["device", "wave", "state", "version", "health", "seconds"]
-
-
-def _positive(text: str) -> float:
-    from edgesdk.errors import OptionError, finite
-
-    try:
-        x = finite(text, "value")
-    except OptionError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return x
 
 
 def _short(rows: list[dict], width: int = 70) -> list[dict]:
@@ -108,17 +94,11 @@ def cmd_rollout(args) -> None:
         report, halted = e.report, e
     out = Path(args.report or f"rollout-{report['release_id']}.json")
     write_json(out, report)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print(
-            table(
-                _short(report["devices"]),
-                COLUMNS,
-                title=f"{report['result']}: {report['release_id']} to {report['group']} "
-                f"({len(report['waves'])} wave(s), {report['seconds']:.1f} s); report {out}",
-            )
-        )
+    title = (
+        f"{report['result']}: {report['release_id']} to {report['group']} "
+        f"({len(report['waves'])} wave(s), {report['seconds']:.1f} s); report {out}"
+    )
+    emit(args, report, table(_short(report["devices"]), COLUMNS, title=title))
     if halted is not None:
         raise halted
 
@@ -128,9 +108,6 @@ def cmd_status(args) -> None:
     from edgesdk.fleet.status import fleet_status
 
     r = fleet_status(broker_from_args(args), args.group, args.wait)
-    if args.json:
-        print(json.dumps(r, indent=2, default=str))
-        return
     cols = [
         "group",
         "device",
@@ -157,7 +134,7 @@ def cmd_status(args) -> None:
         for d in r["devices"]
         if d["rejected"]
     ]
-    print(text + "".join(f"\n{n}" for n in notes))
+    emit(args, r, text + "".join(f"\n{n}" for n in notes))
 
 
 def cmd_forget(args) -> None:
@@ -168,23 +145,118 @@ def cmd_forget(args) -> None:
     print(f"cleared the retained state, online and cmd topics of {args.group}/{args.device_id}")
 
 
+def _agent_args(s, unit: bool) -> None:
+    """The agent's own options; for its unit (`service --agent`) none is required by argparse and none has
+    a default (the unit leaves out what was not given: the agent's defaults apply)."""
+    s.add_argument("--device-id", required=not unit, help="this device's id in the group (letters, digits, '._-')")
+    s.add_argument("--group", required=not unit, help="the group (a line, a plant) whose releases it follows")
+    s.add_argument("--pubkey", required=not unit, help="the fleet's public key: releases and packages must verify")
+    s.add_argument("--golden", help="this line's golden set for the health check (replaces the package's)")
+    s.add_argument("--device", help="device profile (default: detect this machine)")
+    s.add_argument(
+        "--keep", type=int, default=None if unit else 3, help="slots kept, current and previous included (default 3)"
+    )
+    s.add_argument("--max-latency-ms", type=positive_float, help="health check: p50 latency budget")
+    s.add_argument(
+        "--heartbeat",
+        type=positive_float,
+        default=None if unit else 30.0,
+        help="seconds between state reports (default 30)",
+    )
+    s.add_argument(
+        "--fetch-timeout",
+        type=positive_float,
+        default=None if unit else 300.0,
+        help="seconds to fetch a package (default 300)",
+    )
+
+
+def agent_unit_args(s) -> None:
+    """`edgesdk service --agent`: the agent's options on the service command, the broker login as
+    --broker-user / --broker-password-file (the service's --user is the system user it runs as)."""
+    from edgesdk.fleet.broker import add_broker_args
+
+    g = s.add_argument_group(
+        "--agent",
+        "a unit for `edgesdk agent` (the fleet's device agent) on --root instead; these are the agent's options",
+    )
+    g.add_argument("--agent", action="store_true", help="write the agent's unit (--source and --sink do not apply)")
+    add_broker_args(g, login="broker-", required=False)
+    _agent_args(g, unit=True)
+
+
+def agent_flags(args) -> list[str]:
+    """The agent's options given on `service` (without --agent they would be ignored: refused instead)."""
+    dests = (
+        "broker",
+        "tls",
+        "cafile",
+        "certfile",
+        "keyfile",
+        "broker_user",
+        "broker_password_file",
+        "device_id",
+        "group",
+        "pubkey",
+        "golden",
+        "device",
+        "keep",
+        "max_latency_ms",
+        "heartbeat",
+        "fetch_timeout",
+    )
+    return ["--" + d.replace("_", "-") for d in dests if getattr(args, d, None) not in (None, False)]
+
+
+def cmd_agent_service(args) -> None:
+    from edgesdk.errors import OptionError
+    from edgesdk.fleet.unit import AgentUnitOptions, agent_service
+
+    for flag, value in (("--source", args.source), ("--sink", args.sink), ("--device-allow", args.device_allow)):
+        if value:
+            raise OptionError(f"service --agent: {flag} is for `edgesdk run`'s unit, not the agent's")
+    o = AgentUnitOptions(
+        broker=args.broker,
+        group=args.group,
+        device_id=args.device_id,
+        pubkey=args.pubkey,
+        golden=args.golden,
+        tls=args.tls,
+        cafile=args.cafile,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        broker_user=args.broker_user,
+        broker_password_file=args.broker_password_file,
+        device=args.device,
+        keep=args.keep,
+        max_latency_ms=args.max_latency_ms,
+        heartbeat_s=args.heartbeat,
+        fetch_timeout_s=args.fetch_timeout,
+        user=args.user,
+        name=args.name or "edgesdk-agent",
+        runtime=args.runtime,
+    )
+    r = agent_service(args.root, args.out, o)
+    for note in r["notes"]:
+        print(f"edgesdk service: note: {note}", file=sys.stderr)
+    emit(
+        args,
+        {k: v for k, v in r.items() if k != "text"},
+        f"{r['unit']}: {o.name} runs {r['executable']} agent ({r['runtime']} runtime) for {o.group}/{o.device_id} "
+        f"on {r['root']}\nenable it: cp {r['unit']} /etc/systemd/system/ && systemctl daemon-reload && "
+        f"systemctl enable --now {Path(r['unit']).name}",
+    )
+
+
 def add_commands(sub) -> None:
     """Register the fleet commands on edgesdk.cli's subparsers."""
     from edgesdk.fleet.broker import add_broker_args
 
     s = sub.add_parser("agent", help="device agent: install signed releases from the plant's MQTT broker")
     add_broker_args(s)
-    s.add_argument("--device-id", required=True, help="this device's id in the group (letters, digits, '._-')")
-    s.add_argument("--group", required=True, help="the group (a line, a plant) whose releases it follows")
     s.add_argument("--root", required=True, help="deployment root (as for `edgesdk install`)")
-    s.add_argument("--pubkey", required=True, help="the fleet's public key: releases and packages must verify")
-    s.add_argument("--golden", help="this line's golden set for the health check (replaces the package's)")
-    s.add_argument("--device", help="device profile (default: detect this machine)")
-    s.add_argument("--keep", type=int, default=3, help="slots kept, current and previous included (default 3)")
-    s.add_argument("--max-latency-ms", type=_positive, help="health check: p50 latency budget")
-    s.add_argument("--heartbeat", type=_positive, default=30.0, help="seconds between state reports (default 30)")
-    s.add_argument("--fetch-timeout", type=_positive, default=300.0, help="seconds to fetch a package (default 300)")
-    s.add_argument("--run-for", type=_positive, help="exit after this many seconds (default: run until stopped)")
+    _agent_args(s, unit=False)
+    s.add_argument("--run-for", type=positive_float, help="exit after this many seconds (default: run until stopped)")
     s.set_defaults(fn=cmd_agent)
 
     s = sub.add_parser("rollout", help="roll a signed package out to a group in waves; halt when a wave fails")
@@ -199,7 +271,7 @@ def add_commands(sub) -> None:
     s.add_argument("--max-failures", type=int, default=0, help="failed or silent devices tolerated (default 0)")
     s.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_float,
         default=1200.0,
         help="seconds each wave waits for its devices (default 1200: engine builds take minutes)",
     )
@@ -212,9 +284,9 @@ def add_commands(sub) -> None:
         "--devices",
         help="comma-separated device ids, in wave order (default: every device with a state in the group, sorted)",
     )
-    s.add_argument("--discover", type=_positive, default=3.0, help="seconds to gather device states (default 3)")
+    s.add_argument("--discover", type=positive_float, default=3.0, help="seconds to gather device states (default 3)")
     s.add_argument(
-        "--expires", type=_positive, default=72.0, help="hours a device may still start the release (default 72)"
+        "--expires", type=positive_float, default=72.0, help="hours a device may still start the release (default 72)"
     )
     s.add_argument(
         "--allow-downgrade",
@@ -232,7 +304,7 @@ def add_commands(sub) -> None:
     s = fleet.add_parser("status", help="every device's retained state: versions, failures, silence")
     add_broker_args(s)
     s.add_argument("--group", help="one group (default: every group)")
-    s.add_argument("--wait", type=_positive, default=3.0, help="seconds to gather retained states (default 3)")
+    s.add_argument("--wait", type=positive_float, default=3.0, help="seconds to gather retained states (default 3)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)
     s = fleet.add_parser("forget", help="clear a retired device's retained topics")

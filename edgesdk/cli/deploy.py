@@ -1,27 +1,12 @@
-"""`edgesdk keygen | pack | inspect | install | rollback | status | stage | service`: parse, call one
-function, print one table (or --json). add_commands(sub) hooks them into edgesdk.cli's parser."""
+"""`edgesdk keygen | pack | inspect | install | stage | service | rollback | status`: parse, call one
+edgesdk.deploy function, print one table (or --json)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-from edgesdk.table import table
-
-
-def _finite_float(text: str) -> float:
-    """An argparse type: a finite number (inf and nan would switch a check off)."""
-    from edgesdk.errors import OptionError, finite
-
-    try:
-        return finite(text, "value")
-    except OptionError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
-
-
-def _emit(args, obj: dict, text: str) -> None:
-    print(json.dumps(obj, indent=2, default=str) if getattr(args, "json", False) else text)
+from edgesdk.cli._common import emit, finite_float, table
+from edgesdk.cli.fleet import agent_flags, agent_unit_args, cmd_agent_service
 
 
 def _steps(rep) -> str:
@@ -32,22 +17,12 @@ def _steps(rep) -> str:
     )
 
 
-def _failed(rep) -> None:
-    from edgesdk.deploy.slots import InstallError
-
-    if not rep.ok:
-        raise InstallError(
-            f"{rep.package}: health check failed: {rep.health['why']}; slot {rep.slot} kept "
-            f"(marked failed); current is still {rep.previous or 'nothing'}"
-        )
-
-
 def cmd_keygen(args) -> None:
     from edgesdk.deploy.keys import keygen, load_public, read_passphrase
 
     key, pub = keygen(args.out, read_passphrase(args.passphrase_file))
     p = load_public(pub)
-    _emit(
+    emit(
         args,
         {"key": str(key), "pubkey": str(pub), "key_id": p.id_hex, "encrypted": bool(args.passphrase_file)},
         table(
@@ -68,10 +43,6 @@ def cmd_pack(args) -> None:
     from edgesdk.deploy.package import PackOptions, pack
     from edgesdk.deploy.wheels import target
 
-    if (args.find_links or args.no_index) and not (args.runtime or args.platform or args.python):
-        from edgesdk.errors import OptionError
-
-        raise OptionError("--find-links and --no-index are for the runtime's wheels: give --runtime or --platform")
     opts = PackOptions(
         version=args.version,
         devices=tuple(args.device or ()),
@@ -100,7 +71,7 @@ def cmd_pack(args) -> None:
             f"\nruntime: {len(rt['wheels'])} wheels, {rt['bytes'] / 1e6:.1f} MB, for Python {rt['python']} on "
             f"{rt['machine']} ({', '.join(rt['platforms'])})"
         )
-    _emit(args, r, text)
+    emit(args, r, text)
 
 
 def cmd_inspect(args) -> None:
@@ -113,7 +84,7 @@ def cmd_inspect(args) -> None:
         f"{', '.join(m.get('devices') or []) or 'any device'}; "
         + ("VERIFIED, signed by " + r["signed_by"] if r["verified"] else "NOT VERIFIED: " + r["reason"])
     )
-    _emit(args, r, table(r["members"], title=head) + ("\n" + head if r["members"] else ""))
+    emit(args, r, table(r["members"], title=head) + ("\n" + head if r["members"] else ""))
 
 
 def cmd_install(args) -> None:
@@ -132,18 +103,18 @@ def cmd_install(args) -> None:
             runtime=not args.no_runtime,
         ),
     )
-    _emit(args, rep.to_dict(), _steps(rep))
-    _failed(rep)
+    emit(args, rep.to_dict(), _steps(rep))
+    rep.raise_if_failed()
 
 
 def _service_opts(args):
-    from edgesdk.deploy.service import ServiceOptions
+    from edgesdk.deploy.service_plan import ServiceOptions
 
     return ServiceOptions(
         source=args.source,
         sinks=tuple(args.sink or ()),
         user=args.user,
-        name=args.name,
+        name=args.name or "edgesdk",
         watchdog_s=args.watchdog_s,
         device_allow=tuple(args.device_allow or ()),
         runtime=args.runtime,
@@ -151,33 +122,26 @@ def _service_opts(args):
 
 
 def cmd_stage(args) -> None:
-    from edgesdk.deploy.service import plan, stage_unit
-    from edgesdk.deploy.stage import stage
+    from edgesdk.deploy.stage import stage_with_unit
     from edgesdk.errors import OptionError
 
-    unit = None
-    if args.source or args.sink:
-        if not (args.source and args.sink):
-            raise OptionError("stage: --source and --sink go together (they make the service unit)")
-        unit = _service_opts(args)
-        plan(args.prefix, unit, "--prefix")  # refused before anything is installed
-    rep, written = stage(
+    if (args.source or args.sink) and not (args.source and args.sink):
+        raise OptionError("stage: --source and --sink go together (they make the service unit)")
+    rep, written, notes = stage_with_unit(
         args.package,
         args.pubkey,
         args.rootfs,
         args.prefix,
+        _service_opts(args) if args.source else None,
+        f"{args.name or 'edgesdk'}.service",
         device=args.device,
         golden=args.golden,
         keep=args.keep,
         allow_downgrade=args.allow_downgrade,
     )
-    if unit is not None and rep.ok:
-        # after the install: --runtime auto looks for the runtime in the slot that is now current
-        u = stage_unit(args.rootfs, args.prefix, unit, f"{args.name}.service")
-        written.update({k: u[k] for k in ("unit", "wants", "sysusers", "executable")})
-        _notes("stage", u["notes"])
-    _emit(args, {**rep.to_dict(), "written": written}, _steps(rep) + "".join(f"\n{k}: {v}" for k, v in written.items()))
-    _failed(rep)
+    _notes("stage", notes)
+    emit(args, {**rep.to_dict(), "written": written}, _steps(rep) + "".join(f"\n{k}: {v}" for k, v in written.items()))
+    rep.raise_if_failed()
 
 
 def _notes(cmd: str, notes: list[str]) -> None:
@@ -189,13 +153,21 @@ def _notes(cmd: str, notes: list[str]) -> None:
 
 def cmd_service(args) -> None:
     from edgesdk.deploy.service import service
+    from edgesdk.errors import OptionError
 
+    if args.agent:  # the fleet agent's unit: its options are the agent's (cli/fleet.py)
+        return cmd_agent_service(args)
+    if agent_flags(args):
+        raise OptionError(f"service: {agent_flags(args)[0]} is for the agent's unit (--agent)")
+    if not (args.source and args.sink):
+        raise OptionError("service: --source and --sink are required (or --agent: the fleet agent's unit)")
     r = service(args.root, args.out, _service_opts(args))
     _notes("service", r["notes"])
-    _emit(
+    emit(
         args,
         {k: v for k, v in r.items() if k != "text"},
-        f"{r['unit']}: {args.name} runs {r['executable']} ({r['runtime']} runtime) on {r['root']}/current\n"
+        f"{r['unit']}: {args.name or 'edgesdk'} runs {r['executable']} ({r['runtime']} runtime) on "
+        f"{r['root']}/current\n"
         f"enable it: cp {r['unit']} /etc/systemd/system/ && systemctl daemon-reload && "
         f"systemctl enable --now {Path(r['unit']).name}",
     )
@@ -205,7 +177,7 @@ def cmd_rollback(args) -> None:
     from edgesdk.deploy.slots import rollback
 
     r = rollback(args.root, args.pubkey)
-    _emit(args, r, table([r], title="rolled back"))
+    emit(args, r, table([r], title="rolled back"))
 
 
 def cmd_status(args) -> None:
@@ -227,7 +199,7 @@ def cmd_status(args) -> None:
     bad = [f"{s['slot']}: {s['why']}" for s in r["slots"] if not s["verifies"]]
     text += "".join(f"\ndoes not verify: {b}" for b in bad)
     text += "\n\n" + table(hist, title=f"history (last {len(hist)} of {len(r['history'])})")
-    _emit(args, r, text)
+    emit(args, r, text)
 
 
 def add_commands(sub) -> None:
@@ -250,7 +222,7 @@ def add_commands(sub) -> None:
     s.add_argument("--min-edgesdk", help="oldest edgesdk that may install it (default: the bundle's exporter)")
     s.add_argument(
         "--tolerance",
-        type=_finite_float,
+        type=finite_float,
         help="health check: max |score - reference| (default 0.05 fp32, 0.25 fp16/int8)",
     )
     s.add_argument("--passphrase-file", help="passphrase of an encrypted key")
@@ -294,7 +266,7 @@ def add_commands(sub) -> None:
     s = sub.add_parser("install", help="verify a package, install it into a new slot, health-check, switch")
     install_args(s)
     s.add_argument("--root", required=True, help="deployment root (slots/, current, previous, history.jsonl)")
-    s.add_argument("--max-latency-ms", type=_finite_float, help="health check: p50 latency budget")
+    s.add_argument("--max-latency-ms", type=finite_float, help="health check: p50 latency budget")
     s.add_argument(
         "--no-runtime",
         action="store_true",
@@ -312,10 +284,10 @@ def add_commands(sub) -> None:
             help="where it writes (repeat), absolute paths: jsonl:///var/lib/edgesdk/verdicts.jsonl",
         )
         s.add_argument("--user", default="edgesdk", help="the unprivileged user it runs as (default edgesdk)")
-        s.add_argument("--name", default="edgesdk", help="service name: logs, /var/lib/NAME (default edgesdk)")
+        s.add_argument("--name", help="service name: logs, /var/lib/NAME (default edgesdk; edgesdk-agent with --agent)")
         s.add_argument(
             "--watchdog-s",
-            type=_finite_float,
+            type=finite_float,
             default=10.0,
             help="restart when the stream loop makes no progress this long (default 10)",
         )
@@ -335,10 +307,14 @@ def add_commands(sub) -> None:
     unit_args(s, required=False)
     s.set_defaults(fn=cmd_stage)
 
-    s = sub.add_parser("service", help="a hardened systemd unit that runs `edgesdk run` on ROOT/current")
+    s = sub.add_parser(
+        "service",
+        help="a hardened systemd unit that runs `edgesdk run` on ROOT/current (--agent: `edgesdk agent` on ROOT)",
+    )
     s.add_argument("--root", required=True, help="deployment root (as `install --root`)")
     s.add_argument("--out", required=True, help="unit file to write, e.g. edgesdk.service")
-    unit_args(s, required=True)
+    unit_args(s, required=False)  # --source and --sink: required without --agent (cmd_service checks)
+    agent_unit_args(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_service)
 
