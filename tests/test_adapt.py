@@ -201,3 +201,17 @@ def test_adapt_reads_good_frames_from_a_source_uri(bundle, tiny_data, tmp_path):
     r = adapt(bundle, tmp_path / "a", AdaptOptions(source=str(line), frames=12, gate=False), progress=False)
     assert r["frames"] == 12 and len(r["fit_frames"]) + len(r["holdout_frames"]) + len(r["suspect_frames"]) == 12
     assert r["fit_frames"][0] == "frame 1 (frame_000001.png)" and Bundle.open(tmp_path / "a").manifest.adapt is not None
+
+
+def test_adapt_re_measures_the_drift_reference_of_a_calibrated_bundle(bundle, tiny_data, tmp_path):
+    # After adapting to a darker lamp, the drift alarms must take the darker line as normal, not ring forever.
+    from edgesdk.stream.calibrate import calibrate
+    from edgesdk.stream.drift_ref import load_reference
+
+    calibrate(bundle, str(tiny_data / "brick/train/good"), tmp_path / "cal", frames=30, progress=False)
+    good = shifted(list_images(tiny_data / "brick/train/good")[:12], tmp_path / "good", (0.6, 0.6, 0.6))
+    adapt(tmp_path / "cal", tmp_path / "a", AdaptOptions(good=str(good), gate=False), progress=False)
+    old, new = load_reference(Bundle.open(tmp_path / "cal")), load_reference(Bundle.open(tmp_path / "a"))
+    assert new.frames == 12 and new.image["brightness"][0] < 0.75 * old.image["brightness"][0]
+    assert new.score["mean"] != old.score["mean"]
+    np.testing.assert_array_equal(new.view, old.view)  # the camera did not move

@@ -11,6 +11,7 @@ good/ folder) go into the model the way its training images did:
   STFPM      refused: a student learns its features by training.
 A quarter of the frames (at least 2) stay out of the update: with the bundle's parity frames (held-out
 good frames of the export) they set the threshold as `calibrate` does, mean + k std of good scores.
+A bundle that carries calibrate's drift reference gets it re-measured on the frames (drift_reference).
 Frames that stand far above the rest (calibrate.suspect_frames) look like defects and are left out.
 
 Gate: before anything is written, the labelled images (--val DIR: good/ and one folder per defect)
@@ -36,6 +37,7 @@ from edgesdk.spec import MANIFEST, SpecError, Threshold, file_entry
 from edgesdk.spec.adapt import FEATURES_OUTPUT, HEADS, AdaptSpec
 from edgesdk.stream import heads
 from edgesdk.stream.calibrate import _k_sigma, _local_paths, suspect_frames
+from edgesdk.stream.drift_ref import DRIFT_FILE, Reference, ReferenceBuilder, load_reference
 
 MIN_FRAMES = 8  # at least 2 held out for the threshold and a few to learn from
 log = logging.getLogger(__name__)
@@ -273,6 +275,10 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
                 },
             )
             report["gate"] = _gate(stage, b, val, old_thr, new_thr, opts) if val is not None else {"checked": False}
+            drift = drift_reference(b, frames[keep], z_good, opts.good or opts.source)
+            if drift is not None:
+                write_json(stage / DRIFT_FILE, drift.to_dict())
+                report["drift_reference"] = "re-measured on the frames (look and scores); the view kept"
             thr = Threshold(
                 new_thr,
                 "adapt_good_k_sigma",
@@ -293,6 +299,22 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
             Bundle.open(stage)  # the new bundle verifies before it replaces anything
             steps.update()
     return report
+
+
+def drift_reference(b: Bundle, frames: np.ndarray, z_good: np.ndarray, source: str) -> Reference | None:
+    """The drift alarms' reference for the adapted bundle, when BUNDLE has one (from calibrate): the look
+    (brightness, contrast, sharpness) of the confirmed FRAMES and the new model's good scores Z_GOOD are
+    the line's new normal, or the alarms would ring on it forever. The view (the fixed scene) is kept:
+    a new lamp or material batch does not move the camera, and a few dozen frames are too few to
+    measure the view's own noise on."""
+    old = load_reference(b)
+    if old is None:
+        return None
+    refs = ReferenceBuilder()
+    for f in frames:
+        refs.add_image(f)
+    new = refs.reference(z_good, f"adapt on {source}")
+    return dataclasses.replace(new, view=old.view, view_noise=old.view_noise)
 
 
 def _gate(
