@@ -198,3 +198,22 @@ def test_stream_run_with_tiling_writes_regions_in_frame_pixels(bundle, big_frame
     assert s["frames"] == 2 and [x["regions"] for x in recs] == [good["regions"], bad["regions"]]
     with pytest.raises(OptionError, match=r"\?tile=128&overlap=200: overlap must be less than the tile"):
         run_stream(bundle, f"{folder}?tile=128&overlap=200", [])
+
+
+def test_calibrate_on_a_tiled_source_scores_tile_by_tile(bundle, tiny_data, tmp_path):
+    # The threshold must come from the scores `run` will compare it with: with ?tile= those are the
+    # max over each frame's tiles, not the frame squashed into the model's input.
+    from edgesdk.stream.calibrate import calibrate
+
+    goods = [read_image(p) for p in list_images(tiny_data / "brick" / "train" / "good")[:64]]
+    folder = tmp_path / "good"
+    folder.mkdir()
+    frames = [np.concatenate(goods[i : i + 2], axis=1) for i in range(0, 64, 2)]  # 32 frames, 256x128
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), f)
+    st = calibrate(bundle, f"{folder}?tile=auto", tmp_path / "cal", frames=32, progress=False)
+    with Detector(bundle, DetectorOptions(tile=TileSpec())) as tiled, Detector(bundle) as whole:
+        z_tiled = np.array([tiled.predict(f).score for f in frames])
+        z_whole = np.array([whole.predict(f).score for f in frames])
+    assert abs(z_tiled.mean() - z_whole.mean()) > 0.5  # the two readings differ: this test can tell them apart
+    assert st["frames"] == 32 and st["mean"] == pytest.approx(z_tiled.mean(), rel=1e-5)
