@@ -217,3 +217,33 @@ def test_calibrate_on_a_tiled_source_scores_tile_by_tile(bundle, tiny_data, tmp_
         z_whole = np.array([whole.predict(f).score for f in frames])
     assert abs(z_tiled.mean() - z_whole.mean()) > 0.5  # the two readings differ: this test can tell them apart
     assert st["frames"] == 32 and st["mean"] == pytest.approx(z_tiled.mean(), rel=1e-5)
+
+
+def test_tiles_beyond_an_engines_max_batch_are_scored_in_chunks(bundle, big_frame):
+    # A TensorRT engine takes at most its profile's max batch (runner.max_batch); ONNX Runtime any.
+    # The real ONNX Runtime session behind a runner that says max_batch = 5: 12 tiles in 3 calls.
+    class Capped:
+        max_batch = 5
+
+        def __init__(self, inner):
+            self.inner, self.batches = inner, []
+
+        def infer(self, feeds):
+            (x,) = feeds.values()
+            assert len(x) <= self.max_batch
+            self.batches.append(len(x))
+            return self.inner.infer(feeds)
+
+        def close(self):
+            self.inner.close()
+
+    frame = np.ascontiguousarray(paint_hole(big_frame, 300, 200)[0][:384, :512])  # 4x3 tiles
+    with (
+        Detector(bundle, DetectorOptions(tile=TileSpec())) as one,
+        Detector(bundle, DetectorOptions(tile=TileSpec())) as det,
+    ):
+        det.runner = capped = Capped(det.runner)
+        a, b = one.predict(frame), det.predict(frame)
+    assert capped.batches == [5, 5, 2] and b.tiles == 12
+    np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5)
+    assert a.score == pytest.approx(b.score, rel=1e-6) and [r.bbox for r in a.regions] == [r.bbox for r in b.regions]
