@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgesdk.bundle import Bundle
+from edgesdk.cpu import flags, int8_isas
 from edgesdk.resources import data_dir
 from edgesdk.spec import NAME, TENSORRT_MODULES, DeviceProfile, SpecError
 
@@ -165,10 +166,7 @@ def detect(root: Path = Path("/")) -> dict:
     l4t = f"{m.group(1)}.{m.group(2)}" if m else ""
     model = _read(root / "proc/device-tree/model") or _read(root / "sys/firmware/devicetree/base/model")
     cpuinfo = _read(root / "proc/cpuinfo")
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags |= set(line.split(":", 1)[1].split())
+    cpu_flags = flags(cpuinfo)
     cpu_model = next(
         (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith(("model name", "Model"))),
         platform.processor(),
@@ -178,7 +176,8 @@ def detect(root: Path = Path("/")) -> dict:
         "os": platform.platform(),
         "cpu": cpu_model,
         "cores": os.cpu_count(),
-        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "fma"}),
+        "cpu_flags": cpu_flags,
+        "int8_isa": int8_isas(cpu_flags),
         "l4t": l4t,
         "device_model": model,
         "gpus": nvidia_gpus() if root == Path("/") else [],

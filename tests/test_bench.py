@@ -9,6 +9,7 @@ import sys
 import cv2
 import pytest
 
+from edgesdk.devices import detect
 from edgesdk.measure.benchmark import BenchOptions
 from edgesdk.measure.timing import harness_overhead_ms, timed_calls
 
@@ -50,6 +51,7 @@ def test_bench_table_json_markdown_and_plot(zoo, tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp_path / "b.json").read_text())
     assert set(out) >= {"rows", "provenance", "harness_overhead_ms"} and out["provenance"]["cores"] >= 1
+    assert out["provenance"]["int8_isa"] == detect()["int8_isa"]  # which INT8 instructions this machine had
     rows = out["rows"]
     assert all(KEYS <= set(row) for row in rows) and len(rows) == 2 * 3 * 2
     ort = [x for x in rows if x["backend"] == "onnxruntime"]

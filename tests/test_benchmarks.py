@@ -89,3 +89,32 @@ def test_tiling_benchmark_reports_latency_against_tile_count(bundle, tmp_path):
     # 128 px input: 128x128 is one tile; 384x256 with overlap 32 (step 96) has 4 columns and 3 rows
     assert [(x["frame"], x["tiles"]) for x in rows] == [("128x128", 1), ("384x256", 12)]
     assert all(x["p90_ms"] >= x["p50_ms"] > 0 and x["untiled_p50_ms"] > 0 for x in rows) and "tiles" in r.stdout
+
+
+def test_drift_benchmark_reports_false_alarms_and_delays(bundle, tmp_path):
+    out = tmp_path / "drift.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/drift_false_alarms.py"),
+            str(bundle),
+            "--frames",
+            "200",
+            "--onset",
+            "100",
+            "--after",
+            "150",
+            "--runs",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["stable"]["frames"] == 200 and res["stable"]["false_alarms"] == 0
+    assert set(res["kinds"]) == {"ramp", "shift", "blur", "texture"} and "frames to event" in r.stdout
+    assert res["kinds"]["blur"]["frames_to_event"][0] is not None

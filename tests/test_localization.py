@@ -42,6 +42,8 @@ def truth(bundle, tiny_data):
         "aupro": aupro(maps, masks),
         "pixel_f1": 2 * tp / (2 * tp + fp + fn),
         "pixel_iou": tp / (tp + fp + fn),
+        "pixel_precision": tp / (tp + fp),
+        "pixel_recall": tp / (tp + fn),
         "recall_by_kind": recall,
     }
 
@@ -57,6 +59,8 @@ def check(r, truth):
 def test_eval_reports_localization_and_recall_per_kind(bundle, tiny_data, truth):
     r = json.loads(cli("eval", bundle, "--data", tiny_data / "brick", "--json"))
     check(r, truth)
+    assert r["pixel_precision"] == pytest.approx(truth["pixel_precision"], abs=1e-6)
+    assert r["pixel_recall"] == pytest.approx(truth["pixel_recall"], abs=1e-6)
     assert {"image_auroc", "pixel_auroc", "f1", "per_defect", "confusion"} <= set(r)  # the old keys stay
     text = cli("eval", bundle, "--data", tiny_data / "brick")
     assert all(h in text for h in ("AUPRO", "pixel F1", "pixel IoU", "per defect kind", "recall"))

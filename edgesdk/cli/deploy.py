@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgesdk.cli._common import emit, finite_float, table
+from edgesdk.cli.fleet import agent_flags, agent_unit_args, cmd_agent_service
 
 
 def _steps(rep) -> str:
@@ -113,7 +114,7 @@ def _service_opts(args):
         source=args.source,
         sinks=tuple(args.sink or ()),
         user=args.user,
-        name=args.name,
+        name=args.name or "edgesdk",
         watchdog_s=args.watchdog_s,
         device_allow=tuple(args.device_allow or ()),
         runtime=args.runtime,
@@ -132,7 +133,7 @@ def cmd_stage(args) -> None:
         args.rootfs,
         args.prefix,
         _service_opts(args) if args.source else None,
-        f"{args.name}.service",
+        f"{args.name or 'edgesdk'}.service",
         device=args.device,
         golden=args.golden,
         keep=args.keep,
@@ -152,13 +153,21 @@ def _notes(cmd: str, notes: list[str]) -> None:
 
 def cmd_service(args) -> None:
     from edgesdk.deploy.service import service
+    from edgesdk.errors import OptionError
 
+    if args.agent:  # the fleet agent's unit: its options are the agent's (cli/fleet.py)
+        return cmd_agent_service(args)
+    if agent_flags(args):
+        raise OptionError(f"service: {agent_flags(args)[0]} is for the agent's unit (--agent)")
+    if not (args.source and args.sink):
+        raise OptionError("service: --source and --sink are required (or --agent: the fleet agent's unit)")
     r = service(args.root, args.out, _service_opts(args))
     _notes("service", r["notes"])
     emit(
         args,
         {k: v for k, v in r.items() if k != "text"},
-        f"{r['unit']}: {args.name} runs {r['executable']} ({r['runtime']} runtime) on {r['root']}/current\n"
+        f"{r['unit']}: {args.name or 'edgesdk'} runs {r['executable']} ({r['runtime']} runtime) on "
+        f"{r['root']}/current\n"
         f"enable it: cp {r['unit']} /etc/systemd/system/ && systemctl daemon-reload && "
         f"systemctl enable --now {Path(r['unit']).name}",
     )
@@ -275,7 +284,7 @@ def add_commands(sub) -> None:
             help="where it writes (repeat), absolute paths: jsonl:///var/lib/edgesdk/verdicts.jsonl",
         )
         s.add_argument("--user", default="edgesdk", help="the unprivileged user it runs as (default edgesdk)")
-        s.add_argument("--name", default="edgesdk", help="service name: logs, /var/lib/NAME (default edgesdk)")
+        s.add_argument("--name", help="service name: logs, /var/lib/NAME (default edgesdk; edgesdk-agent with --agent)")
         s.add_argument(
             "--watchdog-s",
             type=finite_float,
@@ -298,10 +307,14 @@ def add_commands(sub) -> None:
     unit_args(s, required=False)
     s.set_defaults(fn=cmd_stage)
 
-    s = sub.add_parser("service", help="a hardened systemd unit that runs `edgesdk run` on ROOT/current")
+    s = sub.add_parser(
+        "service",
+        help="a hardened systemd unit that runs `edgesdk run` on ROOT/current (--agent: `edgesdk agent` on ROOT)",
+    )
     s.add_argument("--root", required=True, help="deployment root (as `install --root`)")
     s.add_argument("--out", required=True, help="unit file to write, e.g. edgesdk.service")
-    unit_args(s, required=True)
+    unit_args(s, required=False)  # --source and --sink: required without --agent (cmd_service checks)
+    agent_unit_args(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_service)
 

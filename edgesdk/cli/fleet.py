@@ -1,5 +1,5 @@
-"""`edgesdk agent | rollout | fleet status | fleet forget`: parse, call one edgesdk.fleet function, print
-one table (or --json)."""
+"""`edgesdk agent | rollout | fleet status | fleet forget` (and `service --agent`'s options): parse, call
+one edgesdk.fleet function, print one table (or --json)."""
 
 from __future__ import annotations
 
@@ -145,24 +145,117 @@ def cmd_forget(args) -> None:
     print(f"cleared the retained state, online and cmd topics of {args.group}/{args.device_id}")
 
 
+def _agent_args(s, unit: bool) -> None:
+    """The agent's own options; for its unit (`service --agent`) none is required by argparse and none has
+    a default (the unit leaves out what was not given: the agent's defaults apply)."""
+    s.add_argument("--device-id", required=not unit, help="this device's id in the group (letters, digits, '._-')")
+    s.add_argument("--group", required=not unit, help="the group (a line, a plant) whose releases it follows")
+    s.add_argument("--pubkey", required=not unit, help="the fleet's public key: releases and packages must verify")
+    s.add_argument("--golden", help="this line's golden set for the health check (replaces the package's)")
+    s.add_argument("--device", help="device profile (default: detect this machine)")
+    s.add_argument(
+        "--keep", type=int, default=None if unit else 3, help="slots kept, current and previous included (default 3)"
+    )
+    s.add_argument("--max-latency-ms", type=positive_float, help="health check: p50 latency budget")
+    s.add_argument(
+        "--heartbeat",
+        type=positive_float,
+        default=None if unit else 30.0,
+        help="seconds between state reports (default 30)",
+    )
+    s.add_argument(
+        "--fetch-timeout",
+        type=positive_float,
+        default=None if unit else 300.0,
+        help="seconds to fetch a package (default 300)",
+    )
+
+
+def agent_unit_args(s) -> None:
+    """`edgesdk service --agent`: the agent's options on the service command, the broker login as
+    --broker-user / --broker-password-file (the service's --user is the system user it runs as)."""
+    from edgesdk.fleet.broker import add_broker_args
+
+    g = s.add_argument_group(
+        "--agent",
+        "a unit for `edgesdk agent` (the fleet's device agent) on --root instead; these are the agent's options",
+    )
+    g.add_argument("--agent", action="store_true", help="write the agent's unit (--source and --sink do not apply)")
+    add_broker_args(g, login="broker-", required=False)
+    _agent_args(g, unit=True)
+
+
+def agent_flags(args) -> list[str]:
+    """The agent's options given on `service` (without --agent they would be ignored: refused instead)."""
+    dests = (
+        "broker",
+        "tls",
+        "cafile",
+        "certfile",
+        "keyfile",
+        "broker_user",
+        "broker_password_file",
+        "device_id",
+        "group",
+        "pubkey",
+        "golden",
+        "device",
+        "keep",
+        "max_latency_ms",
+        "heartbeat",
+        "fetch_timeout",
+    )
+    return ["--" + d.replace("_", "-") for d in dests if getattr(args, d, None) not in (None, False)]
+
+
+def cmd_agent_service(args) -> None:
+    from edgesdk.errors import OptionError
+    from edgesdk.fleet.unit import AgentUnitOptions, agent_service
+
+    for flag, value in (("--source", args.source), ("--sink", args.sink), ("--device-allow", args.device_allow)):
+        if value:
+            raise OptionError(f"service --agent: {flag} is for `edgesdk run`'s unit, not the agent's")
+    o = AgentUnitOptions(
+        broker=args.broker,
+        group=args.group,
+        device_id=args.device_id,
+        pubkey=args.pubkey,
+        golden=args.golden,
+        tls=args.tls,
+        cafile=args.cafile,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        broker_user=args.broker_user,
+        broker_password_file=args.broker_password_file,
+        device=args.device,
+        keep=args.keep,
+        max_latency_ms=args.max_latency_ms,
+        heartbeat_s=args.heartbeat,
+        fetch_timeout_s=args.fetch_timeout,
+        user=args.user,
+        name=args.name or "edgesdk-agent",
+        runtime=args.runtime,
+    )
+    r = agent_service(args.root, args.out, o)
+    for note in r["notes"]:
+        print(f"edgesdk service: note: {note}", file=sys.stderr)
+    emit(
+        args,
+        {k: v for k, v in r.items() if k != "text"},
+        f"{r['unit']}: {o.name} runs {r['executable']} agent ({r['runtime']} runtime) for {o.group}/{o.device_id} "
+        f"on {r['root']}\nenable it: cp {r['unit']} /etc/systemd/system/ && systemctl daemon-reload && "
+        f"systemctl enable --now {Path(r['unit']).name}",
+    )
+
+
 def add_commands(sub) -> None:
     """Register the fleet commands on edgesdk.cli's subparsers."""
     from edgesdk.fleet.broker import add_broker_args
 
     s = sub.add_parser("agent", help="device agent: install signed releases from the plant's MQTT broker")
     add_broker_args(s)
-    s.add_argument("--device-id", required=True, help="this device's id in the group (letters, digits, '._-')")
-    s.add_argument("--group", required=True, help="the group (a line, a plant) whose releases it follows")
     s.add_argument("--root", required=True, help="deployment root (as for `edgesdk install`)")
-    s.add_argument("--pubkey", required=True, help="the fleet's public key: releases and packages must verify")
-    s.add_argument("--golden", help="this line's golden set for the health check (replaces the package's)")
-    s.add_argument("--device", help="device profile (default: detect this machine)")
-    s.add_argument("--keep", type=int, default=3, help="slots kept, current and previous included (default 3)")
-    s.add_argument("--max-latency-ms", type=positive_float, help="health check: p50 latency budget")
-    s.add_argument("--heartbeat", type=positive_float, default=30.0, help="seconds between state reports (default 30)")
-    s.add_argument(
-        "--fetch-timeout", type=positive_float, default=300.0, help="seconds to fetch a package (default 300)"
-    )
+    _agent_args(s, unit=False)
     s.add_argument("--run-for", type=positive_float, help="exit after this many seconds (default: run until stopped)")
     s.set_defaults(fn=cmd_agent)
 

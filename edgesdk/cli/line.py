@@ -26,6 +26,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_run(args) -> None:
+    from edgesdk.stream.drift import DriftOptions
     from edgesdk.stream.pipeline import run_stream
 
     def show(rec):
@@ -44,11 +45,14 @@ def cmd_run(args) -> None:
         show,
         streams=args.streams,
         strict=args.strict,
+        drift=DriftOptions.preset(args.drift),
     )
     text = (
         f"{s['frames']} frames, {s['anomalous_frames']} anomalous, {s['fps']:.1f} FPS "
         f"({s['streams']} stream{'s' * (s['streams'] > 1)}) -> {', '.join(s['sinks'])}\n"
     )
+    if s["drift"] and any(s["drift"]["events"].values()):
+        text += "drift events: " + ", ".join(f"{k} {n}" for k, n in s["drift"]["events"].items() if n) + "\n"
     if s["errors"]:
         text += f'{s["errors"]} unreadable image(s) skipped; their records carry an "error" field\n'
     text += stage_table(s["latency_ms"], "latency per stage")
@@ -116,6 +120,13 @@ def add_commands(sub) -> None:
         default=1,
         help="frames in flight (ONNX Runtime): 1 = lowest latency; 2 on a 2-core CPU = 8-21%% more "
         "frames a second at ~1.7x the latency (file backlogs, cameras faster than the model)",
+    )
+    s.add_argument(
+        "--drift",
+        default="normal",
+        choices=["off", "low", "normal", "high"],
+        help="drift alarms' sensitivity: score shift against the calibration, brightness, contrast, "
+        "sharpness, camera shift (default normal; the references come from `calibrate`)",
     )
     runtime_args(s)
     s.set_defaults(fn=cmd_run)

@@ -120,7 +120,7 @@ def cmd_bench(args) -> None:
         print(line)
     print(
         f"harness overhead {r['harness_overhead_ms'] * 1e3:.2f} µs per call; {r['provenance']['cpu']}, "
-        f"{r['provenance']['cores']} cores"
+        f"{r['provenance']['cores']} cores, INT8 instructions: {', '.join(r['provenance']['int8_isa']) or 'none'}"
     )
     if args.json:
         write_json(args.json, for_json(r))

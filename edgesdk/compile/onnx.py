@@ -21,6 +21,7 @@ import torch
 from edgesdk import __version__
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES, Bundle
+from edgesdk.cpu import cpu_features
 from edgesdk.devices import graph_summary
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.spec import MANIFEST, InputSpec, Manifest, OutputSpec, Threshold, file_entry
@@ -210,6 +211,7 @@ def export_onnx(
                 "train_timing_s": meta["timing_s"],
                 "opset": opts.opset,
                 "host": platform.platform(),
+                **cpu_features(),
                 "versions": {
                     **meta["versions"],
                     "onnx": onnx.__version__,

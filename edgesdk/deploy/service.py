@@ -40,6 +40,37 @@ JETSON_DEVICES = (
     "/dev/nvhost-vic",
     "char-nvidia*",
 )
+# Every unit this project writes (the run service, the fleet agent) runs with these.
+SANDBOX = (
+    "NoNewPrivileges=yes",
+    "CapabilityBoundingSet=",
+    "AmbientCapabilities=",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    "SystemCallFilter=@system-service",
+    "SystemCallErrorNumber=EPERM",
+    "SystemCallArchitectures=native",
+    "LockPersonality=yes",
+    "# Not MemoryDenyWriteExecute=yes: ONNX Runtime's CPU kernels need no JIT, but on a Jetson the",
+    "# NVIDIA user-space stack does (CUDA's driver, and libglvnd's dispatch stubs, mapped writable and",
+    "# executable, which EGL loads for CSI cameras: NVIDIA/libglvnd#208); the filter would kill it.",
+    "MemoryDenyWriteExecute=no",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "RemoveIPC=yes",
+)
+
+
+def device_allow(devices: list[str]) -> list[str]:
+    """DeviceAllow= lines: DEVICES, then the Jetson GPU, DLA and VIC nodes."""
+    return [f"DeviceAllow={word(d) if d.startswith('/') else d} rw" for d in [*devices, *JETSON_DEVICES]]
 
 
 def render(root: str, executable: str, opts: ServiceOptions, p: Plan) -> str:
@@ -59,7 +90,6 @@ def render(root: str, executable: str, opts: ServiceOptions, p: Plan) -> str:
     net = ["After=network-online.target", "Wants=network-online.target"] if p.network else []
     rw = [f"ReadWritePaths={' '.join(word(x) for x in p.writable)}"] if p.writable else []
     binds = [f"BindPaths={' '.join(p.binds)}"] if p.binds else []
-    devices = [f"DeviceAllow={word(d) if d.startswith('/') else d} rw" for d in [*p.devices, *JETSON_DEVICES]]
     w = finite(opts.watchdog_s, "--watchdog-s")
     lines = [
         f"{HEADER} (edgesdk {__version__}); regenerate it rather than edit it, and put",
@@ -108,31 +138,9 @@ def render(root: str, executable: str, opts: ServiceOptions, p: Plan) -> str:
         "",
         "# No device but the camera(s) and the Jetson GPU, DLA and VIC nodes (absent ones are skipped).",
         "DevicePolicy=closed",
-        *devices,
+        *device_allow(p.devices),
         "",
-        "NoNewPrivileges=yes",
-        "CapabilityBoundingSet=",
-        "AmbientCapabilities=",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
-        "SystemCallFilter=@system-service",
-        "SystemCallErrorNumber=EPERM",
-        "SystemCallArchitectures=native",
-        "LockPersonality=yes",
-        "# Not MemoryDenyWriteExecute=yes: ONNX Runtime's CPU kernels need no JIT, but on a Jetson the",
-        "# NVIDIA user-space stack does (CUDA's driver, and libglvnd's dispatch stubs, mapped writable and",
-        "# executable, which EGL loads for CSI cameras: NVIDIA/libglvnd#208); the filter would kill it.",
-        "MemoryDenyWriteExecute=no",
-        "ProtectKernelTunables=yes",
-        "ProtectKernelModules=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectControlGroups=yes",
-        "ProtectClock=yes",
-        "ProtectHostname=yes",
-        "ProtectProc=invisible",
-        "RestrictNamespaces=yes",
-        "RestrictRealtime=yes",
-        "RestrictSUIDSGID=yes",
-        "RemoveIPC=yes",
+        *SANDBOX,
         "",
         "[Install]",
         "WantedBy=multi-user.target",
@@ -163,22 +171,34 @@ def executable(runtime: str, root_here: Path, root_there: str, staged: bool = Fa
     return str(exe), "system"
 
 
-def _user_notes(opts: ServiceOptions, p: Plan) -> None:
+def user_notes(user: str, name: str, p: Plan) -> None:
     """On the device itself: what must exist before the unit can start."""
     try:
-        pwd.getpwnam(opts.user)
+        pwd.getpwnam(user)
     except KeyError:
         p.notes.append(
-            f"user {opts.user} does not exist here: create it (systemd-sysusers with "
-            f'`u {opts.user} - "edgesdk" /var/lib/{opts.name}`, or useradd --system --home-dir '
-            f"/var/lib/{opts.name} --shell /usr/sbin/nologin {opts.user})"
+            f"user {user} does not exist here: create it (systemd-sysusers with "
+            f'`u {user} - "edgesdk" /var/lib/{name}`, or useradd --system --home-dir '
+            f"/var/lib/{name} --shell /usr/sbin/nologin {user})"
         )
     for d in p.writable:
         if not os.path.isdir(d):
             p.notes.append(
                 f"{d}: does not exist; systemd will not start the unit without it: "
-                f"install -d -o {opts.user} -g {opts.user} {shlex.quote(d)}"
+                f"install -d -o {user} -g {user} {shlex.quote(d)}"
             )
+
+
+def write_own(out: Path, text: str) -> None:
+    """TEXT to OUT, replacing OUT only when it is a unit this project wrote (its first line says so)."""
+    if out.exists() or out.is_symlink():
+        try:
+            mine = out.is_file() and not out.is_symlink() and out.read_text().startswith(HEADER)
+        except (OSError, UnicodeDecodeError):
+            mine = False
+        if not mine:
+            raise EdgesdkError(f"{out}: exists and was not written by `edgesdk service`; not replaced (move it away)")
+    atomic_write_text(out, text)
 
 
 def service(root: str | Path, out: str | Path, opts: ServiceOptions) -> dict:
@@ -190,17 +210,10 @@ def service(root: str | Path, out: str | Path, opts: ServiceOptions) -> dict:
     hidden(exe, "edgesdk", p)
     if not (Path(root) / "current").exists():
         p.notes.append(f"{root}/current: no model installed yet; the unit fails to start until `edgesdk install`")
-    _user_notes(opts, p)
+    user_notes(opts.user, opts.name, p)
     text = render(root, exe, opts, p)
     out = Path(out)
-    if out.exists() or out.is_symlink():
-        try:
-            mine = out.is_file() and not out.is_symlink() and out.read_text().startswith(HEADER)
-        except (OSError, UnicodeDecodeError):
-            mine = False
-        if not mine:
-            raise EdgesdkError(f"{out}: exists and was not written by `edgesdk service`; not replaced (move it away)")
-    atomic_write_text(out, text)
+    write_own(out, text)
     return {
         "unit": str(out),
         "executable": exe,

@@ -10,4 +10,5 @@ Device side: never imports torch. Modules:
   agent     the device agent: release -> fetch -> slots.install -> retained state report
   rollout   waves, per-wave verdicts, halt, rollback on halt, the JSON report
   status    every device's retained state in one table
-  commands  `edgesdk agent | rollout | fleet status | fleet forget`"""
+  unit      the agent's systemd unit (`edgesdk service --agent`)
+The commands (`edgesdk agent | rollout | fleet status | fleet forget`) are edgesdk/cli/fleet.py."""

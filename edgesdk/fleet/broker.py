@@ -101,15 +101,16 @@ def parse_broker(
     )
 
 
-def add_broker_args(s) -> None:
-    """The broker options every fleet command takes."""
-    s.add_argument("--broker", required=True, help="mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS")
+def add_broker_args(s, login: str = "", required: bool = True) -> None:
+    """The broker options every fleet command takes. LOGIN prefixes the username and password flags
+    (`service --agent`, whose --user is the system user, takes --broker-user; --broker is checked there)."""
+    s.add_argument("--broker", required=required, help="mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS")
     s.add_argument("--tls", action="store_true", help="TLS with the system's CAs (implied by mqtts:// or --cafile)")
     s.add_argument("--cafile", help="CA certificate that signed the broker's certificate (TLS)")
     s.add_argument("--certfile", help="client certificate, for a broker that requires one (with --keyfile)")
     s.add_argument("--keyfile", help="the client certificate's private key")
-    s.add_argument("--user", help="broker username")
-    s.add_argument("--password-file", help="file whose first line is the broker password")
+    s.add_argument(f"--{login}user", help="broker username")
+    s.add_argument(f"--{login}password-file", help="file whose first line is the broker password")
 
 
 def broker_from_args(args) -> BrokerOptions:

@@ -56,7 +56,8 @@ def markdown(result: dict) -> str:
             lines
             + [
                 "",
-                f"{p['cpu']}, {p['cores']} cores, {p['os']}; harness overhead "
+                f"{p['cpu']}, {p['cores']} cores, {p['os']}; INT8 instructions: "
+                f"{', '.join(p.get('int8_isa', [])) or 'none'}; harness overhead "
                 f"{result['harness_overhead_ms'] * 1e3:.1f} µs per call.",
                 *sorted(set(why)),
             ]

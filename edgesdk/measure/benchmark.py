@@ -74,6 +74,7 @@ def provenance() -> dict:
         "machine": f["machine"],
         "os": f["os"],
         "cpu_flags": f["cpu_flags"],
+        "int8_isa": f["int8_isa"],
         "gpus": f["gpus"],
         "versions": versions,
         "device_profile": f["profile"],

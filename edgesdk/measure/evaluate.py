@@ -1,8 +1,8 @@
 """`edgesdk eval`: score an MVTec-layout test set through the device runtime (no torch).
 
-Reports image AUROC, pixel AUROC, AUPRO, F1 at the bundle's threshold (image level), pixel F1 and IoU
-of `map > threshold`, recall per defect kind, and latency percentiles of the whole per-frame path
-(preprocess + infer + postprocess), measured at batch 1 as a camera would."""
+Reports image AUROC, pixel AUROC, AUPRO, F1 at the bundle's threshold (image level), pixel F1, IoU,
+precision and recall of `map > threshold`, recall per defect kind, and latency percentiles of the
+whole per-frame path (preprocess + infer + postprocess), measured at batch 1 as a camera would."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesdk.data import mvtec
-from edgesdk.measure.metrics import auroc, f1_at, latency_stats, localization, recall_by_kind
+from edgesdk.measure.metrics import auroc, f1_at, latency_stats, localization, pixel_f1_iou, recall_by_kind
 from edgesdk.progress import bar
 from edgesdk.stream.detector import Detector, DetectorOptions
 
@@ -47,12 +47,15 @@ def evaluate(
     f1 = f1_at(scores_a, labels, threshold)
     lat = {k: latency_stats([s[k] for s in stages]) for k in stages[0]}
     maps_a = np.stack(maps)
+    px = pixel_f1_iou(maps_a, masks, threshold)
     return {
         "bundle": str(bundle),
         "data": str(data),
         "image_auroc": auroc(scores_a, labels),
         "pixel_auroc": auroc(maps_a, masks),
         **localization(maps_a, masks, threshold),
+        "pixel_precision": px["precision"],
+        "pixel_recall": px["recall"],
         "recall_by_kind": recall_by_kind(scores_a, [x.kind for x in items], threshold),
         "f1": f1["f1"],
         "precision": f1["precision"],

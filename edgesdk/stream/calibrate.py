@@ -5,7 +5,8 @@ Why: a line's camera pipeline is never the training pipeline. Trained on PNGs an
 of the same parts, good frames drift by several z (codec, gain, blur), so the export threshold
 raises false alarms and loses recall. The score normalization inside the graph is kept; the
 threshold moves in its z units, to mean + k std of the line's good scores (k as the bundle's own
-threshold used, else 3), and the statistics are recorded in the manifest.
+threshold used, else 3), and the statistics are recorded in the manifest. The same frames make the
+drift alarms' reference (drift.json, stream/drift_ref.py): their scores and how they look.
 
 The frames are the user's word that the parts were good. Frames that stand far out of the clip's own
 spread (and above the bundle's threshold) are counted as suspect and warned about: a clip with defects
@@ -29,8 +30,9 @@ from edgesdk.bundle import Bundle
 from edgesdk.errors import OptionError, finite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.progress import bar
-from edgesdk.spec import MANIFEST, Threshold
+from edgesdk.spec import MANIFEST, Threshold, file_entry
 from edgesdk.stream.detector import Detector, DetectorOptions
+from edgesdk.stream.drift_ref import DRIFT_FILE, ReferenceBuilder
 from edgesdk.stream.tiling import TileSpec
 from edgesdk.video import open_source
 from edgesdk.video.sources import source_tiling
@@ -70,8 +72,8 @@ def suspect_frames(z: np.ndarray, old_threshold: float, held_out_std: float) -> 
     return np.flatnonzero((z > old_threshold) & (z > med + SUSPECT_MADS * mad))
 
 
-def line_scores(det: Detector, source: str, frames: int, progress: bool = True) -> np.ndarray:
-    """Scores (N,) of the first FRAMES frames of SOURCE."""
+def line_scores(det: Detector, source: str, frames: int, progress: bool = True, on_frame=None) -> np.ndarray:
+    """Scores (N,) of the first FRAMES frames of SOURCE; ON_FRAME(image) sees each frame too."""
     scores: list[float] = []
     with open_source(source) as src, bar(total=frames, desc="calibrate", unit="frame", enabled=progress) as b:
         while len(scores) < frames and (frame := src.read(timeout=5.0)) is not None:
@@ -79,6 +81,8 @@ def line_scores(det: Detector, source: str, frames: int, progress: bool = True) 
                 scores.append(det.predict(frame.image).score)
             else:
                 scores.append(float(det.infer(det.preprocess(frame.image))[0][0]))  # score only: no regions
+            if on_frame is not None:
+                on_frame(frame.image)
             b.update()
     return np.asarray(scores, np.float64)
 
@@ -111,8 +115,9 @@ def calibrate(
         k_sigma = _k_sigma(old.detail.get("k_sigma", 3.0), "threshold.detail.k_sigma", str(bundle / MANIFEST))
     if (tiles := source_tiling(source)) is not None:
         opts = dataclasses.replace(opts, tile=TileSpec(*tiles))
+    refs = ReferenceBuilder()  # the drift alarms' reference: these frames' look and scores
     with Detector(b, dataclasses.replace(opts, threshold=None)) as det:
-        z = line_scores(det, source, frames, progress)
+        z = line_scores(det, source, frames, progress, refs.add_image)
     if len(z) < MIN_FRAMES:
         raise ValueError(
             f"{source}: gave {len(z)} frames before it ended; calibration needs at least "
@@ -160,13 +165,18 @@ def calibrate(
     thr = Threshold(
         value, "line_good_k_sigma", {"how": f"mean + {k:g} std of {len(z)} known-good frames of {source}", **stats}
     )
-    manifest = dataclasses.replace(
-        b.manifest, threshold=thr, provenance={**b.manifest.provenance, "line_calibration": stats}
-    )
+    drift = refs.reference(np.delete(z, suspect), f"calibration on {source}")  # suspect frames are no reference
     with atomic_dir(out, kind="bundle", inputs=inputs, force=force) as stage:
         for name in b.manifest.files:  # every file the manifest vouches for, hashes unchanged
+            if name == DRIFT_FILE:  # an earlier calibration's: replaced by this one's
+                continue
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(b.path / name, stage / name)
+        write_json(stage / DRIFT_FILE, drift.to_dict())
+        files = {**b.manifest.files, DRIFT_FILE: file_entry(stage / DRIFT_FILE)}
+        manifest = dataclasses.replace(
+            b.manifest, threshold=thr, files=files, provenance={**b.manifest.provenance, "line_calibration": stats}
+        )
         write_json(stage / MANIFEST, manifest.to_dict())
         Bundle.open(stage)  # the new bundle verifies before it replaces anything
     return {**stats, "threshold": value}

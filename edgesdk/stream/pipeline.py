@@ -58,6 +58,7 @@ from edgesdk.bundle import Bundle
 from edgesdk.errors import OptionError
 from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.stream.detector import Detector, DetectorOptions
+from edgesdk.stream.drift import DriftOptions, LoopDrift
 from edgesdk.stream.sinkguard import open_guarded, public_uri
 from edgesdk.stream.stages import END, Stages
 from edgesdk.stream.switch import _HotSwitch, _Models, bundle_folder, model_id
@@ -108,12 +109,15 @@ def run_stream(
     stop: threading.Event | None = None,
     streams: int = 1,
     strict: bool = False,
+    drift: DriftOptions = DriftOptions(),
 ) -> dict:
     """Score `source` into each sink until it ends, `max_frames` (None: no limit; else at least 1),
     or `stop` is set (SIGINT/SIGTERM set it when called from the main thread). Returns a summary with
     latency percentiles, drops and `errors`: folder images that could not be read, each recorded by
     the sinks that take such records (jsonl, mqtt) and skipped; strict=True makes the first fatal.
     `streams`: frames in flight at once (see the module's notes); records stay in capture order.
+    `drift`: the drift alarms' sensitivity (stream/drift.py); an event is in its frame's record as
+    `drift` (a list), on the preview's /metrics and the MQTT health topic, and logged.
 
     `bundle` may be an installed slot (ROOT/current): a bundle path is watched, and when it comes to
     name another model (install, rollback) or on SIGHUP, the new one is swapped in between frames
@@ -147,7 +151,8 @@ def run_stream(
             stack.callback(models.close)
             src = stack.enter_context(open_source(source, errors="raise" if strict else "record"))
             outs = [stack.enter_context(open_guarded(s)) for s in sinks]
-            st = Stages(src, outs, models, max(1, queue_depth, streams), max_frames, on_record, stop)
+            watch_drift = LoopDrift(drift, models.det.bundle) if drift.enabled else None
+            st = Stages(src, outs, models, max(1, queue_depth, streams), max_frames, on_record, stop, watch_drift)
             switch = _HotSwitch(path, target, models, det_opts, notifier, reload) if path is not None else None
 
             def health() -> dict:
@@ -155,6 +160,7 @@ def run_stream(
                     "dropped_frames": st.dropped + src.stats.get("dropped_at_source", 0),
                     "reconnects": src.stats.get("reconnects", 0),
                     "sinks": {g.uri: g.health() for g in outs},
+                    **({"drift": watch_drift.stats()} if watch_drift else {}),
                 }
 
             for out in outs:  # sinks that report health (preview, mqtt) see drops, reconnects, sink errors
@@ -210,6 +216,7 @@ def run_stream(
         "model": model_id(models.det),
         "models": st.model_runs,
         "model_switch_errors": switch.errors if switch else 0,
+        "drift": watch_drift.stats() if watch_drift else None,
         "latency_ms": {**{k: v.stats() for k, v in st.lat.items()}, "sink": st.sink_ms.stats()},
     }
 

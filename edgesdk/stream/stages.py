@@ -12,6 +12,7 @@ import time
 
 from edgesdk.measure.metrics import LatencyWindow
 from edgesdk.stream.detector import Detector
+from edgesdk.stream.drift import LoopDrift
 from edgesdk.stream.handoff import Handoff
 from edgesdk.stream.switch import _Models, model_id
 
@@ -68,9 +69,17 @@ class Stages:
     """The capture, inference and sink threads of one run, and what they count."""
 
     def __init__(
-        self, src, outs, models: _Models, depth: int, max_frames: int | None, on_record, stop: threading.Event
+        self,
+        src,
+        outs,
+        models: _Models,
+        depth: int,
+        max_frames: int | None,
+        on_record,
+        stop: threading.Event,
+        drift: LoopDrift | None = None,
     ):
-        self.src, self.outs, self.models, self.max_frames = src, outs, models, max_frames
+        self.src, self.outs, self.models, self.max_frames, self.drift = src, outs, models, max_frames, drift
         self.on_record, self.stop = on_record, stop
         live = src.live
         self.frames = Handoff(depth) if live else Handoff(2 * depth, refill_at=depth // 2)
@@ -178,6 +187,8 @@ class Stages:
         t0 = time.perf_counter()
         try:
             record = make_record(frame, result, det.threshold, read_ms, queue_ms, model_id(det))
+            if self.drift is not None:  # events go into this frame's record: record["drift"]
+                self.drift.observe(record, frame.image, det.bundle)
             if not self.model_runs or self.model_runs[-1]["model"] != record["model"]:
                 self.model_runs.append(
                     {"model": record["model"], "bundle": str(det.bundle.path), "first_frame": frame.frame_id}

@@ -11,7 +11,7 @@ power cut can lose the last commits, as it can the JSONL's last lines); full fsy
 cost 0.2 ms of CPU a frame, taken from inference on a small device. On (re)connect every row that
 is not already in flight is published again, oldest first. Delivery is QoS 1's at-least-once: a
 record whose PUBACK was lost is sent again, so consumers de-duplicate on `frame_id` (+ `timestamp`).
-Health (frames, anomalies, outbox depth, reconnects, the stream's sink errors) goes to TOPIC/health
+Health (frames, anomalies, outbox depth, reconnects, the stream's sink errors and drift) goes to TOPIC/health
 every `health` seconds, QoS 0, retained. An outbox that is not a readable SQLite database (garbage,
 truncated) is moved aside to NAME.corrupt-<time>, never deleted, and a fresh one is started.
 """
@@ -248,11 +248,13 @@ class MqttSink(Sink):
 
     def health(self) -> dict:
         self._purge()
-        sinks = self.pipeline_stats().get("sinks", {})
+        pipeline = self.pipeline_stats()
+        sinks = pipeline.get("sinks", {})
         return {
             **self.stats,
             "outbox": len(self.outbox),
             "connected": self.connected.is_set(),
+            **({"drift": pipeline["drift"]} if "drift" in pipeline else {}),
             "sink_errors": {u: h["errors"] for u, h in sinks.items()},
             "sink_degraded": [u for u, h in sinks.items() if h["degraded"]],
             "time": time.time(),

@@ -4,7 +4,8 @@
   GET /              the page: the annotated stream and a live stats table
   GET /stream.mjpg   multipart/x-mixed-replace JPEGs (any MJPEG viewer, or edgesdk's http:// source)
   GET /frame.jpg     the latest annotated frame (the page shows it first, then switches to the stream)
-  GET /metrics       Prometheus text: frames, anomalies, drops, reconnects, FPS, latency quantiles
+  GET /metrics       Prometheus text: frames, anomalies, drops, reconnects, FPS, latency quantiles,
+                     drift events per kind and the current drift statistics
   GET /stats.json    the same as JSON
 
 Frames are drawn and JPEG-encoded only while someone is looking, at most `fps` a second, on the
@@ -197,6 +198,24 @@ class PreviewSink(Sink):
                 label,
             )
             m("edgesdk_sink_degraded", "gauge", "1 while an evidence sink is failing.", int(h["degraded"]), label)
+        drift = self.pipeline_stats().get("drift") or {}
+        for kind, n in drift.get("events", {}).items():
+            m(
+                "edgesdk_drift_events_total",
+                "counter",
+                "Drift episodes raised, by kind (stream/drift.py).",
+                n,
+                f'{{kind="{_label(kind)}"}}',
+            )
+        for name, v in drift.get("statistics", {}).items():
+            m(
+                "edgesdk_drift_statistic",
+                "gauge",
+                "Current drift statistics: score CUSUM and median z, image "
+                "statistics in reference std, view shift as a fraction of the side.",
+                v,
+                f'{{statistic="{_label(name)}"}}',
+            )
         return "\n".join(lines) + "\n"
 
     def _handler(self):

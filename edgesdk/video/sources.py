@@ -7,7 +7,10 @@
   rtsp://host/stream, http://host/mjpg   an IP camera (FFmpeg)                  (live)
   csi://0                            a Jetson CSI camera via GStreamer nvarguscamerasrc (live)
   synth://conveyor?category=brick    the generated conveyor, endless: a defect rides through every
-                                     ~10 frames on average; frame names say "good" or the defect kind
+                                     ~10 frames on average; frame names say "good" or the defect kind;
+                                     ?defects=0: good parts only; ?drift=ramp|shift|blur|texture
+                                     &drift_at=N&drift_len=N&drift_amount=X: the line drifts from frame N
+                                     on; ?rails=1: fixed guide rails in view (data/drift_synth.py)
 
 Options as a query string, on any source: ?fps=30 (files: play at that rate, as a camera would,
 making the source live; cameras: request it), ?loop=1 (files: start again at the end),
@@ -217,34 +220,74 @@ def _file(uri: str, errors: str) -> Source:
 
 class SynthSource(Source):
     """The sample conveyor, generated frame by frame forever (scikit-image textures, the training
-    extra). Frame.name is the ground truth ("good" or the defect kind), so a sink records it."""
+    extra). Frame.name is the ground truth ("good" or the defect kind), so a sink records it.
+    DRIFT (data/drift_synth.py) makes the line drift from a given frame on; defects=False: good parts only."""
 
     scheme = "synth"
     ended = False
 
-    def __init__(self, category: str, seed: int):
+    def __init__(self, category: str, seed: int, drift=None, defects: bool = True, rails: bool = False):
         super().__init__()
         try:
-            from edgesdk.data.synth import Conveyor, SynthConfig
+            from edgesdk.data.drift_synth import Drift
+            from edgesdk.data.synth import TEXTURES, Conveyor, SynthConfig
         except ImportError as e:
             raise RuntimeError(
                 f"synth://conveyor draws real textures from scikit-image ({e}); pip install 'edgesdk[train]'"
             ) from None
-        self.category, self.seed = category, seed
-        self.frames = iter(Conveyor(category, SynthConfig(seed=seed), cycle=True))
+        self.category, self.seed, self.defects, self.rails = category, seed, defects, rails
+        self.drift = drift or Drift()
+        line = Conveyor(category, SynthConfig(seed=seed), cycle=True)
+        if not defects:
+            line.schedule = ()
+        self.frames = iter(line)
+        self.other = None
+        if self.drift.kind == "texture":  # the new batch: the next category's texture, good parts
+            names = sorted(TEXTURES)
+            other = names[(names.index(category) + 1) % len(names)] if category in names else category
+            self.other = iter(Conveyor(other, SynthConfig(seed=seed + 1), schedule=(), cycle=True))
 
     @property
     def options(self) -> dict:
-        return {"category": self.category, "seed": self.seed, "endless": True}
+        d = self.drift
+        return {
+            "category": self.category,
+            "seed": self.seed,
+            "endless": True,
+            "defects": self.defects,
+            "rails": self.rails,
+            **(
+                {"drift": d.kind, "drift_at": d.at, "drift_len": d.length, "drift_amount": d.value}
+                if d.kind != "none"
+                else {}
+            ),
+        }
 
     def read(self, timeout: float | None = None) -> Frame | None:
         img, truth = next(self.frames)
+        if self.rails:
+            from edgesdk.data.drift_synth import add_rails
+
+            img = add_rails(img)
+        if self.drift.kind != "none":
+            other = next(self.other)[0] if self.other is not None else None
+            img = self.drift.apply(img, self.count, other)
         frame = Frame(img, self.count, time.time(), None, truth["defect"] or "good")
         self.count += 1
         return frame
 
 
-SYNTH_SPEC = {**SourceOptions.SPEC, "category": "brick", "seed": Opt(0, lo=0)}
+SYNTH_SPEC = {
+    **SourceOptions.SPEC,
+    "category": "brick",
+    "seed": Opt(0, lo=0),
+    "defects": Opt(True),
+    "rails": Opt(False),
+    "drift": "none",
+    "drift_at": Opt(300, lo=0),
+    "drift_len": Opt(300, lo=1),
+    "drift_amount": Opt(None, "float"),
+}
 
 
 def _synth(uri: str, errors: str) -> Source:
@@ -255,7 +298,13 @@ def _synth(uri: str, errors: str) -> Source:
     opts = SourceOptions(**{k: q[k] for k in SourceOptions.SPEC})
     if opts.size is not None or opts.loop:
         raise OptionError(f"{uri}: size= and loop= do not apply to the generated conveyor (256x256, endless)")
-    make = lambda: SynthSource(q["category"], q["seed"])  # noqa: E731
+
+    def make() -> SynthSource:
+        from edgesdk.data.drift_synth import Drift
+
+        drift = Drift(q["drift"], q["drift_at"], q["drift_len"], q["drift_amount"])
+        return SynthSource(q["category"], q["seed"], drift, q["defects"], q["rails"])
+
     try:
         src = make()
     except ValueError as e:
