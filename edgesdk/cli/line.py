@@ -149,7 +149,8 @@ def add_commands(sub) -> None:
         "--source",
         required=True,
         help="file://video.mp4 or a path, a folder of images, v4l2:///dev/video0, rtsp://..., "
-        "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=",
+        "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=, and ?tile=N|auto&overlap=N "
+        "to score high-resolution frames tile by tile",
     )
     s.add_argument("--sink", action="append", required=True, help="jsonl://out.jsonl, dir://overlays/")
     s.add_argument("--max-frames", type=count, help="stop after this many frames (default: the source's end)")
