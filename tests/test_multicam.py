@@ -103,6 +103,8 @@ def test_multi_source_options_are_checked(bundle, tiny_data):
         run_stream(bundle, [video, f"{video}?name=a&name=b"], [])
     with pytest.raises(OptionError, match="batch deadline"):
         run_stream(bundle, [video, f"{video}?name=b"], [], batch_deadline_ms=float("inf"))
+    with pytest.raises(OptionError, match=r"\?tile=auto: \?tile= scores one source tile by tile"):
+        run_stream(bundle, [video, f"{video}?tile=auto"], [])
     with pytest.raises(OptionError, match="no source given"):
         run_stream(bundle, [], [])
     with pytest.raises(OptionError, match="batched into one inference call"):

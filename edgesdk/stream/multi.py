@@ -15,7 +15,8 @@ secrets hidden) and `batch` (frames in its inference call); latency_ms.queue inc
 wait, latency_ms.infer is the whole batch's call. A source may carry its own threshold
 (?threshold=X, finite; else the run's). Frames, drops, reconnects and latency are counted per
 source: in the summary's `sources` and on the preview's /metrics (label `source`). max_frames
-counts each source's frames. Drift alarms and the hot model switch watch single-source runs only."""
+counts each source's frames. Drift alarms, tiling (?tile=) and the hot model switch are for single-source
+runs."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from edgesdk.stream.stages import READ_TIMEOUT_S, error_record, lower_priority, 
 from edgesdk.stream.switch import model_id
 from edgesdk.video import open_source
 from edgesdk.video.options import Opt, foreign_query, parse_query
+from edgesdk.video.sources import source_tiling
 
 log = logging.getLogger("edgesdk.stream.multi")
 
@@ -53,6 +55,10 @@ def split_source(uri: str) -> tuple[str, str, float | None]:
     rest = foreign_query(query, OWN)
     inner = base + (f"?{rest}" if rest else "")
     thr = None if own["threshold"] is None else finite(own["threshold"], "threshold", shown)
+    if source_tiling(inner) is not None:  # one detector scores every source's whole frames in one batch
+        raise OptionError(
+            f"{shown}: ?tile= scores one source tile by tile; a run of several sources scores whole frames"
+        )
     return inner, own["name"] or public_uri(inner), thr
 
 

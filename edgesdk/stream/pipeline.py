@@ -63,7 +63,9 @@ from edgesdk.stream.multi import DEFAULT_DEADLINE_MS, run_multi
 from edgesdk.stream.sinkguard import open_guarded, public_uri
 from edgesdk.stream.stages import END, Stages
 from edgesdk.stream.switch import _HotSwitch, _Models, bundle_folder, model_id
+from edgesdk.stream.tiling import TileSpec
 from edgesdk.video import open_source
+from edgesdk.video.sources import source_tiling
 
 log = logging.getLogger("edgesdk.stream.pipeline")
 
@@ -134,6 +136,8 @@ def run_stream(
     det_opts = stream_options(opts, streams)
     if len(sources) > 1 and streams > 1:
         raise OptionError(f"streams {streams}: several sources are batched into one inference call; use streams=1")
+    if len(sources) == 1 and (tiles := source_tiling(sources[0])) is not None:  # ?tile=&overlap=: tile by tile
+        det_opts = dataclasses.replace(det_opts, tile=TileSpec(*tiles))
     notifier = Notifier()
     path = None if isinstance(bundle, Bundle) else bundle  # a path is watched for a new model
     watch = path is not None
