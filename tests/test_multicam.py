@@ -128,3 +128,27 @@ def test_multicam_benchmark_runs_batched_and_separate(bundle, tiny_data, tmp_pat
     ]
     assert all(x["cpu_s"] > 0 and x["peak_rss_mb"] > 0 and x["p99_ms"] >= x["p50_ms"] > 0 for x in rows)
     assert rows[2]["mean_batch"] > 1 and rows[3]["peak_rss_mb"] > rows[2]["peak_rss_mb"] / 2
+
+
+def test_multi_source_run_tells_systemd_ready_alive_and_stopping(bundle, tmp_path, monkeypatch):
+    # A unit is Type=notify (deploy/service.py): without READY systemd would kill a multi-camera run.
+    from notify_util import NotifySocket
+
+    ns = NotifySocket(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    stop, n = threading.Event(), []
+    cam = "synth://conveyor?category=brick&fps=15"
+    try:
+        run_stream(
+            bundle,
+            [f"{cam}&name=a", f"{cam}&seed=1&name=b"],
+            [],
+            on_record=lambda r: (n.append(r), len(n) >= 40 and stop.set()),
+            stop=stop,
+        )
+        ns.wait("STOPPING", 1, timeout=10)
+    finally:
+        ns.close()
+    assert len(ns.keys("READY")) == 1 and len(ns.keys("WATCHDOG")) >= 1
+    assert "sources batched" in ns.keys("READY")[0][1]["STATUS"]

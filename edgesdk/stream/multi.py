@@ -15,7 +15,8 @@ secrets hidden) and `batch` (frames in its inference call); latency_ms.queue inc
 wait, latency_ms.infer is the whole batch's call. A source may carry its own threshold
 (?threshold=X, finite; else the run's). Frames, drops, reconnects and latency are counted per
 source: in the summary's `sources` and on the preview's /metrics (label `source`). max_frames
-counts each source's frames. Drift alarms, tiling (?tile=) and the hot model switch are for single-source
+counts each source's frames. Under systemd the run sends READY, watchdog pings while records
+come out, and STOPPING. Drift alarms, tiling (?tile=) and the hot model switch are for single-source
 runs."""
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 from edgesdk.bundle import Bundle
 from edgesdk.errors import OptionError, finite
 from edgesdk.measure.metrics import LatencyWindow
+from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.stream.detector import Detector, DetectorOptions, Result
 from edgesdk.stream.sinkguard import open_guarded, public_uri
 from edgesdk.stream.stages import READ_TIMEOUT_S, error_record, lower_priority, make_record
@@ -97,6 +99,7 @@ class MultiLoop:
         self.errors: list[BaseException] = []
         self.batches = self.batched = 0
         self.lat: dict[str, LatencyWindow] = {}
+        self.t_done = time.monotonic()  # when the last record went through the sinks (the watchdog's progress)
 
     def capture(self, cam: _Source) -> None:
         n = 0
@@ -213,6 +216,18 @@ class MultiLoop:
             s.write(record, frame, result)
         if self.on_record is not None:
             self.on_record(record)
+        self.t_done = time.monotonic()
+
+    def moving(self, window: float) -> bool:
+        """Progress for systemd's watchdog: a record within WINDOW s, or no frame waiting (cameras
+        between frames or reconnecting). Frames waiting and no record out: a stalled batcher or sink."""
+        return time.monotonic() - self.t_done < window or not any(c.queue for c in self.cams)
+
+    def status(self) -> str:
+        n, drops = sum(c.n for c in self.cams), sum(c.stats()["dropped_frames"] for c in self.cams)
+        return f"{n} frames from {len(self.cams)} sources, model {model_id(self.det)}" + (
+            f", {drops} dropped" if drops else ""
+        )
 
     def health(self) -> dict:
         """What the preview's /metrics and the MQTT health topic show: totals and each source's."""
@@ -247,7 +262,9 @@ def run_multi(
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise OptionError(f"--source: two sources are named {dup[0]!r}; give each its own ?name=")
+    notifier = Notifier()  # under systemd (Type=notify): READY, watchdog pings while records come out, STOPPING
     with ExitStack() as stack:
+        stack.callback(notifier.close)
         det = stack.enter_context(Detector(bundle, opts))
         cams = []
         for uri, name, thr in parsed:
@@ -268,9 +285,15 @@ def run_multi(
         for t in [*threads, sink_t]:
             t.start()
         log.info("scoring %d sources batched with model %s", len(cams), model_id(det))
+        notifier.ready(f"scoring {len(cams)} sources batched with model {model_id(det)}")
+        beat = Heartbeat(notifier, loop.moving, loop.status)
+        if notifier.enabled:
+            beat.start()
         try:
             loop.infer()
         finally:
+            beat.stop()
+            notifier.stopping(f"stopping after {sum(c.n for c in cams)} frames")
             stop_after = stop.is_set()
             loop.results.put(None)
             sink_t.join()
