@@ -1,0 +1,27 @@
+"""The drift reference's image statistics (stream/drift_ref.py) on frames of any size and layout, and
+the references it makes of hostile streams."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edgesdk.stream.drift_ref import SIDE, grey_small, image_stats
+
+
+def test_a_camera_frame_gives_the_grey_copy_of_its_area_average():
+    # (1080, 1920, 3): a smooth scene (gradients, a soft disc) and sensor noise; the sampled shortcut
+    # must give the statistics the full area average gives, within what no alarm can see
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1080, 0:1920].astype(np.float32)
+    grey = 40 + 120 * x / 1920 + 60 * y / 1080 + 30 * np.exp(-((x - 900) ** 2 + (y - 500) ** 2) / 2e5)
+    frame = np.clip(grey[..., None] + rng.normal(0, 4, (1080, 1920, 3)), 0, 255).astype(np.uint8)
+    full = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+    small = grey_small(frame)
+    assert small.shape == (SIDE, SIDE) and small.dtype == np.float64
+    assert np.abs(small - full).max() < 8 and abs(small.mean() - full.mean()) < 0.5
+    a, b = image_stats(small), image_stats(full.astype(np.float64))
+    assert abs(a["brightness"] - b["brightness"]) < 0.5 and abs(a["contrast"] - b["contrast"]) < 0.02
+    # odd layouts give the same copy: a non-contiguous view, and a 1 x 1 frame
+    assert np.array_equal(grey_small(np.ascontiguousarray(frame[::-1, ::-1])), grey_small(frame[::-1, ::-1]))
+    assert grey_small(np.full((1, 1, 3), 7, np.uint8)).shape == (SIDE, SIDE)
