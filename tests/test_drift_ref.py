@@ -6,7 +6,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edgesdk.stream.drift_ref import SIDE, grey_small, image_stats
+from edgesdk.stream.drift import DriftMonitor, DriftOptions
+from edgesdk.stream.drift_ref import SIDE, ReferenceBuilder, grey_small, image_stats
+from edgesdk.video import open_source
 
 
 def test_a_camera_frame_gives_the_grey_copy_of_its_area_average():
@@ -25,3 +27,34 @@ def test_a_camera_frame_gives_the_grey_copy_of_its_area_average():
     # odd layouts give the same copy: a non-contiguous view, and a 1 x 1 frame
     assert np.array_equal(grey_small(np.ascontiguousarray(frame[::-1, ::-1])), grey_small(frame[::-1, ::-1]))
     assert grey_small(np.full((1, 1, 3), 7, np.uint8)).shape == (SIDE, SIDE)
+
+
+LINE = "synth://conveyor?defects=0&rails=1"
+
+
+def _next(src) -> np.ndarray:
+    frame = src.read()
+    assert frame is not None
+    return frame.image
+
+
+def _reference(n: int = 120):
+    b = ReferenceBuilder()
+    with open_source(LINE) as src:
+        for _ in range(n):
+            b.add_image(_next(src))
+    return b.reference(np.linspace(-1, 1, n), "calibration")
+
+
+def test_a_hot_switch_to_a_model_without_reference_keeps_the_cameras_reference():
+    """The new model has no drift.json: its scores go unchecked, but the lens blurring after the switch
+    is still measured against the calibration, not learnt as the new normal."""
+    mon = DriftMonitor(DriftOptions(), _reference())
+    with open_source(f"{LINE}&seed=3&drift=blur&drift_at=100") as src:
+        events = []
+        for i in range(220):
+            if i == 90:
+                mon.use(None)
+            events += mon.update(i, _next(src), 0.0, True)
+    assert events and events[0]["kind"] == "sharpness" and events[0]["frame_id"] >= 100, events  # blur: also contrast
+    assert mon.stats()["reference"] == "calibration" and mon.stats()["score_checked"] is False

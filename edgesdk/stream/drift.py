@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -148,15 +148,20 @@ class DriftMonitor:
         self.use(reference)
 
     def use(self, reference: Reference | None) -> None:
-        """Take REFERENCE (a new model's); without one the score check is off and the image
-        reference comes from the next `warmup` frames."""
+        """Take REFERENCE (a new model's); without one the score check is off and the image reference
+        stays the one in use (it describes the camera, not the model), or at the start comes from the
+        next `warmup` frames."""
         self.cusum = [0.0, 0.0]  # up, down
         self.scores = Window(2 * self.opts.window)
         self.score_vals: deque[float] = deque(maxlen=2 * self.opts.window)
         if reference is not None:
             self.ref, self.builder = reference, None
             self._view_check()
-        elif self.ref is None or self.ref.score is not None:
+        elif self.ref is not None:  # the camera's reference outlives the model: only its scores are unknown
+            if self.ref.score is not None:
+                log.info("drift: the new model has no drift reference: score drift is not checked for it")
+            self.ref = replace(self.ref, score=None)
+        elif self.builder is None:
             log.info(
                 "drift: the bundle has no drift reference (made by `edgesdk calibrate`): score drift is not "
                 "checked; image drift is measured against the first %d frames of this run",
