@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
+from edgesdk.errors import EdgesdkError
+from edgesdk.stream.calibrate import calibrate
 from edgesdk.stream.drift import DriftMonitor, DriftOptions
 from edgesdk.stream.drift_ref import SIDE, ReferenceBuilder, grey_small, image_stats
 from edgesdk.video import open_source
@@ -58,3 +61,15 @@ def test_a_hot_switch_to_a_model_without_reference_keeps_the_cameras_reference()
             events += mon.update(i, _next(src), 0.0, True)
     assert events and events[0]["kind"] == "sharpness" and events[0]["frame_id"] >= 100, events  # blur: also contrast
     assert mon.stats()["reference"] == "calibration" and mon.stats()["score_checked"] is False
+
+
+def test_calibrating_on_a_constant_stream_is_refused(bundle, tmp_path):
+    """A covered lens or a frozen camera: every frame scores the same, so the threshold would sit on the
+    mean (every line frame above it a defect) and the drift reference would divide by a std of 0."""
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(40):
+        cv2.imwrite(str(black / f"{i:03d}.png"), np.zeros((128, 128, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"black.*every frame scored the same") as e:
+        calibrate(bundle, str(black), tmp_path / "out", frames=40, progress=False)
+    assert isinstance(e.value, EdgesdkError) and not (tmp_path / "out").exists()
