@@ -47,6 +47,9 @@ from edgesdk.stream.drift_ref import (
 )
 
 KINDS = ("score_shift", *IMAGE_STATS, "view_shift")
+# The view's phase correlation (a (SIDE, SIDE) DFT, the loop's costliest statistic) runs on every VIEW_EVERY-th
+# frame: its window's mean moves by 1/view_window a frame, and a knock is still seen within VIEW_EVERY frames.
+VIEW_EVERY = 4
 log = logging.getLogger("edgesdk.stream.drift")
 
 
@@ -138,6 +141,8 @@ class DriftMonitor:
     def __init__(self, opts: DriftOptions, reference: Reference | None):
         self.opts = opts
         self.alarms = {k: Alarm(opts.rearm) for k in KINDS}
+        self.alarms["view_shift"] = Alarm(max(1, opts.rearm // VIEW_EVERY))  # it sees every VIEW_EVERY-th frame
+        self.n = 0  # frames seen
         self.events = {k: 0 for k in KINDS}
         self.values: dict[str, float] = {}
         self.image_win = {k: Window(opts.window) for k in IMAGE_STATS}
@@ -209,7 +214,8 @@ class DriftMonitor:
                         )
                     )
         self.view_win.add(small)
-        if self.view_on and self.view_win.full:
+        self.n += 1
+        if self.view_on and self.view_win.full and self.n % VIEW_EVERY == 0:
             shift, response = shift_of(ref.view, self.view_win.mean())
             # a weak peak (the window's mean and the reference share too little fixed structure) is
             # no measurement: the alarm keeps its state
