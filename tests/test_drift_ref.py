@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgesdk.errors import EdgesdkError
+from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.stream.calibrate import calibrate
 from edgesdk.stream.drift import DriftMonitor, DriftOptions
 from edgesdk.stream.drift_ref import SIDE, ReferenceBuilder, grey_small, image_stats
@@ -73,3 +73,17 @@ def test_calibrating_on_a_constant_stream_is_refused(bundle, tmp_path):
     with pytest.raises(ValueError, match=r"black.*every frame scored the same") as e:
         calibrate(bundle, str(black), tmp_path / "out", frames=40, progress=False)
     assert isinstance(e.value, EdgesdkError) and not (tmp_path / "out").exists()
+
+
+def test_drift_options_hold_numbers_not_the_text_they_were_given():
+    """DriftOptions(cusum_k="1") passed the finite() check but kept the text: the loop then failed with a
+    TypeError on its first scored frame; enabled="no" was taken as on."""
+    o = DriftOptions(cusum_k="1", image_z="3.5")
+    assert o.cusum_k == 1.0 and isinstance(o.cusum_k, float) and o.image_z == 3.5
+    b = ReferenceBuilder()
+    for _ in range(3):
+        b.add_image(np.zeros((8, 8, 3), np.uint8))
+    mon = DriftMonitor(o, b.reference(np.array([0.0, 1.0, 2.0]), "t"))
+    assert mon.update(0, np.zeros((8, 8, 3), np.uint8), 0.5, True) == []
+    with pytest.raises(OptionError, match="drift option enabled"):
+        DriftOptions(enabled="no")

@@ -86,11 +86,16 @@ class DriftOptions:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "enabled":
+                if not isinstance(v, bool):
+                    raise OptionError(f"drift option enabled: True or False, got {v!r}")
                 continue
             if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise OptionError(f"drift option {f.name}: a whole number >= 1, got {v!r}")
-            if finite(v, f.name, "drift option") <= 0:
+            x = finite(v, f.name, "drift option")
+            if x <= 0:
                 raise OptionError(f"drift option {f.name} must be > 0, got {v!r}")
+            if f.type == "float":  # "1.5" passes finite(); the loop's arithmetic needs the number itself
+                object.__setattr__(self, f.name, x)
 
 
 class Alarm:
