@@ -3,6 +3,10 @@ the references it makes of hostile streams."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -87,3 +91,17 @@ def test_drift_options_hold_numbers_not_the_text_they_were_given():
     assert mon.update(0, np.zeros((8, 8, 3), np.uint8), 0.5, True) == []
     with pytest.raises(OptionError, match="drift option enabled"):
         DriftOptions(enabled="no")
+
+
+def test_the_drift_cost_benchmark_runs(tmp_path):
+    """benchmarks/drift_cost.py (its numbers are in docs/LINE.md) runs and prints one row per size."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, str(root / "benchmarks/drift_cost.py"), "--frames", "3"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and "x" in ln.split("|")[1]]
+    assert [ln.split("|")[1].strip() for ln in rows] == ["256x256", "1280x720", "1920x1080"], r.stdout
