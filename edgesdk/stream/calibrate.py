@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from edgesdk.bundle import Bundle
-from edgesdk.errors import OptionError, finite
+from edgesdk.errors import DataError, OptionError, finite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.progress import bar
 from edgesdk.spec import MANIFEST, Threshold, file_entry
@@ -125,6 +125,11 @@ def calibrate(
         )
     if not np.all(np.isfinite(z)):
         raise ValueError(f"{source}: {int((~np.isfinite(z)).sum())} frames scored NaN/inf with {bundle}")
+    if np.ptp(z) <= 1e-9 * max(1.0, float(np.abs(z).max())):  # the spread is rounding: no line to learn from
+        raise DataError(
+            f"{source}: every frame scored the same ({float(z[0]):.6g}) with {bundle}: the camera shows a constant "
+            "image (lens covered, lamp off, frozen feed); calibrate on the running line"
+        )
     k = k_sigma
     value = float(z.mean() + k * z.std(ddof=1))
     # Scores are z units of the export's held-out good scores (normalization z_from_good_holdout):
