@@ -6,6 +6,7 @@ gain/offset and a slow gradient change, and the sensor adds noise. Defects are p
 that are exact: every changed pixel is in the mask and every mask pixel is changed.
 Deterministic per seed (numpy Generator + OpenCV drawing, no global state).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,12 +30,14 @@ DEFECTS = ("scratch", "stain", "hole", "smudge")
 
 @dataclass(frozen=True)
 class SynthConfig:
-    size: int = 256             # output images are size x size
-    n_train: int = 200          # PaDiM needs N > feature_dim for a well-conditioned covariance
+    size: int = 256  # output images are size x size
+    n_train: int = 200  # PaDiM needs N > feature_dim for a well-conditioned covariance
     n_test_good: int = 20
     n_test_per_defect: int = 8
     seed: int = 0
-    window: int = 256           # texture pixels seen by one image (then resized to `size`)
+    window: int = 256  # texture pixels seen by one image (then resized to `size`)
+    n_labelled_per_defect: int = 5  # labels/<kind>/: a few labelled rejects per kind (the segmenter's data)
+    n_labelled_good: int = 5
 
 
 def texture(category: str) -> np.ndarray:
@@ -53,8 +56,7 @@ def view(tex: np.ndarray, cx: float, cy: float, angle: float, cfg: SynthConfig) 
     scale = cfg.size / cfg.window
     m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
     m[:, 2] += np.array((cfg.size / 2 - cx, cfg.size / 2 - cy))
-    return cv2.warpAffine(tex, m, (cfg.size, cfg.size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(tex, m, (cfg.size, cfg.size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -73,8 +75,9 @@ def good_image(tex: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) -> n
     return photometric(view(tex, cx, cy, rng.uniform(-3, 3), cfg), rng)
 
 
-def paint_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
-                 center: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def paint_defect(
+    img: np.ndarray, kind: str, rng: np.random.Generator, center: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns (image with the defect, mask uint8 {0,255}). Sizes scale with the image."""
     h, w = img.shape[:2]
     s = w / 256.0
@@ -119,13 +122,23 @@ def paint_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
     return out, np.where((mask > 0) & changed, 255, 0).astype(np.uint8)
 
 
+def seeds(cfg: SynthConfig, category: str) -> dict[str, list[int]]:
+    """The random stream of each part of a category: the labelled folder draws from its own stream,
+    so none of its images can repeat one of the test set's."""
+    i = sorted(TEXTURES).index(category)
+    return {"dataset": [cfg.seed, i], "labels": [cfg.seed, i, 1]}
+
+
 def write_category(root: Path, category: str, cfg: SynthConfig, force: bool = False) -> dict:
-    """Writes root/category in MVTec AD layout (atomically) and returns a summary dict. An existing
-    root/category is replaced only if empty or made by this function (its SYNTH_MARKER), or with FORCE."""
+    """Writes root/category in MVTec AD layout (atomically) and returns a summary dict: train/good,
+    test/<kind>, ground_truth/<kind>, and labels/ (good/, <kind>/, ground_truth/<kind>/: a few labelled
+    images per kind for supervised models, none of them in the test set). An existing root/category is
+    replaced only if empty or made by this function (its SYNTH_MARKER), or with FORCE."""
     tex = texture(category)
-    rng = np.random.default_rng([cfg.seed, sorted(TEXTURES).index(category)])
+    rng = np.random.default_rng(seeds(cfg, category)["dataset"])
     counts = {}
     with atomic_dir(root / category, kind="synth", force=force) as out:
+
         def save(rel: str, img: np.ndarray) -> None:
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +156,15 @@ def write_category(root: Path, category: str, cfg: SynthConfig, force: bool = Fa
                 save(f"test/{kind}/{i:03d}.png", img)
                 save(f"ground_truth/{kind}/{i:03d}_mask.png", mask)
             counts[f"test/{kind}"] = cfg.n_test_per_defect
+        lrng = np.random.default_rng(seeds(cfg, category)["labels"])
+        for i in range(cfg.n_labelled_good if cfg.n_labelled_per_defect else 0):
+            save(f"labels/good/{i:03d}.png", good_image(tex, lrng, cfg))
+        for kind in DEFECTS if cfg.n_labelled_per_defect else ():
+            for i in range(cfg.n_labelled_per_defect):
+                img, mask = paint_defect(good_image(tex, lrng, cfg), kind, lrng)
+                save(f"labels/{kind}/{i:03d}.png", img)
+                save(f"labels/ground_truth/{kind}/{i:03d}_mask.png", mask)
+        counts["labels (per kind)"] = cfg.n_labelled_per_defect
         write_json(out / SYNTH_MARKER, {"category": category, "config": vars(cfg), "counts": counts})
     return counts
 
@@ -155,12 +177,17 @@ class Conveyor:
     every pass and the kinds rotate through DEFECTS (an endless line, `synth://conveyor`); without
     it, frames after the first pass are good. Iterating yields (BGR image, truth record) forever."""
 
-    def __init__(self, category: str, cfg: SynthConfig = SynthConfig(), frames_per_pass: int = 60,
-                 schedule: tuple[tuple[int, int, str], ...] = ((18, 26, "hole"), (38, 46, "stain")),
-                 cycle: bool = False):
+    def __init__(
+        self,
+        category: str,
+        cfg: SynthConfig = SynthConfig(),
+        frames_per_pass: int = 60,
+        schedule: tuple[tuple[int, int, str], ...] = ((18, 26, "hole"), (38, 46, "stain")),
+        cycle: bool = False,
+    ):
         self.tex, self.cfg, self.n, self.schedule, self.cycle = texture(category), cfg, frames_per_pass, schedule, cycle
         self.rng = np.random.default_rng([cfg.seed, 99, sorted(TEXTURES).index(category)])
-        self.speed = (self.tex.shape[1] - cfg.window - 32) / frames_per_pass     # texture px per frame
+        self.speed = (self.tex.shape[1] - cfg.window - 32) / frames_per_pass  # texture px per frame
         self.x0, self.cy = cfg.window / 2 + 16, self.tex.shape[0] / 2
 
     def _defect(self, t: int) -> tuple[int, int, str] | None:
@@ -181,17 +208,26 @@ class Conveyor:
             if (d := self._defect(t)) is not None:
                 start, end, kind = d
                 frac = 0.8 - 0.6 * (t - start) / max(1, end - start - 1)
-                img, mask = paint_defect(img, kind, np.random.default_rng([self.cfg.seed, start]),
-                                         center=(frac * self.cfg.size, 0.5 * self.cfg.size))
+                img, mask = paint_defect(
+                    img,
+                    kind,
+                    np.random.default_rng([self.cfg.seed, start]),
+                    center=(frac * self.cfg.size, 0.5 * self.cfg.size),
+                )
                 x, y, w, h = cv2.boundingRect(mask)
                 record.update(is_anomalous=True, defect=kind, bbox=[x, y, x + w, y + h])
             yield img, record
             t += 1
 
 
-def write_conveyor(path: Path, category: str, cfg: SynthConfig, n_frames: int = 60,
-                   fps: float = 15.0, defect_frames: tuple[tuple[int, int, str], ...] =
-                   ((18, 26, "hole"), (38, 46, "stain"))) -> dict:
+def write_conveyor(
+    path: Path,
+    category: str,
+    cfg: SynthConfig,
+    n_frames: int = 60,
+    fps: float = 15.0,
+    defect_frames: tuple[tuple[int, int, str], ...] = ((18, 26, "hole"), (38, 46, "stain")),
+) -> dict:
     """One pass of the conveyor as a video. Ground truth per frame goes to <path>.json. Returns that dict."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,8 +236,7 @@ def write_conveyor(path: Path, category: str, cfg: SynthConfig, n_frames: int = 
     # match images captured through the same camera pipeline. (mp4v at ~36 dB PSNR blurs the
     # texture enough to shift every score: train on what the camera really delivers.)
     fourcc = "FFV1" if path.suffix.lower() in (".mkv", ".avi") else "mp4v"
-    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), fps,
-                             (cfg.size, cfg.size))
+    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), fps, (cfg.size, cfg.size))
     if not writer.isOpened():
         raise OSError(f"{path}: OpenCV could not open a {fourcc} video writer")
     frames = []
@@ -212,17 +247,23 @@ def write_conveyor(path: Path, category: str, cfg: SynthConfig, n_frames: int = 
     tmp.replace(path)
     truth = {"video": path.name, "category": category, "fps": fps, "size": cfg.size, "frames": frames}
     from edgesdk.fsutil import write_json
+
     write_json(path.with_suffix(".json"), truth)
     return truth
 
 
-def synth_dataset(out: str | Path, categories: list[str] | None = None, cfg: SynthConfig = SynthConfig(),
-                  video: bool = True, force: bool = False) -> dict:
+def synth_dataset(
+    out: str | Path,
+    categories: list[str] | None = None,
+    cfg: SynthConfig = SynthConfig(),
+    video: bool = True,
+    force: bool = False,
+) -> dict:
     """Writes OUT/<category>/... for each category and OUT/conveyor_<first category>.mkv (+ .json).
     An existing OUT/<category> is replaced only if this function made it (or with FORCE)."""
     out = Path(out)
     categories = categories or sorted(TEXTURES)
-    for cat in categories:              # refuse before any category is written, not half-way
+    for cat in categories:  # refuse before any category is written, not half-way
         check_replaceable(out / cat, "synth", force=force)
     summary = {cat: write_category(out, cat, cfg, force) for cat in categories}
     if video:
