@@ -3,6 +3,7 @@ training options, export options - that a user can diff. `edgesdk train --recipe
 `edgesdk export RUN --recipe R` read it; command-line flags override its values; the run folder
 records the resolved recipe. Unknown keys, wrong types, inf/nan and values out of range are errors
 naming the key and the file."""
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,21 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Recipe:
     model: str
-    config: dict = field(default_factory=dict)     # the model's config dataclass fields
-    train: dict = field(default_factory=dict)      # TrainOptions fields
-    export: dict = field(default_factory=dict)     # ExportOptions fields
-    backbone_weights: str = ""                     # state-dict file for backbones with none shipped
+    config: dict = field(default_factory=dict)  # the model's config dataclass fields
+    train: dict = field(default_factory=dict)  # TrainOptions fields
+    export: dict = field(default_factory=dict)  # ExportOptions fields
+    backbone_weights: str = ""  # state-dict file for backbones with none shipped
     path: str = ""
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "model": self.model, "backbone_weights": self.backbone_weights,
-                "config": self.config, "train": self.train, "export": self.export}
+        return {
+            "path": self.path,
+            "model": self.model,
+            "backbone_weights": self.backbone_weights,
+            "config": self.config,
+            "train": self.train,
+            "export": self.export,
+        }
 
 
 Rule = tuple[Callable[[Any], bool], str]
@@ -41,8 +48,10 @@ CAMERA = re.compile(r"mp4v|jpeg:(100|[1-9][0-9]?)")
 # Keys absent from a section keep the dataclass defaults, which satisfy these.
 RULES: dict[str, dict[str, Rule]] = {
     "config": {
-        "input_size": (lambda v: len(v) == 2 and all(d > 0 and d % 32 == 0 for d in v),
-                       "[height, width], positive multiples of 32"),
+        "input_size": (
+            lambda v: len(v) == 2 and all(d > 0 and d % 32 == 0 for d in v),
+            "[height, width], positive multiples of 32",
+        ),
         "taps": (lambda v: all(t >= 0 for t in v), "backbone block indices >= 0"),
         "feature_dim": (lambda v: v >= 0, ">= 0 (0 = every channel)"),
         "grid_stride": (lambda v: v > 0, "> 0"),
@@ -61,6 +70,13 @@ RULES: dict[str, dict[str, Rule]] = {
         "lr": (lambda v: v > 0, "> 0"),
         "hard_quantile": (lambda v: 0 <= v <= 1, "in [0, 1]"),
         "penalty": (lambda v: v >= 0, ">= 0 (0 = off)"),
+        "crop": (lambda v: v >= 32 and v % 32 == 0, "a multiple of 32, >= 32 (training crop, pixels)"),
+        "reuse": (lambda v: v >= 1, ">= 1"),
+        "cache": (lambda v: v >= 1, ">= 1"),
+        "defect_share": (lambda v: 0 <= v <= 1, "in [0, 1] (a share of each batch)"),
+        "focal_gamma": (lambda v: v >= 0, ">= 0"),
+        "dice": (lambda v: v >= 0, ">= 0 (0 = off)"),
+        "kinds": (lambda v: not v, "left out: the kinds come from --labels DIR"),
     },
     "train": {
         "holdout": (lambda v: 0 < v < 1, "in (0, 1) (a share of the good images)"),
@@ -137,8 +153,13 @@ def check_flags(section: str, values: dict, model: str = "") -> None:
         if isinstance(value, float):
             finite(value, flag_name(key))
         if key in rules and not rules[key][0](value):
-            shown = (value[0] if key == "input_size" and len(set(value)) == 1 else
-                     ",".join(value) if key == "camera" else value)
+            shown = (
+                value[0]
+                if key == "input_size" and len(set(value)) == 1
+                else ",".join(value)
+                if key == "camera"
+                else value
+            )
             raise OptionError(f"{flag_name(key)} {shown}: {key} must be {rules[key][1]}")
 
 
@@ -146,6 +167,7 @@ def check_flags(section: str, values: dict, model: str = "") -> None:
 class TrainRequest:
     """What `edgesdk train` fits: the recipe's values with the flags over them (edgesdk.train.train's
     arguments, `**request.kwargs()`), and the resolved recipe the run folder records."""
+
     model: str
     config: dict
     opts: "TrainOptions"
@@ -153,8 +175,13 @@ class TrainRequest:
     recipe: dict
 
     def kwargs(self) -> dict:
-        return {"model": self.model, "config": self.config, "opts": self.opts,
-                "backbone_weights": self.backbone_weights, "recipe": self.recipe}
+        return {
+            "model": self.model,
+            "config": self.config,
+            "opts": self.opts,
+            "backbone_weights": self.backbone_weights,
+            "recipe": self.recipe,
+        }
 
 
 def resolve_train(recipe: str | Path | Recipe | None, flags: dict) -> TrainRequest:
@@ -179,8 +206,14 @@ def resolve_train(recipe: str | Path | Recipe | None, flags: dict) -> TrainReque
     topts = {**asdict(TrainOptions()), **(r.train if r else {}), **train_flags}
     topts["camera"] = tuple(topts.get("camera") or ())
     weights = given.get("backbone_weights") or (r.backbone_weights if r else "") or None
-    resolved = {"recipe": r.path if r else None, "model": model, "config": config, "train": topts,
-                "backbone_weights": weights, "export": r.export if r else {}}
+    resolved = {
+        "recipe": r.path if r else None,
+        "model": model,
+        "config": config,
+        "train": topts,
+        "backbone_weights": weights,
+        "export": r.export if r else {},
+    }
     return TrainRequest(model, config, TrainOptions(**topts), weights, resolved)
 
 
@@ -206,8 +239,9 @@ def run_export_options(run: str | Path) -> dict:
     return dict(values)
 
 
-def resolve_export(run: str | Path, recipe: str | Path | Recipe | None = None,
-                   flags: dict | None = None) -> "ExportOptions":
+def resolve_export(
+    run: str | Path, recipe: str | Path | Recipe | None = None, flags: dict | None = None
+) -> "ExportOptions":
     """`edgesdk export RUN`'s options: RECIPE's [export] (a name, a path), else the recipe RUN was
     trained with (run.json), with FLAGS (EXPORT_FLAGS by field, None = not given) over them."""
     from edgesdk.compile.onnx import ExportOptions

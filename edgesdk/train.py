@@ -5,6 +5,7 @@ A run folder holds what export needs and nothing device-specific:
   run.json            model config, data provenance, threshold and how it was chosen, timings
   holdout_frames.npy  (N, H, W, 3) uint8 held-out good frames, for parity checks at export
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,33 +21,35 @@ import torch
 
 from edgesdk import __version__
 from edgesdk.data import mvtec
-from edgesdk.errors import no_nonfinite
+from edgesdk.errors import OptionError, no_nonfinite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.measure.metrics import best_f1_threshold
 from edgesdk.progress import bar as progress_bar
 from edgesdk.spec import SpecError
-from edgesdk.zoo import MODEL_NAMES, models
+from edgesdk.zoo import MODEL_NAMES, SUPERVISED, models
 from edgesdk.zoo.components import AnomalyModel
 
 log = logging.getLogger(__name__)
-FEW_IMAGES = 10     # below this the held-out std, and with it the threshold, rests on a handful of scores
+FEW_IMAGES = 10  # below this the held-out std, and with it the threshold, rests on a handful of scores
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    holdout: float = 0.2        # share of the good images kept out of fitting to set the threshold
-    k_sigma: float = 3.0        # threshold = mean + k * std of held-out good scores (z units)
+    holdout: float = 0.2  # share of the good images kept out of fitting to set the threshold
+    k_sigma: float = 3.0  # threshold = mean + k * std of held-out good scores (z units)
     batch: int = 16
     seed: int = 0
     max_parity_frames: int = 8
-    camera: tuple[str, ...] = ()   # fit on each image again as each of these camera pipelines delivers it
-                                   # (edgesdk.data.camera: "mp4v", "jpeg:Q"); the held-out set stays as is
+    camera: tuple[str, ...] = ()  # fit on each image again as each of these camera pipelines delivers it
+    # (edgesdk.data.camera: "mp4v", "jpeg:Q"); the held-out set stays as is
 
 
 def split_holdout(paths: list[Path], share: float, seed: int) -> tuple[list[Path], list[Path]]:
     if len(paths) < 4:
-        raise mvtec.DataError(f"{paths[0].parent if paths else '?'}: {len(paths)} good images; "
-                              "at least 4 are needed (fit + held-out threshold)")
+        raise mvtec.DataError(
+            f"{paths[0].parent if paths else '?'}: {len(paths)} good images; "
+            "at least 4 are needed (fit + held-out threshold)"
+        )
     n_hold = min(len(paths) - 2, max(2, round(share * len(paths))))
     order = np.random.default_rng(seed).permutation(len(paths))
     hold = sorted(int(i) for i in order[:n_hold])
@@ -60,7 +63,7 @@ class Seen:
         self.first: np.ndarray | None = None
         self.varied = self.textured = False
 
-    def add(self, x: np.ndarray) -> None:          # x: (B, H, W, 3) uint8
+    def add(self, x: np.ndarray) -> None:  # x: (B, H, W, 3) uint8
         if not len(x):
             return
         if self.first is None:
@@ -70,13 +73,14 @@ class Seen:
         self.textured = self.textured or bool((flat.max(axis=1) > flat.min(axis=1)).any())
 
 
-def batches(paths: list[Path], size: tuple[int, int], batch: int, camera: tuple[str, ...] = (),
-            seen: Seen | None = None):
+def batches(
+    paths: list[Path], size: tuple[int, int], batch: int, camera: tuple[str, ...] = (), seen: Seen | None = None
+):
     """(B, H, W, 3) uint8 batches of the images, each followed by its camera-simulated copies."""
     from edgesdk.data.camera import simulate
 
     for i in range(0, len(paths), batch):
-        x = mvtec.read_batch(paths[i:i + batch], size)
+        x = mvtec.read_batch(paths[i : i + batch], size)
         if seen is not None:
             seen.add(x)
         yield x
@@ -89,41 +93,75 @@ def data_warnings(paths: list[Path], fit_paths: list[Path], seen: Seen) -> list[
     out = []
     where = paths[0].parent if paths else "?"
     if len(paths) < FEW_IMAGES:
-        out.append(f"{where}: only {len(paths)} good images; at least {FEW_IMAGES} are needed for a threshold "
-                   "that holds on the line (more for the model to learn the parts' normal variation)")
-    if len(fit_paths) > 1 and not seen.varied:       # only then can the files be identical too
+        out.append(
+            f"{where}: only {len(paths)} good images; at least {FEW_IMAGES} are needed for a threshold "
+            "that holds on the line (more for the model to learn the parts' normal variation)"
+        )
+    if len(fit_paths) > 1 and not seen.varied:  # only then can the files be identical too
         same = len({hashlib.sha256(p.read_bytes()).digest() for p in fit_paths}) == 1
-        out.append(f"{where}: all {len(fit_paths)} fit images " + ("are byte-identical copies of one file" if same
-                   else "have the same pixels at the model's input size") + "; the model learns one picture, "
-                   "not the parts' normal variation")
+        out.append(
+            f"{where}: all {len(fit_paths)} fit images "
+            + ("are byte-identical copies of one file" if same else "have the same pixels at the model's input size")
+            + "; the model learns one picture, "
+            "not the parts' normal variation"
+        )
     if fit_paths and not seen.textured:
-        out.append(f"{where}: every fit image is one flat colour (zero variance); is the camera covered or "
-                   "the exposure wrong?")
+        out.append(
+            f"{where}: every fit image is one flat colour (zero variance); is the camera covered or the exposure wrong?"
+        )
     return out
 
 
-def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Path | None = None,
-          config: dict | None = None, opts: TrainOptions = TrainOptions(), quiet: bool = False,
-          backbone_weights: str | None = None, recipe: dict | None = None, force: bool = False) -> Path:
+def train(
+    data: str | Path,
+    out: str | Path,
+    model: str = "padim",
+    val: str | Path | None = None,
+    config: dict | None = None,
+    opts: TrainOptions = TrainOptions(),
+    quiet: bool = False,
+    backbone_weights: str | None = None,
+    recipe: dict | None = None,
+    force: bool = False,
+    labels: str | Path | None = None,
+) -> Path:
     """Fit `model` on DATA's good images (DATA/train/good or a plain folder) and write run folder OUT.
     backbone_weights: a state-dict file for the config's backbone (None: the shipped ImageNet weights,
     which only efficientnet_lite0 has). OUT is replaced only when missing, empty or a run folder (any
     folder with FORCE), and never when it is, holds or lies inside DATA, VAL or the weights file.
-    Too few or identical images are warned about and listed in run.json's `warnings`."""
+    Too few or identical images are warned about and listed in run.json's `warnings`.
+    LABELS: a labelled folder (edgesdk.data.labelled) for the supervised models (SUPERVISED), which
+    need one; the anomaly models learn from good images only and refuse it."""
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
+    if model in SUPERVISED and labels is None:
+        raise OptionError(
+            f"--model {model} learns from labelled defects: pass --labels DIR (good/, <kind>/, "
+            "ground_truth/<kind>/<stem>_mask.png; `edgesdk data synth` writes CATEGORY/labels)"
+        )
+    if model not in SUPERVISED and labels is not None:
+        raise OptionError(
+            f"--labels {labels}: --model {model} learns from good images only; labelled images "
+            f"train {', '.join(SUPERVISED)} (for a threshold from labelled images use --val)"
+        )
     cls, cfg_cls = models()[model]
     unknown = sorted(set(config or {}) - set(cfg_cls().to_dict()))
     if unknown:
         raise ValueError(f"{model}: unknown config key {unknown[0]!r} (known: {', '.join(cfg_cls().to_dict())})")
+    labelled = None
+    if labels is not None:
+        from edgesdk.data.labelled import load_labels
+
+        labelled = load_labels(labels)
+        config = {**(config or {}), "kinds": list(labelled.kinds)}
     cfg = cfg_cls.from_dict({**cfg_cls().to_dict(), **(config or {})})
     from edgesdk.data.camera import parse
 
     camera = parse(opts.camera)
     torch.manual_seed(opts.seed)
     paths = mvtec.good_images(data)
-    inputs = [data, val, backbone_weights]
-    prepare_output(out, "run", inputs, force)      # before minutes of fitting, not after
+    inputs = [data, val, backbone_weights, labels]
+    prepare_output(out, "run", inputs, force)  # before minutes of fitting, not after
     fit_paths, hold_paths = split_holdout(paths, opts.holdout, opts.seed)
     val_items = mvtec.labelled_items(val) if val is not None else None
     if val_items is not None and not any(it.label for it in val_items):
@@ -133,46 +171,91 @@ def train(data: str | Path, out: str | Path, model: str = "padim", val: str | Pa
     net = cls(cfg, weights=backbone_weights or "imagenet")
     bar = progress_bar(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", enabled=not quiet)
     seen = Seen()
-    fit_info = net.fit(batches(fit_paths, cfg.input_size, opts.batch, camera, seen),
-                       progress=None if quiet else bar.update)
+    extra = {"labelled": labelled, "camera": camera} if labelled is not None else {}
+    fit_info = net.fit(
+        batches(fit_paths, cfg.input_size, opts.batch, camera, seen), progress=None if quiet else bar.update, **extra
+    )
     bar.close()
     warnings = data_warnings(paths, fit_paths, seen)
     for w in warnings:
         log.warning("%s", w)
-    cfg = net.cfg                       # fit may resolve parts of it (PatchCore's bank size)
+    cfg = net.cfg  # fit may resolve parts of it (PatchCore's bank size)
     t_fit = time.perf_counter() - t0
 
-    # Score normalization from held-out good images: z = (raw - mean) / std.
+    # Score normalization from held-out good images: z = (raw - mean) / std. A model whose map is a
+    # probability (the segmenter) keeps it: 0.5 means what it says, on every line.
     hold = mvtec.read_batch(hold_paths, cfg.input_size)
     raw = net.raw_scores(hold, opts.batch)
+    probability = getattr(net, "units", "z") == "probability"
     std = max(float(raw.std(ddof=1)), 1e-6 * max(abs(float(raw.mean())), 1.0))
-    net.set_score_normalization(float(raw.mean()), 1.0 / std)
-    z_hold = (raw - raw.mean()) / std
-    if val_items is None:
-        threshold = {"value": opts.k_sigma, "source": "good_holdout_k_sigma",
-                     "detail": {"k_sigma": opts.k_sigma, "n_holdout": len(hold_paths),
-                                "holdout_max_z": float(z_hold.max()),
-                                "holdout_false_positive_rate": float((z_hold > opts.k_sigma).mean())}}
+    if probability:
+        raw_mean, std = 0.0, 1.0
+    else:
+        raw_mean = float(raw.mean())
+        net.set_score_normalization(raw_mean, 1.0 / std)
+    z_hold = (raw - raw_mean) / std
+    if val_items is None and probability:
+        threshold = {
+            "value": 0.5,
+            "source": "probability",
+            "detail": {
+                "n_holdout": len(hold_paths),
+                "holdout_max": float(z_hold.max()),
+                "holdout_false_positive_rate": float((z_hold > 0.5).mean()),
+            },
+        }
+    elif val_items is None:
+        threshold = {
+            "value": opts.k_sigma,
+            "source": "good_holdout_k_sigma",
+            "detail": {
+                "k_sigma": opts.k_sigma,
+                "n_holdout": len(hold_paths),
+                "holdout_max_z": float(z_hold.max()),
+                "holdout_false_positive_rate": float((z_hold > opts.k_sigma).mean()),
+            },
+        }
     else:
         vx = mvtec.read_batch([it.path for it in val_items], cfg.input_size)
-        vz = (net.raw_scores(vx, opts.batch) - raw.mean()) / std
-        labels = np.array([it.label for it in val_items])
-        thr, f1 = best_f1_threshold(vz, labels)
-        threshold = {"value": thr, "source": "val_f1",
-                     "detail": {"val": str(val), "n_val": len(val_items), "val_f1": f1,
-                                "n_defective": int(labels.sum())}}
+        vz = (net.raw_scores(vx, opts.batch) - raw_mean) / std
+        val_labels = np.array([it.label for it in val_items])
+        thr, f1 = best_f1_threshold(vz, val_labels)
+        threshold = {
+            "value": thr,
+            "source": "val_f1",
+            "detail": {"val": str(val), "n_val": len(val_items), "val_f1": f1, "n_defective": int(val_labels.sum())},
+        }
     t_total = time.perf_counter() - t0
 
     run = {
-        "model": model, "config": cfg.to_dict(), "threshold": threshold,
-        "normalization": {"kind": "z_from_good_holdout", "raw_mean": float(raw.mean()),
-                          "raw_std": std, "formula": "score = (max_distance - raw_mean) / raw_std"},
+        "model": model,
+        "config": cfg.to_dict(),
+        "threshold": threshold,
+        "normalization": (
+            {"kind": "probability", "formula": "score = max over pixels of P(defect)"}
+            if probability
+            else {
+                "kind": "z_from_good_holdout",
+                "raw_mean": raw_mean,
+                "raw_std": std,
+                "formula": "score = (max_distance - raw_mean) / raw_std",
+            }
+        ),
         "backbone_weights": str(Path(backbone_weights).resolve()) if backbone_weights else "imagenet (shipped)",
         "recipe": recipe,
         "fit": fit_info,
-        "data": {"path": str(Path(data).resolve()), "n_fit": len(fit_paths), "n_holdout": len(hold_paths),
-                 "camera_augmentation": list(camera),
-                 "holdout_files": [p.name for p in hold_paths]},
+        **(
+            {"labels": {"path": str(Path(labels).resolve()), "kinds": list(labelled.kinds), "counts": labelled.count()}}
+            if labels is not None and labelled is not None
+            else {}
+        ),
+        "data": {
+            "path": str(Path(data).resolve()),
+            "n_fit": len(fit_paths),
+            "n_holdout": len(hold_paths),
+            "camera_augmentation": list(camera),
+            "holdout_files": [p.name for p in hold_paths],
+        },
         "timing_s": {"fit": round(t_fit, 3), "total": round(t_total, 3)},
         "versions": {"edgesdk": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "warnings": warnings,
@@ -226,5 +309,6 @@ def check_run_data(meta: dict, where: Path) -> None:
         raise SpecError(f"{where}: field data.holdout_files must be a list of file names")
     for i, n in enumerate(names):
         if not isinstance(n, str) or n in ("", ".", "..") or any(c in n for c in "/\\\0"):
-            raise SpecError(f"{where}: field data.holdout_files[{i}] must be a plain file name in the data "
-                            f"folder, got {n!r}")
+            raise SpecError(
+                f"{where}: field data.holdout_files[{i}] must be a plain file name in the data folder, got {n!r}"
+            )

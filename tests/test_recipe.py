@@ -1,4 +1,5 @@
 """Recipes in export/: shipped, strict, applied by train/export with flags overriding."""
+
 import json
 import subprocess
 import sys
@@ -17,18 +18,21 @@ def cli(*args):
 def test_one_shipped_recipe_per_zoo_model_and_all_load():
     names = sorted(p.stem for p in data_dir("export").glob("*.toml"))
     recipes = [load_recipe(n) for n in names]
-    assert {r.model for r in recipes} == {"padim", "patchcore", "stfpm"}
+    assert {r.model for r in recipes} == {"padim", "patchcore", "stfpm", "segmenter"}
     assert load_recipe("patchcore-lite0").config["coreset_ratio"] == 0.01
 
 
-@pytest.mark.parametrize("text, message", [
-    ('model = "patchcore"\n[config]\ncoreset_ratoi = 0.1\n', r"mine\.toml \[config\]: unknown key 'coreset_ratoi'"),
-    ('model = "patchcore"\n[config]\ncoreset_ratio = "0.1"\n', r"\[config\]: coreset_ratio must be float, got str"),
-    ('model = "padim"\n[train]\nk_sigma = true\n', r"\[train\]: k_sigma must be float, got bool"),
-    ('model = "yolo"\n', r"mine\.toml: model 'yolo' is not in the zoo"),
-    ('modle = "padim"\n', r"mine\.toml: unknown key 'modle'"),
-    ('model = "padim"\n[export]\nprecision = 16\n', r"\[export\]: precision must be str"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('model = "patchcore"\n[config]\ncoreset_ratoi = 0.1\n', r"mine\.toml \[config\]: unknown key 'coreset_ratoi'"),
+        ('model = "patchcore"\n[config]\ncoreset_ratio = "0.1"\n', r"\[config\]: coreset_ratio must be float, got str"),
+        ('model = "padim"\n[train]\nk_sigma = true\n', r"\[train\]: k_sigma must be float, got bool"),
+        ('model = "yolo"\n', r"mine\.toml: model 'yolo' is not in the zoo"),
+        ('modle = "padim"\n', r"mine\.toml: unknown key 'modle'"),
+        ('model = "padim"\n[export]\nprecision = 16\n', r"\[export\]: precision must be str"),
+    ],
+)
 def test_bad_recipes_name_the_key_and_file(tmp_path, text, message):
     f = tmp_path / "mine.toml"
     f.write_text(text)
@@ -42,8 +46,8 @@ def test_train_from_a_recipe_records_it_and_flags_override(tiny_data, tmp_path):
     r = cli("train", "--recipe", f, "--data", tiny_data / "brick", "--out", tmp_path / "run", "--coreset-ratio", "0.02")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "run/run.json").read_text())
-    assert meta["model"] == "patchcore" and meta["config"]["coreset_ratio"] == 0.02     # flag wins
-    assert meta["threshold"]["value"] == 4.0                                           # from the recipe
+    assert meta["model"] == "patchcore" and meta["config"]["coreset_ratio"] == 0.02  # flag wins
+    assert meta["threshold"]["value"] == 4.0  # from the recipe
     assert meta["recipe"]["recipe"] == str(f) and meta["recipe"]["config"]["input_size"] == [64, 64]
     r = cli("train", "--recipe", tmp_path / "nope.toml", "--data", tiny_data / "brick", "--out", tmp_path / "r2")
     assert r.returncode == 2 and "nope.toml: file not found" in r.stderr
@@ -51,30 +55,36 @@ def test_train_from_a_recipe_records_it_and_flags_override(tiny_data, tmp_path):
 
 # A flag is held to the rules a recipe's value is: before this, `--holdout 2` fitted on 2 images and
 # held out the rest, and `--k-sigma inf` wrote a run whose threshold flags nothing.
-@pytest.mark.parametrize("flags, message", [
-    (["--holdout", "2"], "--holdout 2.0: holdout must be in (0, 1)"),
-    (["--k-sigma", "inf"], "--k-sigma must be a finite number, got inf"),
-    (["--k-sigma", "-1"], "--k-sigma -1.0: k_sigma must be >= 0"),
-    (["--model", "patchcore", "--coreset-ratio", "nan"], "--coreset-ratio must be a finite number, got nan"),
-    (["--model", "stfpm", "--seconds", "inf"], "--seconds must be a finite number, got inf"),
-    (["--size", "100"], "--size 100: input_size must be [height, width], positive multiples of 32"),
-    (["--model", "padim", "--feature-dim", "0"], "--feature-dim 0: feature_dim must be > 0"),
-    (["--camera-augment", "jpeg:0"], '--camera-augment jpeg:0: camera must be camera pipelines "mp4v"'),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--holdout", "2"], "--holdout 2.0: holdout must be in (0, 1)"),
+        (["--k-sigma", "inf"], "--k-sigma must be a finite number, got inf"),
+        (["--k-sigma", "-1"], "--k-sigma -1.0: k_sigma must be >= 0"),
+        (["--model", "patchcore", "--coreset-ratio", "nan"], "--coreset-ratio must be a finite number, got nan"),
+        (["--model", "stfpm", "--seconds", "inf"], "--seconds must be a finite number, got inf"),
+        (["--size", "100"], "--size 100: input_size must be [height, width], positive multiples of 32"),
+        (["--model", "padim", "--feature-dim", "0"], "--feature-dim 0: feature_dim must be > 0"),
+        (["--camera-augment", "jpeg:0"], '--camera-augment jpeg:0: camera must be camera pipelines "mp4v"'),
+    ],
+)
 def test_train_flags_are_checked_like_recipe_values(tiny_data, tmp_path, capsys, flags, message):
     from edgesdk.cli import main
 
     rc = main(["train", "--data", str(tiny_data / "brick"), "--out", str(tmp_path / "run"), *flags])
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err
-    assert not (tmp_path / "run").exists()          # refused before any fitting
+    assert not (tmp_path / "run").exists()  # refused before any fitting
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--n-calib", "3"], "--n-calib 3: n_calib must be >= 8"),
-    (["--max-drop", "nan"], "--max-drop must be a finite number, got nan"),
-    (["--max-drop", "1.5"], "--max-drop 1.5: max_drop must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--n-calib", "3"], "--n-calib 3: n_calib must be >= 8"),
+        (["--max-drop", "nan"], "--max-drop must be a finite number, got nan"),
+        (["--max-drop", "1.5"], "--max-drop 1.5: max_drop must be in [0, 1)"),
+    ],
+)
 def test_export_flags_are_checked_like_recipe_values(run_dir, tmp_path, capsys, flags, message):
     from edgesdk.cli import main
 
@@ -92,7 +102,7 @@ def test_resolve_train_puts_flags_over_the_recipe():
     assert req.model == "patchcore" and req.config == {**r.config, "coreset_ratio": 0.05}
     assert req.opts.k_sigma == 4.0 and req.opts.camera == ("mp4v",) and req.opts.seed == 0
     assert req.recipe["recipe"] == r.path and req.recipe["export"] == r.export
-    other = resolve_train(r, {"model": "padim"})           # another model: the recipe's config does not fit it
+    other = resolve_train(r, {"model": "padim"})  # another model: the recipe's config does not fit it
     assert other.model == "padim" and other.config == {}
     assert resolve_train(None, {}).model == "padim"
 
