@@ -1,4 +1,5 @@
 """Pictures a person would rather look at than read: heatmap overlays with boxes and the verdict."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,8 @@ def overlay(frame: np.ndarray, amap: np.ndarray, threshold: float, regions=(), a
     painting that would show calm patches in alarm colours."""
     h, w = frame.shape[:2]
     scale = max(float(threshold), 1e-6)
-    level = np.clip(amap * np.float32(255 / (2 * scale)), 0, 255)          # (H, W) float32 in [0, 255]
-    heat = JET[level.astype(np.uint8)]      # a table lookup: applyColorMap rebuilds its table every call
+    level = np.clip(amap * np.float32(255 / (2 * scale)), 0, 255)  # (H, W) float32 in [0, 255]
+    heat = JET[level.astype(np.uint8)]  # a table lookup: applyColorMap rebuilds its table every call
     heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
     # Only pixels above the good mean are tinted; the rest keep the bare frame.
     above = cv2.resize((amap > 0).view(np.uint8) * np.uint8(255), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -32,6 +33,10 @@ def overlay(frame: np.ndarray, amap: np.ndarray, threshold: float, regions=(), a
     for r in regions:
         x0, y0, x1, y1 = r.bbox
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 2)
+        if getattr(r, "kind", None):  # a supervised model names the defect
+            cv2.putText(
+                out, r.kind, (x0, max(y0 - 4, 32)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
+            )
     score = float(amap.max())
     bad = score > threshold
     label = f"{'DEFECT' if bad else 'OK'}  {score:.2f} / {threshold:.2f}"

@@ -58,8 +58,8 @@ def test_a_kind_without_masks_is_an_image_level_label(folder):
         (lambda f: os.remove(f / "hole" / "001.png"), r"hole/001_mask\.png: mask without an image"),
         (lambda f: (f / "ground_truth" / "hole" / "000.png").write_bytes(b""), r"hole/000\.png: not a mask"),
         (lambda f: shutil.copy(f / "hole" / "000.png", f / "hole" / "000.jpg"), r"two images named 000"),
-        (lambda f: (f / "bad kind").mkdir(), r"'bad kind' cannot name a defect kind"),
-        (lambda f: (f / "unknown").mkdir(), r"'unknown' cannot name a defect kind"),
+        (lambda f: (f / "bad kind").mkdir(), r"bad kind: cannot name a defect kind: must be letters"),
+        (lambda f: (f / "unknown").mkdir(), r"unknown: cannot name a defect kind: 'unknown' is reserved"),
         (lambda f: [shutil.rmtree(f / k) for k in DEFECTS] and shutil.rmtree(f / "ground_truth"), "no defect kind"),
     ],
 )

@@ -4,6 +4,7 @@ The graph takes (batch, H, W, 3) uint8 BGR frames and returns score (batch,) and
 (batch, H, W), in the units of the manifest threshold. Export refuses to write a bundle whose ONNX
 outputs disagree with torch on the run's held-out good frames: users never get a silently
 different model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,9 @@ from edgesdk.spec import MANIFEST, InputSpec, Manifest, OutputSpec, Threshold, f
 from edgesdk.train import load_run
 
 INPUT, OUTPUTS = "image", ("score", "anomaly_map")
+KIND_MAP = "kind_map"  # supervised models: (batch, H, W) int64 index into the manifest's kinds
 PRECISIONS = ("fp32", "fp16", "int8")
+KIND_MISMATCH = 1e-3  # parity gate: share of pixels whose most likely kind may differ (near-ties)
 
 
 class ExportError(RuntimeError):
@@ -35,21 +38,27 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    precision: str = "fp32"     # fp32, fp16 (--target tensorrt) or int8 (gated against fp32)
+    precision: str = "fp32"  # fp32, fp16 (--target tensorrt) or int8 (gated against fp32)
     opset: int = 18
-    rtol: float = 1e-4          # parity gate: |onnx - torch| <= rtol * max(|torch|, 1)
-    target: str = "cpu"         # int8 layout: "cpu" (ONNX Runtime U8S8) or "tensorrt" (symmetric)
-    calib: str = ""             # folder of the line's good images; "" = the run's fit images
+    rtol: float = 1e-4  # parity gate: |onnx - torch| <= rtol * max(|torch|, 1)
+    target: str = "cpu"  # int8 layout: "cpu" (ONNX Runtime U8S8) or "tensorrt" (symmetric)
+    calib: str = ""  # folder of the line's good images; "" = the run's fit images
     n_calib: int = 64
-    calib_method: str = "minmax"   # minmax, entropy or percentile
-    max_drop: float = 0.005     # largest image-AUROC drop vs float the gate accepts
-    val: str = ""               # labelled folder for the gate; "" = the run's DATA/test if present
+    calib_method: str = "minmax"  # minmax, entropy or percentile
+    max_drop: float = 0.005  # largest image-AUROC drop vs float the gate accepts
+    val: str = ""  # labelled folder for the gate; "" = the run's DATA/test if present
 
     def quant(self):
         from edgesdk.compile.quant import QuantOptions
 
-        return QuantOptions(precision=self.precision, target=self.target, calib=self.calib, n_calib=self.n_calib,
-                            method=self.calib_method, max_drop=self.max_drop)
+        return QuantOptions(
+            precision=self.precision,
+            target=self.target,
+            calib=self.calib,
+            n_calib=self.n_calib,
+            method=self.calib_method,
+            max_drop=self.max_drop,
+        )
 
 
 class _NotAboutTorchvision(logging.Filter):
@@ -75,17 +84,28 @@ def _exporter_quiet():
 
 
 def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
-    """Scores and maps of torch vs ONNX Runtime (CPU) on the same frames, batch 1 and batch 2."""
+    """Scores and maps of torch vs ONNX Runtime (CPU) on the same frames, batch 1 and batch 2; for a
+    model with kinds, also the share of pixels whose kind differs."""
     with torch.no_grad():
         t_score, t_map = (t.numpy() for t in net(torch.from_numpy(frames)))
+        kind_map = getattr(net, "kind_map", None)  # supervised models: (B, H, W) int64
+        t_kind = kind_map(torch.from_numpy(frames)).numpy() if kind_map is not None else None
     with OnnxRuntimeRunner(onnx_path, providers="CPUExecutionProvider") as r:
-        per_frame = [r.infer({INPUT: frames[i:i + 1]}) for i in range(len(frames))]
+        per_frame = [r.infer({INPUT: frames[i : i + 1]}) for i in range(len(frames))]
         batched = r.infer({INPUT: frames[:2]})
     o_score = np.concatenate([o["score"] for o in per_frame])
     o_map = np.concatenate([o["anomaly_map"] for o in per_frame])
     scale = np.maximum(np.abs(t_score), 1.0)
     map_scale = max(float(np.abs(t_map).max()), 1.0)
+    kinds = {}
+    if t_kind is not None:
+        o_kind = np.concatenate([o[KIND_MAP] for o in per_frame])
+        kinds = {
+            "kind_map_mismatch_share": float((o_kind != t_kind).mean()),
+            "kind_map_batch2_mismatch_share": float((batched[KIND_MAP] != o_kind[:2]).mean()),
+        }
     return {
+        **kinds,
         "n_frames": int(len(frames)),
         "score_max_abs_err": float(np.abs(o_score - t_score).max()),
         "score_max_rel_err": float((np.abs(o_score - t_score) / scale).max()),
@@ -95,23 +115,26 @@ def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
     }
 
 
-def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = ExportOptions(),
-                force: bool = False) -> Path:
+def export_onnx(
+    run_dir: str | Path, out: str | Path, opts: ExportOptions = ExportOptions(), force: bool = False
+) -> Path:
     """Export the run in RUN_DIR to a verified bundle folder OUT (written atomically). OUT is replaced
     only when missing, empty or a bundle (any folder with FORCE), and never when it is, holds or lies
     inside what the export reads: the run, its training data, the calibration and validation folders."""
     if opts.precision not in PRECISIONS:
         raise ExportError(f"precision {opts.precision!r}: choose from {', '.join(PRECISIONS)}")
-    qopts = opts.quant() if opts.precision != "fp32" else None      # option errors before any work
+    qopts = opts.quant() if opts.precision != "fp32" else None  # option errors before any work
     run_dir = Path(run_dir)
     net, meta = load_run(run_dir)
     inputs = [run_dir, meta["data"]["path"], opts.calib, opts.val]
     prepare_output(out, "bundle", inputs, force)
     h, w = net.cfg.input_size
+    kinds = tuple(getattr(net.cfg, "kinds", ()))
+    names = OUTPUTS + ((KIND_MAP,) if kinds else ())
     frames = np.load(run_dir / "holdout_frames.npy")
-    calib: np.ndarray | None = None      # (N, H, W, 3) uint8, set with calib_info for fp16/int8
+    calib: np.ndarray | None = None  # (N, H, W, 3) uint8, set with calib_info for fp16/int8
     calib_info: dict = {}
-    if qopts is not None:          # bad calibration data fails here, before anything is written
+    if qopts is not None:  # bad calibration data fails here, before anything is written
         from edgesdk.compile import gate
 
         calib, calib_info = gate.calibration_frames(qopts, meta, (h, w))
@@ -120,9 +143,18 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         # Batch 2, not 1: torch.export specializes a size-1 dim to a constant (no dynamic batch).
         example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
         with _exporter_quiet():
-            torch.onnx.export(net.for_export(), (example,), str(onnx_path), input_names=[INPUT],
-                              output_names=list(OUTPUTS), dynamic_shapes={"frames": {0: torch.export.Dim("batch")}},
-                              opset_version=opts.opset, external_data=False, dynamo=True, verbose=False)
+            torch.onnx.export(
+                net.for_export(),
+                (example,),
+                str(onnx_path),
+                input_names=[INPUT],
+                output_names=list(names),
+                dynamic_shapes={"frames": {0: torch.export.Dim("batch")}},
+                opset_version=opts.opset,
+                external_data=False,
+                dynamo=True,
+                verbose=False,
+            )
         import onnx
 
         onnx.checker.check_model(str(onnx_path))
@@ -130,13 +162,19 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         # for (e.g. Pad to 17): a bundle must never claim an opset its graph does not have.
         summary = graph_summary(onnx_path)
         if summary["opset"] != opts.opset:
-            raise ExportError(f"{run_dir}: export asked for ONNX opset {opts.opset}, but torch's exporter wrote "
-                              f"opset {summary['opset']} (it cannot convert every op of this model to "
-                              f"{opts.opset}); no bundle written")
+            raise ExportError(
+                f"{run_dir}: export asked for ONNX opset {opts.opset}, but torch's exporter wrote "
+                f"opset {summary['opset']} (it cannot convert every op of this model to "
+                f"{opts.opset}); no bundle written"
+            )
         par = parity(net, onnx_path, frames)
         worst = max(par["score_max_rel_err"], par["map_max_rel_err"], par["batch2_max_abs_err"])
         if worst > opts.rtol:
             raise ExportError(f"{run_dir}: ONNX disagrees with torch beyond rtol {opts.rtol}: {par}")
+        if max(par.get("kind_map_mismatch_share", 0.0), par.get("kind_map_batch2_mismatch_share", 0.0)) > KIND_MISMATCH:
+            raise ExportError(
+                f"{run_dir}: ONNX's kind_map disagrees with torch on more than {KIND_MISMATCH:.1%} of the pixels: {par}"
+            )
         write_json(stage / "parity.json", {"rtol": opts.rtol, "passed": True, **par})
         # The frames parity was measured on travel with the bundle: `edgesdk verify` compares a
         # TensorRT engine with ONNX Runtime on them on the device. (N, H, W, 3) uint8 BGR.
@@ -146,38 +184,71 @@ def export_onnx(run_dir: str | Path, out: str | Path, opts: ExportOptions = Expo
         if qopts is not None and calib is not None:
             float_path = stage / "float.onnx"
             onnx_path.rename(float_path)
-            ref = gate.reference(net, gate.holdout_frames(meta, run_dir, (h, w)),
-                                 gate.validation_set(opts.val, meta, (h, w)))
+            ref = gate.reference(
+                net, gate.holdout_frames(meta, run_dir, (h, w)), gate.validation_set(opts.val, meta, (h, w))
+            )
             low = gate.lower_precision(stage, float_path, ref, meta["threshold"], calib, qopts, MODEL_FILE)
             float_path.unlink()
             threshold = low["threshold"]
             metrics = {"float_graph_parity_vs_torch": par, "vs_float": low["report"]}
             calibration = {**qopts.to_dict(), **calib_info, "attempts": low["attempts"], "decisions": low["decisions"]}
-            write_json(stage / "quant_report.json", {"report": low["report"], "attempts": low["attempts"],
-                                                    "decisions": low["decisions"], "threshold": threshold})
+            write_json(
+                stage / "quant_report.json",
+                {
+                    "report": low["report"],
+                    "attempts": low["attempts"],
+                    "decisions": low["decisions"],
+                    "threshold": threshold,
+                },
+            )
             extra_files = ("quant_report.json",) + (("calib.cache",) if (stage / "calib.cache").exists() else ())
         import onnxruntime
 
         manifest = Manifest(
-            model={"name": meta["model"], "backbone": net.cfg.backbone, "config": meta["config"],
-                   **({"fit": meta["fit"]} if "fit" in meta else {})},
+            model={
+                "name": meta["model"],
+                "backbone": net.cfg.backbone,
+                "config": meta["config"],
+                **({"fit": meta["fit"]} if "fit" in meta else {}),
+            },
             input=InputSpec(name=INPUT, height=h, width=w),
-            outputs=(OutputSpec("score", ("batch",), meaning="image anomaly score = max of anomaly_map"),
-                     OutputSpec("anomaly_map", ("batch", h, w), meaning="per-pixel score, same units")),
+            outputs=(
+                OutputSpec("score", ("batch",), meaning="image anomaly score = max of anomaly_map"),
+                OutputSpec(
+                    "anomaly_map",
+                    ("batch", h, w),
+                    meaning="per-pixel P(any defect)" if kinds else "per-pixel score, same units",
+                ),
+            )
+            + (
+                (OutputSpec(KIND_MAP, ("batch", h, w), "int64", "per-pixel most likely defect kind: index into kinds"),)
+                if kinds
+                else ()
+            ),
+            kinds=kinds,
             threshold=Threshold(**threshold),
             normalization=meta["normalization"],
             precision=opts.precision,
             files={name: file_entry(stage / name) for name in (MODEL_FILE, "parity.json", PARITY_FRAMES) + extra_files},
             metrics=metrics,
             calibration=calibration,
-            graph=graph_summary(onnx_path) if calibration is not None else summary,   # int8/fp16: a new graph
-            provenance={"run": str(run_dir.resolve()), "data": meta["data"], "train_timing_s": meta["timing_s"],
-                        "opset": opts.opset, "host": platform.platform(),
-                        "versions": {**meta["versions"], "onnx": onnx.__version__,
-                                     "onnxruntime": onnxruntime.__version__, "export_torch": torch.__version__}},
+            graph=graph_summary(onnx_path) if calibration is not None else summary,  # int8/fp16: a new graph
+            provenance={
+                "run": str(run_dir.resolve()),
+                "data": meta["data"],
+                "train_timing_s": meta["timing_s"],
+                "opset": opts.opset,
+                "host": platform.platform(),
+                "versions": {
+                    **meta["versions"],
+                    "onnx": onnx.__version__,
+                    "onnxruntime": onnxruntime.__version__,
+                    "export_torch": torch.__version__,
+                },
+            },
             edgesdk_version=__version__,
             created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
         write_json(stage / MANIFEST, manifest.to_dict())
-        Bundle.open(stage)                # the manifest reads back and every hash verifies, or nothing is replaced
+        Bundle.open(stage)  # the manifest reads back and every hash verifies, or nothing is replaced
     return Path(out)

@@ -11,7 +11,6 @@ the folder is an error naming the file. numpy + OpenCV only."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,19 +19,16 @@ import numpy as np
 from edgesdk.data.mvtec import Item, read_item
 from edgesdk.errors import DataError
 from edgesdk.images import IMAGE_EXTS
+from edgesdk.spec.manifest import kind_name_problem
 
 GROUND_TRUTH = "ground_truth"
-KIND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-RESERVED = ("good", GROUND_TRUTH, "unknown", "background")  # "unknown": a defect of no known kind
 
 
 def check_kind_name(name: str, where: str) -> str:
     """NAME if it can name a defect kind (a folder, a manifest entry, a record field), else DataError."""
-    if not KIND_NAME.fullmatch(name) or name in RESERVED:
-        raise DataError(
-            f"{where}: {name!r} cannot name a defect kind (letters, digits, '_', '-', '.', at most "
-            f"64, not starting with '_', '-' or '.'; not {', '.join(RESERVED)})"
-        )
+    why = kind_name_problem(name)
+    if why:
+        raise DataError(f"{where}: cannot name a defect kind: {why}")
     return name
 
 

@@ -1,9 +1,11 @@
 """The bundle manifest (manifest.json): frozen dataclasses with a loader that checks every field
 and says which file and field is wrong. Standard library only: the device runtime imports this."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,18 @@ from edgesdk.spec.typed import PRECISIONS, SpecError, load_json, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# A defect kind's name: a folder of a labelled set, a manifest entry, a record's `kind`.
+KIND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RESERVED_KINDS = ("good", "ground_truth", "unknown", "background")  # "unknown": a defect of no known kind
+
+
+def kind_name_problem(name: object) -> str:
+    """Why NAME cannot name a defect kind, or "" when it can."""
+    if not isinstance(name, str) or not KIND_NAME.fullmatch(name):
+        return f"must be letters, digits, '_', '-' or '.', at most 64, starting with a letter or digit; got {name!r}"[
+            :200
+        ]
+    return f"{name!r} is reserved ({', '.join(RESERVED_KINDS)})" if name in RESERVED_KINDS else ""
 
 
 @dataclass(frozen=True)
@@ -21,7 +35,7 @@ class InputSpec:
     height: int
     width: int
     dtype: str = "uint8"
-    layout: str = "NHWC"   # raw frames as OpenCV returns them
+    layout: str = "NHWC"  # raw frames as OpenCV returns them
     color: str = "BGR"
 
 
@@ -37,8 +51,9 @@ class OutputSpec:
 class Threshold:
     """One threshold decides both the image verdict (score > value) and the defect pixels
     (anomaly_map > value): the graph outputs the image score as the max of the map."""
+
     value: float
-    source: str            # "good_holdout_k_sigma" or "val_f1"
+    source: str  # "good_holdout_k_sigma" or "val_f1"
     detail: dict = field(default_factory=dict)
 
 
@@ -50,20 +65,21 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    model: dict            # name, backbone and the model's own hyper-parameters
+    model: dict  # name, backbone and the model's own hyper-parameters
     input: InputSpec
     outputs: tuple[OutputSpec, ...]
     threshold: Threshold
-    normalization: dict    # how raw distances became scores (done inside the graph)
+    normalization: dict  # how raw distances became scores (done inside the graph)
     precision: str
     files: dict[str, FileEntry]
-    metrics: dict = field(default_factory=dict)       # measured at export (parity, holdout)
+    metrics: dict = field(default_factory=dict)  # measured at export (parity, holdout)
     calibration: dict | None = None
-    graph: dict = field(default_factory=dict)         # opset, op counts, dtypes: device checks need no onnx
+    graph: dict = field(default_factory=dict)  # opset, op counts, dtypes: device checks need no onnx
     provenance: dict = field(default_factory=dict)
     edgesdk_version: str = ""
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
+    kinds: tuple[str, ...] = ()  # defect kind names of a supervised model: kind_map holds indices into it
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,9 +91,11 @@ class Manifest:
             raise SpecError(f"{where}: expected a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION or type(version) is not int:
-            raise SpecError(f"{where}: schema_version {version!r} is not supported "
-                            f"(this edgesdk reads schema_version {SCHEMA_VERSION}); "
-                            "re-export the bundle with this edgesdk version")
+            raise SpecError(
+                f"{where}: schema_version {version!r} is not supported "
+                f"(this edgesdk reads schema_version {SCHEMA_VERSION}); "
+                "re-export the bundle with this edgesdk version"
+            )
         try:
             no_nonfinite(d, where)
         except EdgesdkError as e:
@@ -96,8 +114,10 @@ class Manifest:
         return cls(
             model=_field(d, "model", dict, where),
             input=_input_spec(_field(d, "input", dict, where), where),
-            outputs=tuple(_output_spec(_field(outputs, i, dict, where, "outputs"), where, f"outputs[{i}]")
-                          for i in range(len(outputs))),
+            outputs=tuple(
+                _output_spec(_field(outputs, i, dict, where, "outputs"), where, f"outputs[{i}]")
+                for i in range(len(outputs))
+            ),
             threshold=_threshold(_field(d, "threshold", dict, where), where),
             normalization=_field(d, "normalization", dict, where),
             precision=precision,
@@ -109,6 +129,7 @@ class Manifest:
             edgesdk_version=_field(d, "edgesdk_version", str, where, default=""),
             created_utc=_field(d, "created_utc", str, where, default=""),
             schema_version=version,
+            kinds=_kinds(_field(d, "kinds", list, where, default=[]), where),
         )
 
     @classmethod
@@ -128,7 +149,8 @@ _HEX = frozenset("0123456789abcdef")
 
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), f"a {type(value).__name__}")
+        type(value), f"a {type(value).__name__}"
+    )
 
 
 def _field(d: Any, key: Any, tp: type, where: str, prefix: str = "", default: Any = dataclasses.MISSING) -> Any:
@@ -159,8 +181,11 @@ def _input_spec(d: dict, where: str) -> InputSpec:
         size[key] = _field(d, key, int, where, "input")
         if size[key] <= 0:
             raise SpecError(f"{where}: field input.{key} must be a positive integer, got {size[key]}")
-    return InputSpec(name=_field(d, "name", str, where, "input"), **size,
-                     **{k: _field(d, k, str, where, "input") for k in ("dtype", "layout", "color") if k in d})
+    return InputSpec(
+        name=_field(d, "name", str, where, "input"),
+        **size,
+        **{k: _field(d, k, str, where, "input") for k in ("dtype", "layout", "color") if k in d},
+    )
 
 
 def _output_spec(d: dict, where: str, name: str) -> OutputSpec:
@@ -169,15 +194,30 @@ def _output_spec(d: dict, where: str, name: str) -> OutputSpec:
     for i, dim in enumerate(shape):
         if isinstance(dim, bool) or not isinstance(dim, (int, str)) or (isinstance(dim, int) and dim <= 0):
             raise SpecError(f"{where}: field {name}.shape[{i}] must be a positive integer or a name, got {dim!r}")
-    return OutputSpec(name=_field(d, "name", str, where, name), shape=tuple(shape),
-                      **{k: _field(d, k, str, where, name) for k in ("dtype", "meaning") if k in d})
+    return OutputSpec(
+        name=_field(d, "name", str, where, name),
+        shape=tuple(shape),
+        **{k: _field(d, k, str, where, name) for k in ("dtype", "meaning") if k in d},
+    )
 
 
 def _threshold(d: dict, where: str) -> Threshold:
     _no_unknown(d, ("value", "source", "detail"), where, "threshold")
-    return Threshold(value=_field(d, "value", float, where, "threshold"),
-                     source=_field(d, "source", str, where, "threshold"),
-                     detail=_field(d, "detail", dict, where, "threshold", default={}))
+    return Threshold(
+        value=_field(d, "value", float, where, "threshold"),
+        source=_field(d, "source", str, where, "threshold"),
+        detail=_field(d, "detail", dict, where, "threshold", default={}),
+    )
+
+
+def _kinds(names: list, where: str) -> tuple[str, ...]:
+    for i, name in enumerate(names):
+        why = kind_name_problem(name)
+        if why:
+            raise SpecError(f"{where}: field kinds[{i}] {why}")
+        if name in names[:i]:
+            raise SpecError(f"{where}: field kinds[{i}] {name!r} is listed twice")
+    return tuple(names)
 
 
 def _file_entry(d: Any, where: str, name: str) -> FileEntry:
@@ -198,20 +238,31 @@ def check_file_name(name: Any, where: str) -> str:
     a name from a file never leads outside its folder."""
     if not isinstance(name, str):
         raise SpecError(f"{where}: field files has a key that is not a string: {name!r}")
-    why = ("is empty" if not name else "contains a NUL byte" if "\0" in name
-           else "contains a backslash" if "\\" in name else "is absolute" if name.startswith("/")
-           else "has a '..', '.' or empty part" if any(p in ("", ".", "..") for p in name.split("/"))
-           else "has a part over 255 bytes, or one no file system can hold" if not _storable(name) else "")
+    why = (
+        "is empty"
+        if not name
+        else "contains a NUL byte"
+        if "\0" in name
+        else "contains a backslash"
+        if "\\" in name
+        else "is absolute"
+        if name.startswith("/")
+        else "has a '..', '.' or empty part"
+        if any(p in ("", ".", "..") for p in name.split("/"))
+        else "has a part over 255 bytes, or one no file system can hold"
+        if not _storable(name)
+        else ""
+    )
     if why:
-        raise SpecError(f"{where}: field files[{name!r}]: the file name {why}; only relative paths inside the "
-                        "bundle folder are accepted")
+        raise SpecError(
+            f"{where}: field files[{name!r}]: the file name {why}; only relative paths inside the "
+            "bundle folder are accepted"
+        )
     return name
 
 
 def _storable(name: str) -> bool:
     try:
         return all(len(p.encode()) <= 255 for p in name.split("/"))
-    except UnicodeEncodeError:          # a lone surrogate: no file name on disk is that
+    except UnicodeEncodeError:  # a lone surrogate: no file name on disk is that
         return False
-
-

@@ -2,6 +2,7 @@
 
 Stages, each timed: preprocess (resize to the model's input; normalization is in the graph),
 infer (the runner), postprocess (threshold the anomaly map into boxes in frame coordinates)."""
+
 from __future__ import annotations
 
 import time
@@ -19,33 +20,36 @@ from edgesdk.images import read_image, resize
 
 @dataclass(frozen=True)
 class Region:
-    bbox: tuple[int, int, int, int]   # x0, y0, x1, y1 in the caller's frame, x1/y1 exclusive
-    area: int                         # pixels above threshold, in model resolution
-    peak: float                       # highest score inside the region
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 in the caller's frame, x1/y1 exclusive
+    area: int  # pixels above threshold, in model resolution
+    peak: float  # highest score inside the region
+    kind: str | None = None  # a supervised model's defect kind: the majority over the region's pixels
 
     def to_dict(self) -> dict:
-        return {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
+        d = {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
+        return {**d, "kind": self.kind} if self.kind is not None else d
 
 
 @dataclass
 class Result:
     score: float
     is_anomalous: bool
-    anomaly_map: np.ndarray           # (H, W) float32 at model resolution, threshold units
+    anomaly_map: np.ndarray  # (H, W) float32 at model resolution, threshold units
     regions: list[Region]
     latency_ms: dict = field(default_factory=dict)
+    kind_map: np.ndarray | None = None  # (H, W) int index into the bundle's kinds, when it has kinds
 
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    backend: str = "onnxruntime"     # or "tensorrt" (an engine from `edgesdk build`)
+    backend: str = "onnxruntime"  # or "tensorrt" (an engine from `edgesdk build`)
     providers: str | list[str] = "auto"
-    engine: str | None = None         # tensorrt: plan path; None finds BUNDLE/engines/<match>.plan
+    engine: str | None = None  # tensorrt: plan path; None finds BUNDLE/engines/<match>.plan
     threads: int = 0
-    spin: bool = True                 # onnxruntime: spinning pool threads (off in the stream loop)
-    threshold: float | None = None    # None: the bundle's threshold
-    min_region_area: int = 4          # ignore specks smaller than this (model pixels)
-    verify: bool = True               # check file hashes when opening the bundle
+    spin: bool = True  # onnxruntime: spinning pool threads (off in the stream loop)
+    threshold: float | None = None  # None: the bundle's threshold
+    min_region_area: int = 4  # ignore specks smaller than this (model pixels)
+    verify: bool = True  # check file hashes when opening the bundle
 
 
 class Detector:
@@ -55,12 +59,17 @@ class Detector:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=opts.verify)
         self.opts = opts
         # A NaN threshold flags nothing (every comparison with NaN is false): refuse it.
-        self.threshold = (finite(self.bundle.threshold, "threshold.value", str(self.bundle.path / "manifest.json"))
-                          if opts.threshold is None else finite(opts.threshold, "threshold"))
+        self.threshold = (
+            finite(self.bundle.threshold, "threshold.value", str(self.bundle.path / "manifest.json"))
+            if opts.threshold is None
+            else finite(opts.threshold, "threshold")
+        )
         self.size = self.bundle.input_size
         self.input_name = self.bundle.manifest.input.name
-        self.runner: Runner = open_runner(opts.backend, self.bundle, opts.providers, opts.threads, opts.engine,
-                                          opts.spin)
+        self.kinds = self.bundle.manifest.kinds  # () for the anomaly models: no kind_map output
+        self.runner: Runner = open_runner(
+            opts.backend, self.bundle, opts.providers, opts.threads, opts.engine, opts.spin
+        )
 
     def __enter__(self) -> "Detector":
         return self
@@ -82,16 +91,28 @@ class Detector:
         out = self.runner.infer({self.input_name: batch})
         return out["score"], out["anomaly_map"]
 
-    def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> list[Region]:
-        """Connected components of `amap > threshold`, boxes scaled to the caller's frame."""
-        if not amap.max() > self.threshold:                  # a good frame (most of them): one pass
+    def kind_of(self, kind_map: np.ndarray, where: np.ndarray) -> str:
+        """The kind most of the pixels WHERE ((h, w) bool over KIND_MAP (h, w)) have; an index outside
+        the bundle's kinds (a corrupt graph output) reads as "unknown", never as another kind."""
+        votes = np.bincount(
+            kind_map[where].astype(np.int64).clip(-1, len(self.kinds)) + 1, minlength=len(self.kinds) + 2
+        )
+        k = int(votes.argmax()) - 1
+        return self.kinds[k] if 0 <= k < len(self.kinds) else "unknown"
+
+    def regions(
+        self, amap: np.ndarray, frame_shape: tuple[int, ...], kind_map: np.ndarray | None = None
+    ) -> list[Region]:
+        """Connected components of `amap > threshold`, boxes scaled to the caller's frame; with KIND_MAP
+        ((H, W) kind indices) each region names its majority kind."""
+        if not amap.max() > self.threshold:  # a good frame (most of them): one pass
             return []
-        binary = (amap > self.threshold).view(np.uint8)     # bool -> {0, 1} without a copy
+        binary = (amap > self.threshold).view(np.uint8)  # bool -> {0, 1} without a copy
         rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
         # Label only the box around the pixels above threshold: a defect is small, and labelling the
         # whole map costs ~0.5 ms a frame at 256x256, time taken from inference on a small CPU.
         oy, ox = int(rows[0]), int(cols[0])
-        sub = binary[oy:rows[-1] + 1, ox:cols[-1] + 1]
+        sub = binary[oy : rows[-1] + 1, ox : cols[-1] + 1]
         n, labels, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
         sy, sx = frame_shape[0] / amap.shape[0], frame_shape[1] / amap.shape[1]
         out = []
@@ -99,28 +120,47 @@ class Detector:
             x, y, w, h, area = (int(v) for v in stats[i])
             if area < self.opts.min_region_area:
                 continue
-            peak = float(amap[oy + y:oy + y + h, ox + x:ox + x + w][labels[y:y + h, x:x + w] == i].max())
+            inside = labels[y : y + h, x : x + w] == i
+            peak = float(amap[oy + y : oy + y + h, ox + x : ox + x + w][inside].max())
+            kind = (
+                self.kind_of(kind_map[oy + y : oy + y + h, ox + x : ox + x + w], inside)
+                if kind_map is not None
+                else None
+            )
             x, y = x + ox, y + oy
-            out.append(Region((int(x * sx), int(y * sy), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))),
-                              area, peak))
+            out.append(
+                Region(
+                    (int(x * sx), int(y * sy), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))), area, peak, kind
+                )
+            )
         return sorted(out, key=lambda r: -r.peak)
 
     def predict(self, frame: np.ndarray) -> Result:
         t0 = time.perf_counter()
         batch = self.preprocess(frame)
         t1 = time.perf_counter()
-        scores, maps = self.infer(batch)
+        out = self.runner.infer({self.input_name: batch})
         t2 = time.perf_counter()
-        score, amap = float(scores[0]), maps[0]
-        regions = self.regions(amap, frame.shape)
+        score, amap = float(out["score"][0]), out["anomaly_map"][0]
+        kind_map = out["kind_map"][0] if self.kinds else None
+        regions = self.regions(amap, frame.shape, kind_map)
         t3 = time.perf_counter()
-        lat = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3,
-               "total": (t3 - t0) * 1e3}
-        return Result(score, score > self.threshold, amap, regions, lat)
+        lat = {
+            "preprocess": (t1 - t0) * 1e3,
+            "infer": (t2 - t1) * 1e3,
+            "postprocess": (t3 - t2) * 1e3,
+            "total": (t3 - t0) * 1e3,
+        }
+        return Result(score, score > self.threshold, amap, regions, lat, kind_map)
 
 
-def predict_files(bundle: str | Path | Bundle, paths, opts: DetectorOptions = DetectorOptions(),
-                  save: str | Path | None = None, only_anomalous: bool = False) -> dict:
+def predict_files(
+    bundle: str | Path | Bundle,
+    paths,
+    opts: DetectorOptions = DetectorOptions(),
+    save: str | Path | None = None,
+    only_anomalous: bool = False,
+) -> dict:
     """Score each image file of PATHS (any size, read as BGR) at batch 1, in order: `edgesdk predict`
     and samples/score_folder.py. With SAVE, a heatmap overlay per image (only the anomalous ones with
     ONLY_ANOMALOUS) goes to SAVE/<stem>_overlay.png; a row names its overlay once it is written.
@@ -131,13 +171,17 @@ def predict_files(bundle: str | Path | Bundle, paths, opts: DetectorOptions = De
     rows = []
     with Detector(bundle, opts) as det:
         for path in paths:
-            img = read_image(path)                       # (h, w, 3) uint8 BGR
+            img = read_image(path)  # (h, w, 3) uint8 BGR
             r = det.predict(img)
-            row = {"image": str(path), "score": r.score, "is_anomalous": r.is_anomalous,
-                   "regions": [x.to_dict() for x in r.regions], "latency_ms": r.latency_ms["total"]}
+            row = {
+                "image": str(path),
+                "score": r.score,
+                "is_anomalous": r.is_anomalous,
+                "regions": [x.to_dict() for x in r.regions],
+                "latency_ms": r.latency_ms["total"],
+            }
             if save is not None and (r.is_anomalous or not only_anomalous):
-                row["overlay"] = str(save_overlay(Path(save) / f"{Path(path).stem}_overlay.png", img, r,
-                                                  det.threshold))
+                row["overlay"] = str(save_overlay(Path(save) / f"{Path(path).stem}_overlay.png", img, r, det.threshold))
             rows.append(row)
         source = det.bundle.manifest.threshold.source if opts.threshold is None else "option"
         return {"threshold": det.threshold, "threshold_source": source, "results": rows}
