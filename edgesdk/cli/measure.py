@@ -1,5 +1,6 @@
 """`edgesdk eval | bench | compare | soak`: accuracy, latency, two bundles side by side, memory over a
 long run. Each calls its edgesdk.measure / edgesdk.stream function and prints its tables."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +13,31 @@ def cmd_eval(args) -> None:
 
     r = evaluate(args.bundle, args.data, detector_opts(args), progress=progress_on(args))
     lat = r["latency_ms"]
-    text = table([{"data": str(args.data), "images": r["n_images"], "image AUROC": r["image_auroc"],
-                   "pixel AUROC": r["pixel_auroc"], "F1": r["f1"], "threshold": r["threshold"],
-                   "p50 ms": lat["p50"], "p90 ms": lat["p90"], "p99 ms": lat["p99"]}], title="accuracy")
+    text = table(
+        [
+            {
+                "images": r["n_images"],
+                "image AUROC": r["image_auroc"],
+                "pixel AUROC": r["pixel_auroc"],
+                "AUPRO": r["aupro"],
+                "F1": r["f1"],
+                "pixel F1": r["pixel_f1"],
+                "pixel IoU": r["pixel_iou"],
+                "threshold": r["threshold"],
+                "p50 ms": lat["p50"],
+                "p90 ms": lat["p90"],
+                "p99 ms": lat["p99"],
+            }
+        ],
+        title=f"accuracy on {args.data} (F1, pixel F1/IoU and recall at the threshold)",
+    )
+    text += "\n\n" + table(
+        [
+            {"defect": k, "images": v["n_images"], "image AUROC": v["image_auroc"], "recall": r["recall_by_kind"][k]}
+            for k, v in r["per_defect"].items()
+        ],
+        title="per defect kind",
+    )
     text += "\n\n" + stage_table(r["latency_ms_by_stage"], f"latency per stage ({', '.join(r['providers'])}, batch 1)")
     emit(args, r, text)
 
@@ -24,11 +47,25 @@ def cmd_compare(args) -> None:
     from edgesdk.measure.compare import compare_bundles
 
     r = compare_bundles(args.a, args.b, args.data)
-    print(table(r["rows"], title=f"{args.a} vs {args.b} on {r['pair']['n_images']} images of {args.data}"))
+    rows = [{k: v for k, v in row.items() if k != "recall_by_kind"} for row in r["rows"]]
+    print(table(rows, title=f"{args.a} vs {args.b} on {r['pair']['n_images']} images of {args.data}"))
+    a, b = (row["recall_by_kind"] for row in r["rows"])
+    print(table([{"defect": k, "recall A": a[k], "recall B": b[k]} for k in a], title="recall per defect kind"))
     p = r["pair"]
-    print(table([{"max |d score|": p["score_max_abs_diff"], "mean |d score|": p["score_mean_abs_diff"],
-                  "verdict flips": p["verdict_flips"], "image AUROC drop": p["image_auroc_drop"],
-                  "speedup (A/B p50)": f"{p['speedup']:.2f}x"}]))
+    print(
+        table(
+            [
+                {
+                    "max |d score|": p["score_max_abs_diff"],
+                    "mean |d score|": p["score_mean_abs_diff"],
+                    "verdict flips": p["verdict_flips"],
+                    "image AUROC drop": p["image_auroc_drop"],
+                    "AUPRO drop": p["aupro_drop"],
+                    "speedup (A/B p50)": f"{p['speedup']:.2f}x",
+                }
+            ]
+        )
+    )
     if args.json:
         write_json(args.json, r)
 
@@ -39,19 +76,22 @@ def _bench_lines(r: dict) -> list[str]:
     for row in r["rows"]:
         key = (row["bundle"], row["backend"])
         if key in said:
-            continue          # one line per bundle and backend, not per batch
+            continue  # one line per bundle and backend, not per batch
         said.add(key)
         if row.get("reason"):
             lines.append(f"  {row['backend']} ({Path(row['bundle']).name}): {row['reason']}")
         if row.get("engine"):
-            lines.append(f"  engine built ahead of time: {row['engine']} ({row['engine_mb']:.1f} MB, "
-                         f"{row['engine_build_s']} s)")
+            lines.append(
+                f"  engine built ahead of time: {row['engine']} ({row['engine_mb']:.1f} MB, {row['engine_build_s']} s)"
+            )
     for row in r["rows"]:
         if "stage_p50_ms" in row:
             stages = ", ".join(f"{k} {v:.2f}" for k, v in row["stage_p50_ms"].items())
-            lines.append(f"  pipeline {Path(row['bundle']).name} on {row['source']}: {row['frames']} frames, "
-                         f"{row['fps']:.1f} FPS = {row['share_of_model_only_fps']:.0%} of model-only; "
-                         f"stage p50 ms: {stages}")
+            lines.append(
+                f"  pipeline {Path(row['bundle']).name} on {row['source']}: {row['frames']} frames, "
+                f"{row['fps']:.1f} FPS = {row['share_of_model_only_fps']:.0%} of model-only; "
+                f"stage p50 ms: {stages}"
+            )
     return lines
 
 
@@ -63,15 +103,24 @@ def cmd_bench(args) -> None:
         batches = tuple(int(b) for b in args.batch.split(","))
     except ValueError:
         raise ValueError(f"--batch {args.batch!r}: expected sizes like 1,4") from None
-    opts = BenchOptions(backends=tuple(args.backends.split(",")), batches=batches, iters=args.iters,
-                        seconds=args.seconds or 0.0, data=args.data or "", run=args.run or "",
-                        cold_start=not args.no_cold_start, e2e=args.e2e or "")
+    opts = BenchOptions(
+        backends=tuple(args.backends.split(",")),
+        batches=batches,
+        iters=args.iters,
+        seconds=args.seconds or 0.0,
+        data=args.data or "",
+        run=args.run or "",
+        cold_start=not args.no_cold_start,
+        e2e=args.e2e or "",
+    )
     r = bench(args.bundles, opts)
     print(table(table_rows(r), title=f"bench ({r['method']['frames']}, {r['method']['rounds']} interleaved rounds)"))
     for line in _bench_lines(r):
         print(line)
-    print(f"harness overhead {r['harness_overhead_ms'] * 1e3:.2f} µs per call; {r['provenance']['cpu']}, "
-          f"{r['provenance']['cores']} cores")
+    print(
+        f"harness overhead {r['harness_overhead_ms'] * 1e3:.2f} µs per call; {r['provenance']['cpu']}, "
+        f"{r['provenance']['cores']} cores"
+    )
     if args.json:
         write_json(args.json, for_json(r))
     if args.md:
@@ -91,9 +140,24 @@ def cmd_soak(args) -> None:
         write_json(args.out_json, r)
     if args.plot:
         plot(r, args.plot)
-    text = table([{k: r[k] for k in ("frames", "fps", "dropped_frames", "rss_mb_start", "rss_mb_after_warmup",
-                                     "rss_mb_end", "rss_growth_mb", "slope_mb_per_10k_frames")}],
-                 title=f"soak: {args.bundle} on {args.source}")
+    text = table(
+        [
+            {
+                k: r[k]
+                for k in (
+                    "frames",
+                    "fps",
+                    "dropped_frames",
+                    "rss_mb_start",
+                    "rss_mb_after_warmup",
+                    "rss_mb_end",
+                    "rss_growth_mb",
+                    "slope_mb_per_10k_frames",
+                )
+            }
+        ],
+        title=f"soak: {args.bundle} on {args.source}",
+    )
     emit(args, {k: v for k, v in r.items() if k != "samples"}, text)
 
 
@@ -115,8 +179,11 @@ def add_commands(sub) -> None:
     runtime_args(s)
     s.set_defaults(fn=cmd_soak)
 
-    s = sub.add_parser("compare", help="two bundles side by side on labelled data: AUROC, score differences, "
-                                       "verdict flips, size, ONNX Runtime p50")
+    s = sub.add_parser(
+        "compare",
+        help="two bundles side by side on labelled data: AUROC, score differences, "
+        "verdict flips, size, ONNX Runtime p50",
+    )
     s.add_argument("a")
     s.add_argument("b")
     s.add_argument("--data", required=True, help="MVTec category (uses test/) or a labelled folder (good/, <defect>/)")

@@ -3,7 +3,7 @@ cold start and provenance, as a terminal table, JSON, Markdown and a PNG latency
 
 JSON: {"rows": [...], "provenance": {...}, "harness_overhead_ms": x}; every row has backend,
 precision, status, p50_ms, p90_ms, p99_ms, fps, cold_start_ms, peak_rss_mb, image_auroc (other
-scripts read these names).
+scripts read these names); with --data also aupro, pixel_f1, pixel_iou and recall_by_kind (else None).
 
 Every (bundle x backend x batch) is timed in one process, interleaved in rounds of a few calls per
 row so that machine drift hits all rows alike (calling two sessions alternately on every frame
@@ -24,7 +24,7 @@ import numpy as np
 
 from edgesdk.backends.base import Runner
 from edgesdk.bundle import Bundle
-from edgesdk.measure.metrics import auroc
+from edgesdk.measure.testset import ACCURACY_KEYS, LabelledSet, load_test_set, runner_accuracy
 from edgesdk.measure.timing import harness_overhead_ms, summarize, timed_calls
 
 BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
@@ -129,14 +129,12 @@ def cold_start(backend: str, bundle: Path, run: str) -> tuple[float | None, floa
     return float(ms), float(mb)
 
 
-def _frames(bundle: Bundle, data: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Real frames at the model size: the MVTec test set of DATA (with labels) or the parity frames."""
+def _frames(bundle: Bundle, data: str) -> tuple[np.ndarray, LabelledSet | None]:
+    """Real frames at the model size: the MVTec test set of DATA (with its truth) or the parity frames."""
     if not data:
         return bundle.parity_frames(), None
-    from edgesdk.data import mvtec
-
-    items = mvtec.test_items(data)
-    return mvtec.read_batch([it.path for it in items], bundle.input_size), np.array([it.label for it in items])
+    ts = load_test_set(data, bundle.input_size)
+    return ts.frames, ts
 
 
 def _open(backend: str, bundle: Bundle, run: str):
@@ -185,7 +183,7 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
     for path in bundles:
         try:
             b = Bundle.open(path)
-            frames, labels = _frames(b, opts.data)
+            frames, truth = _frames(b, opts.data)
         except Exception as e:
             rows.append({"bundle": str(path), "backend": "-", "precision": "-", "batch": None, "status": "error",
                          "reason": " ".join(str(e).split())})
@@ -196,11 +194,8 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
                 continue      # an INT8/FP16 bundle of a run already measured: one float baseline serves both
             runner, status, reason = _open(backend, b, opts.run)
             extra = _engine_info(b) if backend == "tensorrt" and runner is None else {}
-            score = None
-            if runner is not None and labels is not None:
-                s = [float(runner.infer({b.manifest.input.name: frames[i:i + 1]})["score"][0])
-                     for i in range(len(frames))]
-                score = auroc(np.array(s), labels)
+            acc = (runner_accuracy(runner, b.manifest.input.name, b.threshold, truth)
+                   if runner is not None and truth is not None else dict.fromkeys(ACCURACY_KEYS))
             cold, rss = (cold_start(backend, b.path, run)
                          if opts.cold_start and runner is not None else (None, None))
             for batch in opts.batches:
@@ -208,7 +203,7 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
                        # torch eager runs the run's float model, whatever the bundle's precision
                        "precision": "fp32" if backend == "torch" else b.manifest.precision, "batch": batch,
                        "status": status, "reason": reason,
-                       "model_mb": b.manifest.files["model.onnx"].bytes / 1e6, "image_auroc": score,
+                       "model_mb": b.manifest.files["model.onnx"].bytes / 1e6, **acc,
                        "cold_start_ms": cold, "peak_rss_mb": rss, "bundle_sha256": b.onnx_sha256, **extra}
                 rows.append(row)
                 if runner is not None:
@@ -253,7 +248,8 @@ def pipeline_row(model_row: dict, source: str) -> dict:
     s = run_stream(model_row["bundle"], source, [])
     lat = s["latency_ms"]
     return {**{k: model_row[k] for k in ("bundle", "model", "precision", "model_mb", "bundle_sha256")},
-            "backend": "pipeline (onnxruntime)", "batch": 1, "status": "ok", "reason": "", "image_auroc": None,
+            "backend": "pipeline (onnxruntime)", "batch": 1, "status": "ok", "reason": "",
+            **dict.fromkeys(ACCURACY_KEYS),
             "cold_start_ms": None, "peak_rss_mb": None, "vs_torch": None, "source": source, "frames": s["frames"],
             "fps": s["fps"], "p50_ms": lat["total"]["p50"], "p90_ms": lat["total"]["p90"],
             "p99_ms": lat["total"]["p99"], "min_ms": lat["total"]["min"], "max_ms": lat["total"]["max"],
@@ -265,6 +261,7 @@ def pipeline_row(model_row: dict, source: str) -> dict:
 # options, say) are otherwise indistinguishable rows.
 COLUMNS = [("bundle", "bundle"), ("model", "model"), ("backend", "backend"), ("precision", "precision"),
            ("batch", "batch"), ("status", "status"), ("model_mb", "MB"), ("image_auroc", "image AUROC"),
+           ("aupro", "AUPRO"), ("pixel_f1", "pixel F1"), ("pixel_iou", "pixel IoU"),
            ("min_ms", "min ms"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"),
            ("fps", "FPS"), ("cold_start_ms", "cold start ms"), ("peak_rss_mb", "peak RSS MB"), ("vs_torch", "vs torch"),
            ("noisy", "noisy")]

@@ -1,7 +1,9 @@
 """`edgesdk eval`: score an MVTec-layout test set through the device runtime (no torch).
 
-Reports image AUROC, pixel AUROC, F1 at the bundle's threshold and latency percentiles of the
-whole per-frame path (preprocess + infer + postprocess), measured at batch 1 as a camera would."""
+Reports image AUROC, pixel AUROC, AUPRO, F1 at the bundle's threshold (image level), pixel F1 and IoU
+of `map > threshold`, recall per defect kind, and latency percentiles of the whole per-frame path
+(preprocess + infer + postprocess), measured at batch 1 as a camera would."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from edgesdk.data import mvtec
-from edgesdk.measure.metrics import auroc, f1_at, latency_stats
+from edgesdk.measure.metrics import auroc, f1_at, latency_stats, localization, recall_by_kind
 from edgesdk.progress import bar
 from edgesdk.stream.detector import Detector, DetectorOptions
 
 
-def evaluate(bundle: str | Path, data: str | Path, opts: DetectorOptions = DetectorOptions(),
-             warmup: int = 3, progress: bool = False) -> dict:
+def evaluate(
+    bundle: str | Path,
+    data: str | Path,
+    opts: DetectorOptions = DetectorOptions(),
+    warmup: int = 3,
+    progress: bool = False,
+) -> dict:
     items = mvtec.test_items(data)
     with Detector(bundle, opts) as det:
         size = det.size
@@ -36,18 +43,26 @@ def evaluate(bundle: str | Path, data: str | Path, opts: DetectorOptions = Detec
     per_kind = {}
     for kind in sorted({x.kind for x in items} - {"good"}):
         sel = np.array([x.kind in ("good", kind) for x in items])
-        per_kind[kind] = {"image_auroc": auroc(scores_a[sel], labels[sel]),
-                          "n_images": int((labels[sel] == 1).sum())}
+        per_kind[kind] = {"image_auroc": auroc(scores_a[sel], labels[sel]), "n_images": int((labels[sel] == 1).sum())}
     f1 = f1_at(scores_a, labels, threshold)
     lat = {k: latency_stats([s[k] for s in stages]) for k in stages[0]}
+    maps_a = np.stack(maps)
     return {
-        "bundle": str(bundle), "data": str(data),
+        "bundle": str(bundle),
+        "data": str(data),
         "image_auroc": auroc(scores_a, labels),
-        "pixel_auroc": auroc(np.stack(maps), masks),
-        "f1": f1["f1"], "precision": f1["precision"], "recall": f1["recall"],
+        "pixel_auroc": auroc(maps_a, masks),
+        **localization(maps_a, masks, threshold),
+        "recall_by_kind": recall_by_kind(scores_a, [x.kind for x in items], threshold),
+        "f1": f1["f1"],
+        "precision": f1["precision"],
+        "recall": f1["recall"],
         "threshold": threshold,
-        "n_images": len(items), "n_defective": int(labels.sum()),
-        "latency_ms": lat["total"], "latency_ms_by_stage": lat,
-        "per_defect": per_kind, "providers": providers,
+        "n_images": len(items),
+        "n_defective": int(labels.sum()),
+        "latency_ms": lat["total"],
+        "latency_ms_by_stage": lat,
+        "per_defect": per_kind,
+        "providers": providers,
         "confusion": {k: f1[k] for k in ("tp", "fp", "fn", "tn")},
     }
