@@ -151,3 +151,50 @@ def test_stream_records_carry_the_kind(seg, tiny_data, tmp_path):
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     kinds = {reg["kind"] for r in recs for reg in r["regions"]}
     assert recs and kinds and kinds <= set(KINDS)
+
+
+def test_int8_cpu_goes_through_the_gate_which_checks_pixel_f1(seg, tmp_path, monkeypatch):
+    from edgesdk.compile import gate
+    from edgesdk.compile.onnx import ExportOptions, export_onnx
+
+    opts = ExportOptions(precision="int8", target="cpu", n_calib=16, max_drop=0.05)
+    b = Bundle.open(export_onnx(seg[0], tmp_path / "int8", opts))
+    rep = b.manifest.metrics["vs_float"]
+    assert b.manifest.kinds == tuple(KINDS) and [o.name for o in b.manifest.outputs][-1] == "kind_map"
+    assert rep["passed"] and 0 <= rep["pixel_f1"] <= 1 and rep["pixel_f1_drop"] <= gate.PIXEL_F1_DROP
+    assert rep["pixel_f1_float"] == rep["reference"]["pixel_f1"] and "pixel_f1" in b.manifest.calibration["attempts"][0]
+    # A pixel-F1 loss the image AUROC does not show still fails the gate, and nothing is written.
+    monkeypatch.setattr(gate, "PIXEL_F1_DROP", -1.0)
+    with pytest.raises(gate.GateError, match=r"pixel_f1_drop <= -1\.0"):
+        export_onnx(seg[0], tmp_path / "never", opts)
+    assert not (tmp_path / "never").exists()
+
+
+def test_tensorrt_engines_build_from_every_precision(seg, tmp_path):
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX (tensorrt-rtx-cu12) is in the dev extra")
+    from edgesdk.compile.onnx import ExportOptions, export_onnx
+    from edgesdk.compile.trt import build_engine
+    from edgesdk.devices import load_profile
+    from edgesdk.spec import BuildConfig
+
+    for precision in ("fp32", "fp16", "int8"):
+        b = Bundle.open(
+            seg[1]
+            if precision == "fp32"
+            else export_onnx(
+                seg[0],
+                tmp_path / precision,
+                ExportOptions(precision=precision, target="tensorrt", n_calib=8, max_drop=0.2),
+            )
+        )
+        r = build_engine(b, load_profile("rtx"), BuildConfig(batch=(1, 1, 2)), out=tmp_path / f"e_{precision}")
+        assert r.sidecar.model == "segmenter" and r.sidecar.strongly_typed and r.sidecar.precision == precision
+        assert r.plan.stat().st_size > 100_000 and r.sidecar.tensorrt_version == trt.__version__
+
+
+def test_eval_reports_localization_and_kind_accuracy(seg, tiny_data, bundle):
+    from edgesdk.measure.evaluate import evaluate
+
+    r = evaluate(seg[1], tiny_data / "brick")
+    assert 0 <= r["kind_accuracy"] <= 1 and r["aupro"] is not None and 0 <= r["pixel_f1"] <= 1
+    assert "kind_accuracy" not in evaluate(bundle, tiny_data / "brick")  # no kinds, no such number

@@ -10,6 +10,7 @@ data, the share of held-out verdict flips) exceeds max_drop, the convolutions wh
 most from the float model (quant.sensitivity; for --target cpu, the contiguous tail from the earliest
 of them) are kept FP32, in growing steps, until it passes or
 every step failed: then GateError with the table of attempts, and nothing is written."""
+
 from __future__ import annotations
 
 import sys
@@ -22,13 +23,14 @@ import numpy as np
 from edgesdk.compile import quant
 from edgesdk.data import mvtec
 from edgesdk.measure.compare import interleaved_p50, score_onnx
-from edgesdk.measure.metrics import auroc
+from edgesdk.measure.metrics import auroc, pixel_f1_iou
 from edgesdk.progress import say
 from edgesdk.table import table
 
 MIN_CALIB = 8
-STEPS = (0.1, 0.25, 0.5)      # shares of the feature convolutions kept FP32 after a failed attempt
-SLOW_SPEEDUP = 1.05           # a cpu INT8 bundle below this speed-up over float gets the advice to use FP32
+STEPS = (0.1, 0.25, 0.5)  # shares of the feature convolutions kept FP32 after a failed attempt
+PIXEL_F1_DROP = 0.02  # a supervised model's pixel F1 (its outlines) may drop this much, at most
+SLOW_SPEEDUP = 1.05  # a cpu INT8 bundle below this speed-up over float gets the advice to use FP32
 
 
 class GateError(RuntimeError):
@@ -49,12 +51,16 @@ def calibration_frames(opts: quant.QuantOptions, meta: dict, size: tuple[int, in
         try:
             paths = [p for p in mvtec.good_images(data) if p.name not in held]
         except mvtec.DataError as e:
-            raise mvtec.DataError(f"{e} (the run's training images, used for calibration by default; "
-                                  "pass --calib DIR with the line's good images)") from e
+            raise mvtec.DataError(
+                f"{e} (the run's training images, used for calibration by default; "
+                "pass --calib DIR with the line's good images)"
+            ) from e
         source = f"{data} (the run's fit images)"
     if len(paths) < MIN_CALIB:
-        raise mvtec.DataError(f"calibration folder {paths[0].parent if paths else opts.calib}: {len(paths)} "
-                              f"images; at least {MIN_CALIB} are needed to calibrate")
+        raise mvtec.DataError(
+            f"calibration folder {paths[0].parent if paths else opts.calib}: {len(paths)} "
+            f"images; at least {MIN_CALIB} are needed to calibrate"
+        )
     pick = np.linspace(0, len(paths) - 1, min(opts.n_calib, len(paths))).round().astype(int)
     chosen = [paths[i] for i in sorted(set(pick.tolist()))]
     return mvtec.read_batch(chosen, size), {"source": source, "n_images": len(chosen), "n_available": len(paths)}
@@ -70,8 +76,9 @@ def holdout_frames(meta: dict, run_dir: Path, size: tuple[int, int]) -> np.ndarr
     return np.load(run_dir / "holdout_frames.npy")
 
 
-def validation_set(val: str, meta: dict, size: tuple[int, int]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str] | None:
+def validation_set(
+    val: str, meta: dict, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str] | None:
     """(frames, labels, masks or None, where) from VAL or the run's DATA/test; None if neither."""
     if val:
         items = mvtec.labelled_items(val)
@@ -107,32 +114,54 @@ def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dic
     zl, _ = score_onnx(low, ref["hold_frames"])
     thr = rederive_threshold(thr_float, ref["hold_z"], zl)
     diff = np.abs(zl - ref["hold_z"])
-    r: dict = {"n_holdout": int(len(zl)), "score_max_abs_diff": float(diff.max()),
-               "score_mean_abs_diff": float(diff.mean()), "threshold": thr["value"],
-               "threshold_float": float(thr_float["value"])}
+    r: dict = {
+        "n_holdout": int(len(zl)),
+        "score_max_abs_diff": float(diff.max()),
+        "score_mean_abs_diff": float(diff.mean()),
+        "threshold": thr["value"],
+        "threshold_float": float(thr_float["value"]),
+    }
     flips = int(((ref["hold_z"] > thr_float["value"]) != (zl > thr["value"])).sum())
     n = len(zl)
     if ref.get("val") is not None:
         frames, labels, masks, _ = ref["val"]
         vl, ml = score_onnx(low, frames)
         d = np.abs(vl - ref["val_z"])
-        r.update(score_max_abs_diff=max(r["score_max_abs_diff"], float(d.max())), n_val=int(len(vl)),
-                 image_auroc=auroc(vl, labels), image_auroc_drop=ref["image_auroc"] - auroc(vl, labels))
+        r.update(
+            score_max_abs_diff=max(r["score_max_abs_diff"], float(d.max())),
+            n_val=int(len(vl)),
+            image_auroc=auroc(vl, labels),
+            image_auroc_drop=ref["image_auroc"] - auroc(vl, labels),
+        )
         if masks is not None:
             r["pixel_auroc"] = auroc(ml, masks)
             r["pixel_auroc_drop"] = ref["pixel_auroc"] - r["pixel_auroc"]
+            if "val_maps" in ref:  # a supervised model's outlines are its product: their F1 is gated too
+                r["pixel_f1_float"] = pixel_f1_iou(ref["val_maps"], masks, thr_float["value"])["f1"]
+                r["pixel_f1"] = pixel_f1_iou(ml, masks, thr["value"])["f1"]
+                r["pixel_f1_drop"] = r["pixel_f1_float"] - r["pixel_f1"]
         flips += int(((ref["val_z"] > thr_float["value"]) != (vl > thr["value"])).sum())
         n += len(vl)
     r["verdict_flips"], r["flip_share"] = flips, flips / max(n, 1)
     # With labels, the AUROC drop decides (a flip near the threshold is not a lost defect); without
     # them, agreement of verdicts on the held-out good images is all there is to go on.
     r["gated_on"] = "image_auroc_drop" if "image_auroc_drop" in r else "flip_share"
-    r["passed"] = bool(r[r["gated_on"]] <= max_drop)
+    r["passed"] = bool(r[r["gated_on"]] <= max_drop and r.get("pixel_f1_drop", 0.0) <= PIXEL_F1_DROP)
+    if "pixel_f1_drop" in r:
+        r["pixel_f1_max_drop"] = PIXEL_F1_DROP
     return r, thr
 
 
-def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: np.ndarray,
-                    opts: quant.QuantOptions, model_file: str, progress=None) -> dict:
+def lower_precision(
+    stage: Path,
+    fp32: Path,
+    ref: dict,
+    thr_float: dict,
+    calib: np.ndarray,
+    opts: quant.QuantOptions,
+    model_file: str,
+    progress=None,
+) -> dict:
     """Write STAGE/MODEL_FILE at opts.precision from the float graph FP32, gated against REF.
     Returns the manifest's record: threshold, calibration, quantization decisions, gate report.
     PROGRESS(text) gets each attempt's table (default: stdout, unless edgesdk.progress is quiet)."""
@@ -153,9 +182,9 @@ def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: 
     thr: dict = {}
     for step in (0.0,) + STEPS:
         if step:
-            if not ranked:        # rank once, from the first (all-quantized) attempt
+            if not ranked:  # rank once, from the first (all-quantized) attempt
                 ranked = quant.sensitivity(fp32, dst, calib[:8], "image")
-            worst = {c for c, _ in ranked[:max(1, round(step * len(convs)))]}
+            worst = {c for c, _ in ranked[: max(1, round(step * len(convs)))]}
             if opts.target == "cpu":
                 # On a CPU each FP32 island between INT8 layers costs a Q/DQ pair and a layout change
                 # (measured: 8 scattered FP32 convs made PaDiM 0.89x the float speed), so keep the
@@ -170,9 +199,25 @@ def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: 
         else:
             info = quant.quantize_int8(fp32, dst, calib, "image", opts, keep)
         report, thr = measure(ref, dst, thr_float, opts.max_drop)
-        attempts.append({"fp32_convs": len(keep), "seconds": round(time.perf_counter() - t0, 1),
-                         **{k: report.get(k) for k in ("image_auroc", "image_auroc_drop", "pixel_auroc",
-                                                       "verdict_flips", "score_max_abs_diff", "passed")}})
+        attempts.append(
+            {
+                "fp32_convs": len(keep),
+                "seconds": round(time.perf_counter() - t0, 1),
+                **{
+                    k: report.get(k)
+                    for k in (
+                        "image_auroc",
+                        "image_auroc_drop",
+                        "pixel_auroc",
+                        "pixel_f1",
+                        "verdict_flips",
+                        "score_max_abs_diff",
+                        "passed",
+                    )
+                    if k in report or k != "pixel_f1"
+                },
+            }
+        )
         note = table([attempts[-1]], title=f"{opts.precision} ({opts.target}) attempt {len(attempts)}")
         (progress or (lambda text: say(text, sys.stdout)))(note)
         if report["passed"]:
@@ -181,9 +226,13 @@ def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: 
         dst.unlink(missing_ok=True)
         raise GateError(
             f"{opts.precision} --target {opts.target} loses more than max_drop {opts.max_drop} against the float "
-            f"model (gated on {report['gated_on']}) even with up to {attempts[-1]['fp32_convs']} of {len(convs)} "
-            f"convolutions kept FP32; no bundle written.\n" + table(attempts, title="attempts")
-            + "\nTry --calib-method percentile or entropy, more calibration images, or another precision.")
+            f"model (gated on {report['gated_on']}"
+            + (f" and pixel_f1_drop <= {PIXEL_F1_DROP}" if "pixel_f1_drop" in report else "")
+            + f") even with up to {attempts[-1]['fp32_convs']} of {len(convs)} convolutions kept FP32; "
+            "no bundle written.\n"
+            + table(attempts, title="attempts")
+            + "\nTry --calib-method percentile or entropy, more calibration images, or another precision."
+        )
     ranges = info.pop("ranges", {})
     if opts.precision == "int8" and opts.target == "tensorrt":
         bad = quant.check_trt_qdq_rules(dst)
@@ -197,13 +246,21 @@ def lower_precision(stage: Path, fp32: Path, ref: dict, thr_float: dict, calib: 
         report["advice"] = tip
     report["model_mb"], report["model_mb_float"] = dst.stat().st_size / 1e6, fp32.stat().st_size / 1e6
     report["reference"] = {k: ref[k] for k in ("image_auroc", "pixel_auroc", "val_where") if k in ref}
-    return {"threshold": thr, "report": report, "attempts": attempts,
-            "decisions": {**info, "rule": "feature convolutions only; distance head, resizes, reductions, "
-                                          "blur and normalization stay FP32"
-                                          + ("; on a CPU each stem and the convolutions at its resolution, "
-                                             "up to the narrowest, too" if rule else ""),
-                          "fp32_by_rule": list(rule),
-                          "sensitivity_sqnr_db": [[c, round(s, 2)] for c, s in ranked[:20]]}}
+    if "pixel_f1_float" in report:
+        report["reference"]["pixel_f1"] = report["pixel_f1_float"]
+    return {
+        "threshold": thr,
+        "report": report,
+        "attempts": attempts,
+        "decisions": {
+            **info,
+            "rule": "feature convolutions only; distance head, resizes, reductions, "
+            "blur and normalization stay FP32"
+            + ("; on a CPU each stem and the convolutions at its resolution, up to the narrowest, too" if rule else ""),
+            "fp32_by_rule": list(rule),
+            "sensitivity_sqnr_db": [[c, round(s, 2)] for c, s in ranked[:20]],
+        },
+    }
 
 
 def advice(opts: quant.QuantOptions, speedup: float, fp32_convs: int, n_convs: int) -> str | None:
@@ -212,24 +269,45 @@ def advice(opts: quant.QuantOptions, speedup: float, fp32_convs: int, n_convs: i
     silently. TensorRT-layout bundles are timed in ONNX Runtime only for parity, so never for them."""
     if opts.target != "cpu" or speedup >= SLOW_SPEEDUP:
         return None
-    return (f"this {opts.precision} bundle runs at {speedup:.2f}x the float graph here ({fp32_convs} of {n_convs} "
-            "convolutions kept FP32 to pass the gate): deploy the FP32 bundle on this CPU, or calibrate on "
-            "more of the line's images")
+    return (
+        f"this {opts.precision} bundle runs at {speedup:.2f}x the float graph here ({fp32_convs} of {n_convs} "
+        "convolutions kept FP32 to pass the gate): deploy the FP32 bundle on this CPU, or calibrate on "
+        "more of the line's images"
+    )
 
 
 def report_table(r: dict, precision: str, cal: dict) -> str:
     """The gate's parity report as a table: float vs this precision, one row each; then its advice."""
     ref = r.get("reference", {})
-    rows = [{"model": "float (PyTorch)", "image AUROC": ref.get("image_auroc"), "pixel AUROC": ref.get("pixel_auroc"),
-             "threshold": r["threshold_float"], "ORT p50 ms": r["ort_p50_ms_float"],
-             "MB": r["model_mb_float"]},
-            {"model": f"{precision} ({cal.get('target', '')})", "image AUROC": r.get("image_auroc"),
-             "pixel AUROC": r.get("pixel_auroc"), "threshold": r["threshold"], "ORT p50 ms": r["ort_p50_ms"],
-             "MB": r["model_mb"], "max |dz|": r["score_max_abs_diff"], "mean |dz| (held-out)": r["score_mean_abs_diff"],
-             "verdict flips": f"{r['verdict_flips']} of {r['n_holdout'] + r.get('n_val', 0)}",
-             "speedup": f"{r['speedup_vs_float']:.2f}x"}]
-    text = table(rows, title=f"{precision} vs float: gated on {r['gated_on']}, "
-                             f"calibrated on {cal.get('n_images')} images ({cal.get('method')})")
+    rows = [
+        {
+            "model": "float (PyTorch)",
+            "image AUROC": ref.get("image_auroc"),
+            "pixel AUROC": ref.get("pixel_auroc"),
+            **({"pixel F1": ref["pixel_f1"]} if "pixel_f1" in ref else {}),
+            "threshold": r["threshold_float"],
+            "ORT p50 ms": r["ort_p50_ms_float"],
+            "MB": r["model_mb_float"],
+        },
+        {
+            "model": f"{precision} ({cal.get('target', '')})",
+            "image AUROC": r.get("image_auroc"),
+            "pixel AUROC": r.get("pixel_auroc"),
+            **({"pixel F1": r["pixel_f1"]} if "pixel_f1" in r else {}),
+            "threshold": r["threshold"],
+            "ORT p50 ms": r["ort_p50_ms"],
+            "MB": r["model_mb"],
+            "max |dz|": r["score_max_abs_diff"],
+            "mean |dz| (held-out)": r["score_mean_abs_diff"],
+            "verdict flips": f"{r['verdict_flips']} of {r['n_holdout'] + r.get('n_val', 0)}",
+            "speedup": f"{r['speedup_vs_float']:.2f}x",
+        },
+    ]
+    text = table(
+        rows,
+        title=f"{precision} vs float: gated on {r['gated_on']}, "
+        f"calibrated on {cal.get('n_images')} images ({cal.get('method')})",
+    )
     return text + (f"\nnote: {r['advice']}" if r.get("advice") else "")
 
 
@@ -241,7 +319,7 @@ def reference(net, hold: np.ndarray, val) -> dict:
         zs, ms = [], []
         with torch.no_grad():
             for i in range(0, len(frames), 16):
-                z, m = net(torch.from_numpy(np.ascontiguousarray(frames[i:i + 16])))
+                z, m = net(torch.from_numpy(np.ascontiguousarray(frames[i : i + 16])))
                 zs.append(z.numpy())
                 ms.append(m.numpy())
         return np.concatenate(zs), np.concatenate(ms)
@@ -253,4 +331,6 @@ def reference(net, hold: np.ndarray, val) -> dict:
         ref["image_auroc"], ref["val_where"] = auroc(ref["val_z"], labels), where
         if masks is not None:
             ref["pixel_auroc"] = auroc(maps, masks)
+            if getattr(net.cfg, "kinds", ()):  # supervised: measure() gates on its pixel F1 too
+                ref["val_maps"] = maps
     return ref

@@ -47,7 +47,7 @@ class SegmenterConfig(ModelConfig):
     width: int = 32  # decoder channels
     grid_stride: int = 4  # the decoder's output stride
     sigma: float = 4.0  # unused: the decoder's upsampling is the smoothing
-    steps: int = 800  # training budget: steps of `batch` crops ...
+    steps: int = 300  # training budget: steps of `batch` crops ...
     seconds: float = 170.0  # ... or wall-clock seconds, whichever ends first
     batch: int = 8
     crop: int = 128  # training crop (the decoder is fully convolutional)
