@@ -20,8 +20,9 @@ test: $(VENV)/.installed lint   ## system packages the tests use (when it can), 
 	.ci/system-deps
 	$(BIN)/python -m pytest -q
 
-lint: $(VENV)/.installed   ## ruff (lint rules and import order) and mypy over the package, as CI runs them
+lint: $(VENV)/.installed   ## ruff (lint rules, import order, formatting) and mypy over the package, as CI runs them
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 clean:

@@ -7,6 +7,7 @@ the health check alone.
 Each time is the median of REPEAT runs, on a fresh key and root in a temporary folder; installs run
 with the detected device profile (on a CPU-only machine: ONNX Runtime, no engine). Prints a table and
 JSON (stdout, or --json F)."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,12 +48,22 @@ def measure(bundle: Path, work: Path, key: Path, pub: Path, repeat: int) -> dict
         t_install.append(t)
         slot = root / "slots" / rep.slot
         t_health.append(timed(lambda: health.check(slot, slot_manifest(slot)))[0])
-    ms = lambda xs: round(statistics.median(xs) * 1e3, 1)   # noqa: E731
-    return {"bundle": str(bundle), "model": b.manifest.model.get("name", ""), "precision": b.manifest.precision,
-            "bundle_MB": round(bundle_bytes / 1e6, 2), "package_MB": round(r["bytes"] / 1e6, 2),
-            "ratio": round(r["bytes"] / bundle_bytes, 3), "members": len(r["manifest"]["members"]),
-            "pack_ms": ms(t_pack), "verify_ms": ms(t_verify), "install_ms": ms(t_install),
-            "health_ms": ms(t_health), "repeat": repeat, "device": rep.device}
+    ms = lambda xs: round(statistics.median(xs) * 1e3, 1)  # noqa: E731
+    return {
+        "bundle": str(bundle),
+        "model": b.manifest.model.get("name", ""),
+        "precision": b.manifest.precision,
+        "bundle_MB": round(bundle_bytes / 1e6, 2),
+        "package_MB": round(r["bytes"] / 1e6, 2),
+        "ratio": round(r["bytes"] / bundle_bytes, 3),
+        "members": len(r["manifest"]["members"]),
+        "pack_ms": ms(t_pack),
+        "verify_ms": ms(t_verify),
+        "install_ms": ms(t_install),
+        "health_ms": ms(t_health),
+        "repeat": repeat,
+        "device": rep.device,
+    }
 
 
 def main() -> None:
@@ -65,8 +76,18 @@ def main() -> None:
         work = Path(tmp)
         key, pub = keys.keygen(work / "keys")
         rows = [measure(b, work, key, pub, args.repeat) for b in args.bundles]
-    cols = ["model", "precision", "bundle_MB", "package_MB", "ratio", "pack_ms", "verify_ms", "install_ms",
-            "health_ms", "device"]
+    cols = [
+        "model",
+        "precision",
+        "bundle_MB",
+        "package_MB",
+        "ratio",
+        "pack_ms",
+        "verify_ms",
+        "install_ms",
+        "health_ms",
+        "device",
+    ]
     print(table(rows, cols, title=f"deployment costs (median of {args.repeat}; python benchmarks/deploy_times.py)"))
     doc = {"argv": sys.argv[1:], "rows": rows}
     if args.json:

@@ -10,6 +10,7 @@ deploy's install replaced by a stand-in that waits --install-s: what is measured
 and the broker, not the health check (its cost per device is in docs/DEPLOY.md). Message counts are
 the broker's own ($SYS/broker/publish/messages/*, every second), so they include every heartbeat,
 state, release, chunk and acknowledgement-driven retry of the run."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,18 @@ from edgesdk.fleet.rollout import RolloutOptions, rollout
 from edgesdk.fleet.status import collect
 from edgesdk.table import table
 
-SYS = ("$SYS/broker/messages/received", "$SYS/broker/messages/sent", "$SYS/broker/publish/messages/sent",
-       "$SYS/broker/bytes/sent")
+SYS = (
+    "$SYS/broker/messages/received",
+    "$SYS/broker/messages/sent",
+    "$SYS/broker/publish/messages/sent",
+    "$SYS/broker/bytes/sent",
+)
 
 
 def mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-                                              if Path(p).is_file()), None)
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
+    )
 
 
 def broker(work: Path) -> tuple[subprocess.Popen, int]:
@@ -46,8 +52,10 @@ def broker(work: Path) -> tuple[subprocess.Popen, int]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\nmax_queued_messages 10000\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\nmax_queued_messages 10000\n"
+        + ("user root\n" if os.geteuid() == 0 else "")
+    )
     proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return proc, port
@@ -71,8 +79,10 @@ class SysCounters:
 def fake_install(seconds: float):
     def install(package, pubkey, root, opts):
         time.sleep(seconds)
-        return Report("installed", str(package), "1.0.0", "1.0.0-sim", "cpu",
-                      health={"passed": True, "why": "", "checks": []})
+        return Report(
+            "installed", str(package), "1.0.0", "1.0.0-sim", "cpu", health={"passed": True, "why": "", "checks": []}
+        )
+
     return install
 
 
@@ -82,9 +92,18 @@ def run_mode(mode: str, args, pkg: Path, key: Path, pub: Path, work: Path) -> di
     stop, threads, agents, group = threading.Event(), [], [], f"bench-{mode}"
     try:
         for i in range(args.agents):
-            a = Agent(opts, AgentOptions(group=group, device_id=f"dev-{i:03d}", root=work / mode / f"dev-{i:03d}",
-                                         pubkey=pub, device="cpu", heartbeat_s=30),
-                      installer=fake_install(args.install_s))
+            a = Agent(
+                opts,
+                AgentOptions(
+                    group=group,
+                    device_id=f"dev-{i:03d}",
+                    root=work / mode / f"dev-{i:03d}",
+                    pubkey=pub,
+                    device="cpu",
+                    heartbeat_s=30,
+                ),
+                installer=fake_install(args.install_s),
+            )
             agents.append(a)
             threads.append(threading.Thread(target=a.run, kwargs={"stop": stop}, daemon=True))
             threads[-1].start()
@@ -95,8 +114,18 @@ def run_mode(mode: str, args, pkg: Path, key: Path, pub: Path, work: Path) -> di
         before = counters.read()
         mine = [dict(a.link.stats) for a in agents]
         t0 = time.perf_counter()
-        rep = rollout(pkg, key, opts, RolloutOptions(group=group, waves=args.waves, timeout_s=120, discover_s=3,
-                                                     url=f"file://{pkg}" if mode == "file" else None))
+        rep = rollout(
+            pkg,
+            key,
+            opts,
+            RolloutOptions(
+                group=group,
+                waves=args.waves,
+                timeout_s=120,
+                discover_s=3,
+                url=f"file://{pkg}" if mode == "file" else None,
+            ),
+        )
         wall = time.perf_counter() - t0
         after = counters.read()
         mine = [{k: a.link.stats[k] - m[k] for k in m} for a, m in zip(agents, mine)]
@@ -109,16 +138,23 @@ def run_mode(mode: str, args, pkg: Path, key: Path, pub: Path, work: Path) -> di
         proc.wait(10)
     n = args.agents
     d = {k.removeprefix("$SYS/broker/"): after.get(k, 0) - before.get(k, 0) for k in (*SYS, "monitor")}
-    return {"mode": mode, "agents": n, "result": rep["result"], "waves": len(rep["waves"]),
-            "wall_s": round(wall, 2), "wave_s": [w["seconds"] for w in rep["waves"]],
-            "package_mb": round(pkg.stat().st_size / 1e6, 2),
-            "agent_published": round(sum(m["published"] for m in mine) / n, 1),
-            "agent_received": round(sum(m["received"] for m in mine) / n, 1),
-            "rollout_published": rep["messages"]["published"], "rollout_received": rep["messages"]["received"],
-            "broker_publish_out_per_device": round((d["publish/messages/sent"] - d["monitor"]) / n, 1),
-            "broker_packets_in_per_device": round(d["messages/received"] / n, 1),
-            "broker_packets_out_per_device": round((d["messages/sent"] - d["monitor"]) / n, 1),
-            "broker_mb_out_per_device": round(d["bytes/sent"] / n / 1e6, 2)}
+    return {
+        "mode": mode,
+        "agents": n,
+        "result": rep["result"],
+        "waves": len(rep["waves"]),
+        "wall_s": round(wall, 2),
+        "wave_s": [w["seconds"] for w in rep["waves"]],
+        "package_mb": round(pkg.stat().st_size / 1e6, 2),
+        "agent_published": round(sum(m["published"] for m in mine) / n, 1),
+        "agent_received": round(sum(m["received"] for m in mine) / n, 1),
+        "rollout_published": rep["messages"]["published"],
+        "rollout_received": rep["messages"]["received"],
+        "broker_publish_out_per_device": round((d["publish/messages/sent"] - d["monitor"]) / n, 1),
+        "broker_packets_in_per_device": round(d["messages/received"] / n, 1),
+        "broker_packets_out_per_device": round((d["messages/sent"] - d["monitor"]) / n, 1),
+        "broker_mb_out_per_device": round(d["bytes/sent"] / n / 1e6, 2),
+    }
 
 
 def main() -> None:
@@ -137,11 +173,28 @@ def main() -> None:
         key, pub = keygen(work / "keys")
         pkg = Path(pack(args.bundle, key, work / "model-1.0.0.tgz", PackOptions(version="1.0.0"))["package"])
         rows = [run_mode(m, args, pkg, key, pub, work) for m in args.modes.split(",")]
-    cols = ["mode", "agents", "result", "waves", "wall_s", "package_mb", "agent_published", "agent_received",
-            "rollout_published", "broker_packets_in_per_device", "broker_packets_out_per_device",
-            "broker_mb_out_per_device"]
-    print(table(rows, cols, title=f"rollout to {args.agents} simulated agents, waves {args.waves}, install "
-                                  f"stand-in {args.install_s} s; per device unless named (wall includes discovery)"))
+    cols = [
+        "mode",
+        "agents",
+        "result",
+        "waves",
+        "wall_s",
+        "package_mb",
+        "agent_published",
+        "agent_received",
+        "rollout_published",
+        "broker_packets_in_per_device",
+        "broker_packets_out_per_device",
+        "broker_mb_out_per_device",
+    ]
+    print(
+        table(
+            rows,
+            cols,
+            title=f"rollout to {args.agents} simulated agents, waves {args.waves}, install "
+            f"stand-in {args.install_s} s; per device unless named (wall includes discovery)",
+        )
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
 

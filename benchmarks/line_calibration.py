@@ -18,6 +18,7 @@ sinks: jsonl, dir overlays of NG frames, the live preview, and mqtt when --mqtt 
 each with 1 stream (all cores on one frame) and with 2 (a frame per core), in short rounds; a
 loop's share is the median of its per-round ratios to the faster model-only mode. Prints a table
 and writes JSON."""
+
 from __future__ import annotations
 
 import argparse
@@ -75,15 +76,19 @@ def score(bundle: Path, video: Path, labels: np.ndarray) -> dict:
     flagged = np.array([r["is_anomalous"] for r in recs])
     if len(flagged) != len(labels):
         raise RuntimeError(f"{video}: {len(flagged)} frames scored, {len(labels)} expected")
-    return {"recall": float(flagged[labels == 1].mean()), "false_alarm_rate": float(flagged[labels == 0].mean()),
-            "threshold": Bundle.open(bundle).threshold, "frames": int(len(labels))}
+    return {
+        "recall": float(flagged[labels == 1].mean()),
+        "false_alarm_rate": float(flagged[labels == 0].mean()),
+        "threshold": Bundle.open(bundle).threshold,
+        "frames": int(len(labels)),
+    }
 
 
 def model_only_fps(det: Detector, batches: list[np.ndarray], n: int, streams: int = 1) -> float:
     """The runner alone on preprocessed frames, back to back: `streams` threads on the one session
     (as the loop runs it), each taking every streams-th frame."""
     for b in batches[:5]:
-        det.infer(b)                                        # warm: first runs allocate
+        det.infer(b)  # warm: first runs allocate
 
     def work(first: int) -> None:
         for i in range(first, n, streams):
@@ -103,13 +108,20 @@ def stream_fps(bundle: Path, source: str, sinks: list[str], n: int, streams: int
     """The loop's steady rate: frames delivered through every sink per second, after `warm` frames
     (the model-only side is warmed too)."""
     done: list[float] = []
-    run_stream(bundle, source, sinks, max_frames=n + warm, streams=streams,
-               on_record=lambda rec: done.append(time.perf_counter()))
+    run_stream(
+        bundle,
+        source,
+        sinks,
+        max_frames=n + warm,
+        streams=streams,
+        on_record=lambda rec: done.append(time.perf_counter()),
+    )
     return (len(done) - 1 - warm) / (done[-1] - done[warm])
 
 
-def throughput(bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt: str | None,
-               streams: tuple[int, ...] = (1, 2)) -> dict:
+def throughput(
+    bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt: str | None, streams: tuple[int, ...] = (1, 2)
+) -> dict:
     """Model-only FPS in each mode (1 stream on every core; S streams of cores/S threads) and the
     stream loop's FPS in each mode with every-frame sinks on (jsonl, the live preview, mqtt when
     given), and in the last mode also with dir:// (two images per NG frame: the line video is 62 %
@@ -131,17 +143,21 @@ def throughput(bundle: Path, video: Path, n: int, rounds: int, work: Path, mqtt:
     try:
         batches = [dets[streams[0]].preprocess(f) for f in frames]
         sides = [lambda k=k: model[k].append(model_only_fps(dets[k], batches, n, k)) for k in streams]
-        sides += [lambda k=k: loop[k].append(stream_fps(bundle, f"{video}?loop=1", loops[k][1](), n, loops[k][0]))
-                  for k in loops]
+        sides += [
+            lambda k=k: loop[k].append(stream_fps(bundle, f"{video}?loop=1", loops[k][1](), n, loops[k][0]))
+            for k in loops
+        ]
         for r in range(rounds):
-            for measure in sides[r % len(sides):] + sides[:r % len(sides)]:
+            for measure in sides[r % len(sides) :] + sides[: r % len(sides)]:
                 measure()
     finally:
         for d in dets.values():
             d.close()
     best = np.max([model[k] for k in streams], axis=0)
-    out = {"sinks": "jsonl, http" + (", mqtt" if mqtt else "") + " (+ dir)",
-           "rounds_best_model_only_fps": best.tolist()}
+    out = {
+        "sinks": "jsonl, http" + (", mqtt" if mqtt else "") + " (+ dir)",
+        "rounds_best_model_only_fps": best.tolist(),
+    }
     for k in streams:
         out[f"model_only_fps_s{k}"] = float(np.median(model[k]))
         out[f"rounds_model_only_fps_s{k}"] = model[k]
@@ -168,8 +184,12 @@ def main(argv=None) -> int:
     ap.add_argument("bundles", nargs="+")
     ap.add_argument("--data", required=True, help="MVTec-layout sample category (data/brick, ...)")
     ap.add_argument("--frames", type=int, default=200, help="known-good frames for calibrate")
-    ap.add_argument("--throughput-frames", type=int, default=150,
-                    help="frames per side of a throughput pair (0: skip the throughput part)")
+    ap.add_argument(
+        "--throughput-frames",
+        type=int,
+        default=150,
+        help="frames per side of a throughput pair (0: skip the throughput part)",
+    )
     ap.add_argument("--rounds", type=int, default=15, help="throughput pairs")
     ap.add_argument("--mqtt", help="also publish every verdict to this broker, e.g. mqtt://127.0.0.1:1883/line")
     ap.add_argument("--json")
@@ -186,17 +206,42 @@ def main(argv=None) -> int:
             before = score(b, tmp / "line.mp4", labels)
             st = calibrate(b, str(good), tmp / f"{b.name}-line", frames=args.frames, progress=False)
             after = score(tmp / f"{b.name}-line", tmp / "line.mp4", labels)
-            rows.append({"bundle": str(b), "model": model, "good_clip_mean_z": st["mean"], "good_clip_std_z": st["std"],
-                         "threshold_before": before["threshold"], "threshold_after": after["threshold"],
-                         "recall_before": before["recall"], "false_alarms_before": before["false_alarm_rate"],
-                         "recall_after": after["recall"], "false_alarms_after": after["false_alarm_rate"],
-                         "line_frames": after["frames"], "defect_frames": int(labels.sum())})
+            rows.append(
+                {
+                    "bundle": str(b),
+                    "model": model,
+                    "good_clip_mean_z": st["mean"],
+                    "good_clip_std_z": st["std"],
+                    "threshold_before": before["threshold"],
+                    "threshold_after": after["threshold"],
+                    "recall_before": before["recall"],
+                    "false_alarms_before": before["false_alarm_rate"],
+                    "recall_after": after["recall"],
+                    "false_alarms_after": after["false_alarm_rate"],
+                    "line_frames": after["frames"],
+                    "defect_frames": int(labels.sum()),
+                }
+            )
             if args.throughput_frames:
-                rows[-1].update(throughput(tmp / f"{b.name}-line", tmp / "line.mp4", args.throughput_frames,
-                                           args.rounds, tmp / f"{b.name}-sinks", args.mqtt))
-    print(table([{k.replace("_", " "): v for k, v in r.items() if not k.startswith("rounds") and not k.endswith("iqr")}
-                 for r in rows],
-                title=f"line video (mp4v) of {data}/test, calibrated on {args.frames} new good parts (mp4v)"))
+                rows[-1].update(
+                    throughput(
+                        tmp / f"{b.name}-line",
+                        tmp / "line.mp4",
+                        args.throughput_frames,
+                        args.rounds,
+                        tmp / f"{b.name}-sinks",
+                        args.mqtt,
+                    )
+                )
+    print(
+        table(
+            [
+                {k.replace("_", " "): v for k, v in r.items() if not k.startswith("rounds") and not k.endswith("iqr")}
+                for r in rows
+            ],
+            title=f"line video (mp4v) of {data}/test, calibrated on {args.frames} new good parts (mp4v)",
+        )
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     return 0

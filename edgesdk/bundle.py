@@ -2,6 +2,7 @@
 
 Opening one verifies the schema version and the sha256 of every listed file, so an edited, truncated
 or half-copied bundle is refused with a message that says which file and why. No torch here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from edgesdk.spec import MANIFEST, Manifest, SpecError, sha256_file
 
 MODEL_FILE = "model.onnx"
-PARITY_FRAMES = "parity_frames.npy"   # (N, H, W, 3) uint8 held-out good frames, for verify/compare
+PARITY_FRAMES = "parity_frames.npy"  # (N, H, W, 3) uint8 held-out good frames, for verify/compare
 
 
 class BundleError(SpecError):
@@ -54,7 +55,7 @@ class Bundle:
             raise BundleError(f"{path}: bundle folder not found")
         if not (path / MANIFEST).is_file():
             raise BundleError(f"{path}: no {MANIFEST}; not a bundle, or an export that did not finish")
-        manifest = Manifest.load(path / MANIFEST)      # file names checked: relative, no `..`
+        manifest = Manifest.load(path / MANIFEST)  # file names checked: relative, no `..`
         if MODEL_FILE not in manifest.files:
             raise BundleError(f"{path / MANIFEST}: does not list {MODEL_FILE}")
         root = path.resolve()
@@ -63,8 +64,10 @@ class Bundle:
             # A listed file is the bundle's own: a link (or a linked folder on its way) could make a
             # copy of the bundle read, or write, somewhere else.
             if f.is_symlink() or (f.exists() and root not in f.resolve().parents):
-                raise BundleError(f"{f}: listed in {MANIFEST} but a symbolic link or outside {path}; "
-                                  "a bundle's files must be plain files inside its folder")
+                raise BundleError(
+                    f"{f}: listed in {MANIFEST} but a symbolic link or outside {path}; "
+                    "a bundle's files must be plain files inside its folder"
+                )
             if not f.is_file():
                 raise BundleError(f"{f}: listed in {MANIFEST} but missing")
             if not verify:
@@ -74,6 +77,8 @@ class Bundle:
                 raise BundleError(f"{f}: {size} bytes, manifest says {entry.bytes} (truncated or replaced)")
             digest = sha256_file(f)
             if digest != entry.sha256:
-                raise BundleError(f"{f}: sha256 {digest[:12]}… does not match the manifest's "
-                                  f"{entry.sha256[:12]}… (file changed after export)")
+                raise BundleError(
+                    f"{f}: sha256 {digest[:12]}… does not match the manifest's "
+                    f"{entry.sha256[:12]}… (file changed after export)"
+                )
         return cls(path, manifest)

@@ -5,6 +5,7 @@ sample data -> train (per category) -> export + parity -> eval through the devic
 torch eager vs ONNX Runtime latency on the same frames -> stream the conveyor video into JSONL and
 overlays, checked against the video's per-frame ground truth -> the streamed model quantized to INT8
 for this CPU, gated against the float model. Writes OUT/summary.json."""
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,13 @@ def stream_check(bundle: Path, video: Path, out: Path) -> dict:
     y = np.array([t["is_anomalous"] for t in truth])
     s = np.array([r["score"] for r in recs])
     f = f1_at(s, y, recs[0]["threshold"])
-    return {**summary, "frame_f1": f["f1"], "frame_confusion": {k: f[k] for k in ("tp", "fp", "fn", "tn")},
-            "timeline": "".join("X" if r["is_anomalous"] else "." for r in recs),
-            "truth": "".join("X" if v else "." for v in y)}
+    return {
+        **summary,
+        "frame_f1": f["f1"],
+        "frame_confusion": {k: f[k] for k in ("tp", "fp", "fn", "tn")},
+        "timeline": "".join("X" if r["is_anomalous"] else "." for r in recs),
+        "truth": "".join("X" if v else "." for v in y),
+    }
 
 
 def quantize_check(out: Path, name: str) -> tuple[dict, str]:
@@ -58,10 +63,25 @@ def quantize_check(out: Path, name: str) -> tuple[dict, str]:
         return {"bundle": None, "passed": False, "why": str(e)}, str(e)
     m = Bundle.open(bundle).manifest
     rep, cal = m.metrics["vs_float"], m.calibration or {}
-    return {"bundle": str(bundle), "passed": True, "image_auroc_float": rep["reference"].get("image_auroc"),
-            **{k: rep.get(k) for k in ("image_auroc", "image_auroc_drop", "score_max_abs_diff", "ort_p50_ms_float",
-                                       "ort_p50_ms", "speedup_vs_float", "model_mb_float", "model_mb")},
-            "fp32_convs": len(cal["decisions"]["fp32_convs"])}, report_table(rep, "int8", cal)
+    return {
+        "bundle": str(bundle),
+        "passed": True,
+        "image_auroc_float": rep["reference"].get("image_auroc"),
+        **{
+            k: rep.get(k)
+            for k in (
+                "image_auroc",
+                "image_auroc_drop",
+                "score_max_abs_diff",
+                "ort_p50_ms_float",
+                "ort_p50_ms",
+                "speedup_vs_float",
+                "model_mb_float",
+                "model_mb",
+            )
+        },
+        "fp32_convs": len(cal["decisions"]["fp32_convs"]),
+    }, report_table(rep, "int8", cal)
 
 
 def build_engines(out: Path, bundles: list[str]) -> list[dict]:
@@ -99,18 +119,29 @@ def run_model(out: Path, cat: str, model: str, cfg: dict, size: int) -> dict:
     ev = evaluate(bundle, out / "data" / cat)
     # Same frames, same batch 1, model call only: torch eager vs the exported graph.
     frames = mvtec.read_batch([it.path for it in mvtec.test_items(out / "data" / cat)], (size, size))
-    feeds = [{"image": frames[i:i + 1]} for i in range(len(frames))]
+    feeds = [{"image": frames[i : i + 1]} for i in range(len(frames))]
     opened = Bundle.open(bundle)
     with TorchRunner(run) as tr, OnnxRuntimeRunner(opened.model_path) as ort:
         lat_torch, lat_ort = time_runner(tr, feeds), time_runner(ort, feeds)
     meta = json.loads((run / "run.json").read_text())
-    return {"eval": ev, "torch_ms": lat_torch, "onnxruntime_ms": lat_ort, "fit": meta["fit"],
-            "fit_s": meta["timing_s"]["total"], "onnx_mb": (bundle / "model.onnx").stat().st_size / 1e6,
-            "parity": opened.manifest.metrics["parity_vs_torch"]}
+    return {
+        "eval": ev,
+        "torch_ms": lat_torch,
+        "onnxruntime_ms": lat_ort,
+        "fit": meta["fit"],
+        "fit_s": meta["timing_s"]["total"],
+        "onnx_mb": (bundle / "model.onnx").stat().st_size / 1e6,
+        "parity": opened.manifest.metrics["parity_vs_torch"],
+    }
 
 
-def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quick: bool = False,
-         full: bool = False, models: tuple[str, ...] = MODELS) -> dict:
+def demo(
+    out: str | Path = "out/demo",
+    categories: list[str] | None = None,
+    quick: bool = False,
+    full: bool = False,
+    models: tuple[str, ...] = MODELS,
+) -> dict:
     out = Path(out)
     categories = categories or sorted(TEXTURES)
     cfg = QUICK if quick else SynthConfig()
@@ -121,8 +152,9 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
     for cat in categories:
         for model in models:
             print(f"[2/5] {cat} / {model}: train -> export -> eval")
-            results.setdefault(cat, {})[model] = run_model(out, cat, model, model_config(model, cfg.size, quick, full),
-                                                           cfg.size)
+            results.setdefault(cat, {})[model] = run_model(
+                out, cat, model, model_config(model, cfg.size, quick, full), cfg.size
+            )
     engines = build_engines(out, [f"{c}-{m}" for c in categories for m in models])
     video = out / "data" / f"conveyor_{categories[0]}.mkv"
     stream_model = "patchcore" if "patchcore" in models else models[0]
@@ -135,28 +167,61 @@ def demo(out: str | Path = "out/demo", categories: list[str] | None = None, quic
     rows = []
     for c, by_model in results.items():
         for m, r in by_model.items():
-            rows.append({"category": c, "model": m, "image AUROC": r["eval"]["image_auroc"],
-                         "pixel AUROC": r["eval"]["pixel_auroc"], "F1": r["eval"]["f1"], "fit s": r["fit_s"],
-                         "ORT p50 ms": r["onnxruntime_ms"]["p50"], "torch p50 ms": r["torch_ms"]["p50"],
-                         "speed-up": r["torch_ms"]["p50"] / r["onnxruntime_ms"]["p50"],
-                         "noisy": r["onnxruntime_ms"]["high_variance"], "ONNX MB": r["onnx_mb"],
-                         "bank": r["fit"].get("bank_size", ""),
-                         "parity": f"{max(r['parity']['score_max_rel_err'], r['parity']['map_max_rel_err']):.0e}"})
-    print(table(rows, title=f"zoo on the sample set (EfficientNet-Lite0, {cfg.size}x{cfg.size}, batch 1, "
-                            "uint8 frame in; ORT = ONNX Runtime, model call only, same frames, same run)"))
-    means = [{"model": m, **{k: float(np.mean([r[k] for r in rows if r["model"] == m]))
-                             for k in ("image AUROC", "pixel AUROC", "F1", "fit s", "ORT p50 ms")}}
-             for m in models]
+            rows.append(
+                {
+                    "category": c,
+                    "model": m,
+                    "image AUROC": r["eval"]["image_auroc"],
+                    "pixel AUROC": r["eval"]["pixel_auroc"],
+                    "F1": r["eval"]["f1"],
+                    "fit s": r["fit_s"],
+                    "ORT p50 ms": r["onnxruntime_ms"]["p50"],
+                    "torch p50 ms": r["torch_ms"]["p50"],
+                    "speed-up": r["torch_ms"]["p50"] / r["onnxruntime_ms"]["p50"],
+                    "noisy": r["onnxruntime_ms"]["high_variance"],
+                    "ONNX MB": r["onnx_mb"],
+                    "bank": r["fit"].get("bank_size", ""),
+                    "parity": f"{max(r['parity']['score_max_rel_err'], r['parity']['map_max_rel_err']):.0e}",
+                }
+            )
+    print(
+        table(
+            rows,
+            title=f"zoo on the sample set (EfficientNet-Lite0, {cfg.size}x{cfg.size}, batch 1, "
+            "uint8 frame in; ORT = ONNX Runtime, model call only, same frames, same run)",
+        )
+    )
+    means = [
+        {
+            "model": m,
+            **{
+                k: float(np.mean([r[k] for r in rows if r["model"] == m]))
+                for k in ("image AUROC", "pixel AUROC", "F1", "fit s", "ORT p50 ms")
+            },
+        }
+        for m in models
+    ]
     print("\n" + table(means, title="mean over categories"))
     if engines:
-        print("\n" + table(engines, title="TensorRT engines (rtx profile, built ahead of time; "
-                                          "running one needs the GPU)"))
+        print(
+            "\n"
+            + table(engines, title="TensorRT engines (rtx profile, built ahead of time; running one needs the GPU)")
+        )
     print(f"\nINT8 for this CPU ({categories[0]}-{stream_model}):\n{int8_text}")
-    print(f"\nstream: {stream['frames']} frames at {stream['fps']:.0f} FPS, frame F1 {stream['frame_f1']:.3f} "
-          f"{stream['frame_confusion']}\n  detected {stream['timeline']}\n  truth    {stream['truth']}")
-    summary = {"config": vars(cfg), "student_budget": model_config("stfpm", cfg.size, quick, full),
-               "categories": results, "means": means, "engines": engines,
-               "stream": stream, "int8": int8, "wall_s": time.perf_counter() - t0}
+    print(
+        f"\nstream: {stream['frames']} frames at {stream['fps']:.0f} FPS, frame F1 {stream['frame_f1']:.3f} "
+        f"{stream['frame_confusion']}\n  detected {stream['timeline']}\n  truth    {stream['truth']}"
+    )
+    summary = {
+        "config": vars(cfg),
+        "student_budget": model_config("stfpm", cfg.size, quick, full),
+        "categories": results,
+        "means": means,
+        "engines": engines,
+        "stream": stream,
+        "int8": int8,
+        "wall_s": time.perf_counter() - t0,
+    }
     write_json(out / "summary.json", summary)
     print(f"\nsummary -> {out / 'summary.json'}, overlays -> {out / 'overlays'}; {summary['wall_s']:.0f} s in all")
     return summary

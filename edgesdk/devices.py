@@ -1,6 +1,7 @@
 """Device profiles (devices/NAME.toml), detecting the machine we run on, and checking whether a
 bundle will run on a device and why not. Standard library + the bundle; no torch, no TensorRT import
 (module presence is looked up, not imported, so `device info` stays fast)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,14 +19,45 @@ from edgesdk.spec import NAME, TENSORRT_MODULES, DeviceProfile, SpecError
 
 # ONNX op types TensorRT can place on a DLA (TensorRT's "DLA supported layers" list, mapped to ONNX;
 # conservative: the builder makes the final call and falls back to the GPU for the rest).
-DLA_OPS = frozenset({
-    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-    "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "BatchNormalization",
-    "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Concat", "Resize", "Slice", "Softmax",
-    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gemm",
-    # free: folded into neighbours or into the engine's constants
-    "Constant", "Identity", "QuantizeLinear", "DequantizeLinear",
-})
+DLA_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Relu",
+        "Clip",
+        "Sigmoid",
+        "Tanh",
+        "LeakyRelu",
+        "PRelu",
+        "BatchNormalization",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Max",
+        "Min",
+        "Pow",
+        "Concat",
+        "Resize",
+        "Slice",
+        "Softmax",
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Gemm",
+        # free: folded into neighbours or into the engine's constants
+        "Constant",
+        "Identity",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    }
+)
 
 
 def profile_path(name_or_path: str | os.PathLike) -> Path:
@@ -36,18 +68,23 @@ def profile_path(name_or_path: str | os.PathLike) -> Path:
     if "/" in text or os.sep in text or text.endswith(".toml"):
         path = Path(text)
         if not path.is_file():
-            raise FileNotFoundError(f"{text}: device profile file not found (a value with / or .toml is read "
-                                    "as a path; a shipped profile is given by its name, e.g. orin-nx)")
+            raise FileNotFoundError(
+                f"{text}: device profile file not found (a value with / or .toml is read "
+                "as a path; a shipped profile is given by its name, e.g. orin-nx)"
+            )
         return path
     folder = data_dir("devices")
     have = sorted(f.stem for f in folder.glob("*.toml"))
     if not NAME.fullmatch(text):
-        raise SpecError(f"{text!r}: not a device profile name (names are letters, digits, . _ + -; shipped: "
-                        f"{', '.join(have)}; or give a path to a .toml file)")
+        raise SpecError(
+            f"{text!r}: not a device profile name (names are letters, digits, . _ + -; shipped: "
+            f"{', '.join(have)}; or give a path to a .toml file)"
+        )
     path = folder / f"{text}.toml"
     if not path.is_file():
-        raise FileNotFoundError(f"{text!r}: no such device profile (shipped: {', '.join(have)}; "
-                                "or give a path to a .toml file)")
+        raise FileNotFoundError(
+            f"{text!r}: no such device profile (shipped: {', '.join(have)}; or give a path to a .toml file)"
+        )
     if path.resolve().parent != folder.resolve():
         raise SpecError(f"{text!r}: the shipped profile {path} is a link to {path.resolve()}, outside {folder}")
     return path
@@ -76,16 +113,26 @@ def nvidia_gpus() -> list[dict]:
     if not smi:
         return []
     try:
-        out = subprocess.run([smi, "--query-gpu=name,compute_cap,memory.total,driver_version",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            [smi, "--query-gpu=name,compute_cap,memory.total,driver_version", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     gpus = []
     for line in out.stdout.strip().splitlines() if out.returncode == 0 else []:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 4:
-            gpus.append({"name": parts[0], "compute_capability": parts[1],
-                         "memory_mb": int(parts[2]) if parts[2].isdigit() else None, "driver": parts[3]})
+            gpus.append(
+                {
+                    "name": parts[0],
+                    "compute_capability": parts[1],
+                    "memory_mb": int(parts[2]) if parts[2].isdigit() else None,
+                    "driver": parts[3],
+                }
+            )
     return gpus
 
 
@@ -105,7 +152,7 @@ def current_gpu() -> dict:
         from cuda.bindings import runtime as cudart
 
         return cuda_device(cudart)
-    except Exception:   # no cuda-python, no driver, no GPU: all mean "unknown" here
+    except Exception:  # no cuda-python, no driver, no GPU: all mean "unknown" here
         pass
     gpus = nvidia_gpus()
     return {"name": gpus[0]["name"], "compute_capability": gpus[0]["compute_capability"]} if gpus else {}
@@ -122,13 +169,18 @@ def detect(root: Path = Path("/")) -> dict:
     for line in cpuinfo.splitlines():
         if line.startswith(("flags", "Features")):
             flags |= set(line.split(":", 1)[1].split())
-    cpu_model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
-                      if ln.startswith(("model name", "Model"))), platform.processor())
+    cpu_model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith(("model name", "Model"))),
+        platform.processor(),
+    )
     facts = {
-        "machine": platform.machine(), "os": platform.platform(), "cpu": cpu_model,
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "cpu": cpu_model,
         "cores": os.cpu_count(),
         "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "fma"}),
-        "l4t": l4t, "device_model": model,
+        "l4t": l4t,
+        "device_model": model,
         "gpus": nvidia_gpus() if root == Path("/") else [],
         "tensorrt_modules": [n for n in TENSORRT_MODULES if importlib.util.find_spec(n)],
     }
@@ -156,7 +208,7 @@ def match_profile(facts: dict, profiles: list[DeviceProfile] | None = None) -> t
 @dataclass(frozen=True)
 class Check:
     name: str
-    status: str          # "ok", "warn" or "fail"
+    status: str  # "ok", "warn" or "fail"
     detail: str
 
 
@@ -181,15 +233,20 @@ def graph_summary(onnx_path: str | Path) -> dict:
     model = onnx.load(str(onnx_path), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    dtypes = collections.Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
-                                 for t in model.graph.initializer)
-    return {"opset": int(opset), "nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
-            "initializer_dtypes": dict(dtypes)}
+    dtypes = collections.Counter(
+        onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer
+    )
+    return {
+        "opset": int(opset),
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(ops.items())),
+        "initializer_dtypes": dict(dtypes),
+    }
 
 
-
-def check_bundle(bundle: Bundle, profile: DeviceProfile, dla_core: int = -1,
-                 batch: tuple[int, int, int] | None = None) -> list[Check]:
+def check_bundle(
+    bundle: Bundle, profile: DeviceProfile, dla_core: int = -1, batch: tuple[int, int, int] | None = None
+) -> list[Check]:
     """Will BUNDLE run on PROFILE's device, and how? Each check says why not."""
     m = bundle.manifest
     checks = []
@@ -197,36 +254,63 @@ def check_bundle(bundle: Bundle, profile: DeviceProfile, dla_core: int = -1,
     if prec in profile.gpu_precisions:
         checks.append(Check("precision", "ok", f"{prec} runs on the {profile.kind} of {profile.name}"))
     else:
-        checks.append(Check("precision", "fail", f"{prec} is not supported on {profile.name} "
-                            f"(supports {', '.join(profile.gpu_precisions)})"))
+        checks.append(
+            Check(
+                "precision",
+                "fail",
+                f"{prec} is not supported on {profile.name} (supports {', '.join(profile.gpu_precisions)})",
+            )
+        )
     g = graph_info(bundle)
     opset = int(g.get("opset") or m.provenance.get("opset") or 0)
     if profile.kind == "cpu":
         checks.append(Check("runtime", "ok", "ONNX Runtime on the CPU; no engine to build"))
     elif opset and profile.max_onnx_opset and opset > profile.max_onnx_opset:
-        checks.append(Check("onnx opset", "fail",
-                            f"graph is opset {opset}; TensorRT {profile.tensorrt_version} on {profile.name} "
-                            f"parses opsets up to {profile.max_onnx_opset}"))
+        checks.append(
+            Check(
+                "onnx opset",
+                "fail",
+                f"graph is opset {opset}; TensorRT {profile.tensorrt_version} on {profile.name} "
+                f"parses opsets up to {profile.max_onnx_opset}",
+            )
+        )
     elif opset:
         checks.append(Check("onnx opset", "ok", f"opset {opset} <= {profile.max_onnx_opset}"))
     if profile.kind != "cpu":
-        typed = "strongly typed network (precision from the graph)" if profile.strongly_typed else \
-            "TensorRT < 10: no strongly typed networks; builder flags set from the graph's precision"
+        typed = (
+            "strongly typed network (precision from the graph)"
+            if profile.strongly_typed
+            else "TensorRT < 10: no strongly typed networks; builder flags set from the graph's precision"
+        )
         checks.append(Check("network", "ok", typed))
     if dla_core >= 0:
         if dla_core >= profile.dla_cores:
-            checks.append(Check("dla", "fail", f"{profile.name} has {profile.dla_cores} DLA cores; "
-                                f"core {dla_core} does not exist"))
+            checks.append(
+                Check(
+                    "dla", "fail", f"{profile.name} has {profile.dla_cores} DLA cores; core {dla_core} does not exist"
+                )
+            )
         else:
             if prec not in profile.dla_precisions:
-                checks.append(Check("dla precision", "warn", f"DLA runs {', '.join(profile.dla_precisions)}, "
-                                    f"not {prec}: every layer falls back to the GPU; export fp16 or int8"))
+                checks.append(
+                    Check(
+                        "dla precision",
+                        "warn",
+                        f"DLA runs {', '.join(profile.dla_precisions)}, "
+                        f"not {prec}: every layer falls back to the GPU; export fp16 or int8",
+                    )
+                )
             ops = g.get("ops", {})
             off = {k: v for k, v in ops.items() if k not in DLA_OPS}
             if off:
                 listed = ", ".join(f"{k}×{v}" for k, v in sorted(off.items(), key=lambda kv: -kv[1]))
-                checks.append(Check("dla layers", "warn",
-                                    f"{sum(off.values())} of {sum(ops.values())} nodes fall back to the GPU: {listed}"))
+                checks.append(
+                    Check(
+                        "dla layers",
+                        "warn",
+                        f"{sum(off.values())} of {sum(ops.values())} nodes fall back to the GPU: {listed}",
+                    )
+                )
             elif ops:
                 checks.append(Check("dla layers", "ok", "every op type has a DLA implementation"))
             if batch and batch[0] != batch[2]:
@@ -234,6 +318,11 @@ def check_bundle(bundle: Bundle, profile: DeviceProfile, dla_core: int = -1,
     onnx_mb = m.files["model.onnx"].bytes / 1e6
     if profile.memory_gb:
         share = onnx_mb / (profile.memory_gb * 1024)
-        checks.append(Check("memory", "ok" if share < 0.1 else "warn",
-                            f"weights {onnx_mb:.1f} MB = {share:.1%} of {profile.memory_gb:g} GB shared memory"))
+        checks.append(
+            Check(
+                "memory",
+                "ok" if share < 0.1 else "warn",
+                f"weights {onnx_mb:.1f} MB = {share:.1%} of {profile.memory_gb:g} GB shared memory",
+            )
+        )
     return checks

@@ -5,6 +5,7 @@ plan was built from and for, and how that differs from what is running) is spec.
 
 BUNDLE/engines/NAME.plan + NAME.json; NAME carries model, precision, device, TensorRT version,
 batch profile and the key (a hash of everything that changes the engine). No torch, no GPU needed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
     from edgesdk.bundle import Bundle
 
 WHERE_TO_BUILD = {
-    "tensorrt": ("A Jetson builds its own engines (or one of the same module and JetPack): on it, JetPack's "
-                 "TensorRT Python module comes with `sudo apt install python3-libnvinfer` (part of "
-                 "nvidia-jetpack); run `edgesdk build` there"),
+    "tensorrt": (
+        "A Jetson builds its own engines (or one of the same module and JetPack): on it, JetPack's "
+        "TensorRT Python module comes with `sudo apt install python3-libnvinfer` (part of "
+        "nvidia-jetpack); run `edgesdk build` there"
+    ),
     "tensorrt_rtx": "pip install 'edgesdk[tensorrt-rtx]' (tensorrt-rtx-cu12); its builder runs without a GPU too",
 }
 
@@ -39,16 +42,21 @@ def import_tensorrt(module: str, device: str = "") -> Any:
     TensorRT: a name read from a device profile or an engine sidecar never picks other code to run."""
     who = f"device {device!r} needs" if device else "this needs"
     if module not in TENSORRT_MODULES:
-        raise TensorRTUnavailable(f"{who} tensorrt_module {module!r}, which is not one of "
-                                  f"{', '.join(TENSORRT_MODULES)}; refusing to import it")
+        raise TensorRTUnavailable(
+            f"{who} tensorrt_module {module!r}, which is not one of "
+            f"{', '.join(TENSORRT_MODULES)}; refusing to import it"
+        )
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
-        raise TensorRTUnavailable(f"{who} the Python module {module!r}, which is not installed here ({e}). "
-                                  f"{WHERE_TO_BUILD.get(module, '')}") from None
-    if not hasattr(mod, "Builder"):   # e.g. a folder of type stubs on sys.path, not TensorRT itself
-        raise TensorRTUnavailable(f"{who} TensorRT's module {module!r}, but {getattr(mod, '__path__', mod)} "
-                                  f"is not TensorRT (no Builder). {WHERE_TO_BUILD.get(module, '')}")
+        raise TensorRTUnavailable(
+            f"{who} the Python module {module!r}, which is not installed here ({e}). {WHERE_TO_BUILD.get(module, '')}"
+        ) from None
+    if not hasattr(mod, "Builder"):  # e.g. a folder of type stubs on sys.path, not TensorRT itself
+        raise TensorRTUnavailable(
+            f"{who} TensorRT's module {module!r}, but {getattr(mod, '__path__', mod)} "
+            f"is not TensorRT (no Builder). {WHERE_TO_BUILD.get(module, '')}"
+        )
     return mod
 
 
@@ -59,21 +67,36 @@ def installed_tensorrt(bundle: Bundle) -> Any:
             return import_tensorrt(name)
         except TensorRTUnavailable:
             continue
-    raise EngineError(f"{bundle.path}: --backend tensorrt needs TensorRT's Python module (JetPack's "
-                      "python3-libnvinfer on a Jetson, tensorrt-rtx-cu12 on an RTX PC); none is installed")
+    raise EngineError(
+        f"{bundle.path}: --backend tensorrt needs TensorRT's Python module (JetPack's "
+        "python3-libnvinfer on a Jetson, tensorrt-rtx-cu12 on an RTX PC); none is installed"
+    )
 
 
-def engine_key(onnx_sha256: str, precision: str, module: str, version: str, device: str, gpu: dict,
-               cfg: BuildConfig) -> str:
+def engine_key(
+    onnx_sha256: str, precision: str, module: str, version: str, device: str, gpu: dict, cfg: BuildConfig
+) -> str:
     """Hash of everything that changes the engine; equal keys mean the plan can be reused."""
-    blob = json.dumps([onnx_sha256, precision, module, version, device, gpu.get("compute_capability", ""),
-                       list(cfg.batch), cfg.dla_core, cfg.gpu_fallback, cfg.workspace_mb,
-                       cfg.optimization_level], sort_keys=True)
+    blob = json.dumps(
+        [
+            onnx_sha256,
+            precision,
+            module,
+            version,
+            device,
+            gpu.get("compute_capability", ""),
+            list(cfg.batch),
+            cfg.dla_core,
+            cfg.gpu_fallback,
+            cfg.workspace_mb,
+            cfg.optimization_level,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def engine_name(model: str, precision: str, device: str, module: str, version: str, cfg: BuildConfig,
-                key: str) -> str:
+def engine_name(model: str, precision: str, device: str, module: str, version: str, cfg: BuildConfig, key: str) -> str:
     flavour = "trtrtx" if module == "tensorrt_rtx" else "trt"
     dla = f"-dla{cfg.dla_core}" if cfg.dla_core >= 0 else ""
     return f"{model}-{precision}-{device}-{flavour}{version}-b{'x'.join(map(str, cfg.batch))}{dla}-{key}"
@@ -91,7 +114,7 @@ def vouched_by(path: Path, side: EngineSidecar) -> bool:
     try:
         EngineSidecar.inside_folder(path)
         return path.is_file() and path.stat().st_size == side.plan_bytes and sha256_file(path) == side.plan_sha256
-    except (SpecError, OSError):      # a link out of the folder; renamed away while we looked
+    except (SpecError, OSError):  # a link out of the folder; renamed away while we looked
         return False
 
 
@@ -110,13 +133,15 @@ def load_plan_sidecar(plan: str | Path) -> EngineSidecar:
         if side_path.exists():
             EngineSidecar.inside_folder(side_path)
         side = EngineSidecar.load(side_path)
-    except ValueError as e:          # SpecError, or any other refusal of the sidecar's contents
+    except ValueError as e:  # SpecError, or any other refusal of the sidecar's contents
         raise EngineError(str(e)) from None
     # PLAN again last: a build's final rename may land between the first two looks.
     if not any(vouched_by(p, side) for p in (plan, staged_plan(plan), plan)):
         size = plan.stat().st_size
-        raise EngineError(f"{plan}: {size} bytes / sha256 differ from its sidecar "
-                          f"({side.plan_bytes} bytes): truncated, corrupt or replaced; rebuild with `edgesdk build`")
+        raise EngineError(
+            f"{plan}: {size} bytes / sha256 differ from its sidecar "
+            f"({side.plan_bytes} bytes): truncated, corrupt or replaced; rebuild with `edgesdk build`"
+        )
     return side
 
 
@@ -132,12 +157,18 @@ def read_plan(plan: str | Path, side: EngineSidecar) -> bytes:
             continue
         if len(data) == side.plan_bytes and hashlib.sha256(data).hexdigest() == side.plan_sha256:
             return data
-    raise EngineError(f"{plan}: no longer the plan its sidecar vouched for when it was opened "
-                      "(rebuilt meanwhile?); open it again")
+    raise EngineError(
+        f"{plan}: no longer the plan its sidecar vouched for when it was opened (rebuilt meanwhile?); open it again"
+    )
 
 
-def find_engine(bundle: Bundle, folder: str | Path | None = None, module: str | None = None,
-                version: str | None = None, gpu: dict | None = None) -> Path:
+def find_engine(
+    bundle: Bundle,
+    folder: str | Path | None = None,
+    module: str | None = None,
+    version: str | None = None,
+    gpu: dict | None = None,
+) -> Path:
     """The plan in FOLDER (default BUNDLE/engines) built from this bundle for the running TensorRT
     and GPU; otherwise EngineError listing each plan found and why it does not fit."""
     folder = Path(folder) if folder is not None else bundle.path / "engines"
@@ -154,8 +185,11 @@ def find_engine(bundle: Bundle, folder: str | Path | None = None, module: str | 
             return plan
         why.append(f"{plan.name}: " + "; ".join(diff))
     hint = f"build one there with `edgesdk build {bundle.path} --device PROFILE`"
-    raise EngineError(f"{folder}: no engine for this bundle and this TensorRT/GPU"
-                      + (":\n  " + "\n  ".join(why) if why else " (no .plan files)") + f"\n{hint}")
+    raise EngineError(
+        f"{folder}: no engine for this bundle and this TensorRT/GPU"
+        + (":\n  " + "\n  ".join(why) if why else " (no .plan files)")
+        + f"\n{hint}"
+    )
 
 
 def find_reusable(plan: Path, key: str) -> EngineSidecar | None:

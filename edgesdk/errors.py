@@ -2,6 +2,7 @@
 
 Every refusal of user input (a file, a URI, an option, a flag) is an EdgesdkError whose message names
 where the input came from and the field; the CLI prints it on one line and exits non-zero."""
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ A crash or an error mid-way leaves the previous file/folder untouched and nothin
 An output folder is only ever replaced when it is missing, empty, or recognisably ours of the same
 kind (a bundle, a run folder, a synth category), and never when it holds or lies inside an input of
 the command writing it. Standard library only (the device runtime uses it)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from edgesdk.errors import EdgesdkError
 
-SYNTH_MARKER = "edgesdk-synth.json"    # written into each category folder `edgesdk data synth` makes
+SYNTH_MARKER = "edgesdk-synth.json"  # written into each category folder `edgesdk data synth` makes
 
 
 class OutputError(EdgesdkError):
@@ -68,13 +69,13 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid <= 0 or os.name == "nt":       # 0/negative address process groups; Windows' kill terminates
+    if pid <= 0 or os.name == "nt":  # 0/negative address process groups; Windows' kill terminates
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:               # someone else's live process
+    except PermissionError:  # someone else's live process
         return True
     return True
 
@@ -86,7 +87,7 @@ def _stale(target: Path, tag: str) -> list[Path]:
     out = []
     with contextlib.suppress(FileNotFoundError):
         for p in target.parent.iterdir():
-            pid = p.name[len(prefix):].split(".", 1)[0] if p.name.startswith(prefix) else ""
+            pid = p.name[len(prefix) :].split(".", 1)[0] if p.name.startswith(prefix) else ""
             if pid.isdigit() and not p.is_symlink() and p.is_dir() and not _pid_alive(int(pid)):
                 out.append(p)
     return out
@@ -110,8 +111,9 @@ def sweep_stale(target: str | Path) -> list[Path]:
     return done
 
 
-def check_replaceable(target: str | Path, kind: str, inputs: Iterable[str | Path | None] = (),
-                      force: bool = False) -> Path:
+def check_replaceable(
+    target: str | Path, kind: str, inputs: Iterable[str | Path | None] = (), force: bool = False
+) -> Path:
     """TARGET resolved, if a command that reads INPUTS may write its output folder of KIND there:
     a missing or empty folder, or one recognisably ours of that KIND; anything else only with FORCE.
     Never (not even with FORCE) a folder that is, holds or lies inside one of INPUTS. OutputError
@@ -138,21 +140,22 @@ def check_replaceable(target: str | Path, kind: str, inputs: Iterable[str | Path
         return real
     why = KINDS[kind](real)
     if why:
-        raise OutputError(f"{target}: not replaced: {why}; choose a new or empty folder "
-                          f"(or --force to replace it)")
+        raise OutputError(f"{target}: not replaced: {why}; choose a new or empty folder (or --force to replace it)")
     return real
 
 
-def prepare_output(target: str | Path, kind: str, inputs: Iterable[str | Path | None] = (),
-                   force: bool = False) -> Path:
+def prepare_output(
+    target: str | Path, kind: str, inputs: Iterable[str | Path | None] = (), force: bool = False
+) -> Path:
     """sweep_stale then check_replaceable: what a command calls before its work, to fail early."""
     sweep_stale(Path(target).resolve())
     return check_replaceable(target, kind, inputs, force)
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, *, kind: str, inputs: Iterable[str | Path | None] = (),
-               force: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    target: str | Path, *, kind: str, inputs: Iterable[str | Path | None] = (), force: bool = False
+) -> Iterator[Path]:
     """Yields an empty staging folder; on success it replaces `target` (old contents removed only
     after the new folder is in place), on error it is deleted and `target` is left as it was.
     `target` must pass check_replaceable(target, kind, inputs, force); what killed runs left beside
@@ -161,14 +164,14 @@ def atomic_dir(target: str | Path, *, kind: str, inputs: Iterable[str | Path | N
     target.parent.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
     stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging.{pid}."))
-    stage.chmod(0o777 & ~_umask())   # mkdtemp makes 0700; the result should look like any folder
+    stage.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like any folder
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     if (target.exists() or target.is_symlink()) and exchange(stage, target):
-        old = stage                 # one atomic step: the new folder is in place, the old one at `stage`
+        old = stage  # one atomic step: the new folder is in place, the old one at `stage`
     else:
         old = None
         if target.exists() or target.is_symlink():
@@ -182,10 +185,10 @@ def atomic_dir(target: str | Path, *, kind: str, inputs: Iterable[str | Path | N
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:
-            old.unlink()            # a file replaced with --force
+            old.unlink()  # a file replaced with --force
 
 
-_RENAME_EXCHANGE = 2              # linux/fs.h
+_RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
 
@@ -221,7 +224,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -233,7 +236,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):      # numpy scalars and arrays, without importing numpy here
+    if hasattr(o, "tolist"):  # numpy scalars and arrays, without importing numpy here
         return o.tolist()
     if isinstance(o, Path):
         return str(o)

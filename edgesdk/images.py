@@ -2,6 +2,7 @@
 with `resize` (stream/detector.py), reads image folders as sources (video/sources.py); the host
 reads data sets with the same functions (data/mvtec.py), so training and scoring see the same pixels.
 numpy + OpenCV only. Every error is a DataError naming the path."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -13,6 +13,7 @@ meant for: not us when set to another pid). A message is one datagram of `KEY=VA
 
 Without NOTIFY_SOCKET every call is a no-op. A failed send is logged once and never stops the stream:
 the watchdog (or its absence) decides what happens to a process systemd cannot hear."""
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,7 @@ class Notifier:
         self.address = socket_address(env.get("NOTIFY_SOCKET", ""))
         self.watchdog_s = watchdog_seconds(env) if self.address else None
         self._sock: socket.socket | None = None
-        self._lock = threading.Lock()                # several threads notify (loop, heartbeat, model loader)
+        self._lock = threading.Lock()  # several threads notify (loop, heartbeat, model loader)
         self._warned = False
 
     @property
@@ -78,8 +79,9 @@ class Notifier:
             except OSError as e:
                 if not self._warned:
                     self._warned = True
-                    log.warning("cannot notify systemd at %s (%s); carrying on without it",
-                                self.address.replace("\0", "@"), e)
+                    log.warning(
+                        "cannot notify systemd at %s (%s); carrying on without it", self.address.replace("\0", "@"), e
+                    )
                 return False
 
     def ready(self, status: str = "") -> bool:
@@ -112,8 +114,15 @@ class Heartbeat:
     `tick_s` too (the stream loop watches its model there). A loop that stalls stops the pings, and
     systemd restarts the process once the limit passes: at most interval + limit after the stall."""
 
-    def __init__(self, notifier: Notifier, moving: Callable[[float], bool], status: Callable[[], str],
-                 on_tick: Callable[[], None] | None = None, tick_s: float = 1.0, status_s: float = 5.0):
+    def __init__(
+        self,
+        notifier: Notifier,
+        moving: Callable[[float], bool],
+        status: Callable[[], str],
+        on_tick: Callable[[], None] | None = None,
+        tick_s: float = 1.0,
+        status_s: float = 5.0,
+    ):
         self.notifier, self.moving, self.status, self.on_tick = notifier, moving, status, on_tick
         self.interval = notifier.watchdog_s / 2 if notifier.watchdog_s else None
         # ticks fine enough that a ping is never later than interval + tick < the limit
@@ -133,7 +142,7 @@ class Heartbeat:
             if self.on_tick is not None:
                 try:
                     self.on_tick()
-                except Exception:                  # the loop's own errors are reported by the loop
+                except Exception:  # the loop's own errors are reported by the loop
                     log.exception("heartbeat tick failed")
             now = time.monotonic()
             if self.interval is None:

@@ -5,6 +5,7 @@ a stage starts and one when it ends, never redraws; nothing at all while `quiet(
         for ...: b.update(n)
 
 Standard library and tqdm only: the device side uses it too."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ import sys
 import time
 from typing import IO, Any, Iterable, Iterator, Sized
 
-_QUIET = [False]      # one process, one switch: set by the CLI for the command it runs
+_QUIET = [False]  # one process, one switch: set by the CLI for the command it runs
 
 
 @contextlib.contextmanager
@@ -47,7 +48,7 @@ class _Lines:
     def update(self, n: int = 1) -> None:
         self.n += n
 
-    def set_postfix(self, **values: Any) -> None:       # shown on the end line
+    def set_postfix(self, **values: Any) -> None:  # shown on the end line
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
@@ -56,8 +57,12 @@ class _Lines:
         self.closed = True
         pct = f"{100 * self.n // self.total}% " if self.total else ""
         done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
-        print(f"{self.desc}: {pct}{done} {self.unit} in {time.perf_counter() - self.t0:.1f} s"
-              + (f" ({self.postfix})" if self.postfix else ""), file=self.file, flush=True)
+        print(
+            f"{self.desc}: {pct}{done} {self.unit} in {time.perf_counter() - self.t0:.1f} s"
+            + (f" ({self.postfix})" if self.postfix else ""),
+            file=self.file,
+            flush=True,
+        )
 
     def __iter__(self) -> Iterator:
         for x in self.iterable or ():
@@ -73,12 +78,19 @@ class _Lines:
 
 
 class _Silent(_Lines):
-    def __init__(self, iterable: Iterable | None) -> None:     # noqa: D107 - writes nothing
+    def __init__(self, iterable: Iterable | None) -> None:  # noqa: D107 - writes nothing
         self.iterable, self.n, self.closed, self.postfix = iterable, 0, True, ""
 
 
-def bar(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it",
-        enabled: bool = True, leave: bool = True, file: IO[str] | None = None) -> Any:
+def bar(
+    iterable: Iterable | None = None,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    enabled: bool = True,
+    leave: bool = True,
+    file: IO[str] | None = None,
+) -> Any:
     """A progress bar with tqdm's interface (update, close, iteration, `with`): tqdm where FILE
     (default stderr) is a terminal, two lines per stage elsewhere, silent when not ENABLED or quiet."""
     file = file or sys.stderr

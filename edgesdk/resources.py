@@ -1,6 +1,7 @@
 """Where the data folders shipped with edgesdk live: `devices/` (device profiles) and `export/`
 (recipes). A wheel carries them inside the package (edgesdk/_data/, hatchling force-include); a
 source checkout has them at the repository root. Standard library only."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,6 +27,8 @@ def resolve(name_or_path: str, folder: str, suffix: str = ".toml") -> Path:
     cand = data_dir(folder) / f"{name_or_path}{suffix}"
     if not cand.is_file():
         have = sorted(f.stem for f in data_dir(folder).glob(f"*{suffix}"))
-        raise FileNotFoundError(f"{name_or_path!r}: no such {folder[:-1] if folder.endswith('s') else folder} "
-                                f"(shipped: {', '.join(have)}; or give a path to a {suffix} file)")
+        raise FileNotFoundError(
+            f"{name_or_path!r}: no such {folder[:-1] if folder.endswith('s') else folder} "
+            f"(shipped: {', '.join(have)}; or give a path to a {suffix} file)"
+        )
     return cand

@@ -1,4 +1,5 @@
 """Plain-text tables for terminals and logs (no dependency)."""
+
 from __future__ import annotations
 
 
@@ -17,8 +18,10 @@ def table(rows: list[dict], columns: list[str] | None = None, title: str = "") -
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
-                   for r in rows if r.get(c) is not None) for c in columns]
+    numeric = [
+        all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows if r.get(c) is not None)
+        for c in columns
+    ]
 
     def line(vals):
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()

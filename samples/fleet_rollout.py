@@ -7,6 +7,7 @@ themselves at the first unhealthy wave, then show the whole fleet: `edgesdk roll
 
 Each device runs the agent (the same key's public half; no torch):
     edgesdk agent --broker mqtt://broker:1883 --group line1 --device-id cam3 --root /opt/edgesdk --pubkey edgesdk.pub"""
+
 from __future__ import annotations
 
 import argparse
@@ -31,28 +32,43 @@ def main() -> int:
     args = ap.parse_args()
     broker = parse_broker(args.broker)
 
-    def progress(rows: list[dict], event: str) -> None:      # called whenever a device's row changes
+    def progress(rows: list[dict], event: str) -> None:  # called whenever a device's row changes
         if event:
             print(f"-- {event}")
         for r in rows:
-            print(f"   {r['device']:<12} wave {r['wave']}  {r['state']:<10} {r['version'] or '-':<8} "
-                  f"{(r['health'] or '')[:60]}")
+            print(
+                f"   {r['device']:<12} wave {r['wave']}  {r['state']:<10} {r['version'] or '-':<8} "
+                f"{(r['health'] or '')[:60]}"
+            )
 
-    opts = RolloutOptions(group=args.group, waves=args.waves, url=args.url, timeout_s=args.timeout,
-                          rollback_on_halt=args.rollback_on_halt, discover_s=2)
+    opts = RolloutOptions(
+        group=args.group,
+        waves=args.waves,
+        url=args.url,
+        timeout_s=args.timeout,
+        rollback_on_halt=args.rollback_on_halt,
+        discover_s=2,
+    )
     try:
         report, code = rollout(args.package, args.key, broker, opts, on_change=progress), 0
         print(f"rollout {report['release_id']} complete in {report['seconds']:.1f} s")
-    except RolloutHalted as e:                                 # a wave went wrong: nobody else got it
+    except RolloutHalted as e:  # a wave went wrong: nobody else got it
         report, code = e.report, 1
         print(f"rollout {report['release_id']} {e}")
     per = report["messages"]
-    print(f"broker messages: {per['published']} published, {per['received']} received by the rollout tool "
-          f"for {per['devices']} device(s)")
+    print(
+        f"broker messages: {per['published']} published, {per['received']} received by the rollout tool "
+        f"for {per['devices']} device(s)"
+    )
 
     fleet = fleet_status(broker, args.group, wait_s=2)
-    print(table(fleet["devices"], ["device", "version", "previous", "last release", "result", "silent"],
-                title=f"fleet {args.group} on {fleet['broker']}"))
+    print(
+        table(
+            fleet["devices"],
+            ["device", "version", "previous", "last release", "result", "silent"],
+            title=f"fleet {args.group} on {fleet['broker']}",
+        )
+    )
     return code
 
 

@@ -5,6 +5,7 @@
 SOURCE is any source URI (file://line.mp4, v4l2:///dev/video0, rtsp://cam/stream, a folder).
 A part is rejected when `--reject-after` consecutive frames are anomalous (one noisy frame is not a
 defect). Stop with Ctrl-C: frames already read are scored and the tally is printed."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,17 @@ class RejectGate:
         self.reject_after, self.run, self.rejects, self.frames = reject_after, 0, [], 0
         self.log = open(log_path, "a") if log_path else None
 
-    def __call__(self, record: dict) -> None:             # called for every frame, in order
+    def __call__(self, record: dict) -> None:  # called for every frame, in order
         self.frames += 1
         self.run = self.run + 1 if record["is_anomalous"] else 0
         if self.run == self.reject_after:
             worst = max(record["regions"], key=lambda r: r["peak"], default=None)
-            event = {"time": time.time(), "frame_id": record["frame_id"], "score": record["score"],
-                     "bbox": worst["bbox"] if worst else None}
+            event = {
+                "time": time.time(),
+                "frame_id": record["frame_id"],
+                "score": record["score"],
+                "bbox": worst["bbox"] if worst else None,
+            }
             self.rejects.append(event)
             print(f"REJECT at frame {record['frame_id']}: score {record['score']:.2f}, region {event['bbox']}")
             if self.log:
@@ -45,11 +50,24 @@ def main() -> None:
     args = ap.parse_args()
 
     gate = RejectGate(args.reject_after, args.log)
-    summary = run_stream(args.bundle, args.source, sinks=[], on_record=gate)   # SIGINT drains cleanly
+    summary = run_stream(args.bundle, args.source, sinks=[], on_record=gate)  # SIGINT drains cleanly
     lat = summary["latency_ms"]["total"]
-    print(table([{"frames": summary["frames"], "anomalous": summary["anomalous_frames"],
-                  "rejects": len(gate.rejects), "dropped": summary["dropped_frames"],
-                  "FPS": summary["fps"], "p50 ms": lat["p50"], "p99 ms": lat["p99"]}], title="shift tally"))
+    print(
+        table(
+            [
+                {
+                    "frames": summary["frames"],
+                    "anomalous": summary["anomalous_frames"],
+                    "rejects": len(gate.rejects),
+                    "dropped": summary["dropped_frames"],
+                    "FPS": summary["fps"],
+                    "p50 ms": lat["p50"],
+                    "p99 ms": lat["p99"],
+                }
+            ],
+            title="shift tally",
+        )
+    )
 
 
 if __name__ == "__main__":

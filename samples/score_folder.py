@@ -4,6 +4,7 @@
 
 Prints one line per image and the verdict counts; with --save, writes heatmap overlays of the
 anomalous images."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,10 @@ def main() -> None:
     r = predict_files(args.bundle, list_images(args.folder), save=args.save, only_anomalous=True)
     print(f"threshold {r['threshold']:.2f} ({r['threshold_source']})")
     for row in r["results"]:
-        boxes = " ".join(str(tuple(reg["bbox"])) for reg in row["regions"])    # x0, y0, x1, y1 in the image
-        print(f"{Path(row['image']).name:20s} {row['score']:7.2f}  {'DEFECT' if row['is_anomalous'] else 'ok':6s} "
-              f"{boxes}")
+        boxes = " ".join(str(tuple(reg["bbox"])) for reg in row["regions"])  # x0, y0, x1, y1 in the image
+        print(
+            f"{Path(row['image']).name:20s} {row['score']:7.2f}  {'DEFECT' if row['is_anomalous'] else 'ok':6s} {boxes}"
+        )
     lat = latency_stats([row["latency_ms"] for row in r["results"]])
     n_bad = sum(row["is_anomalous"] for row in r["results"])
     print(f"{n_bad}/{len(r['results'])} anomalous; latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")

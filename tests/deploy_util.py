@@ -1,5 +1,6 @@
 """Helpers and fixtures shared by tests/test_deploy_*.py: keys, packages, golden sets, tree snapshots
 and hand-made archives (raw tar blocks, so any header can be forged)."""
+
 from __future__ import annotations
 
 import gzip
@@ -20,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(*args, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """The real `edgesdk` command line in a child process."""
-    r = subprocess.run([sys.executable, "-m", "edgesdk", *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    r = subprocess.run(
+        [sys.executable, "-m", "edgesdk", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
     if check:
         assert r.returncode == 0, r.stderr + r.stdout
     return r
@@ -112,5 +118,7 @@ def pkgs(bundle, keypair, tmp_path_factory) -> dict[str, Path]:
     from edgesdk.deploy.package import PackOptions, pack
 
     out = tmp_path_factory.mktemp("pkgs")
-    return {v: Path(pack(bundle, keypair[0], out / f"brick-{v}.tgz", PackOptions(version=v))["package"])
-            for v in ("1.0.0", "1.1.0", "2.0.0")}
+    return {
+        v: Path(pack(bundle, keypair[0], out / f"brick-{v}.tgz", PackOptions(version=v))["package"])
+        for v in ("1.0.0", "1.1.0", "2.0.0")
+    }

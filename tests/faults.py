@@ -10,6 +10,7 @@ it left on disk. Two ways to pick the moment:
            reports the changes it saw.
 
 Standard library only on the child's side (the hook runs before edgesdk is imported)."""
+
 from __future__ import annotations
 
 import atexit
@@ -92,24 +93,38 @@ class Outcome:
 
 def _group_kill(p: subprocess.Popen) -> None:
     try:
-        os.killpg(p.pid, signal.SIGKILL)       # the whole group: no helper keeps writing afterwards
+        os.killpg(p.pid, signal.SIGKILL)  # the whole group: no helper keeps writing afterwards
     except ProcessLookupError:
         pass
 
 
-def launch(argv: list[str], cwd: Path, delay_s: float | None = None, marker: str | None = None,
-           after_marker_s: float = 0.0, env: dict | None = None, timeout_s: float = 300.0) -> Outcome:
+def launch(
+    argv: list[str],
+    cwd: Path,
+    delay_s: float | None = None,
+    marker: str | None = None,
+    after_marker_s: float = 0.0,
+    env: dict | None = None,
+    timeout_s: float = 300.0,
+) -> Outcome:
     """Run ARGV in CWD; SIGKILL it DELAY_S seconds after the start, or AFTER_MARKER_S seconds after
     MARKER (a regex) first appears in its stdout/stderr; None for both: let it finish."""
     t0 = time.perf_counter()
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)   # this checkout's edgesdk
-    p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         env={**os.environ, "PYTHONPATH": path, **(env or {})}, start_new_session=True)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # this checkout's edgesdk
+    p = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
+        start_new_session=True,
+    )
     chunks: list[bytes] = []
     seen = threading.Event()
     pattern = re.compile(marker.encode()) if marker else None
 
-    def pump() -> None:      # tqdm redraws with \r, so search the text so far, not whole lines
+    def pump() -> None:  # tqdm redraws with \r, so search the text so far, not whole lines
         assert p.stdout is not None
         while data := os.read(p.stdout.fileno(), 65536):
             chunks.append(data)
@@ -145,8 +160,12 @@ def launch(argv: list[str], cwd: Path, delay_s: float | None = None, marker: str
 def hooked(args: list[str], cwd: Path, out: str, kill_before: int, timeout_s: float = 300.0) -> Outcome:
     """`edgesdk ARGS` in CWD, SIGKILLed by itself just before its KILL_BEFORE-th change to OUT (so
     kill_before=2 leaves what the 1st change made). A run that finishes prints how many it made last."""
-    return launch(HOOKED + args, cwd, env={KILL_OUT: str((cwd / out).absolute()), KILL_BEFORE: str(kill_before)},
-                  timeout_s=timeout_s)
+    return launch(
+        HOOKED + args,
+        cwd,
+        env={KILL_OUT: str((cwd / out).absolute()), KILL_BEFORE: str(kill_before)},
+        timeout_s=timeout_s,
+    )
 
 
 def changes_seen(output: str) -> int | None:
@@ -171,19 +190,19 @@ def _install_hook() -> None:
             if count[0] == kill_before:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    def in_out(p: Path) -> bool:      # OUT or a file in it under its final name (not .NAME.tmp)
+    def in_out(p: Path) -> bool:  # OUT or a file in it under its final name (not .NAME.tmp)
         return p == out or out in p.parents and not any(x.startswith(".") for x in p.relative_to(out).parts)
 
-    def note(paths) -> None:          # a rename: OUT moved away, something moved onto OUT or into it
+    def note(paths) -> None:  # a rename: OUT moved away, something moved onto OUT or into it
         ps = [Path(os.fsdecode(p)).absolute() for p in paths]
         if out in ps or ps[-1].parent == out:
             count_one()
 
     def audit(event: str, args: tuple) -> None:
-        if event == "os.rename" and args[2] == args[3] == -1:       # (src, dst, src_dir_fd, dst_dir_fd)
+        if event == "os.rename" and args[2] == args[3] == -1:  # (src, dst, src_dir_fd, dst_dir_fd)
             note(args[:2])
         elif event in ("open", "os.remove", "shutil.rmtree") and isinstance(args[0], (str, bytes, os.PathLike)):
-            writes = event != "open" or (args[2] or 0) & (os.O_WRONLY | os.O_RDWR)     # open: (path, mode, flags)
+            writes = event != "open" or (args[2] or 0) & (os.O_WRONLY | os.O_RDWR)  # open: (path, mode, flags)
             if writes and in_out(Path(os.fsdecode(args[0])).absolute()):
                 count_one()
 
@@ -194,7 +213,7 @@ def _install_hook() -> None:
         def __getattr__(self, k):
             return getattr(self.fn, k)
 
-        def __setattr__(self, k, v) -> None:       # argtypes, restype, errcheck go to the function
+        def __setattr__(self, k, v) -> None:  # argtypes, restype, errcheck go to the function
             setattr(self.fn, k, v)
 
         def __call__(self, *args):
@@ -202,8 +221,9 @@ def _install_hook() -> None:
             return self.fn(*args)
 
     getitem = ctypes.CDLL.__getitem__
-    ctypes.CDLL.__getitem__ = lambda lib, name: (Counted(getitem(lib, name)) if str(name).startswith("rename")
-                                                 else getitem(lib, name))
+    ctypes.CDLL.__getitem__ = lambda lib, name: (
+        Counted(getitem(lib, name)) if str(name).startswith("rename") else getitem(lib, name)
+    )
     sys.addaudithook(audit)
     atexit.register(lambda: print(f"{CHANGES} {count[0]}", file=sys.stderr, flush=True))
 

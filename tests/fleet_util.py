@@ -1,6 +1,7 @@
 """Helpers for tests/test_fleet_*.py: a mosquitto that may require a password and TLS, agent processes
 that stop themselves, a loopback HTTP file server, a reader of the broker's retained messages, and a
 golden set the brick model gets wrong."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,14 +33,19 @@ class FleetBroker(Broker):
         if users:
             pw = workdir / "passwd"
             for i, (name, password) in enumerate(users.items()):
-                subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(pw), name, password],
-                               check=True, capture_output=True)
+                subprocess.run(
+                    ["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(pw), name, password],
+                    check=True,
+                    capture_output=True,
+                )
             conf = conf.replace("allow_anonymous true", f"allow_anonymous false\npassword_file {pw}")
         if tls:
             self.tls_port = free_port()
             ca, cert, key = tls
-            conf += (f"listener {self.tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
-                     "require_certificate false\n")
+            conf += (
+                f"listener {self.tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+                "require_certificate false\n"
+            )
         self.conf.write_text(conf)
 
 
@@ -56,10 +62,16 @@ def make_tls(out: Path) -> tuple[Path, Path, Path]:
     now = dt.datetime.now(dt.timezone.utc)
 
     def cert(subject, issuer, pub, signer, ca: bool, sans=()):
-        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)
-             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(pub)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
         return b.sign(signer, hashes.SHA256())
@@ -67,13 +79,22 @@ def make_tls(out: Path) -> tuple[Path, Path, Path]:
     ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgesdk test plant CA")])
     ca = cert(ca_name, ca_name, ca_key.public_key(), ca_key, True)
-    srv = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), ca_name, srv_key.public_key(),
-               ca_key, False, [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+    srv = cert(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]),
+        ca_name,
+        srv_key.public_key(),
+        ca_key,
+        False,
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
+    )
     paths = out / "ca.pem", out / "server.pem", out / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    paths[2].write_bytes(
+        srv_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return paths
 
 
@@ -85,13 +106,40 @@ def env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
-def start_agent(broker: str, device: str, root: Path, pub: Path, logs: Path, *extra, golden: Path | None = None,
-                run_for: float = 200, env_extra: dict | None = None) -> subprocess.Popen:
+def start_agent(
+    broker: str,
+    device: str,
+    root: Path,
+    pub: Path,
+    logs: Path,
+    *extra,
+    golden: Path | None = None,
+    run_for: float = 200,
+    env_extra: dict | None = None,
+) -> subprocess.Popen:
     """`edgesdk agent` in a child process that exits by itself after RUN_FOR seconds."""
     logs.mkdir(parents=True, exist_ok=True)
-    args = cli_args("agent", "--broker", broker, "--device-id", device, "--group", GROUP, "--root", root,
-                    "--pubkey", pub, "--device", "cpu", "--heartbeat", "1", "--run-for", run_for, *extra,
-                    *(["--golden", golden] if golden else []))
+    args = cli_args(
+        "agent",
+        "--broker",
+        broker,
+        "--device-id",
+        device,
+        "--group",
+        GROUP,
+        "--root",
+        root,
+        "--pubkey",
+        pub,
+        "--device",
+        "cpu",
+        "--heartbeat",
+        "1",
+        "--run-for",
+        run_for,
+        *extra,
+        *(["--golden", golden] if golden else []),
+    )
     with open(logs / f"{device}.log", "ab") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env(**(env_extra or {})))
 
@@ -170,6 +218,7 @@ class FileServer:
         class Quiet(http.server.SimpleHTTPRequestHandler):
             def log_message(self, *args) -> None:
                 pass
+
         handler = functools.partial(Quiet, directory=str(folder))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

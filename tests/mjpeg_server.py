@@ -1,5 +1,6 @@
 """An MJPEG-over-HTTP camera on loopback (what many IP cameras serve), for live-source tests: frames
 from a video file, looped, at a fixed rate. stop() cuts every connection; start() brings it back."""
+
 from __future__ import annotations
 
 import socket
@@ -36,8 +37,13 @@ class MjpegCamera:
                 try:
                     while cam.alive.is_set():
                         jpg = cam.jpegs[i % len(cam.jpegs)]
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                         + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                            + str(len(jpg)).encode()
+                            + b"\r\n\r\n"
+                            + jpg
+                            + b"\r\n"
+                        )
                         i += 1
                         time.sleep(1 / cam.fps)
                 except OSError:
@@ -50,7 +56,7 @@ class MjpegCamera:
         return self
 
     def stop(self) -> None:
-        self.alive.clear()              # streaming handlers return, closing their connections
+        self.alive.clear()  # streaming handlers return, closing their connections
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

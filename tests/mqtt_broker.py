@@ -1,6 +1,7 @@
 """A real mosquitto broker on loopback for tests (Debian's `mosquitto`, installed by .ci/run), and a
 subscriber that records what it receives. Persistence is on and the subscriber's session is durable,
 so messages published while the subscriber reconnects after a broker restart wait for it."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ from pathlib import Path
 
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None)
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
+    )
 
 
 def free_port() -> int:
@@ -31,8 +33,10 @@ class Broker:
         self.conf = workdir / "mosquitto.conf"
         # As root, mosquitto drops to user "mosquitto", which cannot write the test's private folder.
         user = "user root\n" if os.geteuid() == 0 else ""
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {workdir}/\nlog_dest file {workdir}/mosquitto.log\n{user}")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {workdir}/\nlog_dest file {workdir}/mosquitto.log\n{user}"
+        )
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Broker":

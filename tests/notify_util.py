@@ -1,4 +1,5 @@
 """A stand-in for systemd's notification socket (tests of sd_notify in edgesdk/notify.py)."""
+
 from __future__ import annotations
 
 import socket

@@ -7,6 +7,7 @@ video file, looped, at rtsp://127.0.0.1:PORT/line. MPEG-4 part 2 (mp4v) in an .m
 
     python3 rtsp_server.py VIDEO.mp4 PORT        (prints "ready" when it listens)
 """
+
 from __future__ import annotations
 
 import select
@@ -15,9 +16,11 @@ import sys
 from pathlib import Path
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-PROBE = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
-         "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
-         "assert Gst.ElementFactory.find('qtdemux') and Gst.ElementFactory.find('rtpmp4vpay')")
+PROBE = (
+    "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
+    "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+    "assert Gst.ElementFactory.find('qtdemux') and Gst.ElementFactory.find('rtpmp4vpay')"
+)
 
 
 def available() -> str | None:
@@ -26,8 +29,10 @@ def available() -> str | None:
         return f"{SYSTEM_PYTHON} not found"
     r = subprocess.run([SYSTEM_PYTHON, "-c", PROBE], capture_output=True, text=True)
     if r.returncode:
-        return ("GStreamer's RTSP server is not installed (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 "
-                "gstreamer1.0-plugins-good): " + (r.stderr.strip().splitlines() or ["?"])[-1])
+        return (
+            "GStreamer's RTSP server is not installed (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 "
+            "gstreamer1.0-plugins-good): " + (r.stderr.strip().splitlines() or ["?"])[-1]
+        )
     return None
 
 
@@ -38,9 +43,13 @@ class RtspServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> "RtspServer":
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, __file__, str(self.video), str(self.port)],
-                                     # stderr is never read: a full pipe would stall the child
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, __file__, str(self.video), str(self.port)],
+            # stderr is never read: a full pipe would stall the child
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         # "ready" once it listens; a first GStreamer run may scan its plugins for a few seconds.
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
@@ -51,12 +60,13 @@ class RtspServer:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()                      # a cut: the stream vanishes mid-frame
+            self.proc.kill()  # a cut: the stream vanishes mid-frame
             self.proc.wait(10)
 
 
 def serve(video: str, port: int) -> None:
     import gi
+
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtspServer", "1.0")
     from gi.repository import GLib, Gst, GstRtspServer

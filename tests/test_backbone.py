@@ -4,7 +4,7 @@ import torch
 
 from edgesdk.zoo import backbones
 
-CAT_CLASSES = range(281, 286)   # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
 def test_imagenet_weights_are_real_a_cat_is_a_cat():
@@ -60,8 +60,15 @@ def test_resnets_have_torchvisions_parameters_and_names(name, tmp_path):
     net = backbones.build_backbone(name, None)
     assert sum(p.numel() for p in net.parameters()) == TORCHVISION_PARAMS[name]
     sd = net.state_dict()
-    assert {"conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
-            "layer4.1.bn2.weight", "fc.weight", "fc.bias"} <= set(sd)
+    assert {
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.bn2.weight",
+        "fc.weight",
+        "fc.bias",
+    } <= set(sd)
     # A torchvision-style checkpoint (no num_batches_tracked, as its older files) loads strictly.
     ckpt = tmp_path / f"{name}.pth"
     torch.save({k: v.clone() + 1 for k, v in sd.items() if not k.endswith("num_batches_tracked")}, ckpt)
@@ -85,8 +92,11 @@ def test_mismatched_checkpoint_lists_what_differs(tmp_path):
     bad["head.bias"] = torch.zeros(3)
     f = tmp_path / "bad.pth"
     torch.save(bad, f)
-    with pytest.raises(ValueError, match=r"bad\.pth: weights do not match resnet18: \d+ missing: layer4\.1\."
-                                         r".*1 unexpected: head\.bias; 1 wrong shape: fc\.weight: file \(10, 512\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"bad\.pth: weights do not match resnet18: \d+ missing: layer4\.1\."
+        r".*1 unexpected: head\.bias; 1 wrong shape: fc\.weight: file \(10, 512\)",
+    ):
         backbones.build_backbone("resnet18", str(f))
 
 
@@ -96,8 +106,14 @@ def test_models_train_on_a_user_backbone(tmp_path, tiny_data):
 
     ckpt = tmp_path / "resnet18.pth"
     torch.save(backbones.build_backbone("resnet18", None).state_dict(), ckpt)
-    run = train(tiny_data / "brick", tmp_path / "run", "patchcore", quiet=True, backbone_weights=str(ckpt),
-                config={"input_size": [64, 64], "backbone": "resnet18", "coreset_ratio": 0.05})
+    run = train(
+        tiny_data / "brick",
+        tmp_path / "run",
+        "patchcore",
+        quiet=True,
+        backbone_weights=str(ckpt),
+        config={"input_size": [64, 64], "backbone": "resnet18", "coreset_ratio": 0.05},
+    )
     net, meta = load_run(run)
     assert meta["config"]["backbone"] == "resnet18" and meta["backbone_weights"] == str(ckpt.resolve())
     assert net(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))[1].shape == (1, 64, 64)

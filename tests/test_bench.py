@@ -1,4 +1,5 @@
 """`edgesdk bench`: one table over bundles x backends x batches; rows that cannot run say why."""
+
 import json
 import math
 import shutil
@@ -11,8 +12,18 @@ import pytest
 from edgesdk.measure.benchmark import BenchOptions
 from edgesdk.measure.timing import harness_overhead_ms, timed_calls
 
-KEYS = {"backend", "precision", "status", "p50_ms", "p90_ms", "p99_ms", "fps", "cold_start_ms", "peak_rss_mb",
-        "image_auroc"}
+KEYS = {
+    "backend",
+    "precision",
+    "status",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "fps",
+    "cold_start_ms",
+    "peak_rss_mb",
+    "image_auroc",
+}
 
 
 def cli(*args):
@@ -21,8 +32,21 @@ def cli(*args):
 
 def test_bench_table_json_markdown_and_plot(zoo, tiny_data, tmp_path):
     bundles = [zoo["padim"][1], zoo["stfpm"][1]]
-    r = cli(*bundles, "--data", tiny_data / "brick", "--batch", "1,2", "--iters", "20", "--json", tmp_path / "b.json",
-            "--md", tmp_path / "b.md", "--plot", tmp_path / "b.png")
+    r = cli(
+        *bundles,
+        "--data",
+        tiny_data / "brick",
+        "--batch",
+        "1,2",
+        "--iters",
+        "20",
+        "--json",
+        tmp_path / "b.json",
+        "--md",
+        tmp_path / "b.md",
+        "--plot",
+        tmp_path / "b.png",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp_path / "b.json").read_text())
     assert set(out) >= {"rows", "provenance", "harness_overhead_ms"} and out["provenance"]["cores"] >= 1
@@ -32,13 +56,13 @@ def test_bench_table_json_markdown_and_plot(zoo, tiny_data, tmp_path):
     assert all(x["status"] == "ok" and 0 < x["p50_ms"] <= x["p90_ms"] <= x["p99_ms"] for x in ort)
     assert all(x["image_auroc"] > 0.85 and x["cold_start_ms"] > 0 and x["peak_rss_mb"] > 10 for x in ort)
     b2 = next(x for x in ort if x["batch"] == 2 and x["model"] == "padim")
-    assert abs(b2["fps"] - 2000 / b2["mean_ms"]) < 1e-6                    # throughput at the batch
+    assert abs(b2["fps"] - 2000 / b2["mean_ms"]) < 1e-6  # throughput at the batch
     torch_row = next(x for x in rows if x["backend"] == "torch" and x["batch"] == 1 and x["model"] == "padim")
     assert torch_row["vs_torch"] == 1.0 and next(x for x in ort if x["batch"] == 1)["vs_torch"] > 0
     trt = [x for x in rows if x["backend"] == "tensorrt"]
-    if not any(x["status"] == "ok" for x in trt):                          # no GPU here: a row, not a crash
+    if not any(x["status"] == "ok" for x in trt):  # no GPU here: a row, not a crash
         assert all(x["status"] == "unavailable" and x["reason"] and x["p50_ms"] is None for x in trt)
-        if _has("tensorrt_rtx"):                                          # the build is still reported
+        if _has("tensorrt_rtx"):  # the build is still reported
             assert all(x["engine_mb"] > 0.5 and x["engine_build_s"] > 0 for x in trt)
     md = (tmp_path / "b.md").read_text()
     # Rows name their bundle's folder: two bundles of one model and precision stay tellable apart.
@@ -62,8 +86,9 @@ def test_bad_input_is_a_clear_error_and_good_rows_are_kept(bundle, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
     (broken / "model.onnx").write_bytes(b"truncated")
-    r = cli(broken, bundle, "--backends", "onnxruntime", "--iters", "5", "--no-cold-start",
-            "--json", tmp_path / "o.json")
+    r = cli(
+        broken, bundle, "--backends", "onnxruntime", "--iters", "5", "--no-cold-start", "--json", tmp_path / "o.json"
+    )
     assert r.returncode == 1
     rows = json.loads((tmp_path / "o.json").read_text())["rows"]
     assert rows[0]["status"] == "error" and "broken/model.onnx" in rows[0]["reason"]
@@ -72,6 +97,7 @@ def test_bad_input_is_a_clear_error_and_good_rows_are_kept(bundle, tmp_path):
 
 def test_the_timing_loop_rotates_feeds_and_leaves_untimed_calls_out():
     """compare, the export gate, the bench rounds and time_runner all time through timed_calls."""
+
     class Recorder:
         def __init__(self):
             self.seen = []
@@ -117,14 +143,24 @@ def test_peak_rss_is_the_cold_start_process_alone(bundle):
 
     from edgesdk.measure.benchmark import cold_start
 
-    big = np.ones(100_000_000)          # 800 MB resident in this (parent) process
+    big = np.ones(100_000_000)  # 800 MB resident in this (parent) process
     ms, mb = cold_start("onnxruntime", bundle, "")
     assert big[-1] == 1 and ms > 0 and 20 < mb < 600
 
 
 def test_e2e_adds_the_pipeline_row_beside_the_model_only_row(bundle, tiny_data, tmp_path):
-    r = cli(bundle, "--backends", "onnxruntime", "--iters", "20", "--no-cold-start",
-            "--e2e", f"file://{tiny_data / 'conveyor_brick.mkv'}", "--json", tmp_path / "e.json")
+    r = cli(
+        bundle,
+        "--backends",
+        "onnxruntime",
+        "--iters",
+        "20",
+        "--no-cold-start",
+        "--e2e",
+        f"file://{tiny_data / 'conveyor_brick.mkv'}",
+        "--json",
+        tmp_path / "e.json",
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
     model, pipe = rows

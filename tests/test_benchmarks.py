@@ -1,4 +1,5 @@
 """Benchmark scripts run end to end on the tiny data set (their numbers are for the README, not here)."""
+
 import json
 import subprocess
 import sys
@@ -11,17 +12,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_line_calibration_benchmark_reports_before_and_after(bundle, tiny_data, tmp_path):
     out = tmp_path / "line.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/line_calibration.py"), str(bundle),
-                        "--data", str(tiny_data / "brick"), "--frames", "30", "--json", str(out),
-                        "--throughput-frames", "30", "--rounds", "3"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/line_calibration.py"),
+            str(bundle),
+            "--data",
+            str(tiny_data / "brick"),
+            "--frames",
+            "30",
+            "--json",
+            str(out),
+            "--throughput-frames",
+            "30",
+            "--rounds",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     row = json.loads(out.read_text())["rows"][0]
     assert row["line_frames"] == 18 and row["defect_frames"] == 12 and "recall after" in r.stdout
     # The threshold is the good clip's mean + 3 std, and a higher threshold can only flag fewer frames.
     assert row["threshold_after"] == pytest.approx(row["good_clip_mean_z"] + 3 * row["good_clip_std_z"], rel=1e-6)
     up = row["threshold_after"] >= row["threshold_before"]
-    assert (row["false_alarms_after"] <= row["false_alarms_before"]) if up else (row["recall_after"] >= row["recall_before"])
+    assert (
+        (row["false_alarms_after"] <= row["false_alarms_before"])
+        if up
+        else (row["recall_after"] >= row["recall_before"])
+    )
     # Throughput: per round, model-only in both modes and the loop in each; a loop's share is its
     # median ratio to the faster model-only mode of the same round.
     m1, m2 = row["rounds_model_only_fps_s1"], row["rounds_model_only_fps_s2"]
@@ -34,9 +55,25 @@ def test_line_calibration_benchmark_reports_before_and_after(bundle, tiny_data, 
 
 
 def test_soak_reports_flat_memory_fields(bundle, tiny_data, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edgesdk", "soak", str(bundle), "--source",
-                        f"{tiny_data / 'conveyor_brick.mkv'}?loop=1", "--frames", "400", "--out-json",
-                        str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesdk",
+            "soak",
+            str(bundle),
+            "--source",
+            f"{tiny_data / 'conveyor_brick.mkv'}?loop=1",
+            "--frames",
+            "400",
+            "--out-json",
+            str(tmp_path / "s.json"),
+            "--plot",
+            str(tmp_path / "s.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["frames"] == 400 and len(s["samples"]) == 2 and (tmp_path / "s.png").stat().st_size > 1000

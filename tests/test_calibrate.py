@@ -1,5 +1,6 @@
 """`edgesdk calibrate`: the threshold re-derived on known-good frames of the line's own source (an
 mp4v clip, a codec the training PNGs never saw), into a new verified bundle; the original intact."""
+
 import json
 
 import cv2
@@ -32,8 +33,8 @@ def test_calibrate_writes_a_new_bundle_with_the_lines_own_threshold(bundle, good
     before = (bundle / "manifest.json").read_bytes()
     out = tmp_path / "calibrated"
     st = calibrate(bundle, str(good_mp4), out, frames=40, progress=False)
-    assert (bundle / "manifest.json").read_bytes() == before          # the original stays as exported
-    b = Bundle.open(out)                                               # every file hash verified
+    assert (bundle / "manifest.json").read_bytes() == before  # the original stays as exported
+    b = Bundle.open(out)  # every file hash verified
     thr = b.manifest.threshold
     assert thr.source == "line_good_k_sigma" and thr.value == st["threshold"]
     assert b.manifest.provenance["line_calibration"]["source"] == str(good_mp4)
@@ -46,8 +47,8 @@ def test_calibrate_writes_a_new_bundle_with_the_lines_own_threshold(bundle, good
     assert len(z) == st["frames"] == 40
     assert thr.value == pytest.approx(z.mean() + st["k_sigma"] * z.std(ddof=1), rel=1e-5)
     assert st["flagged_at_new_threshold"] == int((z > thr.value).sum()) <= 2
-    assert st["suspect_frames"] == 0                                   # a clean clip raises no alarm
-    with Detector(out) as det:                                         # the runtime uses the new value
+    assert st["suspect_frames"] == 0  # a clean clip raises no alarm
+    with Detector(out) as det:  # the runtime uses the new value
         assert det.threshold == thr.value
 
 
@@ -64,8 +65,9 @@ def test_calibrate_refuses_too_few_frames_and_overwriting_the_original(bundle, t
 
 def test_calibrate_cli_runs_on_the_device_without_torch(bundle, good_mp4, tmp_path):
     code = "from edgesdk.cli import main; sys.exit(main(sys.argv[1:]))"
-    r = run_without_torch(code, "calibrate", bundle, "--source", good_mp4, "--frames", 40,
-                          "--out", tmp_path / "cal", "--json")
+    r = run_without_torch(
+        code, "calibrate", bundle, "--source", good_mp4, "--frames", 40, "--out", tmp_path / "cal", "--json"
+    )
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert st["frames"] == 40 and Bundle.open(tmp_path / "cal").threshold == pytest.approx(st["threshold"])
@@ -81,7 +83,7 @@ def test_calibrate_warns_when_the_good_clip_holds_defects(bundle, tiny_data, tmp
     st = calibrate(bundle, str(clip), tmp_path / "c", frames=len(seq), progress=False)
     defect_at = {i for i, p in enumerate(seq) if p in bad}
     assert st["suspect_frames"] == len(st["suspect_frame_indices"]) >= 2
-    assert set(st["suspect_frame_indices"]) <= defect_at                 # never a good frame
+    assert set(st["suspect_frame_indices"]) <= defect_at  # never a good frame
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(f"{st['suspect_frames']} of {len(seq)} frames" in w and "look like defects" in w for w in warned)
     assert Bundle.open(tmp_path / "c").manifest.threshold.detail["suspect_frames"] == st["suspect_frames"]
@@ -93,8 +95,23 @@ def test_calibrate_refuses_a_non_finite_or_negative_k_sigma(bundle, good_mp4, tm
 
     with pytest.raises(ValueError, match="--k-sigma"):
         calibrate(bundle, str(good_mp4), tmp_path / "c", frames=40, k_sigma=float(k), progress=False)
-    assert main(["calibrate", str(bundle), "--source", str(good_mp4), "--frames", "40", "--out",
-                 str(tmp_path / "c"), "--k-sigma", k]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                str(bundle),
+                "--source",
+                str(good_mp4),
+                "--frames",
+                "40",
+                "--out",
+                str(tmp_path / "c"),
+                "--k-sigma",
+                k,
+            ]
+        )
+        == 2
+    )
     assert "--k-sigma" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 

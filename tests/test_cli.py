@@ -1,5 +1,6 @@
 """The command line as a package (edgesdk/cli/): the three ways to start it, the global flags, and the
 rules its commands delegate to the library (here: verify's)."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,14 @@ def test_quiet_and_verbose_after_the_command_too(capsys):
     assert p.parse_args(["pack", "b", "--key", "k", "--version", "1", "--out", "o"]).verbose is False
 
 
-@pytest.mark.parametrize("tolerance, message", [(-0.1, "a score difference >= 0"),
-                                                (float("nan"), "must be a finite number"),
-                                                (float("inf"), "must be a finite number")])
+@pytest.mark.parametrize(
+    "tolerance, message",
+    [
+        (-0.1, "a score difference >= 0"),
+        (float("nan"), "must be a finite number"),
+        (float("inf"), "must be a finite number"),
+    ],
+)
 def test_verify_engine_refuses_a_tolerance_that_would_decide_for_every_engine(bundle, tolerance, message):
     """inf would pass every engine and nan none; both are refused before any engine is opened."""
     from edgesdk.measure.compare import default_tolerance, verify_engine

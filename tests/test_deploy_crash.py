@@ -1,6 +1,7 @@
 """Crash safety: `edgesdk install` (the real CLI, a child process) is killed with SIGKILL at every step
 of the install state machine (EDGESDK_FAULT_AT); `current` must always name a complete slot that
 verifies, and the next status and install must work and clean up what the killed one left."""
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def test_killed_at_any_step_current_stays_complete_and_the_next_install_recovers
     cur = root / os.readlink(root / "current")
     switched = STEPS.index(step) > STEPS.index("current")
     assert (cur.name != old) == switched, (step, cur.name)
-    assert verify_slot(cur, pub) == "" and Bundle.open(cur / "bundle")     # complete, signed, intact
+    assert verify_slot(cur, pub) == "" and Bundle.open(cur / "bundle")  # complete, signed, intact
     st = status(root)
     assert st["current"] == cur.name and all(s["verifies"] for s in st["slots"] if s["current"] or s["previous"])
 

@@ -1,5 +1,6 @@
 """Prebuilt engines travel in the package and are adopted only where their sidecar matches the device
 and its TensorRT (here TensorRT for RTX, whose builder runs without a GPU)."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,13 @@ def test_a_packaged_engine_is_adopted_on_its_device_and_ignored_elsewhere(bundle
     with pytest.raises(ValueError, match="no engine built from this bundle for orin-nx"):
         pack(b, keypair[0], tmp_path / "x.tgz", PackOptions(version="1.0.0", devices=("orin-nx",), engines=True))
     r = pack(b, keypair[0], tmp_path / "p.tgz", PackOptions(version="1.0.0", devices=("rtx", "cpu"), engines=True))
-    assert r["manifest"]["engines"] == [{"plan": f"engines/{built.plan.name}",
-                                         "sidecar": f"engines/{built.plan.with_suffix('.json').name}",
-                                         "device": "rtx"}]
+    assert r["manifest"]["engines"] == [
+        {
+            "plan": f"engines/{built.plan.name}",
+            "sidecar": f"engines/{built.plan.with_suffix('.json').name}",
+            "device": "rtx",
+        }
+    ]
     # On a cpu device the plan is carried but not adopted: ONNX Runtime runs the model.
     rep = install(r["package"], keypair[1], tmp_path / "cpu", InstallOptions(device="cpu"))
     assert rep.ok and rep.steps[6]["detail"].startswith("none: cpu runs ONNX Runtime")
@@ -39,5 +44,5 @@ def test_a_packaged_engine_is_adopted_on_its_device_and_ignored_elsewhere(bundle
     assert health["backend"] == "tensorrt" and health["engine"] == built.plan.name
     if current_gpu():
         assert rep.ok, rep.health["why"]
-    else:        # the engine cannot run without a GPU: the install fails its health check, saying why
+    else:  # the engine cannot run without a GPU: the install fails its health check, saying why
         assert not rep.ok and rep.health["why"].startswith("runtime:") and not (tmp_path / "rtx" / "current").exists()

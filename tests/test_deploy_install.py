@@ -1,4 +1,5 @@
 """install / rollback / status / gc / stage on real folders, with real ONNX Runtime health checks."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,20 @@ def test_install_upgrade_rollback_and_status(pkgs, keypair, tmp_path):
     r = cli("install", pkgs["1.0.0"], "--pubkey", pub, "--root", root, "--json", check=True)
     rep = json.loads(r.stdout)
     assert rep["status"] == "installed" and rep["device"] == "cpu" and rep["health"]["passed"]
-    assert [s["step"] for s in rep["steps"]] == ["verify", "lock", "extract", "fsync", "rename", "runtime", "engine",
-                                                  "health", "previous", "current", "history", "gc"]
+    assert [s["step"] for s in rep["steps"]] == [
+        "verify",
+        "lock",
+        "extract",
+        "fsync",
+        "rename",
+        "runtime",
+        "engine",
+        "health",
+        "previous",
+        "current",
+        "history",
+        "gc",
+    ]
     assert rep["steps"][5]["detail"] == "the package carries no runtime"
     v1 = root / current(root)
     assert current(root) == f"slots/{rep['slot']}" and not verify_slot(v1, keys.load_public(pub))
@@ -39,7 +52,7 @@ def test_install_upgrade_rollback_and_status(pkgs, keypair, tmp_path):
 
     r = cli("rollback", "--root", root, "--json", check=True)
     assert json.loads(r.stdout)["current"] == v1.name and current(root) == f"slots/{v1.name}"
-    assert os.readlink(root / "previous") == f"slots/{rep2.slot}"       # a second rollback goes forward again
+    assert os.readlink(root / "previous") == f"slots/{rep2.slot}"  # a second rollback goes forward again
     st = json.loads(cli("status", "--root", root, "--json", check=True).stdout)
     assert st["current"] == v1.name and st["previous"] == rep2.slot and st["leftovers"] == []
     assert [h["event"] for h in st["history"]] == ["install", "install", "rollback"]
@@ -79,7 +92,7 @@ def test_gc_keeps_n_slots_never_current_or_previous(bundle, pkgs, keypair, tmp_p
     extra = pack(bundle, keypair[0], tmp_path / "p3.tgz", PackOptions(version="3.0.0"))["package"]
     v1, v11, v2 = (install(pkgs[v], pub, root, InstallOptions(keep=3)).slot for v in ("1.0.0", "1.1.0", "2.0.0"))
     assert sorted(p.name for p in (root / "slots").iterdir()) == sorted([v1, v11, v2])
-    rollback(root)                                          # current 1.1.0, previous 2.0.0: 1.0.0 is the oldest
+    rollback(root)  # current 1.1.0, previous 2.0.0: 1.0.0 is the oldest
     rep = install(extra, pub, root, InstallOptions(keep=3))  # current 3.0.0, previous 1.1.0
     assert rep.removed == [v1] and (root / "slots" / v2).is_dir()
     rep = install(pkgs["2.0.0"], pub, root, InstallOptions(keep=1, allow_downgrade=True))
@@ -95,7 +108,7 @@ def test_rollback_refuses_without_previous_or_when_previous_fails_verification(p
     assert r.returncode == 2 and "no previous slot" in r.stderr
     install(pkgs["1.1.0"], pub, root)
     prev = root / os.readlink(root / "previous")
-    with open(prev / "bundle" / "model.onnx", "r+b") as f:      # bit rot in the old slot
+    with open(prev / "bundle" / "model.onnx", "r+b") as f:  # bit rot in the old slot
         f.seek(100)
         b = f.read(1)
         f.seek(100)
@@ -128,14 +141,19 @@ def grass_bundle(tmp_path_factory):
     from edgesdk.train import train
 
     root = tmp_path_factory.mktemp("grass")
-    synth_dataset(root / "data", ["grass"], SynthConfig(size=128, n_train=30, n_test_good=2, n_test_per_defect=1,
-                                                       seed=1), video=False)
+    synth_dataset(
+        root / "data",
+        ["grass"],
+        SynthConfig(size=128, n_train=30, n_test_good=2, n_test_per_defect=1, seed=1),
+        video=False,
+    )
     run = train(root / "data" / "grass", root / "run", config={"input_size": [128, 128]}, quiet=True)
     return export_onnx(run, root / "bundle")
 
 
 def test_the_wrong_model_fails_the_golden_health_check_and_the_old_one_stays(
-        bundle, grass_bundle, tiny_data, keypair, pkgs, tmp_path):
+    bundle, grass_bundle, tiny_data, keypair, pkgs, tmp_path
+):
     root, pub = tmp_path / "root", keypair[1]
     golden = golden_set(bundle, tiny_data / "brick", tmp_path / "golden")
     # The brick model packed with this line's golden set passes it on the device too.
@@ -154,7 +172,7 @@ def test_the_wrong_model_fails_the_golden_health_check_and_the_old_one_stays(
     assert out["status"] == "failed" and "must pass" in out["health"]["why"]
     assert current(root) == f"slots/{rep.slot}"
     failed = root / "slots" / out["slot"]
-    assert json.loads((failed / "health.json").read_text())["passed"] is False     # kept for inspection
+    assert json.loads((failed / "health.json").read_text())["passed"] is False  # kept for inspection
 
 
 def test_stage_makes_the_same_slot_tree_as_install(pkgs, keypair, tmp_path):
@@ -170,6 +188,7 @@ def test_stage_makes_the_same_slot_tree_as_install(pkgs, keypair, tmp_path):
 
     def tree(root):
         return {k: v for k, v in snapshot(root / "slots").items() if not k.endswith("health.json")}
+
     assert tree(opt) == tree(tmp_path / "device")
     assert (rootfs / "etc/edgesdk/edgesdk.pub").read_text() == (tmp_path / "device/edgesdk.pub").read_text()
     assert 'root = "/opt/edgesdk"' in (rootfs / "etc/edgesdk/config.toml").read_text()
@@ -185,9 +204,9 @@ def test_stage_makes_the_same_slot_tree_as_install(pkgs, keypair, tmp_path):
 def test_a_damaged_current_slot_does_not_block_the_install_that_replaces_it(pkgs, keypair, tmp_path):
     root, pub = tmp_path / "root", keypair[1]
     old = install(pkgs["1.1.0"], pub, root).slot
-    (root / "slots" / old / "package.json").write_text("{")              # bit rot in the running slot
+    (root / "slots" / old / "package.json").write_text("{")  # bit rot in the running slot
     assert not status(root)["slots"][0]["verifies"]
     rep = install(pkgs["2.0.0"], pub, root)
     assert rep.ok and current(root) == f"slots/{rep.slot}" and rep.previous == old
-    with pytest.raises(InstallError, match="fails verification"):       # nor is it a rollback target
+    with pytest.raises(InstallError, match="fails verification"):  # nor is it a rollback target
         rollback(root)

@@ -1,5 +1,6 @@
 """Signing keys and minisign-format signatures: the files keygen writes, passphrases, and that the real
 `minisign` tool and our verifier accept each other's signatures and reject tampered ones."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,8 +13,9 @@ from deploy_util import cli
 from edgesdk.deploy import keys
 
 minisign = shutil.which("minisign")
-needs_minisign = pytest.mark.skipif(minisign is None, reason="the minisign tool is not installed "
-                                                                   "(apt install minisign)")
+needs_minisign = pytest.mark.skipif(
+    minisign is None, reason="the minisign tool is not installed (apt install minisign)"
+)
 
 
 def test_keygen_writes_a_private_key_only_we_can_read_and_refuses_to_overwrite(tmp_path):
@@ -23,7 +25,7 @@ def test_keygen_writes_a_private_key_only_we_can_read_and_refuses_to_overwrite(t
     lines = pub.read_text().splitlines()
     assert lines[0].startswith("untrusted comment: minisign public key ") and lines[1].startswith("RW")
     before = key.read_bytes(), pub.read_bytes()
-    pub.unlink()            # either file existing is enough to refuse
+    pub.unlink()  # either file existing is enough to refuse
     (tmp_path / keys.PUB_FILE).write_text("mine")
     with pytest.raises(keys.KeyFileError, match="refusing to overwrite"):
         keys.keygen(tmp_path)

@@ -1,6 +1,7 @@
 """The deployment side runs where torch is not installed: every edgesdk.deploy module imports, and
 keygen / pack / install / status / rollback run through the CLI, with torch (and the export-only
 packages) blocked as tests/test_device_no_torch.py blocks them."""
+
 import json
 import pkgutil
 import subprocess
@@ -20,14 +21,18 @@ MODULES = sorted(f"edgesdk.deploy.{m.name}" for m in pkgutil.iter_modules(edgesd
 
 
 def run(code: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKED + code, *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED + code, *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def test_every_deploy_module_imports_without_torch():
-    assert {"edgesdk.deploy.keys", "edgesdk.deploy.slots", "edgesdk.deploy.commands"} <= set(MODULES)
-    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in MODULES) + \
-        "print(sys.modules.get('torch'))"
+    assert {"edgesdk.deploy.keys", "edgesdk.deploy.slots", "edgesdk.deploy.stage"} <= set(MODULES)
+    code = (
+        "import importlib\n"
+        + "".join(f"importlib.import_module({m!r})\n" for m in [*MODULES, "edgesdk.cli.deploy"])
+        + "print(sys.modules.get('torch'))"
+    )
     r = run(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "None"

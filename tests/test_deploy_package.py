@@ -1,5 +1,6 @@
 """Packages: pack and inspect, minisign verifies the manifest, and every altered, foreign or unsafe
 archive is refused by install with nothing under the root changed (full tree snapshot)."""
+
 from __future__ import annotations
 
 import json
@@ -59,6 +60,22 @@ def test_inspect_without_a_key_says_the_signature_was_not_checked(pkgs):
     assert "NOT VERIFIED: signature not checked" in r.stdout
 
 
+def test_pack_refuses_runtime_wheel_options_without_a_runtime(bundle, keypair, tmp_path):
+    """find_links and no_index only steer the runtime's pip download: pack() refuses them without a
+    runtime, from Python as from the command line, and writes nothing."""
+    from edgesdk.deploy.package import PackOptions, pack
+    from edgesdk.errors import OptionError
+
+    out = tmp_path / "brick.tgz"
+    for opts in (
+        PackOptions(version="1.0.0", find_links=(str(tmp_path),)),
+        PackOptions(version="1.0.0", no_index=True),
+    ):
+        with pytest.raises(OptionError, match="--find-links and --no-index are for the runtime's wheels"):
+            pack(bundle, keypair[0], out, opts)
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("where", [0.1, 0.3, 0.5, 0.7, 0.9, "crc", "isize"])
 def test_a_flipped_byte_anywhere_is_refused(pkgs, keypair, installed, tmp_path, where):
     data = bytearray(pkgs["2.0.0"].read_bytes())
@@ -85,24 +102,27 @@ def _manifest(members):
 
 def test_altered_manifest_signature_or_member_is_refused(pkgs, keypair, other_keypair, installed, tmp_path):
     pub = keypair[1]
-    m = lambda ms: _manifest(ms)                          # noqa: E731
-    dump = lambda d: (json.dumps(d, indent=2) + "\n").encode()   # noqa: E731
+    m = lambda ms: _manifest(ms)  # noqa: E731
+    dump = lambda d: (json.dumps(d, indent=2) + "\n").encode()  # noqa: E731
 
     def manifest_edit(ms):
         d = m(ms)
         d["devices"] = ["cpu"]
         return _replace(ms, "package.json", dump(d))
+
     refused(_variant(pkgs, tmp_path, manifest_edit), pub, installed, "signature does not match")
 
     def sig_edit(ms):
         lines = ms[1][1].decode().splitlines()
         lines[1] = lines[1][:20] + ("A" if lines[1][20] != "A" else "B") + lines[1][21:]
         return _replace(ms, "package.json.minisig", ("\n".join(lines) + "\n").encode())
+
     refused(_variant(pkgs, tmp_path, sig_edit), pub, installed, "package.json.minisig")
 
     def member_edit(ms):
         model = dict((ti.name, d) for ti, d in ms)["bundle/model.onnx"]
         return _replace(ms, "bundle/model.onnx", model[:-1] + bytes([model[-1] ^ 1]))
+
     refused(_variant(pkgs, tmp_path, member_edit), pub, installed, "bundle/model.onnx.*sha256")
 
     def member_and_manifest_edit(ms):
@@ -110,18 +130,28 @@ def test_altered_manifest_signature_or_member_is_refused(pkgs, keypair, other_ke
         d["members"]["bundle/parity.json"]["bytes"] += 1
         parity = dict((t.name, x) for t, x in ms)["bundle/parity.json"]
         return _replace(_replace(ms, "bundle/parity.json", parity + b" "), "package.json", dump(d))
+
     refused(_variant(pkgs, tmp_path, member_and_manifest_edit), pub, installed, "signature does not match")
 
     def resigned_by_other(ms):
         return _replace(ms, "package.json.minisig", sign_manifest(ms[0][1], other_keypair[0]))
+
     refused(_variant(pkgs, tmp_path, resigned_by_other), pub, installed, "signed by another key")
     r = cli("install", pkgs["2.0.0"], "--pubkey", other_keypair[1], "--root", installed)
     assert r.returncode == 2 and str(pkgs["2.0.0"]) in r.stderr and "signed by another key" in r.stderr
 
-    refused(_variant(pkgs, tmp_path, lambda ms: [x for x in ms if x[0].name != "bundle/parity.json"]), pub, installed,
-            "missing from the archive.*bundle/parity.json")
-    refused(_variant(pkgs, tmp_path, lambda ms: ms + [info("bundle/extra.txt", b"hi")]), pub, installed,
-            "'bundle/extra.txt' is not listed")
+    refused(
+        _variant(pkgs, tmp_path, lambda ms: [x for x in ms if x[0].name != "bundle/parity.json"]),
+        pub,
+        installed,
+        "missing from the archive.*bundle/parity.json",
+    )
+    refused(
+        _variant(pkgs, tmp_path, lambda ms: ms + [info("bundle/extra.txt", b"hi")]),
+        pub,
+        installed,
+        "'bundle/extra.txt' is not listed",
+    )
     refused(_variant(pkgs, tmp_path, lambda ms: ms + [ms[3]]), pub, installed, "appears twice")
     refused(_variant(pkgs, tmp_path, lambda ms: [ms[1], ms[0]] + ms[2:]), pub, installed, "must come first")
     r = cli("inspect", _variant(pkgs, tmp_path, member_edit), "--pubkey", pub, check=True)
@@ -156,6 +186,7 @@ def test_a_signed_manifest_cannot_name_an_unsafe_path(pkgs, keypair, installed, 
         d["members"]["../../evil"] = {"sha256": "0" * 64, "bytes": 1}
         meta = (json.dumps(d) + "\n").encode()
         return [info("package.json", meta), info("package.json.minisig", sign_manifest(meta, keypair[0]))] + ms[2:]
+
     refused(_variant(pkgs, tmp_path, edit), keypair[1], installed, "climbs out")
 
 
@@ -166,17 +197,23 @@ def test_oversize_members_and_too_many_members_are_refused(pkgs, keypair, instal
     huge[0].size = 3 << 30
     refused(_variant(pkgs, tmp_path, lambda ms: ms[:2] + [huge]), pub, installed, "over the member limit")
 
-    def signed_huge(ms):      # the signed manifest itself promises more than a device accepts
+    def signed_huge(ms):  # the signed manifest itself promises more than a device accepts
         d = _manifest(ms)
         d["members"]["bundle/model.onnx"]["bytes"] = 3 << 30
         meta = (json.dumps(d) + "\n").encode()
         return [info("package.json", meta), info("package.json.minisig", sign_manifest(meta, keypair[0]))] + ms[2:]
+
     refused(_variant(pkgs, tmp_path, signed_huge), pub, installed, "over the member limit")
     refused(pkgs["2.0.0"], pub, installed, "over the (member|package) limit", Limits(member_bytes=1 << 20))
     refused(pkgs["2.0.0"], pub, installed, "lists 4 members, over the limit of 3", Limits(members=3))
-    dirs = [info(f"d{i}", type_=tarfile.DIRTYPE) for i in range(4)]        # not in the manifest, still counted
-    refused(_variant(pkgs, tmp_path, lambda ms: ms[:2] + dirs + ms[2:]), pub, installed, "more than 5 members",
-            Limits(members=5))
+    dirs = [info(f"d{i}", type_=tarfile.DIRTYPE) for i in range(4)]  # not in the manifest, still counted
+    refused(
+        _variant(pkgs, tmp_path, lambda ms: ms[:2] + dirs + ms[2:]),
+        pub,
+        installed,
+        "more than 5 members",
+        Limits(members=5),
+    )
     refused(pkgs["2.0.0"], pub, installed, "over the package limit", Limits(total_bytes=1 << 20))
     big_pax = info("bundle/model.onnx")
     big_pax[0].pax_headers = {"comment": "x" * (1 << 17)}

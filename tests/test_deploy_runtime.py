@@ -3,6 +3,7 @@
 checks it scores the parity frames, and `current/runtime/venv` switches and rolls back with the model;
 bootstrap.py killed at each of its steps leaves no half venv behind `venv` and the next run completes.
 Wheels come from a cache outside the clone (tests/runtime_util.py), downloaded once."""
+
 from __future__ import annotations
 
 import json
@@ -16,33 +17,37 @@ from pathlib import Path
 import pytest
 
 from deploy_util import cli, keypair, pkgs, snapshot  # noqa: F401
-from edgesdk.deploy import runtime
+from edgesdk.deploy import runtime, wheels
 from edgesdk.deploy.slots import FAULT_ENV, InstallError, InstallOptions, install, rollback, status
 from runtime_util import pack_with_runtime
 
 OFFLINE = {"PIP_NO_INDEX": "1", "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
 
 
-def this_target() -> runtime.Target:
+def this_target() -> wheels.Target:
     libc, ver = platform.libc_ver()
     assert libc == "glibc", f"these tests need a glibc Linux, not {libc!r}"
     major, minor = ver.split(".")[:2]
-    return runtime.target(platforms=(f"manylinux_{major}_{minor}_{platform.machine()}",),
-                          python=f"{sys.version_info[0]}.{sys.version_info[1]}")
+    return wheels.target(
+        platforms=(f"manylinux_{major}_{minor}_{platform.machine()}",),
+        python=f"{sys.version_info[0]}.{sys.version_info[1]}",
+    )
 
 
 @pytest.fixture(scope="module")
 def rt_pkgs(bundle, keypair, tmp_path_factory):
     """The brick bundle with this machine's runtime, as versions 1.0.0 and 2.0.0."""
     out = tmp_path_factory.mktemp("rt_pkgs")
-    return {v: pack_with_runtime(bundle, keypair[0], out / f"brick-{v}.tgz", v, this_target())
-            for v in ("1.0.0", "2.0.0")}
+    return {
+        v: pack_with_runtime(bundle, keypair[0], out / f"brick-{v}.tgz", v, this_target()) for v in ("1.0.0", "2.0.0")
+    }
 
 
 def run(*cmd, env=None, **kw) -> subprocess.CompletedProcess:
     """A child process with a bare environment: no PYTHONPATH (the venv must stand alone), no index."""
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env={**OFFLINE, **(env or {})},
-                          cwd="/", **kw)
+    return subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, env={**OFFLINE, **(env or {})}, cwd="/", **kw
+    )
 
 
 def venv_of(root: Path) -> Path:
@@ -57,7 +62,7 @@ def test_pack_records_the_runtime_and_signs_every_wheel(rt_pkgs, bundle):
     names = {Path(w).name.split("-")[0].lower() for w in rt["wheels"]}
     assert {"edgesdk", "numpy", "onnxruntime", "opencv_python_headless", "cryptography", "pip"} <= names
     assert all(w in m["members"] for w in rt["wheels"]) and "runtime/bootstrap.py" in m["members"]
-    assert r["bytes"] > r["runtime"]["bytes"] * 0.9          # the wheels are in the archive
+    assert r["bytes"] > r["runtime"]["bytes"] * 0.9  # the wheels are in the archive
     # The edgesdk wheel is this source, built the same way twice: the same bytes, the same sha256.
     assert m["members"][rt["edgesdk"]]["sha256"] == rt_pkgs["2.0.0"]["manifest"]["members"][rt["edgesdk"]]["sha256"]
 
@@ -94,7 +99,8 @@ def test_install_builds_the_venv_offline_and_it_runs_the_model(rt_pkgs, keypair,
 
 
 def test_a_killed_bootstrap_never_leaves_a_half_venv_and_the_runtime_rolls_back_with_the_model(
-        rt_pkgs, keypair, tmp_path):
+    rt_pkgs, keypair, tmp_path
+):
     root, pub = tmp_path / "root", keypair[1]
     # The model only (a staged image's state before its first boot): wheels and bootstrap.py, no venv.
     rep = install(rt_pkgs["1.0.0"]["package"], pub, root, InstallOptions(runtime=False))
@@ -104,8 +110,12 @@ def test_a_killed_bootstrap_never_leaves_a_half_venv_and_the_runtime_rolls_back_
     boot = root / "current" / "runtime" / "bootstrap.py"
     # Killed as each of its steps begins, one after the other; each run first removes the half venv
     # the run before it left (after runtime-pip: an empty venv; after runtime-marker: installed, unmarked).
-    for step, leftover in (("runtime-venv", False), ("runtime-pip", False), ("runtime-marker", True),
-                           ("runtime-link", True)):
+    for step, leftover in (
+        ("runtime-venv", False),
+        ("runtime-pip", False),
+        ("runtime-marker", True),
+        ("runtime-link", True),
+    ):
         r = run(sys.executable, boot, env={FAULT_ENV: step})
         assert r.returncode == -signal.SIGKILL, (step, r.returncode, r.stderr)
         assert ("removed venv-" in r.stdout) == leftover, (step, r.stdout)
@@ -115,8 +125,11 @@ def test_a_killed_bootstrap_never_leaves_a_half_venv_and_the_runtime_rolls_back_
     # Killed after the marker: the venv is complete, only the link is missing; the next run adopts it.
     r = run(sys.executable, boot)
     assert r.returncode == 0 and "completing venv-" in r.stdout.replace(str(rtdir) + "/", ""), r.stdout + r.stderr
-    assert runtime.state(rtdir.parent) == "ready" and [p.name for p in rtdir.glob("venv-*")] == \
-        [os.readlink(rtdir / "venv")] and not list(rtdir.glob(".*"))
+    assert (
+        runtime.state(rtdir.parent) == "ready"
+        and [p.name for p in rtdir.glob("venv-*")] == [os.readlink(rtdir / "venv")]
+        and not list(rtdir.glob(".*"))
+    )
     v1_venv = venv_of(root)
     assert run(root / "current/runtime/venv/bin/edgesdk", "--help").returncode == 0
 
@@ -158,12 +171,14 @@ def test_the_runtime_description_is_checked_like_every_other_field(rt_pkgs, pkgs
     from edgesdk.spec import SpecError
 
     good = rt_pkgs["1.0.0"]["manifest"]
-    for change, msg in ((lambda rt: rt["wheels"].append("runtime/wheels/evil-1.0-py3-none-any.whl"), "runtime.wheels"),
-                        (lambda rt: rt.update(wheels=["../../etc/x.whl"]), "runtime.wheels"),
-                        (lambda rt: rt.update(pip="runtime/bootstrap.py"), "runtime.pip"),
-                        (lambda rt: rt.update(python="3"), "runtime.python"),
-                        (lambda rt: rt.update(machine="aarch64"), "runtime.platforms"),
-                        (lambda rt: rt.update(bootstrap="bundle/manifest.json"), "runtime.bootstrap")):
+    for change, msg in (
+        (lambda rt: rt["wheels"].append("runtime/wheels/evil-1.0-py3-none-any.whl"), "runtime.wheels"),
+        (lambda rt: rt.update(wheels=["../../etc/x.whl"]), "runtime.wheels"),
+        (lambda rt: rt.update(pip="runtime/bootstrap.py"), "runtime.pip"),
+        (lambda rt: rt.update(python="3"), "runtime.python"),
+        (lambda rt: rt.update(machine="aarch64"), "runtime.platforms"),
+        (lambda rt: rt.update(bootstrap="bundle/manifest.json"), "runtime.bootstrap"),
+    ):
         d = json.loads(json.dumps(good))
         change(d["runtime"])
         with pytest.raises(SpecError, match=msg):
@@ -173,17 +188,21 @@ def test_the_runtime_description_is_checked_like_every_other_field(rt_pkgs, pkgs
 
 
 def test_runtime_flags_and_device_profiles(keypair, bundle, tmp_path):
-    t = runtime.target("orin-nx")
+    t = wheels.target("orin-nx")
     assert (t.python, t.machine, t.system_site_packages) == ("3.10", "aarch64", True)
-    assert "manylinux2014_aarch64" in runtime.pip_platforms(t.platforms)       # glibc 2.35 runs 2.17 wheels
+    assert "manylinux2014_aarch64" in wheels.pip_platforms(t.platforms)  # glibc 2.35 runs 2.17 wheels
     out = tmp_path / "p.tgz"
-    for flags, msg in ((["--platform", "manylinux_2_35_aarch64"], "--platform and --python go together"),
-                       (["--runtime", "cpu"], "names no runtime platform"),
-                       (["--runtime", "orin-nx", "--python", "3.10"], "not both"),
-                       (["--platform", "win_amd64", "--python", "3.10"], "a Linux wheel platform tag"),
-                       (["--platform", "manylinux_2_35_aarch64", "--platform", "manylinux_2_35_x86_64", "--python",
-                         "3.10"], "more than one machine"),
-                       (["--find-links", str(tmp_path)], "give --runtime or --platform")):
+    for flags, msg in (
+        (["--platform", "manylinux_2_35_aarch64"], "--platform and --python go together"),
+        (["--runtime", "cpu"], "names no runtime platform"),
+        (["--runtime", "orin-nx", "--python", "3.10"], "not both"),
+        (["--platform", "win_amd64", "--python", "3.10"], "a Linux wheel platform tag"),
+        (
+            ["--platform", "manylinux_2_35_aarch64", "--platform", "manylinux_2_35_x86_64", "--python", "3.10"],
+            "more than one machine",
+        ),
+        (["--find-links", str(tmp_path)], "give --runtime or --platform"),
+    ):
         r = cli("pack", bundle, "--key", keypair[0], "--version", "1.0.0", "--out", out, *flags)
         assert r.returncode == 2 and msg in r.stderr, (flags, r.stderr)
         assert not out.exists()

@@ -1,5 +1,6 @@
 """The device runtime must work where torch is not installed: import and run it with torch
 blocked (sys.modules["torch"] = None makes any `import torch` raise ImportError)."""
+
 import json
 import subprocess
 import sys
@@ -16,8 +17,9 @@ for name in ("torchvision", "onnx", "onnxscript", "skimage"):
 
 
 def run(code: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKED + code, *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED + code, *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def test_block_really_blocks():
@@ -52,7 +54,7 @@ def test_device_cli_commands_without_torch(bundle, tiny_data):
     r = run(code, "predict", bundle, tiny_data / "brick/test/hole/000.png", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["results"][0]["is_anomalous"] is True
-    r = run(code, "eval", bundle, "--data", tiny_data / "brick")      # table output, progress bar
+    r = run(code, "eval", bundle, "--data", tiny_data / "brick")  # table output, progress bar
     assert r.returncode == 0, r.stderr
     assert "image AUROC" in r.stdout and "latency per stage" in r.stdout
 

@@ -1,4 +1,5 @@
 """Device profiles ship with the package, load strictly, detect the machine and judge bundles."""
+
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def test_every_required_profile_ships_and_loads():
 
 
 def test_bad_profiles_name_the_key_and_file(tmp_path):
-    good = (load_profile("orin-nx").__dict__)
+    good = load_profile("orin-nx").__dict__
     f = tmp_path / "mine.toml"
     f.write_text('name = "mine"\ndescription = "x"\nkind = "jetson"\ntensorrt_module = "tensorrt"\ndla_cors = 2\n')
     with pytest.raises(SpecError, match=r"mine\.toml: unknown key 'dla_cors'"):
@@ -35,8 +36,10 @@ def test_bad_profiles_name_the_key_and_file(tmp_path):
     f.write_text('name = "mine"\nkind = "jetson"\ntensorrt_module = "tensorrt"\n')
     with pytest.raises(SpecError, match=r"mine\.toml: missing key 'description'"):
         load_profile(str(f))
-    f.write_text('name = "mine"\ndescription = "x"\nkind = "jetson"\ntensorrt_module = "tensorrt"\n'
-                 'gpu_precisions = ["fp32", "int4x"]\n')
+    f.write_text(
+        'name = "mine"\ndescription = "x"\nkind = "jetson"\ntensorrt_module = "tensorrt"\n'
+        'gpu_precisions = ["fp32", "int4x"]\n'
+    )
     with pytest.raises(SpecError, match="unknown precision 'int4x'"):
         load_profile(str(f))
     f.write_text("name = \n")
@@ -50,7 +53,8 @@ def test_bad_profiles_name_the_key_and_file(tmp_path):
 def test_detect_a_jetson_from_its_files(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/nv_tegra_release").write_text(
-        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n")
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
+    )
     (tmp_path / "proc/device-tree").mkdir(parents=True)
     (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson Orin NX Engineering Reference Developer Kit\x00")
     f = detect(tmp_path)
@@ -61,8 +65,12 @@ def test_detect_a_jetson_from_its_files(tmp_path):
 
 
 def test_match_an_rtx_pc_and_a_plain_cpu():
-    assert match_profile({"gpus": [{"name": "NVIDIA GeForce RTX 4070", "compute_capability": "8.9"}],
-                          "machine": "x86_64"})[0] == "rtx"
+    assert (
+        match_profile(
+            {"gpus": [{"name": "NVIDIA GeForce RTX 4070", "compute_capability": "8.9"}], "machine": "x86_64"}
+        )[0]
+        == "rtx"
+    )
     assert match_profile({"gpus": [], "machine": "x86_64"})[0] == "cpu"
 
 
@@ -79,8 +87,11 @@ def test_check_says_why_a_bundle_will_not_run(bundle):
 
 
 def test_device_cli(bundle):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "edgesdk", "device", *map(str, a)],  # noqa: E731
-                                    capture_output=True, text=True)
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "edgesdk", "device", *map(str, a)],
+        capture_output=True,
+        text=True,
+    )
     r = run("check", bundle, "--device", "xavier-nx", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["runs"] is False
     r = run("check", bundle, "--device", "agx-orin")
@@ -95,8 +106,14 @@ def test_profile_types_are_checked_by_the_shared_loader():
     from edgesdk.spec import from_mapping
 
     with pytest.raises(SpecError, match="x.toml: memory_gb must be float, got str"):
-        from_mapping(DeviceProfile, {"name": "a", "description": "b", "kind": "cpu", "tensorrt_module": "",
-                                     "memory_gb": "8"}, "x.toml")
-    p = from_mapping(DeviceProfile, {"name": "a", "description": "b", "kind": "cpu", "tensorrt_module": "",
-                                     "memory_gb": 8, "power_modes": ["a"]}, "x.toml")
+        from_mapping(
+            DeviceProfile,
+            {"name": "a", "description": "b", "kind": "cpu", "tensorrt_module": "", "memory_gb": "8"},
+            "x.toml",
+        )
+    p = from_mapping(
+        DeviceProfile,
+        {"name": "a", "description": "b", "kind": "cpu", "tensorrt_module": "", "memory_gb": 8, "power_modes": ["a"]},
+        "x.toml",
+    )
     assert p.memory_gb == 8.0 and p.power_modes == ("a",)

@@ -1,4 +1,5 @@
 """The user's path through the CLI, on the tiny data set: train -> export -> eval/predict/run."""
+
 import json
 import shutil
 import subprocess
@@ -72,8 +73,9 @@ def test_predict_files_is_the_detector_on_each_file(bundle, tiny_data, tmp_path)
     assert [x["image"] for x in r["results"]] == [str(p) for p in paths]
     assert [x["score"] for x in r["results"]] == pytest.approx([w.score for w in want], rel=1e-5)
     assert [x["is_anomalous"] for x in r["results"]] == [w.is_anomalous for w in want]
-    assert sorted(tmp_path.glob("*_overlay.png")) == sorted(tmp_path / f"{p.stem}_overlay.png"
-                                                            for p, w in zip(paths, want) if w.is_anomalous)
+    assert sorted(tmp_path.glob("*_overlay.png")) == sorted(
+        tmp_path / f"{p.stem}_overlay.png" for p, w in zip(paths, want) if w.is_anomalous
+    )
     assert r["threshold"] == Bundle.open(bundle).threshold and r["threshold_source"] == "good_holdout_k_sigma"
     r = predict_files(bundle, paths[:1], DetectorOptions(threshold=-100.0))
     assert r["results"][0]["is_anomalous"] and r["threshold_source"] == "option" and "overlay" not in r["results"][0]
@@ -81,7 +83,7 @@ def test_predict_files_is_the_detector_on_each_file(bundle, tiny_data, tmp_path)
 
 def test_run_scores_every_frame_of_the_video(bundle, tiny_data, tmp_path):
     out = tmp_path / "frames.jsonl"
-    out.write_text('{"earlier": "run"}\n')   # appended to, never truncated
+    out.write_text('{"earlier": "run"}\n')  # appended to, never truncated
     cli("run", bundle, "--source", f"file://{tiny_data / 'conveyor_brick.mkv'}", "--sink", f"jsonl://{out}")
     lines = out.read_text().splitlines()
     assert json.loads(lines[0]) == {"earlier": "run"}
@@ -93,19 +95,28 @@ def test_run_scores_every_frame_of_the_video(bundle, tiny_data, tmp_path):
         assert {"read", "preprocess", "infer", "postprocess", "total"} <= set(r["latency_ms"])
     flagged = {r["frame_id"] for r in recs if r["is_anomalous"]}
     defect = {t["frame_id"] for t in truth if t["is_anomalous"]}
-    assert len(flagged & defect) >= len(defect) // 2          # most defect frames are caught
-    assert len(flagged - defect) <= 3                         # and few good frames are flagged
+    assert len(flagged & defect) >= len(defect) // 2  # most defect frames are caught
+    assert len(flagged - defect) <= 3  # and few good frames are flagged
 
 
 def test_run_over_an_image_folder(bundle, tiny_data, tmp_path):
-    r = cli("run", bundle, "--source", tiny_data / "brick/test/hole", "--sink", f"jsonl://{tmp_path / 'o.jsonl'}",
-            "--sink", f"dir://{tmp_path / 'ov'}", "--json")
+    r = cli(
+        "run",
+        bundle,
+        "--source",
+        tiny_data / "brick/test/hole",
+        "--sink",
+        f"jsonl://{tmp_path / 'o.jsonl'}",
+        "--sink",
+        f"dir://{tmp_path / 'ov'}",
+        "--json",
+    )
     s = json.loads(r.stdout)
     assert s["frames"] == 3 and s["anomalous_frames"] >= 2
     raw, over = sorted((tmp_path / "ov").glob("*.png")), sorted((tmp_path / "ov").glob("*_overlay.jpg"))
     assert len(raw) == len(over) == s["anomalous_frames"]
     assert [p.stem for p in raw] == [p.stem.removesuffix("_overlay") for p in over]
-    srcs = sorted((tiny_data / "brick/test/hole").iterdir())     # the raw frame is the frame, losslessly
+    srcs = sorted((tiny_data / "brick/test/hole").iterdir())  # the raw frame is the frame, losslessly
     assert any((cv2.imread(str(raw[0])) == cv2.imread(str(x))).all() for x in srcs)
     assert cv2.imread(str(over[0])).shape == cv2.imread(str(raw[0])).shape
 
@@ -115,10 +126,10 @@ def test_failed_export_keeps_the_previous_bundle(bundle, run_dir, tmp_path):
     shutil.copytree(bundle, target)
     before = (target / "manifest.json").read_bytes()
     with pytest.raises(ExportError, match="disagrees with torch"):
-        export_onnx(run_dir, target, ExportOptions(rtol=0.0))   # no float graph is bit-exact
+        export_onnx(run_dir, target, ExportOptions(rtol=0.0))  # no float graph is bit-exact
     assert (target / "manifest.json").read_bytes() == before
-    Bundle.open(target)                                         # still complete and verified
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging left
+    Bundle.open(target)  # still complete and verified
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def test_cli_errors_name_the_problem(tmp_path, bundle, tiny_data):
@@ -137,8 +148,13 @@ def test_cli_errors_name_the_problem(tmp_path, bundle, tiny_data):
 def test_val_folder_sets_an_f1_threshold(tiny_data, tmp_path):
     from edgesdk.train import train
 
-    run = train(tiny_data / "brick", tmp_path / "run", val=tiny_data / "brick" / "test",
-                config={"input_size": [128, 128], "feature_dim": 32}, quiet=True)
+    run = train(
+        tiny_data / "brick",
+        tmp_path / "run",
+        val=tiny_data / "brick" / "test",
+        config={"input_size": [128, 128], "feature_dim": 32},
+        quiet=True,
+    )
     th = json.loads((run / "run.json").read_text())["threshold"]
     assert th["source"] == "val_f1" and th["detail"]["val_f1"] > 0.8
 
@@ -163,7 +179,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
         assert "no bundle written" in q["why"] and not (tmp_path / "demo/bundles/brick-patchcore-int8").exists()
     import importlib.util
 
-    if importlib.util.find_spec("tensorrt_rtx"):     # in the dev extra: the demo builds real engines
+    if importlib.util.find_spec("tensorrt_rtx"):  # in the dev extra: the demo builds real engines
         assert "TensorRT engines" in r.stdout and s["engines"][0]["MB"] > 1
 
 

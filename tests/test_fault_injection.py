@@ -8,6 +8,7 @@ across its measured duration (and after its progress markers), and checked after
 A second test per command kills it between each two of its changes to --out (renames onto, away
 from or into it; files written or deleted there in place: an audit hook in the child, tests/faults.py),
 the microseconds a time-based kill almost never hits."""
+
 from __future__ import annotations
 
 import json
@@ -22,22 +23,37 @@ from faults import CLI, Outcome, changed_elsewhere, changes_seen, hooked, kill_f
 pytestmark = pytest.mark.slow
 
 RUN, BUNDLE, CAL, ENGINES, JSONL, NG = "run", "bundle", "cal", "bundle/engines", "results.jsonl", "ng"
-COMMANDS = {      # in the order the workspace is made: each one's output feeds the next
+COMMANDS = {  # in the order the workspace is made: each one's output feeds the next
     "train": ["train", "--data", "data/brick", "--out", RUN, "--size", "64"],
     "export": ["export", RUN, "--out", BUNDLE],
     "calibrate": ["calibrate", BUNDLE, "--source", "data/brick/train/good?loop=1", "--frames", "200", "--out", CAL],
-    "build": ["build", BUNDLE, "--device", "rtx", "--force"],       # rebuilds over the plan of the same key
-    "run": ["run", BUNDLE, "--source", "file://data/conveyor_brick.mkv?loop=1", "--max-frames", "240",
-            "--sink", f"jsonl://{JSONL}", "--sink", f"dir://{NG}?all=1"],
+    "build": ["build", BUNDLE, "--device", "rtx", "--force"],  # rebuilds over the plan of the same key
+    "run": [
+        "run",
+        BUNDLE,
+        "--source",
+        "file://data/conveyor_brick.mkv?loop=1",
+        "--max-frames",
+        "240",
+        "--sink",
+        f"jsonl://{JSONL}",
+        "--sink",
+        f"dir://{NG}?all=1",
+    ],
 }
-OUTPUTS = {"train": {RUN: "run"}, "export": {BUNDLE: "bundle"}, "calibrate": {CAL: "calibrated"},
-           "build": {ENGINES: "engines"}, "run": {JSONL: "jsonl", NG: "images"}}
+OUTPUTS = {
+    "train": {RUN: "run"},
+    "export": {BUNDLE: "bundle"},
+    "calibrate": {CAL: "calibrated"},
+    "build": {ENGINES: "engines"},
+    "run": {JSONL: "jsonl", NG: "images"},
+}
 
 
 @dataclass(frozen=True)
 class Workspace:
     root: Path
-    seconds: dict[str, float]      # each command's uninterrupted wall time, interpreter start included
+    seconds: dict[str, float]  # each command's uninterrupted wall time, interpreter start included
 
 
 def cli_ok(args: list[str], cwd: Path) -> Outcome:
@@ -55,7 +71,7 @@ def workspace(tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("faults")
     synth_dataset(root / "data", ["brick"], SynthConfig(size=64, n_train=12, n_test_good=2, n_test_per_defect=1))
     seconds = {name: cli_ok(args, root).wall_s for name, args in COMMANDS.items()}
-    cli_ok(["build", BUNDLE, "--device", "rtx", "--batch", "1:1:2"], root)   # another profile's engine: left alone
+    cli_ok(["build", BUNDLE, "--device", "rtx", "--batch", "1:1:2"], root)  # another profile's engine: left alone
     return Workspace(root, seconds)
 
 
@@ -75,12 +91,12 @@ def verify_new(path: Path, kind: str) -> None:
 
         from edgesdk.train import load_run
 
-        load_run(path)                                   # run.json parses, model.pt loads strictly
+        load_run(path)  # run.json parses, model.pt loads strictly
         assert np.load(path / "holdout_frames.npy").ndim == 4
     elif kind in ("bundle", "calibrated"):
         from edgesdk.bundle import Bundle
 
-        b = Bundle.open(path, verify=True)               # every listed file's size and sha256
+        b = Bundle.open(path, verify=True)  # every listed file's size and sha256
         assert kind == "bundle" or b.manifest.threshold.source == "line_good_k_sigma"
     elif kind == "engines":
         from edgesdk.backends.tensorrt import load_plan_sidecar
@@ -88,7 +104,7 @@ def verify_new(path: Path, kind: str) -> None:
         plans = [p for p in path.glob("*.plan")]
         assert plans, f"{path}: no engine plan"
         for p in plans:
-            load_plan_sidecar(p)                         # sidecar parses; plan's bytes and sha256 match it
+            load_plan_sidecar(p)  # sidecar parses; plan's bytes and sha256 match it
     elif kind == "jsonl":
         data = path.read_bytes()
         assert data.endswith(b"\n"), f"{path}: last line torn: {data[-80:]!r}"
@@ -98,7 +114,7 @@ def verify_new(path: Path, kind: str) -> None:
         import cv2
 
         for p in path.iterdir():
-            if not p.name.startswith("."):               # .NAME.XXXX.tmp: an atomic write cut short
+            if not p.name.startswith("."):  # .NAME.XXXX.tmp: an atomic write cut short
                 assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED) is not None, f"{p}: not a complete image"
     else:
         raise AssertionError(kind)
@@ -107,16 +123,18 @@ def verify_new(path: Path, kind: str) -> None:
 def check_output(ws: Path, rel: str, kind: str, prev: dict[str, bytes]) -> None:
     """REL is the previous output PREV byte for byte, or a complete new one; never gone or half."""
     path, now = ws / rel, read_tree(ws / rel)
-    if kind == "jsonl":              # appended to: the earlier records stay, as a prefix
+    if kind == "jsonl":  # appended to: the earlier records stay, as a prefix
         if not now.get("", b"").startswith(prev[""]):
             raise Damaged(f"{rel}: earlier records lost or rewritten")
-    elif kind in ("engines", "images"):    # files are replaced one by one: each previous one stays
+    elif kind in ("engines", "images"):  # files are replaced one by one: each previous one stays
         gone = sorted(k for k in set(prev) - set(now) if not any(part.startswith(".") for part in k.split("/")))
         if gone:
             raise Damaged(f"{rel}: previous files gone: {gone}")
     elif not now:
-        raise Damaged(f"{rel}: gone or empty; the previous {kind} output was moved away and nothing took its place "
-                      f"(beside it: {sorted(p.name for p in path.parent.iterdir() if p.name.startswith('.'))})")
+        raise Damaged(
+            f"{rel}: gone or empty; the previous {kind} output was moved away and nothing took its place "
+            f"(beside it: {sorted(p.name for p in path.parent.iterdir() if p.name.startswith('.'))})"
+        )
     elif now == prev:
         return
     try:
@@ -132,13 +150,13 @@ def check_after_kill(ws: Path, cmd: str, before: dict[str, str], prev: dict[str,
     assert not stray, f"edgesdk {cmd} killed after {r.wall_s:.2f} s changed files that are not its output: {stray}"
     for rel, kind in outs.items():
         check_output(ws, rel, kind, prev[rel])
-        prev[rel] = read_tree(ws / rel)      # what the next kill must keep: the old one or this new one
+        prev[rel] = read_tree(ws / rel)  # what the next kill must keep: the old one or this new one
 
 
 # (seed, seeded kills across the run, kills after a progress marker: (regex, seconds after it))
 PLANS = {
     "train": (1, 5, [(r"fit padim: 100%", 0.3)]),
-    "export": (2, 3, []),            # no progress output; its writing is the last fifth of the run
+    "export": (2, 3, []),  # no progress output; its writing is the last fifth of the run
     "calibrate": (3, 5, [(r"calibrate: 100%", 0.0), (r"calibrate: 100%", 0.05)]),
     "build": (4, 5, [(r"Building engine done", 0.0), (r"Building engine done", 0.02)]),
     "run": (5, 5, []),
@@ -162,15 +180,16 @@ def test_killed_at_random_points_keeps_inputs_and_previous_output(cmd, ws, works
         r = launch(CLI + args, ws, **point)
         check_after_kill(ws, cmd, before, prev, r)
         results.append(r)
-    assert sum(r.killed for r in results) >= len(results) // 2, \
+    assert sum(r.killed for r in results) >= len(results) // 2, (
         f"most kills came after edgesdk {cmd} had finished: {[(r.killed, round(r.wall_s, 2)) for r in results]}"
+    )
     # Whatever the kills left beside the output never blocks the next run, which completes.
     r = cli_ok(args, ws)
     check_after_kill(ws, cmd, before, prev, r)
     for rel, kind in OUTPUTS[cmd].items():
         verify_new(ws / rel, kind)
     if cmd == "run":
-        assert len(prev[JSONL][""].splitlines()) >= 2 * 240      # the first run's records, then this one's
+        assert len(prev[JSONL][""].splitlines()) >= 2 * 240  # the first run's records, then this one's
 
 
 STEP_CASES = [
@@ -199,6 +218,8 @@ def test_killed_between_two_changes_keeps_previous_output(cmd, tries, ws):
             if not r.killed:
                 break
     if not changes_seen(r.output):
-        pytest.fail(f"edgesdk {cmd} finished and the hook in tests/faults.py saw no change to {rel}: "
-                    "if it now writes its output another way, teach the hook to see it")
+        pytest.fail(
+            f"edgesdk {cmd} finished and the hook in tests/faults.py saw no change to {rel}: "
+            "if it now writes its output another way, teach the hook to see it"
+        )
     verify_new(ws / rel, OUTPUTS[cmd][rel])

@@ -2,6 +2,7 @@
 heartbeats go on while an install holds the worker (an engine build takes minutes), the state comes
 back after a broker restart that lost every retained message, and the release's signed options reach
 install."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,13 +15,15 @@ from deploy_util import keypair  # noqa: F401
 from edgesdk.deploy import keys
 from edgesdk.deploy.slots import Report
 from edgesdk.fleet import messages, topics
-from edgesdk.fleet.agent import Agent, AgentOptions, Record
+from edgesdk.fleet.agent import Agent, AgentOptions
 from edgesdk.fleet.broker import BrokerOptions
+from edgesdk.fleet.record import Record
 from fleet_util import GROUP, FleetBroker, publish, states, wait_until
 from mqtt_broker import mosquitto_binary
 
-pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
-                                reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")
+pytestmark = pytest.mark.skipif(
+    mosquitto_binary() is None, reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)"
+)
 
 
 def test_heartbeats_during_a_long_install_and_the_state_after_a_broker_that_forgot_everything(keypair, tmp_path):
@@ -32,11 +35,17 @@ def test_heartbeats_during_a_long_install_and_the_state_after_a_broker_that_forg
     def slow_install(package, pubkey, root, opts):
         calls.append(opts)
         release_install.wait(30)
-        return Report("installed", str(package), "2.0.0", "2.0.0-fake", "cpu", health={"passed": True, "why": "",
-                                                                                        "checks": []})
-    agent = Agent(BrokerOptions("127.0.0.1", broker.port),
-                  AgentOptions(group=GROUP, device_id="slow", root=tmp_path / "root", pubkey=keypair[1], device="cpu",
-                               heartbeat_s=0.5), installer=slow_install)
+        return Report(
+            "installed", str(package), "2.0.0", "2.0.0-fake", "cpu", health={"passed": True, "why": "", "checks": []}
+        )
+
+    agent = Agent(
+        BrokerOptions("127.0.0.1", broker.port),
+        AgentOptions(
+            group=GROUP, device_id="slow", root=tmp_path / "root", pubkey=keypair[1], device="cpu", heartbeat_s=0.5
+        ),
+        installer=slow_install,
+    )
     stop = threading.Event()
     worker = threading.Thread(target=agent.run, kwargs={"stop": stop, "run_for": 120})
     worker.start()
@@ -45,14 +54,32 @@ def test_heartbeats_during_a_long_install_and_the_state_after_a_broker_that_forg
         pkg = tmp_path / "pkg.tgz"
         pkg.write_bytes(b"not really a package: install is stood in")
         now = int(time.time())
-        body = {"schema": messages.SCHEMA, "kind": "release", "group": GROUP, "release": "r-slow", "issued": now,
-                "expires": now + 600, "wave": 1, "devices": ["slow"], "allow_downgrade": True,
-                "package": {"name": "brick", "version": "2.0.0", "manifest_sha256": "a" * 64, "url": f"file://{pkg}",
-                            "sha256": hashlib.sha256(pkg.read_bytes()).hexdigest(), "bytes": pkg.stat().st_size,
-                            "chunks": None}}
+        body = {
+            "schema": messages.SCHEMA,
+            "kind": "release",
+            "group": GROUP,
+            "release": "r-slow",
+            "issued": now,
+            "expires": now + 600,
+            "wave": 1,
+            "devices": ["slow"],
+            "allow_downgrade": True,
+            "package": {
+                "name": "brick",
+                "version": "2.0.0",
+                "manifest_sha256": "a" * 64,
+                "url": f"file://{pkg}",
+                "sha256": hashlib.sha256(pkg.read_bytes()).hexdigest(),
+                "bytes": pkg.stat().st_size,
+                "chunks": None,
+            },
+        }
         publish(broker.port, topics.release(GROUP), messages.seal(body, keys.load_private(keypair[0])))
-        first = wait_until(lambda: (states(broker.port).get("slow") or {}).get("busy") and
-                           states(broker.port)["slow"], 30, "the busy state")
+        first = wait_until(
+            lambda: (states(broker.port).get("slow") or {}).get("busy") and states(broker.port)["slow"],
+            30,
+            "the busy state",
+        )
         assert first["busy"]["release"] == "r-slow" and calls[0].allow_downgrade is True
         # The worker is inside install; the heartbeat thread keeps the state fresh.
         wait_until(lambda: states(broker.port)["slow"]["time"] > first["time"] + 1.0, 10, "a heartbeat while busy")
@@ -79,9 +106,11 @@ def test_a_release_interrupted_three_times_is_reported_not_tried_again(keypair, 
     record.data["releases"]["r-loop"] = {"state": "started", "attempts": 3, "message": "{}"}
     record.save()
     calls = []
-    agent = Agent(BrokerOptions("127.0.0.1", 1), AgentOptions(group=GROUP, device_id="d", root=tmp_path / "root",
-                                                              pubkey=keypair[1], device="cpu"),
-                  installer=lambda *a: calls.append(a))
+    agent = Agent(
+        BrokerOptions("127.0.0.1", 1),
+        AgentOptions(group=GROUP, device_id="d", root=tmp_path / "root", pubkey=keypair[1], device="cpu"),
+        installer=lambda *a: calls.append(a),
+    )
     agent._resume()
     entry = Record(tmp_path / "root").data["releases"]["r-loop"]
     assert calls == [] and entry["state"] == "done" and entry["result"]["result"] == "error"

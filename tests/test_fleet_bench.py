@@ -1,5 +1,6 @@
 """benchmarks/fleet_100.py runs end to end with a few simulated agents (its numbers are for docs/FLEET.md,
 not asserted here)."""
+
 import json
 import subprocess
 import sys
@@ -9,15 +10,33 @@ import pytest
 from fleet_util import ROOT, env
 from mqtt_broker import mosquitto_binary
 
-pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
-                                reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")
+pytestmark = pytest.mark.skipif(
+    mosquitto_binary() is None, reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)"
+)
 
 
 def test_fleet_benchmark_reports_wall_time_and_messages_per_device(bundle, tmp_path):
     out = tmp_path / "fleet.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/fleet_100.py"), str(bundle), "--agents", "4",
-                        "--install-s", "0.05", "--waves", "1,100%", "--json", str(out)],
-                       capture_output=True, text=True, cwd=ROOT, env=env(), timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/fleet_100.py"),
+            str(bundle),
+            "--agents",
+            "4",
+            "--install-s",
+            "0.05",
+            "--waves",
+            "1,100%",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     rows = {row["mode"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"file", "chunks"} and all(row["result"] == "complete" for row in rows.values())

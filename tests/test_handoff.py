@@ -1,6 +1,7 @@
 """The stream loop's queue: bounded, in order, and waking the other side in bursts (a blocked
 producer only once the queue has drained to its refill mark; a lingering consumer once `batch`
 items are there, after `linger`, or at an urgent item)."""
+
 import queue
 import threading
 import time
@@ -22,10 +23,10 @@ def test_blocked_producer_waits_for_the_refill_mark_then_fills_in_a_burst():
     for i in range(4):
         h.put(i)
     _, done = _started(lambda: h.put(4))
-    assert not done.wait(0.2)                       # full: blocked
-    assert [h.get(), h.get()] == [0, 1]             # 2 left: still above the refill mark
+    assert not done.wait(0.2)  # full: blocked
+    assert [h.get(), h.get()] == [0, 1]  # 2 left: still above the refill mark
     assert not done.wait(0.2)
-    assert h.get() == 2                             # 1 left: the producer is woken
+    assert h.get() == 2  # 1 left: the producer is woken
     assert done.wait(5)
     assert [h.get(), h.get()] == [3, 4] and len(h) == 0
 
@@ -49,7 +50,7 @@ def test_get_batch_lingers_for_a_batch_and_an_urgent_item_ends_the_wait():
     h = Handoff(8)
     h.put(0)
     t0 = time.perf_counter()
-    assert h.get_batch(batch=4, linger=0.15) == [0]     # one item: returned after the linger
+    assert h.get_batch(batch=4, linger=0.15) == [0]  # one item: returned after the linger
     assert time.perf_counter() - t0 >= 0.14
 
     got: list = []
@@ -57,10 +58,10 @@ def test_get_batch_lingers_for_a_batch_and_an_urgent_item_ends_the_wait():
     for i in range(1, 5):
         h.put(i)
     t.join(5)
-    assert got == [1, 2, 3, 4]                      # the 4th item ends the 30 s linger
+    assert got == [1, 2, 3, 4]  # the 4th item ends the 30 s linger
 
     t, _ = _started(lambda: got.extend(h.get_batch(batch=4, linger=30)))
     h.put("x")
-    h.put("end", urgent=True)                       # the end of a stream is not held back 30 s
+    h.put("end", urgent=True)  # the end of a stream is not held back 30 s
     t.join(5)
     assert got[-2:] == ["x", "end"]

@@ -1,6 +1,7 @@
 """A running `edgesdk run ROOT/current` takes the model `install` and `rollback` switch to, between
 frames: the camera is never reopened, no record is lost, and each record names the model that scored
 it. A model that fails to open is logged and the running one kept."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def two_pkgs(bundle, bundle_v2, keypair, tmp_path_factory):
     from edgesdk.deploy.package import PackOptions, pack
 
     out = tmp_path_factory.mktemp("pkgs")
-    return [Path(pack(b, keypair[0], out / f"brick-{v}.tgz", PackOptions(version=v, name="brick"))["package"])
-            for b, v in ((bundle, "1.0.0"), (bundle_v2, "2.0.0"))]
+    return [
+        Path(pack(b, keypair[0], out / f"brick-{v}.tgz", PackOptions(version=v, name="brick"))["package"])
+        for b, v in ((bundle, "1.0.0"), (bundle_v2, "2.0.0"))
+    ]
 
 
 def model_of(bundle: Path) -> str:
@@ -64,8 +67,9 @@ def runs(recs: list[dict]) -> list[tuple[str, int]]:
     return out
 
 
-def test_install_and_rollback_switch_a_running_stream_without_losing_a_frame(two_pkgs, bundle, bundle_v2,
-                                                                            keypair, tmp_path):
+def test_install_and_rollback_switch_a_running_stream_without_losing_a_frame(
+    two_pkgs, bundle, bundle_v2, keypair, tmp_path
+):
     v1, v2 = model_of(bundle), model_of(bundle_v2)
     assert v1 != v2
     root, out, pub = tmp_path / "root", tmp_path / "verdicts.jsonl", keypair[1]
@@ -73,9 +77,25 @@ def test_install_and_rollback_switch_a_running_stream_without_losing_a_frame(two
     ns = NotifySocket(str(tmp_path / "notify.sock"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
     # An unpaced source: backpressure, every frame scored, so a gap in frame_id is a lost record.
-    p = subprocess.Popen([sys.executable, "-m", "edgesdk", "run", str(root / "current"), "--json",
-                          "--source", "synth://conveyor?category=brick", "--sink", f"jsonl://{out}"],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgesdk",
+            "run",
+            str(root / "current"),
+            "--json",
+            "--source",
+            "synth://conveyor?category=brick",
+            "--sink",
+            f"jsonl://{out}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: len(records(out)) >= 50, "records from v1")
         cli("install", two_pkgs[1], "--pubkey", pub, "--root", root, check=True)
@@ -108,25 +128,29 @@ def test_a_new_model_that_does_not_open_is_logged_and_the_old_one_kept(bundle, t
     root = tmp_path / "root"
     for name in ("a", "b"):
         shutil.copytree(bundle, root / "slots" / name / "bundle")
-    with open(root / "slots/b/bundle/model.onnx", "r+b") as f:    # bit rot in the new slot
+    with open(root / "slots/b/bundle/model.onnx", "r+b") as f:  # bit rot in the new slot
         f.seek(200)
         byte = f.read(1)
         f.seek(200)
         f.write(bytes([byte[0] ^ 1]))
     os.symlink("slots/a", root / "current")
 
-    def point(name: str) -> None:                                # as layout.point: a rename over the link
+    def point(name: str) -> None:  # as layout.point: a rename over the link
         os.symlink(f"slots/{name}", root / ".current.tmp")
         os.replace(root / ".current.tmp", root / "current")
 
     got, stop, out = [], threading.Event(), {}
-    t = threading.Thread(target=lambda: out.update(run_stream(root / "current", "synth://conveyor?category=brick",
-                                                              [], on_record=got.append, stop=stop)), daemon=True)
+    t = threading.Thread(
+        target=lambda: out.update(
+            run_stream(root / "current", "synth://conveyor?category=brick", [], on_record=got.append, stop=stop)
+        ),
+        daemon=True,
+    )
     t.start()
     try:
         wait_for(lambda: len(got) >= 20, "records")
         point("b")
-        time.sleep(3.0)                                          # three watch ticks: one attempt, not three
+        time.sleep(3.0)  # three watch ticks: one attempt, not three
         n_b = len(got)
         point("a")
         wait_for(lambda: len(got) >= n_b + 20, "records after pointing back")

@@ -6,6 +6,7 @@ Module-level imports form the graph checked for cycles; lazy (function-level) im
 the device-side rule, since a device runs those functions too. Importing a.b.c also runs a/__init__
 and a/b/__init__: that counts for the device-side rule, not as a cycle. `if TYPE_CHECKING:` imports
 never run and are left out."""
+
 from __future__ import annotations
 
 import ast
@@ -21,12 +22,31 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
 
 # The device side: these never import torch or the host-only rooms below, directly or transitively.
-DEVICE_PACKAGES = ("edgesdk.backends", "edgesdk.video", "edgesdk.stream", "edgesdk.measure", "edgesdk.deploy",
-                   "edgesdk.fleet", "edgesdk.scale")
-DEVICE_MODULES = ("edgesdk.engines", "edgesdk.images", "edgesdk.bundle", "edgesdk.spec", "edgesdk.devices",
-                  "edgesdk.compile.trt")
-HOST_ONLY = ("edgesdk.zoo", "edgesdk.train", "edgesdk.data.synth", "edgesdk.compile.onnx", "edgesdk.compile.quant",
-             "edgesdk.compile.gate")
+DEVICE_PACKAGES = (
+    "edgesdk.backends",
+    "edgesdk.video",
+    "edgesdk.stream",
+    "edgesdk.measure",
+    "edgesdk.deploy",
+    "edgesdk.fleet",
+    "edgesdk.scale",
+)
+DEVICE_MODULES = (
+    "edgesdk.engines",
+    "edgesdk.images",
+    "edgesdk.bundle",
+    "edgesdk.spec",
+    "edgesdk.devices",
+    "edgesdk.compile.trt",
+)
+HOST_ONLY = (
+    "edgesdk.zoo",
+    "edgesdk.train",
+    "edgesdk.data.synth",
+    "edgesdk.compile.onnx",
+    "edgesdk.compile.quant",
+    "edgesdk.compile.gate",
+)
 TORCH = ("torch", "torchvision")
 
 # The torch eager baseline runner is host-only by design: it is the reference bundles are timed and
@@ -39,11 +59,13 @@ TORCH_BASELINE_USERS = {
 }
 # Edges the device-side rule allows into a host-only module, each lazy and named with its reason.
 ALLOWED_LAZY = {
-    ("edgesdk.video.sources", "edgesdk.data.synth"):
-        "synth://conveyor draws its frames with the sample-data generator (scikit-image, the train "
-        "extra; a clear error without it). data.synth itself is checked below to stay torch-free.",
+    (
+        "edgesdk.video.sources",
+        "edgesdk.data.synth",
+    ): "synth://conveyor draws its frames with the sample-data generator (scikit-image, the train "
+    "extra; a clear error without it). data.synth itself is checked below to stay torch-free.",
 }
-ENTRY_POINTS = {"edgesdk.__main__"}   # `python -m edgesdk` runs the CLI; nothing else may import it
+ENTRY_POINTS = {"edgesdk.__main__"}  # `python -m edgesdk` runs the CLI; nothing else may import it
 CLI = "edgesdk.cli"
 # What a CLI module may import at module level (the rest only inside its command functions, so that
 # `edgesdk --help` loads no numpy and a device without torch runs its commands): the CLI's own
@@ -53,8 +75,8 @@ CLI_EAGER_OK = ("edgesdk.table",)
 
 @dataclass(frozen=True)
 class Edge:
-    target: str       # an edgesdk module, or the top-level name of another distribution ("torch")
-    lazy: bool        # inside a function: runs when called, not at import
+    target: str  # an edgesdk module, or the top-level name of another distribution ("torch")
+    lazy: bool  # inside a function: runs when called, not at import
     line: int
 
 
@@ -74,14 +96,18 @@ def _resolve(name: str, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
     base = name.split(".") if _is_package(name) else name.split(".")[:-1]
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
 def _type_checking(node: ast.If) -> bool:
     t = node.test
-    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING"
-            or isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+    return (
+        isinstance(t, ast.Name)
+        and t.id == "TYPE_CHECKING"
+        or isinstance(t, ast.Attribute)
+        and t.attr == "TYPE_CHECKING"
+    )
 
 
 @lru_cache(maxsize=None)
@@ -91,7 +117,7 @@ def edges(name: str) -> tuple[Edge, ...]:
 
     def add(target: str, lazy: bool, line: int) -> None:
         if target == "edgesdk" or target.startswith("edgesdk."):
-            while target not in MODULES and "." in target:     # `from edgesdk.x import name`: the module x
+            while target not in MODULES and "." in target:  # `from edgesdk.x import name`: the module x
                 target = target.rsplit(".", 1)[0]
             out.append(Edge(target, lazy, line))
         elif target:
@@ -123,8 +149,9 @@ def _parents(name: str) -> list[str]:
 
 
 def _is_device(name: str) -> bool:
-    return name != TORCH_BASELINE and (name in DEVICE_MODULES
-                                       or any(name == p or name.startswith(p + ".") for p in DEVICE_PACKAGES))
+    return name != TORCH_BASELINE and (
+        name in DEVICE_MODULES or any(name == p or name.startswith(p + ".") for p in DEVICE_PACKAGES)
+    )
 
 
 def _is_host_only(name: str) -> bool:
@@ -169,15 +196,17 @@ def test_the_walk_sees_what_python_imports():
     assert any(e.target == "edgesdk.compile.quant" and not e.lazy for e in edges("edgesdk.compile.gate"))
     assert any(e.target == "torch" and e.lazy for e in edges(TORCH_BASELINE))
     assert any(e.target == "edgesdk.video.live" and e.lazy for e in edges("edgesdk.video.sources"))
-    assert not any(e.target == "tensorrt" for e in edges("edgesdk.backends.tensorrt"))   # TYPE_CHECKING only
-    assert "edgesdk.stream.detector" in _walk("edgesdk")        # the public API's lazy names
+    assert not any(e.target == "tensorrt" for e in edges("edgesdk.backends.tensorrt"))  # TYPE_CHECKING only
+    assert "edgesdk.stream.detector" in _walk("edgesdk")  # the public API's lazy names
     assert {"edgesdk.measure.benchmark", "edgesdk.stream.pipeline", "edgesdk.engines"} <= set(DEVICE)
     assert TORCH_BASELINE not in DEVICE
 
 
 def _cycles(lazy_too: bool) -> list[list[str]]:
-    graph = {m: sorted({e.target for e in edges(m) if (lazy_too or not e.lazy) and e.target in MODULES
-                        and e.target != m}) for m in MODULES}
+    graph = {
+        m: sorted({e.target for e in edges(m) if (lazy_too or not e.lazy) and e.target in MODULES and e.target != m})
+        for m in MODULES
+    }
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles: list[list[str]] = []
@@ -187,7 +216,7 @@ def _cycles(lazy_too: bool) -> list[list[str]]:
         stack.append(m)
         for t in graph[m]:
             if state.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 dfs(t)
         stack.pop()
@@ -222,7 +251,7 @@ def test_the_exceptions_stay_narrow():
     users = {m: e for m in MODULES for e in edges(m) if e.target == TORCH_BASELINE}
     assert set(users) == set(TORCH_BASELINE_USERS), f"{TORCH_BASELINE} is imported by {sorted(users)}"
     assert all(e.lazy for m, e in users.items() if _is_device(m)), users
-    for (src, dst) in ALLOWED_LAZY:
+    for src, dst in ALLOWED_LAZY:
         found = [e for e in edges(src) if e.target == dst]
         assert found and all(e.lazy for e in found), f"{src} -> {dst} must stay inside a function"
         reach = _walk(dst)
@@ -236,29 +265,42 @@ def _in_cli(name: str) -> bool:
 def test_nothing_imports_the_cli():
     """Only the entry point and the CLI's own modules (its command groups, their shared argparse types)."""
     assert {"edgesdk.cli.__main__", "edgesdk.cli._common"} <= set(MODULES), "the CLI is the package edgesdk/cli/"
-    bad = [f"{m}:{e.line}" for m in MODULES if m not in ENTRY_POINTS and not _in_cli(m) for e in edges(m)
-           if _in_cli(e.target)]
+    bad = [
+        f"{m}:{e.line}"
+        for m in MODULES
+        if m not in ENTRY_POINTS and not _in_cli(m)
+        for e in edges(m)
+        if _in_cli(e.target)
+    ]
     assert not bad, f"the CLI is the outermost layer; imported by {bad}"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if _in_cli(m)))
 def test_the_cli_imports_the_rooms_only_inside_its_commands(module):
-    eager = [f"{e.target} (line {e.line})" for e in edges(module) if not e.lazy and e.target.startswith("edgesdk")
-             and not _in_cli(e.target) and e.target not in CLI_EAGER_OK + ("edgesdk",)]
+    eager = [
+        f"{e.target} (line {e.line})"
+        for e in edges(module)
+        if not e.lazy
+        and e.target.startswith("edgesdk")
+        and not _in_cli(e.target)
+        and e.target not in CLI_EAGER_OK + ("edgesdk",)
+    ]
     assert not eager, f"{module} imports at module level: {eager}; import inside the command function"
 
 
 def test_help_loads_no_heavy_module():
     """`edgesdk --help` and every command's parser: no numpy, OpenCV, ONNX Runtime or torch loaded."""
-    code = ("import sys, contextlib, io\n"
-            "from edgesdk.cli import build_parser, main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    for argv in (['--help'], ['run', '--help'], ['device', 'check', '--help'], ['pack', '--help']):\n"
-            "        try:\n"
-            "            main(argv)\n"
-            "        except SystemExit:\n"
-            "            pass\n"
-            "print([m for m in ('numpy', 'cv2', 'onnxruntime', 'torch') if m in sys.modules])\n")
+    code = (
+        "import sys, contextlib, io\n"
+        "from edgesdk.cli import build_parser, main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    for argv in (['--help'], ['run', '--help'], ['device', 'check', '--help'], ['pack', '--help']):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "print([m for m in ('numpy', 'cv2', 'onnxruntime', 'torch') if m in sys.modules])\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 
@@ -270,13 +312,15 @@ def test_every_module_fits_in_your_head(module):
 
 
 def test_import_edgesdk_is_cheap_and_the_public_names_load_on_use():
-    code = ("import sys, edgesdk\n"
-            "heavy = [m for m in ('numpy', 'cv2', 'onnxruntime', 'torch') if m in sys.modules]\n"
-            "from edgesdk import Bundle, Detector, DetectorOptions\n"
-            "from edgesdk.bundle import Bundle as B\n"
-            "from edgesdk.stream.detector import Detector as D, DetectorOptions as O\n"
-            "print(heavy, Bundle is B and Detector is D and DetectorOptions is O, 'torch' in sys.modules)\n"
-            "edgesdk.Nope\n")
+    code = (
+        "import sys, edgesdk\n"
+        "heavy = [m for m in ('numpy', 'cv2', 'onnxruntime', 'torch') if m in sys.modules]\n"
+        "from edgesdk import Bundle, Detector, DetectorOptions\n"
+        "from edgesdk.bundle import Bundle as B\n"
+        "from edgesdk.stream.detector import Detector as D, DetectorOptions as O\n"
+        "print(heavy, Bundle is B and Detector is D and DetectorOptions is O, 'torch' in sys.modules)\n"
+        "edgesdk.Nope\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.split("\n")[0] == "[] True False", r.stdout + r.stderr
     assert "AttributeError: module 'edgesdk' has no attribute 'Nope'" in r.stderr

@@ -1,5 +1,6 @@
 """The mqtt:// sink against a real mosquitto broker on loopback: the broker is stopped and restarted
 mid-stream and no verdict is lost; verdicts written while it is down survive a restart of the sink."""
+
 import json
 import time
 
@@ -9,8 +10,9 @@ from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink
 from mqtt_broker import Broker, Subscriber, mosquitto_binary
 
-pytestmark = pytest.mark.skipif(mosquitto_binary() is None,
-                                reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)")
+pytestmark = pytest.mark.skipif(
+    mosquitto_binary() is None, reason="needs Debian's mosquitto broker (apt-get install mosquitto; .ci/run does)"
+)
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def test_broker_restart_mid_stream_loses_no_verdict(broker, bundle, tiny_data, t
     down: list[int] = []
 
     def on_record(rec):
-        if rec["frame_id"] == 19:         # kill the broker; frames 20..29 are scored while it is down
+        if rec["frame_id"] == 19:  # kill the broker; frames 20..29 are scored while it is down
             broker.stop()
             time.sleep(0.5)
         if 20 <= rec["frame_id"] <= 29:
@@ -34,9 +36,15 @@ def test_broker_restart_mid_stream_loses_no_verdict(broker, bundle, tiny_data, t
         if rec["frame_id"] == 29:
             broker.start()
 
-    summary = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"),
-                         [f"mqtt://127.0.0.1:{broker.port}/line1/verdicts?outbox={outbox}&drain=30&health=0.2",
-                          f"jsonl://{tmp_path / 'r.jsonl'}"], on_record=on_record)
+    summary = run_stream(
+        bundle,
+        str(tiny_data / "conveyor_brick.mkv"),
+        [
+            f"mqtt://127.0.0.1:{broker.port}/line1/verdicts?outbox={outbox}&drain=30&health=0.2",
+            f"jsonl://{tmp_path / 'r.jsonl'}",
+        ],
+        on_record=on_record,
+    )
     lines = [json.loads(s) for s in (tmp_path / "r.jsonl").read_text().splitlines()]
     want = {r["frame_id"] for r in lines}
     assert summary["frames"] == len(lines) == 60 and down == list(range(20, 30))
@@ -58,7 +66,7 @@ def test_verdicts_written_while_broker_is_down_are_delivered_by_the_next_run(bun
     from edgesdk.stream.detector import Detector
     from edgesdk.video import open_source
 
-    broker = Broker(tmp_path)                        # configured, not started: the line has no broker
+    broker = Broker(tmp_path)  # configured, not started: the line has no broker
     outbox = tmp_path / "outbox.db"
     uri = f"mqtt://127.0.0.1:{broker.port}/line2?outbox={outbox}&drain=0.2"
     sent = []
@@ -73,7 +81,7 @@ def test_verdicts_written_while_broker_is_down_are_delivered_by_the_next_run(bun
     broker.start()
     try:
         sub = Subscriber(broker.port, "line2")
-        with open_sink(uri.replace("drain=0.2", "drain=20")) as sink2:   # a new process would do the same
+        with open_sink(uri.replace("drain=0.2", "drain=20")) as sink2:  # a new process would do the same
             assert sink2.connected.wait(10)
         got = sub.wait_for({r["frame_id"] for r in sent})
         sub.close()

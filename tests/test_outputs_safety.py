@@ -1,6 +1,7 @@
 """Nothing a user types destroys their files: `--out` replaces only what is ours (a bundle, a run folder,
 a synth category), empty or missing folders; never anything holding or inside an input, even with
 --force; names read from a manifest or run.json stay inside their folder; killed runs' staging is swept."""
+
 import json
 import os
 import shutil
@@ -60,12 +61,23 @@ def test_calibrate_never_replaces_the_folder_holding_its_input(my_bundle, tmp_pa
     bundles = my_bundle.parent
     sibling = shutil.copytree(my_bundle, bundles / "other")
     for force in ([], ["--force"]):
-        code, err = cli(capsys, "calibrate", my_bundle, "--source", "synth://conveyor", "--frames", 30,
-                        "--out", bundles, *force)
+        code, err = cli(
+            capsys, "calibrate", my_bundle, "--source", "synth://conveyor", "--frames", 30, "--out", bundles, *force
+        )
         assert code == 2 and f"{bundles}: not replaced: it holds the input {my_bundle}" in err
         Bundle.open(my_bundle), Bundle.open(sibling)
-    code, err = cli(capsys, "calibrate", my_bundle, "--source", "synth://conveyor", "--frames", 30,
-                    "--out", my_bundle / "inner", "--force")
+    code, err = cli(
+        capsys,
+        "calibrate",
+        my_bundle,
+        "--source",
+        "synth://conveyor",
+        "--frames",
+        30,
+        "--out",
+        my_bundle / "inner",
+        "--force",
+    )
     assert code == 2 and "lies inside the input" in err and not (my_bundle / "inner").exists()
 
 
@@ -82,7 +94,7 @@ def test_calibrate_replaces_a_bundle_and_with_force_anything_else(my_bundle, tin
     src = str(tiny_data / "brick/train/good")
     out = tmp_path / "cal"
     calibrate(my_bundle, src, out, frames=30, progress=False)
-    calibrate(my_bundle, src, out, frames=30, progress=False)      # ours: replaced without --force
+    calibrate(my_bundle, src, out, frames=30, progress=False)  # ours: replaced without --force
     (tmp_path / "empty").mkdir()
     calibrate(my_bundle, src, tmp_path / "empty", frames=30, progress=False)
     mine = user_folder(tmp_path / "mine")
@@ -98,7 +110,7 @@ def test_train_refuses_to_replace_its_data_folder(tiny_data, tmp_path, capsys):
     for p in list_images(tiny_data / "brick/train/good")[:12]:
         shutil.copy(p, data / p.name)
     before = snapshot(data)
-    for out in (data, tmp_path):                    # the data folder itself, the folder above it
+    for out in (data, tmp_path):  # the data folder itself, the folder above it
         code, err = cli(capsys, "train", "--data", data, "--out", out, "--size", 64, "--force")
         assert code == 2 and f"{out}: not replaced: it {'is' if out == data else 'holds'} the input" in err
     code, err = cli(capsys, "train", "--data", data, "--out", data / "run", "--size", 64)
@@ -113,7 +125,7 @@ def test_export_refuses_user_folders_its_run_and_its_training_data(run_dir, tmp_
     from edgesdk.compile.onnx import export_onnx
 
     run = shutil.copytree(run_dir, tmp_path / "runs" / "brick")
-    data = user_folder(tmp_path / "data")                  # stands in for the run's training images
+    data = user_folder(tmp_path / "data")  # stands in for the run's training images
     meta = json.loads((run / "run.json").read_text())
     meta["data"]["path"] = str(data)
     (run / "run.json").write_text(json.dumps(meta))
@@ -131,8 +143,9 @@ def test_export_refuses_user_folders_its_run_and_its_training_data(run_dir, tmp_
 def test_a_symlinked_out_is_judged_by_what_it_points_to(my_bundle, tmp_path, capsys):
     link = tmp_path / "link"
     link.symlink_to(my_bundle.parent, target_is_directory=True)
-    code, err = cli(capsys, "calibrate", my_bundle, "--source", "synth://conveyor", "--frames", 30,
-                    "--out", link, "--force")
+    code, err = cli(
+        capsys, "calibrate", my_bundle, "--source", "synth://conveyor", "--frames", 30, "--out", link, "--force"
+    )
     assert code == 2 and "holds the input" in err
     Bundle.open(my_bundle)
 
@@ -142,7 +155,7 @@ def test_synth_replaces_only_its_own_category_folders(tmp_path):
 
     cfg = SynthConfig(size=32, n_train=2, n_test_good=1, n_test_per_defect=1)
     synth_dataset(tmp_path / "d", ["grass"], cfg, video=False)
-    synth_dataset(tmp_path / "d", ["grass"], cfg, video=False)           # its own output: replaced
+    synth_dataset(tmp_path / "d", ["grass"], cfg, video=False)  # its own output: replaced
     assert (tmp_path / "d/grass/train/good/000.png").is_file()
     user_folder(tmp_path / "d/brick")
     with pytest.raises(ValueError, match=r"brick: not replaced: .*not a category folder made by"):
@@ -157,7 +170,7 @@ def test_killed_runs_staging_is_swept_but_a_live_runs_is_not(my_bundle, tiny_dat
     out, src = tmp_path / "cal", str(tiny_data / "brick/train/good")
     calibrate(my_bundle, src, out, frames=30, progress=False)
     stale = [tmp_path / f".cal.staging.{dead_pid()}.k1ll3d", tmp_path / f".cal.old.{dead_pid()}.k1ll3d"]
-    live = [tmp_path / f".cal.staging.{os.getpid()}.l1v3", tmp_path / ".cal.staging.n0p1d"]   # live, no PID
+    live = [tmp_path / f".cal.staging.{os.getpid()}.l1v3", tmp_path / ".cal.staging.n0p1d"]  # live, no PID
     for d in stale + live:
         d.mkdir()
         (d / "model.onnx").write_bytes(b"half written")
@@ -179,7 +192,7 @@ def test_killed_export_staging_is_swept(run_dir, tmp_path):
 def test_a_folder_replaced_but_not_yet_succeeded_is_put_back(tmp_path):
     from edgesdk.fsutil import atomic_dir
 
-    old = tmp_path / f".run.old.{dead_pid()}.k1ll3d"       # killed between its two renames
+    old = tmp_path / f".run.old.{dead_pid()}.k1ll3d"  # killed between its two renames
     user_folder(old)
     (old / "run.json").write_text(json.dumps({"model": "padim", "config": {}, "threshold": {}, "normalization": {}}))
     with pytest.raises(RuntimeError, match="fit failed"):
@@ -195,8 +208,20 @@ def edit_manifest(folder, fn):
     (folder / "manifest.json").write_text(json.dumps(m))
 
 
-@pytest.mark.parametrize("name", ["../evil.sh", "../../x/evil.sh", "/tmp/evil.sh", "a/../../evil.sh", "..\\evil.sh",
-                                  "./model.onnx", "a//b", "", "a\0b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../evil.sh",
+        "../../x/evil.sh",
+        "/tmp/evil.sh",
+        "a/../../evil.sh",
+        "..\\evil.sh",
+        "./model.onnx",
+        "a//b",
+        "",
+        "a\0b",
+    ],
+)
 def test_manifest_file_names_that_leave_the_bundle_are_refused(my_bundle, name):
     def add(m):
         m["files"][name] = m["files"]["parity.json"]
@@ -209,7 +234,7 @@ def test_manifest_file_names_that_leave_the_bundle_are_refused(my_bundle, name):
 def test_calibrate_writes_nothing_outside_out_for_an_escaping_manifest(my_bundle, tiny_data, tmp_path):
     from edgesdk.stream.calibrate import calibrate
 
-    evil = my_bundle.parent.parent / "evil.sh"           # the file the manifest vouches for, outside
+    evil = my_bundle.parent.parent / "evil.sh"  # the file the manifest vouches for, outside
     evil.write_text("#!/bin/sh\necho owned\n")
 
     def add(m):
@@ -228,7 +253,7 @@ def test_bundle_files_that_are_symlinks_are_refused(my_bundle, tmp_path, outside
     shutil.move(my_bundle / "parity.json", real)
     if outside:
         (my_bundle / "parity.json").symlink_to(real)
-    else:        # a linked folder on the way out
+    else:  # a linked folder on the way out
         (tmp_path / "dir").mkdir()
         shutil.move(real, tmp_path / "dir" / "parity.json")
         (my_bundle / "sub").symlink_to(tmp_path / "dir", target_is_directory=True)
@@ -261,9 +286,18 @@ BAD_FIELDS = [
     (lambda m: m["input"].__setitem__("height", -128), r"field input\.height must be a positive integer"),
     (lambda m: m["input"].__setitem__("width", "128"), r"field input\.width must be an integer"),
     (lambda m: m["input"].__setitem__("width", 12.5), r"field input\.width must be an integer"),
-    (lambda m: m["files"]["model.onnx"].__setitem__("sha256", "abc"), r"field files\['model\.onnx'\]\.sha256 must be 64"),
-    (lambda m: m["files"]["model.onnx"].__setitem__("bytes", -1), r"field files\['model\.onnx'\]\.bytes must be a non-neg"),
-    (lambda m: m["files"]["model.onnx"].__setitem__("bytes", "12"), r"field files\['model\.onnx'\]\.bytes must be an int"),
+    (
+        lambda m: m["files"]["model.onnx"].__setitem__("sha256", "abc"),
+        r"field files\['model\.onnx'\]\.sha256 must be 64",
+    ),
+    (
+        lambda m: m["files"]["model.onnx"].__setitem__("bytes", -1),
+        r"field files\['model\.onnx'\]\.bytes must be a non-neg",
+    ),
+    (
+        lambda m: m["files"]["model.onnx"].__setitem__("bytes", "12"),
+        r"field files\['model\.onnx'\]\.bytes must be an int",
+    ),
     (lambda m: m["files"].__setitem__("model.onnx", "abc"), r"field files\['model\.onnx'\] must be an object"),
     (lambda m: m.__setitem__("precision", "int4"), r"field precision must be one of fp32, fp16, int8"),
     (lambda m: m.__setitem__("outputs", {"score": 1}), r"field outputs must be a list"),
@@ -303,7 +337,7 @@ def test_train_warns_when_images_decode_to_the_same_pixels(tiny_data, tmp_path, 
     data = tmp_path / "same"
     data.mkdir()
     img = cv2.imread(str(list_images(tiny_data / "brick/train/good")[0]))
-    for i in range(12):              # different files (PNG compression level), the same picture
+    for i in range(12):  # different files (PNG compression level), the same picture
         cv2.imwrite(str(data / f"{i:03d}.png"), img, [cv2.IMWRITE_PNG_COMPRESSION, i % 10])
     run = train(data, tmp_path / "run", config={"input_size": [64, 64], "feature_dim": 8}, quiet=True)
     warnings = json.loads((run / "run.json").read_text())["warnings"]

@@ -9,6 +9,7 @@ empty/unicode/`..`/an absolute path/NUL, nesting too deep, a number token in the
 seed, 200 examples a property) runs in CI; HYPOTHESIS_PROFILE=edgesdk-deep explores more locally.
 Constructors that would open a device, a socket or a broker connection are replaced by stubs that
 record what the parser resolved; file sinks and sources are also opened for real inside a temp dir."""
+
 from __future__ import annotations
 
 import contextlib
@@ -49,10 +50,10 @@ from edgesdk.video.options import Opt, host_port, parse_query, scheme_of, split_
 from edgesdk.video.sources import SYNTH_SPEC, FileOptions, SourceOptions
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-settings.register_profile("edgesdk-ci", max_examples=200, derandomize=True, deadline=None, database=None,
-                          suppress_health_check=_QUIET)
-settings.register_profile("edgesdk-deep", max_examples=5000, deadline=None, database=None,
-                          suppress_health_check=_QUIET)
+settings.register_profile(
+    "edgesdk-ci", max_examples=200, derandomize=True, deadline=None, database=None, suppress_health_check=_QUIET
+)
+settings.register_profile("edgesdk-deep", max_examples=5000, deadline=None, database=None, suppress_health_check=_QUIET)
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "edgesdk-ci"))
 
 
@@ -87,14 +88,53 @@ def deep(n: int, leaf=1, kind=list):
     return leaf
 
 
-TEXTS = ["", " ", "x" * 300, "é€😀", "\x00", "a\x00b", "\ud800", "..", "../../etc/passwd", "/etc/passwd", "/",
-         ".", "sub/../..", "C:\\x", "a\nb", "fp16", "tensorrt", "os", "8.7", "10.3", "0" * 64]
-NUMBERS = [0, -1, 1, 2, 2**31, 2**63, 10**30, -(10**30), 0.5, -0.5, 1e308, -1e308, 5e-324, math.inf, -math.inf,
-           math.nan]
+TEXTS = [
+    "",
+    " ",
+    "x" * 300,
+    "é€😀",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "..",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "/",
+    ".",
+    "sub/../..",
+    "C:\\x",
+    "a\nb",
+    "fp16",
+    "tensorrt",
+    "os",
+    "8.7",
+    "10.3",
+    "0" * 64,
+]
+NUMBERS = [
+    0,
+    -1,
+    1,
+    2,
+    2**31,
+    2**63,
+    10**30,
+    -(10**30),
+    0.5,
+    -0.5,
+    1e308,
+    -1e308,
+    5e-324,
+    math.inf,
+    -math.inf,
+    math.nan,
+]
 NASTY = [None, True, False, *NUMBERS, *TEXTS, [], {}, [1, "a"], {"": 1}, deep(70), deep(70, kind=dict)]
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
 VALUES = st.sampled_from(NASTY) | JSON
 KEYS = st.sampled_from(["", "x", "__class__", "name", "value", "path", "..", "a\x00"]) | st.text(max_size=8)
 
@@ -153,8 +193,25 @@ def mutated(draw, good, values=VALUES):
 
 
 NUMBER_TOKEN = re.compile(r"(?<![\w.\"])-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?(?![\w\"])")
-LITERALS = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "9" * 5000, "1" * 4300, "-0", "0.0", "1e-999",
-            "true", "null", "\"\\ud800\"", "nan", "inf", "+inf", "-nan"]
+LITERALS = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "-1e999",
+    "9" * 5000,
+    "1" * 4300,
+    "-0",
+    "0.0",
+    "1e-999",
+    "true",
+    "null",
+    '"\\ud800"',
+    "nan",
+    "inf",
+    "+inf",
+    "-nan",
+]
 
 
 @st.composite
@@ -164,9 +221,9 @@ def text_edits(draw, text: str, deep_open: str, deep_close: str):
     op = draw(st.sampled_from(["none", "number", "truncate", "splice", "deep", "lines"]))
     if op == "number" and (tokens := list(NUMBER_TOKEN.finditer(text))):
         m = draw(st.sampled_from(tokens))
-        return text[:m.start()] + draw(st.sampled_from(LITERALS)) + text[m.end():]
+        return text[: m.start()] + draw(st.sampled_from(LITERALS)) + text[m.end() :]
     if op == "truncate":
-        return text[:draw(st.integers(0, len(text)))]
+        return text[: draw(st.integers(0, len(text)))]
     if op == "splice":
         at = draw(st.integers(0, len(text)))
         return text[:at] + draw(st.sampled_from(LITERALS) | st.text(max_size=8)) + text[at:]
@@ -178,7 +235,7 @@ def text_edits(draw, text: str, deep_open: str, deep_close: str):
         lines = text.splitlines()
         if lines:
             i = draw(st.integers(0, len(lines) - 1))
-            lines[i:i + 1] = draw(st.sampled_from([[], [lines[i]] * 2]))
+            lines[i : i + 1] = draw(st.sampled_from([[], [lines[i]] * 2]))
         return "\n".join(lines)
     return text
 
@@ -199,42 +256,170 @@ def encoded(draw, text: str) -> bytes:
 
 
 # -- URIs and query options ------------------------------------------------------------------------------
-OPTION_KEYS = ["fps", "loop", "roi", "size", "seed", "category", "max_mb", "keep", "all", "qos", "outbox", "health",
-               "client_id", "drain", "token", "FPS", "fps ", "", "user"]
-OPTION_VALUES = ["0", "-1", "1", "3", "1.5", "1e999", "-1e999", "inf", "-Infinity", "nan", "NaN", "1e308", "9" * 25,
-                 "9" * 5000, "0x10", "1_000", " 5", "5 ", "+3", "\u0665", "1,2,3,4", "0,0,10,10", "-1,0,5,5",
-                 "0,0,1000000000000000000,9", "640x480", "0x0", "65536x1", "1X1", "true", "yes", "maybe", "",
-                 "%00", "a%2Fb", "..%2F..", "/tmp/x.db", "brick", "?", "#", "&"]
-PAIR = st.tuples(st.sampled_from(OPTION_KEYS) | st.text(max_size=5),
-                 st.none() | st.sampled_from(OPTION_VALUES) | st.text(max_size=10))
-QUERY = (st.lists(PAIR, max_size=5).map(lambda ps: "&".join(k if v is None else f"{k}={v}" for k, v in ps))
-         | st.text(max_size=30))
-SCHEMES = ["file", "jsonl", "dir", "video", "http", "https", "mqtt", "synth", "rtsp", "rtsps", "v4l2", "csi",
-           "FILE", "Jsonl", "MQTT", "x-unknown", "1bad", ""]
-NETLOCS = ["", "127.0.0.1", "127.0.0.1:1883", "[::1]:80", "[::1", "[x]", "]", "host:0", "host:70000", "host:http",
-           "h:-1", "h:", "conveyor", "0", "999", "1000", "user:pw@host:1", "%00", "a%2Fb", "localhost:65535"]
-PATHS = ["", "/", "/t", "/line/#", "/a+b", "/a/../../b", "/x.jsonl", "x#y", "/dev/video0", "/\x00", "/" + "t" * 300,
-         "/é"]
+OPTION_KEYS = [
+    "fps",
+    "loop",
+    "roi",
+    "size",
+    "seed",
+    "category",
+    "max_mb",
+    "keep",
+    "all",
+    "qos",
+    "outbox",
+    "health",
+    "client_id",
+    "drain",
+    "token",
+    "FPS",
+    "fps ",
+    "",
+    "user",
+]
+OPTION_VALUES = [
+    "0",
+    "-1",
+    "1",
+    "3",
+    "1.5",
+    "1e999",
+    "-1e999",
+    "inf",
+    "-Infinity",
+    "nan",
+    "NaN",
+    "1e308",
+    "9" * 25,
+    "9" * 5000,
+    "0x10",
+    "1_000",
+    " 5",
+    "5 ",
+    "+3",
+    "\u0665",
+    "1,2,3,4",
+    "0,0,10,10",
+    "-1,0,5,5",
+    "0,0,1000000000000000000,9",
+    "640x480",
+    "0x0",
+    "65536x1",
+    "1X1",
+    "true",
+    "yes",
+    "maybe",
+    "",
+    "%00",
+    "a%2Fb",
+    "..%2F..",
+    "/tmp/x.db",
+    "brick",
+    "?",
+    "#",
+    "&",
+]
+PAIR = st.tuples(
+    st.sampled_from(OPTION_KEYS) | st.text(max_size=5),
+    st.none() | st.sampled_from(OPTION_VALUES) | st.text(max_size=10),
+)
+QUERY = st.lists(PAIR, max_size=5).map(lambda ps: "&".join(k if v is None else f"{k}={v}" for k, v in ps)) | st.text(
+    max_size=30
+)
+SCHEMES = [
+    "file",
+    "jsonl",
+    "dir",
+    "video",
+    "http",
+    "https",
+    "mqtt",
+    "synth",
+    "rtsp",
+    "rtsps",
+    "v4l2",
+    "csi",
+    "FILE",
+    "Jsonl",
+    "MQTT",
+    "x-unknown",
+    "1bad",
+    "",
+]
+NETLOCS = [
+    "",
+    "127.0.0.1",
+    "127.0.0.1:1883",
+    "[::1]:80",
+    "[::1",
+    "[x]",
+    "]",
+    "host:0",
+    "host:70000",
+    "host:http",
+    "h:-1",
+    "h:",
+    "conveyor",
+    "0",
+    "999",
+    "1000",
+    "user:pw@host:1",
+    "%00",
+    "a%2Fb",
+    "localhost:65535",
+]
+PATHS = [
+    "",
+    "/",
+    "/t",
+    "/line/#",
+    "/a+b",
+    "/a/../../b",
+    "/x.jsonl",
+    "x#y",
+    "/dev/video0",
+    "/\x00",
+    "/" + "t" * 300,
+    "/é",
+]
 
 
 def well_formed(schemes: list[str]):
     """SCHEME://NETLOC/PATH?QUERY from the pools: more of these get past the scheme and the layout
     to the options, and parse, so the invariants of what parsed are checked too."""
     pairs = st.tuples(st.sampled_from(OPTION_KEYS[:15]), st.sampled_from(OPTION_VALUES))
-    return st.builds(lambda s, n, p, q: f"{s}://{n}{p}" + ("" if q is None else f"?{q}"), st.sampled_from(schemes),
-                     st.sampled_from(NETLOCS), st.sampled_from(PATHS),
-                     st.none() | st.lists(pairs, max_size=2).map(lambda ps: "&".join(f"{k}={v}" for k, v in ps)))
+    return st.builds(
+        lambda s, n, p, q: f"{s}://{n}{p}" + ("" if q is None else f"?{q}"),
+        st.sampled_from(schemes),
+        st.sampled_from(NETLOCS),
+        st.sampled_from(PATHS),
+        st.none() | st.lists(pairs, max_size=2).map(lambda ps: "&".join(f"{k}={v}" for k, v in ps)),
+    )
 
 
-URI = well_formed(SCHEMES[:12]) | (st.builds(lambda s, sep, n, p, q: f"{s}{sep}{n}{p}" + ("" if q is None else f"?{q}"),
-                 st.sampled_from(SCHEMES) | st.text(max_size=6), st.sampled_from(["://", ":", ":/", "", ":///"]),
-                 st.sampled_from(NETLOCS) | st.text(max_size=12), st.sampled_from(PATHS) | st.text(max_size=12),
-                 st.none() | QUERY)
-       | st.text(max_size=40))
+URI = well_formed(SCHEMES[:12]) | (
+    st.builds(
+        lambda s, sep, n, p, q: f"{s}{sep}{n}{p}" + ("" if q is None else f"?{q}"),
+        st.sampled_from(SCHEMES) | st.text(max_size=6),
+        st.sampled_from(["://", ":", ":/", "", ":///"]),
+        st.sampled_from(NETLOCS) | st.text(max_size=12),
+        st.sampled_from(PATHS) | st.text(max_size=12),
+        st.none() | QUERY,
+    )
+    | st.text(max_size=40)
+)
 
 # Every kind of option, as the sources' and sinks' specs use them.
-ALL_KINDS = {"f": Opt(1.0, lo=0.001, hi=1000.0), "g": Opt(0.0, lo=0, gt=True), "i": Opt(5, lo=1, hi=1000),
-             "c": Opt(1, choices=(0, 1, 2)), "b": False, "s": "", "roi": Opt(None, "roi"), "size": Opt(None, "size")}
+ALL_KINDS = {
+    "f": Opt(1.0, lo=0.001, hi=1000.0),
+    "g": Opt(0.0, lo=0, gt=True),
+    "i": Opt(5, lo=1, hi=1000),
+    "c": Opt(1, choices=(0, 1, 2)),
+    "b": False,
+    "s": "",
+    "roi": Opt(None, "roi"),
+    "size": Opt(None, "size"),
+}
 
 
 def check_options(spec: dict, got: dict) -> None:
@@ -283,6 +468,7 @@ def test_uri_helpers_and_query_options(uri, query):
 class Stub:
     """Stands in for a class whose constructor opens a device, a socket, a broker connection or a
     file: it records what the parser resolved, with no side effect."""
+
     stats: dict = {}
     live = ended = True
 
@@ -304,11 +490,15 @@ def stubbed():
     import edgesdk.video.sinks as sinks
     import edgesdk.video.sources as sources
 
-    with mock.patch.multiple(sinks, JsonlSink=Stub, DirSink=Stub, VideoSink=Stub), \
-            mock.patch.object(preview, "PreviewSink", Stub), mock.patch.object(mqtt, "MqttSink", Stub), \
-            mock.patch.object(live, "LiveSource", Stub), mock.patch.object(live, "has_gstreamer", lambda: True), \
-            mock.patch.object(sources, "SynthSource", Stub), \
-            mock.patch.object(sources, "_file_source", lambda path, errors="raise": Stub(path)):
+    with (
+        mock.patch.multiple(sinks, JsonlSink=Stub, DirSink=Stub, VideoSink=Stub),
+        mock.patch.object(preview, "PreviewSink", Stub),
+        mock.patch.object(mqtt, "MqttSink", Stub),
+        mock.patch.object(live, "LiveSource", Stub),
+        mock.patch.object(live, "has_gstreamer", lambda: True),
+        mock.patch.object(sources, "SynthSource", Stub),
+        mock.patch.object(sources, "_file_source", lambda path, errors="raise": Stub(path)),
+    ):
         yield
 
 
@@ -317,7 +507,7 @@ def _in_range(x, lo, hi=math.inf) -> bool:
 
 
 @PROFILE
-@example(uri="rtsp://[::1/x")                       # urllib: "Invalid IPv6 URL", a ValueError of its own
+@example(uri="rtsp://[::1/x")  # urllib: "Invalid IPv6 URL", a ValueError of its own
 @example(uri="synth://[conveyor]")
 @given(uri=well_formed(["file", "synth", "rtsp", "http", "v4l2", "csi"]) | URI)
 def test_open_source_parses_any_uri(uri):
@@ -329,20 +519,20 @@ def test_open_source_parses_any_uri(uri):
         check_source_options(src.opts)
         src = src.inner
     assert isinstance(src, Stub)
-    if len(src.args) == 5:                          # LiveSource(uri, target, backend, opts, name)
+    if len(src.args) == 5:  # LiveSource(uri, target, backend, opts, name)
         check_source_options(src.args[3])
-    elif len(src.args) == 2:                        # SynthSource(category, seed)
+    elif len(src.args) == 2:  # SynthSource(category, seed)
         assert isinstance(src.args[0], str) and type(src.args[1]) is int and src.args[1] >= 0
-    else:                                           # a file: the path before the first "?"
+    else:  # a file: the path before the first "?"
         assert str(src.args[0]) and "?" not in str(src.args[0])
 
 
 @PROFILE
-@example(uri="mqtt://127.0.0.1:1/")                 # no topic: was a plain ValueError from MqttSink
-@example(uri="mqtt://127.0.0.1:1/a+b")              # a wildcard topic: paho refuses it at the first write
+@example(uri="mqtt://127.0.0.1:1/")  # no topic: was a plain ValueError from MqttSink
+@example(uri="mqtt://127.0.0.1:1/a+b")  # a wildcard topic: paho refuses it at the first write
 @example(uri="mqtt://[::1/t")
 @example(uri="http://[::1")
-@example(uri="mqtt:///t?qso=1")                     # named as geturl() rewrote it, mqtt:/t?qso=1
+@example(uri="mqtt:///t?qso=1")  # named as geturl() rewrote it, mqtt:/t?qso=1
 @given(uri=well_formed(["jsonl", "dir", "video", "http", "mqtt"]) | URI)
 def test_open_sink_parses_any_uri(uri):
     with stubbed():
@@ -380,12 +570,17 @@ def media(tmp_path_factory):
 
 
 @PROFILE
-@example(kind="jsonl", query="max_mb=1e308")       # int(1e308 * 1e6): OverflowError in the sink
+@example(kind="jsonl", query="max_mb=1e308")  # int(1e308 * 1e6): OverflowError in the sink
 @given(kind=st.sampled_from(["jsonl", "dir", "video", "image", "folder"]), query=QUERY)
 def test_file_sinks_and_sources_open_for_real_with_any_query(media, kind, query):
     with tempfile.TemporaryDirectory(dir=media) as out:
-        target = {"jsonl": f"jsonl://{out}/r.jsonl", "dir": f"dir://{out}/ng", "video": f"video://{out}/v.mp4",
-                  "image": str(media / "a.png"), "folder": f"file://{media / 'imgs'}"}[kind]
+        target = {
+            "jsonl": f"jsonl://{out}/r.jsonl",
+            "dir": f"dir://{out}/ng",
+            "video": f"video://{out}/v.mp4",
+            "image": str(media / "a.png"),
+            "folder": f"file://{media / 'imgs'}",
+        }[kind]
         uri = f"{target}?{query}"
         if kind in ("image", "folder"):
             src = parsed_or_refused(lambda: open_source(uri), [uri])
@@ -413,20 +608,39 @@ def entry(data: bytes) -> dict:
 GOOD_MANIFEST = {
     "model": {"name": "padim", "backbone": "efficientnet_lite0", "config": {"input_size": [128, 128], "sigma": 4.0}},
     "input": {"name": "image", "height": 128, "width": 128, "dtype": "uint8", "layout": "NHWC", "color": "BGR"},
-    "outputs": [{"name": "score", "shape": ["batch"], "dtype": "float32", "meaning": "max of the map"},
-                {"name": "anomaly_map", "shape": ["batch", 128, 128], "dtype": "float32", "meaning": ""}],
+    "outputs": [
+        {"name": "score", "shape": ["batch"], "dtype": "float32", "meaning": "max of the map"},
+        {"name": "anomaly_map", "shape": ["batch", 128, 128], "dtype": "float32", "meaning": ""},
+    ],
     "threshold": {"value": 0.5, "source": "good_holdout_k_sigma", "detail": {"k_sigma": 3.0}},
     "normalization": {"mean": 1.0, "std": 0.25},
     "precision": "fp32",
     "files": {"model.onnx": entry(MODEL), "parity.json": entry(PARITY)},
-    "metrics": {"parity_vs_torch": {"max_abs": 1e-6}}, "calibration": None,
-    "graph": {"opset": 18, "ops": {"Cast": 1}}, "provenance": {"opset": 18},
-    "edgesdk_version": "0.1.0", "created_utc": "2026-01-01T00:00:00+00:00", "schema_version": 1,
+    "metrics": {"parity_vs_torch": {"max_abs": 1e-6}},
+    "calibration": None,
+    "graph": {"opset": 18, "ops": {"Cast": 1}},
+    "provenance": {"opset": 18},
+    "edgesdk_version": "0.1.0",
+    "created_utc": "2026-01-01T00:00:00+00:00",
+    "schema_version": 1,
 }
 # Names a manifest may list: each escapes the bundle folder or cannot be a file in it. SECRET (a real
 # file beside the bundle, its entry correct) is what an escaping name would read.
-ESCAPES = ["../secret.bin", "@ROOT@/secret.bin", "sub/../../secret.bin", "./model.onnx", "model.onnx/", "", ".",
-           "a\x00b", "x" * 300, "é" * 200, "sub//x", "..\\secret.bin", "\udc80"]
+ESCAPES = [
+    "../secret.bin",
+    "@ROOT@/secret.bin",
+    "sub/../../secret.bin",
+    "./model.onnx",
+    "model.onnx/",
+    "",
+    ".",
+    "a\x00b",
+    "x" * 300,
+    "é" * 200,
+    "sub//x",
+    "..\\secret.bin",
+    "\udc80",
+]
 
 
 @st.composite
@@ -458,16 +672,16 @@ def check_manifest(m: Manifest, folder: Path | None = None) -> None:
 
 @PROFILE
 @example(d={**GOOD_MANIFEST, "threshold": {"value": math.nan, "source": "x"}})
-@example(d={**GOOD_MANIFEST, "files": ["model.onnx"]})       # .items() of a list: AttributeError
-@example(d={**GOOD_MANIFEST, "model": [["a", 1]]})           # dict() of pairs passed as a model table
-@example(d={**GOOD_MANIFEST, "schema_version": True})        # True == 1
+@example(d={**GOOD_MANIFEST, "files": ["model.onnx"]})  # .items() of a list: AttributeError
+@example(d={**GOOD_MANIFEST, "model": [["a", 1]]})  # dict() of pairs passed as a model table
+@example(d={**GOOD_MANIFEST, "schema_version": True})  # True == 1
 @example(d={**GOOD_MANIFEST, "input": {**GOOD_MANIFEST["input"], "name": "", "height": -1}})
 @given(d=manifests() | JSON)
 def test_manifest_from_dict(d):
     m = parsed_or_refused(lambda: Manifest.from_dict(d, "bundle/manifest.json"), ["bundle/manifest.json"])
     if m is not None:
         check_manifest(m)
-        assert all(getattr(m, k) == d[k] for k in ("model", "normalization", "precision"))   # taken as given
+        assert all(getattr(m, k) == d[k] for k in ("model", "normalization", "precision"))  # taken as given
         assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
 
 
@@ -488,12 +702,22 @@ def manifest_bytes():
 
 
 @PROFILE
-@example(data=b'{"schema_version": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")     # RecursionError
-@example(data=b'{"schema_version": ' + b"9" * 5000 + b"}")                                 # int too long
-@example(data=json.dumps({**GOOD_MANIFEST, "files": {**GOOD_MANIFEST["files"],
-                                                      "../secret.bin": entry(SECRET)}}).encode())
-@example(data=json.dumps({**GOOD_MANIFEST, "files": {**GOOD_MANIFEST["files"],   # ENAMETOOLONG from is_file()
-                                                      "x" * 300: entry(SECRET)}}).encode())
+@example(data=b'{"schema_version": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")  # RecursionError
+@example(data=b'{"schema_version": ' + b"9" * 5000 + b"}")  # int too long
+@example(
+    data=json.dumps({**GOOD_MANIFEST, "files": {**GOOD_MANIFEST["files"], "../secret.bin": entry(SECRET)}}).encode()
+)
+@example(
+    data=json.dumps(
+        {
+            **GOOD_MANIFEST,
+            "files": {
+                **GOOD_MANIFEST["files"],  # ENAMETOOLONG from is_file()
+                "x" * 300: entry(SECRET),
+            },
+        }
+    ).encode()
+)
 @given(data=manifest_bytes())
 def test_bundle_open_on_any_manifest_bytes(bundle_root, data):
     folder = bundle_root / "b"
@@ -507,12 +731,27 @@ def test_bundle_open_on_any_manifest_bytes(bundle_root, data):
 # -- engine sidecars ----------------------------------------------------------------------------------------
 PLAN = b"a plan TensorRT would deserialize"
 GOOD_SIDECAR = {
-    "plan": "m.plan", "plan_sha256": hashlib.sha256(PLAN).hexdigest(), "plan_bytes": len(PLAN), "key": "ab12",
-    "onnx_sha256": "0" * 64, "model": "padim", "precision": "fp16", "tensorrt_module": "tensorrt_rtx",
-    "tensorrt_version": "1.2.0.3", "device": "rtx", "gpu": {"name": "RTX 4090", "compute_capability": "8.9"},
-    "strongly_typed": True, "flags": [], "dla_core": -1, "workspace_mb": 1024, "build_seconds": 1.5,
+    "plan": "m.plan",
+    "plan_sha256": hashlib.sha256(PLAN).hexdigest(),
+    "plan_bytes": len(PLAN),
+    "key": "ab12",
+    "onnx_sha256": "0" * 64,
+    "model": "padim",
+    "precision": "fp16",
+    "tensorrt_module": "tensorrt_rtx",
+    "tensorrt_version": "1.2.0.3",
+    "device": "rtx",
+    "gpu": {"name": "RTX 4090", "compute_capability": "8.9"},
+    "strongly_typed": True,
+    "flags": [],
+    "dla_core": -1,
+    "workspace_mb": 1024,
+    "build_seconds": 1.5,
     "profile": {"input": "image", "min": [1, 128, 128, 3], "opt": [1, 128, 128, 3], "max": [4, 128, 128, 3]},
-    "bundle": "b", "created_utc": "", "edgesdk_version": "0.1.0", "schema_version": 1,
+    "bundle": "b",
+    "created_utc": "",
+    "edgesdk_version": "0.1.0",
+    "schema_version": 1,
 }
 
 
@@ -552,8 +791,11 @@ def test_sidecar_load_and_plan_check_on_any_bytes(engine_dir, data):
     if s is not None:
         check_sidecar(s)
     # The runner's own error type for engines is EngineError (a RuntimeError the CLI reports).
-    side = parsed_or_refused(lambda: load_plan_sidecar(engine_dir / "m.plan"), [str(engine_dir / "m.plan"),
-                             str(engine_dir / "m.json")], also=(EngineError,))
+    side = parsed_or_refused(
+        lambda: load_plan_sidecar(engine_dir / "m.plan"),
+        [str(engine_dir / "m.plan"), str(engine_dir / "m.json")],
+        also=(EngineError,),
+    )
     if side is not None:
         check_sidecar(side)
         assert side.plan_bytes == len(PLAN)
@@ -566,12 +808,12 @@ def toml_value(v) -> str:
     if isinstance(v, float):
         return "nan" if v != v else "inf" if v == math.inf else "-inf" if v == -math.inf else repr(v)
     if isinstance(v, (int, str)):
-        return json.dumps(v)                 # a TOML basic string takes JSON's escapes (\uXXXX)
+        return json.dumps(v)  # a TOML basic string takes JSON's escapes (\uXXXX)
     if isinstance(v, list):
         return "[" + ", ".join(map(toml_value, v)) + "]"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + "}"
-    return "null"                            # TOML has none: a parse error, also worth feeding
+    return "null"  # TOML has none: a parse error, also worth feeding
 
 
 def to_toml(doc) -> str:
@@ -604,8 +846,8 @@ def toml_dir(tmp_path_factory):
 
 @PROFILE
 @example(data=b"model = " + b"[" * 5000 + b"]" * 5000)
-@example(data=b'model = "padim"\n[config]\nsigma = ' + b"1" * 400)       # float(10**400): OverflowError
-@example(data=b"model = \"padim\"\n[config]\nseed = " + b"9" * 5000)
+@example(data=b'model = "padim"\n[config]\nsigma = ' + b"1" * 400)  # float(10**400): OverflowError
+@example(data=b'model = "padim"\n[config]\nseed = ' + b"9" * 5000)
 @given(data=toml_bytes("export"))
 def test_load_recipe_on_any_toml(toml_dir, data):
     from edgesdk.zoo import MODEL_NAMES
@@ -642,8 +884,25 @@ def test_device_profile_on_any_toml(toml_dir, data):
 
 
 @PROFILE
-@given(name=st.sampled_from(["orin-nx", "cpu", "../devices/cpu", "..", ".hidden", "cpu.toml", "a/b", "/etc/passwd",
-                             "orin-nx\x00", "x" * 300, "a/" + "x" * 300, ""]) | st.text(max_size=20))
+@given(
+    name=st.sampled_from(
+        [
+            "orin-nx",
+            "cpu",
+            "../devices/cpu",
+            "..",
+            ".hidden",
+            "cpu.toml",
+            "a/b",
+            "/etc/passwd",
+            "orin-nx\x00",
+            "x" * 300,
+            "a/" + "x" * 300,
+            "",
+        ]
+    )
+    | st.text(max_size=20)
+)
 def test_load_profile_by_any_name(name):
     # A name that is not a shipped profile, or a path that is not a file, is an OSError naming it
     # (FileNotFoundError, or the OS's "File name too long"), which the CLI reports like an

@@ -1,5 +1,6 @@
 """Progress output: a tqdm bar only on a terminal; in a log or a pipe one line when a stage starts and
 one when it ends (no carriage-return redraws); nothing with -q. Third-party chatter stays out."""
+
 import io
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_calibrate_progress_in_a_pipe_and_with_q(bundle, tiny_data, tmp_path):
     assert len(lines) == 2 and lines[0] == "calibrate: 30 frame ...", lines
     assert lines[1].startswith("calibrate: 100% 30/30 frame in "), lines
     r = cli("calibrate", bundle, "--source", good, "--frames", 30, "--out", tmp_path / "c", "-q")
-    assert r.returncode == 0 and r.stderr == "", r.stderr        # -q after the command, as before it
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # -q after the command, as before it
     assert "line calibration" in r.stdout
 
 

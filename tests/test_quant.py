@@ -1,5 +1,6 @@
 """Quantization: target-aware INT8 and FP16 bundles, gated against the float model, with clear
 errors for bad calibration data and no bundle when the gate fails."""
+
 import json
 import subprocess
 import sys
@@ -26,12 +27,15 @@ def _qdq(path):
 
 @pytest.fixture(scope="module")
 def int8_cpu(run_dir, tmp_path_factory):
-    return export_onnx(run_dir, tmp_path_factory.mktemp("q") / "int8cpu",
-                       ExportOptions(precision="int8", target="cpu", n_calib=16, max_drop=0.05))
+    return export_onnx(
+        run_dir,
+        tmp_path_factory.mktemp("q") / "int8cpu",
+        ExportOptions(precision="int8", target="cpu", n_calib=16, max_drop=0.05),
+    )
 
 
 def test_int8_cpu_bundle_is_u8s8_gated_and_rederives_its_threshold(int8_cpu, bundle, tiny_data):
-    b = Bundle.open(int8_cpu)                       # every listed file hashed, quant report included
+    b = Bundle.open(int8_cpu)  # every listed file hashed, quant report included
     m = b.manifest
     assert m.precision == "int8" and {"quant_report.json", "model.onnx"} <= set(m.files)
     cal = m.calibration
@@ -49,7 +53,7 @@ def test_int8_cpu_bundle_is_u8s8_gated_and_rederives_its_threshold(int8_cpu, bun
     assert act and all(inits[q.input[2]].dtype == np.uint8 for q in act)
     wq = [inits[n] for n in inits if n.endswith("_quantized") and inits[n].ndim == 4]
     assert wq and all(w.dtype == np.int8 for w in wq)
-    assert quant.check_trt_qdq_rules(b.model_path)          # asymmetric: not TensorRT's layout
+    assert quant.check_trt_qdq_rules(b.model_path)  # asymmetric: not TensorRT's layout
     # The distance head stays FP32 by rule: MatMul reads float inputs.
     model = onnx.load(str(b.model_path))
     assert all(n.op_type != "MatMulInteger" for n in model.graph.node)
@@ -61,7 +65,7 @@ def test_int8_cpu_bundle_is_u8s8_gated_and_rederives_its_threshold(int8_cpu, bun
     assert [w.shape[:2] for w in weights] == [(32, 3), (32, 1), (16, 32)]
     assert all(w.dtype == np.float32 for w in weights)
     assert cal["attempts"][0]["fp32_convs"] == len(kept)
-    assert sorted(quant.feature_convs(model)) == sorted(kept)     # the float convs left: these only
+    assert sorted(quant.feature_convs(model)) == sorted(kept)  # the float convs left: these only
     # And the device runtime runs it.
     frame = cv2.imread(str(sorted((tiny_data / "brick" / "test" / "good").iterdir())[0]))
     with Detector(int8_cpu) as det:
@@ -80,8 +84,9 @@ def test_tensorrt_int8_and_fp16_bundles_pass_qdq_rules_and_build_engines(zoo, mo
     ref = Bundle.open(float_bundle)
     frames = ref.parity_frames()[:2]
     for precision in ("int8", "fp16"):
-        out = export_onnx(run, tmp_path / precision, ExportOptions(precision=precision, target="tensorrt",
-                                                                    n_calib=8, max_drop=0.2))
+        out = export_onnx(
+            run, tmp_path / precision, ExportOptions(precision=precision, target="tensorrt", n_calib=8, max_drop=0.2)
+        )
         b = Bundle.open(out)
         assert b.manifest.precision == precision and b.manifest.calibration["target"] == "tensorrt"
         model_pb, inits, qs = _qdq(b.model_path)
@@ -89,7 +94,8 @@ def test_tensorrt_int8_and_fp16_bundles_pass_qdq_rules_and_build_engines(zoo, mo
             assert qs and quant.check_trt_qdq_rules(b.model_path) == []
             cache = quant.read_trt_calib_cache(out / "calib.cache")
             assert cache == pytest.approx(quant.activation_scales(model_pb), rel=1e-6) and len(cache) == len(
-                [q for q in qs if q.input[0] not in inits])
+                [q for q in qs if q.input[0] not in inits]
+            )
         else:
             assert not qs and any(i.data_type == onnx.TensorProto.FLOAT16 for i in model_pb.graph.initializer)
             assert model_pb.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -142,12 +148,17 @@ def test_check_trt_qdq_rules_names_each_violation(tmp_path):
     s = numpy_helper.from_array(np.array(0.1, np.float32), "s")
     z = numpy_helper.from_array(np.array(128, np.uint8), "z")
     g = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="act_q"),
-         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="act_dq"),
-         helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="w_dq", axis=1),
-         helper.make_node("Conv", ["xd", "wd"], ["y"])],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, ws, wz, s, z])
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="act_q"),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="act_dq"),
+            helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="w_dq", axis=1),
+            helper.make_node("Conv", ["xd", "wd"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, ws, wz, s, z],
+    )
     onnx.save(helper.make_model(g), tmp_path / "bad.onnx")
     bad = quant.check_trt_qdq_rules(tmp_path / "bad.onnx")
     assert any(b.startswith("act_q: zero point type uint8") for b in bad)
@@ -168,14 +179,17 @@ def _negate_scores(src, dst, *a, **k):
 
 def test_gate_failure_reports_attempts_and_writes_nothing(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(quant, "quantize_int8", _negate_scores)
-    monkeypatch.setattr(quant, "sensitivity", lambda fp32, q, frames, name: [(c, 0.0) for c in
-                                                                              quant.feature_convs(onnx.load(str(fp32)))])
+    monkeypatch.setattr(
+        quant,
+        "sensitivity",
+        lambda fp32, q, frames, name: [(c, 0.0) for c in quant.feature_convs(onnx.load(str(fp32)))],
+    )
     out = tmp_path / "never"
     with pytest.raises(gate.GateError) as e:
         export_onnx(run_dir, out, ExportOptions(precision="int8", n_calib=8))
     msg = str(e.value)
     assert "no bundle written" in msg and "image_auroc_drop" in msg and msg.count("no") >= 4
-    assert not out.exists() and list(tmp_path.iterdir()) == []          # no half-written bundle either
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half-written bundle either
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "too_few", "unreadable"])
@@ -189,9 +203,12 @@ def test_bad_calibration_folder_is_named_and_nothing_is_written(run_dir, tiny_da
     if case == "unreadable":
         (calib / "4.png").write_bytes(b"not a png")
     out = tmp_path / "b"
-    expected = {"missing": f"calibration folder {calib}: not found", "empty": f"{calib}: no images",
-                "too_few": f"calibration folder {calib}: 3 images; at least 8",
-                "unreadable": f"{calib / '4.png'}: not a readable image"}[case]
+    expected = {
+        "missing": f"calibration folder {calib}: not found",
+        "empty": f"{calib}: no images",
+        "too_few": f"calibration folder {calib}: 3 images; at least 8",
+        "unreadable": f"{calib / '4.png'}: not a readable image",
+    }[case]
     with pytest.raises(DataError) as e:
         export_onnx(run_dir, out, ExportOptions(precision="int8", calib=str(calib), n_calib=16))
     assert expected in str(e.value)
@@ -218,12 +235,26 @@ def test_tensorrt_build_refuses_a_cpu_int8_bundle(int8_cpu):
 
 def test_compare_cli_reports_both_bundles_and_their_differences(bundle, int8_cpu, tiny_data, tmp_path):
     out = tmp_path / "cmp.json"
-    r = subprocess.run([sys.executable, "-m", "edgesdk", "compare", str(bundle), str(int8_cpu),
-                        "--data", str(tiny_data / "brick"), "--json", str(out)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesdk",
+            "compare",
+            str(bundle),
+            str(int8_cpu),
+            "--data",
+            str(tiny_data / "brick"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "verdict flips" in r.stdout and "int8" in r.stdout
     j = json.loads(out.read_text())
     assert [row["precision"] for row in j["rows"]] == ["fp32", "int8"] and j["pair"]["n_images"] == 18
     assert j["rows"][1]["target"] == "cpu" and 0 <= j["rows"][0]["image_auroc"] <= 1
     rep = Bundle.open(int8_cpu).manifest.metrics["vs_float"]
-    assert j["rows"][1]["image_auroc"] == pytest.approx(rep["image_auroc"])   # same data, same number
+    assert j["rows"][1]["image_auroc"] == pytest.approx(rep["image_auroc"])  # same data, same number

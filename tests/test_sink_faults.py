@@ -3,6 +3,7 @@ degrades (counted, logged once, retried, resumed) while every verdict is still w
 sink on a full disk stops the run naming its file; the preview refuses a frame rate <= 0, never
 spins a core for a viewer, warns when it is reachable from the network and asks for its token on
 every path; a damaged MQTT outbox is moved aside, not deleted, and a fresh one is started."""
+
 import json
 import logging
 import math
@@ -22,8 +23,9 @@ from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_sink
 from mqtt_broker import Broker, Subscriber, free_port, mosquitto_binary
 
-needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None,
-                                     reason="needs Debian's mosquitto broker (apt-get install mosquitto)")
+needs_mosquitto = pytest.mark.skipif(
+    mosquitto_binary() is None, reason="needs Debian's mosquitto broker (apt-get install mosquitto)"
+)
 
 
 def _metric(text: str, name: str, labels: str) -> float:
@@ -31,7 +33,8 @@ def _metric(text: str, name: str, labels: str) -> float:
 
 
 def test_a_dir_sink_whose_folder_becomes_a_file_degrades_and_every_verdict_is_written(
-        bundle, tiny_data, tmp_path, monkeypatch, caplog):
+    bundle, tiny_data, tmp_path, monkeypatch, caplog
+):
     # The folder of dir:// is replaced by a regular file after frame 10 (real ENOTDIR/EEXIST, which
     # root cannot write through either) and freed again after frame 30. The JSONL must hold every
     # frame, the dir sink must resume, and the preview's /metrics must show the errors meanwhile.
@@ -42,7 +45,7 @@ def test_a_dir_sink_whose_folder_becomes_a_file_degrades_and_every_verdict_is_wr
     seen = {}
 
     def on_record(rec):
-        time.sleep(0.02)                       # pace the file so retries fall between frames
+        time.sleep(0.02)  # pace the file so retries fall between frames
         if rec["frame_id"] == 10:
             ng.rename(tmp_path / "ng-before")
             ng.write_text("a file where the folder was")
@@ -52,8 +55,12 @@ def test_a_dir_sink_whose_folder_becomes_a_file_degrades_and_every_verdict_is_wr
             ng.unlink()
 
     caplog.set_level(logging.WARNING, logger="edgesdk.stream.pipeline")
-    s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"),
-                   [f"jsonl://{jsonl}", dir_uri, f"http://127.0.0.1:{port}?fps=10"], on_record=on_record)
+    s = run_stream(
+        bundle,
+        str(tiny_data / "conveyor_brick.mkv"),
+        [f"jsonl://{jsonl}", dir_uri, f"http://127.0.0.1:{port}?fps=10"],
+        on_record=on_record,
+    )
     recs = [json.loads(x) for x in jsonl.read_text().splitlines()]
     assert s["frames"] == 60 and [r["frame_id"] for r in recs] == list(range(60))
     before = {int(p.stem[6:]) for p in (tmp_path / "ng-before").glob("frame_*[0-9].png")}
@@ -87,7 +94,7 @@ def test_a_video_sink_that_cannot_finish_its_file_is_counted_not_fatal(bundle, t
     assert s["frames"] == len(jsonl.read_text().splitlines()) == 60 and s["sink_errors"][video_uri] == 1
     (msg,) = [r.getMessage() for r in caplog.records if video_uri in r.getMessage()]
     assert "failed to close" in msg and str(vid / "a.mp4") in msg.split("(", 1)[1]
-    assert (tmp_path / "vid-before" / ".a.partial.mp4").stat().st_size > 0     # what was written is kept
+    assert (tmp_path / "vid-before" / ".a.partial.mp4").stat().st_size > 0  # what was written is kept
 
 
 def test_a_verdict_sink_that_cannot_write_stops_the_run_and_names_its_file(bundle, tiny_data, tmp_path):
@@ -103,13 +110,27 @@ def test_a_verdict_sink_that_cannot_write_stops_the_run_and_names_its_file(bundl
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
 
-    r = subprocess.run([sys.executable, "-m", "edgesdk.cli", "run", str(bundle), "--source",
-                        str(tiny_data / "conveyor_brick.mkv"), "--sink", f"jsonl://{out}"],
-                       capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesdk.cli",
+            "run",
+            str(bundle),
+            "--source",
+            str(tiny_data / "conveyor_brick.mkv"),
+            "--sink",
+            f"jsonl://{out}",
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert f"jsonl://{out}: the verdict sink failed (" in r.stderr and "no verdict is lost" in r.stderr
     lines = out.read_bytes().splitlines(keepends=True)
-    assert lines and all(line.endswith(b"\n") and json.loads(line) for line in lines)   # whole lines only
+    assert lines and all(line.endswith(b"\n") and json.loads(line) for line in lines)  # whole lines only
 
 
 @needs_mosquitto
@@ -126,9 +147,12 @@ def test_the_mqtt_health_topic_reports_a_failing_evidence_sink(bundle, tiny_data
                 ng.rename(tmp_path / "ng-before")
                 ng.write_text("a file where the folder was")
 
-        s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"),
-                       [f"mqtt://127.0.0.1:{broker.port}/line3?outbox={tmp_path / 'o.db'}&health=0.1", dir_uri],
-                       on_record=on_record)
+        s = run_stream(
+            bundle,
+            str(tiny_data / "conveyor_brick.mkv"),
+            [f"mqtt://127.0.0.1:{broker.port}/line3?outbox={tmp_path / 'o.db'}&health=0.1", dir_uri],
+            on_record=on_record,
+        )
         assert s["frames"] == 60 and s["sink_errors"][dir_uri] >= 1
         deadline = time.monotonic() + 10
         while not any(h["sink_errors"].get(dir_uri) for h in sub.health) and time.monotonic() < deadline:
@@ -151,7 +175,7 @@ def test_the_preview_refuses_a_frame_rate_that_is_not_a_positive_number(fps):
         PreviewSink(port=port, max_fps=fps)
     with pytest.raises(ValueError, match="fps"):
         open_sink(f"http://127.0.0.1:{port}?fps={fps}")
-    socket.create_server(("127.0.0.1", port)).close()        # nothing was left bound to the port
+    socket.create_server(("127.0.0.1", port)).close()  # nothing was left bound to the port
 
 
 def _write_frame(sink, i: int) -> None:
@@ -159,9 +183,11 @@ def _write_frame(sink, i: int) -> None:
     from edgesdk.video.sources import Frame
 
     img = np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8)
-    sink.write({"is_anomalous": False, "threshold": 3.0, "latency_ms": {"total": 1.0}},
-               Frame(img, i, time.time(), None, "x"),
-               Result(0.1, False, np.zeros((64, 64), np.float32), [], {"total": 1.0}))
+    sink.write(
+        {"is_anomalous": False, "threshold": 3.0, "latency_ms": {"total": 1.0}},
+        Frame(img, i, time.time(), None, "x"),
+        Result(0.1, False, np.zeros((64, 64), np.float32), [], {"total": 1.0}),
+    )
 
 
 def _read_part(conn: socket.socket, buf: bytearray) -> bytes:
@@ -169,8 +195,8 @@ def _read_part(conn: socket.socket, buf: bytearray) -> bytes:
     while True:
         m = re.search(rb"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: (\d+)\r\n\r\n", buf)
         if m and len(buf) >= m.end() + int(m[1]):
-            jpg = bytes(buf[m.end():m.end() + int(m[1])])
-            del buf[:m.end() + int(m[1])]
+            jpg = bytes(buf[m.end() : m.end() + int(m[1])])
+            del buf[: m.end() + int(m[1])]
             return jpg
         chunk = conn.recv(65536)
         assert chunk, "the preview closed the stream"
@@ -192,14 +218,14 @@ def test_a_connected_viewer_sleeps_while_no_new_frame_arrives():
             buf += conn.recv(4096)
         assert buf.startswith(b"HTTP/1.0 200")
         cpu0, wakes0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-        time.sleep(1.0)                                  # connected, no frame scored yet
+        time.sleep(1.0)  # connected, no frame scored yet
         _write_frame(sink, 0)
         first = _read_part(conn, buf)
-        time.sleep(1.0)                                  # one frame sent, no new one since
+        time.sleep(1.0)  # one frame sent, no new one since
         idle_cpu = time.process_time() - cpu0
         wakes = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - wakes0
         _write_frame(sink, 1)
-        second = _read_part(conn, buf)                   # the viewer still wakes for the next frame
+        second = _read_part(conn, buf)  # the viewer still wakes for the next frame
         assert first != second and first[:2] == second[:2] == b"\xff\xd8"
         assert wakes < 300 and idle_cpu < 0.1, f"{wakes} wake-ups, {idle_cpu:.3f} s of CPU in 2 s idle: it polls"
     finally:
@@ -248,8 +274,9 @@ def test_a_preview_token_guards_every_path():
 
 def _outbox_with_rows(path, n: int = 3000) -> None:
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
-               "payload TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL)"
+    )
     db.executemany("INSERT INTO outbox (topic, payload) VALUES ('t', ?)", [(f"{i:0100d}",) for i in range(n)])
     db.close()
 
@@ -262,7 +289,7 @@ def test_a_damaged_mqtt_outbox_is_moved_aside_and_a_fresh_one_started(tmp_path, 
         outbox.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, np.uint8).tobytes())
     else:
         _outbox_with_rows(outbox)
-        outbox.write_bytes(outbox.read_bytes()[:outbox.stat().st_size // 3])   # cut off mid-table
+        outbox.write_bytes(outbox.read_bytes()[: outbox.stat().st_size // 3])  # cut off mid-table
     damaged = outbox.read_bytes()
     broker = Broker(tmp_path).start()
     try:
@@ -277,8 +304,8 @@ def test_a_damaged_mqtt_outbox_is_moved_aside_and_a_fresh_one_started(tmp_path, 
         broker.stop()
     (aside,) = tmp_path.glob("outbox.db.corrupt-*")
     assert re.fullmatch(r"outbox\.db\.corrupt-\d{8}T\d{6}", aside.name)
-    assert aside.read_bytes() == damaged                                   # kept, byte for byte
-    assert sqlite3.connect(outbox).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0   # fresh, drained
+    assert aside.read_bytes() == damaged  # kept, byte for byte
+    assert sqlite3.connect(outbox).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0  # fresh, drained
     (msg,) = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     assert str(outbox) in msg and str(aside) in msg
 
@@ -290,5 +317,5 @@ def test_a_second_run_never_replaces_the_first_runs_evidence(bundle, tiny_data, 
     assert "frame_000000.png" in first
     run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [f"dir://{ng}?all=1"], max_frames=3)
     after = {p.name: p.read_bytes() for p in ng.iterdir()}
-    assert all(after[name] == data for name, data in first.items())      # every earlier file as it was
+    assert all(after[name] == data for name, data in first.items())  # every earlier file as it was
     assert {"frame_000000-1.png", "frame_000000-1_overlay.jpg"} <= set(after) and len(after) == 2 * len(first)

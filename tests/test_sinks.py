@@ -1,5 +1,6 @@
 """Sinks: JSONL that survives a torn line and rotates by size, the annotated video, and the live
 preview page with Prometheus metrics, looked at in a real headless Chromium."""
+
 import json
 import shutil
 import subprocess
@@ -18,14 +19,14 @@ from mqtt_broker import free_port
 
 def test_jsonl_cuts_a_torn_last_line_and_rotates_by_size(bundle, tiny_data, tmp_path):
     out = tmp_path / "r.jsonl"
-    out.write_text('{"frame_id": 0}\n{"frame_id": 1, "sco')          # a power cut mid-line
+    out.write_text('{"frame_id": 0}\n{"frame_id": 1, "sco')  # a power cut mid-line
     run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [f"jsonl://{out}?max_mb=0.003&keep=3"])
     files = [out, *(out.with_name(f"r.jsonl.{i}") for i in (1, 2, 3))]
     assert all(f.exists() for f in files) and not out.with_name("r.jsonl.4").exists()
     assert all(f.stat().st_size <= 3_000 for f in files)
-    recs = [json.loads(x) for f in reversed(files) for x in f.read_text().splitlines()]   # every line parses
+    recs = [json.loads(x) for f in reversed(files) for x in f.read_text().splitlines()]  # every line parses
     ids = [r["frame_id"] for r in recs]
-    assert ids == sorted(ids) and ids[-1] == 59 and len(ids) == len(set(ids))        # oldest rotated away
+    assert ids == sorted(ids) and ids[-1] == 59 and len(ids) == len(set(ids))  # oldest rotated away
 
 
 def test_video_sink_writes_the_annotated_stream(bundle, tiny_data, tmp_path):
@@ -34,7 +35,7 @@ def test_video_sink_writes_the_annotated_stream(bundle, tiny_data, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 60
     ok, img = cap.read()
     assert ok and img.shape == (128, 128, 3)
-    assert img[5, 60, 1] > 80 and img[5, 60, 2] < 80        # the green "OK" banner on a good frame
+    assert img[5, 60, 1] > 80 and img[5, 60, 2] < 80  # the green "OK" banner on a good frame
     assert not list(tmp_path.glob(".*partial*"))
 
 
@@ -42,8 +43,9 @@ def test_preview_page_stream_and_metrics(bundle, tiny_data, tmp_path):
     port = free_port()
     stop, res = threading.Event(), {}
     src = f"{tiny_data / 'conveyor_brick.mkv'}?fps=20&loop=1"
-    t = threading.Thread(target=lambda: res.update(run_stream(bundle, src, [f"http://127.0.0.1:{port}?fps=10"],
-                                                              stop=stop)))
+    t = threading.Thread(
+        target=lambda: res.update(run_stream(bundle, src, [f"http://127.0.0.1:{port}?fps=10"], stop=stop))
+    )
     t.start()
     try:
         base = f"http://127.0.0.1:{port}"
@@ -72,7 +74,9 @@ def test_preview_page_stream_and_metrics(bundle, tiny_data, tmp_path):
         table = img[70:280, 420:660]
         assert (table.max(axis=2) > 200).mean() > 0.02, "no stats table beside the stream"
         banner = img[60:90, 16:150].reshape(-1, 3)
-        assert ((banner[:, 1] > 100) & (banner[:, 2] < 80)).mean() > 0.2 or ((banner[:, 2] > 150) & (banner[:, 1] < 60)).mean() > 0.2
+        assert ((banner[:, 1] > 100) & (banner[:, 2] < 80)).mean() > 0.2 or (
+            (banner[:, 2] > 150) & (banner[:, 1] < 60)
+        ).mean() > 0.2
     finally:
         stop.set()
         t.join(20)
@@ -87,8 +91,21 @@ def _chromium_screenshot(url: str, out):
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:
         pytest.skip("needs a headless Chromium (apt-get install chromium; .ci/run does) to look at the page")
-    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--timeout=4000",
-                    "--window-size=700,520", f"--screenshot={out}", url], capture_output=True, timeout=90)
+    subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--timeout=4000",
+            "--window-size=700,520",
+            f"--screenshot={out}",
+            url,
+        ],
+        capture_output=True,
+        timeout=90,
+    )
     assert out.exists(), "chromium wrote no screenshot"
     return out
 
@@ -106,8 +123,11 @@ def test_preview_encodes_only_for_a_viewer_and_once_per_frame():
         for i in range(50):
             img = rng.integers(0, 255, (64, 64, 3), np.uint8)
             res = Result(0.1 * i, False, np.zeros((64, 64), np.float32), [], {"total": 1.0})
-            sink.write({"is_anomalous": False, "threshold": 3.0, "latency_ms": {"total": 1.0}},
-                       Frame(img, i, time.time(), None, "x"), res)
+            sink.write(
+                {"is_anomalous": False, "threshold": 3.0, "latency_ms": {"total": 1.0}},
+                Frame(img, i, time.time(), None, "x"),
+                res,
+            )
         assert sink.frames == 50 and sink.encoded[0] == 0
         body = urllib.request.urlopen(sink.address + "/frame.jpg", timeout=5).read()
         again = urllib.request.urlopen(sink.address + "/frame.jpg", timeout=5).read()

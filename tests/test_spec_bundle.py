@@ -25,7 +25,7 @@ def test_manifest_roundtrip(bundle):
 def test_edited_model_is_refused(bundle, tmp_path):
     b = copy(bundle, tmp_path)
     data = bytearray((b / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF                        # same size, one byte flipped
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
     (b / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"model\.onnx: sha256 .* does not match"):
         Bundle.open(b)

@@ -2,6 +2,7 @@
 the oldest frames (counted) instead of queueing without bound; a cut camera is reconnected and
 reported, over HTTP MJPEG and over RTSP from a real server; SIGTERM drains and closes sinks; the
 generated conveyor is endless and labelled; source options and camera errors are clear."""
+
 import json
 import signal
 import subprocess
@@ -22,15 +23,21 @@ from mqtt_broker import free_port
 
 def test_file_source_every_frame_scored_in_order_with_stage_latency(bundle, tiny_data, tmp_path):
     slow = lambda rec: time.sleep(0.005)  # noqa: E731  (a slow sink must not cost a frame of a file)
-    s = run_stream(bundle, str(tiny_data / "conveyor_brick.mkv"), [f"jsonl://{tmp_path / 'r.jsonl'}"],
-                   on_record=slow, queue_depth=2)
+    s = run_stream(
+        bundle,
+        str(tiny_data / "conveyor_brick.mkv"),
+        [f"jsonl://{tmp_path / 'r.jsonl'}"],
+        on_record=slow,
+        queue_depth=2,
+    )
     recs = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert s["frames"] == len(recs) == 60 and s["dropped_frames"] == 0
     assert [r["frame_id"] for r in recs] == list(range(60))
     lat = recs[10]["latency_ms"]
     assert {"read", "queue", "preprocess", "infer", "postprocess", "total"} <= set(lat)
-    assert lat["total"] == pytest.approx(lat["read"] + lat["queue"] + lat["preprocess"] + lat["infer"]
-                                         + lat["postprocess"], abs=0.01)
+    assert lat["total"] == pytest.approx(
+        lat["read"] + lat["queue"] + lat["preprocess"] + lat["infer"] + lat["postprocess"], abs=0.01
+    )
 
 
 @pytest.mark.parametrize("streams", [1, 2])
@@ -38,9 +45,14 @@ def test_live_source_drops_oldest_frames_and_counts_them(bundle, tiny_data, tmp_
     # The file played as a 100 FPS camera into a sink that takes 30 ms a frame: the loop must not
     # queue without bound; it drops (and counts) frames and keeps the verdicts in order.
     seen = []
-    s = run_stream(bundle, f"{tiny_data / 'conveyor_brick.mkv'}?fps=100", [],
-                   on_record=lambda rec: (seen.append(rec["frame_id"]), time.sleep(0.03)), queue_depth=2,
-                   streams=streams)
+    s = run_stream(
+        bundle,
+        f"{tiny_data / 'conveyor_brick.mkv'}?fps=100",
+        [],
+        on_record=lambda rec: (seen.append(rec["frame_id"]), time.sleep(0.03)),
+        queue_depth=2,
+        streams=streams,
+    )
     dropped = s["dropped_frames"] + s["source_stats"]["dropped_at_source"]
     assert s["frames"] == len(seen) < 60 and dropped > 0 and s["frames"] + dropped == 60
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
@@ -55,7 +67,7 @@ def test_http_camera_cut_and_restored_is_reconnected_and_reported(bundle, tiny_d
         deadline = time.monotonic() + 20
         while len(got) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)
-        cam.stop()                                   # the camera goes away mid-stream
+        cam.stop()  # the camera goes away mid-stream
         time.sleep(1.5)
         n_cut = len(got)
         cam.start()
@@ -95,13 +107,16 @@ def test_rtsp_camera_on_loopback_is_scored_and_its_cut_reconnected(bundle, tiny_
             got = [f.image for f in (src.read(5.0) for _ in range(5)) if f is not None]
         assert len(got) == 5 and all(min(np.abs(g.astype(int) - f).max() for f in file_frames) == 0 for g in got)
         stop, out, recs = threading.Event(), {}, []
-        t = threading.Thread(target=lambda: out.update(run_stream(
-            bundle, srv.url, [f"jsonl://{tmp_path / 'r.jsonl'}"], on_record=recs.append, stop=stop)))
+        t = threading.Thread(
+            target=lambda: out.update(
+                run_stream(bundle, srv.url, [f"jsonl://{tmp_path / 'r.jsonl'}"], on_record=recs.append, stop=stop)
+            )
+        )
         t.start()
         deadline = time.monotonic() + 30
         while len(recs) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)
-        srv.stop()                                   # the server dies mid-stream
+        srv.stop()  # the server dies mid-stream
         time.sleep(1.5)
         n_cut = len(recs)
         srv.start()
@@ -135,9 +150,23 @@ def test_synth_conveyor_is_endless_and_labelled(bundle):
 
 def test_sigterm_drains_in_flight_frames_and_closes_sinks(bundle, tiny_data, tmp_path):
     out = tmp_path / "r.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "edgesdk", "run", str(bundle), "--json",
-                          "--source", f"{tiny_data / 'conveyor_brick.mkv'}?fps=30&loop=1",   # never ends
-                          "--sink", f"jsonl://{out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgesdk",
+            "run",
+            str(bundle),
+            "--json",
+            "--source",
+            f"{tiny_data / 'conveyor_brick.mkv'}?fps=30&loop=1",  # never ends
+            "--sink",
+            f"jsonl://{out}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while (not out.exists() or out.stat().st_size < 2000) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -1,4 +1,5 @@
 """The TensorRT runner: its GPU-free parts here; on a GPU it must agree with ONNX Runtime."""
+
 import os
 import shutil
 import subprocess
@@ -15,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_buffers_are_planned_for_the_largest_batch():
-    b = plan_bindings([("image", True, np.uint8, (-1, 128, 128, 3)), ("score", False, np.float32, (-1,)),
-                       ("anomaly_map", False, np.float32, (-1, 128, 128))], max_batch=4)
+    b = plan_bindings(
+        [
+            ("image", True, np.uint8, (-1, 128, 128, 3)),
+            ("score", False, np.float32, (-1,)),
+            ("anomaly_map", False, np.float32, (-1, 128, 128)),
+        ],
+        max_batch=4,
+    )
     assert [x.max_shape for x in b] == [(4, 128, 128, 3), (4,), (4, 128, 128)]
     assert [x.nbytes for x in b] == [4 * 128 * 128 * 3, 16, 4 * 128 * 128 * 4]
     with pytest.raises(EngineError, match="dynamic dims .* beyond the batch"):
@@ -45,11 +52,15 @@ def test_without_a_gpu_the_runner_and_verify_say_so(engine):
     b, plan = engine
     with pytest.raises(NoGPU, match="no NVIDIA GPU here"):
         TensorRTRunner(plan, b).load()
-    r = subprocess.run([sys.executable, "-m", "edgesdk", "verify", str(plan), "--bundle", str(b.path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgesdk", "verify", str(plan), "--bundle", str(b.path)], capture_output=True, text=True
+    )
     assert r.returncode != 0 and "no NVIDIA GPU here" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "edgesdk", "predict", str(b.path), str(ROOT / "README.md"),
-                        "--backend", "tensorrt"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgesdk", "predict", str(b.path), str(ROOT / "README.md"), "--backend", "tensorrt"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "no NVIDIA GPU here" in r.stderr
 
 
@@ -85,17 +96,26 @@ def _stub_dir(tmp_path):
         shutil.copytree(src / pkg, dst / pkg)
     f = dst / "tensorrt_bindings/tensorrt.pyi"
     text = re.sub(r"\bin: ", "in_: ", f.read_text())
-    f.write_text(text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)"))
+    f.write_text(
+        text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)")
+    )
     return dst
 
 
 def _mypy(tmp_path, target):
-    cfg = tmp_path / "mypy.ini"     # errors inside the generated stubs are theirs, not ours
-    cfg.write_text("[mypy]\nignore_missing_imports = True\nfollow_imports = silent\n"
-                   "[mypy-tensorrt_bindings.*]\nignore_errors = True\n[mypy-tensorrt.*]\nignore_errors = True\n")
+    cfg = tmp_path / "mypy.ini"  # errors inside the generated stubs are theirs, not ours
+    cfg.write_text(
+        "[mypy]\nignore_missing_imports = True\nfollow_imports = silent\n"
+        "[mypy-tensorrt_bindings.*]\nignore_errors = True\n[mypy-tensorrt.*]\nignore_errors = True\n"
+    )
     env = {**os.environ, "MYPYPATH": str(_stub_dir(tmp_path))}
-    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(cfg), "--no-incremental", str(target)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(cfg), "--no-incremental", str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def test_tensorrt_runner_type_checks_against_tensorrt_stubs(tmp_path):
@@ -103,7 +123,10 @@ def test_tensorrt_runner_type_checks_against_tensorrt_stubs(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     # The check can fail: a misspelled TensorRT call is caught.
     bad = tmp_path / "bad_runner.py"
-    bad.write_text((ROOT / "edgesdk/backends/tensorrt.py").read_text()
-                   .replace("self.context.set_input_shape(", "self.context.set_input_shapes("))
+    bad.write_text(
+        (ROOT / "edgesdk/backends/tensorrt.py")
+        .read_text()
+        .replace("self.context.set_input_shape(", "self.context.set_input_shapes(")
+    )
     r = _mypy(tmp_path, bad)
     assert r.returncode == 1 and "set_input_shapes" in r.stdout

@@ -1,4 +1,5 @@
 """Detection can never be switched off by a number, and pictures never paint a good part red."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ from edgesdk.viz import JET, overlay
 def test_run_refuses_a_non_finite_threshold(bundle, tiny_data, tmp_path, value, capsys):
     out = tmp_path / "r.jsonl"
     with pytest.raises(SystemExit) as e:
-        main(["run", str(bundle), "--source", str(tiny_data / "brick" / "test" / "good"),
-              "--sink", f"jsonl://{out}", f"--threshold={value}"])
+        main(
+            [
+                "run",
+                str(bundle),
+                "--source",
+                str(tiny_data / "brick" / "test" / "good"),
+                "--sink",
+                f"jsonl://{out}",
+                f"--threshold={value}",
+            ]
+        )
     assert e.value.code == 2
     assert "--threshold" in capsys.readouterr().err
     assert not out.exists()
@@ -57,13 +67,12 @@ def test_a_good_frame_is_not_painted_in_alarm_colours(bundle, tiny_data):
             res = det.predict(frame)
             if res.is_anomalous:
                 continue
-            assert res.anomaly_map.min() < 0        # a good part's map runs below the good mean
+            assert res.anomaly_map.min() < 0  # a good part's map runs below the good mean
             pic = overlay(frame, res.anomaly_map, det.threshold, res.regions)
-            body = slice(24, None)                  # below the verdict banner
+            body = slice(24, None)  # below the verdict banner
             new_red = _is_alarm_red(pic[body]) & ~_is_alarm_red(frame[body])
             assert not new_red.any(), f"{path.name}: {int(new_red.sum())} pixels painted red on a good part"
-            calm = np.broadcast_to(
-                (res.anomaly_map <= 0)[:, :, None], res.anomaly_map.shape + (3,))
+            calm = np.broadcast_to((res.anomaly_map <= 0)[:, :, None], res.anomaly_map.shape + (3,))
             if frame.shape[:2] == res.anomaly_map.shape:
                 # Interior of the calm area (away from the resize's blend at edges) keeps the bare frame.
                 inner = calm.copy()

@@ -1,5 +1,6 @@
 """Every graph the project exports is built into a real TensorRT engine (TensorRT for RTX builds
 ahead of time on this CPU-only machine), and the engine cache, sidecars and refusals work."""
+
 import hashlib
 import json
 import os
@@ -61,10 +62,14 @@ def test_uint8_input_into_transpose_is_rejected_with_the_parsers_message(tmp_pat
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
-         helper.make_node("Cast", ["t"], ["out"], to=TensorProto.FLOAT)],
-        "old_preprocess", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8, 3])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3, 8, 8])])
+        [
+            helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
+            helper.make_node("Cast", ["t"], ["out"], to=TensorProto.FLOAT),
+        ],
+        "old_preprocess",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+    )
     path = tmp_path / "old.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     with pytest.raises(TensorRTParseError, match=r"old\.onnx.*rejected(.|\n)*Transpose(.|\n)*UInt8"):
@@ -105,7 +110,7 @@ def test_interrupted_build_leaves_no_plan(own_bundle, monkeypatch):
     r = build_engine(own_bundle, RTX)
     assert r.reused and not staged.exists() and load_plan_sidecar(r.plan).plan_sha256 == r.sidecar.plan_sha256
     r.plan.unlink()
-    assert not build_engine(own_bundle, RTX).reused        # a sidecar alone is never reused
+    assert not build_engine(own_bundle, RTX).reused  # a sidecar alone is never reused
 
 
 def test_rebuild_stopped_before_any_rename_keeps_a_matching_pair(own_bundle, monkeypatch):
@@ -155,8 +160,12 @@ def test_mismatched_or_corrupt_plans_are_refused_by_name(own_bundle, tmp_path):
     side["gpu"] = {"name": "Orin", "compute_capability": "8.7"}
     r.plan.with_suffix(".json").write_text(json.dumps(side))
     with pytest.raises(EngineError, match=r"compute capability 8\.7 \(Orin\), running on 8\.9"):
-        find_engine(own_bundle, module="tensorrt_rtx", version=trt.__version__,
-                    gpu={"name": "RTX 4070", "compute_capability": "8.9"})
+        find_engine(
+            own_bundle,
+            module="tensorrt_rtx",
+            version=trt.__version__,
+            gpu={"name": "RTX 4070", "compute_capability": "8.9"},
+        )
     data = bytearray(r.plan.read_bytes())
     data[100] ^= 0xFF
     r.plan.write_bytes(bytes(data))
@@ -170,7 +179,7 @@ def test_mismatched_or_corrupt_plans_are_refused_by_name(own_bundle, tmp_path):
 def test_sidecar_of_another_bundle_is_refused(own_bundle, tmp_path):
     r = build_engine(own_bundle, RTX)
     m = json.loads((own_bundle.path / "manifest.json").read_text())
-    m["files"]["model.onnx"]["sha256"] = "0" * 64     # as if re-exported: another model.onnx
+    m["files"]["model.onnx"]["sha256"] = "0" * 64  # as if re-exported: another model.onnx
     other = Bundle(own_bundle.path, own_bundle.manifest.from_dict(m))
     with pytest.raises(EngineError, match="another bundle, or re-exported"):
         find_engine(other, module="tensorrt_rtx", version=trt.__version__)
@@ -199,8 +208,16 @@ def test_tensorrt_85_gets_flags_from_the_graph_precision():
     from pathlib import Path
 
     shapes = {"input": "image", "min": [1, 8, 8, 3], "opt": [1, 8, 8, 3], "max": [4, 8, 8, 3]}
-    cmd = trtexec_command(Path("m.onnx"), Path("e.plan"), shapes, "tensorrt", False, ("FP16", "INT8", "GPU_FALLBACK"),
-                          BuildConfig(dla_core=0), Path("t.cache"))
+    cmd = trtexec_command(
+        Path("m.onnx"),
+        Path("e.plan"),
+        shapes,
+        "tensorrt",
+        False,
+        ("FP16", "INT8", "GPU_FALLBACK"),
+        BuildConfig(dla_core=0),
+        Path("t.cache"),
+    )
     assert cmd.startswith("/usr/src/tensorrt/bin/trtexec ") and "--fp16 --int8" in cmd
     assert "--useDLACore=0 --allowGPUFallback" in cmd and "--stronglyTyped" not in cmd
     typed = trtexec_command(Path("m.onnx"), Path("e.plan"), shapes, "tensorrt", True, (), BuildConfig(), None)
@@ -221,4 +238,3 @@ def test_build_cli_prints_the_table_and_reuses(own_bundle):
 def test_parity_frames_travel_with_the_bundle(bundle):
     frames = Bundle.open(bundle).parity_frames()
     assert frames.dtype == np.uint8 and frames.shape[1:] == (128, 128, 3) and len(frames) >= 2
-

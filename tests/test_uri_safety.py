@@ -3,6 +3,7 @@ nor silently turn a run into one that scores nothing: one option parser for ever
 (unknown keys, bad values, non-finite numbers, ranges), `#` kept in file names, the JSONL sink
 refusing files that are not its own, a corrupt image in a folder recorded instead of fatal, and
 frame and stream counts checked."""
+
 import json
 import os
 import re
@@ -38,15 +39,27 @@ def clip(tmp_path):
 
 # (URI suffix or whole URI, the option the error must name). {v} is a 5-frame video.
 BAD_SOURCES = [
-    ("{v}?fps=inf", "fps"), ("{v}?fps=-Infinity", "fps"), ("{v}?fps=NaN", "fps"), ("{v}?fps=abc", "fps"),
-    ("{v}?fps=0", "fps"), ("{v}?fps=-3", "fps"), ("file://{v}?fps=1e999", "fps"),
-    ("{v}?loop=maybe", "loop"), ("{v}?loop=", "loop"), ("{v}?loop=2", "loop"),
-    ("{v}?roi=-20,-20,10,10", "roi"), ("{v}?roi=0,0,0,5", "roi"), ("{v}?roi=1.5,0,4,4", "roi"),
+    ("{v}?fps=inf", "fps"),
+    ("{v}?fps=-Infinity", "fps"),
+    ("{v}?fps=NaN", "fps"),
+    ("{v}?fps=abc", "fps"),
+    ("{v}?fps=0", "fps"),
+    ("{v}?fps=-3", "fps"),
+    ("file://{v}?fps=1e999", "fps"),
+    ("{v}?loop=maybe", "loop"),
+    ("{v}?loop=", "loop"),
+    ("{v}?loop=2", "loop"),
+    ("{v}?roi=-20,-20,10,10", "roi"),
+    ("{v}?roi=0,0,0,5", "roi"),
+    ("{v}?roi=1.5,0,4,4", "roi"),
     ("{v}?fps=5&fps=inf", "fps"),
-    ("synth://conveyor?fps=inf", "fps"), ("synth://conveyor?seed=1.5", "seed"), ("synth://conveyor?seed=-1", "seed"),
+    ("synth://conveyor?fps=inf", "fps"),
+    ("synth://conveyor?seed=1.5", "seed"),
+    ("synth://conveyor?seed=-1", "seed"),
     ("synth://conveyor?sed=1", "sed"),
-    ("rtsp://127.0.0.1:1/cam?fps=inf&user=x", "fps"),         # the camera's own keys pass, ours are checked
-    ("v4l2:///dev/video0?size=0x480", "size"), ("v4l2:///dev/video0?size=640x", "size"),
+    ("rtsp://127.0.0.1:1/cam?fps=inf&user=x", "fps"),  # the camera's own keys pass, ours are checked
+    ("v4l2:///dev/video0?size=0x480", "size"),
+    ("v4l2:///dev/video0?size=640x", "size"),
 ]
 
 
@@ -58,18 +71,31 @@ def test_bad_source_options_are_refused_naming_uri_and_option(clip, uri, option)
 
 
 BAD_SINKS = [
-    ("jsonl://{d}/r.jsonl?max_mb=abc", "max_mb"), ("jsonl://{d}/r.jsonl?max_mb=nan", "max_mb"),
-    ("jsonl://{d}/r.jsonl?max_mb=-inf", "max_mb"), ("jsonl://{d}/r.jsonl?max_mb=-1", "max_mb"),
-    ("jsonl://{d}/r.jsonl?keep=1.5", "keep"), ("jsonl://{d}/r.jsonl?keep=0", "keep"),
+    ("jsonl://{d}/r.jsonl?max_mb=abc", "max_mb"),
+    ("jsonl://{d}/r.jsonl?max_mb=nan", "max_mb"),
+    ("jsonl://{d}/r.jsonl?max_mb=-inf", "max_mb"),
+    ("jsonl://{d}/r.jsonl?max_mb=-1", "max_mb"),
+    ("jsonl://{d}/r.jsonl?keep=1.5", "keep"),
+    ("jsonl://{d}/r.jsonl?keep=0", "keep"),
     ("jsonl://{d}/r.jsonl?kep=3", "kep"),
-    ("video://{d}/a.mp4?fps=inf", "fps"), ("video://{d}/a.mp4?fps=0", "fps"),
-    ("dir://{d}/ng?all=2", "all"), ("dir://{d}/ng?al=1", "al"), ("dir://{d}/ng?all=1&all=0", "all"),
-    ("http://127.0.0.1:{p}?fps=0", "fps"), ("http://127.0.0.1:{p}?fps=INF", "fps"),
-    ("http://127.0.0.1:0", "port"), ("http://127.0.0.1:http", "port"),
-    ("mqtt://127.0.0.1:1/t?qos=x", "qos"), ("mqtt://127.0.0.1:1/t?qos=3", "qos"),
-    ("mqtt://127.0.0.1:1/t?health=nan", "health"), ("mqtt://127.0.0.1:1/t?drain=-1", "drain"),
-    ("mqtt://127.0.0.1:abc/t", "port"), ("mqtt://127.0.0.1:0/t", "port"), ("mqtt://127.0.0.1:70000/t", "port"),
-    ("mqtt://127.0.0.1:1/line/#", "#"), ("mqtt://127.0.0.1:1/line#1", "#"),
+    ("video://{d}/a.mp4?fps=inf", "fps"),
+    ("video://{d}/a.mp4?fps=0", "fps"),
+    ("dir://{d}/ng?all=2", "all"),
+    ("dir://{d}/ng?al=1", "al"),
+    ("dir://{d}/ng?all=1&all=0", "all"),
+    ("http://127.0.0.1:{p}?fps=0", "fps"),
+    ("http://127.0.0.1:{p}?fps=INF", "fps"),
+    ("http://127.0.0.1:0", "port"),
+    ("http://127.0.0.1:http", "port"),
+    ("mqtt://127.0.0.1:1/t?qos=x", "qos"),
+    ("mqtt://127.0.0.1:1/t?qos=3", "qos"),
+    ("mqtt://127.0.0.1:1/t?health=nan", "health"),
+    ("mqtt://127.0.0.1:1/t?drain=-1", "drain"),
+    ("mqtt://127.0.0.1:abc/t", "port"),
+    ("mqtt://127.0.0.1:0/t", "port"),
+    ("mqtt://127.0.0.1:70000/t", "port"),
+    ("mqtt://127.0.0.1:1/line/#", "#"),
+    ("mqtt://127.0.0.1:1/line#1", "#"),
 ]
 
 
@@ -78,7 +104,7 @@ def test_bad_sink_options_are_refused_naming_uri_and_option(tmp_path, uri, optio
     uri = uri.format(d=tmp_path / "out", p=free_port())
     with pytest.raises(OptionError, match=rf"{re.escape(uri.split('?')[0])}.*{re.escape(option)}"):
         open_sink(uri)
-    assert not (tmp_path / "out").exists()          # refused before anything was created
+    assert not (tmp_path / "out").exists()  # refused before anything was created
 
 
 def test_yes_no_options_take_their_spellings_and_integers_stay_whole(clip, tmp_path):
@@ -102,15 +128,28 @@ def test_a_negative_roi_no_longer_crops_another_corner(tmp_path):
 
 
 def test_fps_inf_is_refused_by_the_cli_instead_of_scoring_nothing(bundle, clip, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edgesdk", "run", str(bundle), "--source",
-                        f"{clip}?fps=inf&loop=1", "--sink", f"jsonl://{tmp_path / 'r.jsonl'}"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesdk",
+            "run",
+            str(bundle),
+            "--source",
+            f"{clip}?fps=inf&loop=1",
+            "--sink",
+            f"jsonl://{tmp_path / 'r.jsonl'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and f"{clip}?fps=inf&loop=1: fps must be a finite number" in r.stderr, r.stderr
 
 
 def test_a_looping_source_without_a_readable_frame_ends_with_an_error(tmp_path):
     empty = tmp_path / "empty.avi"
-    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48)).release()   # opens, no frames
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48)).release()  # opens, no frames
     with open_source(f"{empty}?loop=1") as src:
         with pytest.raises(DataError, match=r"empty.avi\?loop=1: loop=1, but .*no (readable )?frame"):
             src.read()
@@ -121,7 +160,7 @@ def test_a_looping_folder_of_unreadable_images_ends_with_an_error(tmp_path):
     folder.mkdir()
     (folder / "a.png").write_bytes(b"not a png")
     (folder / "b.jpg").write_bytes(b"")
-    with open_source(f"{folder}?loop=1&fps=1000", errors="record") as src:     # error frames, then refuse
+    with open_source(f"{folder}?loop=1&fps=1000", errors="record") as src:  # error frames, then refuse
         with pytest.raises(DataError, match=r"loop=1, but a whole pass gave no readable frame"):
             for _ in range(10):
                 assert src.read(timeout=1).error == "not a readable image"
@@ -130,8 +169,10 @@ def test_a_looping_folder_of_unreadable_images_ends_with_an_error(tmp_path):
 def test_a_paced_file_source_answers_read_timeouts_so_a_stop_is_honoured(bundle, clip):
     # One frame in 1000 s: the run must still end soon after `stop` is set, not after the sleep.
     stop, out, recs = threading.Event(), {}, []
-    t = threading.Thread(target=lambda: out.update(run_stream(bundle, f"{clip}?fps=0.001", [], stop=stop,
-                                                              on_record=recs.append)), daemon=True)
+    t = threading.Thread(
+        target=lambda: out.update(run_stream(bundle, f"{clip}?fps=0.001", [], stop=stop, on_record=recs.append)),
+        daemon=True,
+    )
     t.start()
     deadline = time.monotonic() + 60
     while not recs and time.monotonic() < deadline:
@@ -145,7 +186,7 @@ def test_a_paced_file_source_answers_read_timeouts_so_a_stop_is_honoured(bundle,
 def test_hash_in_a_file_name_is_part_of_the_name(clip, tmp_path, scheme):
     named = tmp_path / "line#2.avi"
     shutil.copy(clip, named)
-    (tmp_path / "line").write_bytes(b"another file")             # what a cut at '#' would open
+    (tmp_path / "line").write_bytes(b"another file")  # what a cut at '#' would open
     with open_source(f"{scheme}{named}?roi=0,0,16,16") as src:
         frames = list(src)
     assert len(frames) == 5 and frames[0].image.shape == (16, 16, 3)
@@ -181,10 +222,13 @@ def test_jsonl_sink_refuses_a_file_that_is_not_json_lines_and_leaves_it_byte_ide
     if content == "png":
         before = _png(path)
     else:
-        before = {"text": b"my notes\nsecond line", "text_nl": b"# my notes\nkeep me\n",
-                  "json_then_text": b'{"a": 1}\nnot json\n{"frame_id": 2, "sc',
-                  "torn_not_json": b'{"a": 1}\n{"b": 2}\nhello',
-                  "empty_line": b'{"a": 1}\n\n{"b": 2'}[content]
+        before = {
+            "text": b"my notes\nsecond line",
+            "text_nl": b"# my notes\nkeep me\n",
+            "json_then_text": b'{"a": 1}\nnot json\n{"frame_id": 2, "sc',
+            "torn_not_json": b'{"a": 1}\n{"b": 2}\nhello',
+            "empty_line": b'{"a": 1}\n\n{"b": 2',
+        }[content]
         path.write_bytes(before)
     with pytest.raises(EdgesdkError, match=rf"{path}: .*not a JSON object|{path}: .*neither JSON"):
         open_sink(f"jsonl://{path}")
@@ -202,13 +246,13 @@ def test_jsonl_sink_refuses_folders_and_fifos(tmp_path):
     def opening():
         try:
             got.append(open_sink(f"jsonl://{fifo}"))
-        except Exception as e:             # noqa: BLE001  (the refusal is what the test wants)
+        except Exception as e:  # noqa: BLE001  (the refusal is what the test wants)
             got.append(e)
 
     t = threading.Thread(target=opening, daemon=True)
     t.start()
     t.join(10)
-    if t.is_alive():                       # blocked opening a FIFO with no reader: release it
+    if t.is_alive():  # blocked opening a FIFO with no reader: release it
         os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
         t.join(10)
     assert isinstance(got[0], EdgesdkError) and "not a regular file" in str(got[0])
@@ -236,36 +280,69 @@ def _folder_with_bad_images(tiny_data, tmp_path):
 def test_an_unreadable_image_in_a_folder_is_recorded_and_the_run_goes_on(bundle, tiny_data, tmp_path):
     folder = _folder_with_bad_images(tiny_data, tmp_path)
     seen = []
-    s = run_stream(bundle, str(folder), [f"jsonl://{tmp_path / 'r.jsonl'}", f"dir://{tmp_path / 'ng'}?all=1"],
-                   on_record=seen.append)
+    s = run_stream(
+        bundle,
+        str(folder),
+        [f"jsonl://{tmp_path / 'r.jsonl'}", f"dir://{tmp_path / 'ng'}?all=1"],
+        on_record=seen.append,
+    )
     recs = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert s["frames"] == 3 and s["errors"] == 2 and len(seen) == 3
     assert [r["frame_id"] for r in recs] == [0, 1, 2, 3, 4]
     bad = [r for r in recs if "error" in r]
-    assert [(r["name"], r["error"]) for r in bad] == [("1_x.png", "not a readable image"),
-                                                      ("3_y.jpg", "not a readable image")]
+    assert [(r["name"], r["error"]) for r in bad] == [
+        ("1_x.png", "not a readable image"),
+        ("3_y.jpg", "not a readable image"),
+    ]
     assert all("score" not in r for r in bad) and all("error" not in r and "score" in r for r in recs if r not in bad)
-    assert len(list((tmp_path / "ng").glob("*_overlay.jpg"))) == 3       # the image sink saw only the good ones
+    assert len(list((tmp_path / "ng").glob("*_overlay.jpg"))) == 3  # the image sink saw only the good ones
     with pytest.raises(DataError, match=r"1_x.png: not a readable image"):
         run_stream(bundle, str(folder), [], strict=True)
 
 
 def test_cli_strict_stops_at_an_unreadable_image(bundle, tiny_data, tmp_path):
     folder = _folder_with_bad_images(tiny_data, tmp_path)
-    cmd = [sys.executable, "-m", "edgesdk", "run", str(bundle), "--source", str(folder), "--sink",
-           f"jsonl://{tmp_path / 'r.jsonl'}", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgesdk",
+        "run",
+        str(bundle),
+        "--source",
+        str(folder),
+        "--sink",
+        f"jsonl://{tmp_path / 'r.jsonl'}",
+        "--json",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and json.loads(r.stdout)["errors"] == 2, r.stderr
     r = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "1_x.png: not a readable image" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("flag,value", [("--max-frames", "-5"), ("--max-frames", "0"), ("--streams", "0"),
-                                        ("--streams", "-1"), ("--max-frames", "2.5")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [("--max-frames", "-5"), ("--max-frames", "0"), ("--streams", "0"), ("--streams", "-1"), ("--max-frames", "2.5")],
+)
 def test_frame_and_stream_counts_are_refused_below_one(tmp_path, clip, flag, value):
-    r = subprocess.run([sys.executable, "-m", "edgesdk", "run", str(tmp_path / "nobundle"), "--source", str(clip),
-                        "--sink", f"jsonl://{tmp_path / 'r.jsonl'}", flag, value],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesdk",
+            "run",
+            str(tmp_path / "nobundle"),
+            "--source",
+            str(clip),
+            "--sink",
+            f"jsonl://{tmp_path / 'r.jsonl'}",
+            flag,
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and f"argument {flag}: must be a whole number >= 1" in r.stderr, r.stderr
 
 

@@ -1,5 +1,6 @@
 """Every zoo model runs the whole path: train -> export (ONNX vs torch parity gate) -> eval on the
 torch-free runtime, and its graph builds in TensorRT. Plus the models' own algorithms."""
+
 import json
 import subprocess
 import sys
@@ -18,10 +19,14 @@ def test_each_model_exports_with_parity_and_scores_without_torch(zoo, tiny_data,
     run, bundle = zoo[model]
     par = json.loads((bundle / "parity.json").read_text())
     assert par["passed"] and par["score_max_rel_err"] <= 1e-4 and par["map_max_rel_err"] <= 1e-4
-    code = ("import sys, json; sys.modules['torch'] = None\n"
-            "from edgesdk.measure.evaluate import evaluate\n"
-            "r = evaluate(sys.argv[1], sys.argv[2]); print(json.dumps([r['image_auroc'], r['pixel_auroc']]))")
-    r = subprocess.run([sys.executable, "-c", code, str(bundle), str(tiny_data / "brick")], capture_output=True, text=True)
+    code = (
+        "import sys, json; sys.modules['torch'] = None\n"
+        "from edgesdk.measure.evaluate import evaluate\n"
+        "r = evaluate(sys.argv[1], sys.argv[2]); print(json.dumps([r['image_auroc'], r['pixel_auroc']]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(bundle), str(tiny_data / "brick")], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     img, px = json.loads(r.stdout)
     assert img > 0.9 and px > 0.9, (model, img, px)
@@ -92,7 +97,7 @@ def test_patchcore_reweighting_scales_the_whole_map(zoo, tiny_data):
         score, amap = net(x)
         net.cfg = replace(net.cfg, num_neighbors=1)
         plain = net.distance_map(x)
-    w = weighted.flatten(1).amax(1) / plain.flatten(1).amax(1)              # (B,) one factor per image
+    w = weighted.flatten(1).amax(1) / plain.flatten(1).amax(1)  # (B,) one factor per image
     assert torch.allclose(weighted, plain * w.view(-1, 1, 1, 1), atol=1e-4 * float(plain.max()))
-    assert ((w > 0) & (w <= 1)).all()                          # 1 - softmax(...)[0]: (0, 1]
+    assert ((w > 0) & (w <= 1)).all()  # 1 - softmax(...)[0]: (0, 1]
     assert torch.allclose(score, amap.flatten(1).amax(1))

@@ -2,6 +2,7 @@
 
 `open_runner(backend, bundle, ...)` makes the runner for a bundle: ONNX Runtime on its model.onnx,
 TensorRT on the engine built for it (found in BUNDLE/engines, or given)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,14 @@ from edgesdk.backends.tensorrt import TensorRTRunner
 from edgesdk.bundle import Bundle
 
 
-def open_runner(backend: str, bundle: Bundle, providers: str | list[str] = "auto", threads: int = 0,
-                engine: str | Path | None = None, spin: bool = True) -> Runner:
+def open_runner(
+    backend: str,
+    bundle: Bundle,
+    providers: str | list[str] = "auto",
+    threads: int = 0,
+    engine: str | Path | None = None,
+    spin: bool = True,
+) -> Runner:
     """A loaded runner of BACKEND for BUNDLE (errors name what is missing and where to get it)."""
     if backend == "onnxruntime":
         return OnnxRuntimeRunner(bundle.model_path, providers=providers, threads=threads, spin=spin).load()

@@ -1,4 +1,5 @@
 """The runner interface (after Polygraphy's runners): heavy objects are made in load()."""
+
 from __future__ import annotations
 
 import abc
@@ -10,7 +11,7 @@ import numpy as np
 @dataclass(frozen=True)
 class TensorMeta:
     name: str
-    shape: tuple          # ints, or strings for dynamic axes ("batch")
+    shape: tuple  # ints, or strings for dynamic axes ("batch")
     dtype: str
 
 

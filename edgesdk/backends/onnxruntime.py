@@ -1,4 +1,5 @@
 """ONNX Runtime runner: CPU by default; TensorRT / CUDA execution providers first when installed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,14 @@ import numpy as np
 from edgesdk.backends.base import Runner, TensorMeta
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16",
-           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8"}
+_DTYPES = {
+    "tensor(uint8)": "uint8",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+}
 
 
 class OnnxRuntimeRunner(Runner):
@@ -20,12 +27,12 @@ class OnnxRuntimeRunner(Runner):
         super().__init__()
         self.model = Path(model)
         self.requested = providers
-        self.threads = threads          # 0: let ONNX Runtime use every core
+        self.threads = threads  # 0: let ONNX Runtime use every core
         # Spinning pool threads win when inference has the CPU to itself (benchmarks); when capture
         # and sinks share it (the stream loop), they steal its cores: measured on 2 cores, PatchCore
         # in the pipeline 69% -> 78% of model-only FPS with spinning off.
         self.spin = spin
-        self.session: Any = None        # an onnxruntime.InferenceSession once loaded (the package ships no types)
+        self.session: Any = None  # an onnxruntime.InferenceSession once loaded (the package ships no types)
         self.output_names: list[str] = []
 
     def load(self) -> "OnnxRuntimeRunner":
@@ -38,8 +45,7 @@ class OnnxRuntimeRunner(Runner):
             providers = [self.requested] if isinstance(self.requested, str) else list(self.requested)
             missing = [p for p in providers if p not in available]
             if missing:
-                raise RuntimeError(f"ONNX Runtime providers {missing} are not available here "
-                                   f"(available: {available})")
+                raise RuntimeError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = self.threads
@@ -50,7 +56,7 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.model), opts, providers=providers)
         except Exception as e:
             raise RuntimeError(f"{self.model}: ONNX Runtime could not load the model: {e}") from e
-        self.output_names = [o.name for o in self.session.get_outputs()]   # asked once, not per frame
+        self.output_names = [o.name for o in self.session.get_outputs()]  # asked once, not per frame
         self.loaded = True
         return self
 

@@ -5,6 +5,7 @@ buffers from cuda-python (`cuda.bindings`), pinned host buffers, GPU time from C
 The parts that need no GPU are plain functions and unit-tested: buffer planning here; finding the
 engine of a bundle and refusing a plan whose sidecar does not match are edgesdk/engines.py.
 Works with JetPack's `tensorrt` (8.5+: the named-tensor API) and TensorRT for RTX (`tensorrt_rtx`)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -38,6 +39,7 @@ class NoGPU(RuntimeError):
 @dataclass(frozen=True)
 class Binding:
     """One I/O tensor of an engine, sized for the largest shape of the optimization profile."""
+
     name: str
     is_input: bool
     dtype: np.dtype
@@ -57,8 +59,10 @@ def plan_bindings(io: list[tuple[str, bool, np.dtype, tuple[int, ...]]], max_bat
         if dims and dims[0] == -1:
             dims[0] = max_batch
         if any(d < 0 for d in dims):
-            raise EngineError(f"tensor {name!r} has dynamic dims {tuple(shape)} beyond the batch; "
-                              "edgesdk graphs only have a dynamic batch")
+            raise EngineError(
+                f"tensor {name!r} has dynamic dims {tuple(shape)} beyond the batch; "
+                "edgesdk graphs only have a dynamic batch"
+            )
         out.append(Binding(name, is_input, np.dtype(dtype), tuple(dims)))
     return out
 
@@ -80,7 +84,7 @@ class TensorRTRunner(Runner):
         self.bundle = bundle
         self.sidecar = load_plan_sidecar(self.plan)
         self.max_batch = max_batch or int(self.sidecar.profile["max"][0])
-        self.gpu_ms: float | None = None          # GPU time of the last infer(), from CUDA events
+        self.gpu_ms: float | None = None  # GPU time of the last infer(), from CUDA events
         self._bindings: list[Binding] = []
         self._dev: dict[str, int] = {}
         self._host: dict[str, np.ndarray] = {}
@@ -102,20 +106,25 @@ class TensorRTRunner(Runner):
         except TensorRTUnavailable as e:
             raise EngineError(f"{self.plan}: built with {side.tensorrt_module} {side.tensorrt_version}: {e}") from None
         if not nvidia_gpu_present():
-            raise NoGPU(f"{self.plan}: no NVIDIA GPU here (no /dev/nvidia*, no Jetson GPU); TensorRT engines "
-                        "run on the device they were built for: run this there")
+            raise NoGPU(
+                f"{self.plan}: no NVIDIA GPU here (no /dev/nvidia*, no Jetson GPU); TensorRT engines "
+                "run on the device they were built for: run this there"
+            )
         try:
             from cuda.bindings import runtime as cudart
         except ImportError:
-            raise EngineError("--backend tensorrt needs cuda-python's cuda.bindings for device memory: "
-                              "pip install 'cuda-python>=12,<13' (CUDA 12: JetPack 6, RTX), "
-                              "'cuda-python>=13,<14' (CUDA 13: Thor)") from None
+            raise EngineError(
+                "--backend tensorrt needs cuda-python's cuda.bindings for device memory: "
+                "pip install 'cuda-python>=12,<13' (CUDA 12: JetPack 6, RTX), "
+                "'cuda-python>=13,<14' (CUDA 13: Thor)"
+            ) from None
         self._cudart = cudart
         if not _gpu_count(cudart):
             raise NoGPU(f"{self.plan}: no CUDA GPU here; TensorRT engines run on the device they were built for")
         gpu = cuda_device(cudart)
-        diff = side.mismatches(self.bundle.onnx_sha256 if self.bundle else None, trt_mod.__name__,
-                               trt_mod.__version__, gpu)
+        diff = side.mismatches(
+            self.bundle.onnx_sha256 if self.bundle else None, trt_mod.__name__, trt_mod.__version__, gpu
+        )
         if diff:
             raise EngineError(f"{self.plan}: refused: " + "; ".join(diff))
         # Typed against tensorrt-stubs (mypy in the tests): the engine/context API is the same in
@@ -134,15 +143,23 @@ class TensorRTRunner(Runner):
         for i in range(engine.num_io_tensors):
             tname = engine.get_tensor_name(i)
             is_in = engine.get_tensor_mode(tname) == trt_mod.TensorIOMode.INPUT
-            io.append((tname, is_in, np.dtype(trt_mod.nptype(engine.get_tensor_dtype(tname))),
-                       _dims(engine.get_tensor_shape(tname))))
+            io.append(
+                (
+                    tname,
+                    is_in,
+                    np.dtype(trt_mod.nptype(engine.get_tensor_dtype(tname))),
+                    _dims(engine.get_tensor_shape(tname)),
+                )
+            )
         self._bindings = plan_bindings(io, self.max_batch)
         self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._events = (_check(cudart.cudaEventCreate(), "cudaEventCreate"),
-                        _check(cudart.cudaEventCreate(), "cudaEventCreate"))
+        self._events = (
+            _check(cudart.cudaEventCreate(), "cudaEventCreate"),
+            _check(cudart.cudaEventCreate(), "cudaEventCreate"),
+        )
         for b in self._bindings:
             self._dev[b.name] = int(_check(cudart.cudaMalloc(b.nbytes), "cudaMalloc"))
-            hptr = int(_check(cudart.cudaMallocHost(b.nbytes), "cudaMallocHost"))   # pinned: async copies
+            hptr = int(_check(cudart.cudaMallocHost(b.nbytes), "cudaMallocHost"))  # pinned: async copies
             self._host_ptrs.append(hptr)
             raw = (ctypes.c_uint8 * b.nbytes).from_address(hptr)
             self._host[b.name] = np.ctypeslib.as_array(raw).view(b.dtype).reshape(b.max_shape)
@@ -151,8 +168,11 @@ class TensorRTRunner(Runner):
         return self
 
     def _meta(self, inputs: bool) -> list[TensorMeta]:
-        return [TensorMeta(b.name, ("batch", *b.max_shape[1:]), b.dtype.name)
-                for b in self._bindings if b.is_input == inputs]
+        return [
+            TensorMeta(b.name, ("batch", *b.max_shape[1:]), b.dtype.name)
+            for b in self._bindings
+            if b.is_input == inputs
+        ]
 
     @property
     def inputs(self) -> list[TensorMeta]:
@@ -172,8 +192,10 @@ class TensorRTRunner(Runner):
                 continue
             x = np.ascontiguousarray(feeds[b.name], dtype=b.dtype)
             if x.shape[0] > self.max_batch or x.shape[1:] != b.max_shape[1:]:
-                raise ValueError(f"input {b.name!r}: shape {x.shape} outside the engine's profile "
-                                 f"(batch <= {self.max_batch}, {b.max_shape[1:]})")
+                raise ValueError(
+                    f"input {b.name!r}: shape {x.shape} outside the engine's profile "
+                    f"(batch <= {self.max_batch}, {b.max_shape[1:]})"
+                )
             host = self._host[b.name][: x.shape[0]]
             host[...] = x
             self.context.set_input_shape(b.name, x.shape)
@@ -191,7 +213,7 @@ class TensorRTRunner(Runner):
         _check(cudart.cudaEventRecord(self._events[1], stream), "cudaEventRecord")
         _check(cudart.cudaEventSynchronize(self._events[1]), "cudaEventSynchronize")
         self.gpu_ms = float(_check(cudart.cudaEventElapsedTime(*self._events), "cudaEventElapsedTime"))
-        return {k: v.copy() for k, v in out.items()}      # host buffers are reused by the next call
+        return {k: v.copy() for k, v in out.items()}  # host buffers are reused by the next call
 
     def close(self) -> None:
         if self.loaded:

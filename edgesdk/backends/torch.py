@@ -1,5 +1,6 @@
 """Torch eager runner over a run folder (host only): the reference that bundles are compared and
 timed against. torch is imported in load(), never at module import."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,9 +1,10 @@
 """`edgesdk` command line: each subcommand parses arguments, calls one public function and prints.
 
-One module per command group (data, workstation, line, measure, device, demo; deploy's live in
-edgesdk/deploy/commands.py), each with add_commands(sub). Heavy modules (torch, onnx, numpy) are
+One module per command group (data, workstation, line, measure, device, demo, deploy, fleet), each
+with add_commands(sub). Heavy modules (torch, onnx, numpy) are
 imported inside the commands that need them, so `edgesdk --help` is quick and `edgesdk eval`,
 `predict` and `run` work on a device with only the base install."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,19 +14,27 @@ import sys
 
 def command_groups() -> tuple:
     """The command-group modules, in --help order: build_parser calls each one's add_commands(sub)."""
-    from edgesdk.cli import data, demo, device, line, measure, workstation
-    from edgesdk.deploy import commands as deploy  # keygen, pack, inspect, install, stage, rollback, status, service
-    from edgesdk.fleet import commands as fleet  # agent, rollout, fleet status|forget
+    from edgesdk.cli import data, demo, deploy, device, fleet, line, measure, workstation
 
     return (data, workstation, line, measure, device, demo, deploy, fleet)
 
 
 def _verbosity(p: argparse.ArgumentParser, default) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-v", "--verbose", action="store_true", default=default,
-                   help="log what sources and sinks resolved (run: a line per frame)")
-    g.add_argument("-q", "--quiet", action="store_true", default=default,
-                   help="no progress bars or info lines: results, warnings and errors only")
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log what sources and sinks resolved (run: a line per frame)",
+    )
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no progress bars or info lines: results, warnings and errors only",
+    )
 
 
 def _leaves(sub: argparse._SubParsersAction):

@@ -1,5 +1,6 @@
 """What the command groups share: argparse types, the runtime flags, and printing (--json or a table).
 Standard library only at import (and edgesdk.table, which is): `edgesdk --help` loads no numpy."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,10 @@ import json
 
 from edgesdk.table import table
 
-FORCE_HELP = ("replace --out even when it is neither empty nor an edgesdk {} folder (never a folder that is, "
-              "holds or lies inside an input)")
+FORCE_HELP = (
+    "replace --out even when it is neither empty nor an edgesdk {} folder (never a folder that is, "
+    "holds or lies inside an input)"
+)
 
 
 def emit(args, obj: dict, text: str) -> None:
@@ -18,8 +21,21 @@ def emit(args, obj: dict, text: str) -> None:
 
 def stage_table(by_stage: dict, title: str) -> str:
     """One row per pipeline stage from {stage: latency_stats(...)}; stages with no samples are skipped."""
-    return table([{"stage": k, "p50 ms": v["p50"], "p90 ms": v["p90"], "p99 ms": v["p99"], "mean ms": v["mean"],
-                   "max ms": v["max"]} for k, v in by_stage.items() if v.get("n")], title=title)
+    return table(
+        [
+            {
+                "stage": k,
+                "p50 ms": v["p50"],
+                "p90 ms": v["p90"],
+                "p99 ms": v["p99"],
+                "mean ms": v["mean"],
+                "max ms": v["max"],
+            }
+            for k, v in by_stage.items()
+            if v.get("n")
+        ],
+        title=title,
+    )
 
 
 def progress_on(args) -> bool:
@@ -35,6 +51,14 @@ def finite_float(text: str) -> float:
         return finite(text, "value")
     except OptionError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds, hours, a latency budget)."""
+    x = finite_float(text)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return x
 
 
 def count(text: str) -> int:
@@ -83,5 +107,4 @@ def runtime_args(s: argparse.ArgumentParser) -> None:
 def detector_opts(args):
     from edgesdk.stream.detector import DetectorOptions
 
-    return DetectorOptions(backend=args.backend, providers=args.providers, threshold=args.threshold,
-                           engine=args.engine)
+    return DetectorOptions(backend=args.backend, providers=args.providers, threshold=args.threshold, engine=args.engine)

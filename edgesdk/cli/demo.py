@@ -1,12 +1,18 @@
 """`edgesdk demo`: sample data -> train -> export -> eval -> stream, with tables (edgesdk.demo)."""
+
 from __future__ import annotations
 
 
 def cmd_demo(args) -> None:
     from edgesdk.demo import MODELS, demo
 
-    demo(args.out, categories=args.categories, quick=args.quick, full=args.full,
-         models=tuple(args.models) if args.models else MODELS)
+    demo(
+        args.out,
+        categories=args.categories,
+        quick=args.quick,
+        full=args.full,
+        models=tuple(args.models) if args.models else MODELS,
+    )
 
 
 def add_commands(sub) -> None:

@@ -1,5 +1,6 @@
 """`edgesdk device list | info | check`, `build`, `verify`: device profiles, TensorRT engines for them,
 and an engine checked against ONNX Runtime. No torch: these run on the device."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ def _tolerance(text: str) -> float:
         tol = finite(text, "--tolerance")
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    if tol < 0:        # inf would pass every engine, nan none
+    if tol < 0:  # inf would pass every engine, nan none
         raise argparse.ArgumentTypeError(f"--tolerance {text!r}: a score difference >= 0, e.g. 0.05")
     return tol
 
@@ -45,10 +46,19 @@ def cmd_device(args) -> None:
     from edgesdk import devices
 
     if args.device_cmd == "list":
-        rows = [{"profile": p.name, "description": p.description,
-                 "TensorRT": f"{p.tensorrt_module} {p.tensorrt_version}".strip(), "JetPack": p.jetpack,
-                 "CC": p.compute_capability, "DLA": p.dla_cores, "precisions": ",".join(p.gpu_precisions),
-                 "camera": p.camera} for p in devices.list_profiles()]
+        rows = [
+            {
+                "profile": p.name,
+                "description": p.description,
+                "TensorRT": f"{p.tensorrt_module} {p.tensorrt_version}".strip(),
+                "JetPack": p.jetpack,
+                "CC": p.compute_capability,
+                "DLA": p.dla_cores,
+                "precisions": ",".join(p.gpu_precisions),
+                "camera": p.camera,
+            }
+            for p in devices.list_profiles()
+        ]
         emit(args, {"profiles": rows}, table(rows, title="device profiles (devices/*.toml)"))
     elif args.device_cmd == "info":
         f = devices.detect()
@@ -61,8 +71,10 @@ def cmd_device(args) -> None:
         checks = devices.check_bundle(Bundle.open(args.bundle), prof, args.dla, args.batch)
         runs = not any(c.status == "fail" for c in checks)
         rows = [{"check": c.name, "status": c.status.upper(), "detail": c.detail} for c in checks]
-        text = table(rows, title=f"{args.bundle} on {prof.name}") + \
-            f"\n{'will run' if runs else 'will NOT run'} on {prof.name}"
+        text = (
+            table(rows, title=f"{args.bundle} on {prof.name}")
+            + f"\n{'will run' if runs else 'will NOT run'} on {prof.name}"
+        )
         emit(args, {"device": prof.name, "runs": runs, "checks": [vars(c) for c in checks]}, text)
         if not runs:
             raise SystemExit(1)
@@ -75,31 +87,54 @@ def cmd_build(args) -> None:
     from edgesdk.spec import BuildConfig, EngineSidecar
 
     device = load_profile(args.device)
-    cfg = BuildConfig(batch=args.batch, workspace_mb=args.workspace, dla_core=args.dla,
-                      timing_cache=not args.no_timing_cache)
+    cfg = BuildConfig(
+        batch=args.batch, workspace_mb=args.workspace, dla_core=args.dla, timing_cache=not args.no_timing_cache
+    )
     if progress_on(args):
         say(f"building {args.bundle} for {device.name} ({device.description}) with {device.tensorrt_module}")
     r = build_engine(args.bundle, device, cfg, out=args.out, progress=progress_on(args), force=args.force)
     text = table([r.row()], title=f"engine for {device.name}") + "\n"
-    text += ("reused: same bundle, TensorRT, device and profile as the existing plan (--force rebuilds)\n"
-             if r.reused else "")
+    text += (
+        "reused: same bundle, TensorRT, device and profile as the existing plan (--force rebuilds)\n"
+        if r.reused
+        else ""
+    )
     text += "".join(f"note: {n}\n" for n in r.notes)
     text += f"plan     {r.plan}\nsidecar  {EngineSidecar.path_for(r.plan)}\nnvinfer  {r.deepstream}\n"
     if r.timing_cache:
         text += f"timing cache {r.timing_cache}\n"
     text += f"trtexec equivalent:\n  {r.trtexec}"
-    emit(args, {"plan": str(r.plan), "reused": r.reused, "sidecar": r.sidecar.to_dict(), "trtexec": r.trtexec,
-                "deepstream": str(r.deepstream), "notes": list(r.notes)}, text)
+    emit(
+        args,
+        {
+            "plan": str(r.plan),
+            "reused": r.reused,
+            "sidecar": r.sidecar.to_dict(),
+            "trtexec": r.trtexec,
+            "deepstream": str(r.deepstream),
+            "notes": list(r.notes),
+        },
+        text,
+    )
 
 
 def cmd_verify(args) -> None:
     from edgesdk.measure.compare import verify_engine
 
     r = verify_engine(args.engine, args.bundle, args.tolerance)
-    text = table([{"frames": r["n_frames"], "score max |diff|": r["score_max_abs_err"],
-                   "map max |diff|": r["map_max_abs_err"], "verdict flips": r["verdict_flips"],
-                   "tolerance": r["tolerance"], "result": "PASS" if r["passed"] else "FAIL"}],
-                 title=f"{Path(args.engine).name} vs ONNX Runtime (CPU) on the bundle's parity frames")
+    text = table(
+        [
+            {
+                "frames": r["n_frames"],
+                "score max |diff|": r["score_max_abs_err"],
+                "map max |diff|": r["map_max_abs_err"],
+                "verdict flips": r["verdict_flips"],
+                "tolerance": r["tolerance"],
+                "result": "PASS" if r["passed"] else "FAIL",
+            }
+        ],
+        title=f"{Path(args.engine).name} vs ONNX Runtime (CPU) on the bundle's parity frames",
+    )
     emit(args, r, text)
     if not r["passed"]:
         raise SystemExit(1)
@@ -108,8 +143,12 @@ def cmd_verify(args) -> None:
 def add_commands(sub) -> None:
     s = sub.add_parser("build", help="bundle -> TensorRT engine for a device profile (raw plan + sidecar)")
     s.add_argument("bundle")
-    s.add_argument("--device", required=True, help="profile name in devices/ (orin-nx, rtx, ...) or a path to your "
-                   "own profile (a value with / or ending in .toml is a path)")
+    s.add_argument(
+        "--device",
+        required=True,
+        help="profile name in devices/ (orin-nx, rtx, ...) or a path to your "
+        "own profile (a value with / or ending in .toml is a path)",
+    )
     s.add_argument("--out", help="engine folder (default BUNDLE/engines)")
     s.add_argument("--batch", type=batch, default=(1, 1, 4), help="optimization profile MIN:OPT:MAX (default 1:1:4)")
     s.add_argument("--workspace", type=_workspace, default=1024, help="builder workspace, MB")

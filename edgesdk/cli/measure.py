@@ -97,7 +97,8 @@ def _bench_lines(r: dict) -> list[str]:
 
 def cmd_bench(args) -> None:
     from edgesdk.fsutil import atomic_write_text, write_json
-    from edgesdk.measure.benchmark import BenchOptions, bench, for_json, markdown, plot, table_rows
+    from edgesdk.measure.bench_report import for_json, markdown, plot, table_rows
+    from edgesdk.measure.benchmark import BenchOptions, bench
 
     try:
         batches = tuple(int(b) for b in args.batch.split(","))

@@ -15,6 +15,7 @@ nearest neighbour, the student's discrepancy), upsampling, smoothing and score n
 FP32 (they are MatMul/Resize/Reduce ops, or the 1 -> 1 channel blur convolutions). When the gate
 (edgesdk.compile.quantize) finds too much loss, `float_convs` names more convolutions to keep in FP32,
 picked by `sensitivity`. No torch here."""
+
 from __future__ import annotations
 
 import struct
@@ -31,12 +32,12 @@ METHODS = ("minmax", "entropy", "percentile")
 
 @dataclass(frozen=True)
 class QuantOptions:
-    precision: str = "int8"          # "int8" or "fp16"
-    target: str = "cpu"              # "cpu" (ONNX Runtime) or "tensorrt"
-    calib: str = ""                  # folder of good images; "" = the run's training images
-    n_calib: int = 64                # images used to calibrate (fewer if fewer exist, at least 8)
-    method: str = "minmax"           # activation range: minmax, entropy or percentile
-    max_drop: float = 0.005          # allowed image-AUROC drop vs float (0.005 = 0.5 points)
+    precision: str = "int8"  # "int8" or "fp16"
+    target: str = "cpu"  # "cpu" (ONNX Runtime) or "tensorrt"
+    calib: str = ""  # folder of good images; "" = the run's training images
+    n_calib: int = 64  # images used to calibrate (fewer if fewer exist, at least 8)
+    method: str = "minmax"  # activation range: minmax, entropy or percentile
+    max_drop: float = 0.005  # allowed image-AUROC drop vs float (0.005 = 0.5 points)
 
     def __post_init__(self) -> None:
         if self.precision not in ("int8", "fp16"):
@@ -44,8 +45,10 @@ class QuantOptions:
         if self.target not in TARGETS:
             raise ValueError(f"target {self.target!r}: choose from {', '.join(TARGETS)}")
         if self.precision == "fp16" and self.target != "tensorrt":
-            raise ValueError("fp16 is for --target tensorrt: ONNX Runtime's x86 CPU kernels run FP16 no "
-                             "faster than FP32 (use int8 --target cpu there)")
+            raise ValueError(
+                "fp16 is for --target tensorrt: ONNX Runtime's x86 CPU kernels run FP16 no "
+                "faster than FP32 (use int8 --target cpu there)"
+            )
         if self.method not in METHODS:
             raise ValueError(f"calib_method {self.method!r}: choose from {', '.join(METHODS)}")
         if self.n_calib < 8:
@@ -92,7 +95,7 @@ def float_prefix(model) -> list[str]:
     # with several activation inputs (a residual Add) takes the coarsest.
     info: dict[str, tuple[int, str]] = {}
     stem_stride: dict[str, int] = {}
-    chains: dict[str, list[tuple[str, int]]] = {}      # stem -> [(conv, out channels)] at its resolution
+    chains: dict[str, list[tuple[str, int]]] = {}  # stem -> [(conv, out channels)] at its resolution
     for n in model.graph.node:
         stride, stem = max((info[i] for i in n.input if i in info), default=(1, ""), key=lambda t: t[0])
         if n.name in convs:
@@ -105,7 +108,7 @@ def float_prefix(model) -> list[str]:
     keep = []
     for chain in chains.values():
         narrowest = min(range(len(chain)), key=lambda i: chain[i][1])
-        keep += [c for c, _ in chain[:narrowest + 1]]
+        keep += [c for c, _ in chain[: narrowest + 1]]
     return keep
 
 
@@ -114,7 +117,8 @@ def _quantizable_neighbours(model, convs: set[str]) -> list[str]:
     other such nodes: quantizing them lets ONNX Runtime fold Q/DQ into QLinearConv/QLinearAdd."""
     produced = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name for i in model.graph.initializer} | {
-        o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
     ok = set(convs)
     for n in model.graph.node:
         if n.op_type in ("Clip", "Add"):
@@ -134,14 +138,15 @@ class FrameReader:
         if self.i >= len(self.frames):
             return None
         self.i += 1
-        return {self.name: self.frames[self.i - 1:self.i]}
+        return {self.name: self.frames[self.i - 1 : self.i]}
 
     def rewind(self) -> None:
         self.i = 0
 
 
-def quantize_int8(src: Path, dst: Path, frames: np.ndarray, input_name: str, opts: QuantOptions,
-                  keep_float: tuple[str, ...] = ()) -> dict:
+def quantize_int8(
+    src: Path, dst: Path, frames: np.ndarray, input_name: str, opts: QuantOptions, keep_float: tuple[str, ...] = ()
+) -> dict:
     """QDQ INT8 model of SRC at DST; the convolutions in KEEP_FLOAT stay FP32. Returns what was done."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -157,23 +162,41 @@ def quantize_int8(src: Path, dst: Path, frames: np.ndarray, input_name: str, opt
         trt = opts.target == "tensorrt"
         # TensorRT fuses Conv+ReLU6 and residual Adds itself from Q/DQ around the convolutions.
         nodes = convs if trt else convs + _quantizable_neighbours(model, set(convs))
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[opts.method]
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[opts.method]
         quantize_static(
-            str(pre), str(dst), FrameReader(frames, input_name), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-            per_channel=True, nodes_to_quantize=nodes, op_types_to_quantize=["Conv", "Clip", "Add"],
+            str(pre),
+            str(dst),
+            FrameReader(frames, input_name),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_quantize=nodes,
+            op_types_to_quantize=["Conv", "Clip", "Add"],
             calibrate_method=method,
-            extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True,
-                           # TensorRT takes float biases; an int32 bias DQ is outside its rules.
-                           "QuantizeBias": not trt,
-                           "CalibPercentile": 99.999, "CalibMovingAverage": False})
+            extra_options={
+                "ActivationSymmetric": trt,
+                "WeightSymmetric": True,
+                # TensorRT takes float biases; an int32 bias DQ is outside its rules.
+                "QuantizeBias": not trt,
+                "CalibPercentile": 99.999,
+                "CalibMovingAverage": False,
+            },
+        )
     finally:
         pre.unlink(missing_ok=True)
         for tmp in dst.parent.glob("augmented_model*.onnx"):
             tmp.unlink(missing_ok=True)
-    return {"quantized_convs": len(convs), "quantized_other": len(nodes) - len(convs),
-            "fp32_convs": sorted(keep_float), "ranges": activation_scales(onnx.load(str(dst)))}
+    return {
+        "quantized_convs": len(convs),
+        "quantized_other": len(nodes) - len(convs),
+        "fp32_convs": sorted(keep_float),
+        "ranges": activation_scales(onnx.load(str(dst))),
+    }
 
 
 def activation_scales(model) -> dict[str, float]:
@@ -181,9 +204,14 @@ def activation_scales(model) -> dict[str, float]:
     from onnx import numpy_helper
 
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
-            if n.op_type == "QuantizeLinear" and n.input[0] not in inits
-            and n.input[1] in inits and inits[n.input[1]].size == 1}
+    return {
+        n.input[0]: float(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+        and n.input[0] not in inits
+        and n.input[1] in inits
+        and inits[n.input[1]].size == 1
+    }
 
 
 def write_trt_calib_cache(path: Path, ranges: dict[str, float], version: str = "10") -> None:
@@ -199,8 +227,27 @@ def read_trt_calib_cache(path: Path) -> dict[str, float]:
     return {k: struct.unpack(">f", bytes.fromhex(v.strip()))[0] for k, v in (ln.rsplit(":", 1) for ln in lines[1:])}
 
 
-FP16_BLOCK = ("MatMul", "Gemm", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceMean", "Sqrt", "Resize", "ArgMax",
-              "ArgMin", "TopK", "Softmax", "Pow", "Min", "Max", "Pad", "Cast", "Gather", "GatherElements")
+FP16_BLOCK = (
+    "MatMul",
+    "Gemm",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceSum",
+    "ReduceMean",
+    "Sqrt",
+    "Resize",
+    "ArgMax",
+    "ArgMin",
+    "TopK",
+    "Softmax",
+    "Pow",
+    "Min",
+    "Max",
+    "Pad",
+    "Cast",
+    "Gather",
+    "GatherElements",
+)
 
 
 def convert_fp16(src: Path, dst: Path, keep_float: tuple[str, ...] = ()) -> dict:
@@ -211,8 +258,9 @@ def convert_fp16(src: Path, dst: Path, keep_float: tuple[str, ...] = ()) -> dict
     model = onnx.load(str(src))
     convs = set(feature_convs(model))
     blur = sorted({n.name for n in model.graph.node if n.op_type == "Conv"} - convs)
-    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_BLOCK),
-                                    node_block_list=blur + list(keep_float))
+    half = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=list(FP16_BLOCK), node_block_list=blur + list(keep_float)
+    )
     # The converter adds one identical "<x>_cast_to_fp32" Cast per FP32 consumer of an FP16 tensor;
     # with two consumers (PatchCore's distance MatMul feeds Min and ArgMin) that is an invalid graph.
     seen, nodes = set(), []
@@ -278,7 +326,7 @@ def sensitivity(fp32: Path, qdq: Path, frames: np.ndarray, input_name: str) -> l
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        got = [sess.run(tensors, {input_name: frames[i:i + 1]}) for i in range(len(frames))]
+        got = [sess.run(tensors, {input_name: frames[i : i + 1]}) for i in range(len(frames))]
         return {t: np.concatenate([g[k] for g in got]) for k, t in enumerate(tensors)}
 
     a = run(f, names)

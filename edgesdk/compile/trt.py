@@ -13,6 +13,7 @@ Output, in BUNDLE/engines/ unless told otherwise:
 NAME carries model, precision, device, TensorRT version, batch profile and a key hash: a second build
 with the same key reuses the plan; any change (bundle, TensorRT, device, profile) builds a new one.
 No torch here: this runs on the device."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,6 +35,7 @@ from edgesdk.fsutil import atomic_write_bytes, atomic_write_text, write_json
 from edgesdk.spec import NAME, BuildConfig, DeviceProfile, EngineSidecar
 
 log = logging.getLogger("edgesdk.compile")
+
 
 class TensorRTParseError(RuntimeError):
     """TensorRT's ONNX parser rejected a graph; the message lists the parser's errors."""
@@ -76,7 +78,7 @@ def parse_onnx(trt: Any, onnx_path: Path, strongly_typed: bool, logger: Any) -> 
     bits = 0
     if strongly_typed:
         bits |= 1 << int(flag.STRONGLY_TYPED)
-    elif hasattr(flag, "EXPLICIT_BATCH"):          # TensorRT 8.x needs it for ONNX
+    elif hasattr(flag, "EXPLICIT_BATCH"):  # TensorRT 8.x needs it for ONNX
         bits |= 1 << int(flag.EXPLICIT_BATCH)
     network = builder.create_network(bits)
     parser = trt.OnnxParser(network, logger)
@@ -88,8 +90,10 @@ def parse_onnx(trt: Any, onnx_path: Path, strongly_typed: bool, logger: Any) -> 
             op = e.node_operator() if hasattr(e, "node_operator") else ""
             desc = " ".join(e.desc().split())
             errors.append(f"node {e.node()} {op} {node_name}: {desc}".replace("  ", " "))
-        raise TensorRTParseError(f"{onnx_path}: TensorRT's ONNX parser ({trt.__name__} {trt.__version__}) "
-                                 "rejected the graph:\n  " + "\n  ".join(errors or logger.errors()))
+        raise TensorRTParseError(
+            f"{onnx_path}: TensorRT's ONNX parser ({trt.__name__} {trt.__version__}) "
+            "rejected the graph:\n  " + "\n  ".join(errors or logger.errors())
+        )
     return builder, network, parser
 
 
@@ -117,7 +121,7 @@ class _Progress:
                     print(f"  TensorRT: {phase_name} …", file=sys.stderr, flush=True)
 
             def step_complete(self, phase_name: str, step: int) -> bool:
-                return True          # never cancel
+                return True  # never cancel
 
             def phase_finish(self, phase_name: str) -> None:
                 if phase_name in self.top:
@@ -139,11 +143,17 @@ class BuildResult:
 
     def row(self) -> dict:
         s = self.sidecar
-        return {"engine": self.plan.name, "MB": s.plan_bytes / 1e6, "build s": s.build_seconds,
-                "reused": self.reused, "TensorRT": f"{s.tensorrt_module} {s.tensorrt_version}",
-                "precision": s.precision, "typed": "strong" if s.strongly_typed else "flags " + "+".join(s.flags),
-                "batch": "{}:{}:{}".format(s.profile["min"][0], s.profile["opt"][0], s.profile["max"][0]),
-                "dla": s.dla_core if s.dla_core >= 0 else "-"}
+        return {
+            "engine": self.plan.name,
+            "MB": s.plan_bytes / 1e6,
+            "build s": s.build_seconds,
+            "reused": self.reused,
+            "TensorRT": f"{s.tensorrt_module} {s.tensorrt_version}",
+            "precision": s.precision,
+            "typed": "strong" if s.strongly_typed else "flags " + "+".join(s.flags),
+            "batch": "{}:{}:{}".format(s.profile["min"][0], s.profile["opt"][0], s.profile["max"][0]),
+            "dla": s.dla_core if s.dla_core >= 0 else "-",
+        }
 
 
 def profile_shapes(input_name: str, hw: tuple[int, int], batch: tuple[int, int, int]) -> dict:
@@ -151,8 +161,16 @@ def profile_shapes(input_name: str, hw: tuple[int, int], batch: tuple[int, int, 
     return {"input": input_name, **{k: [b, h, w, 3] for k, b in zip(("min", "opt", "max"), batch)}}
 
 
-def trtexec_command(onnx: Path, plan: Path, shapes: dict, module: str, strongly_typed: bool,
-                    flags: tuple[str, ...], cfg: BuildConfig, timing_cache: Path | None) -> str:
+def trtexec_command(
+    onnx: Path,
+    plan: Path,
+    shapes: dict,
+    module: str,
+    strongly_typed: bool,
+    flags: tuple[str, ...],
+    cfg: BuildConfig,
+    timing_cache: Path | None,
+) -> str:
     """The equivalent command line for NVIDIA's own tool (trtexec, or tensorrt_rtx for RTX)."""
     exe = "tensorrt_rtx" if module == "tensorrt_rtx" else "/usr/src/tensorrt/bin/trtexec"
     args = [exe, f"--onnx={onnx}", f"--saveEngine={plan}"]
@@ -175,34 +193,36 @@ def deepstream_config(bundle: Bundle, plan: Path, side: EngineSidecar) -> str:
     """A DeepStream nvinfer config that runs the engine and attaches its outputs as tensor meta."""
     h, w = bundle.input_size
     mode = {"fp32": 0, "int8": 1, "fp16": 2}.get(side.precision, 0)
-    return "\n".join([
-        f"# DeepStream nvinfer config for {bundle.path.name} ({side.model}, {side.precision}), "
-        "written by edgesdk build.",
-        "# Custom network (network-type=100): no built-in parser; the outputs 'score' (batch,) and",
-        "# 'anomaly_map' (batch, H, W), in the units of the bundle's threshold, are attached as tensor",
-        "# meta (output-tensor-meta=1) for a pad probe to read. Normalization is inside the graph.",
-        f"# Threshold: {bundle.threshold:g} ({bundle.manifest.threshold.source}).",
-        "# The engine's input is a uint8 NHWC BGR frame; nvinfer's own preprocessing produces float",
-        "# tensors, so feed it through nvdspreprocess with a uint8 NHWC tensor (or run edgesdk's runtime).",
-        "[property]",
-        "gpu-id=0",
-        f"onnx-file={bundle.model_path.resolve()}",
-        f"model-engine-file={plan.resolve()}",
-        f"batch-size={side.profile['opt'][0]}",
-        f"network-mode={mode}",
-        "network-type=100",
-        "output-tensor-meta=1",
-        "process-mode=1",
-        "gie-unique-id=1",
-        "model-color-format=1",
-        "network-input-order=1",
-        f"infer-dims=3;{h};{w}",
-        "net-scale-factor=1.0",
-        "maintain-aspect-ratio=0",
-        f"output-blob-names={';'.join(o.name for o in bundle.manifest.outputs)}",
-        *(["enable-dla=1", f"use-dla-core={side.dla_core}"] if side.dla_core >= 0 else []),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# DeepStream nvinfer config for {bundle.path.name} ({side.model}, {side.precision}), "
+            "written by edgesdk build.",
+            "# Custom network (network-type=100): no built-in parser; the outputs 'score' (batch,) and",
+            "# 'anomaly_map' (batch, H, W), in the units of the bundle's threshold, are attached as tensor",
+            "# meta (output-tensor-meta=1) for a pad probe to read. Normalization is inside the graph.",
+            f"# Threshold: {bundle.threshold:g} ({bundle.manifest.threshold.source}).",
+            "# The engine's input is a uint8 NHWC BGR frame; nvinfer's own preprocessing produces float",
+            "# tensors, so feed it through nvdspreprocess with a uint8 NHWC tensor (or run edgesdk's runtime).",
+            "[property]",
+            "gpu-id=0",
+            f"onnx-file={bundle.model_path.resolve()}",
+            f"model-engine-file={plan.resolve()}",
+            f"batch-size={side.profile['opt'][0]}",
+            f"network-mode={mode}",
+            "network-type=100",
+            "output-tensor-meta=1",
+            "process-mode=1",
+            "gie-unique-id=1",
+            "model-color-format=1",
+            "network-input-order=1",
+            f"infer-dims=3;{h};{w}",
+            "net-scale-factor=1.0",
+            "maintain-aspect-ratio=0",
+            f"output-blob-names={';'.join(o.name for o in bundle.manifest.outputs)}",
+            *(["enable-dla=1", f"use-dla-core={side.dla_core}"] if side.dla_core >= 0 else []),
+            "",
+        ]
+    )
 
 
 def settle_staged(plan: Path, side_path: Path) -> None:
@@ -235,8 +255,14 @@ def write_plan(plan: Path, side_path: Path, side: EngineSidecar, data: bytes | m
     os.replace(staged, plan)
 
 
-def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildConfig = BuildConfig(),
-                 out: str | Path | None = None, progress: bool = False, force: bool = False) -> BuildResult:
+def build_engine(
+    bundle: str | Path | Bundle,
+    device: DeviceProfile,
+    cfg: BuildConfig = BuildConfig(),
+    out: str | Path | None = None,
+    progress: bool = False,
+    force: bool = False,
+) -> BuildResult:
     """Build (or reuse) the engine of BUNDLE for DEVICE. Raises with a clear message when the
     device's TensorRT is missing, the precision or DLA core does not exist there, or TensorRT
     rejects the graph; an interrupted build leaves the previous plan and sidecar, or the new ones,
@@ -246,28 +272,36 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
     if device.kind == "cpu" or not device.tensorrt_module:
         raise ValueError(f"device {device.name!r} runs bundles in ONNX Runtime: there is no engine to build")
     if m.precision == "int8" and (m.calibration or {}).get("target") == "cpu":
-        raise ValueError(f"{b.path}: this INT8 bundle was quantized for ONNX Runtime on a CPU (asymmetric uint8 "
-                         "activations), which TensorRT's explicit quantization does not take; export it with "
-                         "--precision int8 --target tensorrt")
+        raise ValueError(
+            f"{b.path}: this INT8 bundle was quantized for ONNX Runtime on a CPU (asymmetric uint8 "
+            "activations), which TensorRT's explicit quantization does not take; export it with "
+            "--precision int8 --target tensorrt"
+        )
     if m.precision not in device.gpu_precisions:
-        raise ValueError(f"{b.path}: precision {m.precision} is not supported on {device.name} "
-                         f"(supports {', '.join(device.gpu_precisions)})")
+        raise ValueError(
+            f"{b.path}: precision {m.precision} is not supported on {device.name} "
+            f"(supports {', '.join(device.gpu_precisions)})"
+        )
     if cfg.dla_core >= device.dla_cores:
         raise ValueError(f"--dla {cfg.dla_core}: {device.name} has {device.dla_cores} DLA cores")
     trt = import_tensorrt(device.tensorrt_module, device.name)
     module, version = device.tensorrt_module, trt.__version__
     notes = []
     if device.tensorrt_version and version_tuple(version)[:2] != version_tuple(device.tensorrt_version)[:2]:
-        notes.append(f"profile {device.name} expects TensorRT {device.tensorrt_version}; building with "
-                     f"{version}: the engine is for the TensorRT that runs it")
+        notes.append(
+            f"profile {device.name} expects TensorRT {device.tensorrt_version}; building with "
+            f"{version}: the engine is for the TensorRT that runs it"
+        )
     strongly = is_strongly_typed(module, version)
     gpu = current_gpu()
     out_dir = Path(out) if out is not None else b.path / "engines"
     key = engine_key(b.onnx_sha256, m.precision, module, version, device.name, gpu, cfg)
     name = engine_name(m.model["name"], m.precision, device.name, module, version, cfg, key)
-    if not NAME.fullmatch(name):      # the model and device names are parts of a file name in OUT
-        raise ValueError(f"{b.path}: engine name {name!r} (model {m.model['name']!r}, device {device.name!r}) "
-                         "is not a plain file name")
+    if not NAME.fullmatch(name):  # the model and device names are parts of a file name in OUT
+        raise ValueError(
+            f"{b.path}: engine name {name!r} (model {m.model['name']!r}, device {device.name!r}) "
+            "is not a plain file name"
+        )
     plan = out_dir / f"{name}.plan"
     side_path = EngineSidecar.path_for(plan)
     ds_path = out_dir / f"{name}.nvinfer.txt"
@@ -277,7 +311,7 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
         notes.append("TensorRT for RTX keeps no timing cache (its timing-cache calls are no-ops)")
     flags: tuple[str, ...]
 
-    settle_staged(plan, side_path)        # before reuse is judged or a new plan is staged
+    settle_staged(plan, side_path)  # before reuse is judged or a new plan is staged
     side = None if force else find_reusable(plan, key)
     if side is not None:
         reused = True
@@ -309,8 +343,10 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
             cc = getattr(trt.ComputeCapability, "SM" + device.compute_capability.replace(".", ""), None)
             if cc is None:
                 known = [k for k in dir(trt.ComputeCapability) if k.startswith("SM")]
-                raise ValueError(f"device {device.name!r}: compute_capability {device.compute_capability} is not "
-                                 f"a target of {module} {version} (it builds for {', '.join(known)})")
+                raise ValueError(
+                    f"device {device.name!r}: compute_capability {device.compute_capability} is not "
+                    f"a target of {module} {version} (it builds for {', '.join(known)})"
+                )
             config.num_compute_capabilities = 1
             config.set_compute_capability(cc, 0)
         profile = builder.create_optimization_profile()
@@ -318,7 +354,7 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
         config.add_optimization_profile(profile)
         if cache is not None:
             if cache.is_file():
-                EngineSidecar.inside_folder(cache)     # a link out of the folder is not read as a cache
+                EngineSidecar.inside_folder(cache)  # a link out of the folder is not read as a cache
             tc = config.create_timing_cache(cache.read_bytes() if cache.is_file() else b"")
             config.set_timing_cache(tc, False)
         if progress and hasattr(config, "progress_monitor"):
@@ -327,17 +363,34 @@ def build_engine(bundle: str | Path | Bundle, device: DeviceProfile, cfg: BuildC
         serialized = builder.build_serialized_network(network, config)
         seconds = time.perf_counter() - t0
         if serialized is None:
-            raise RuntimeError(f"{b.model_path}: TensorRT {version} could not build an engine for {device.name}:\n  "
-                               + "\n  ".join(logger.errors() or ["(no error logged)"]))
+            raise RuntimeError(
+                f"{b.model_path}: TensorRT {version} could not build an engine for {device.name}:\n  "
+                + "\n  ".join(logger.errors() or ["(no error logged)"])
+            )
         data = memoryview(serialized)
         digest = hashlib.sha256(data).hexdigest()
         side = EngineSidecar(
-            plan=plan.name, plan_sha256=digest, plan_bytes=data.nbytes, key=key, onnx_sha256=b.onnx_sha256,
-            model=m.model["name"], precision=m.precision, tensorrt_module=module, tensorrt_version=version,
-            device=device.name, gpu=gpu, strongly_typed=strongly, flags=flags, profile=shapes,
-            dla_core=cfg.dla_core, workspace_mb=cfg.workspace_mb, build_seconds=round(seconds, 3),
-            bundle=str(b.path.resolve()), edgesdk_version=__version__,
-            created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            plan=plan.name,
+            plan_sha256=digest,
+            plan_bytes=data.nbytes,
+            key=key,
+            onnx_sha256=b.onnx_sha256,
+            model=m.model["name"],
+            precision=m.precision,
+            tensorrt_module=module,
+            tensorrt_version=version,
+            device=device.name,
+            gpu=gpu,
+            strongly_typed=strongly,
+            flags=flags,
+            profile=shapes,
+            dla_core=cfg.dla_core,
+            workspace_mb=cfg.workspace_mb,
+            build_seconds=round(seconds, 3),
+            bundle=str(b.path.resolve()),
+            edgesdk_version=__version__,
+            created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
         write_plan(plan, side_path, side, data)
         if cache is not None:
             atomic_write_bytes(cache, memoryview(config.get_timing_cache().serialize()))

@@ -8,6 +8,7 @@ Kinds (a spec string each):
   mp4v       through a real MPEG-4 part 2 encode/decode (OpenCV's FFmpeg), the frames as one clip
   jpeg:Q     through JPEG at quality Q (MJPEG USB and IP cameras), e.g. jpeg:70
 """
+
 from __future__ import annotations
 
 import tempfile

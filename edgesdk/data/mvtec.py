@@ -3,6 +3,7 @@ plain folders of images; reading and resizing one image is edgesdk/images.py. nu
 the device can evaluate too.
 
 Every error names the path and what is wrong with it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ from edgesdk.images import list_images, read_image, resize
 @dataclass(frozen=True)
 class Item:
     path: Path
-    label: int                  # 0 good, 1 defective
-    kind: str                   # "good" or the defect folder name
-    mask: Path | None = None    # ground-truth mask, defective items only
+    label: int  # 0 good, 1 defective
+    kind: str  # "good" or the defect folder name
+    mask: Path | None = None  # ground-truth mask, defective items only
 
 
 def read_batch(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
@@ -69,16 +70,19 @@ def test_items(category: str | Path) -> list[Item]:
     gt = category / "ground_truth"
     for it in items:
         if it.label and it.mask is None:
-            raise DataError(f"{it.path}: defective test image has no mask "
-                            f"{gt / it.kind / (it.path.stem + '_mask.png')}")
+            raise DataError(
+                f"{it.path}: defective test image has no mask {gt / it.kind / (it.path.stem + '_mask.png')}"
+            )
     if gt.is_dir():
         have = {(it.kind, it.path.stem) for it in items if it.label}
         for kind_dir in sorted(p for p in gt.iterdir() if p.is_dir()):
             for mask in sorted(kind_dir.glob("*_mask.*")):
                 if (kind_dir.name, mask.name.rsplit("_mask", 1)[0]) not in have:
-                    raise DataError(f"{mask}: mask without a test image "
-                                    f"(expected {category / 'test' / kind_dir.name}/"
-                                    f"{mask.name.rsplit('_mask', 1)[0]}.png)")
+                    raise DataError(
+                        f"{mask}: mask without a test image "
+                        f"(expected {category / 'test' / kind_dir.name}/"
+                        f"{mask.name.rsplit('_mask', 1)[0]}.png)"
+                    )
     return items
 
 
@@ -103,7 +107,8 @@ def read_item(item: Item, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
     if m is None:
         raise DataError(f"{item.mask}: not a readable mask image")
     if m.shape != img.shape[:2]:
-        raise DataError(f"{item.mask}: mask is {m.shape[1]}x{m.shape[0]} but its image "
-                        f"{item.path} is {img.shape[1]}x{img.shape[0]}")
+        raise DataError(
+            f"{item.mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {item.path} is {img.shape[1]}x{img.shape[0]}"
+        )
     m = cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_NEAREST) if m.shape != tuple(size) else m
     return resize(img, size), m > 127

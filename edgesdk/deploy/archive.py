@@ -7,6 +7,7 @@ count limits. Refused: links (symbolic or hard), device files, FIFOs, sparse fil
 not plain, oversize members, too many members, oversize tar meta-headers (pax / GNU long names,
 which tarfile would read into memory), anything after the end-of-archive blocks but zero padding,
 and a gzip stream whose CRC or length does not match (gzip checks both once the stream is drained)."""
+
 from __future__ import annotations
 
 import gzip
@@ -21,7 +22,7 @@ from typing import IO, Iterator
 from edgesdk.errors import EdgesdkError
 
 COMPONENT = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}")
-TRAILER_MAX = 1 << 20          # zero padding after the end-of-archive blocks (a record is 10 KiB)
+TRAILER_MAX = 1 << 20  # zero padding after the end-of-archive blocks (a record is 10 KiB)
 
 
 class ArchiveError(EdgesdkError):
@@ -31,11 +32,12 @@ class ArchiveError(EdgesdkError):
 @dataclass(frozen=True)
 class Limits:
     """Bounds a package must keep; checked from headers and the signed manifest, before writing."""
-    member_bytes: int = 2 << 30        # one member (an engine plan or an ONNX graph)
-    total_bytes: int = 4 << 30         # all members together
-    members: int = 10_000              # member count (golden images are many small files)
-    meta_bytes: int = 1 << 20          # package.json and its signature
-    header_bytes: int = 1 << 16        # one pax / GNU long-name header
+
+    member_bytes: int = 2 << 30  # one member (an engine plan or an ONNX graph)
+    total_bytes: int = 4 << 30  # all members together
+    members: int = 10_000  # member count (golden images are many small files)
+    meta_bytes: int = 1 << 20  # package.json and its signature
+    header_bytes: int = 1 << 16  # one pax / GNU long-name header
 
 
 def check_name(name: str, where: str) -> str:
@@ -46,8 +48,10 @@ def check_name(name: str, where: str) -> str:
     if ".." in parts:
         raise ArchiveError(f"{where}: {name!r} climbs out of the package ('..'); refused")
     if len(name) > 1024 or not all(COMPONENT.fullmatch(p) for p in parts):
-        raise ArchiveError(f"{where}: {name!r} is not a plain relative name (letters, digits, '._+-'; "
-                           "no empty, hidden or '.' components)")
+        raise ArchiveError(
+            f"{where}: {name!r} is not a plain relative name (letters, digits, '._+-'; "
+            "no empty, hidden or '.' components)"
+        )
     return name
 
 
@@ -69,11 +73,17 @@ def _bounded_info(limit: int) -> type[tarfile.TarInfo]:
     class BoundedTarInfo(tarfile.TarInfo):
         # tarfile reads a pax or GNU long-name header whole into memory: bound it first.
         def _proc_member(self, tf):
-            meta = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-                    tarfile.GNUTYPE_LONGLINK)
+            meta = (
+                tarfile.XHDTYPE,
+                tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE,
+                tarfile.GNUTYPE_LONGNAME,
+                tarfile.GNUTYPE_LONGLINK,
+            )
             if self.type in meta and self.size > limit:
                 raise ArchiveError(f"a tar meta-header of {self.size} bytes (limit {limit})")
             return super()._proc_member(tf)
+
     return BoundedTarInfo
 
 
@@ -90,8 +100,11 @@ def members(path: str | os.PathLike, limits: Limits = Limits()) -> Iterator[tupl
     seen: set[str] = set()
     total = 0
     try:
-        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz, \
-                tarfile.open(fileobj=gz, mode="r|", tarinfo=_bounded_info(limits.header_bytes)) as tar:
+        with (
+            open(path, "rb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="rb") as gz,
+            tarfile.open(fileobj=gz, mode="r|", tarinfo=_bounded_info(limits.header_bytes)) as tar,
+        ):
             for ti in tar:
                 where = f"{path}: member {ti.name!r}"
                 if len(seen) >= limits.members:
@@ -110,7 +123,7 @@ def members(path: str | os.PathLike, limits: Limits = Limits()) -> Iterator[tupl
                 if total > limits.total_bytes:
                     raise ArchiveError(f"{path}: members add up to more than the limit of {limits.total_bytes} bytes")
                 f = tar.extractfile(ti)
-                assert f is not None   # a regular file always has a reader
+                assert f is not None  # a regular file always has a reader
                 yield ti, f
             # After the end-of-archive blocks only zero padding may follow; reading to the end also
             # makes gzip check the stream's CRC and length.
@@ -118,8 +131,9 @@ def members(path: str | os.PathLike, limits: Limits = Limits()) -> Iterator[tupl
             while block := tar.fileobj.read(1 << 16):
                 rest += len(block)
                 if block.count(0) != len(block) or rest > TRAILER_MAX:
-                    raise ArchiveError(f"{path}: data after the end of the archive (a damaged member header, "
-                                       "or bytes appended)")
+                    raise ArchiveError(
+                        f"{path}: data after the end of the archive (a damaged member header, or bytes appended)"
+                    )
     except ArchiveError:
         raise
     except READ_ERRORS as e:

@@ -21,6 +21,7 @@ for a venv already built). The package's signature was checked by the install th
 slot; this script re-checks each wheel's size and sha256 against package.json before using it.
 EDGESDK_FAULT_AT=runtime-venv|runtime-pip|runtime-marker|runtime-link (a test hook) kills it with
 SIGKILL as that step begins. Exit status: 0 ready, 1 not ready (--check), 2 refused or failed."""
+
 import fcntl
 import hashlib
 import json
@@ -69,20 +70,27 @@ def describe(slot):
 def describe_dict(rt, members, where):
     """Refused naming WHERE unless RT (package.json's runtime) names wheels that are members."""
     wheels = rt.get("wheels")
-    if not isinstance(wheels, list) or not wheels or not all(isinstance(w, str) and WHEEL.fullmatch(w)
-                                                             and w in members for w in wheels):
+    if (
+        not isinstance(wheels, list)
+        or not wheels
+        or not all(isinstance(w, str) and WHEEL.fullmatch(w) and w in members for w in wheels)
+    ):
         raise Refused("%s: runtime.wheels must list runtime/wheels/*.whl members" % where)
     for k in ("edgesdk", "pip"):
         if rt.get(k) not in wheels:
             raise Refused("%s: runtime.%s must be one of runtime.wheels" % (where, k))
     if not isinstance(rt.get("python"), str) or not re.fullmatch(r"3\.\d{1,2}", rt["python"]):
-        raise Refused("%s: runtime.python must be like \"3.10\"" % where)
+        raise Refused('%s: runtime.python must be like "3.10"' % where)
 
 
 def key_of(rt, members):
     """What the venv is built from: Python, site-packages choice and every wheel's name and sha256."""
-    what = {"python": rt["python"], "system_site_packages": bool(rt.get("system_site_packages")),
-            "edgesdk": rt["edgesdk"], "wheels": {w: members[w].get("sha256") for w in rt["wheels"]}}
+    what = {
+        "python": rt["python"],
+        "system_site_packages": bool(rt.get("system_site_packages")),
+        "edgesdk": rt["edgesdk"],
+        "wheels": {w: members[w].get("sha256") for w in rt["wheels"]},
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
@@ -107,7 +115,7 @@ def ready(rtdir, key):
 
 
 def state(slot):
-    """"none" (no runtime), "ready" or "not installed": read-only, for status reports."""
+    """ "none" (no runtime), "ready" or "not installed": read-only, for status reports."""
     try:
         rt, members = describe(slot)
     except Refused:
@@ -127,8 +135,10 @@ def _python_for(rt):
             if cand and os.access(cand, os.X_OK):
                 env = dict(os.environ, **{REEXEC_ENV: "1"})
                 os.execve(cand, [cand, "-E", "-s", os.path.realpath(__file__)] + sys.argv[1:], env)
-    raise Refused("this is Python %s; the runtime's wheels are for Python %s, which is not installed here "
-                  "(python%s)" % (have, want, want))
+    raise Refused(
+        "this is Python %s; the runtime's wheels are for Python %s, which is not installed here "
+        "(python%s)" % (have, want, want)
+    )
 
 
 def _check_wheels(slot, rt, members):
@@ -172,22 +182,45 @@ def _build(slot, rt, members, key, venv):
     """Create VENV and install the runtime into it from the wheels; the marker written last."""
     _check_wheels(slot, rt, members)
     if os.path.isdir(venv):
-        shutil.rmtree(venv)          # unmarked: half built (only under the lock, only ours by name)
+        shutil.rmtree(venv)  # unmarked: half built (only under the lock, only ours by name)
     t0 = time.time()
     fault("runtime-venv")
     site = ["--system-site-packages"] if rt.get("system_site_packages") else []
     _run([sys.executable, "-E", "-s", "-m", "venv", "--without-pip"] + site + [venv], "python -m venv")
     fault("runtime-pip")
-    pip = os.path.join(slot, rt["pip"], "pip")          # pip runs from its wheel (zipimport)
-    out = _run([os.path.join(venv, "bin", "python"), "-E", "-s", pip, "install", "--isolated", "--no-index",
-                "--find-links", os.path.join(slot, "runtime", "wheels"), "--only-binary=:all:", "--no-cache-dir",
-                "--disable-pip-version-check", "--no-warn-script-location", "--ignore-installed",
-                "--progress-bar", "off", os.path.join(slot, rt["edgesdk"])], "pip install (offline)")
+    pip = os.path.join(slot, rt["pip"], "pip")  # pip runs from its wheel (zipimport)
+    out = _run(
+        [
+            os.path.join(venv, "bin", "python"),
+            "-E",
+            "-s",
+            pip,
+            "install",
+            "--isolated",
+            "--no-index",
+            "--find-links",
+            os.path.join(slot, "runtime", "wheels"),
+            "--only-binary=:all:",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--ignore-installed",
+            "--progress-bar",
+            "off",
+            os.path.join(slot, rt["edgesdk"]),
+        ],
+        "pip install (offline)",
+    )
     installed = [ln for ln in out.splitlines() if ln.startswith("Successfully installed")]
     fault("runtime-marker")
     _fsync_tree(venv)
-    mark = {"key": key, "python": rt["python"], "wheels": len(rt["wheels"]), "seconds": round(time.time() - t0, 1),
-            "installed": installed[0][len("Successfully installed "):].split() if installed else []}
+    mark = {
+        "key": key,
+        "python": rt["python"],
+        "wheels": len(rt["wheels"]),
+        "seconds": round(time.time() - t0, 1),
+        "installed": installed[0][len("Successfully installed ") :].split() if installed else [],
+    }
     tmp = os.path.join(venv, ".%s.tmp" % MARKER)
     with open(tmp, "w") as f:
         json.dump(mark, f, indent=2)
@@ -209,7 +242,7 @@ def ensure(slot):
         return venv
     fd = os.open(rtdir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)      # one builder per slot; closing the fd releases it
+        fcntl.flock(fd, fcntl.LOCK_EX)  # one builder per slot; closing the fd releases it
         venv = ready(rtdir, key)
         if venv:
             log("ready: %s (built by a concurrent run)" % venv)
@@ -220,19 +253,26 @@ def ensure(slot):
         keep = os.readlink(link) if os.path.islink(link) else None
         name = PREFIX + key[:16]
         venv = os.path.join(rtdir, name)
-        mark = marked(venv, key)      # complete and marked: an interrupted run only missed the link
-        for other in sorted(os.listdir(rtdir)):       # what interrupted runs left: ours by name
+        mark = marked(venv, key)  # complete and marked: an interrupted run only missed the link
+        for other in sorted(os.listdir(rtdir)):  # what interrupted runs left: ours by name
             p = os.path.join(rtdir, other)
-            if other.startswith(PREFIX) and not (other == name and mark) and other != keep \
-                    and os.path.isdir(p) and not os.path.islink(p):
+            if (
+                other.startswith(PREFIX)
+                and not (other == name and mark)
+                and other != keep
+                and os.path.isdir(p)
+                and not os.path.islink(p)
+            ):
                 shutil.rmtree(p)
                 log("removed %s (left by an interrupted run)" % other)
             elif other.startswith(".%s.tmp-" % LINK) and os.path.islink(p):
                 os.unlink(p)
         if mark is None:
             mark = _build(slot, rt, members, key, venv)
-            log("built %s: %d packages in %.0f s (Python %s)" % (venv, len(mark["installed"]), mark["seconds"],
-                                                                 rt["python"]))
+            log(
+                "built %s: %d packages in %.0f s (Python %s)"
+                % (venv, len(mark["installed"]), mark["seconds"], rt["python"])
+            )
         else:
             log("completing %s: built and marked by an interrupted run" % venv)
         fault("runtime-link")
@@ -243,7 +283,7 @@ def ensure(slot):
         os.replace(tmp, link)
         os.fsync(fd)
         if keep and keep != name and os.path.isdir(os.path.join(rtdir, keep)):
-            shutil.rmtree(os.path.join(rtdir, keep))         # a venv of another wheel set, no longer named
+            shutil.rmtree(os.path.join(rtdir, keep))  # a venv of another wheel set, no longer named
         return venv
     finally:
         os.close(fd)

@@ -10,6 +10,7 @@ Checks, in order (the first failure is the reason the report gives):
             or --golden DIR, which wins)
 Staged mode (edgesdk stage: a root filesystem on another machine) runs the same checks on this host's
 ONNX Runtime CPU, minus latency: it proves the files and the model, not the target's speed."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,11 +30,11 @@ HEALTH = "health.json"
 
 @dataclass(frozen=True)
 class HealthOptions:
-    golden: str | None = None            # folder (good/, <kind>/) that replaces the packaged golden set
+    golden: str | None = None  # folder (good/, <kind>/) that replaces the packaged golden set
     max_latency_ms: float | None = None  # p50 budget; None: not checked
-    backend: str = "onnxruntime"         # or "tensorrt" with ENGINE
+    backend: str = "onnxruntime"  # or "tensorrt" with ENGINE
     engine: str | None = None
-    staged: bool = False                 # host check of a staged root filesystem: CPU ONNX Runtime, no latency
+    staged: bool = False  # host check of a staged root filesystem: CPU ONNX Runtime, no latency
 
 
 def _golden(slot: Path, m: PackageManifest, opts: HealthOptions) -> tuple[dict[str, list[Path]], str]:
@@ -47,10 +48,14 @@ def _golden(slot: Path, m: PackageManifest, opts: HealthOptions) -> tuple[dict[s
 
 def check(slot: Path, m: PackageManifest, opts: HealthOptions = HealthOptions()) -> dict:
     """Run every check on SLOT (extracted package M); returns the report (see the module doc)."""
-    report: dict[str, Any] = {"passed": False, "mode": "staged" if opts.staged else "device",
-                              "checked_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                              "backend": opts.backend, "engine": Path(opts.engine).name if opts.engine else None,
-                              "checks": []}
+    report: dict[str, Any] = {
+        "passed": False,
+        "mode": "staged" if opts.staged else "device",
+        "checked_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "backend": opts.backend,
+        "engine": Path(opts.engine).name if opts.engine else None,
+        "checks": [],
+    }
 
     def done(name: str, ok: bool, detail: str) -> bool:
         report["checks"].append({"check": name, "passed": ok, "detail": detail})
@@ -67,31 +72,32 @@ def check(slot: Path, m: PackageManifest, opts: HealthOptions = HealthOptions())
     providers = "CPUExecutionProvider" if opts.staged else "auto"
     try:
         det = Detector(b, DetectorOptions(backend=opts.backend, engine=opts.engine, providers=providers))
-    except Exception as e:   # any failure to load the model on this runtime fails the check, with its message
+    except Exception as e:  # any failure to load the model on this runtime fails the check, with its message
         done("runtime", False, f"{opts.backend} could not load {b.path}: {e}")
         return finish(report)
     with det:
         done("runtime", True, opts.backend + (f" ({report['engine']})" if opts.engine else ""))
         try:
             _score(det, b, slot, m, opts, report, done)
-        except Exception as e:   # a model that cannot score its own frames fails, with the runtime's message
+        except Exception as e:  # a model that cannot score its own frames fails, with the runtime's message
             done("scoring", False, f"{type(e).__name__}: {e}")
     return finish(report)
 
 
 def _score(det, b: Bundle, slot: Path, m: PackageManifest, opts: HealthOptions, report: dict, done) -> None:
     """The parity, latency and golden checks, in that order; stops at the first that fails."""
-    frames = b.parity_frames()                          # (N, H, W, 3) uint8
+    frames = b.parity_frames()  # (N, H, W, 3) uint8
     ref, tol = m.health["reference_scores"], float(m.health["tolerance"])
-    det.predict(frames[0])                              # warm-up: first-call allocations
+    det.predict(frames[0])  # warm-up: first-call allocations
     results = [det.predict(f) for f in frames]
     if len(results) != len(ref):
         done("parity", False, f"{len(results)} parity frames, the package records {len(ref)} reference scores")
         return
     errs = [abs(r.score - s) for r, s in zip(results, ref)]
     report["parity"] = {"frames": len(errs), "max_abs_err": max(errs), "tolerance": tol}
-    if not done("parity", max(errs) <= tol, f"{len(errs)} frames, max |score - reference| {max(errs):.2e} "
-                                            f"(tolerance {tol:g})"):
+    if not done(
+        "parity", max(errs) <= tol, f"{len(errs)} frames, max |score - reference| {max(errs):.2e} (tolerance {tol:g})"
+    ):
         return
     p50 = statistics.median(r.latency_ms["total"] for r in results)
     report["latency_ms"] = {"p50": p50, "frames": len(results), "budget": opts.max_latency_ms}
@@ -112,10 +118,17 @@ def _score(det, b: Bundle, slot: Path, m: PackageManifest, opts: HealthOptions, 
     report["golden"] = {"source": source, "images": len(rows), "wrong": wrong}
     detail = f"{len(rows) - len(wrong)}/{len(rows)} verdicts right ({source})"
     if wrong:
-        said = [f"{r['file']} scored {r['score']:.2f} "
-                f"({'flagged, must pass' if r['flagged'] else 'passed, must be flagged'})" for r in wrong[:4]]
-        detail += "; wrong: " + ", ".join(said) + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "") \
+        said = [
+            f"{r['file']} scored {r['score']:.2f} "
+            f"({'flagged, must pass' if r['flagged'] else 'passed, must be flagged'})"
+            for r in wrong[:4]
+        ]
+        detail += (
+            "; wrong: "
+            + ", ".join(said)
+            + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
             + f" [threshold {det.threshold:.2f}]"
+        )
     done("golden", not wrong, detail)
 
 

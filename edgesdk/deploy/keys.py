@@ -9,6 +9,7 @@ Signature file (four lines):   untrusted comment: ...
 The key id is the first 8 bytes of BLAKE2b(public key): derived, so the private key alone (PKCS8 PEM,
 which has no room for minisign's random id) gives the id back when signing. The cryptography itself
 is the `cryptography` package's."""
+
 from __future__ import annotations
 
 import base64
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edgesdk.errors import EdgesdkError
 
 KEY_FILE, PUB_FILE = "edgesdk.key", "edgesdk.pub"
-PUB_ALG, PREHASHED, LEGACY = b"Ed", b"ED", b"Ed"   # LEGACY signs the file itself; read, never written
+PUB_ALG, PREHASHED, LEGACY = b"Ed", b"ED", b"Ed"  # LEGACY signs the file itself; read, never written
 UNTRUSTED, TRUSTED = "untrusted comment: ", "trusted comment: "
 
 
@@ -39,17 +40,20 @@ class SignatureError(EdgesdkError):
 
 @dataclass(frozen=True)
 class PublicKey:
-    key_id: bytes          # 8 bytes, as stored (little-endian; minisign prints it reversed, in hex)
-    raw: bytes             # 32-byte Ed25519 public key
-    where: str = ""        # the file it came from, for messages
+    key_id: bytes  # 8 bytes, as stored (little-endian; minisign prints it reversed, in hex)
+    raw: bytes  # 32-byte Ed25519 public key
+    where: str = ""  # the file it came from, for messages
 
     @property
     def id_hex(self) -> str:
         return self.key_id[::-1].hex().upper()
 
     def text(self) -> str:
-        return (f"{UNTRUSTED}minisign public key {self.id_hex}\n"
-                + base64.b64encode(PUB_ALG + self.key_id + self.raw).decode() + "\n")
+        return (
+            f"{UNTRUSTED}minisign public key {self.id_hex}\n"
+            + base64.b64encode(PUB_ALG + self.key_id + self.raw).decode()
+            + "\n"
+        )
 
 
 def key_id_for(raw_public: bytes) -> bytes:
@@ -84,8 +88,7 @@ def keygen(out: str | os.PathLike, passphrase: bytes | None = None) -> tuple[Pat
         if p.exists() or p.is_symlink():
             raise KeyFileError(f"{p}: already exists; refusing to overwrite a key (move it away first)")
     private = Ed25519PrivateKey.generate()
-    enc = (serialization.BestAvailableEncryption(passphrase) if passphrase
-           else serialization.NoEncryption())
+    enc = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
     out.mkdir(parents=True, exist_ok=True)
     # O_EXCL: a key that appeared since the check above is not overwritten either; 0600 from birth.
@@ -108,7 +111,7 @@ def load_private(path: str | os.PathLike, passphrase: bytes | None = None) -> Ed
         raise KeyFileError(f"{path}: cannot read the private key ({e.strerror})") from None
     try:
         key = serialization.load_pem_private_key(pem, password=passphrase)
-    except TypeError as e:   # encrypted without a passphrase, or a passphrase for a plain key
+    except TypeError as e:  # encrypted without a passphrase, or a passphrase for a plain key
         raise KeyFileError(f"{path}: {e} (use --passphrase-file)") from None
     except ValueError:
         raise KeyFileError(f"{path}: not a PEM private key, or the passphrase is wrong") from None
@@ -149,16 +152,22 @@ def load_public(path: str | os.PathLike) -> PublicKey:
     return parse_public(text, str(path))
 
 
-def sign(data: bytes, private: Ed25519PrivateKey, trusted_comment: str,
-         untrusted_comment: str = "signature from edgesdk secret key") -> str:
+def sign(
+    data: bytes,
+    private: Ed25519PrivateKey,
+    trusted_comment: str,
+    untrusted_comment: str = "signature from edgesdk secret key",
+) -> str:
     """A minisign signature file (prehashed: BLAKE2b-512 of DATA) as text."""
     if "\n" in trusted_comment or "\r" in trusted_comment or "\n" in untrusted_comment:
         raise SignatureError("signature comments are one line each")
     pub = public_of(private)
     sig = private.sign(hashlib.blake2b(data).digest())
     global_sig = private.sign(sig + trusted_comment.encode())
-    return (f"{UNTRUSTED}{untrusted_comment}\n" + base64.b64encode(PREHASHED + pub.key_id + sig).decode() + "\n"
-            f"{TRUSTED}{trusted_comment}\n" + base64.b64encode(global_sig).decode() + "\n")
+    return (
+        f"{UNTRUSTED}{untrusted_comment}\n" + base64.b64encode(PREHASHED + pub.key_id + sig).decode() + "\n"
+        f"{TRUSTED}{trusted_comment}\n" + base64.b64encode(global_sig).decode() + "\n"
+    )
 
 
 def verify(data: bytes, sig_text: str, pub: PublicKey, where: str) -> str:
@@ -166,22 +175,27 @@ def verify(data: bytes, sig_text: str, pub: PublicKey, where: str) -> str:
     SignatureError names WHERE (the signature file) and what failed."""
     lines = sig_text.splitlines()
     if len(lines) != 4 or not lines[0].startswith(UNTRUSTED) or not lines[2].startswith(TRUSTED):
-        raise SignatureError(f"{where}: not a minisign signature (expected 4 lines: untrusted comment, "
-                             "signature, trusted comment, global signature)")
+        raise SignatureError(
+            f"{where}: not a minisign signature (expected 4 lines: untrusted comment, "
+            "signature, trusted comment, global signature)"
+        )
     blob = _b64(lines[1], 74, "the signature line", where)
     alg, key_id, sig = blob[:2], blob[2:10], blob[10:]
     if alg not in (PREHASHED, LEGACY):
         raise SignatureError(f"{where}: signature algorithm {alg!r} is not Ed25519 ('ED' or 'Ed')")
     if key_id != pub.key_id:
-        raise SignatureError(f"{where}: signed by key {key_id[::-1].hex().upper()}, not by the trusted key "
-                             f"{pub.id_hex} ({pub.where or 'given'}): signed by another key")
+        raise SignatureError(
+            f"{where}: signed by key {key_id[::-1].hex().upper()}, not by the trusted key "
+            f"{pub.id_hex} ({pub.where or 'given'}): signed by another key"
+        )
     key = Ed25519PublicKey.from_public_bytes(pub.raw)
     try:
         key.verify(sig, hashlib.blake2b(data).digest() if alg == PREHASHED else data)
     except InvalidSignature:
-        raise SignatureError(f"{where}: the signature does not match the signed file "
-                             "(the file or the signature was changed)") from None
-    comment = lines[2][len(TRUSTED):]
+        raise SignatureError(
+            f"{where}: the signature does not match the signed file (the file or the signature was changed)"
+        ) from None
+    comment = lines[2][len(TRUSTED) :]
     global_sig = _b64(lines[3], 64, "the global signature line", where)
     try:
         key.verify(global_sig, sig + comment.encode())

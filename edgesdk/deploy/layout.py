@@ -7,6 +7,7 @@ ROOT/previous -> slots/...      where `rollback` goes
 ROOT/history.jsonl              append-only log of installs, failed health checks and rollbacks
 ROOT/edgesdk.pub                the public key the last install verified with (rollback/status default)
 Standard library + the package format; no torch."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,7 @@ def link_target(root: Path, name: str) -> Path | None:
     link = root / name
     if not link.is_symlink():
         if link.exists():
-            raise InstallError(f"{link}: exists and is not a symlink; not an edgesdk root, or damaged "
-                               "(move it away)")
+            raise InstallError(f"{link}: exists and is not a symlink; not an edgesdk root, or damaged (move it away)")
         return None
     target = os.readlink(link)
     parts = target.split("/")
@@ -72,7 +72,7 @@ def locked(root: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)   # closing releases the lock
+        os.close(fd)  # closing releases the lock
 
 
 def clean_leftovers(root: Path) -> list[str]:
@@ -86,7 +86,7 @@ def clean_leftovers(root: Path) -> list[str]:
         if p.is_symlink():
             p.unlink()
             gone.append(p.name)
-    for p in sorted(root.glob(f".{PUBKEY}.*.tmp")):      # an atomic write of the key, interrupted
+    for p in sorted(root.glob(f".{PUBKEY}.*.tmp")):  # an atomic write of the key, interrupted
         p.unlink()
         gone.append(p.name)
     return gone
@@ -97,7 +97,7 @@ def slot_manifest(slot: Path) -> PackageManifest:
 
 
 def verify_slot(slot: Path, pub: keys.PublicKey | None) -> str:
-    """"" when SLOT is complete and intact (signature over package.json with PUB, when given; every
+    """ "" when SLOT is complete and intact (signature over package.json with PUB, when given; every
     member's size and sha256; the bundle opens), else the reason."""
     try:
         if not slot.is_dir():
@@ -114,7 +114,7 @@ def verify_slot(slot: Path, pub: keys.PublicKey | None) -> str:
                 return f"{f}: size or sha256 differs from {META} (changed after install)"
         from edgesdk.bundle import Bundle
 
-        Bundle.open(slot / "bundle", verify=False)   # its files were just hashed as members
+        Bundle.open(slot / "bundle", verify=False)  # its files were just hashed as members
     except (OSError, UnicodeDecodeError) as e:
         return f"{slot}: {e}"
     except EdgesdkError as e:

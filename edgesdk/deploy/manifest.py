@@ -1,5 +1,6 @@
 """The package manifest (package.json): what a package holds and how a device checks it, and the
 version order installs follow. Standard library only."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,10 @@ def version_key(version: str, where: str = "version") -> tuple:
     then an optional pre-release (1.0-rc.2 < 1.0-rc.10 < 1.0)."""
     m = VERSION.fullmatch(version) if isinstance(version, str) else None
     if m is None:
-        raise SpecError(f"{where}: {version!r} is not a version (1 to 4 dot-separated numbers, optionally "
-                        "-prerelease, e.g. 1.4.0 or 2.0.0-rc.1)")
+        raise SpecError(
+            f"{where}: {version!r} is not a version (1 to 4 dot-separated numbers, optionally "
+            "-prerelease, e.g. 1.4.0 or 2.0.0-rc.1)"
+        )
     nums = tuple(int(p) for p in m.group(1).split("."))
     nums += (0,) * (4 - len(nums))
     pre = m.group(2)
@@ -38,14 +41,14 @@ class PackageManifest:
     name: str
     version: str
     created_utc: str
-    devices: tuple[str, ...]           # device profile names it may install on; () = any
-    min_edgesdk: str                   # oldest edgesdk that runs it
-    model: dict                        # name, precision, onnx_sha256, threshold (from the bundle)
-    health: dict                       # reference_scores, reference_source, tolerance, frames
-    members: dict[str, FileEntry]      # every member but package.json and its signature
-    golden: dict = field(default_factory=dict)      # {"good": n, "kinds": {kind: n}} or {}
-    engines: tuple[dict, ...] = ()     # {"plan", "sidecar", "device"}: prebuilt plans and their sidecars
-    runtime: dict = field(default_factory=dict)     # the packed runtime (deploy/runtime.py) or {}
+    devices: tuple[str, ...]  # device profile names it may install on; () = any
+    min_edgesdk: str  # oldest edgesdk that runs it
+    model: dict  # name, precision, onnx_sha256, threshold (from the bundle)
+    health: dict  # reference_scores, reference_source, tolerance, frames
+    members: dict[str, FileEntry]  # every member but package.json and its signature
+    golden: dict = field(default_factory=dict)  # {"good": n, "kinds": {kind: n}} or {}
+    engines: tuple[dict, ...] = ()  # {"plan", "sidecar", "device"}: prebuilt plans and their sidecars
+    runtime: dict = field(default_factory=dict)  # the packed runtime (deploy/runtime.py) or {}
     format: str = FORMAT
     package_schema: int = PACKAGE_SCHEMA
 
@@ -57,7 +60,7 @@ class PackageManifest:
         d = dataclasses.asdict(self)
         d["members"] = {k: dataclasses.asdict(v) for k, v in self.members.items()}
         if not self.runtime:
-            del d["runtime"]          # a package without one reads as before on older devices
+            del d["runtime"]  # a package without one reads as before on older devices
         return (json.dumps(d, indent=2) + "\n").encode()
 
     @classmethod
@@ -69,23 +72,38 @@ class PackageManifest:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise SpecError(f"{where}: not an edgesdk package manifest (format {FORMAT!r})")
         if d.get("package_schema") != PACKAGE_SCHEMA:
-            raise SpecError(f"{where}: package_schema {d.get('package_schema')!r} is not supported (this edgesdk "
-                            f"reads {PACKAGE_SCHEMA}); upgrade edgesdk on this device")
+            raise SpecError(
+                f"{where}: package_schema {d.get('package_schema')!r} is not supported (this edgesdk "
+                f"reads {PACKAGE_SCHEMA}); upgrade edgesdk on this device"
+            )
         no_nonfinite(d, where)
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in d
-                         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
         if unknown or missing:
-            raise SpecError(f"{where}: " + (f"unknown field {unknown[0]!r}" if unknown
-                                            else f"missing field {missing[0]!r}"))
+            raise SpecError(
+                f"{where}: " + (f"unknown field {unknown[0]!r}" if unknown else f"missing field {missing[0]!r}")
+            )
         try:
-            m = cls(name=d["name"], version=d["version"], created_utc=str(d["created_utc"]),
-                    devices=tuple(d["devices"]), min_edgesdk=d["min_edgesdk"], model=dict(d["model"]),
-                    health=dict(d["health"]), members={k: FileEntry(**v) for k, v in dict(d["members"]).items()},
-                    golden=dict(d.get("golden") or {}), engines=tuple(dict(e) for e in d.get("engines", ())),
-                    runtime=dict(d.get("runtime") or {}),
-                    format=d["format"], package_schema=d["package_schema"])
+            m = cls(
+                name=d["name"],
+                version=d["version"],
+                created_utc=str(d["created_utc"]),
+                devices=tuple(d["devices"]),
+                min_edgesdk=d["min_edgesdk"],
+                model=dict(d["model"]),
+                health=dict(d["health"]),
+                members={k: FileEntry(**v) for k, v in dict(d["members"]).items()},
+                golden=dict(d.get("golden") or {}),
+                engines=tuple(dict(e) for e in d.get("engines", ())),
+                runtime=dict(d.get("runtime") or {}),
+                format=d["format"],
+                package_schema=d["package_schema"],
+            )
         except (TypeError, ValueError) as e:
             raise SpecError(f"{where}: malformed field ({e})") from None
         m.check(where, limits)
@@ -108,12 +126,19 @@ class PackageManifest:
                 check_name(name, f"{where}: members")
             except ArchiveError as err:
                 raise SpecError(str(err)) from None
-            if name in (META, SIG) or not isinstance(e.sha256, str) or not SHA256.fullmatch(e.sha256) \
-                    or not isinstance(e.bytes, int) or isinstance(e.bytes, bool) or e.bytes < 0:
+            if (
+                name in (META, SIG)
+                or not isinstance(e.sha256, str)
+                or not SHA256.fullmatch(e.sha256)
+                or not isinstance(e.bytes, int)
+                or isinstance(e.bytes, bool)
+                or e.bytes < 0
+            ):
                 raise SpecError(f"{where}: members[{name!r}] needs a sha256 (64 hex digits) and a byte count")
             if e.bytes > limits.member_bytes:
-                raise ArchiveError(f"{where}: member {name!r} is {e.bytes} bytes, over the member limit of "
-                                   f"{limits.member_bytes}")
+                raise ArchiveError(
+                    f"{where}: member {name!r} is {e.bytes} bytes, over the member limit of {limits.member_bytes}"
+                )
             total += e.bytes
         if total > limits.total_bytes:
             raise ArchiveError(f"{where}: members add up to {total} bytes, over the limit of {limits.total_bytes}")
@@ -147,5 +172,6 @@ class PackageManifest:
 
 def check_min_edgesdk(m: PackageManifest, running: str, where: str) -> None:
     if version_key(running) < version_key(m.min_edgesdk):
-        raise EdgesdkError(f"{where}: needs edgesdk >= {m.min_edgesdk}; this device runs {running}: upgrade "
-                           "edgesdk first")
+        raise EdgesdkError(
+            f"{where}: needs edgesdk >= {m.min_edgesdk}; this device runs {running}: upgrade edgesdk first"
+        )

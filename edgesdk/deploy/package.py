@@ -9,6 +9,7 @@ Archive (tar in gzip; the bundle's parity frames and golden images shrink, the O
   runtime/wheels/*.whl, runtime/bootstrap.py   optional (pack --runtime): edgesdk and its base dependencies
                           for the target's platform and Python, and the script that installs them (runtime.py)
 The two package files come first, so a reader checks the signature before it reads any other member."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,25 +31,26 @@ from edgesdk.deploy import keys
 from edgesdk.deploy.archive import ArchiveError, Limits, copy_member
 from edgesdk.deploy.archive import members as archive_members
 from edgesdk.deploy.manifest import META, NAME, SIG, PackageManifest, version_key
-from edgesdk.deploy.runtime import Target, pack_runtime
-from edgesdk.errors import EdgesdkError, finite
+from edgesdk.deploy.runtime import pack_runtime
+from edgesdk.deploy.wheels import Target
+from edgesdk.errors import EdgesdkError, OptionError, finite
 from edgesdk.spec import MANIFEST, EngineSidecar, SpecError, file_entry, sha256_file
 
-PARITY_SCORES_KEY = "onnxruntime_scores"   # parity.json field a bundle may record its reference scores in
+PARITY_SCORES_KEY = "onnxruntime_scores"  # parity.json field a bundle may record its reference scores in
 
 
 @dataclass(frozen=True)
 class PackOptions:
     version: str
-    devices: tuple[str, ...] = ()      # device profile names; () = any device
-    golden: str | None = None          # folder: good/*.png must pass, <kind>/*.png must be flagged
-    engines: bool = False              # include BUNDLE/engines/ plans built for DEVICES
-    name: str = ""                     # default: the bundle folder's name
-    min_edgesdk: str = ""              # default: the edgesdk that exported the bundle
-    tolerance: float | None = None     # default: default_tolerance(precision)
-    runtime: Target | None = None      # add the runtime for this platform (runtime/wheels, runtime/bootstrap.py)
-    find_links: tuple[str, ...] = ()   # extra wheel folders for the runtime's pip download
-    no_index: bool = False             # the runtime's wheels come from FIND_LINKS only
+    devices: tuple[str, ...] = ()  # device profile names; () = any device
+    golden: str | None = None  # folder: good/*.png must pass, <kind>/*.png must be flagged
+    engines: bool = False  # include BUNDLE/engines/ plans built for DEVICES
+    name: str = ""  # default: the bundle folder's name
+    min_edgesdk: str = ""  # default: the edgesdk that exported the bundle
+    tolerance: float | None = None  # default: default_tolerance(precision)
+    runtime: Target | None = None  # add the runtime for this platform (runtime/wheels, runtime/bootstrap.py)
+    find_links: tuple[str, ...] = ()  # extra wheel folders for the runtime's pip download
+    no_index: bool = False  # the runtime's wheels come from FIND_LINKS only
 
 
 def reference_scores(b: Bundle) -> tuple[list[float], str]:
@@ -72,8 +74,10 @@ def golden_files(folder: str | Path) -> dict[str, list[Path]]:
 
     folder = Path(folder)
     if not (folder / "good").is_dir():
-        raise SpecError(f"{folder}: a golden set needs good/ (images that must pass) and optionally "
-                        "<kind>/ folders of images that must be flagged")
+        raise SpecError(
+            f"{folder}: a golden set needs good/ (images that must pass) and optionally "
+            "<kind>/ folders of images that must be flagged"
+        )
     out = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if not NAME.fullmatch(sub.name):
@@ -90,8 +94,15 @@ def golden_verdicts(det, files: dict[str, list[Path]]) -> list[dict]:
     for kind, paths in files.items():
         for p in paths:
             r = det.predict(read_image(p))
-            rows.append({"kind": kind, "file": f"{kind}/{p.name}", "score": round(r.score, 4),
-                         "flagged": bool(r.is_anomalous), "right": bool(r.is_anomalous) == (kind != "good")})
+            rows.append(
+                {
+                    "kind": kind,
+                    "file": f"{kind}/{p.name}",
+                    "score": round(r.score, 4),
+                    "flagged": bool(r.is_anomalous),
+                    "right": bool(r.is_anomalous) == (kind != "good"),
+                }
+            )
     return rows
 
 
@@ -106,24 +117,39 @@ def _engines(b: Bundle, devices: tuple[str, ...]) -> tuple[list[tuple[str, Path]
         except SpecError as e:
             rows.append({"engine": plan.name, "device": "?", "packed": False, "why": str(e)})
             continue
-        why = ("" if side.device in devices else f"built for {side.device}") or \
-              ("" if side.onnx_sha256 == b.onnx_sha256 else "built from another model.onnx") or \
-              ("" if plan.stat().st_size == side.plan_bytes and sha256_file(plan) == side.plan_sha256
-               else "plan differs from its sidecar")
+        why = (
+            ("" if side.device in devices else f"built for {side.device}")
+            or ("" if side.onnx_sha256 == b.onnx_sha256 else "built from another model.onnx")
+            or (
+                ""
+                if plan.stat().st_size == side.plan_bytes and sha256_file(plan) == side.plan_sha256
+                else "plan differs from its sidecar"
+            )
+        )
         rows.append({"engine": plan.name, "device": side.device, "packed": not why, "why": why})
         if not why:
             side_path = EngineSidecar.path_for(plan)
             found += [(f"engines/{plan.name}", plan), (f"engines/{side_path.name}", side_path)]
     if not found:
-        raise EdgesdkError(f"{b.path / 'engines'}: --engines: no engine built from this bundle for "
-                           f"{', '.join(devices)}; build them with `edgesdk build {b.path} --device NAME`")
+        raise EdgesdkError(
+            f"{b.path / 'engines'}: --engines: no engine built from this bundle for "
+            f"{', '.join(devices)}; build them with `edgesdk build {b.path} --device NAME`"
+        )
     return found, rows
 
 
-def pack(bundle: str | Path, key: str | Path, out: str | Path, opts: PackOptions,
-         passphrase: bytes | None = None, limits: Limits = Limits()) -> dict:
+def pack(
+    bundle: str | Path,
+    key: str | Path,
+    out: str | Path,
+    opts: PackOptions,
+    passphrase: bytes | None = None,
+    limits: Limits = Limits(),
+) -> dict:
     """Write the signed package OUT (refuses to overwrite); returns a report (manifest, members, times)."""
     out = Path(out)
+    if (opts.find_links or opts.no_index) and opts.runtime is None:
+        raise OptionError("--find-links and --no-index are for the runtime's wheels: give --runtime or --platform")
     version_key(opts.version, "--version")
     if out.exists() or out.is_symlink():
         raise EdgesdkError(f"{out}: already exists; refusing to overwrite a package")
@@ -131,8 +157,15 @@ def pack(bundle: str | Path, key: str | Path, out: str | Path, opts: PackOptions
         return _pack(bundle, key, out, opts, passphrase, limits, Path(work))
 
 
-def _pack(bundle: str | Path, key: str | Path, out: Path, opts: PackOptions, passphrase: bytes | None,
-          limits: Limits, work: Path) -> dict:
+def _pack(
+    bundle: str | Path,
+    key: str | Path,
+    out: Path,
+    opts: PackOptions,
+    passphrase: bytes | None,
+    limits: Limits,
+    work: Path,
+) -> dict:
     t0 = time.perf_counter()
     private = keys.load_private(key, passphrase)
     b = Bundle.open(bundle)
@@ -150,8 +183,9 @@ def _pack(bundle: str | Path, key: str | Path, out: Path, opts: PackOptions, pas
         found, engine_rows = _engines(b, devices)
         sources += found
         for (plan_m, plan), (side_m, _) in zip(found[::2], found[1::2]):
-            engines.append({"plan": plan_m, "sidecar": side_m,
-                            "device": EngineSidecar.load(EngineSidecar.path_for(plan)).device})
+            engines.append(
+                {"plan": plan_m, "sidecar": side_m, "device": EngineSidecar.load(EngineSidecar.path_for(plan)).device}
+            )
     refs, source = reference_scores(b)
     golden, golden_rows = {}, []
     if opts.golden:
@@ -162,8 +196,10 @@ def _pack(bundle: str | Path, key: str | Path, out: Path, opts: PackOptions, pas
             golden_rows = golden_verdicts(det, files)
         wrong = [r["file"] for r in golden_rows if not r["right"]]
         if wrong:
-            raise EdgesdkError(f"{opts.golden}: this bundle gets {len(wrong)} golden image(s) wrong "
-                               f"({', '.join(wrong[:5])}): every device would fail its health check")
+            raise EdgesdkError(
+                f"{opts.golden}: this bundle gets {len(wrong)} golden image(s) wrong "
+                f"({', '.join(wrong[:5])}): every device would fail its health check"
+            )
         sources += [(f"golden/{k}/{p.name}", p) for k, ps in files.items() for p in ps]
         golden = {"good": len(files["good"]), "kinds": {k: len(v) for k, v in files.items() if k != "good"}}
     from edgesdk.measure.compare import default_tolerance  # the rule `edgesdk verify` applies to engines
@@ -175,14 +211,28 @@ def _pack(bundle: str | Path, key: str | Path, out: Path, opts: PackOptions, pas
         found_rt, runtime, runtime_rep = pack_runtime(opts.runtime, work, opts.find_links, opts.no_index)
         sources += found_rt
     manifest = PackageManifest(
-        name=name, version=opts.version,
+        name=name,
+        version=opts.version,
         created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        devices=devices, min_edgesdk=opts.min_edgesdk or b.manifest.edgesdk_version or __version__,
-        model={"name": b.manifest.model.get("name", ""), "precision": b.manifest.precision,
-               "onnx_sha256": b.onnx_sha256, "threshold": b.threshold},
-        health={"reference_scores": refs, "reference_source": source, "tolerance": tol,
-                "frames": "bundle/parity_frames.npy"},
-        members={m: file_entry(p) for m, p in sources}, golden=golden, engines=tuple(engines), runtime=runtime)
+        devices=devices,
+        min_edgesdk=opts.min_edgesdk or b.manifest.edgesdk_version or __version__,
+        model={
+            "name": b.manifest.model.get("name", ""),
+            "precision": b.manifest.precision,
+            "onnx_sha256": b.onnx_sha256,
+            "threshold": b.threshold,
+        },
+        health={
+            "reference_scores": refs,
+            "reference_source": source,
+            "tolerance": tol,
+            "frames": "bundle/parity_frames.npy",
+        },
+        members={m: file_entry(p) for m, p in sources},
+        golden=golden,
+        engines=tuple(engines),
+        runtime=runtime,
+    )
     meta = manifest.to_json()
     manifest.check(str(out), limits)
     comment = f"timestamp:{int(time.time())}\tfile:{META}\tprehashed\tedgesdk package {name} {opts.version}"
@@ -193,22 +243,31 @@ def _pack(bundle: str | Path, key: str | Path, out: Path, opts: PackOptions, pas
         entries: list[tuple[str, bytes | Path]] = [(META, meta), (SIG, sig), *sources]
         write_archive(tmp, entries, int(time.time()))
         t2 = time.perf_counter()
-        read_package(tmp, keys.public_of(private), limits)     # a package that does not verify never leaves
+        read_package(tmp, keys.public_of(private), limits)  # a package that does not verify never leaves
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"package": str(out), "bytes": out.stat().st_size, "sha256": hashlib.sha256(meta).hexdigest(),
-            "manifest": json.loads(meta), "engines": engine_rows, "golden": golden_rows, "runtime": runtime_rep,
-            "seconds": {"prepare": t1 - t0, "write": t2 - t1, "verify": time.perf_counter() - t2}}
+    return {
+        "package": str(out),
+        "bytes": out.stat().st_size,
+        "sha256": hashlib.sha256(meta).hexdigest(),
+        "manifest": json.loads(meta),
+        "engines": engine_rows,
+        "golden": golden_rows,
+        "runtime": runtime_rep,
+        "seconds": {"prepare": t1 - t0, "write": t2 - t1, "verify": time.perf_counter() - t2},
+    }
 
 
 def write_archive(path: Path, entries: list[tuple[str, bytes | Path]], mtime: int) -> None:
     """A tar in gzip of ENTRIES (member name, bytes or a file), plain metadata, fsynced."""
     with open(path, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
-                tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+            tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+        ):
             for name, src in entries:
                 ti = tarfile.TarInfo(name)
                 ti.mode, ti.mtime = 0o644, mtime
@@ -226,11 +285,12 @@ def write_archive(path: Path, entries: list[tuple[str, bytes | Path]], mtime: in
 @dataclass(frozen=True)
 class Verified:
     """A package that passed every check: its manifest, the exact bytes signed, and the signature."""
+
     path: Path
     manifest: PackageManifest
     manifest_bytes: bytes
     signature: bytes
-    trusted_comment: str | None        # None: the signature was not checked (no public key given)
+    trusted_comment: str | None  # None: the signature was not checked (no public key given)
     members: list[dict] = field(default_factory=list)
 
     @property
@@ -238,8 +298,13 @@ class Verified:
         return hashlib.sha256(self.manifest_bytes).hexdigest()
 
 
-def read_package(path: str | Path, pub: keys.PublicKey | None, limits: Limits = Limits(),
-                 sink: Callable[[str], IO[bytes]] | None = None, rows: list | None = None) -> Verified:
+def read_package(
+    path: str | Path,
+    pub: keys.PublicKey | None,
+    limits: Limits = Limits(),
+    sink: Callable[[str], IO[bytes]] | None = None,
+    rows: list | None = None,
+) -> Verified:
     """Read the package at PATH once, start to end: signature over package.json (with PUB; skipped
     when None), then every member against package.json (listed, size, sha256), none missing. With
     SINK, each member's bytes are also written to SINK(member name) as they are checked (the caller
@@ -250,8 +315,10 @@ def read_package(path: str | Path, pub: keys.PublicKey | None, limits: Limits = 
     for want in (META, SIG):
         got = next(it, None)
         if got is None or got[0].name != want:
-            raise ArchiveError(f"{path}: member {want} must come {'first' if want == META else 'second'} "
-                               f"(found {got[0].name if got else 'the end of the archive'!r}); not an edgesdk package")
+            raise ArchiveError(
+                f"{path}: member {want} must come {'first' if want == META else 'second'} "
+                f"(found {got[0].name if got else 'the end of the archive'!r}); not an edgesdk package"
+            )
         ti, f = got
         if ti.size > limits.meta_bytes:
             raise ArchiveError(f"{path}: {want} is {ti.size} bytes, over the limit of {limits.meta_bytes}")
@@ -285,15 +352,18 @@ def read_package(path: str | Path, pub: keys.PublicKey | None, limits: Limits = 
         if n != ti.size:
             raise ArchiveError(f"{path}: member {ti.name!r} is truncated ({n} of {ti.size} bytes)")
         if h.hexdigest() != entry.sha256:
-            raise ArchiveError(f"{path}: member {ti.name!r}: sha256 {h.hexdigest()[:12]}… does not match "
-                               f"{META}'s {entry.sha256[:12]}… (changed after signing)")
+            raise ArchiveError(
+                f"{path}: member {ti.name!r}: sha256 {h.hexdigest()[:12]}… does not match "
+                f"{META}'s {entry.sha256[:12]}… (changed after signing)"
+            )
         seen.add(ti.name)
         if rows is not None:
             rows.append({"member": ti.name, "bytes": ti.size, "sha256": entry.sha256[:12], "ok": True})
     missing = sorted(set(manifest.members) - seen)
     if missing:
-        raise ArchiveError(f"{path}: {len(missing)} member(s) listed in {META} are missing from the archive "
-                           f"({', '.join(missing[:3])})")
+        raise ArchiveError(
+            f"{path}: {len(missing)} member(s) listed in {META} are missing from the archive ({', '.join(missing[:3])})"
+        )
     return Verified(path, manifest, meta, sig, comment, rows if rows is not None else [])
 
 
@@ -306,7 +376,13 @@ def inspect(path: str | Path, pub_path: str | Path | None = None, limits: Limits
         v = read_package(path, pub, limits, rows=rows)
     except EdgesdkError as e:
         return {"package": str(path), "verified": False, "reason": str(e), "members": rows, "manifest": None}
-    return {"package": str(path), "verified": pub is not None,
-            "reason": "" if pub is not None else "signature not checked: give --pubkey",
-            "signed_by": pub.id_hex if pub else None, "trusted_comment": v.trusted_comment,
-            "package_sha256": v.sha256, "members": rows, "manifest": json.loads(v.manifest_bytes)}
+    return {
+        "package": str(path),
+        "verified": pub is not None,
+        "reason": "" if pub is not None else "signature not checked: give --pubkey",
+        "signed_by": pub.id_hex if pub else None,
+        "trusted_comment": v.trusted_comment,
+        "package_sha256": v.sha256,
+        "members": rows,
+        "manifest": json.loads(v.manifest_bytes),
+    }

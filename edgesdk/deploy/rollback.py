@@ -1,5 +1,6 @@
 """`edgesdk rollback` (current back to previous, after verifying it) and `edgesdk status` (slots,
 versions, health, history; read-only). The install itself is deploy/slots.py. No torch."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,10 @@ def rollback(root: str | Path, pubkey: str | Path | None = None) -> dict:
         if prev is None:
             raise InstallError(f"{root / PREVIOUS}: no previous slot to roll back to")
         if prev == cur:
-            raise InstallError(f"{root / PREVIOUS}: points at the current slot {prev.name} (an install was "
-                               "interrupted between its two pointer switches); nothing to roll back to")
+            raise InstallError(
+                f"{root / PREVIOUS}: points at the current slot {prev.name} (an install was "
+                "interrupted between its two pointer switches); nothing to roll back to"
+            )
         pub = _pub_for(root, pubkey)
         if pub is None:
             raise InstallError(f"{root / PUBKEY}: missing; give --pubkey to verify {prev.name} before using it")
@@ -57,8 +60,9 @@ def rollback(root: str | Path, pubkey: str | Path | None = None) -> dict:
         point(root, CURRENT, prev)
         if cur is not None:
             point(root, PREVIOUS, cur)
-        append_history(root, {"event": "rollback", "slot": prev.name, "version": m.version,
-                              "from": cur.name if cur else None})
+        append_history(
+            root, {"event": "rollback", "slot": prev.name, "version": m.version, "from": cur.name if cur else None}
+        )
     return {"root": str(root), "current": prev.name, "version": m.version, "previous": cur.name if cur else None}
 
 
@@ -71,19 +75,38 @@ def status(root: str | Path, pubkey: str | Path | None = None) -> dict:
     cur, prev = link_target(root, CURRENT), link_target(root, PREVIOUS)
     rows = []
     sdir = root / SLOTS
-    for slot in sorted((p for p in sdir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=age) \
-            if sdir.is_dir() else []:
+    for slot in (
+        sorted((p for p in sdir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=age)
+        if sdir.is_dir()
+        else []
+    ):
         state, rep = slot_state(slot)
         try:
             version = slot_manifest(slot).version
         except (OSError, EdgesdkError):
             version = "?"
         why = verify_slot(slot, pub)
-        rows.append({"slot": slot.name, "version": version, "state": state, "current": slot == cur,
-                     "previous": slot == prev, "verifies": not why, "why": why,
-                     "signature": "checked" if pub else "not checked (no key)",
-                     "health": (rep.get("why") or "passed") if rep else None, "runtime": runtime.state(slot),
-                     "p50 ms": ((rep or {}).get("latency_ms") or {}).get("p50")})
+        rows.append(
+            {
+                "slot": slot.name,
+                "version": version,
+                "state": state,
+                "current": slot == cur,
+                "previous": slot == prev,
+                "verifies": not why,
+                "why": why,
+                "signature": "checked" if pub else "not checked (no key)",
+                "health": (rep.get("why") or "passed") if rep else None,
+                "runtime": runtime.state(slot),
+                "p50 ms": ((rep or {}).get("latency_ms") or {}).get("p50"),
+            }
+        )
     leftovers = [p.name for p in sdir.glob(".*")] if sdir.is_dir() else []
-    return {"root": str(root), "current": cur.name if cur else None, "previous": prev.name if prev else None,
-            "slots": rows, "history": read_history(root), "leftovers": leftovers}
+    return {
+        "root": str(root),
+        "current": cur.name if cur else None,
+        "previous": prev.name if prev else None,
+        "slots": rows,
+        "history": read_history(root),
+        "leftovers": leftovers,
+    }

@@ -10,13 +10,17 @@ No engine is built (the target's TensorRT builds it when it installs). The healt
 files and scores the parity frames (and the golden set) with this host's ONNX Runtime CPU: it proves the
 slot is intact and the model right, not the target's speed. A packed runtime is only extracted (its
 wheels and bootstrap.py): the target builds runtime/venv at first boot with runtime.bootstrap_command().
+stage_with_unit adds the service unit of `edgesdk service` for the target (`edgesdk stage --source/--sink`).
 Works as a normal user on a plain folder."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
 
 from edgesdk.deploy import keys, runtime
+from edgesdk.deploy.service import executable, render
+from edgesdk.deploy.service_plan import ServiceOptions, plan
 from edgesdk.deploy.slots import InstallError, InstallOptions, Report, install
 from edgesdk.fsutil import atomic_write_text
 
@@ -31,9 +35,18 @@ def _inside(rootfs: Path, prefix: str, what: str) -> Path:
     return rootfs.joinpath(*p.parts[1:])
 
 
-def stage(package: str | Path, pubkey: str | Path, rootfs: str | Path, prefix: str = DEFAULT_PREFIX,
-          device: str | None = None, golden: str | None = None, keep: int = 3, allow_downgrade: bool = False,
-          unit_text: str | None = None, unit_name: str = UNIT_NAME) -> tuple[Report, dict]:
+def stage(
+    package: str | Path,
+    pubkey: str | Path,
+    rootfs: str | Path,
+    prefix: str = DEFAULT_PREFIX,
+    device: str | None = None,
+    golden: str | None = None,
+    keep: int = 3,
+    allow_downgrade: bool = False,
+    unit_text: str | None = None,
+    unit_name: str = UNIT_NAME,
+) -> tuple[Report, dict]:
     """Install PACKAGE into ROOTFS/PREFIX for DEVICE (required when the package names devices) and
     write the device's config; with UNIT_TEXT, also the systemd unit and its multi-user.target.wants
     link (the hook `edgesdk service` fills). Returns the install report and the files written."""
@@ -50,8 +63,10 @@ def stage(package: str | Path, pubkey: str | Path, rootfs: str | Path, prefix: s
     if rep.ok:
         etc = rootfs / "etc" / "edgesdk"
         atomic_write_text(etc / keys.PUB_FILE, pub.text())
-        config = (f'# written by `edgesdk stage`: where the device finds its model and key\n'
-                  f'root = "{prefix}"\npubkey = "/etc/edgesdk/{keys.PUB_FILE}"\ndevice = "{rep.device}"\n')
+        config = (
+            f"# written by `edgesdk stage`: where the device finds its model and key\n"
+            f'root = "{prefix}"\npubkey = "/etc/edgesdk/{keys.PUB_FILE}"\ndevice = "{rep.device}"\n'
+        )
         atomic_write_text(etc / "config.toml", config)
         written = {"pubkey": str(etc / keys.PUB_FILE), "config": str(etc / "config.toml")}
         if unit_text is not None:
@@ -69,8 +84,10 @@ def _runtime_note(rootfs: Path, slot: Path, prefix: str) -> dict:
         return {}
     out = {"runtime": " ".join(runtime.bootstrap_command(prefix))}
     if not (rootfs / "usr" / "bin" / f"python{rt['python']}").exists():
-        out["runtime_warning"] = (f"{rootfs}/usr/bin/python{rt['python']} not found: the packed runtime needs "
-                                  f"Python {rt['python']} on the target")
+        out["runtime_warning"] = (
+            f"{rootfs}/usr/bin/python{rt['python']} not found: the packed runtime needs "
+            f"Python {rt['python']} on the target"
+        )
     return out
 
 
@@ -87,3 +104,49 @@ def write_unit(rootfs: Path, unit_text: str, unit_name: str = UNIT_NAME) -> dict
     os.symlink(f"../{unit_name}", tmp)
     os.replace(tmp, link)
     return {"unit": str(system / unit_name), "wants": str(link)}
+
+
+def stage_with_unit(
+    package: str | Path,
+    pubkey: str | Path,
+    rootfs: str | Path,
+    prefix: str = DEFAULT_PREFIX,
+    service: ServiceOptions | None = None,
+    unit_name: str = UNIT_NAME,
+    device: str | None = None,
+    golden: str | None = None,
+    keep: int = 3,
+    allow_downgrade: bool = False,
+) -> tuple[Report, dict, list[str]]:
+    """`edgesdk stage`: stage(), and with SERVICE the unit that runs `edgesdk run` on the target, with its
+    sysusers.d entry. SERVICE is checked against PREFIX before anything is installed and the unit is
+    written after the install, so that --runtime auto finds the runtime of the slot that is now current.
+    Returns the install report, the files written, and notes for the person preparing the image."""
+    if service is not None:
+        plan(prefix, service, "--prefix")
+    rep, written = stage(
+        package, pubkey, rootfs, prefix, device=device, golden=golden, keep=keep, allow_downgrade=allow_downgrade
+    )
+    notes: list[str] = []
+    if service is not None and rep.ok:
+        u = _unit(rootfs, prefix, service, unit_name)
+        written.update({k: u[k] for k in ("unit", "wants", "sysusers", "executable")})
+        notes = u["notes"]
+    return rep, written, notes
+
+
+def _unit(rootfs: str | Path, prefix: str, opts: ServiceOptions, unit_name: str) -> dict:
+    """After `stage` installed into ROOTFS/PREFIX: the unit for the target (PREFIX, not the host path)
+    under ROOTFS/etc/systemd/system with its multi-user.target.wants link (write_unit), and a
+    sysusers.d entry that makes the user on the target's first boot."""
+    p = plan(prefix, opts, "--prefix")
+    root_here = Path(rootfs).joinpath(*PurePosixPath(prefix).parts[1:])
+    exe, kind = executable(opts.runtime, root_here, prefix, staged=True)
+    written = write_unit(Path(rootfs), render(prefix, exe, opts, p), unit_name)
+    users = Path(rootfs) / "etc" / "sysusers.d" / f"{opts.name}.conf"
+    atomic_write_text(
+        users,
+        f"# written by `edgesdk stage`: the user {unit_name} runs as (systemd-sysusers)\n"
+        f'u {opts.user} - "edgesdk" /var/lib/{opts.name} -\n',
+    )
+    return {**written, "sysusers": str(users), "executable": exe, "runtime": kind, "notes": p.notes}

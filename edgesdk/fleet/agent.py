@@ -15,11 +15,11 @@ result after install returns, so:
     (re)connect, so a result produced while the broker was away is reported when it returns.
 The state is never lost; a message that fails its signature or checks is ignored and listed in the
 state's `rejected`."""
+
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -33,10 +33,9 @@ from edgesdk.errors import EdgesdkError
 from edgesdk.fleet import messages, topics
 from edgesdk.fleet.broker import BrokerOptions, Link
 from edgesdk.fleet.fetch import FetchError, fetch
+from edgesdk.fleet.record import FLEET_DIR, KEEP_IN_STATE, KEEP_REJECTED, Record, summary
 
 log = logging.getLogger("edgesdk.fleet")
-FLEET_DIR, RECORD = "fleet", "agent.json"
-KEEP_RECORDS, KEEP_IN_STATE, KEEP_REJECTED = 50, 10, 10
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,8 @@ class AgentOptions:
     device_id: str
     root: Path
     pubkey: Path
-    golden: str | None = None           # the line's golden set: replaces the package's in the health check
-    device: str | None = None           # device profile; None: detect this machine
+    golden: str | None = None  # the line's golden set: replaces the package's in the health check
+    device: str | None = None  # device profile; None: detect this machine
     keep: int = 3
     max_latency_ms: float | None = None
     heartbeat_s: float = 30.0
@@ -54,49 +53,14 @@ class AgentOptions:
     max_attempts: int = 3
 
 
-def _durable_json(path: Path, obj: dict) -> None:
-    """Write beside PATH, fsync, rename over it, fsync the folder: the record survives a power cut."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class Record:
-    """ROOT/fleet/agent.json: {"releases": {id: entry}, "commands": {id: entry}, "rejected": [...]}."""
-
-    def __init__(self, root: Path):
-        self.dir = root / FLEET_DIR
-        self.path = self.dir / RECORD
-        self.data: dict = {"releases": {}, "commands": {}, "rejected": []}
-        try:
-            self.data.update(json.loads(self.path.read_text()))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as e:       # never silently forget what was installed: keep it aside
-            aside = self.path.with_name(f"{RECORD}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
-            log.warning("%s is unreadable (%s): moved to %s; starting a new record", self.path, e, aside)
-
-    def save(self) -> None:
-        for k in ("releases", "commands"):
-            items = list(self.data[k].items())
-            self.data[k] = dict(items[-KEEP_RECORDS:])
-        self.data["rejected"] = self.data["rejected"][-KEEP_REJECTED:]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _durable_json(self.path, self.data)
-
-
 class Agent:
-    def __init__(self, broker: BrokerOptions, opts: AgentOptions, installer: Callable = slots.install,
-                 rollbacker: Callable = slots.rollback):
+    def __init__(
+        self,
+        broker: BrokerOptions,
+        opts: AgentOptions,
+        installer: Callable = slots.install,
+        rollbacker: Callable = slots.rollback,
+    ):
         topics.check_name(opts.group, "--group")
         topics.check_name(opts.device_id, "--device-id")
         if opts.keep < 1:
@@ -106,7 +70,7 @@ class Agent:
         if opts.golden:
             from edgesdk.deploy.package import golden_files
 
-            golden_files(opts.golden)                     # a bad --golden is refused at start, not per release
+            golden_files(opts.golden)  # a bad --golden is refused at start, not per release
         if opts.device:
             from edgesdk.devices import load_profile
 
@@ -130,23 +94,28 @@ class Agent:
         self.state_lock = threading.Lock()
         self.snapshot: dict | None = None
         self.slots_now = self._slots()
-        self.link = Link(broker, f"edgesdk-agent-{opts.group}-{opts.device_id}", self._on_message,
-                         (self.t_release, self.t_cmd), will=(self.t_online, self._online(False, "connection lost")),
-                         on_connect=self._on_connect)
+        self.link = Link(
+            broker,
+            f"edgesdk-agent-{opts.group}-{opts.device_id}",
+            self._on_message,
+            (self.t_release, self.t_cmd),
+            will=(self.t_online, self._online(False, "connection lost")),
+            on_connect=self._on_connect,
+        )
 
     # paho's network thread: queue, never work ----------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic in (self.t_release, self.t_cmd):
             self.q.put((topic, payload))
             return
-        q, rid = self.chunk_q, self.chunk_release       # read once: the download may end meanwhile
+        q, rid = self.chunk_q, self.chunk_release  # read once: the download may end meanwhile
         i = topics.chunk_index(topic, self.opts.group, rid) if q is not None else None
         if q is not None and i is not None:
             q.put((i, payload))
 
     def _on_connect(self) -> None:
         self.link.send(self.t_online, self._online(True, ""))
-        self.beat()                         # the last state now (an install may hold the worker for minutes)
+        self.beat()  # the last state now (an install may hold the worker for minutes)
         self.dirty = True
 
     # state -----------------------------------------------------------------------------------------
@@ -161,24 +130,37 @@ class Agent:
         by = {s["slot"]: s for s in st["slots"]}
 
         def one(name):
-            return {"slot": name, "version": by[name]["version"], "verifies": by[name]["verifies"]} \
-                if name in by else None
+            return (
+                {"slot": name, "version": by[name]["version"], "verifies": by[name]["verifies"]} if name in by else None
+            )
+
         return {"current": one(st["current"]), "previous": one(st["previous"])}
 
     def state(self) -> dict:
         rel, cmd = self.record.data["releases"], self.record.data["commands"]
         results = {k: v["result"] for k, v in rel.items() if "result" in v}
         last = next(reversed(results.values()), None)
-        return {"schema": messages.SCHEMA, "device": self.opts.device_id, "group": self.opts.group,
-                "profile": self.profile, "edgesdk": __version__, "time": time.time(),
-                "heartbeat_s": self.opts.heartbeat_s, "started": self.started, "busy": self.busy,
-                **self.slots_now, "last": last, "releases": dict(list(results.items())[-KEEP_IN_STATE:]),
-                "commands": {k: v["result"] for k, v in list(cmd.items())[-KEEP_IN_STATE:] if "result" in v},
-                "rejected": self.record.data["rejected"][-KEEP_REJECTED:], "link": dict(self.link.stats)}
+        return {
+            "schema": messages.SCHEMA,
+            "device": self.opts.device_id,
+            "group": self.opts.group,
+            "profile": self.profile,
+            "edgesdk": __version__,
+            "time": time.time(),
+            "heartbeat_s": self.opts.heartbeat_s,
+            "started": self.started,
+            "busy": self.busy,
+            **self.slots_now,
+            "last": last,
+            "releases": dict(list(results.items())[-KEEP_IN_STATE:]),
+            "commands": {k: v["result"] for k, v in list(cmd.items())[-KEEP_IN_STATE:] if "result" in v},
+            "rejected": self.record.data["rejected"][-KEEP_REJECTED:],
+            "link": dict(self.link.stats),
+        }
 
     def publish_state(self) -> None:
         """The worker's fresh state: kept as the snapshot heartbeats re-send, and sent when connected."""
-        self.dirty = False              # cleared first: a reconnect while sending marks it again
+        self.dirty = False  # cleared first: a reconnect while sending marks it again
         with self.state_lock:
             self.snapshot = self.state()
         self.beat()
@@ -206,7 +188,7 @@ class Agent:
 
     # work --------------------------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> None:
-        if not payload:                     # a retained message cleared by the rollout tool
+        if not payload:  # a retained message cleared by the rollout tool
             return
         try:
             if topic == self.t_release:
@@ -224,22 +206,32 @@ class Agent:
     def _release(self, body: dict, payload: bytes) -> None:
         rid = body["release"]
         if self.opts.device_id not in body["devices"]:
-            return                          # not (yet) in a wave
+            return  # not (yet) in a wave
         entry = self.record.data["releases"].get(rid)
         if entry is not None and entry.get("state") == "done":
-            return                          # never twice
+            return  # never twice
         if entry is not None and entry.get("state") == "started":
-            return                          # being resumed by run(); a redelivery changes nothing
+            return  # being resumed by run(); a redelivery changes nothing
         if messages.expired(body):
-            self._done(rid, {"result": "expired", "why": f"release {rid} expired before this device saw it",
-                             "version": body["package"]["version"]})
+            self._done(
+                rid,
+                {
+                    "result": "expired",
+                    "why": f"release {rid} expired before this device saw it",
+                    "version": body["package"]["version"],
+                },
+            )
             return
         self._install(body, payload, attempts=0)
 
     def _install(self, body: dict, payload: bytes, attempts: int) -> None:
         rid, pkg = body["release"], body["package"]
-        self.record.data["releases"][rid] = {"state": "started", "attempts": attempts + 1, "time": time.time(),
-                                             "message": payload.decode()}
+        self.record.data["releases"][rid] = {
+            "state": "started",
+            "attempts": attempts + 1,
+            "time": time.time(),
+            "message": payload.decode(),
+        }
         self.record.save()
         self.busy = {"release": rid, "version": pkg["version"], "since": time.time()}
         self.dirty = True
@@ -249,16 +241,24 @@ class Agent:
         log.info("release %s: fetching %s %s from %s", rid, pkg["name"], pkg["version"], pkg["url"])
         try:
             fetch(pkg, dest, self.opts.fetch_timeout_s, chunks=lambda: self._chunks(rid))
-            rep = self.install(dest, self.opts.pubkey, self.root,
-                               slots.InstallOptions(golden=self.opts.golden, device=self.opts.device,
-                                                    keep=self.opts.keep, max_latency_ms=self.opts.max_latency_ms,
-                                                    allow_downgrade=body.get("allow_downgrade") is True))
-            result = _summary(rep)
+            rep = self.install(
+                dest,
+                self.opts.pubkey,
+                self.root,
+                slots.InstallOptions(
+                    golden=self.opts.golden,
+                    device=self.opts.device,
+                    keep=self.opts.keep,
+                    max_latency_ms=self.opts.max_latency_ms,
+                    allow_downgrade=body.get("allow_downgrade") is True,
+                ),
+            )
+            result = summary(rep)
         except FetchError as e:
             result = {"result": "error", "why": str(e)}
-        except EdgesdkError as e:           # refused by install: signature, members, version, device
+        except EdgesdkError as e:  # refused by install: signature, members, version, device
             result = {"result": "refused", "why": str(e)}
-        except Exception as e:              # anything else: reported, and the agent goes on
+        except Exception as e:  # anything else: reported, and the agent goes on
             log.exception("release %s", rid)
             result = {"result": "error", "why": f"{type(e).__name__}: {e}"}
         finally:
@@ -308,8 +308,10 @@ class Agent:
                 result = {"result": "rolled back", "version": r["version"], "slot": r["current"]}
             except EdgesdkError as e:
                 result = {"result": "error", "why": str(e)}
-        self.record.data["commands"][cid] = {"release": body["release"],
-                                             "result": {"command": cid, **result, "time": time.time()}}
+        self.record.data["commands"][cid] = {
+            "release": body["release"],
+            "result": {"command": cid, **result, "time": time.time()},
+        }
         self.record.save()
         self.slots_now = self._slots()
         log.info("command %s (rollback of %s): %s", cid, body["slot"], result["result"])
@@ -322,8 +324,14 @@ class Agent:
             if entry.get("state") != "started":
                 continue
             if entry.get("attempts", 1) >= self.opts.max_attempts:
-                self._done(rid, {"result": "error", "why": f"interrupted {entry['attempts']} times (the agent "
-                                                           "was killed while installing); not tried again"})
+                self._done(
+                    rid,
+                    {
+                        "result": "error",
+                        "why": f"interrupted {entry['attempts']} times (the agent "
+                        "was killed while installing); not tried again",
+                    },
+                )
                 continue
             payload = entry["message"].encode()
             try:
@@ -339,7 +347,7 @@ class Agent:
         stop = stop or threading.Event()
         (self.root / FLEET_DIR / "incoming").mkdir(parents=True, exist_ok=True)
         for p in (self.root / FLEET_DIR / "incoming").glob(".*.part"):
-            p.unlink()                                  # a download a crash interrupted
+            p.unlink()  # a download a crash interrupted
         self.publish_state()
         self.link.start()
         beats = threading.Event()
@@ -363,20 +371,10 @@ class Agent:
         """Say goodbye (offline, retained) when the broker is there; the will covers a crash."""
         if self.link.connected.is_set():
             try:
-                self.link.publish([(self.t_online, self._online(False, "agent stopped")),
-                                   (self.t_state, json.dumps(self.state()))], timeout=3)
+                self.link.publish(
+                    [(self.t_online, self._online(False, "agent stopped")), (self.t_state, json.dumps(self.state()))],
+                    timeout=3,
+                )
             except EdgesdkError:
                 pass
         self.link.close()
-
-
-def _summary(rep) -> dict:
-    """An install Report as the state reports it: result, version, slot, previous, health checks."""
-    h = rep.health
-    out = {"result": rep.status, "version": rep.version, "slot": rep.slot, "previous": rep.previous,
-           "health": None if h is None else {"passed": h["passed"], "why": h.get("why", ""),
-                                             "checks": [{k: c.get(k) for k in ("check", "passed", "detail")}
-                                                        for c in h.get("checks", [])]}}
-    if not rep.ok:
-        out["why"] = f"health check failed: {h['why']}" if h else "failed"
-    return out

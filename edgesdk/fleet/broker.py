@@ -7,6 +7,7 @@ client certificate), and Link, one paho-mqtt 2.x client that reconnects by itsel
 Every message of the fleet is QoS 1 and every topic a device reads is retained, so a client with a
 clean session loses nothing while it is away: on (re)connect it subscribes again and the broker sends
 the latest retained message of each topic."""
+
 from __future__ import annotations
 
 import logging
@@ -56,15 +57,24 @@ def read_password(path: str | os.PathLike) -> str:
     return lines[0]
 
 
-def parse_broker(uri: str, *, cafile: str | None = None, certfile: str | None = None, keyfile: str | None = None,
-                 user: str | None = None, password_file: str | None = None, tls: bool = False) -> BrokerOptions:
+def parse_broker(
+    uri: str,
+    *,
+    cafile: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    user: str | None = None,
+    password_file: str | None = None,
+    tls: bool = False,
+) -> BrokerOptions:
     """--broker URI and its authentication options; OptionError names the option and what is wrong."""
     parts = urlsplit(uri)
     if parts.scheme not in ("mqtt", "mqtts"):
         raise OptionError(f"--broker {uri!r}: give mqtt://HOST:PORT or mqtts://HOST:PORT")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise OptionError(f"--broker {uri!r}: only mqtt[s]://HOST[:PORT] (a user goes in --user, "
-                          "its password in --password-file)")
+        raise OptionError(
+            f"--broker {uri!r}: only mqtt[s]://HOST[:PORT] (a user goes in --user, its password in --password-file)"
+        )
     try:
         port = parts.port
     except ValueError:
@@ -79,8 +89,16 @@ def parse_broker(uri: str, *, cafile: str | None = None, certfile: str | None = 
         raise OptionError("--certfile and --keyfile: give both (a client certificate and its key) or neither")
     if password_file is not None and user is None:
         raise OptionError("--password-file: give --user too")
-    return BrokerOptions(parts.hostname, port or (8883 if tls else 1883), tls, cafile, certfile, keyfile, user,
-                         read_password(password_file) if password_file is not None else None)
+    return BrokerOptions(
+        parts.hostname,
+        port or (8883 if tls else 1883),
+        tls,
+        cafile,
+        certfile,
+        keyfile,
+        user,
+        read_password(password_file) if password_file is not None else None,
+    )
 
 
 def add_broker_args(s) -> None:
@@ -95,8 +113,15 @@ def add_broker_args(s) -> None:
 
 
 def broker_from_args(args) -> BrokerOptions:
-    return parse_broker(args.broker, cafile=args.cafile, certfile=args.certfile, keyfile=args.keyfile,
-                        user=args.user, password_file=args.password_file, tls=args.tls)
+    return parse_broker(
+        args.broker,
+        cafile=args.cafile,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        user=args.user,
+        password_file=args.password_file,
+        tls=args.tls,
+    )
 
 
 class Link:
@@ -104,27 +129,39 @@ class Link:
     broker's PUBACK across reconnects, messages handed to ON_MESSAGE(topic, payload, retained) on
     paho's network thread (keep it short: queue the work)."""
 
-    def __init__(self, opts: BrokerOptions, client_id: str, on_message: Callable[[str, bytes, bool], None],
-                 subscriptions: tuple[str, ...] = (), will: tuple[str, bytes] | None = None,
-                 on_connect: Callable[[], None] | None = None, keepalive: int = 15):
+    def __init__(
+        self,
+        opts: BrokerOptions,
+        client_id: str,
+        on_message: Callable[[str, bytes, bool], None],
+        subscriptions: tuple[str, ...] = (),
+        will: tuple[str, bytes] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        keepalive: int = 15,
+    ):
         import paho.mqtt.client as mqtt
 
         self.opts, self.on_message, self.user_on_connect = opts, on_message, on_connect
         self.subs: dict[str, int] = {t: 1 for t in subscriptions}
         self.connected, self.subscribed = threading.Event(), threading.Event()
-        self.refused = ""                                      # the broker's reason, when it refused us
+        self.refused = ""  # the broker's reason, when it refused us
         self.stats = {"connects": 0, "published": 0, "received": 0}
         self.lock = threading.Lock()
         self.keepalive = keepalive
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"edgesdk-{uuid.uuid4()}",
-                                  clean_session=True, reconnect_on_failure=True)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"edgesdk-{uuid.uuid4()}",
+            clean_session=True,
+            reconnect_on_failure=True,
+        )
         self.client.max_inflight_messages_set(64)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=8)   # backoff while the broker is down
+        self.client.reconnect_delay_set(min_delay=1, max_delay=8)  # backoff while the broker is down
         if opts.username is not None:
             self.client.username_pw_set(opts.username, opts.password)
         if opts.tls:
-            self.client.tls_set(ca_certs=opts.cafile, certfile=opts.certfile, keyfile=opts.keyfile,
-                                cert_reqs=ssl.CERT_REQUIRED)
+            self.client.tls_set(
+                ca_certs=opts.cafile, certfile=opts.certfile, keyfile=opts.keyfile, cert_reqs=ssl.CERT_REQUIRED
+            )
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.on_connect, self.client.on_disconnect = self._on_connect, self._on_disconnect
@@ -164,7 +201,7 @@ class Link:
         self.stats["received"] += 1
         try:
             self.on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
-        except Exception:   # a handler's bug must not stop the network thread: log it, go on
+        except Exception:  # a handler's bug must not stop the network thread: log it, go on
             log.exception("handling a message on %s", msg.topic)
 
     # ------------------------------------------------------------------------------------------
@@ -179,8 +216,10 @@ class Link:
         try:
             self.client.connect(self.opts.host, self.opts.port, keepalive=self.keepalive)
         except ssl.SSLError as e:
-            raise BrokerError(f"{self.opts.uri}: TLS failed ({e.reason or e}); check --cafile "
-                              "(the CA that signed the broker's certificate) and the host name") from None
+            raise BrokerError(
+                f"{self.opts.uri}: TLS failed ({e.reason or e}); check --cafile "
+                "(the CA that signed the broker's certificate) and the host name"
+            ) from None
         except OSError as e:
             raise BrokerError(f"{self.opts.uri}: cannot connect ({e.strerror or e})") from None
         self.client.loop_start()
@@ -219,16 +258,17 @@ class Link:
         todo = list(items)
         while todo:
             if time.monotonic() >= deadline:
-                raise BrokerError(f"{self.opts.uri}: {len(todo)} message(s) to {todo[0][0]}… not acknowledged "
-                                  f"within {timeout:g} s (is the broker up?)")
+                raise BrokerError(
+                    f"{self.opts.uri}: {len(todo)} message(s) to {todo[0][0]}… not acknowledged "
+                    f"within {timeout:g} s (is the broker up?)"
+                )
             if not self.connected.wait(0.5):
                 continue
             infos = []
             for topic, payload in todo:
                 infos.append(self.client.publish(topic, payload, qos=1, retain=retain))
                 self.stats["published"] += 1
-            while (self.connected.is_set() and time.monotonic() < deadline
-                   and not all(i.is_published() for i in infos)):
+            while self.connected.is_set() and time.monotonic() < deadline and not all(i.is_published() for i in infos):
                 time.sleep(0.01)
             todo = [it for it, info in zip(todo, infos) if not info.is_published()]
 

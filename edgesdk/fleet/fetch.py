@@ -2,6 +2,7 @@
 file server; urllib, with a timeout) or chunks over MQTT (plants with no file server). Whatever the
 source, at most the release's `bytes` are read, and the file is kept only when its size and sha256
 are the release's (signed) values; install then verifies the package's own signature and members."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,12 +45,15 @@ def _check(path: Path, size: int, sha256: str, where: str) -> None:
         for buf in iter(lambda: f.read(BLOCK), b""):
             h.update(buf)
     if h.hexdigest() != sha256:
-        raise FetchError(f"{where}: sha256 {h.hexdigest()[:12]}… is not the release's {sha256[:12]}… "
-                         "(the file was changed or replaced)")
+        raise FetchError(
+            f"{where}: sha256 {h.hexdigest()[:12]}… is not the release's {sha256[:12]}… "
+            "(the file was changed or replaced)"
+        )
 
 
-def fetch(pkg: dict, dest: Path, timeout: float = 60.0,
-          chunks: Callable[[], Iterator[tuple[int, bytes]]] | None = None) -> Path:
+def fetch(
+    pkg: dict, dest: Path, timeout: float = 60.0, chunks: Callable[[], Iterator[tuple[int, bytes]]] | None = None
+) -> Path:
     """Write the release's package PKG (messages.check_release's `package`) to DEST, checked; a
     partial file is removed. CHUNKS yields (index, bytes) for url mqtt:chunks."""
     url, size, sha = pkg["url"], pkg["bytes"], pkg["sha256"]
@@ -103,8 +107,10 @@ def _chunks(pkg: dict, chunks: Callable[[], Iterator[tuple[int, bytes]]], out: I
         have.add(i)
         if len(have) == len(hashes):
             return
-    raise FetchError(f"mqtt:chunks: {len(hashes) - len(have)} of {len(hashes)} chunks never came "
-                     "(the rollout tool publishes them retained; is the release still current?)")
+    raise FetchError(
+        f"mqtt:chunks: {len(hashes) - len(have)} of {len(hashes)} chunks never came "
+        "(the rollout tool publishes them retained; is the release still current?)"
+    )
 
 
 def verify_url(pkg: dict, timeout: float = 60.0) -> None:

@@ -13,6 +13,7 @@ release:  schema, kind "release", group, release (id), issued, expires (unix sec
           refuses an older version than the one running, as `edgesdk install` does)
 rollback: schema, kind "rollback", group, device, command (id), release, slot (roll back only when
           this slot is current), issued, expires"""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ from edgesdk.fleet.topics import check_name
 
 SCHEMA = "edgesdk.fleet/1"
 SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_MESSAGE = 4 << 20          # a release lists devices and chunk hashes: far below this
+MAX_MESSAGE = 4 << 20  # a release lists devices and chunk hashes: far below this
 URL_SCHEMES = ("file://", "http://", "https://", "mqtt:chunks")
 
 
@@ -70,8 +71,9 @@ def open_signed(payload: bytes, pub: keys.PublicKey, where: str) -> dict:
     except ValueError:
         raise MessageError(f"{where}: the signed text is not JSON") from None
     if not isinstance(body, dict) or body.get("schema") != SCHEMA:
-        raise MessageError(f"{where}: schema {body.get('schema') if isinstance(body, dict) else None!r}, "
-                           f"expected {SCHEMA!r}")
+        raise MessageError(
+            f"{where}: schema {body.get('schema') if isinstance(body, dict) else None!r}, expected {SCHEMA!r}"
+        )
     no_nonfinite(body, where)
     for name in ("issued", "expires"):
         _field(body, name, int, where)
@@ -108,7 +110,8 @@ def check_release(body: dict, where: str) -> dict:
             raise MessageError(f"{w}: url mqtt:chunks needs chunks {{size, sha256: [...]}}")
         hashes = _field(ch, "sha256", list, w + " chunks")
         if len(hashes) != -(-pkg["bytes"] // ch["size"]) or not all(
-                isinstance(h, str) and SHA256.fullmatch(h) for h in hashes):
+            isinstance(h, str) and SHA256.fullmatch(h) for h in hashes
+        ):
             raise MessageError(f"{w}: chunks: one sha256 per {ch['size']}-byte chunk of {pkg['bytes']} bytes")
     elif ch is not None:
         raise MessageError(f"{w}: chunks given for url {pkg['url']!r}")

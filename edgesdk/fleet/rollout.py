@@ -13,13 +13,11 @@
      device starts it) and, with rollback_on_halt, the halted wave's devices that switched to it get a
      signed rollback command.
 The report (JSON) holds the release, every wave, every device's row and the broker message counts."""
+
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
-import math
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,7 @@ from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.fleet import messages, topics
 from edgesdk.fleet.broker import BrokerOptions, Link
 from edgesdk.fleet.fetch import verify_url
-
-OK, BAD = ("installed", "current"), ("failed", "refused", "error", "expired", "timeout")
+from edgesdk.fleet.waves import BAD, OK, Watch, discover, plan_waves, row
 
 
 class RolloutHalted(RuntimeError):
@@ -48,154 +45,106 @@ class RolloutOptions:
     group: str
     waves: str = "1,10%,50%,100%"
     max_failures: int = 0
-    timeout_s: float = 1200.0           # per wave: an engine build on a Jetson takes minutes
-    url: str | None = None              # file:// or http(s)://; None: chunks over MQTT
+    timeout_s: float = 1200.0  # per wave: an engine build on a Jetson takes minutes
+    url: str | None = None  # file:// or http(s)://; None: chunks over MQTT
     chunk_kb: int = 256
     rollback_on_halt: bool = False
-    devices: tuple[str, ...] = ()       # () = every device with a state in the group, sorted
+    devices: tuple[str, ...] = ()  # () = every device with a state in the group, sorted
     discover_s: float = 3.0
     expires_h: float = 72.0
     release_id: str = ""
-    allow_downgrade: bool = False       # devices install it even over a newer version (a fleet-wide step back)
+    allow_downgrade: bool = False  # devices install it even over a newer version (a fleet-wide step back)
 
 
-def plan_waves(spec: str, n: int) -> list[int]:
-    """Cumulative device counts per wave: "1,10%,50%,100%" of N; a wave that adds nobody is dropped."""
-    out: list[int] = []
-    for item in spec.split(","):
-        item = item.strip()
-        try:
-            k = math.ceil(float(item[:-1]) * n / 100 - 1e-9) if item.endswith("%") else int(item)
-        except ValueError:
-            raise OptionError(f"--waves {spec!r}: {item!r} is neither a device count nor a percentage") from None
-        pct = item.endswith("%")
-        if (pct and not 0 < float(item[:-1]) <= 100) or (not pct and k < 1):
-            raise OptionError(f"--waves {spec!r}: {item!r} must be a count >= 1 or a percentage in (0, 100]")
-        k = max(min(k, n), 1)
-        if out and k < out[-1]:
-            raise OptionError(f"--waves {spec!r}: waves are cumulative; {item!r} is fewer devices than the wave "
-                              "before it")
-        if not out or k > out[-1]:
-            out.append(k)
-    return out
-
-
-class Watch:
-    """The group's retained device states (newest per device) and the release retained now."""
-
-    def __init__(self, group: str):
-        self.group, self.release = group, b""
-        self.states: dict[str, dict] = {}
-        self.lock, self.seen = threading.Lock(), threading.Event()
-
-    def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if topic == topics.release(self.group):
-            self.release = payload
-            return
-        parts = topics.parse_device(topic)
-        if parts is None or parts[2] != "state" or parts[0] != self.group:
-            return
-        with self.lock:
-            if not payload:
-                self.states.pop(parts[1], None)
-                return
-            try:
-                st = json.loads(payload)
-            except ValueError:
-                return
-            old = self.states.get(parts[1])
-            if isinstance(st, dict) and (old is None or st.get("time", 0) >= old.get("time", 0)):
-                self.states[parts[1]] = st
-        self.seen.set()
-
-    def get(self, device: str) -> dict | None:
-        with self.lock:
-            return self.states.get(device)
-
-
-def _row(device: str, wave: int, st: dict | None, rid: str, t_wave: float) -> dict:
-    res = ((st or {}).get("releases") or {}).get(rid)
-    busy = (st or {}).get("busy") or {}
-    version = ((st or {}).get("current") or {}).get("version")
-    if res:
-        h = res.get("health") or {}
-        health = ("passed" if h.get("passed") else f"FAILED {h.get('why', '')}") if h else (
-            "-" if res["result"] in OK else res.get("why", ""))
-        return {"device": device, "wave": wave, "state": res["result"], "version": version, "health": health,
-                "seconds": res.get("seconds"), "why": res.get("why", "")}
-    state = "installing" if busy.get("release") == rid else "sent"
-    since = busy.get("since", 0) if state == "installing" else 0
-    secs = time.time() - since if since else time.monotonic() - t_wave
-    return {"device": device, "wave": wave, "state": state, "version": version, "health": "",
-            "seconds": round(secs, 1), "why": ""}
-
-
-def _discover(watch: Watch, link: Link, seconds: float) -> None:
-    """Retained states come right after the subscription; wait until they stop coming."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        watch.seen.clear()
-        if not watch.seen.wait(min(0.5, max(deadline - time.monotonic(), 0))) and watch.states:
-            return
-
-
-def rollout(package: str | Path, key: str | Path, broker: BrokerOptions, opts: RolloutOptions,
-            passphrase: bytes | None = None, on_change: Callable[[list[dict], str], None] | None = None) -> dict:
+def rollout(
+    package: str | Path,
+    key: str | Path,
+    broker: BrokerOptions,
+    opts: RolloutOptions,
+    passphrase: bytes | None = None,
+    on_change: Callable[[list[dict], str], None] | None = None,
+) -> dict:
     """Run the rollout; returns the report, or raises RolloutHalted (with .report) when it halted."""
     t_start = time.monotonic()
     topics.check_name(opts.group, "--group")
     if opts.max_failures < 0 or opts.timeout_s <= 0 or opts.chunk_kb < 1:
         raise OptionError("--max-failures >= 0, --timeout > 0 and --chunk-kb >= 1, please")
-    plan_waves(opts.waves, 10 ** 6)                   # a malformed --waves is refused before anything is sent
+    plan_waves(opts.waves, 10**6)  # a malformed --waves is refused before anything is sent
     private = keys.load_private(key, passphrase)
     pub = keys.public_of(private)
     package = Path(package)
-    v = read_package(package, pub)                    # signature and every member, before anything is sent
+    v = read_package(package, pub)  # signature and every member, before anything is sent
     data = package.read_bytes()
     m = v.manifest
     rid = opts.release_id or f"{m.name}-{m.version}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
     topics.check_name(rid, "--release-id")
-    pkg = {"name": m.name, "version": m.version, "manifest_sha256": v.sha256, "bytes": len(data),
-           "sha256": hashlib.sha256(data).hexdigest(), "url": opts.url or "mqtt:chunks", "chunks": None}
+    pkg = {
+        "name": m.name,
+        "version": m.version,
+        "manifest_sha256": v.sha256,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "url": opts.url or "mqtt:chunks",
+        "chunks": None,
+    }
     size = opts.chunk_kb << 10
-    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
     if opts.url:
         if not opts.url.startswith(("file://", "http://", "https://")):
-            raise OptionError(f"--url {opts.url!r}: file:///PATH or http(s)://HOST/PATH (or no --url: chunks "
-                              "over MQTT)")
+            raise OptionError(
+                f"--url {opts.url!r}: file:///PATH or http(s)://HOST/PATH (or no --url: chunks over MQTT)"
+            )
         verify_url(pkg)
     else:
         pkg["chunks"] = {"size": size, "sha256": [hashlib.sha256(p).hexdigest() for p in pieces]}
     slot = f"{m.version}-{v.sha256[:12]}"
 
     watch = Watch(opts.group)
-    link = Link(broker, f"edgesdk-rollout-{opts.group}-{rid}"[:120], watch.on_message,
-                (topics.devices(opts.group, "state"), topics.release(opts.group)))
+    link = Link(
+        broker,
+        f"edgesdk-rollout-{opts.group}-{rid}"[:120],
+        watch.on_message,
+        (topics.devices(opts.group, "state"), topics.release(opts.group)),
+    )
     link.start(wait=10)
     try:
-        _discover(watch, link, opts.discover_s)
+        discover(watch, link, opts.discover_s)
         devices = list(dict.fromkeys(opts.devices)) or sorted(watch.states)
         for d in devices:
             topics.check_name(d, "--devices")
         if not devices:
-            raise EdgesdkError(f"{broker.uri}: no device has published its state under "
-                               f"{topics.devices(opts.group, 'state')}; start `edgesdk agent --group {opts.group}` "
-                               "on the devices first (or check --group)")
+            raise EdgesdkError(
+                f"{broker.uri}: no device has published its state under "
+                f"{topics.devices(opts.group, 'state')}; start `edgesdk agent --group {opts.group}` "
+                "on the devices first (or check --group)"
+            )
         plan = plan_waves(opts.waves, len(devices))
         _clear_old_chunks(link, watch.release, pub, opts.group, rid)
         if not opts.url:
-            link.publish([(topics.chunk(opts.group, rid, i), p) for i, p in enumerate(pieces)],
-                         timeout=max(opts.timeout_s, 60))
+            link.publish(
+                [(topics.chunk(opts.group, rid, i), p) for i, p in enumerate(pieces)], timeout=max(opts.timeout_s, 60)
+            )
         issued = int(time.time())
-        report: dict[str, Any] = {"release_id": rid, "group": opts.group, "package": str(package), "broker": broker.uri,
-                  "slot": slot, "waves_spec": opts.waves, "max_failures": opts.max_failures, "waves": [],
-                  "devices": [], "rollback": [], "result": "running", "why": ""}
+        report: dict[str, Any] = {
+            "release_id": rid,
+            "group": opts.group,
+            "package": str(package),
+            "broker": broker.uri,
+            "slot": slot,
+            "waves_spec": opts.waves,
+            "max_failures": opts.max_failures,
+            "waves": [],
+            "devices": [],
+            "rollback": [],
+            "result": "running",
+            "why": "",
+        }
         wave_of: dict[str, int] = {}
         t_of: dict[str, float] = {}
         shown: dict[str, tuple] = {}
 
         def rows() -> list[dict]:
-            return [_row(d, wave_of[d], watch.get(d), rid, t_of[d]) for d in wave_of]
+            return [row(d, wave_of[d], watch.get(d), rid, t_of[d]) for d in wave_of]
 
         def show(rs: list[dict], event: str = "") -> None:
             changed = [r for r in rs if shown.get(r["device"]) != (r["state"], r["version"], r["health"])]
@@ -207,47 +156,76 @@ def rollout(package: str | Path, key: str | Path, broker: BrokerOptions, opts: R
         prev, failures, halted = 0, [], ""
         for k, n in enumerate(plan, 1):
             new = devices[prev:n]
-            body = {"schema": messages.SCHEMA, "kind": "release", "group": opts.group, "release": rid,
-                    "issued": issued, "expires": issued + int(opts.expires_h * 3600), "wave": k,
-                    "devices": devices[:n], "package": pkg, "allow_downgrade": opts.allow_downgrade}
+            body = {
+                "schema": messages.SCHEMA,
+                "kind": "release",
+                "group": opts.group,
+                "release": rid,
+                "issued": issued,
+                "expires": issued + int(opts.expires_h * 3600),
+                "wave": k,
+                "devices": devices[:n],
+                "package": pkg,
+                "allow_downgrade": opts.allow_downgrade,
+            }
             t_wave = time.monotonic()
             for d in new:
                 wave_of[d], t_of[d] = k, t_wave
             link.publish([(topics.release(opts.group), messages.seal(body, private))], timeout=opts.timeout_s)
-            show(rows(), f"wave {k}/{len(plan)}: {len(new)} device(s) ({', '.join(new[:8])}"
-                         f"{' …' if len(new) > 8 else ''}), {n} of {len(devices)} in all")
+            show(
+                rows(),
+                f"wave {k}/{len(plan)}: {len(new)} device(s) ({', '.join(new[:8])}"
+                f"{' …' if len(new) > 8 else ''}), {n} of {len(devices)} in all",
+            )
             while time.monotonic() < t_wave + opts.timeout_s:
                 rs = rows()
                 show(rs)
                 if all(r["state"] in OK + BAD for r in rs if r["device"] in new):
                     break
                 time.sleep(0.2)
-            rs = [{**r, "state": "timeout", "why": f"no answer within {opts.timeout_s:g} s"}
-                  if r["state"] not in OK + BAD else r for r in rows()]
+            rs = [
+                {**r, "state": "timeout", "why": f"no answer within {opts.timeout_s:g} s"}
+                if r["state"] not in OK + BAD
+                else r
+                for r in rows()
+            ]
             bad = [r for r in rs if r["device"] in new and r["state"] in BAD]
             failures += bad
-            report["waves"].append({"wave": k, "devices": new, "targeted": n,
-                                    "seconds": round(time.monotonic() - t_wave, 3),
-                                    "ok": [r["device"] for r in rs if r["device"] in new and r["state"] in OK],
-                                    "failed": [r["device"] for r in bad]})
+            report["waves"].append(
+                {
+                    "wave": k,
+                    "devices": new,
+                    "targeted": n,
+                    "seconds": round(time.monotonic() - t_wave, 3),
+                    "ok": [r["device"] for r in rs if r["device"] in new and r["state"] in OK],
+                    "failed": [r["device"] for r in bad],
+                }
+            )
             report["devices"] = rs
             show(rs, f"wave {k}: {len(new) - len(bad)} ok, {len(bad)} failed")
             if len(failures) > opts.max_failures:
-                halted = (f"halted at wave {k} of {len(plan)}: {len(failures)} device(s) failed or did not answer "
-                          f"(more than --max-failures {opts.max_failures}): "
-                          + "; ".join(f"{r['device']} {r['state']}: {r['why'] or r['health']}" for r in failures[:5]))
+                halted = (
+                    f"halted at wave {k} of {len(plan)}: {len(failures)} device(s) failed or did not answer "
+                    f"(more than --max-failures {opts.max_failures}): "
+                    + "; ".join(f"{r['device']} {r['state']}: {r['why'] or r['health']}" for r in failures[:5])
+                )
                 break
             prev = n
         if halted:
-            link.publish([(topics.release(opts.group), b"")], timeout=opts.timeout_s)   # withdrawn: nobody starts it
+            link.publish([(topics.release(opts.group), b"")], timeout=opts.timeout_s)  # withdrawn: nobody starts it
             if not opts.url:
-                link.publish([(topics.chunk(opts.group, rid, i), b"") for i in range(len(pieces))],
-                             timeout=opts.timeout_s)
+                link.publish(
+                    [(topics.chunk(opts.group, rid, i), b"") for i in range(len(pieces))], timeout=opts.timeout_s
+                )
             if opts.rollback_on_halt:
                 report["rollback"] = _roll_back(link, watch, private, opts, rid, slot, report["devices"], new, show)
-        report.update(result="halted" if halted else "complete", why=halted,
-                      seconds=round(time.monotonic() - t_start, 3), release=body,
-                      messages={**link.stats, "devices": len(devices)})
+        report.update(
+            result="halted" if halted else "complete",
+            why=halted,
+            seconds=round(time.monotonic() - t_start, 3),
+            release=body,
+            messages={**link.stats, "devices": len(devices)},
+        )
     finally:
         link.close()
     if halted:
@@ -255,8 +233,9 @@ def rollout(package: str | Path, key: str | Path, broker: BrokerOptions, opts: R
     return report
 
 
-def _roll_back(link: Link, watch: Watch, private, opts: RolloutOptions, rid: str, slot: str, rs: list[dict],
-               wave: list[str], show) -> list[dict]:
+def _roll_back(
+    link: Link, watch: Watch, private, opts: RolloutOptions, rid: str, slot: str, rs: list[dict], wave: list[str], show
+) -> list[dict]:
     """Signed rollback commands to the halted wave's devices that switched to SLOT (or did not answer:
     they get it, retained, when they return); waits for those that answer the release."""
     targets = [r for r in rs if r["device"] in wave and r["state"] in ("installed", "timeout")]
@@ -264,9 +243,17 @@ def _roll_back(link: Link, watch: Watch, private, opts: RolloutOptions, rid: str
     cids = {r["device"]: f"rollback-{rid}"[:64] for r in targets}
     items = []
     for r in targets:
-        body = {"schema": messages.SCHEMA, "kind": "rollback", "group": opts.group, "device": r["device"],
-                "command": cids[r["device"]], "release": rid, "slot": slot, "issued": now,
-                "expires": now + int(opts.expires_h * 3600)}
+        body = {
+            "schema": messages.SCHEMA,
+            "kind": "rollback",
+            "group": opts.group,
+            "device": r["device"],
+            "command": cids[r["device"]],
+            "release": rid,
+            "slot": slot,
+            "issued": now,
+            "expires": now + int(opts.expires_h * 3600),
+        }
         items.append((topics.device(opts.group, r["device"], "cmd"), messages.seal(body, private)))
     if items:
         link.publish(items, timeout=opts.timeout_s)
@@ -277,18 +264,36 @@ def _roll_back(link: Link, watch: Watch, private, opts: RolloutOptions, rid: str
         for d in cids:
             res = ((watch.get(d) or {}).get("commands") or {}).get(cids[d])
             if res:
-                out[d] = {"device": d, "state": res["result"], "version": ((watch.get(d) or {}).get("current") or {})
-                          .get("version"), "why": res.get("why", "")}
+                out[d] = {
+                    "device": d,
+                    "state": res["result"],
+                    "version": ((watch.get(d) or {}).get("current") or {}).get("version"),
+                    "why": res.get("why", ""),
+                }
         if alive <= set(out):
             break
         time.sleep(0.2)
-    done = [(topics.device(opts.group, d, "cmd"), b"") for d in out]   # acknowledged: the retained command goes
+    done = [(topics.device(opts.group, d, "cmd"), b"") for d in out]  # acknowledged: the retained command goes
     if done:
         link.publish(done, timeout=opts.timeout_s)
-    rows = [out.get(d, {"device": d, "state": "sent", "version": None, "why": "not acknowledged yet (retained)"})
-            for d in cids]
-    show([{"device": r["device"], "wave": "rollback", "state": r["state"], "version": r["version"],
-           "health": r["why"], "seconds": None} for r in rows], f"rollback: {len(out)} of {len(cids)} acknowledged")
+    rows = [
+        out.get(d, {"device": d, "state": "sent", "version": None, "why": "not acknowledged yet (retained)"})
+        for d in cids
+    ]
+    show(
+        [
+            {
+                "device": r["device"],
+                "wave": "rollback",
+                "state": r["state"],
+                "version": r["version"],
+                "health": r["why"],
+                "seconds": None,
+            }
+            for r in rows
+        ],
+        f"rollback: {len(out)} of {len(cids)} acknowledged",
+    )
     return rows
 
 

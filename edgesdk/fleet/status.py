@@ -1,5 +1,6 @@
 """Every device's retained state in one table: who runs which version, who failed and why, who has been
 silent (its last heartbeat is older than three heartbeat periods, or the broker sent its will)."""
+
 from __future__ import annotations
 
 import json
@@ -57,22 +58,38 @@ def rows(found: dict[tuple[str, str], dict], now: float | None = None) -> list[d
         online = on.get("online") if isinstance(on.get("online"), bool) else None
         silent = online is False or age is None or age > SILENT_BEATS * beat
         busy = st.get("busy") or {}
-        out.append({"group": group, "device": device, "profile": st.get("profile"), "online": online,
-                    "version": (st.get("current") or {}).get("version"),
-                    "previous": (st.get("previous") or {}).get("version"),
-                    "state": f"installing {busy['release']}" if busy.get("release") else "idle" if st else "?",
-                    "last release": last.get("release"), "result": last.get("result"),
-                    "why": last.get("why", ""), "heartbeat s": round(age) if age is not None else None,
-                    "silent": silent, "rejected": len(st.get("rejected") or []),
-                    "silent_why": (on.get("why") or "offline") if online is False else
-                    (f"no heartbeat for {age:.0f} s" if silent and age is not None else "")})
+        out.append(
+            {
+                "group": group,
+                "device": device,
+                "profile": st.get("profile"),
+                "online": online,
+                "version": (st.get("current") or {}).get("version"),
+                "previous": (st.get("previous") or {}).get("version"),
+                "state": f"installing {busy['release']}" if busy.get("release") else "idle" if st else "?",
+                "last release": last.get("release"),
+                "result": last.get("result"),
+                "why": last.get("why", ""),
+                "heartbeat s": round(age) if age is not None else None,
+                "silent": silent,
+                "rejected": len(st.get("rejected") or []),
+                "silent_why": (on.get("why") or "offline")
+                if online is False
+                else (f"no heartbeat for {age:.0f} s" if silent and age is not None else ""),
+            }
+        )
     return out
 
 
 def fleet_status(broker: BrokerOptions, group: str | None = None, wait_s: float = 3.0) -> dict:
     found = collect(broker, group, wait_s)
-    return {"broker": broker.uri, "group": group, "time": time.time(), "devices": rows(found),
-            "states": {f"{g}/{d}": v for (g, d), v in sorted(found.items())}}
+    return {
+        "broker": broker.uri,
+        "group": group,
+        "time": time.time(),
+        "devices": rows(found),
+        "states": {f"{g}/{d}": v for (g, d), v in sorted(found.items())},
+    }
 
 
 def forget(broker: BrokerOptions, group: str, device: str) -> None:

@@ -8,6 +8,7 @@
 
 Group, device and release names are 1-64 letters, digits and '._-' (no '/', '+', '#': a name is
 never a wildcard or a second level)."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 def check_name(value: object, what: str, where: str = "") -> str:
     if not isinstance(value, str) or not NAME.fullmatch(value):
-        raise EdgesdkError(f"{where + ': ' if where else ''}{what} {value!r}: 1-64 letters, digits and '._-', "
-                           "starting with a letter or digit")
+        raise EdgesdkError(
+            f"{where + ': ' if where else ''}{what} {value!r}: 1-64 letters, digits and '._-', "
+            "starting with a letter or digit"
+        )
     return value
 
 
@@ -57,6 +60,6 @@ def parse_device(topic: str) -> tuple[str, str, str] | None:
 
 def chunk_index(topic: str, group: str, release_id: str) -> int | None:
     prefix = f"{ROOT}/{group}/chunk/{release_id}/"
-    if not topic.startswith(prefix) or not topic[len(prefix):].isdigit():
+    if not topic.startswith(prefix) or not topic[len(prefix) :].isdigit():
         return None
-    return int(topic[len(prefix):])
+    return int(topic[len(prefix) :])

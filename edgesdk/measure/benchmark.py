@@ -1,5 +1,5 @@
 """`edgesdk bench BUNDLE...`: one table across bundles x backends x batches, with accuracy, memory,
-cold start and provenance, as a terminal table, JSON, Markdown and a PNG latency plot.
+cold start and provenance; bench_report.py shows it as a terminal table, JSON, Markdown and a PNG plot.
 
 JSON: {"rows": [...], "provenance": {...}, "harness_overhead_ms": x}; every row has backend,
 precision, status, p50_ms, p90_ms, p99_ms, fps, cold_start_ms, peak_rss_mb, image_auroc (other
@@ -10,6 +10,7 @@ row so that machine drift hits all rows alike (calling two sessions alternately 
 evicts each other's caches and inflates both). A backend that cannot run here is a row with its
 status and reason, never a crash. numpy + OpenCV, no torch at import: the torch baseline row
 imports it only when asked for."""
+
 from __future__ import annotations
 
 import platform
@@ -34,14 +35,14 @@ BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
 class BenchOptions:
     backends: tuple[str, ...] = BACKEND_NAMES
     batches: tuple[int, ...] = (1,)
-    iters: int = 200              # timed calls per row ...
-    seconds: float = 0.0          # ... or, when > 0, a time budget for all rows together
+    iters: int = 200  # timed calls per row ...
+    seconds: float = 0.0  # ... or, when > 0, a time budget for all rows together
     warmup: int = 10
-    chunk: int = 10               # calls per row per round
-    data: str = ""                # MVTec category: real frames and image AUROC
-    run: str = ""                 # torch baseline's run folder (default: the one the bundle records)
+    chunk: int = 10  # calls per row per round
+    data: str = ""  # MVTec category: real frames and image AUROC
+    run: str = ""  # torch baseline's run folder (default: the one the bundle records)
     cold_start: bool = True
-    e2e: str = ""                 # a source URI: add the stream pipeline row (ONNX Runtime)
+    e2e: str = ""  # a source URI: add the stream pipeline row (ONNX Runtime)
 
     def __post_init__(self) -> None:
         bad = [b for b in self.backends if b not in BACKEND_NAMES]
@@ -67,9 +68,17 @@ def provenance() -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    p = {"cpu": f["cpu"], "cores": f["cores"], "machine": f["machine"], "os": f["os"], "cpu_flags": f["cpu_flags"],
-         "gpus": f["gpus"], "versions": versions, "device_profile": f["profile"],
-         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    p = {
+        "cpu": f["cpu"],
+        "cores": f["cores"],
+        "machine": f["machine"],
+        "os": f["os"],
+        "cpu_flags": f["cpu_flags"],
+        "gpus": f["gpus"],
+        "versions": versions,
+        "device_profile": f["profile"],
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if f["l4t"]:
         p["jetson"] = {"l4t": f["l4t"], "model": f["device_model"], **_jetson_state()}
     return p
@@ -156,7 +165,7 @@ def _open(backend: str, bundle: Bundle, run: str):
         # spinning threads steal the cores of the next (measured: FP32 PaDiM b1 p50 9.6 ms vs 7.0 ms,
         # INT8 9.2 vs 5.5), which no single-model device sees. The stream loop runs the same way.
         return open_runner(backend, bundle, spin=False), "ok", ""
-    except Exception as e:   # no GPU, no TensorRT, no engine: a row that says why
+    except Exception as e:  # no GPU, no TensorRT, no engine: a row that says why
         return None, "unavailable", " ".join(str(e).split())[:240]
 
 
@@ -173,43 +182,70 @@ def _engine_info(bundle: Bundle) -> dict:
         r = build_engine(bundle, load_profile("rtx"))
     except Exception as e:
         return {"engine_build": f"failed: {e}"}
-    return {"engine": r.plan.name, "engine_build_s": r.sidecar.build_seconds, "engine_mb": r.sidecar.plan_bytes / 1e6,
-            "engine_reused": r.reused}
+    return {
+        "engine": r.plan.name,
+        "engine_build_s": r.sidecar.build_seconds,
+        "engine_mb": r.sidecar.plan_bytes / 1e6,
+        "engine_reused": r.reused,
+    }
 
 
 def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=print) -> dict:
     rows: list[dict[str, Any]] = []
-    live: list[tuple[dict[str, Any], Runner, list[dict[str, np.ndarray]], list[float]]] = []   # row, runner, feeds, ms
+    live: list[tuple[dict[str, Any], Runner, list[dict[str, np.ndarray]], list[float]]] = []  # row, runner, feeds, ms
     for path in bundles:
         try:
             b = Bundle.open(path)
             frames, truth = _frames(b, opts.data)
         except Exception as e:
-            rows.append({"bundle": str(path), "backend": "-", "precision": "-", "batch": None, "status": "error",
-                         "reason": " ".join(str(e).split())})
+            rows.append(
+                {
+                    "bundle": str(path),
+                    "backend": "-",
+                    "precision": "-",
+                    "batch": None,
+                    "status": "error",
+                    "reason": " ".join(str(e).split()),
+                }
+            )
             continue
         run = opts.run or b.manifest.provenance.get("run", "")
         for backend in opts.backends:
             if backend == "torch" and any(r.get("run") == run and r["backend"] == "torch" for r in rows):
-                continue      # an INT8/FP16 bundle of a run already measured: one float baseline serves both
+                continue  # an INT8/FP16 bundle of a run already measured: one float baseline serves both
             runner, status, reason = _open(backend, b, opts.run)
             extra = _engine_info(b) if backend == "tensorrt" and runner is None else {}
-            acc = (runner_accuracy(runner, b.manifest.input.name, b.threshold, truth)
-                   if runner is not None and truth is not None else dict.fromkeys(ACCURACY_KEYS))
-            cold, rss = (cold_start(backend, b.path, run)
-                         if opts.cold_start and runner is not None else (None, None))
+            acc = (
+                runner_accuracy(runner, b.manifest.input.name, b.threshold, truth)
+                if runner is not None and truth is not None
+                else dict.fromkeys(ACCURACY_KEYS)
+            )
+            cold, rss = cold_start(backend, b.path, run) if opts.cold_start and runner is not None else (None, None)
             for batch in opts.batches:
-                row = {"bundle": str(b.path), "model": b.manifest.model["name"], "backend": backend, "run": run,
-                       # torch eager runs the run's float model, whatever the bundle's precision
-                       "precision": "fp32" if backend == "torch" else b.manifest.precision, "batch": batch,
-                       "status": status, "reason": reason,
-                       "model_mb": b.manifest.files["model.onnx"].bytes / 1e6, **acc,
-                       "cold_start_ms": cold, "peak_rss_mb": rss, "bundle_sha256": b.onnx_sha256, **extra}
+                row = {
+                    "bundle": str(b.path),
+                    "model": b.manifest.model["name"],
+                    "backend": backend,
+                    "run": run,
+                    # torch eager runs the run's float model, whatever the bundle's precision
+                    "precision": "fp32" if backend == "torch" else b.manifest.precision,
+                    "batch": batch,
+                    "status": status,
+                    "reason": reason,
+                    "model_mb": b.manifest.files["model.onnx"].bytes / 1e6,
+                    **acc,
+                    "cold_start_ms": cold,
+                    "peak_rss_mb": rss,
+                    "bundle_sha256": b.onnx_sha256,
+                    **extra,
+                }
                 rows.append(row)
                 if runner is not None:
                     n = len(frames)
-                    feeds = [{b.manifest.input.name: np.stack([frames[(i * batch + j) % n] for j in range(batch)])}
-                             for i in range(max(n, 8))]       # rotated, so caches don't flatter
+                    feeds = [
+                        {b.manifest.input.name: np.stack([frames[(i * batch + j) % n] for j in range(batch)])}
+                        for i in range(max(n, 8))
+                    ]  # rotated, so caches don't flatter
                     live.append((row, runner, feeds, []))
     # Warm-up, then rounds: each live row runs `chunk` calls per round until all have their iters.
     for _, runner, feeds, _ in live:
@@ -222,22 +258,50 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
         rounds += 1
     for row, _, _, ms in live:
         st = summarize(ms, row["batch"])
-        row.update({f"{k}_ms": st[k] for k in ("min", "mean", "p50", "p90", "p95", "p99", "max")},
-                   fps=st["fps"], cv=st["cv"], noisy=st["high_variance"], n=st["n"], _ms=ms)
-    for row in rows:   # speed-up against the torch baseline of the same bundle and batch
-        base = next((r for r in rows if r.get("run") == row.get("run") and r["batch"] == row["batch"]
-                     and r["backend"] == "torch" and r.get("p50_ms")), None)
+        row.update(
+            {f"{k}_ms": st[k] for k in ("min", "mean", "p50", "p90", "p95", "p99", "max")},
+            fps=st["fps"],
+            cv=st["cv"],
+            noisy=st["high_variance"],
+            n=st["n"],
+            _ms=ms,
+        )
+    for row in rows:  # speed-up against the torch baseline of the same bundle and batch
+        base = next(
+            (
+                r
+                for r in rows
+                if r.get("run") == row.get("run")
+                and r["batch"] == row["batch"]
+                and r["backend"] == "torch"
+                and r.get("p50_ms")
+            ),
+            None,
+        )
         row["vs_torch"] = base["p50_ms"] / row["p50_ms"] if base and row.get("p50_ms") else None
         for k in ("p50_ms", "p90_ms", "p99_ms", "fps"):
             row.setdefault(k, None)
     for _, runner, _, _ in live:
         runner.close()
     if opts.e2e:
-        rows += [pipeline_row(row, opts.e2e) for row in list(rows)
-                 if row["backend"] == "onnxruntime" and row["batch"] == 1 and row["status"] == "ok"]
-    return {"rows": rows, "provenance": provenance(), "harness_overhead_ms": harness_overhead_ms(),
-            "method": {"iters": opts.iters, "seconds": opts.seconds, "warmup": opts.warmup, "chunk": opts.chunk,
-                       "rounds": rounds, "frames": "MVTec test set of --data" if opts.data else "bundle parity frames"}}
+        rows += [
+            pipeline_row(row, opts.e2e)
+            for row in list(rows)
+            if row["backend"] == "onnxruntime" and row["batch"] == 1 and row["status"] == "ok"
+        ]
+    return {
+        "rows": rows,
+        "provenance": provenance(),
+        "harness_overhead_ms": harness_overhead_ms(),
+        "method": {
+            "iters": opts.iters,
+            "seconds": opts.seconds,
+            "warmup": opts.warmup,
+            "chunk": opts.chunk,
+            "rounds": rounds,
+            "frames": "MVTec test set of --data" if opts.data else "bundle parity frames",
+        },
+    }
 
 
 def pipeline_row(model_row: dict, source: str) -> dict:
@@ -247,73 +311,24 @@ def pipeline_row(model_row: dict, source: str) -> dict:
 
     s = run_stream(model_row["bundle"], source, [])
     lat = s["latency_ms"]
-    return {**{k: model_row[k] for k in ("bundle", "model", "precision", "model_mb", "bundle_sha256")},
-            "backend": "pipeline (onnxruntime)", "batch": 1, "status": "ok", "reason": "",
-            **dict.fromkeys(ACCURACY_KEYS),
-            "cold_start_ms": None, "peak_rss_mb": None, "vs_torch": None, "source": source, "frames": s["frames"],
-            "fps": s["fps"], "p50_ms": lat["total"]["p50"], "p90_ms": lat["total"]["p90"],
-            "p99_ms": lat["total"]["p99"], "min_ms": lat["total"]["min"], "max_ms": lat["total"]["max"],
-            "stage_p50_ms": {k: v["p50"] for k, v in lat.items() if v.get("n")},
-            "share_of_model_only_fps": s["fps"] / model_row["fps"] if model_row.get("fps") else None}
-
-
-# "bundle" is the bundle's folder name: two bundles of one model and precision (an A/B of quantization
-# options, say) are otherwise indistinguishable rows.
-COLUMNS = [("bundle", "bundle"), ("model", "model"), ("backend", "backend"), ("precision", "precision"),
-           ("batch", "batch"), ("status", "status"), ("model_mb", "MB"), ("image_auroc", "image AUROC"),
-           ("aupro", "AUPRO"), ("pixel_f1", "pixel F1"), ("pixel_iou", "pixel IoU"),
-           ("min_ms", "min ms"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"),
-           ("fps", "FPS"), ("cold_start_ms", "cold start ms"), ("peak_rss_mb", "peak RSS MB"), ("vs_torch", "vs torch"),
-           ("noisy", "noisy")]
-
-
-def _cell(row: dict, key: str):
-    return Path(row["bundle"]).name if key == "bundle" and row.get("bundle") else row.get(key)
-
-
-def table_rows(result: dict) -> list[dict]:
-    return [{label: _cell(r, key) for key, label in COLUMNS} for r in result["rows"]]
-
-
-def markdown(result: dict) -> str:
-    from edgesdk.table import fmt
-
-    head = [label for _, label in COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(fmt(_cell(r, k), 3) for k, _ in COLUMNS) + " |" for r in result["rows"]]
-    p = result["provenance"]
-    why = [f"- {r['backend']}: {r['reason']}" for r in result["rows"] if r.get("reason")]
-    return "\n".join(lines + ["", f"{p['cpu']}, {p['cores']} cores, {p['os']}; harness overhead "
-                              f"{result['harness_overhead_ms'] * 1e3:.1f} µs per call.", *sorted(set(why))]) + "\n"
-
-
-def plot(result: dict, path: str | Path, width: int = 900) -> None:
-    """Box plot of per-call latency per row (whiskers p1-p99, box p25-p75, p50 line), drawn with OpenCV."""
-    import cv2
-
-    timed = [r for r in result["rows"] if r.get("_ms")]
-    h_row, left, top = 36, 340, 40
-    img = np.full((top + h_row * max(len(timed), 1) + 40, width, 3), 255, np.uint8)
-    hi = max((np.percentile(r["_ms"], 99) for r in timed), default=1.0) * 1.1
-    sx = lambda v: int(left + (width - left - 20) * v / hi)  # noqa: E731
-    cv2.putText(img, "latency per call, ms (whiskers p1-p99, box p25-p75, line p50)", (10, 24),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    y0 = img.shape[0] - 20
-    for t in np.linspace(0, hi, 6):
-        cv2.putText(img, f"{t:.1f}", (sx(t) - 10, y0 + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.line(img, (sx(t), top - 6), (sx(t), y0), (225, 225, 225), 1)
-    for i, r in enumerate(timed):     # grid first, so it never crosses the labels
-        y = top + i * h_row + h_row // 2
-        p1, p25, p50, p75, p99 = np.percentile(r["_ms"], [1, 25, 50, 75, 99])
-        label = f"{_cell(r, 'bundle') or r['model']} {r['backend']} {r['precision']} b{r['batch']}"
-        cv2.putText(img, label, (10, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.line(img, (sx(p1), y), (sx(p99), y), (90, 90, 90), 1)
-        cv2.rectangle(img, (sx(p25), y - 10), (sx(p75), y + 10), (200, 140, 60), -1)
-        cv2.line(img, (sx(p50), y - 12), (sx(p50), y + 12), (0, 0, 200), 2)
-        cv2.putText(img, f"{p50:.2f}", (sx(p99) + 6, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 200), 1, cv2.LINE_AA)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"{path}: could not write the plot")
-
-
-def for_json(result: dict) -> dict:
-    return {**result, "rows": [{k: v for k, v in r.items() if k != "_ms"} for r in result["rows"]]}
+    return {
+        **{k: model_row[k] for k in ("bundle", "model", "precision", "model_mb", "bundle_sha256")},
+        "backend": "pipeline (onnxruntime)",
+        "batch": 1,
+        "status": "ok",
+        "reason": "",
+        **dict.fromkeys(ACCURACY_KEYS),
+        "cold_start_ms": None,
+        "peak_rss_mb": None,
+        "vs_torch": None,
+        "source": source,
+        "frames": s["frames"],
+        "fps": s["fps"],
+        "p50_ms": lat["total"]["p50"],
+        "p90_ms": lat["total"]["p90"],
+        "p99_ms": lat["total"]["p99"],
+        "min_ms": lat["total"]["min"],
+        "max_ms": lat["total"]["max"],
+        "stage_p50_ms": {k: v["p50"] for k, v in lat.items() if v.get("n")},
+        "share_of_model_only_fps": s["fps"] / model_row["fps"] if model_row.get("fps") else None,
+    }

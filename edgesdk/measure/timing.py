@@ -5,6 +5,7 @@ numpy only: the device runs it.
 
 `edgesdk bench` itself (rows over bundles x backends x batches, interleaved in rounds, provenance,
 cold start) is measure/benchmark.py."""
+
 from __future__ import annotations
 
 import time
@@ -15,11 +16,17 @@ import numpy as np
 from edgesdk.backends.base import Runner
 from edgesdk.measure.metrics import latency_stats
 
-HIGH_VARIANCE = 0.10   # trtexec warns when the coefficient of variation exceeds 10%
+HIGH_VARIANCE = 0.10  # trtexec warns when the coefficient of variation exceeds 10%
 
 
-def timed_calls(runner: Runner, feeds: Sequence[dict[str, np.ndarray]], n: int, start: int = 0, untimed: int = 0,
-                out: list[float] | None = None) -> list[float]:
+def timed_calls(
+    runner: Runner,
+    feeds: Sequence[dict[str, np.ndarray]],
+    n: int,
+    start: int = 0,
+    untimed: int = 0,
+    out: list[float] | None = None,
+) -> list[float]:
     """N calls of runner.infer on feeds[(start + i) % len(feeds)]; the first UNTIMED calls are not
     timed (warm-up, or caches refilling after another runner ran). Each timed call's milliseconds
     are appended to OUT (a new list by default), which is returned."""
@@ -53,6 +60,7 @@ def summarize(ms: list[float], batch: int = 1) -> dict:
 
 class NullRunner(Runner):
     """Returns its input: timing it measures the harness itself."""
+
     name = "null"
 
     def load(self) -> "NullRunner":

@@ -1,5 +1,6 @@
 """Device profiles (devices/NAME.toml) and build configurations: what a target supports and how an
 engine is built for it, every field checked. Standard library only."""
+
 from __future__ import annotations
 
 import os
@@ -26,34 +27,36 @@ from edgesdk.spec.typed import (
 @dataclass(frozen=True)
 class DeviceProfile:
     """One target device (devices/NAME.toml): which TensorRT builds for it and what it supports."""
+
     name: str
     description: str
-    kind: str                          # "jetson", "rtx" (x86 + RTX GPU) or "cpu" (ONNX Runtime only)
-    tensorrt_module: str               # Python module that builds for it: "tensorrt", "tensorrt_rtx", ""
-    tensorrt_version: str = ""         # major.minor shipped for it, e.g. "10.3"
+    kind: str  # "jetson", "rtx" (x86 + RTX GPU) or "cpu" (ONNX Runtime only)
+    tensorrt_module: str  # Python module that builds for it: "tensorrt", "tensorrt_rtx", ""
+    tensorrt_version: str = ""  # major.minor shipped for it, e.g. "10.3"
     jetpack: str = ""
     l4t: str = ""
     cuda: str = ""
-    compute_capability: str = ""       # e.g. "8.7"; "" = the builder's default (TensorRT for RTX)
+    compute_capability: str = ""  # e.g. "8.7"; "" = the builder's default (TensorRT for RTX)
     gpu_precisions: tuple[str, ...] = ("fp32",)
     dla_cores: int = 0
     dla_precisions: tuple[str, ...] = ()
     memory_gb: float = 0.0
-    max_onnx_opset: int = 0            # highest ONNX opset its TensorRT parser reads (0: no TensorRT)
-    camera: str = ""                   # default camera source URI
+    max_onnx_opset: int = 0  # highest ONNX opset its TensorRT parser reads (0: no TensorRT)
+    camera: str = ""  # default camera source URI
     power_modes: tuple[str, ...] = ()
     match_models: tuple[str, ...] = ()  # substrings of /proc/device-tree/model that identify it
     notes: str = ""
-    runtime_python: str = ""           # the OS's Python (major.minor) a packed runtime targets (pack --runtime)
-    runtime_platforms: tuple[str, ...] = ()   # wheel platform tags it runs, e.g. manylinux_2_35_aarch64
+    runtime_python: str = ""  # the OS's Python (major.minor) a packed runtime targets (pack --runtime)
+    runtime_platforms: tuple[str, ...] = ()  # wheel platform tags it runs, e.g. manylinux_2_35_aarch64
 
     def __post_init__(self) -> None:
         _text(self.name, "name", NAME, "a plain name (letters, digits, . _ + -; no / or leading .)")
         if self.kind not in DEVICE_KINDS:
             raise SpecError(f"kind must be jetson, rtx or cpu, got {self.kind!r}")
         if self.tensorrt_module not in TENSORRT_MODULES + ("",):
-            raise SpecError(f"tensorrt_module must be {', '.join(TENSORRT_MODULES)} or empty, "
-                            f"got {self.tensorrt_module!r}")
+            raise SpecError(
+                f"tensorrt_module must be {', '.join(TENSORRT_MODULES)} or empty, got {self.tensorrt_module!r}"
+            )
         if self.tensorrt_version:
             _text(self.tensorrt_version, "tensorrt_version", VERSION, 'a version like "10.3", or ""')
         if self.compute_capability:
@@ -64,7 +67,7 @@ class DeviceProfile:
         _int(self.dla_cores, "dla_cores", lo=0)
         _num(self.memory_gb, "memory_gb")
         _int(self.max_onnx_opset, "max_onnx_opset", lo=0)
-        if any(not m.strip() for m in self.match_models):    # "" is a substring of every model
+        if any(not m.strip() for m in self.match_models):  # "" is a substring of every model
             raise SpecError(f"match_models must not hold an empty string, got {list(self.match_models)}")
         if bool(self.runtime_python) != bool(self.runtime_platforms):
             raise SpecError("runtime_python and runtime_platforms go together (both or neither)")
@@ -85,22 +88,26 @@ class DeviceProfile:
         return from_mapping(cls, load_toml(path), str(path))
 
 
-MAX_WORKSPACE_MB = 1 << 20     # 1 TiB: more is a typo, and TensorRT takes the pool size in bytes as size_t
+MAX_WORKSPACE_MB = 1 << 20  # 1 TiB: more is a typo, and TensorRT takes the pool size in bytes as size_t
 
 
 @dataclass(frozen=True)
 class BuildConfig:
     """How `edgesdk build` turns a bundle into an engine for one device."""
-    batch: tuple[int, int, int] = (1, 1, 4)   # optimization profile over the dynamic batch: min, opt, max
+
+    batch: tuple[int, int, int] = (1, 1, 4)  # optimization profile over the dynamic batch: min, opt, max
     workspace_mb: int = 1024
-    dla_core: int = -1                        # -1: GPU only
-    gpu_fallback: bool = True                 # layers DLA cannot run go to the GPU
-    optimization_level: int = 3               # TensorRT's builder_optimization_level (0-5)
+    dla_core: int = -1  # -1: GPU only
+    gpu_fallback: bool = True  # layers DLA cannot run go to the GPU
+    optimization_level: int = 3  # TensorRT's builder_optimization_level (0-5)
     timing_cache: bool = True
 
     def __post_init__(self) -> None:
-        if (not isinstance(self.batch, tuple) or len(self.batch) != 3
-                or any(not isinstance(b, int) or isinstance(b, bool) for b in self.batch)):
+        if (
+            not isinstance(self.batch, tuple)
+            or len(self.batch) != 3
+            or any(not isinstance(b, int) or isinstance(b, bool) for b in self.batch)
+        ):
             raise SpecError(f"batch {self.batch!r}: need three ints MIN, OPT, MAX")
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi:
@@ -113,5 +120,3 @@ class BuildConfig:
         for key in ("gpu_fallback", "timing_cache"):
             if not isinstance(getattr(self, key), bool):
                 raise SpecError(f"{key} must be bool, got {getattr(self, key)!r}")
-
-

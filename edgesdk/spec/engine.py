@@ -1,5 +1,6 @@
 """The engine sidecar (PLAN.json): what a raw TensorRT plan was built from and for, every field
 checked before any is acted on. Standard library only."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,20 +39,21 @@ class EngineSidecar:
     whose sidecar does not match what is running, and says what differs. Every field is checked
     when the sidecar is made or loaded, before anything acts on one: tensorrt_module is imported,
     plan names a file, profile sizes buffers."""
-    plan: str                     # plan file name, beside this sidecar
+
+    plan: str  # plan file name, beside this sidecar
     plan_sha256: str
     plan_bytes: int
-    key: str                      # hash of everything below that changes the engine
-    onnx_sha256: str              # the bundle's model.onnx
+    key: str  # hash of everything below that changes the engine
+    onnx_sha256: str  # the bundle's model.onnx
     model: str
-    precision: str                # the graph's own precision (strongly typed) or the flags set from it
-    tensorrt_module: str          # "tensorrt" (JetPack, datacenter) or "tensorrt_rtx"
-    tensorrt_version: str         # full version that built it
-    device: str                   # device profile name
-    gpu: dict                     # {"name", "compute_capability"} where the builder saw a GPU, else {}
+    precision: str  # the graph's own precision (strongly typed) or the flags set from it
+    tensorrt_module: str  # "tensorrt" (JetPack, datacenter) or "tensorrt_rtx"
+    tensorrt_version: str  # full version that built it
+    device: str  # device profile name
+    gpu: dict  # {"name", "compute_capability"} where the builder saw a GPU, else {}
     strongly_typed: bool
-    flags: tuple[str, ...]        # builder flags set (TensorRT 8.5: FP16/INT8 from the graph)
-    profile: dict                 # {"input": name, "min": [...], "opt": [...], "max": [...]}
+    flags: tuple[str, ...]  # builder flags set (TensorRT 8.5: FP16/INT8 from the graph)
+    profile: dict  # {"input": name, "min": [...], "opt": [...], "max": [...]}
     dla_core: int
     workspace_mb: int
     build_seconds: float
@@ -63,8 +65,9 @@ class EngineSidecar:
     def __post_init__(self) -> None:
         # The import allow-list first: nothing below may be reached with a module the file chose.
         if self.tensorrt_module not in TENSORRT_MODULES:
-            raise SpecError(f"tensorrt_module must be one of {', '.join(TENSORRT_MODULES)}, "
-                            f"got {self.tensorrt_module!r}")
+            raise SpecError(
+                f"tensorrt_module must be one of {', '.join(TENSORRT_MODULES)}, got {self.tensorrt_module!r}"
+            )
         _int(self.schema_version, "schema_version", lo=ENGINE_SCHEMA, hi=ENGINE_SCHEMA)
         if not (isinstance(self.plan, str) and NAME.fullmatch(self.plan) and self.plan.endswith(".plan")):
             raise SpecError(f"plan must be a plain file name ending in .plan (no folders), got {self.plan!r}")
@@ -123,15 +126,19 @@ class EngineSidecar:
     def load(cls, path: str | os.PathLike) -> "EngineSidecar":
         """The sidecar at PATH, every field checked; its plan must be the NAME.plan beside it."""
         path = Path(path)
-        d = load_json(path, "engine sidecar not found (every plan has PLAN.json beside it; rebuild with "
-                            "`edgesdk build`)")
+        d = load_json(
+            path, "engine sidecar not found (every plan has PLAN.json beside it; rebuild with `edgesdk build`)"
+        )
         if isinstance(d, dict) and d.get("schema_version") != ENGINE_SCHEMA:
-            raise SpecError(f"{path}: engine sidecar schema_version {d.get('schema_version')!r} is not "
-                            f"supported (this edgesdk reads {ENGINE_SCHEMA})")
+            raise SpecError(
+                f"{path}: engine sidecar schema_version {d.get('schema_version')!r} is not "
+                f"supported (this edgesdk reads {ENGINE_SCHEMA})"
+            )
         side = from_mapping(cls, d, str(path))
         if side.plan != path.with_suffix(".plan").name:
-            raise SpecError(f"{path}: plan {side.plan!r} is not the plan beside this sidecar "
-                            f"({path.with_suffix('.plan').name})")
+            raise SpecError(
+                f"{path}: plan {side.plan!r} is not the plan beside this sidecar ({path.with_suffix('.plan').name})"
+            )
         return side
 
     @staticmethod
@@ -141,26 +148,38 @@ class EngineSidecar:
         path = Path(path)
         real, folder = path.resolve(), path.parent.resolve()
         if real.parent != folder:
-            raise SpecError(f"{path}: a link to {real}, outside {path.parent}; engines and sidecars must "
-                            "be plain files in their folder")
+            raise SpecError(
+                f"{path}: a link to {real}, outside {path.parent}; engines and sidecars must "
+                "be plain files in their folder"
+            )
         return path
 
-    def mismatches(self, onnx_sha256: str | None = None, tensorrt_module: str | None = None,
-                   tensorrt_version: str | None = None, gpu: dict | None = None) -> list[str]:
+    def mismatches(
+        self,
+        onnx_sha256: str | None = None,
+        tensorrt_module: str | None = None,
+        tensorrt_version: str | None = None,
+        gpu: dict | None = None,
+    ) -> list[str]:
         """Human-readable differences between this engine and what it is about to run with."""
         out = []
         if onnx_sha256 is not None and onnx_sha256 != self.onnx_sha256:
-            out.append(f"built from model.onnx sha256 {self.onnx_sha256[:12]}…, this bundle's is "
-                       f"{onnx_sha256[:12]}… (another bundle, or re-exported)")
+            out.append(
+                f"built from model.onnx sha256 {self.onnx_sha256[:12]}…, this bundle's is "
+                f"{onnx_sha256[:12]}… (another bundle, or re-exported)"
+            )
         if tensorrt_module is not None and tensorrt_module != self.tensorrt_module:
             out.append(f"built with {self.tensorrt_module}, running {tensorrt_module}")
         if tensorrt_version is not None and tensorrt_version != self.tensorrt_version:
-            out.append(f"built with TensorRT {self.tensorrt_version}, running {tensorrt_version} "
-                       "(plans are not portable across TensorRT versions)")
+            out.append(
+                f"built with TensorRT {self.tensorrt_version}, running {tensorrt_version} "
+                "(plans are not portable across TensorRT versions)"
+            )
         built_cc = self.gpu.get("compute_capability")
         run_cc = (gpu or {}).get("compute_capability")
         if built_cc and run_cc and built_cc != run_cc:
-            out.append(f"built on a GPU of compute capability {built_cc} ({self.gpu.get('name', '?')}), "
-                       f"running on {run_cc} ({(gpu or {}).get('name', '?')})")
+            out.append(
+                f"built on a GPU of compute capability {built_cc} ({self.gpu.get('name', '?')}), "
+                f"running on {run_cc} ({(gpu or {}).get('name', '?')})"
+            )
         return out
-

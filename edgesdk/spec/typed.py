@@ -2,6 +2,7 @@
 refuse what Python's parsers let through (NaN, Infinity, 1e999, deep nesting), from_mapping (a frozen
 dataclass from a dict, every key typed and named), the small range checks, and the names and
 patterns the formats share. Standard library only: the device runtime imports this."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+
 class SpecError(EdgesdkError):
     """A file the user gave us is malformed; the message names the file and the problem."""
-
-
 
 
 def load_json(path: Path, missing: str) -> Any:
@@ -41,7 +41,7 @@ def _load(path: Path, parse: Callable[[str], Any], kind: str, nests: str, missin
         raise SpecError(f"{path}: {missing}")
     try:
         doc = parse(path.read_text(encoding="utf-8"))
-    except ValueError as e:             # not UTF-8, not JSON/TOML, an integer of more than 4300 digits
+    except ValueError as e:  # not UTF-8, not JSON/TOML, an integer of more than 4300 digits
         raise SpecError(f"{path}: not valid {kind} ({e})") from None
     except RecursionError:
         raise SpecError(f"{path}: not valid {kind} ({nests} nested too deep)") from None
@@ -61,7 +61,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 T = TypeVar("T")
 
 
-MAX_DEPTH = 64     # tables/arrays inside each other: no config nests so deep, and walks of it recurse
+MAX_DEPTH = 64  # tables/arrays inside each other: no config nests so deep, and walks of it recurse
 
 
 def _finite_tree(value: Any, key: str, where: str) -> None:
@@ -103,7 +103,7 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
         _finite_tree(value, key, where)
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        if abs(value) > sys.float_info.max:              # float() would raise OverflowError
+        if abs(value) > sys.float_info.max:  # float() would raise OverflowError
             raise SpecError(f"{where}: {key} is an integer too large for a number ({value.bit_length()} bits)")
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
@@ -133,7 +133,7 @@ def from_mapping(cls: type[T], d: Any, where: str) -> T:
         kwargs[name] = _check_type(d[name], hints[name], name, where)
     try:
         return cls(**kwargs)
-    except SpecError as e:          # a range check of the class itself: say which file
+    except SpecError as e:  # a range check of the class itself: say which file
         raise SpecError(f"{where}: {e}") from None
 
 
@@ -179,11 +179,11 @@ TENSORRT_MODULES = ("tensorrt", "tensorrt_rtx")
 # Profile and device names become parts of engine and timing-cache file names: one plain component.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
-RELEASE = re.compile(r"[0-9]+(\.[0-9A-Za-z+-]+)*")    # a module's __version__, e.g. "10.3.0.30"
+RELEASE = re.compile(r"[0-9]+(\.[0-9A-Za-z+-]+)*")  # a module's __version__, e.g. "10.3.0.30"
 COMPUTE_CAPABILITY = re.compile(r"[0-9]+\.[0-9]+")
 RUNTIME_PYTHON = re.compile(r"3\.[0-9]{1,2}")
-RUNTIME_PLATFORM = re.compile(r"(manylinux_2_[0-9]{1,3}|manylinux2014|manylinux2010|manylinux1|linux)"
-                              r"_(x86_64|i686|aarch64|armv7l|ppc64le|s390x|riscv64)")
+RUNTIME_PLATFORM = re.compile(
+    r"(manylinux_2_[0-9]{1,3}|manylinux2014|manylinux2010|manylinux1|linux)"
+    r"_(x86_64|i686|aarch64|armv7l|ppc64le|s390x|riscv64)"
+)
 SHA256 = re.compile(r"[0-9a-f]{64}")
-
-

@@ -10,6 +10,7 @@ threshold used, else 3), and the statistics are recorded in the manifest.
 The frames are the user's word that the parts were good. Frames that stand far out of the clip's own
 spread (and above the bundle's threshold) are counted as suspect and warned about: a clip with defects
 in it would raise the threshold past the defects it should catch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,9 +29,9 @@ from edgesdk.spec import MANIFEST, Threshold
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.video import open_source
 
-MIN_FRAMES = 30     # below this the std of the good scores is too rough to set a threshold on
+MIN_FRAMES = 30  # below this the std of the good scores is too rough to set a threshold on
 SUSPECT_MADS = 6.0  # a frame this many median absolute deviations above the clip's median (about 4 std of
-                    # normal scores: one good frame in ~40000) is no longer taken for a good part
+# normal scores: one good frame in ~40000) is no longer taken for a good part
 log = logging.getLogger(__name__)
 
 
@@ -68,13 +69,21 @@ def line_scores(det: Detector, source: str, frames: int, progress: bool = True) 
     scores: list[float] = []
     with open_source(source) as src, bar(total=frames, desc="calibrate", unit="frame", enabled=progress) as b:
         while len(scores) < frames and (frame := src.read(timeout=5.0)) is not None:
-            scores.append(float(det.infer(det.preprocess(frame.image))[0][0]))   # score only: no regions
+            scores.append(float(det.infer(det.preprocess(frame.image))[0][0]))  # score only: no regions
             b.update()
     return np.asarray(scores, np.float64)
 
 
-def calibrate(bundle: str | Path, source: str, out: str | Path, frames: int = 200, k_sigma: float | None = None,
-              opts: DetectorOptions = DetectorOptions(), progress: bool = True, force: bool = False) -> dict:
+def calibrate(
+    bundle: str | Path,
+    source: str,
+    out: str | Path,
+    frames: int = 200,
+    k_sigma: float | None = None,
+    opts: DetectorOptions = DetectorOptions(),
+    progress: bool = True,
+    force: bool = False,
+) -> dict:
     """Write OUT: BUNDLE with its threshold re-derived on FRAMES known-good frames of SOURCE.
     Returns the statistics recorded in OUT's manifest. OUT is replaced only when missing, empty or a
     bundle (any folder with FORCE), and never when it is, holds or lies inside BUNDLE or SOURCE."""
@@ -94,8 +103,10 @@ def calibrate(bundle: str | Path, source: str, out: str | Path, frames: int = 20
     with Detector(b, dataclasses.replace(opts, threshold=None)) as det:
         z = line_scores(det, source, frames, progress)
     if len(z) < MIN_FRAMES:
-        raise ValueError(f"{source}: gave {len(z)} frames before it ended; calibration needs at least "
-                         f"{MIN_FRAMES} known-good frames; use a longer clip")
+        raise ValueError(
+            f"{source}: gave {len(z)} frames before it ended; calibration needs at least "
+            f"{MIN_FRAMES} known-good frames; use a longer clip"
+        )
     if not np.all(np.isfinite(z)):
         raise ValueError(f"{source}: {int((~np.isfinite(z)).sum())} frames scored NaN/inf with {bundle}")
     k = k_sigma
@@ -105,26 +116,46 @@ def calibrate(bundle: str | Path, source: str, out: str | Path, frames: int = 20
     held_std = 1.0 if b.manifest.normalization.get("kind") == "z_from_good_holdout" else 0.0
     suspect = suspect_frames(z, old.value, held_std)
     if len(suspect):
-        log.warning("%s: %d of %d frames score far above the rest of the clip and the bundle's threshold %.3g "
-                    "(frames %s, z up to %.3g vs median %.3g): they look like defects, not good parts; the "
-                    "threshold derived from them is too high to catch such defects. Calibrate on a clip of "
-                    "known-good parts only", source, len(suspect), len(z), old.value,
-                    ", ".join(map(str, suspect[:10].tolist())) + (", ..." if len(suspect) > 10 else ""),
-                    float(z[suspect].max()), float(np.median(z)))
-    stats = {"source": source, "frames": int(len(z)), "k_sigma": k, "mean": float(z.mean()),
-             "std": float(z.std(ddof=1)), "p99": float(np.percentile(z, 99)), "max": float(z.max()),
-             "flagged_at_old_threshold": int((z > old.value).sum()), "flagged_at_new_threshold": int((z > value).sum()),
-             "old_threshold": old.value, "old_source": old.source, "from_bundle": str(bundle),
-             "from_model_sha256": b.onnx_sha256, "suspect_frames": int(len(suspect)),
-             "suspect_frame_indices": suspect.tolist()}
-    thr = Threshold(value, "line_good_k_sigma", {"how": f"mean + {k:g} std of {len(z)} known-good frames of "
-                                                        f"{source}", **stats})
-    manifest = dataclasses.replace(b.manifest, threshold=thr,
-                                   provenance={**b.manifest.provenance, "line_calibration": stats})
+        log.warning(
+            "%s: %d of %d frames score far above the rest of the clip and the bundle's threshold %.3g "
+            "(frames %s, z up to %.3g vs median %.3g): they look like defects, not good parts; the "
+            "threshold derived from them is too high to catch such defects. Calibrate on a clip of "
+            "known-good parts only",
+            source,
+            len(suspect),
+            len(z),
+            old.value,
+            ", ".join(map(str, suspect[:10].tolist())) + (", ..." if len(suspect) > 10 else ""),
+            float(z[suspect].max()),
+            float(np.median(z)),
+        )
+    stats = {
+        "source": source,
+        "frames": int(len(z)),
+        "k_sigma": k,
+        "mean": float(z.mean()),
+        "std": float(z.std(ddof=1)),
+        "p99": float(np.percentile(z, 99)),
+        "max": float(z.max()),
+        "flagged_at_old_threshold": int((z > old.value).sum()),
+        "flagged_at_new_threshold": int((z > value).sum()),
+        "old_threshold": old.value,
+        "old_source": old.source,
+        "from_bundle": str(bundle),
+        "from_model_sha256": b.onnx_sha256,
+        "suspect_frames": int(len(suspect)),
+        "suspect_frame_indices": suspect.tolist(),
+    }
+    thr = Threshold(
+        value, "line_good_k_sigma", {"how": f"mean + {k:g} std of {len(z)} known-good frames of {source}", **stats}
+    )
+    manifest = dataclasses.replace(
+        b.manifest, threshold=thr, provenance={**b.manifest.provenance, "line_calibration": stats}
+    )
     with atomic_dir(out, kind="bundle", inputs=inputs, force=force) as stage:
-        for name in b.manifest.files:          # every file the manifest vouches for, hashes unchanged
+        for name in b.manifest.files:  # every file the manifest vouches for, hashes unchanged
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(b.path / name, stage / name)
         write_json(stage / MANIFEST, manifest.to_dict())
-        Bundle.open(stage)                     # the new bundle verifies before it replaces anything
+        Bundle.open(stage)  # the new bundle verifies before it replaces anything
     return {**stats, "threshold": value}

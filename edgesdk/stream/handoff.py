@@ -13,6 +13,7 @@ Handoff:
   get_batch       everything waiting, once `batch` items are there or `linger` seconds after the
                   first arrived (the sink thread: one wake-up for several records)
 """
+
 from __future__ import annotations
 
 import queue
@@ -25,8 +26,8 @@ class Handoff:
         self.maxsize = max(1, maxsize)
         self.refill_at = self.maxsize - 1 if refill_at is None else max(0, min(refill_at, self.maxsize - 1))
         self.items: deque = deque()
-        self.wake_at = 1                       # items that wake a consumer (get_batch raises it)
-        self.flush = False                     # an urgent item arrived: a lingering consumer stops
+        self.wake_at = 1  # items that wake a consumer (get_batch raises it)
+        self.flush = False  # an urgent item arrived: a lingering consumer stops
         lock = threading.Lock()
         self.not_full, self.not_empty = threading.Condition(lock), threading.Condition(lock)
 
@@ -38,7 +39,8 @@ class Handoff:
         consumer at once (the end of the stream)."""
         with self.not_full:
             if len(self.items) >= self.maxsize and not self.not_full.wait_for(
-                    lambda: len(self.items) <= self.refill_at, timeout):
+                lambda: len(self.items) <= self.refill_at, timeout
+            ):
                 raise queue.Full
             self._append(item, urgent)
 

@@ -2,6 +2,7 @@
 fails stops the run with an error naming it: verdicts are never lost silently. An evidence sink (dir,
 video, http preview) that fails is counted, logged once per episode and tried again after a backoff,
 while the verdict sinks carry on with every record. No torch."""
+
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,7 @@ import time
 
 from edgesdk.video import open_sink
 
-EVIDENCE_RETRY_S, EVIDENCE_RETRY_MAX_S = 2.0, 30.0   # a failed evidence sink's backoff, doubling up to the max
+EVIDENCE_RETRY_S, EVIDENCE_RETRY_MAX_S = 2.0, 30.0  # a failed evidence sink's backoff, doubling up to the max
 
 log = logging.getLogger("edgesdk.stream.pipeline")
 
@@ -46,9 +47,9 @@ class SinkGuard:
         self.uri, self.sink = public_uri(uri), sink
         self.evidence = bool(getattr(sink, "evidence", False))
         self.errors = self.skipped = 0
-        self.failing = False                     # inside an episode of failures
+        self.failing = False  # inside an episode of failures
         self.retry_at, self.backoff = 0.0, EVIDENCE_RETRY_S
-        self._episode = (0, 0)                   # (errors, skipped) when the episode began
+        self._episode = (0, 0)  # (errors, skipped) when the episode began
 
     def write(self, record: dict, frame, result) -> None:
         if not self.sink.wants(record):
@@ -60,15 +61,22 @@ class SinkGuard:
             self.sink.write(record, frame, result)
         except Exception as e:
             if not self.evidence:
-                raise _named_error(e, f"{self.uri}: the verdict sink failed ({_describe(e)}); the run "
-                                      "stops so that no verdict is lost silently") from e
+                raise _named_error(
+                    e,
+                    f"{self.uri}: the verdict sink failed ({_describe(e)}); the run "
+                    "stops so that no verdict is lost silently",
+                ) from e
             self._failed(e)
             return
         if self.failing:
             self.failing = False
             failed, skipped = self.errors - self._episode[0], self.skipped - self._episode[1]
-            log.warning("%s: evidence sink working again after %d failed writes; %d frames have no evidence",
-                        self.uri, failed, failed + skipped)
+            log.warning(
+                "%s: evidence sink working again after %d failed writes; %d frames have no evidence",
+                self.uri,
+                failed,
+                failed + skipped,
+            )
 
     def _failed(self, e: Exception) -> None:
         self.errors += 1
@@ -78,8 +86,13 @@ class SinkGuard:
         else:
             self.failing, self.backoff = True, EVIDENCE_RETRY_S
             self._episode = (self.errors - 1, self.skipped)
-            log.warning("%s: evidence sink failed (%s); the verdicts carry on without it, and it is tried "
-                        "again in %g s (then less often)", self.uri, _describe(e), self.backoff)
+            log.warning(
+                "%s: evidence sink failed (%s); the verdicts carry on without it, and it is tried "
+                "again in %g s (then less often)",
+                self.uri,
+                _describe(e),
+                self.backoff,
+            )
         self.retry_at = time.monotonic() + self.backoff
 
     def health(self) -> dict:

@@ -1,6 +1,7 @@
 """A new model under a running loop: `edgesdk run ROOT/current` follows the `current` symlink that
 `install` and `rollback` switch, opening the new model off the hot path and handing it to the next
 frame, the camera untouched. No torch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,7 +69,7 @@ class _Models:
     def retire(self, old: Detector) -> None:
         with self.cv:
             self.cv.wait_for(lambda: self.closed or self.busy[old] == 0)
-            if self.closed:                        # close() closes it
+            if self.closed:  # close() closes it
                 return
             del self.busy[old]
         old.close()
@@ -89,12 +90,19 @@ class _HotSwitch:
     is taken by it. A bundle that fails is logged and the running model kept, until the next change or
     SIGHUP. systemd hears RELOADING=1, then READY=1 either way."""
 
-    def __init__(self, path: str | Path, target: str, models: _Models, opts: DetectorOptions, notifier: Notifier,
-                 reload: threading.Event):
+    def __init__(
+        self,
+        path: str | Path,
+        target: str,
+        models: _Models,
+        opts: DetectorOptions,
+        notifier: Notifier,
+        reload: threading.Event,
+    ):
         self.path, self.target, self.models, self.notifier = str(path), target, models, notifier
         # an --engine plan belongs to the first model; a new one finds its own in BUNDLE/engines/
         self.opts = dataclasses.replace(opts, engine=None)
-        self.reload = reload                       # set by SIGHUP
+        self.reload = reload  # set by SIGHUP
         self.loader: threading.Thread | None = None
         self.errors = 0
 
@@ -105,7 +113,7 @@ class _HotSwitch:
         if target == self.target and not self.reload.is_set():
             return
         self.reload.clear()
-        self.target = target                       # a failed target is not retried every tick
+        self.target = target  # a failed target is not retried every tick
         self.loader = threading.Thread(target=self._load, args=(target,), name="edgesdk-model-switch", daemon=True)
         self.loader.start()
 
@@ -121,15 +129,22 @@ class _HotSwitch:
                 raise
         except Exception as e:
             self.errors += 1
-            log.error("%s -> %s: the new model cannot be used (%s); still scoring with model %s from %s",
-                      self.path, target, e, model_id(old), old.bundle.path)
+            log.error(
+                "%s -> %s: the new model cannot be used (%s); still scoring with model %s from %s",
+                self.path,
+                target,
+                e,
+                model_id(old),
+                old.bundle.path,
+            )
             self.notifier.ready(f"kept model {model_id(old)}: {target} failed to open")
             return
         prev = self.models.swap(det)
         if prev is None:
             return
-        log.warning("%s -> %s: switched model %s -> %s between frames", self.path, target, model_id(prev),
-                    model_id(det))
+        log.warning(
+            "%s -> %s: switched model %s -> %s between frames", self.path, target, model_id(prev), model_id(det)
+        )
         self.notifier.ready(f"model {model_id(det)} from {target}")
         self.models.retire(prev)
 

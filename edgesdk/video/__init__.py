@@ -1,4 +1,5 @@
 """Frame sources and result sinks, opened by URI (after jetson-utils' videoSource/videoOutput)."""
+
 from edgesdk.video.base import Frame, Sink, Source
 from edgesdk.video.sinks import SINKS, open_sink
 from edgesdk.video.sources import SOURCES, open_source

@@ -2,6 +2,7 @@
 the sink URIs' ?key=value options (query_options). sources.py and live.py, sinks.py, preview.py and
 mqtt.py each import these from here, and the URI factories (open_source, open_sink) import the
 modules behind their schemes, so no module of video/ imports one that imports it back."""
+
 from __future__ import annotations
 
 import logging
@@ -17,26 +18,30 @@ log = logging.getLogger("edgesdk.video")
 
 @dataclass
 class Frame:
-    image: np.ndarray         # (h, w, 3) uint8 BGR
-    frame_id: int             # 0-based index in the source
-    timestamp: float          # wall clock when read, seconds since the epoch
-    source_time: float | None = None   # position in the source (video time, seconds) if known
-    name: str = ""            # file name for image sources
-    wait_ms: float = 0.0      # time read() spent waiting for the frame to be due (camera rate), not decoding
-    error: str = ""           # set (and image None) for a file that could not be read (errors="record")
+    image: np.ndarray  # (h, w, 3) uint8 BGR
+    frame_id: int  # 0-based index in the source
+    timestamp: float  # wall clock when read, seconds since the epoch
+    source_time: float | None = None  # position in the source (video time, seconds) if known
+    name: str = ""  # file name for image sources
+    wait_ms: float = 0.0  # time read() spent waiting for the frame to be due (camera rate), not decoding
+    error: str = ""  # set (and image None) for a file that could not be read (errors="record")
 
 
 @dataclass(frozen=True)
 class SourceOptions:
     # fps at most 1000 (a frame a ms) and at least one frame in 1000 s: pacing sleeps 1/fps
-    SPEC = {"fps": Opt(None, "float", lo=0.001, hi=1000.0), "loop": Opt(False), "roi": Opt(None, "roi"),
-            "size": Opt(None, "size")}
-    KEYS = tuple(SPEC)                             # the query keys that are ours, not a camera's
+    SPEC = {
+        "fps": Opt(None, "float", lo=0.001, hi=1000.0),
+        "loop": Opt(False),
+        "roi": Opt(None, "roi"),
+        "size": Opt(None, "size"),
+    }
+    KEYS = tuple(SPEC)  # the query keys that are ours, not a camera's
 
-    fps: float | None = None                       # files: pace to this rate (live); cameras: request
-    loop: bool = False                             # files: start again at the end
-    roi: tuple[int, int, int, int] | None = None   # x, y, w, h crop of every frame
-    size: tuple[int, int] | None = None            # cameras: requested (width, height)
+    fps: float | None = None  # files: pace to this rate (live); cameras: request
+    loop: bool = False  # files: start again at the end
+    roi: tuple[int, int, int, int] | None = None  # x, y, w, h crop of every frame
+    size: tuple[int, int] | None = None  # cameras: requested (width, height)
 
     @classmethod
     def parse(cls, uri: str, query: str, strict: bool = True) -> "SourceOptions":
@@ -48,7 +53,7 @@ class SourceOptions:
         if self.roi is None:
             return img
         x, y, w, h = self.roi
-        out = img[y:y + h, x:x + w]
+        out = img[y : y + h, x : x + w]
         if out.shape[0] != h or out.shape[1] != w:
             raise DataError(f"roi {self.roi} is outside the {img.shape[1]}x{img.shape[0]} frame")
         return out
@@ -56,8 +61,8 @@ class SourceOptions:
 
 class Source:
     scheme = ""
-    live = False       # live sources drop frames the consumer is too slow for; files wait for it
-    ended = True       # read() returning None means the end (live sources: only once closed)
+    live = False  # live sources drop frames the consumer is too slow for; files wait for it
+    ended = True  # read() returning None means the end (live sources: only once closed)
 
     def __init__(self) -> None:
         self.count = 0
@@ -91,8 +96,9 @@ class Sink:
     stops rather than lose verdicts silently. An evidence sink (dir, video, http preview) carries
     images and views of the verdicts: when it fails, the stream loop counts, logs and retries it
     while the verdict sinks carry on (edgesdk.stream.pipeline)."""
+
     evidence = False
-    takes_errors = False      # write(record, frame, None) for a frame that could not be read (record has "error")
+    takes_errors = False  # write(record, frame, None) for a frame that could not be read (record has "error")
 
     def wants(self, record: dict) -> bool:
         """Whether write() would store anything of this record: the loop counts only those frames

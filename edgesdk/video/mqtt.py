@@ -15,6 +15,7 @@ Health (frames, anomalies, outbox depth, reconnects, the stream's sink errors) g
 every `health` seconds, QoS 0, retained. An outbox that is not a readable SQLite database (garbage,
 truncated) is moved aside to NAME.corrupt-<time>, never deleted, and a fresh one is started.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,14 @@ class Outbox:
             if not _damaged(e):
                 raise OSError(f"mqtt outbox {path}: {e}") from e
             aside = self._move_aside()
-            log.warning("mqtt outbox %s is damaged (%s): moved it aside to %s, with the verdicts it held, and "
-                        "started a fresh outbox at %s", path, e, aside, path)
+            log.warning(
+                "mqtt outbox %s is damaged (%s): moved it aside to %s, with the verdicts it held, and "
+                "started a fresh outbox at %s",
+                path,
+                e,
+                aside,
+                path,
+            )
             self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -56,9 +63,11 @@ class Outbox:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                       "topic TEXT NOT NULL, payload TEXT NOT NULL)")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]   # reads every page: a short outbox
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "topic TEXT NOT NULL, payload TEXT NOT NULL)"
+            )
+            check = db.execute("PRAGMA quick_check").fetchone()[0]  # reads every page: a short outbox
             if check != "ok":
                 # Raised as corrupt: sqlite_errorname is only set by SQLite itself (Python >= 3.11).
                 raise sqlite3.DatabaseError(f"database disk image is malformed (quick_check: {check})")
@@ -85,9 +94,11 @@ class Outbox:
     def add(self, topic: str, payload: str) -> int:
         with self.lock:
             try:
-                return int(self.db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)",
-                                           (topic, payload)).lastrowid or 0)
-            except sqlite3.Error as e:       # a full disk: name the file, not only "database or disk is full"
+                return int(
+                    self.db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, payload)).lastrowid
+                    or 0
+                )
+            except sqlite3.Error as e:  # a full disk: name the file, not only "database or disk is full"
                 raise OSError(f"mqtt outbox {self.path}: {e}") from e
 
     def remove(self, seqs: list[int]) -> None:
@@ -110,10 +121,19 @@ class Outbox:
 
 
 class MqttSink(Sink):
-    takes_errors = True       # write() reads the record only: records of unreadable frames go out too
+    takes_errors = True  # write() reads the record only: records of unreadable frames go out too
 
-    def __init__(self, host: str, port: int, topic: str, qos: int = 1, outbox: Path | None = None,
-                 health_s: float = 10.0, client_id: str = "", drain_s: float = 5.0):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic: str,
+        qos: int = 1,
+        outbox: Path | None = None,
+        health_s: float = 10.0,
+        client_id: str = "",
+        drain_s: float = 5.0,
+    ):
         import paho.mqtt.client as mqtt
 
         if not topic:
@@ -123,27 +143,27 @@ class MqttSink(Sink):
         self.topic, self.qos, self.health_s, self.drain_s = topic, qos, health_s, drain_s
         safe = topic.replace("/", "_")
         self.outbox = Outbox(outbox or Path.home() / ".cache" / "edgesdk" / f"mqtt-outbox-{host}-{port}-{safe}.db")
-        self.inflight: dict[int, int] = {}          # paho message id -> outbox seq
-        self.sending: set[int] = set()               # seqs inside client.publish right now
-        self.early_acks: set[int] = set()            # PUBACKs that beat publish() returning
-        self.done: list[int] = []                    # acknowledged seqs, deleted from the outbox in batches
+        self.inflight: dict[int, int] = {}  # paho message id -> outbox seq
+        self.sending: set[int] = set()  # seqs inside client.publish right now
+        self.early_acks: set[int] = set()  # PUBACKs that beat publish() returning
+        self.done: list[int] = []  # acknowledged seqs, deleted from the outbox in batches
         self._last_purge = time.monotonic()
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.stats = {"published": 0, "acked": 0, "reconnects": 0, "connects": 0, "frames": 0, "anomalous": 0}
         self._last_health = 0.0
-        self.pipeline_stats: Callable[[], dict] = lambda: {}   # set by the stream loop: its sinks' errors
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  reconnect_on_failure=True)
+        self.pipeline_stats: Callable[[], dict] = lambda: {}  # set by the stream loop: its sinks' errors
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, reconnect_on_failure=True)
         self.client.max_inflight_messages_set(100)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=8)   # backoff while the broker is down
+        self.client.reconnect_delay_set(min_delay=1, max_delay=8)  # backoff while the broker is down
         self.client.on_connect, self.client.on_disconnect = self._on_connect, self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.connect_async(host, port, keepalive=15)
         self.client.loop_start()
         if not self.connected.wait(5.0):
-            log.warning("mqtt %s:%d not reachable yet; verdicts are kept in %s until it is",
-                        host, port, self.outbox.path)
+            log.warning(
+                "mqtt %s:%d not reachable yet; verdicts are kept in %s until it is", host, port, self.outbox.path
+            )
 
     # paho's network thread -------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
@@ -157,16 +177,17 @@ class MqttSink(Sink):
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected.clear()
-        log.warning("mqtt disconnected (%s); %d verdicts waiting in the outbox", reason,
-                    len(self.outbox) - len(self.done))
+        log.warning(
+            "mqtt disconnected (%s); %d verdicts waiting in the outbox", reason, len(self.outbox) - len(self.done)
+        )
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         if self.qos == 0:
-            return                                # no acknowledgement in QoS 0: done when sent
+            return  # no acknowledgement in QoS 0: done when sent
         with self.lock:
             seq = self.inflight.pop(mid, None)
             if seq is None:
-                self.early_acks.add(mid)         # acknowledged before publish() returned its mid
+                self.early_acks.add(mid)  # acknowledged before publish() returned its mid
                 return
             self.done.append(seq)
         self.stats["acked"] += 1
@@ -176,7 +197,7 @@ class MqttSink(Sink):
         # Never hold our lock across client.publish: paho's network thread holds its own locks while
         # it runs on_connect (which flushes, taking ours) - the two orders would deadlock.
         with self.lock:
-            if seq in self.sending or seq in self.inflight.values():   # the reconnect flush and write()
+            if seq in self.sending or seq in self.inflight.values():  # the reconnect flush and write()
                 return
             self.sending.add(seq)
         info = self.client.publish(topic, payload, qos=self.qos)
@@ -186,7 +207,7 @@ class MqttSink(Sink):
             acked = info.mid in self.early_acks or (self.qos == 0 and info.rc == 0)
             self.early_acks.discard(info.mid)
             if not acked:
-                self.inflight[info.mid] = seq   # paho re-sends it after a reconnect until PUBACK
+                self.inflight[info.mid] = seq  # paho re-sends it after a reconnect until PUBACK
             else:
                 self.done.append(seq)
         if acked:
@@ -210,7 +231,7 @@ class MqttSink(Sink):
 
     def write(self, record: dict, frame, result) -> None:
         payload = json.dumps(record, separators=(",", ":"))
-        seq = self.outbox.add(self.topic, payload)     # on disk before anything else
+        seq = self.outbox.add(self.topic, payload)  # on disk before anything else
         if self.connected.is_set():
             self._publish(seq, self.topic, payload)
         self.stats["frames"] += 1
@@ -228,9 +249,14 @@ class MqttSink(Sink):
     def health(self) -> dict:
         self._purge()
         sinks = self.pipeline_stats().get("sinks", {})
-        return {**self.stats, "outbox": len(self.outbox), "connected": self.connected.is_set(),
-                "sink_errors": {u: h["errors"] for u, h in sinks.items()},
-                "sink_degraded": [u for u, h in sinks.items() if h["degraded"]], "time": time.time()}
+        return {
+            **self.stats,
+            "outbox": len(self.outbox),
+            "connected": self.connected.is_set(),
+            "sink_errors": {u: h["errors"] for u, h in sinks.items()},
+            "sink_degraded": [u for u, h in sinks.items() if h["degraded"]],
+            "time": time.time(),
+        }
 
     def publish_health(self) -> None:
         if self.connected.is_set():
@@ -242,14 +268,13 @@ class MqttSink(Sink):
         self._purge()
         while len(self.outbox) and time.monotonic() < deadline:
             if self.connected.is_set():
-                self._flush()          # rows written while disconnected, after the reconnect's flush
+                self._flush()  # rows written while disconnected, after the reconnect's flush
             time.sleep(0.05)
             self._purge()
         self.publish_health()
         left = len(self.outbox)
         if left:
-            log.warning("mqtt: %d verdicts not acknowledged yet; kept in %s for the next run",
-                        left, self.outbox.path)
+            log.warning("mqtt: %d verdicts not acknowledged yet; kept in %s for the next run", left, self.outbox.path)
         self.client.loop_stop()
         self.client.disconnect()
         self.outbox.close()
@@ -267,8 +292,10 @@ def mqtt_topic(parsed, uri: str) -> str:
     except UnicodeEncodeError:
         size = -1
     if set(topic) & set("+#\0") or not 0 < size <= 65535:
-        raise OptionError(f"{uri}: topic {topic[:80]!r} cannot be published to: no + or # (wildcards), no NUL, "
-                          "UTF-8, at most 65535 bytes")
+        raise OptionError(
+            f"{uri}: topic {topic[:80]!r} cannot be published to: no + or # (wildcards), no NUL, "
+            "UTF-8, at most 65535 bytes"
+        )
     return topic
 
 
@@ -276,12 +303,28 @@ def open_mqtt(uri) -> MqttSink:
     """The sink for URI: its text (named by every error as typed), or its urlparse result."""
     text = uri if isinstance(uri, str) else uri.geturl()
     parsed = parse_url(text) if isinstance(uri, str) else uri
-    q = query_options(parsed, {"qos": Opt(1, choices=(0, 1, 2)), "outbox": "", "health": Opt(10.0, lo=0),
-                               "client_id": "", "drain": Opt(5.0, lo=0)}, text)
+    q = query_options(
+        parsed,
+        {
+            "qos": Opt(1, choices=(0, 1, 2)),
+            "outbox": "",
+            "health": Opt(10.0, lo=0),
+            "client_id": "",
+            "drain": Opt(5.0, lo=0),
+        },
+        text,
+    )
     host, port = host_port(text, 1883)
-    return MqttSink(host or "127.0.0.1", port, mqtt_topic(parsed, text), qos=q["qos"],
-                    outbox=Path(q["outbox"]) if q["outbox"] else None, health_s=q["health"],
-                    client_id=q["client_id"], drain_s=q["drain"])
+    return MqttSink(
+        host or "127.0.0.1",
+        port,
+        mqtt_topic(parsed, text),
+        qos=q["qos"],
+        outbox=Path(q["outbox"]) if q["outbox"] else None,
+        health_s=q["health"],
+        client_id=q["client_id"],
+        drain_s=q["drain"],
+    )
 
 
 def _damaged(e: sqlite3.DatabaseError) -> bool:

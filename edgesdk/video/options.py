@@ -12,6 +12,7 @@ urllib cuts a path at `#` (a fragment) and drops tabs and newlines, which would 
 another file than the one named. Their query starts at the first `?`; everything before it is the
 path, `#` included.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,6 +31,7 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 class Opt:
     """One option: default, kind (float, int, bool, str, roi, size; default: the default's type) and
     range: lo <= value (gt: lo < value), value <= hi, or one of `choices`."""
+
     default: Any
     kind: str = ""
     lo: float | None = None
@@ -91,8 +93,7 @@ def value(uri: str, key: str, raw: str, opt: Opt) -> Any:
     return v
 
 
-def parse_query(uri: str, query: str, spec: Mapping[str, Any], strict: bool = True,
-                what: str = "option") -> dict:
+def parse_query(uri: str, query: str, spec: Mapping[str, Any], strict: bool = True, what: str = "option") -> dict:
     """{key: value} for every key of SPEC (its default where absent). With strict=False, keys not in
     SPEC are someone else's (a network camera's own parameters) and are left alone."""
     pairs = parse_qsl(query, keep_blank_values=True)
@@ -123,7 +124,7 @@ def scheme_of(uri: str) -> str:
 def split_file_uri(uri: str) -> tuple[str, str]:
     """(path, query) of a file-like URI or plain path: the path is everything after `scheme://` up
     to the first `?`, `#` included; a plain path without `?` is all path."""
-    rest = uri[len(m.group(0)):] if (m := _SCHEME.match(uri)) else uri
+    rest = uri[len(m.group(0)) :] if (m := _SCHEME.match(uri)) else uri
     path, _, query = rest.partition("?")
     if not path:
         raise OptionError(f"{uri}: no path given")

@@ -16,6 +16,7 @@ Bound to any address but loopback, anyone on that network can watch the line: a 
 With a token, every path (the page, the stream, /metrics) answers 401 unless the request carries
 `Authorization: Bearer TOKEN` or `?token=TOKEN`; the page passes its token on to the stream it shows.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -60,8 +61,9 @@ def _label(value: str) -> str:
 class PreviewSink(Sink):
     evidence = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, title: str = "",
-                 token: str = ""):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, title: str = "", token: str = ""
+    ):
         where = f"http://{host}:{port}"
         max_fps = finite(max_fps, "fps", where)
         if max_fps <= 0:
@@ -69,23 +71,27 @@ class PreviewSink(Sink):
         self.max_fps, self.title, self.token = max_fps, title, token.encode()
         self.frames = self.anomalous = 0
         self.threshold = 0.0
-        self.lat: deque[float] = deque(maxlen=1000)       # recent capture-to-verdict ms
-        self.times: deque[float] = deque(maxlen=1000)     # recent frame wall times, for FPS
-        self.latest: tuple | None = None                   # (image, anomaly map, threshold, regions)
-        self.encoded: tuple[int, bytes] = (0, b"")         # (frames when encoded, JPEG)
+        self.lat: deque[float] = deque(maxlen=1000)  # recent capture-to-verdict ms
+        self.times: deque[float] = deque(maxlen=1000)  # recent frame wall times, for FPS
+        self.latest: tuple | None = None  # (image, anomaly map, threshold, regions)
+        self.encoded: tuple[int, bytes] = (0, b"")  # (frames when encoded, JPEG)
         self.encode_lock = threading.Lock()
         self.first_frame = threading.Event()
-        self.new_frame = threading.Condition()             # viewers wait on it; write() notifies
+        self.new_frame = threading.Condition()  # viewers wait on it; write() notifies
         self.width = 640
-        self.pipeline_stats: Callable[[], dict] = lambda: {}   # set by the stream loop: drops, reconnects
+        self.pipeline_stats: Callable[[], dict] = lambda: {}  # set by the stream loop: drops, reconnects
         self.closed = threading.Event()
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
         self.address = f"http://{host}:{self.server.server_address[1]}"
         bound = str(self.server.server_address[0])
         if not ipaddress.ip_address(bound).is_loopback:
-            log.warning("preview %s is bound to %s, not loopback: anyone on the network can watch the line%s",
-                        self.address, bound, "" if token else " (add ?token=SECRET to ask viewers for it)")
+            log.warning(
+                "preview %s is bound to %s, not loopback: anyone on the network can watch the line%s",
+                self.address,
+                bound,
+                "" if token else " (add ?token=SECRET to ask viewers for it)",
+            )
         threading.Thread(target=self.server.serve_forever, name="edgesdk-preview", daemon=True).start()
 
     def attach(self, stats_fn) -> None:
@@ -117,8 +123,7 @@ class PreviewSink(Sink):
                 return 0, None
             if self.encoded[0] != version:
                 image, amap, threshold, regions = latest
-                ok, buf = cv2.imencode(".jpg", overlay(image, amap, threshold, regions),
-                                       [cv2.IMWRITE_JPEG_QUALITY, 80])
+                ok, buf = cv2.imencode(".jpg", overlay(image, amap, threshold, regions), [cv2.IMWRITE_JPEG_QUALITY, 80])
                 self.encoded = (version, buf.tobytes())
             return self.encoded
 
@@ -128,12 +133,19 @@ class PreviewSink(Sink):
         q = np.percentile(self.lat, [50, 90, 99]) if self.lat else [0.0, 0.0, 0.0]
         extra = self.pipeline_stats()
         sinks = extra.get("sinks", {})
-        return {"frames": self.frames, "anomalous_frames": self.anomalous, "fps": fps,
-                "latency_p50_ms": float(q[0]), "latency_p90_ms": float(q[1]), "latency_p99_ms": float(q[2]),
-                "dropped_frames": extra.get("dropped_frames", 0), "source_reconnects": extra.get("reconnects", 0),
-                "threshold": self.threshold,      # per sink in /metrics; here one number a row for the page
-                "sink_errors": sum(h["errors"] for h in sinks.values()),
-                "degraded_sinks": sum(bool(h["degraded"]) for h in sinks.values())}
+        return {
+            "frames": self.frames,
+            "anomalous_frames": self.anomalous,
+            "fps": fps,
+            "latency_p50_ms": float(q[0]),
+            "latency_p90_ms": float(q[1]),
+            "latency_p99_ms": float(q[2]),
+            "dropped_frames": extra.get("dropped_frames", 0),
+            "source_reconnects": extra.get("reconnects", 0),
+            "threshold": self.threshold,  # per sink in /metrics; here one number a row for the page
+            "sink_errors": sum(h["errors"] for h in sinks.values()),
+            "degraded_sinks": sum(bool(h["degraded"]) for h in sinks.values()),
+        }
 
     def metrics(self) -> str:
         s = self.stats()
@@ -146,21 +158,44 @@ class PreviewSink(Sink):
 
         m("edgesdk_frames_total", "counter", "Frames scored.", s["frames"])
         m("edgesdk_anomalous_frames_total", "counter", "Frames over the threshold.", s["anomalous_frames"])
-        m("edgesdk_dropped_frames_total", "counter", "Live frames dropped because inference was behind.",
-          s["dropped_frames"])
-        m("edgesdk_source_reconnects_total", "counter", "Times the source was lost and reopened.",
-          s["source_reconnects"])
+        m(
+            "edgesdk_dropped_frames_total",
+            "counter",
+            "Live frames dropped because inference was behind.",
+            s["dropped_frames"],
+        )
+        m(
+            "edgesdk_source_reconnects_total",
+            "counter",
+            "Times the source was lost and reopened.",
+            s["source_reconnects"],
+        )
         m("edgesdk_fps", "gauge", "Frames scored per second (last 1000 frames).", round(s["fps"], 3))
         for q in ("50", "90", "99"):
-            m("edgesdk_latency_ms", "gauge", "Capture-to-verdict latency quantiles (last 1000 frames).",
-              round(s[f"latency_p{q}_ms"], 3), f'{{quantile="0.{q}"}}')
+            m(
+                "edgesdk_latency_ms",
+                "gauge",
+                "Capture-to-verdict latency quantiles (last 1000 frames).",
+                round(s[f"latency_p{q}_ms"], 3),
+                f'{{quantile="0.{q}"}}',
+            )
         m("edgesdk_threshold", "gauge", "Threshold in score units.", s["threshold"])
         for uri, h in self.pipeline_stats().get("sinks", {}).items():
             label = f'{{sink="{_label(uri)}"}}'
-            m("edgesdk_sink_errors_total", "counter", "Failed writes of a sink (an evidence sink is retried).",
-              h["errors"], label)
-            m("edgesdk_sink_skipped_frames_total", "counter", "Frames an evidence sink skipped while backing off.",
-              h["skipped_frames"], label)
+            m(
+                "edgesdk_sink_errors_total",
+                "counter",
+                "Failed writes of a sink (an evidence sink is retried).",
+                h["errors"],
+                label,
+            )
+            m(
+                "edgesdk_sink_skipped_frames_total",
+                "counter",
+                "Frames an evidence sink skipped while backing off.",
+                h["skipped_frames"],
+                label,
+            )
             m("edgesdk_sink_degraded", "gauge", "1 while an evidence sink is failing.", int(h["degraded"]), label)
         return "\n".join(lines) + "\n"
 
@@ -200,13 +235,15 @@ class PreviewSink(Sink):
                 path = urlsplit(self.path).path
                 if path == "/":
                     q = "?token=" + quote(sink.token.decode(), safe="") if sink.token else ""
-                    self._send((PAGE % {"title": sink.title or sink.address, "w": sink.width, "q": q}).encode(),
-                               "text/html; charset=utf-8")
+                    self._send(
+                        (PAGE % {"title": sink.title or sink.address, "w": sink.width, "q": q}).encode(),
+                        "text/html; charset=utf-8",
+                    )
                 elif path == "/metrics":
                     self._send(sink.metrics().encode(), "text/plain; version=0.0.4")
                 elif path == "/stats.json":
                     self._send(json.dumps(sink.stats()).encode(), "application/json")
-                elif path == "/frame.jpg":         # the latest annotated frame, as a still
+                elif path == "/frame.jpg":  # the latest annotated frame, as a still
                     sink.first_frame.wait(5.0)
                     jpg = sink.jpeg()
                     if jpg is None:
@@ -223,7 +260,7 @@ class PreviewSink(Sink):
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                sent = 0                                    # frames counted when the last JPEG sent was encoded
+                sent = 0  # frames counted when the last JPEG sent was encoded
                 try:
                     while not sink.closed.is_set():
                         # Sleep until a frame newer than the one sent arrives; the timeout only
@@ -234,11 +271,16 @@ class PreviewSink(Sink):
                         if jpg is None or version == sent or sink.closed.is_set():
                             continue
                         sent = version
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                         + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                            + str(len(jpg)).encode()
+                            + b"\r\n\r\n"
+                            + jpg
+                            + b"\r\n"
+                        )
                         sink.closed.wait(1 / sink.max_fps)  # the rate cap, after each frame sent
                 except OSError:
-                    pass                                   # the viewer went away
+                    pass  # the viewer went away
 
         return Handler
 

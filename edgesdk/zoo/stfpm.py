@@ -12,6 +12,7 @@ the product: real images shipped with scikit-image stand in for ImageNet), plus 
 discrepancy and so raises image-level AUROC.
 Training stops at a step or a time budget, whichever comes first, and shows progress.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,24 +35,37 @@ class StfpmConfig(ModelConfig):
 
     input_size: tuple[int, int] = (256, 256)
     backbone: str = "efficientnet_lite0"
-    taps: tuple[int, ...] = ()          # () = DEFAULT_TAPS[backbone]
+    taps: tuple[int, ...] = ()  # () = DEFAULT_TAPS[backbone]
     grid_stride: int = 8
     sigma: float = 4.0
-    width: int = 64                     # student's widest layer
-    steps: int = 1500                   # training budget: steps of `batch` images ...
-    seconds: float = 300.0              # ... or wall-clock seconds, whichever ends first
+    width: int = 64  # student's widest layer
+    steps: int = 1500  # training budget: steps of `batch` images ...
+    seconds: float = 300.0  # ... or wall-clock seconds, whichever ends first
     batch: int = 8
     lr: float = 2e-3
-    hard_quantile: float = 0.999        # EfficientAD's hard-feature loss: train on the worst errors
-    penalty: float = 1.0                # weight of the out-of-distribution penalty (0 = off)
+    hard_quantile: float = 0.999  # EfficientAD's hard-feature loss: train on the worst errors
+    penalty: float = 1.0  # weight of the out-of-distribution penalty (0 = off)
     seed: int = 0
-
 
 
 # Real photographs that ship inside scikit-image (no download): the student must NOT imitate the
 # teacher on these (EfficientAD uses ImageNet for this), so it does not generalize to defects either.
-OOD_IMAGES = ("astronaut", "camera", "chelsea", "clock", "coffee", "coins", "hubble_deep_field",
-              "immunohistochemistry", "moon", "page", "rocket", "text", "retina", "colorwheel")
+OOD_IMAGES = (
+    "astronaut",
+    "camera",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "rocket",
+    "text",
+    "retina",
+    "colorwheel",
+)
 
 
 def ood_frames(size: tuple[int, int], n: int, seed: int) -> np.ndarray:
@@ -71,7 +85,7 @@ def ood_frames(size: tuple[int, int], n: int, seed: int) -> np.ndarray:
         h, w = img.shape[:2]
         c = int(rng.uniform(0.4, 1.0) * min(h, w))
         y, x = rng.integers(0, h - c + 1), rng.integers(0, w - c + 1)
-        out.append(cv2.resize(img[y:y + c, x:x + c], (size[1], size[0]), interpolation=cv2.INTER_AREA))
+        out.append(cv2.resize(img[y : y + c, x : x + c], (size[1], size[0]), interpolation=cv2.INTER_AREA))
     return np.stack(out)
 
 
@@ -79,16 +93,21 @@ def student_net(channels: int, width: int) -> nn.Sequential:
     """(B, 3, H, W) normalized pixels -> (B, channels, H/8, W/8); receptive field 31 px."""
     w = width
     return nn.Sequential(
-        nn.Conv2d(3, w // 4, 3, 2, 1), nn.ReLU(inplace=True),        # H/2
-        nn.Conv2d(w // 4, w // 2, 3, 2, 1), nn.ReLU(inplace=True),   # H/4
-        nn.Conv2d(w // 2, w, 3, 2, 1), nn.ReLU(inplace=True),        # H/8
-        nn.Conv2d(w, w, 3, 1, 1), nn.ReLU(inplace=True),
-        nn.Conv2d(w, channels, 1))
+        nn.Conv2d(3, w // 4, 3, 2, 1),
+        nn.ReLU(inplace=True),  # H/2
+        nn.Conv2d(w // 4, w // 2, 3, 2, 1),
+        nn.ReLU(inplace=True),  # H/4
+        nn.Conv2d(w // 2, w, 3, 2, 1),
+        nn.ReLU(inplace=True),  # H/8
+        nn.Conv2d(w, w, 3, 1, 1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w, channels, 1),
+    )
 
 
 class Stfpm(AnomalyModel):
     name = "stfpm"
-    t_mean: torch.Tensor         # buffers: (1, C, 1, 1)
+    t_mean: torch.Tensor  # buffers: (1, C, 1, 1)
     t_inv_std: torch.Tensor
 
     def __init__(self, cfg: StfpmConfig = StfpmConfig(), weights: str | None = "imagenet"):
@@ -97,11 +116,11 @@ class Stfpm(AnomalyModel):
         c = sum(self.backbone.tap_info[t][0] for t in taps)
         torch.manual_seed(cfg.seed)
         self.student = student_net(c, cfg.width)
-        self.register_buffer("t_mean", torch.zeros(1, c, 1, 1))    # teacher channel statistics
+        self.register_buffer("t_mean", torch.zeros(1, c, 1, 1))  # teacher channel statistics
         self.register_buffer("t_inv_std", torch.ones(1, c, 1, 1))
 
     def input_convs(self) -> list[nn.Conv2d]:
-        return [self.backbone.stem, cast(nn.Conv2d, self.student[0])]     # student_net's first layer
+        return [self.backbone.stem, cast(nn.Conv2d, self.student[0])]  # student_net's first layer
 
     def teacher(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, C, h, w) normalized teacher features."""
@@ -109,7 +128,7 @@ class Stfpm(AnomalyModel):
 
     def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
         s = self.student(self.pre(frames))
-        return ((self.teacher(frames) - s) ** 2).mean(1, keepdim=True)     # (B, 1, h, w)
+        return ((self.teacher(frames) - s) ** 2).mean(1, keepdim=True)  # (B, 1, h, w)
 
     def fit(self, batches: Iterable[np.ndarray], progress=None) -> dict:
         """Teacher features once (no grad), then the student by Adam on MSE within the budget."""
@@ -120,13 +139,14 @@ class Stfpm(AnomalyModel):
             progress(len(frames))
         x = torch.from_numpy(np.ascontiguousarray(frames))
         with torch.no_grad():
-            feats = torch.cat([self.grid_features(x[i:i + 16], self.taps) for i in range(0, len(x), 16)])
+            feats = torch.cat([self.grid_features(x[i : i + 16], self.taps) for i in range(0, len(x), 16)])
             self.t_mean.copy_(feats.mean((0, 2, 3), keepdim=True))
             self.t_inv_std.copy_(1.0 / feats.std((0, 2, 3), keepdim=True).clamp_min(1e-6))
             target = (feats - self.t_mean) * self.t_inv_std
-            pixels = torch.cat([self.pre(x[i:i + 16]) for i in range(0, len(x), 16)])
-            ood = (self.pre(torch.from_numpy(ood_frames(self.input_size, 64, self.cfg.seed)))
-                   if self.cfg.penalty else None)
+            pixels = torch.cat([self.pre(x[i : i + 16]) for i in range(0, len(x), 16)])
+            ood = (
+                self.pre(torch.from_numpy(ood_frames(self.input_size, 64, self.cfg.seed))) if self.cfg.penalty else None
+            )
         gen = torch.Generator().manual_seed(self.cfg.seed)
         opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, weight_decay=1e-5)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.cfg.steps)
@@ -157,6 +177,10 @@ class Stfpm(AnomalyModel):
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         bar.close()
         self.student.eval()
-        return {"n_images": int(len(x)), "steps": step, "train_s": round(time.perf_counter() - t0, 2),
-                "stopped_by": "steps" if step >= self.cfg.steps else "time budget",
-                "final_loss": float(np.mean(losses[-50:])) if losses else None}
+        return {
+            "n_images": int(len(x)),
+            "steps": step,
+            "train_s": round(time.perf_counter() - t0, 2),
+            "stopped_by": "steps" if step >= self.cfg.steps else "time budget",
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        }
