@@ -70,6 +70,13 @@ RULES: dict[str, dict[str, Rule]] = {
         "lr": (lambda v: v > 0, "> 0"),
         "hard_quantile": (lambda v: 0 <= v <= 1, "in [0, 1]"),
         "penalty": (lambda v: v >= 0, ">= 0 (0 = off)"),
+        "crop": (lambda v: v >= 32 and v % 32 == 0, "a multiple of 32, >= 32 (training crop, pixels)"),
+        "reuse": (lambda v: v >= 1, ">= 1"),
+        "cache": (lambda v: v >= 1, ">= 1"),
+        "defect_share": (lambda v: 0 <= v <= 1, "in [0, 1] (a share of each batch)"),
+        "focal_gamma": (lambda v: v >= 0, ">= 0"),
+        "dice": (lambda v: v >= 0, ">= 0 (0 = off)"),
+        "kinds": (lambda v: not v, "left out: the kinds come from --labels DIR"),
     },
     "train": {
         "holdout": (lambda v: 0 < v < 1, "in (0, 1) (a share of the good images)"),

@@ -22,12 +22,12 @@ import torch
 
 from edgesdk import __version__
 from edgesdk.data import mvtec
-from edgesdk.errors import no_nonfinite
+from edgesdk.errors import OptionError, no_nonfinite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.measure.metrics import best_f1_threshold
 from edgesdk.progress import bar as progress_bar
 from edgesdk.spec import SpecError
-from edgesdk.zoo import MODEL_NAMES, models
+from edgesdk.zoo import MODEL_NAMES, SUPERVISED, models
 from edgesdk.zoo.components import AnomalyModel
 
 log = logging.getLogger(__name__)
@@ -125,25 +125,44 @@ def train(
     backbone_weights: str | None = None,
     recipe: dict | None = None,
     force: bool = False,
+    labels: str | Path | None = None,
 ) -> Path:
     """Fit `model` on DATA's good images (DATA/train/good or a plain folder) and write run folder OUT.
     backbone_weights: a state-dict file for the config's backbone (None: the shipped ImageNet weights,
     which only efficientnet_lite0 has). OUT is replaced only when missing, empty or a run folder (any
     folder with FORCE), and never when it is, holds or lies inside DATA, VAL or the weights file.
-    Too few or identical images are warned about and listed in run.json's `warnings`."""
+    Too few or identical images are warned about and listed in run.json's `warnings`.
+    LABELS: a labelled folder (edgesdk.data.labelled) for the supervised models (SUPERVISED), which
+    need one; the anomaly models learn from good images only and refuse it."""
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
+    if model in SUPERVISED and labels is None:
+        raise OptionError(
+            f"--model {model} learns from labelled defects: pass --labels DIR (good/, <kind>/, "
+            "ground_truth/<kind>/<stem>_mask.png; `edgesdk data synth` writes CATEGORY/labels)"
+        )
+    if model not in SUPERVISED and labels is not None:
+        raise OptionError(
+            f"--labels {labels}: --model {model} learns from good images only; labelled images "
+            f"train {', '.join(SUPERVISED)} (for a threshold from labelled images use --val)"
+        )
     cls, cfg_cls = models()[model]
     unknown = sorted(set(config or {}) - set(cfg_cls().to_dict()))
     if unknown:
         raise ValueError(f"{model}: unknown config key {unknown[0]!r} (known: {', '.join(cfg_cls().to_dict())})")
+    labelled = None
+    if labels is not None:
+        from edgesdk.data.labelled import load_labels
+
+        labelled = load_labels(labels)
+        config = {**(config or {}), "kinds": list(labelled.kinds)}
     cfg = cfg_cls.from_dict({**cfg_cls().to_dict(), **(config or {})})
     from edgesdk.data.camera import parse
 
     camera = parse(opts.camera)
     torch.manual_seed(opts.seed)
     paths = mvtec.good_images(data)
-    inputs = [data, val, backbone_weights]
+    inputs = [data, val, backbone_weights, labels]
     prepare_output(out, "run", inputs, force)  # before minutes of fitting, not after
     fit_paths, hold_paths = split_holdout(paths, opts.holdout, opts.seed)
     val_items = mvtec.labelled_items(val) if val is not None else None
@@ -154,8 +173,9 @@ def train(
     net = cls(cfg, weights=backbone_weights or "imagenet")
     bar = progress_bar(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", enabled=not quiet)
     seen = Seen()
+    extra = {"labelled": labelled, "camera": camera} if labelled is not None else {}
     fit_info = net.fit(
-        batches(fit_paths, cfg.input_size, opts.batch, camera, seen), progress=None if quiet else bar.update
+        batches(fit_paths, cfg.input_size, opts.batch, camera, seen), progress=None if quiet else bar.update, **extra
     )
     bar.close()
     warnings = data_warnings(paths, fit_paths, seen)
@@ -164,13 +184,29 @@ def train(
     cfg = net.cfg  # fit may resolve parts of it (PatchCore's bank size)
     t_fit = time.perf_counter() - t0
 
-    # Score normalization from held-out good images: z = (raw - mean) / std.
+    # Score normalization from held-out good images: z = (raw - mean) / std. A model whose map is a
+    # probability (the segmenter) keeps it: 0.5 means what it says, on every line.
     hold = mvtec.read_batch(hold_paths, cfg.input_size)
     raw = net.raw_scores(hold, opts.batch)
+    probability = getattr(net, "units", "z") == "probability"
     std = max(float(raw.std(ddof=1)), 1e-6 * max(abs(float(raw.mean())), 1.0))
-    net.set_score_normalization(float(raw.mean()), 1.0 / std)
-    z_hold = (raw - raw.mean()) / std
-    if val_items is None:
+    if probability:
+        raw_mean, std = 0.0, 1.0
+    else:
+        raw_mean = float(raw.mean())
+        net.set_score_normalization(raw_mean, 1.0 / std)
+    z_hold = (raw - raw_mean) / std
+    if val_items is None and probability:
+        threshold = {
+            "value": 0.5,
+            "source": "probability",
+            "detail": {
+                "n_holdout": len(hold_paths),
+                "holdout_max": float(z_hold.max()),
+                "holdout_false_positive_rate": float((z_hold > 0.5).mean()),
+            },
+        }
+    elif val_items is None:
         threshold = {
             "value": opts.k_sigma,
             "source": "good_holdout_k_sigma",
@@ -183,13 +219,13 @@ def train(
         }
     else:
         vx = mvtec.read_batch([it.path for it in val_items], cfg.input_size)
-        vz = (net.raw_scores(vx, opts.batch) - raw.mean()) / std
-        labels = np.array([it.label for it in val_items])
-        thr, f1 = best_f1_threshold(vz, labels)
+        vz = (net.raw_scores(vx, opts.batch) - raw_mean) / std
+        val_labels = np.array([it.label for it in val_items])
+        thr, f1 = best_f1_threshold(vz, val_labels)
         threshold = {
             "value": thr,
             "source": "val_f1",
-            "detail": {"val": str(val), "n_val": len(val_items), "val_f1": f1, "n_defective": int(labels.sum())},
+            "detail": {"val": str(val), "n_val": len(val_items), "val_f1": f1, "n_defective": int(val_labels.sum())},
         }
     t_total = time.perf_counter() - t0
 
@@ -197,15 +233,24 @@ def train(
         "model": model,
         "config": cfg.to_dict(),
         "threshold": threshold,
-        "normalization": {
-            "kind": "z_from_good_holdout",
-            "raw_mean": float(raw.mean()),
-            "raw_std": std,
-            "formula": "score = (max_distance - raw_mean) / raw_std",
-        },
+        "normalization": (
+            {"kind": "probability", "formula": "score = max over pixels of P(defect)"}
+            if probability
+            else {
+                "kind": "z_from_good_holdout",
+                "raw_mean": raw_mean,
+                "raw_std": std,
+                "formula": "score = (max_distance - raw_mean) / raw_std",
+            }
+        ),
         "backbone_weights": str(Path(backbone_weights).resolve()) if backbone_weights else "imagenet (shipped)",
         "recipe": recipe,
         "fit": fit_info,
+        **(
+            {"labels": {"path": str(Path(labels).resolve()), "kinds": list(labelled.kinds), "counts": labelled.count()}}
+            if labels is not None and labelled is not None
+            else {}
+        ),
         "data": {
             "path": str(Path(data).resolve()),
             "n_fit": len(fit_paths),

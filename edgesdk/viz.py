@@ -33,6 +33,10 @@ def overlay(frame: np.ndarray, amap: np.ndarray, threshold: float, regions=(), a
     for r in regions:
         x0, y0, x1, y1 = r.bbox
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 2)
+        if getattr(r, "kind", None):  # a supervised model names the defect
+            cv2.putText(
+                out, r.kind, (x0, max(y0 - 4, 32)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
+            )
     score = float(amap.max())
     bad = score > threshold
     label = f"{'DEFECT' if bad else 'OK'}  {score:.2f} / {threshold:.2f}"

@@ -57,3 +57,25 @@ def zoo(tiny_data, run_dir, bundle, tmp_path_factory):
         run = train(tiny_data / "brick", root / f"run_{model}", model, config=cfg, quiet=True)
         out[model] = (run, export_onnx(run, root / f"bundle_{model}"))
     return out
+
+
+# The segmenter at test size: a few steps on small crops (its accuracy is measured in docs/ZOO.md).
+SEG_CONFIG = {"input_size": [128, 128], "crop": 64, "steps": 60, "seconds": 3600.0, "reuse": 2}
+
+
+@pytest.fixture(scope="session")
+def seg(tiny_data, tmp_path_factory):
+    """(run_dir, bundle_dir) of the supervised segmenter trained on tiny_data's brick/labels."""
+    from edgesdk.compile.onnx import export_onnx
+    from edgesdk.train import train
+
+    root = tmp_path_factory.mktemp("seg")
+    run = train(
+        tiny_data / "brick",
+        root / "run",
+        "segmenter",
+        config=SEG_CONFIG,
+        quiet=True,
+        labels=tiny_data / "brick" / "labels",
+    )
+    return run, export_onnx(run, root / "bundle")

@@ -12,7 +12,7 @@ def test_synth_is_deterministic_per_seed(tmp_path):
     synth_dataset(tmp_path / "a", ["grass"], cfg, video=False)
     synth_dataset(tmp_path / "b", ["grass"], cfg, video=False)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
-    assert len(files) == 3 + 1 + 2 * len(DEFECTS)
+    assert len(files) == 3 + 1 + 2 * len(DEFECTS) + 5 + 2 * 5 * len(DEFECTS)  # + labels/
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     synth_dataset(tmp_path / "c", ["grass"], SynthConfig(**{**vars(cfg), "seed": 8}), video=False)

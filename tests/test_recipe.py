@@ -18,7 +18,7 @@ def cli(*args):
 def test_one_shipped_recipe_per_zoo_model_and_all_load():
     names = sorted(p.stem for p in data_dir("export").glob("*.toml"))
     recipes = [load_recipe(n) for n in names]
-    assert {r.model for r in recipes} == {"padim", "patchcore", "stfpm"}
+    assert {r.model for r in recipes} == {"padim", "patchcore", "stfpm", "segmenter"}
     assert load_recipe("patchcore-lite0").config["coreset_ratio"] == 0.01
 
 

@@ -14,6 +14,7 @@ def cmd_synth(args) -> None:
         n_test_good=args.n_test_good,
         n_test_per_defect=args.n_test_per_defect,
         seed=args.seed,
+        n_labelled_per_defect=args.n_labelled_per_defect,
     )
     summary = synth_dataset(
         args.out, args.categories or sorted(TEXTURES), cfg, video=not args.no_video, force=args.force
@@ -31,6 +32,12 @@ def add_commands(sub) -> None:
     s.add_argument("--n-train", type=int, default=200)
     s.add_argument("--n-test-good", type=int, default=20)
     s.add_argument("--n-test-per-defect", type=int, default=8)
+    s.add_argument(
+        "--n-labelled-per-defect",
+        type=int,
+        default=5,
+        help="labelled images per defect kind in CATEGORY/labels/ (0: no labelled folder)",
+    )
     s.add_argument("--no-video", action="store_true")
     s.add_argument("--force", action="store_true", help="replace category folders this command did not make")
     s.set_defaults(fn=cmd_synth)

@@ -27,7 +27,7 @@ def cmd_train(args) -> None:
             "backbone_weights": args.backbone_weights,
         },
     )
-    out = train(args.data, args.out, val=args.val, force=args.force, **req.kwargs())
+    out = train(args.data, args.out, val=args.val, force=args.force, labels=args.labels, **req.kwargs())
     run = read_run(out)
     fit = run["fit"]
     print(
@@ -45,6 +45,7 @@ def cmd_train(args) -> None:
                         else {}
                     ),
                     **({"steps": f"{fit['steps']} ({fit['stopped_by']})"} if "steps" in fit else {}),
+                    **({"kinds": ", ".join(fit["kinds"])} if "kinds" in fit else {}),
                     "threshold": run["threshold"]["value"],
                     "threshold source": run["threshold"]["source"],
                     "fit s": run["timing_s"]["fit"],
@@ -87,17 +88,20 @@ def cmd_export(args) -> None:
 def add_commands(sub) -> None:
     s = sub.add_parser("train", help="fit a model on good images -> run folder")
     s.add_argument("--recipe", help="export/NAME.toml (or a path): model, backbone, config; flags override it")
-    s.add_argument("--model", choices=["padim", "patchcore", "stfpm"], help="default: the recipe's, else padim")
+    s.add_argument(
+        "--model", choices=["padim", "patchcore", "stfpm", "segmenter"], help="default: the recipe's, else padim"
+    )
     s.add_argument("--data", required=True, help="MVTec category folder or a folder of good images")
     s.add_argument("--out", required=True)
     s.add_argument("--val", help="labelled folder (good/ + defect folders) for an F1-optimal threshold")
+    s.add_argument("--labels", help="segmenter: labelled folder to learn from (good/, <kind>/, ground_truth/<kind>/)")
     s.add_argument("--backbone", choices=["efficientnet_lite0", "resnet18", "wide_resnet50_2"])
     s.add_argument("--backbone-weights", help="state dict for the backbone (torchvision's for the ResNets)")
     s.add_argument("--size", type=int, help="model input size (square), default 256")
     s.add_argument("--feature-dim", type=int)
     s.add_argument("--coreset-ratio", type=float, help="patchcore: share of fit patches kept in the bank")
-    s.add_argument("--steps", type=int, help="stfpm: training step budget")
-    s.add_argument("--seconds", type=float, help="stfpm: training time budget")
+    s.add_argument("--steps", type=int, help="stfpm, segmenter: training step budget")
+    s.add_argument("--seconds", type=float, help="stfpm, segmenter: training time budget")
     s.add_argument("--holdout", type=float)
     s.add_argument("--k-sigma", type=float)
     s.add_argument("--seed", type=int)

@@ -23,12 +23,13 @@ import numpy as np
 from edgesdk.compile import quant
 from edgesdk.data import mvtec
 from edgesdk.measure.compare import interleaved_p50, score_onnx
-from edgesdk.measure.metrics import auroc
+from edgesdk.measure.metrics import auroc, pixel_f1_iou
 from edgesdk.progress import say
 from edgesdk.table import table
 
 MIN_CALIB = 8
 STEPS = (0.1, 0.25, 0.5)  # shares of the feature convolutions kept FP32 after a failed attempt
+PIXEL_F1_DROP = 0.02  # a supervised model's pixel F1 (its outlines) may drop this much, at most
 SLOW_SPEEDUP = 1.05  # a cpu INT8 bundle below this speed-up over float gets the advice to use FP32
 
 
@@ -135,13 +136,19 @@ def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dic
         if masks is not None:
             r["pixel_auroc"] = auroc(ml, masks)
             r["pixel_auroc_drop"] = ref["pixel_auroc"] - r["pixel_auroc"]
+            if "val_maps" in ref:  # a supervised model's outlines are its product: their F1 is gated too
+                r["pixel_f1_float"] = pixel_f1_iou(ref["val_maps"], masks, thr_float["value"])["f1"]
+                r["pixel_f1"] = pixel_f1_iou(ml, masks, thr["value"])["f1"]
+                r["pixel_f1_drop"] = r["pixel_f1_float"] - r["pixel_f1"]
         flips += int(((ref["val_z"] > thr_float["value"]) != (vl > thr["value"])).sum())
         n += len(vl)
     r["verdict_flips"], r["flip_share"] = flips, flips / max(n, 1)
     # With labels, the AUROC drop decides (a flip near the threshold is not a lost defect); without
     # them, agreement of verdicts on the held-out good images is all there is to go on.
     r["gated_on"] = "image_auroc_drop" if "image_auroc_drop" in r else "flip_share"
-    r["passed"] = bool(r[r["gated_on"]] <= max_drop)
+    r["passed"] = bool(r[r["gated_on"]] <= max_drop and r.get("pixel_f1_drop", 0.0) <= PIXEL_F1_DROP)
+    if "pixel_f1_drop" in r:
+        r["pixel_f1_max_drop"] = PIXEL_F1_DROP
     return r, thr
 
 
@@ -202,10 +209,12 @@ def lower_precision(
                         "image_auroc",
                         "image_auroc_drop",
                         "pixel_auroc",
+                        "pixel_f1",
                         "verdict_flips",
                         "score_max_abs_diff",
                         "passed",
                     )
+                    if k in report or k != "pixel_f1"
                 },
             }
         )
@@ -217,8 +226,10 @@ def lower_precision(
         dst.unlink(missing_ok=True)
         raise GateError(
             f"{opts.precision} --target {opts.target} loses more than max_drop {opts.max_drop} against the float "
-            f"model (gated on {report['gated_on']}) even with up to {attempts[-1]['fp32_convs']} of {len(convs)} "
-            f"convolutions kept FP32; no bundle written.\n"
+            f"model (gated on {report['gated_on']}"
+            + (f" and pixel_f1_drop <= {PIXEL_F1_DROP}" if "pixel_f1_drop" in report else "")
+            + f") even with up to {attempts[-1]['fp32_convs']} of {len(convs)} convolutions kept FP32; "
+            "no bundle written.\n"
             + table(attempts, title="attempts")
             + "\nTry --calib-method percentile or entropy, more calibration images, or another precision."
         )
@@ -235,6 +246,8 @@ def lower_precision(
         report["advice"] = tip
     report["model_mb"], report["model_mb_float"] = dst.stat().st_size / 1e6, fp32.stat().st_size / 1e6
     report["reference"] = {k: ref[k] for k in ("image_auroc", "pixel_auroc", "val_where") if k in ref}
+    if "pixel_f1_float" in report:
+        report["reference"]["pixel_f1"] = report["pixel_f1_float"]
     return {
         "threshold": thr,
         "report": report,
@@ -271,6 +284,7 @@ def report_table(r: dict, precision: str, cal: dict) -> str:
             "model": "float (PyTorch)",
             "image AUROC": ref.get("image_auroc"),
             "pixel AUROC": ref.get("pixel_auroc"),
+            **({"pixel F1": ref["pixel_f1"]} if "pixel_f1" in ref else {}),
             "threshold": r["threshold_float"],
             "ORT p50 ms": r["ort_p50_ms_float"],
             "MB": r["model_mb_float"],
@@ -279,6 +293,7 @@ def report_table(r: dict, precision: str, cal: dict) -> str:
             "model": f"{precision} ({cal.get('target', '')})",
             "image AUROC": r.get("image_auroc"),
             "pixel AUROC": r.get("pixel_auroc"),
+            **({"pixel F1": r["pixel_f1"]} if "pixel_f1" in r else {}),
             "threshold": r["threshold"],
             "ORT p50 ms": r["ort_p50_ms"],
             "MB": r["model_mb"],
@@ -316,4 +331,6 @@ def reference(net, hold: np.ndarray, val) -> dict:
         ref["image_auroc"], ref["val_where"] = auroc(ref["val_z"], labels), where
         if masks is not None:
             ref["pixel_auroc"] = auroc(maps, masks)
+            if getattr(net.cfg, "kinds", ()):  # supervised: measure() gates on its pixel F1 too
+                ref["val_maps"] = maps
     return ref

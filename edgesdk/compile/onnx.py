@@ -29,7 +29,9 @@ from edgesdk.spec import MANIFEST, InputSpec, Manifest, OutputSpec, Threshold, f
 from edgesdk.train import load_run
 
 INPUT, OUTPUTS = "image", ("score", "anomaly_map")
+KIND_MAP = "kind_map"  # supervised models: (batch, H, W) int64 index into the manifest's kinds
 PRECISIONS = ("fp32", "fp16", "int8")
+KIND_MISMATCH = 1e-3  # parity gate: share of pixels whose most likely kind may differ (near-ties)
 
 
 class ExportError(RuntimeError):
@@ -84,9 +86,12 @@ def _exporter_quiet():
 
 
 def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
-    """Scores and maps of torch vs ONNX Runtime (CPU) on the same frames, batch 1 and batch 2."""
+    """Scores and maps of torch vs ONNX Runtime (CPU) on the same frames, batch 1 and batch 2; for a
+    model with kinds, also the share of pixels whose kind differs."""
     with torch.no_grad():
         t_score, t_map = (t.numpy() for t in net(torch.from_numpy(frames)))
+        kind_map = getattr(net, "kind_map", None)  # supervised models: (B, H, W) int64
+        t_kind = kind_map(torch.from_numpy(frames)).numpy() if kind_map is not None else None
     with OnnxRuntimeRunner(onnx_path, providers="CPUExecutionProvider") as r:
         per_frame = [r.infer({INPUT: frames[i : i + 1]}) for i in range(len(frames))]
         batched = r.infer({INPUT: frames[:2]})
@@ -94,7 +99,15 @@ def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
     o_map = np.concatenate([o["anomaly_map"] for o in per_frame])
     scale = np.maximum(np.abs(t_score), 1.0)
     map_scale = max(float(np.abs(t_map).max()), 1.0)
+    kinds = {}
+    if t_kind is not None:
+        o_kind = np.concatenate([o[KIND_MAP] for o in per_frame])
+        kinds = {
+            "kind_map_mismatch_share": float((o_kind != t_kind).mean()),
+            "kind_map_batch2_mismatch_share": float((batched[KIND_MAP] != o_kind[:2]).mean()),
+        }
     return {
+        **kinds,
         "n_frames": int(len(frames)),
         "score_max_abs_err": float(np.abs(o_score - t_score).max()),
         "score_max_rel_err": float((np.abs(o_score - t_score) / scale).max()),
@@ -118,6 +131,8 @@ def export_onnx(
     inputs = [run_dir, meta["data"]["path"], opts.calib, opts.val]
     prepare_output(out, "bundle", inputs, force)
     h, w = net.cfg.input_size
+    kinds = tuple(getattr(net.cfg, "kinds", ()))
+    names = OUTPUTS + ((KIND_MAP,) if kinds else ())
     frames = np.load(run_dir / "holdout_frames.npy")
     calib: np.ndarray | None = None  # (N, H, W, 3) uint8, set with calib_info for fp16/int8
     calib_info: dict = {}
@@ -145,7 +160,7 @@ def export_onnx(
                     verbose=False,
                 )
 
-        export(net.for_export(), onnx_path, *OUTPUTS)
+        export(net.for_export(), onnx_path, *names)
         import onnx
 
         onnx.checker.check_model(str(onnx_path))
@@ -162,6 +177,10 @@ def export_onnx(
         worst = max(par["score_max_rel_err"], par["map_max_rel_err"], par["batch2_max_abs_err"])
         if worst > opts.rtol:
             raise ExportError(f"{run_dir}: ONNX disagrees with torch beyond rtol {opts.rtol}: {par}")
+        if max(par.get("kind_map_mismatch_share", 0.0), par.get("kind_map_batch2_mismatch_share", 0.0)) > KIND_MISMATCH:
+            raise ExportError(
+                f"{run_dir}: ONNX's kind_map disagrees with torch on more than {KIND_MISMATCH:.1%} of the pixels: {par}"
+            )
         write_json(stage / "parity.json", {"rtol": opts.rtol, "passed": True, **par})
         # The frames parity was measured on travel with the bundle: `edgesdk verify` compares a
         # TensorRT engine with ONNX Runtime on them on the device. (N, H, W, 3) uint8 BGR.
@@ -205,8 +224,18 @@ def export_onnx(
             input=InputSpec(name=INPUT, height=h, width=w),
             outputs=(
                 OutputSpec("score", ("batch",), meaning="image anomaly score = max of anomaly_map"),
-                OutputSpec("anomaly_map", ("batch", h, w), meaning="per-pixel score, same units"),
+                OutputSpec(
+                    "anomaly_map",
+                    ("batch", h, w),
+                    meaning="per-pixel P(any defect)" if kinds else "per-pixel score, same units",
+                ),
+            )
+            + (
+                (OutputSpec(KIND_MAP, ("batch", h, w), "int64", "per-pixel most likely defect kind: index into kinds"),)
+                if kinds
+                else ()
             ),
+            kinds=kinds,
             threshold=Threshold(**threshold),
             normalization=meta["normalization"],
             precision=opts.precision,

@@ -36,6 +36,8 @@ class SynthConfig:
     n_test_per_defect: int = 8
     seed: int = 0
     window: int = 256  # texture pixels seen by one image (then resized to `size`)
+    n_labelled_per_defect: int = 5  # labels/<kind>/: a few labelled rejects per kind (the segmenter's data)
+    n_labelled_good: int = 5
 
 
 def texture(category: str) -> np.ndarray:
@@ -120,11 +122,20 @@ def paint_defect(
     return out, np.where((mask > 0) & changed, 255, 0).astype(np.uint8)
 
 
+def seeds(cfg: SynthConfig, category: str) -> dict[str, list[int]]:
+    """The random stream of each part of a category: the labelled folder draws from its own stream,
+    so none of its images can repeat one of the test set's."""
+    i = sorted(TEXTURES).index(category)
+    return {"dataset": [cfg.seed, i], "labels": [cfg.seed, i, 1]}
+
+
 def write_category(root: Path, category: str, cfg: SynthConfig, force: bool = False) -> dict:
-    """Writes root/category in MVTec AD layout (atomically) and returns a summary dict. An existing
-    root/category is replaced only if empty or made by this function (its SYNTH_MARKER), or with FORCE."""
+    """Writes root/category in MVTec AD layout (atomically) and returns a summary dict: train/good,
+    test/<kind>, ground_truth/<kind>, and labels/ (good/, <kind>/, ground_truth/<kind>/: a few labelled
+    images per kind for supervised models, none of them in the test set). An existing root/category is
+    replaced only if empty or made by this function (its SYNTH_MARKER), or with FORCE."""
     tex = texture(category)
-    rng = np.random.default_rng([cfg.seed, sorted(TEXTURES).index(category)])
+    rng = np.random.default_rng(seeds(cfg, category)["dataset"])
     counts = {}
     with atomic_dir(root / category, kind="synth", force=force) as out:
 
@@ -145,6 +156,15 @@ def write_category(root: Path, category: str, cfg: SynthConfig, force: bool = Fa
                 save(f"test/{kind}/{i:03d}.png", img)
                 save(f"ground_truth/{kind}/{i:03d}_mask.png", mask)
             counts[f"test/{kind}"] = cfg.n_test_per_defect
+        lrng = np.random.default_rng(seeds(cfg, category)["labels"])
+        for i in range(cfg.n_labelled_good if cfg.n_labelled_per_defect else 0):
+            save(f"labels/good/{i:03d}.png", good_image(tex, lrng, cfg))
+        for kind in DEFECTS if cfg.n_labelled_per_defect else ():
+            for i in range(cfg.n_labelled_per_defect):
+                img, mask = paint_defect(good_image(tex, lrng, cfg), kind, lrng)
+                save(f"labels/{kind}/{i:03d}.png", img)
+                save(f"labels/ground_truth/{kind}/{i:03d}_mask.png", mask)
+        counts["labels (per kind)"] = cfg.n_labelled_per_defect
         write_json(out / SYNTH_MARKER, {"category": category, "config": vars(cfg), "counts": counts})
     return counts
 

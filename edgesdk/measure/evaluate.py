@@ -29,12 +29,14 @@ def evaluate(
         loaded = [mvtec.read_item(it, size) for it in items]
         for img, _ in loaded[:warmup]:
             det.predict(img)
-        scores, maps, stages = [], [], []
+        scores, maps, stages, named = [], [], [], []
         for img, _ in bar(loaded, desc="eval", unit="img", enabled=progress):
             r = det.predict(img)
             scores.append(r.score)
             maps.append(r.anomaly_map)
             stages.append(r.latency_ms)
+            named.append(r.regions[0].kind if r.regions else None)  # the strongest region's kind
+        kinds = det.kinds
         threshold = det.threshold
         providers = det.runner.providers if hasattr(det.runner, "providers") else []
     labels = np.array([x.label for x in items])
@@ -48,7 +50,12 @@ def evaluate(
     lat = {k: latency_stats([s[k] for s in stages]) for k in stages[0]}
     maps_a = np.stack(maps)
     px = pixel_f1_iou(maps_a, masks, threshold)
+    # A supervised model names kinds: of the defective images it flagged with a region, the share whose
+    # strongest region names the image's own kind (only kinds the model knows count).
+    known = [(it.kind, k) for it, k in zip(items, named) if it.label and it.kind in kinds and k is not None]
+    kind_acc = {"kind_accuracy": sum(a == b for a, b in known) / len(known) if known else None} if kinds else {}
     return {
+        **kind_acc,
         "bundle": str(bundle),
         "data": str(data),
         "image_auroc": auroc(scores_a, labels),

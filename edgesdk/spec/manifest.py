@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,18 @@ from edgesdk.spec.typed import PRECISIONS, SpecError, load_json, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# A defect kind's name: a folder of a labelled set, a manifest entry, a record's `kind`.
+KIND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RESERVED_KINDS = ("good", "ground_truth", "unknown", "background")  # "unknown": a defect of no known kind
+
+
+def kind_name_problem(name: object) -> str:
+    """Why NAME cannot name a defect kind, or "" when it can."""
+    if not isinstance(name, str) or not KIND_NAME.fullmatch(name):
+        return f"must be letters, digits, '_', '-' or '.', at most 64, starting with a letter or digit; got {name!r}"[
+            :200
+        ]
+    return f"{name!r} is reserved ({', '.join(RESERVED_KINDS)})" if name in RESERVED_KINDS else ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class Manifest:
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
     adapt: AdaptSpec | None = None  # what `edgesdk adapt` needs (spec/adapt.py); None: it cannot
+    kinds: tuple[str, ...] = ()  # defect kind names of a supervised model: kind_map holds indices into it
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,6 +136,7 @@ class Manifest:
             created_utc=_field(d, "created_utc", str, where, default=""),
             schema_version=version,
             adapt=adapt,
+            kinds=_kinds(_field(d, "kinds", list, where, default=[]), where),
         )
 
     @classmethod
@@ -200,6 +215,16 @@ def _threshold(d: dict, where: str) -> Threshold:
         source=_field(d, "source", str, where, "threshold"),
         detail=_field(d, "detail", dict, where, "threshold", default={}),
     )
+
+
+def _kinds(names: list, where: str) -> tuple[str, ...]:
+    for i, name in enumerate(names):
+        why = kind_name_problem(name)
+        if why:
+            raise SpecError(f"{where}: field kinds[{i}] {why}")
+        if name in names[:i]:
+            raise SpecError(f"{where}: field kinds[{i}] {name!r} is listed twice")
+    return tuple(names)
 
 
 def _file_entry(d: Any, where: str, name: str) -> FileEntry:

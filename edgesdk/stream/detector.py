@@ -28,9 +28,11 @@ class Region:
     bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 in the caller's frame, x1/y1 exclusive
     area: int  # pixels above threshold, in the map's resolution (the model's input; tiled: the frame's)
     peak: float  # highest score inside the region
+    kind: str | None = None  # a supervised model's defect kind: the majority over the region's pixels
 
     def to_dict(self) -> dict:
-        return {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
+        d = {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
+        return {**d, "kind": self.kind} if self.kind is not None else d
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Result:
     regions: list[Region]
     latency_ms: dict = field(default_factory=dict)
     tiles: int = 0  # tiles scored; 0: the whole frame, resized to the model's input
+    kind_map: np.ndarray | None = None  # (H, W) int index into the bundle's kinds, when it has kinds
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Detector:
         self.size = self.bundle.input_size
         self.input_name = self.bundle.manifest.input.name
         self.tile_hw = opts.tile.resolve(self.size) if opts.tile is not None else None  # (th, tw) frame pixels
+        self.kinds = self.bundle.manifest.kinds  # () for the anomaly models: no kind_map output
         self.runner: Runner = open_runner(
             opts.backend, self.bundle, opts.providers, opts.threads, opts.engine, opts.spin
         )
@@ -103,19 +107,40 @@ class Detector:
         self.check_frame(frame)
         return np.ascontiguousarray(resize(frame, self.size))[None]
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, H, W, 3) uint8 at model size -> scores (B,), maps (B, H, W): one runner call, or one per
-        chunk of a TensorRT engine's profile maximum batch (ONNX Runtime takes any batch)."""
+    def infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, H, W, 3) uint8 at model size -> the graph's outputs: score (B,), anomaly_map (B, H, W) and,
+        when the bundle has kinds, kind_map (B, H, W). One runner call, or one per chunk of a TensorRT
+        engine's profile maximum batch (ONNX Runtime takes any batch)."""
         cap = getattr(self.runner, "max_batch", None) or len(batch)
         if len(batch) <= cap:
-            out = self.runner.infer({self.input_name: batch})
-            return out["score"], out["anomaly_map"]
+            return self.runner.infer({self.input_name: batch})
         parts = [self.runner.infer({self.input_name: batch[i : i + cap]}) for i in range(0, len(batch), cap)]
-        return np.concatenate([p["score"] for p in parts]), np.concatenate([p["anomaly_map"] for p in parts])
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...], threshold: float | None = None) -> list[Region]:
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, H, W, 3) uint8 at model size -> scores (B,), maps (B, H, W)."""
+        out = self.infer_outputs(batch)
+        return out["score"], out["anomaly_map"]
+
+    def kind_of(self, kind_map: np.ndarray, where: np.ndarray) -> str:
+        """The kind most of the pixels WHERE ((h, w) bool over KIND_MAP (h, w)) have; an index outside
+        the bundle's kinds (a corrupt graph output) reads as "unknown", never as another kind."""
+        votes = np.bincount(
+            kind_map[where].astype(np.int64).clip(-1, len(self.kinds)) + 1, minlength=len(self.kinds) + 2
+        )
+        k = int(votes.argmax()) - 1
+        return self.kinds[k] if 0 <= k < len(self.kinds) else "unknown"
+
+    def regions(
+        self,
+        amap: np.ndarray,
+        frame_shape: tuple[int, ...],
+        threshold: float | None = None,
+        kind_map: np.ndarray | None = None,
+    ) -> list[Region]:
         """Connected components of `amap > threshold` (None: the detector's), boxes scaled to the caller's
-        frame. A camera of a multi-source run may carry its own threshold (stream/multi.py)."""
+        frame; with KIND_MAP ((H, W) kind indices) each region names its majority kind. A camera of a
+        multi-source run may carry its own threshold (stream/multi.py)."""
         thr = self.threshold if threshold is None else threshold
         if not amap.max() > thr:  # a good frame (most of them): one pass
             return []
@@ -132,10 +157,18 @@ class Detector:
             x, y, w, h, area = (int(v) for v in stats[i])
             if area < self.opts.min_region_area:
                 continue
-            peak = float(amap[oy + y : oy + y + h, ox + x : ox + x + w][labels[y : y + h, x : x + w] == i].max())
+            inside = labels[y : y + h, x : x + w] == i
+            peak = float(amap[oy + y : oy + y + h, ox + x : ox + x + w][inside].max())
+            kind = (
+                self.kind_of(kind_map[oy + y : oy + y + h, ox + x : ox + x + w], inside)
+                if kind_map is not None
+                else None
+            )
             x, y = x + ox, y + oy
             out.append(
-                Region((int(x * sx), int(y * sy), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))), area, peak)
+                Region(
+                    (int(x * sx), int(y * sy), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))), area, peak, kind
+                )
             )
         return sorted(out, key=lambda r: -r.peak)
 
@@ -145,13 +178,14 @@ class Detector:
         t0 = time.perf_counter()
         batch = self.preprocess(frame)
         t1 = time.perf_counter()
-        scores, maps = self.infer(batch)
+        out = self.infer_outputs(batch)
         t2 = time.perf_counter()
-        score, amap = float(scores[0]), maps[0]
-        regions = self.regions(amap, frame.shape)
+        score, amap = float(out["score"][0]), out["anomaly_map"][0]
+        kind_map = out["kind_map"][0] if self.kinds else None
+        regions = self.regions(amap, frame.shape, kind_map=kind_map)
         t3 = time.perf_counter()
         lat = _stages_ms(t0, t1, t2, t3)
-        return Result(score, score > self.threshold, amap, regions, lat)
+        return Result(score, score > self.threshold, amap, regions, lat, kind_map=kind_map)
 
     def predict_tiled(self, frame: np.ndarray) -> Result:
         """The frame scored tile by tile: score = the max over the tiles' scores (each the max of its

@@ -170,17 +170,20 @@ class MultiLoop:
         out: list[tuple] = []
         if good:
             t0 = time.perf_counter()
-            scores, maps = det.infer(np.concatenate(tensors))  # (B,), (B, H, W)
+            outs = det.infer_outputs(np.concatenate(tensors))
+            scores, maps = outs["score"], outs["anomaly_map"]  # (B,), (B, H, W)
+            kinds = outs["kind_map"] if det.kinds else None  # (B, H, W) kind indices of a supervised model
             infer_ms = (time.perf_counter() - t0) * 1e3
             self.batches, self.batched = self.batches + 1, self.batched + len(good)
             for i, (cam, (frame, read_ms, t_read)) in enumerate(good):
                 t0 = time.perf_counter()
                 score = float(scores[i])
-                regions = det.regions(maps[i], frame.image.shape, cam.threshold)
+                kind_map = kinds[i] if kinds is not None else None
+                regions = det.regions(maps[i], frame.image.shape, cam.threshold, kind_map)
                 post = (time.perf_counter() - t0) * 1e3
                 lat = {"preprocess": pre[i], "infer": infer_ms, "postprocess": post}
                 lat["total"] = sum(lat.values())
-                res = Result(score, score > cam.threshold, maps[i], regions, lat)
+                res = Result(score, score > cam.threshold, maps[i], regions, lat, kind_map=kind_map)
                 out.append((cam, frame, res, read_ms, (t_start - t_read) * 1e3, len(good)))
         out += [(c, item[0], None, 0.0, 0.0, 0) for c, item in batch if item[0].error]
         return out
