@@ -22,7 +22,9 @@ FLAGS = {"avx2", "avx512f", "fma", "asimd", "avx512_bf16", "amx_tile", "amx_bf16
 
 def flags(cpuinfo: str) -> list[str]:
     """The flags of FLAGS that every core listed in a /proc/cpuinfo text has (x86 `flags`, Arm `Features`)."""
-    per_core = [set(ln.split(":", 1)[1].split()) for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))]
+    # "key<tabs>: value" lines; a key is compared whole, so a garbled line (no colon, a longer key) is no flags line
+    rows = (ln.partition(":") for ln in cpuinfo.splitlines())
+    per_core = [set(value.split()) for key, colon, value in rows if colon and key.strip() in ("flags", "Features")]
     common = set.intersection(*per_core) if per_core else set()
     return sorted(common & FLAGS)
 

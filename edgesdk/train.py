@@ -4,6 +4,7 @@ A run folder holds what export needs and nothing device-specific:
   model.pt            state dict (weights, Gaussians, score normalization) - load with weights_only
   run.json            model config, data provenance, threshold and how it was chosen, timings
   holdout_frames.npy  (N, H, W, 3) uint8 held-out good frames, for parity checks at export
+  adapt_state.npz     PaDiM: the fit's sufficient statistics (export puts them in the bundle for `adapt`)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from edgesdk.zoo import MODEL_NAMES, models
 from edgesdk.zoo.components import AnomalyModel
 
 log = logging.getLogger(__name__)
+ADAPT_STATE = "adapt_state.npz"
 FEW_IMAGES = 10  # below this the held-out std, and with it the threshold, rests on a handful of scores
 
 
@@ -218,6 +220,8 @@ def train(
     with atomic_dir(out, kind="run", inputs=inputs, force=force) as stage:
         torch.save(net.state_dict(), stage / "model.pt")
         np.save(stage / "holdout_frames.npy", hold[: opts.max_parity_frames])
+        if getattr(net, "fit_stats", None) is not None:
+            np.savez(stage / ADAPT_STATE, **net.fit_stats)
         write_json(stage / "run.json", run)
     return Path(out)
 

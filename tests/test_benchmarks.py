@@ -80,6 +80,17 @@ def test_soak_reports_flat_memory_fields(bundle, tiny_data, tmp_path):
     assert 20 < s["rss_mb_end"] < 2000
 
 
+def test_tiling_benchmark_reports_latency_against_tile_count(bundle, tmp_path):
+    out = tmp_path / "tiling.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks/tiling_latency.py"), str(bundle), "--grids", "1x1,3x2"]
+    r = subprocess.run([*cmd, "--overlap", "32", "--rounds", "2", "--json", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    # 128 px input: 128x128 is one tile; 384x256 with overlap 32 (step 96) has 4 columns and 3 rows
+    assert [(x["frame"], x["tiles"]) for x in rows] == [("128x128", 1), ("384x256", 12)]
+    assert all(x["p90_ms"] >= x["p50_ms"] > 0 and x["untiled_p50_ms"] > 0 for x in rows) and "tiles" in r.stdout
+
+
 def test_drift_benchmark_reports_false_alarms_and_delays(bundle, tmp_path):
     out = tmp_path / "drift.json"
     r = subprocess.run(

@@ -46,3 +46,12 @@ def test_this_machine_is_read():
 def test_an_export_records_the_cpu_it_was_gated_on(bundle):
     prov = Bundle.open(bundle).manifest.provenance
     assert prov["int8_isa"] == cpu_features()["int8_isa"] and prov["cpu_flags"] == cpu_features()["cpu_flags"]
+
+
+def test_an_empty_or_garbled_cpuinfo_claims_nothing_and_does_not_crash(tmp_path: Path):
+    assert flags("") == [] and flags("\x00\xff garbage\n:::\n") == []
+    # a line that only starts like the key (no colon, another key) is no flags line
+    assert flags("flags\nflagsy\t: avx2 fma\nFeatures_x : asimd\n") == []
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_bytes(b"flags\n\xff\xfe: avx2\n")
+    assert cpu_features(tmp_path) == {"cpu_flags": [], "int8_isa": []}

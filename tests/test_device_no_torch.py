@@ -34,7 +34,7 @@ import edgesdk.backends, edgesdk.video, edgesdk.stream.detector, edgesdk.stream.
 import edgesdk.measure.timing, edgesdk.measure.evaluate, edgesdk.bundle, edgesdk.spec, edgesdk.viz, edgesdk.cli
 import edgesdk.backends.tensorrt, edgesdk.compile.trt, edgesdk.engines   # engine build/run on the device
 import edgesdk.devices, edgesdk.measure.compare, edgesdk.images, edgesdk.video.base
-import edgesdk.stream.calibrate, edgesdk.stream.soak, edgesdk.video.mqtt, edgesdk.video.live, edgesdk.video.preview
+import edgesdk.stream.calibrate, edgesdk.stream.adapt, edgesdk.stream.heads, edgesdk.stream.soak, edgesdk.video.mqtt, edgesdk.video.live, edgesdk.video.preview
 import paho.mqtt.client
 from edgesdk import Bundle, Detector, DetectorOptions
 from edgesdk.measure.evaluate import evaluate
@@ -79,3 +79,26 @@ def test_bench_runs_on_a_device_and_skips_the_torch_row(bundle, tmp_path):
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert rows[0]["status"] == "skipped" and "torch is not installed" in rows[0]["reason"]
     assert rows[1]["status"] == "ok" and rows[1]["cold_start_ms"] > 0
+
+
+def test_adapt_runs_on_the_device_without_torch(bundle, tiny_data, tmp_path):
+    """`edgesdk adapt` with the base install: features.onnx, numpy and ONNX Runtime, no torch, no onnx."""
+    import cv2
+
+    from edgesdk.images import list_images
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for i, p in enumerate(list_images(tiny_data / "brick/train/good")[:10]):
+        cv2.imwrite(str(good / f"frame_{i:06d}.png"), (cv2.imread(str(p)) * 0.7).astype("uint8"))
+    code = "from edgesdk.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = run(code, "adapt", bundle, "--good", good, "--no-gate", "--out", tmp_path / "a", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["model"] == "padim" and len(rep["fit_frames"]) + len(rep["holdout_frames"]) == 10
+    assert rep["n_after"] == rep["n_before"] + len(rep["fit_frames"]) and rep["gate"] == {"checked": False}
+    r = run(code, "adapt", bundle, "--good", good, "--val", tiny_data / "brick/test", "--out", tmp_path / "a", "-q")
+    assert r.returncode in (0, 2), r.stderr  # the gate decides; a refusal says why, on one line
+    assert r.returncode == 0 and "threshold" in r.stdout or "edgesdk adapt: error:" in r.stderr and "recall" in r.stderr
+    r = run(code, "adapt", bundle, "--good", good, "--no-gate", "--out", bundle)
+    assert r.returncode == 2 and "edgesdk adapt: error: --out" in r.stderr

@@ -275,6 +275,8 @@ def test_only_what_is_given_reaches_the_unit_and_the_agents_defaults_apply(keypa
         (["--keep", "0"], "--keep 0: keep at least 1 slot"),
         (["--user", "root"], "--user 'root'"),
         (["--name", "a/b"], "--name 'a/b'"),
+        (["--name", ".."], "--name '..'"),  # StateDirectory=.. and HOME=/var/lib/..: /var itself
+        (["--name=-x"], "--name '-x'"),
         (["--source", "synth://conveyor"], "--source is for `edgesdk run`'s unit"),
         (["--root", "/"], "--root /: the agent writes its deployment root"),
     ],

@@ -46,6 +46,7 @@ HOST_ONLY = (
     "edgesdk.compile.onnx",
     "edgesdk.compile.quant",
     "edgesdk.compile.gate",
+    "edgesdk.compile.adaptable",
 )
 TORCH = ("torch", "torchvision")
 

@@ -111,6 +111,7 @@ def test_every_zoo_model_exports_at_opset_17_and_passes_the_xavier_check(zoo, tm
         out = export_onnx(run_dir, tmp_path / model, ExportOptions(device="xavier-nx"))
         b = Bundle.open(out)
         assert opset_of(b.model_path) == 17 and b.manifest.graph["opset"] == 17
+        assert all(opset_of(f) == 17 for f in out.glob("*.onnx"))  # features.onnx (adapt) too
         assert b.manifest.provenance["opset"] == 17 and b.manifest.provenance["device"] == "xavier-nx"
         par = json.loads((out / "parity.json").read_text())
         assert par["passed"] and par["score_max_rel_err"] <= 1e-4 and par["map_max_rel_err"] <= 1e-4, model

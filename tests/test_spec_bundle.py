@@ -17,7 +17,15 @@ def test_manifest_roundtrip(bundle):
     m = Manifest.load(bundle / "manifest.json")
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
     assert m.input.dtype == "uint8" and m.input.layout == "NHWC" and m.input.color == "BGR"
-    assert {f for f in m.files} == {"model.onnx", "parity.json", "parity_frames.npy"}
+    # + what `edgesdk adapt` needs on the device (PaDiM: its features graph and fit statistics)
+    assert {f for f in m.files} == {
+        "model.onnx",
+        "parity.json",
+        "parity_frames.npy",
+        "features.onnx",
+        "adapt_state.npz",
+    }
+    assert m.adapt is not None and m.adapt.kind == "padim" and m.adapt.state == "adapt_state.npz"
     assert m.graph["opset"] == 18 and m.graph["ops"]["Cast"] >= 1 and m.graph["nodes"] > 50
     assert m.threshold.source == "good_holdout_k_sigma"
 

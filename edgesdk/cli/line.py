@@ -1,9 +1,18 @@
-"""`edgesdk predict | run | calibrate`: a bundle on the line's images, streams and known-good frames
-(device side, no torch)."""
+"""`edgesdk predict | run | calibrate | adapt`: a bundle on the line's images, streams and known-good
+frames (device side, no torch)."""
 
 from __future__ import annotations
 
-from edgesdk.cli._common import FORCE_HELP, count, detector_opts, emit, runtime_args, stage_table, table
+from edgesdk.cli._common import (
+    FORCE_HELP,
+    count,
+    detector_opts,
+    emit,
+    finite_float,
+    runtime_args,
+    stage_table,
+    table,
+)
 
 
 def cmd_predict(args) -> None:
@@ -90,6 +99,42 @@ def cmd_calibrate(args) -> None:
     emit(args, st, text)
 
 
+def cmd_adapt(args) -> None:
+    from edgesdk.stream.adapt import AdaptOptions, adapt
+
+    opts = AdaptOptions(
+        good=args.good or "",
+        source=args.source or "",
+        frames=args.frames or 0,
+        val=args.val or "",
+        gate=not args.no_gate,
+        k_sigma=args.k_sigma,
+    )
+    r = adapt(args.bundle, args.out, opts, progress=not args.quiet and not args.json, force=args.force)
+    g, t, fa = r["gate"], r["threshold"], r["false_alarms"]
+    size = (
+        f"N {r['n_before']} -> {r['n_after']}"
+        if "n_after" in r
+        else f"bank {r['bank_size']} ({r['new_patches']} new patches)"
+    )
+    row = {
+        "bundle": args.out,
+        "model": r["model"],
+        "frames used": len(r["fit_frames"]),
+        "held out": len(r["holdout_frames"]),
+        "suspect": len(r["suspect_frames"]),
+        "statistics": size,
+        "threshold": f"{t['old']:.3f} -> {t['new']:.3f}",
+        "false alarms (held out)": f"{fa['old_on_holdout']:.2f} -> {fa['new_on_holdout']:.2f}",
+    }
+    if g["checked"]:
+        row["recall (val)"] = f"{g['recall']['old']:.2f} -> {g['recall']['new']:.2f}"
+        row["false alarms (val)"] = f"{g['false_alarm_rate']['old']:.2f} -> {g['false_alarm_rate']['new']:.2f}"
+    else:
+        row["gate"] = "skipped (--no-gate)"
+    emit(args, r, table([row], title=f"adapted {args.bundle} on {args.good or args.source}"))
+
+
 def add_commands(sub) -> None:
     s = sub.add_parser("predict", help="score images")
     s.add_argument("bundle")
@@ -104,7 +149,8 @@ def add_commands(sub) -> None:
         "--source",
         required=True,
         help="file://video.mp4 or a path, a folder of images, v4l2:///dev/video0, rtsp://..., "
-        "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=",
+        "http://... (MJPEG), csi://0, synth://conveyor; options ?fps=&loop=&roi=&size=, and ?tile=N|auto&overlap=N "
+        "to score high-resolution frames tile by tile",
     )
     s.add_argument("--sink", action="append", required=True, help="jsonl://out.jsonl, dir://overlays/")
     s.add_argument("--max-frames", type=count, help="stop after this many frames (default: the source's end)")
@@ -147,3 +193,29 @@ def add_commands(sub) -> None:
     s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
     runtime_args(s)
     s.set_defaults(fn=cmd_calibrate)
+
+    s = sub.add_parser(
+        "adapt",
+        help="teach a PaDiM or PatchCore bundle the line's new normal from confirmed-good "
+        "frames, on the device, into a new gated bundle (the original stays intact)",
+    )
+    s.add_argument("bundle")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--good", help="folder of confirmed-good frames (e.g. false alarms dir:// saved)")
+    src.add_argument("--source", help="a source URI of good parts: file://good.mp4, a folder, a camera")
+    s.add_argument("--frames", type=count, help="at most this many frames (default: all of --good, 50 of --source)")
+    s.add_argument(
+        "--val",
+        help="labelled folder (good/ and one folder per defect kind): defect recall on it "
+        "must not fall, or nothing is written",
+    )
+    s.add_argument("--no-gate", action="store_true", help="write without the recall check on --val")
+    s.add_argument(
+        "--k-sigma",
+        type=finite_float,
+        help="threshold = mean + k std of held-out good scores (default: the bundle's own k, else 3)",
+    )
+    s.add_argument("--out", required=True, help="the adapted bundle's folder")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
+    s.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    s.set_defaults(fn=cmd_adapt)

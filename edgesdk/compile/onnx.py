@@ -21,6 +21,7 @@ import torch
 from edgesdk import __version__
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES, Bundle
+from edgesdk.compile import adaptable
 from edgesdk.compile.opset import SOURCE, export_opset, lower_file
 from edgesdk.cpu import cpu_features
 from edgesdk.devices import graph_summary
@@ -131,23 +132,27 @@ def export_onnx(
         onnx_path = stage / MODEL_FILE
         # Batch 2, not 1: torch.export specializes a size-1 dim to a constant (no dynamic batch).
         example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
-        with _exporter_quiet():
-            torch.onnx.export(
-                net.for_export(),
-                (example,),
-                str(onnx_path),
-                input_names=[INPUT],
-                output_names=list(OUTPUTS),
-                dynamic_shapes={"frames": {0: torch.export.Dim("batch")}},
-                opset_version=max(opset, SOURCE),  # torch writes no older opset
-                external_data=False,
-                dynamo=True,
-                verbose=False,
-            )
+
+        def export(module: torch.nn.Module, path: Path, *outputs: str) -> None:
+            with _exporter_quiet():
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(path),
+                    input_names=[INPUT],
+                    output_names=list(outputs),
+                    dynamic_shapes={"frames": {0: torch.export.Dim("batch")}},
+                    opset_version=max(opset, SOURCE),  # torch writes no older opset
+                    external_data=False,
+                    dynamo=True,
+                    verbose=False,
+                )
+            if opset < SOURCE:
+                lower_file(path, str(run_dir))
+
+        export(net.for_export(), onnx_path, *OUTPUTS)
         import onnx
 
-        if opset < SOURCE:
-            lower_file(onnx_path, str(run_dir))
         onnx.checker.check_model(str(onnx_path))
         # torch's exporter falls back to its own opset when it cannot convert every op to the one asked
         # for (e.g. Pad to 17): a bundle must never claim an opset its graph does not have.
@@ -167,7 +172,11 @@ def export_onnx(
         # TensorRT engine with ONNX Runtime on them on the device. (N, H, W, 3) uint8 BGR.
         np.save(stage / PARITY_FRAMES, frames)
         threshold, metrics, calibration = meta["threshold"], {"parity_vs_torch": par}, None
-        extra_files: tuple[str, ...] = ()
+        # What `edgesdk adapt` needs on the device; fp32 only (the head of a quantized graph is not raw fp32).
+        adapt = (
+            adaptable.prepare(net, meta["model"], run_dir, stage, frames, opts.rtol, export) if qopts is None else None
+        )
+        extra_files: tuple[str, ...] = adapt.bundle_files() if adapt else ()
         if qopts is not None and calib is not None:
             float_path = stage / "float.onnx"
             onnx_path.rename(float_path)
@@ -230,6 +239,7 @@ def export_onnx(
             },
             edgesdk_version=__version__,
             created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            adapt=adapt,
         )
         write_json(stage / MANIFEST, manifest.to_dict())
         Bundle.open(stage)  # the manifest reads back and every hash verifies, or nothing is replaced

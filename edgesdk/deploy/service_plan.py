@@ -27,7 +27,8 @@ _HIDDEN = {
     "/tmp": "PrivateTmp=yes",
     "/var/tmp": "PrivateTmp=yes",
 }
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# a unit name, /var/lib/NAME and HOME: starting with a letter or digit, so never ".", ".." (/var itself) or an option
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -183,7 +184,9 @@ def plan(root: str, opts: ServiceOptions, root_flag: str = "--root") -> Plan:
             f"--user {opts.user!r}: an unprivileged system user's name (lower case letters, digits, _ and -; not root)"
         )
     if not _NAME.fullmatch(opts.name):
-        raise OptionError(f"--name {opts.name!r}: letters, digits, '_', '.' and '-' (it names /var/lib/NAME)")
+        raise OptionError(
+            f"--name {opts.name!r}: a letter or digit, then letters, digits, '_', '.' and '-' (it names /var/lib/NAME)"
+        )
     w = finite(opts.watchdog_s, "--watchdog-s")
     if not 1 <= w <= 3600:
         raise OptionError(f"--watchdog-s {opts.watchdog_s!r}: from 1 to 3600 seconds")

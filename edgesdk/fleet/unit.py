@@ -83,7 +83,9 @@ def check(root: str, o: AgentUnitOptions) -> Plan:
             f"--user {o.user!r}: an unprivileged system user's name (lower case letters, digits, _ and -; not root)"
         )
     if not _NAME.fullmatch(o.name):
-        raise OptionError(f"--name {o.name!r}: letters, digits, '_', '.' and '-' (it names /var/lib/NAME)")
+        raise OptionError(
+            f"--name {o.name!r}: a letter or digit, then letters, digits, '_', '.' and '-' (it names /var/lib/NAME)"
+        )
     p = Plan(writable=[str(PurePosixPath(root))], network=True)
     hidden(root, "--root", p)
     load_public(_file(o.pubkey, "--pubkey", p))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk.errors import EdgesdkError, no_nonfinite
+from edgesdk.spec.adapt import AdaptSpec, adapt_spec
 from edgesdk.spec.typed import PRECISIONS, SpecError, load_json, sha256_file
 
 SCHEMA_VERSION = 1
@@ -66,6 +67,7 @@ class Manifest:
     edgesdk_version: str = ""
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
+    adapt: AdaptSpec | None = None  # what `edgesdk adapt` needs (spec/adapt.py); None: it cannot
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,6 +99,10 @@ class Manifest:
         calibration = d.get("calibration")
         if calibration is not None and not isinstance(calibration, dict):
             raise SpecError(f"{where}: field calibration must be an object or null, got {_kind(calibration)}")
+        adapt = adapt_spec(d.get("adapt"), where)
+        for name in adapt.bundle_files() if adapt else ():
+            if name not in files:
+                raise SpecError(f"{where}: field adapt names {name!r}, which files does not list")
         return cls(
             model=_field(d, "model", dict, where),
             input=_input_spec(_field(d, "input", dict, where), where),
@@ -115,6 +121,7 @@ class Manifest:
             edgesdk_version=_field(d, "edgesdk_version", str, where, default=""),
             created_utc=_field(d, "created_utc", str, where, default=""),
             schema_version=version,
+            adapt=adapt,
         )
 
     @classmethod

@@ -10,7 +10,11 @@ drift alarms' reference (drift.json, stream/drift_ref.py): their scores and how 
 
 The frames are the user's word that the parts were good. Frames that stand far out of the clip's own
 spread (and above the bundle's threshold) are counted as suspect and warned about: a clip with defects
-in it would raise the threshold past the defects it should catch."""
+in it would raise the threshold past the defects it should catch.
+
+A source with ?tile= (stream/tiling.py) is scored tile by tile here too: a tiled frame's score is the
+max over its tiles, higher than the same frame scored whole, so the threshold must come from the
+scores `edgesdk run` will compare it with."""
 
 from __future__ import annotations
 
@@ -23,13 +27,15 @@ from urllib.parse import urlparse
 import numpy as np
 
 from edgesdk.bundle import Bundle
-from edgesdk.errors import OptionError, finite
+from edgesdk.errors import DataError, OptionError, finite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.progress import bar
 from edgesdk.spec import MANIFEST, Threshold, file_entry
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.stream.drift_ref import DRIFT_FILE, ReferenceBuilder
+from edgesdk.stream.tiling import TileSpec
 from edgesdk.video import open_source
+from edgesdk.video.sources import source_tiling
 
 MIN_FRAMES = 30  # below this the std of the good scores is too rough to set a threshold on
 SUSPECT_MADS = 6.0  # a frame this many median absolute deviations above the clip's median (about 4 std of
@@ -71,7 +77,10 @@ def line_scores(det: Detector, source: str, frames: int, progress: bool = True, 
     scores: list[float] = []
     with open_source(source) as src, bar(total=frames, desc="calibrate", unit="frame", enabled=progress) as b:
         while len(scores) < frames and (frame := src.read(timeout=5.0)) is not None:
-            scores.append(float(det.infer(det.preprocess(frame.image))[0][0]))  # score only: no regions
+            if det.tile_hw is not None:  # the max over the frame's tiles, as the stream loop scores it
+                scores.append(det.predict(frame.image).score)
+            else:
+                scores.append(float(det.infer(det.preprocess(frame.image))[0][0]))  # score only: no regions
             if on_frame is not None:
                 on_frame(frame.image)
             b.update()
@@ -104,6 +113,8 @@ def calibrate(
     old = b.manifest.threshold
     if k_sigma is None:
         k_sigma = _k_sigma(old.detail.get("k_sigma", 3.0), "threshold.detail.k_sigma", str(bundle / MANIFEST))
+    if (tiles := source_tiling(source)) is not None:
+        opts = dataclasses.replace(opts, tile=TileSpec(*tiles))
     refs = ReferenceBuilder()  # the drift alarms' reference: these frames' look and scores
     with Detector(b, dataclasses.replace(opts, threshold=None)) as det:
         z = line_scores(det, source, frames, progress, refs.add_image)
@@ -114,6 +125,11 @@ def calibrate(
         )
     if not np.all(np.isfinite(z)):
         raise ValueError(f"{source}: {int((~np.isfinite(z)).sum())} frames scored NaN/inf with {bundle}")
+    if np.ptp(z) <= 1e-9 * max(1.0, float(np.abs(z).max())):  # the spread is rounding: no line to learn from
+        raise DataError(
+            f"{source}: every frame scored the same ({float(z[0]):.6g}) with {bundle}: the camera shows a constant "
+            "image (lens covered, lamp off, frozen feed); calibrate on the running line"
+        )
     k = k_sigma
     value = float(z.mean() + k * z.std(ddof=1))
     # Scores are z units of the export's held-out good scores (normalization z_from_good_holdout):

@@ -1,7 +1,10 @@
 """The device-side detector: bundle in, per-frame verdicts out. No torch, no model Python.
 
 Stages, each timed: preprocess (resize to the model's input; normalization is in the graph),
-infer (the runner), postprocess (threshold the anomaly map into boxes in frame coordinates)."""
+infer (the runner), postprocess (threshold the anomaly map into boxes in frame coordinates).
+With a TileSpec (DetectorOptions.tile), a frame is scored tile by tile instead (stream/tiling.py):
+preprocess cuts the tiles, infer scores them as one batch (chunked to a TensorRT engine's profile
+maximum), postprocess stitches their maps into one map in frame pixels and finds the regions there."""
 
 from __future__ import annotations
 
@@ -16,12 +19,14 @@ from edgesdk.backends import Runner, open_runner
 from edgesdk.bundle import Bundle
 from edgesdk.errors import finite
 from edgesdk.images import read_image, resize
+from edgesdk.stream import tiling
+from edgesdk.stream.tiling import TileSpec
 
 
 @dataclass(frozen=True)
 class Region:
     bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 in the caller's frame, x1/y1 exclusive
-    area: int  # pixels above threshold, in model resolution
+    area: int  # pixels above threshold, in the map's resolution (the model's input; tiled: the frame's)
     peak: float  # highest score inside the region
 
     def to_dict(self) -> dict:
@@ -32,9 +37,10 @@ class Region:
 class Result:
     score: float
     is_anomalous: bool
-    anomaly_map: np.ndarray  # (H, W) float32 at model resolution, threshold units
+    anomaly_map: np.ndarray  # (H, W) float32 at model resolution (tiled: frame resolution), threshold units
     regions: list[Region]
     latency_ms: dict = field(default_factory=dict)
+    tiles: int = 0  # tiles scored; 0: the whole frame, resized to the model's input
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,18 @@ class DetectorOptions:
     threads: int = 0
     spin: bool = True  # onnxruntime: spinning pool threads (off in the stream loop)
     threshold: float | None = None  # None: the bundle's threshold
-    min_region_area: int = 4  # ignore specks smaller than this (model pixels)
+    min_region_area: int = 4  # ignore specks smaller than this (map pixels: model's, tiled: frame's)
     verify: bool = True  # check file hashes when opening the bundle
+    tile: TileSpec | None = None  # score tile by tile (stream/tiling.py); None: the whole frame, resized
+
+
+def _stages_ms(t0: float, t1: float, t2: float, t3: float) -> dict:
+    return {
+        "preprocess": (t1 - t0) * 1e3,
+        "infer": (t2 - t1) * 1e3,
+        "postprocess": (t3 - t2) * 1e3,
+        "total": (t3 - t0) * 1e3,
+    }
 
 
 class Detector:
@@ -63,6 +79,7 @@ class Detector:
         )
         self.size = self.bundle.input_size
         self.input_name = self.bundle.manifest.input.name
+        self.tile_hw = opts.tile.resolve(self.size) if opts.tile is not None else None  # (th, tw) frame pixels
         self.runner: Runner = open_runner(
             opts.backend, self.bundle, opts.providers, opts.threads, opts.engine, opts.spin
         )
@@ -76,16 +93,25 @@ class Detector:
     def close(self) -> None:
         self.runner.close()
 
-    def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """Any (h, w, 3) uint8 BGR frame -> (1, H, W, 3) at the model's size."""
+    @staticmethod
+    def check_frame(frame: np.ndarray) -> None:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"expected an (h, w, 3) uint8 BGR frame, got {frame.shape} {frame.dtype}")
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """Any (h, w, 3) uint8 BGR frame -> (1, H, W, 3) at the model's size."""
+        self.check_frame(frame)
         return np.ascontiguousarray(resize(frame, self.size))[None]
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, H, W, 3) uint8 at model size -> scores (B,), maps (B, H, W)."""
-        out = self.runner.infer({self.input_name: batch})
-        return out["score"], out["anomaly_map"]
+        """(B, H, W, 3) uint8 at model size -> scores (B,), maps (B, H, W): one runner call, or one per
+        chunk of a TensorRT engine's profile maximum batch (ONNX Runtime takes any batch)."""
+        cap = getattr(self.runner, "max_batch", None) or len(batch)
+        if len(batch) <= cap:
+            out = self.runner.infer({self.input_name: batch})
+            return out["score"], out["anomaly_map"]
+        parts = [self.runner.infer({self.input_name: batch[i : i + cap]}) for i in range(0, len(batch), cap)]
+        return np.concatenate([p["score"] for p in parts]), np.concatenate([p["anomaly_map"] for p in parts])
 
     def regions(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> list[Region]:
         """Connected components of `amap > threshold`, boxes scaled to the caller's frame."""
@@ -112,6 +138,8 @@ class Detector:
         return sorted(out, key=lambda r: -r.peak)
 
     def predict(self, frame: np.ndarray) -> Result:
+        if self.tile_hw is not None:
+            return self.predict_tiled(frame)
         t0 = time.perf_counter()
         batch = self.preprocess(frame)
         t1 = time.perf_counter()
@@ -120,13 +148,26 @@ class Detector:
         score, amap = float(scores[0]), maps[0]
         regions = self.regions(amap, frame.shape)
         t3 = time.perf_counter()
-        lat = {
-            "preprocess": (t1 - t0) * 1e3,
-            "infer": (t2 - t1) * 1e3,
-            "postprocess": (t3 - t2) * 1e3,
-            "total": (t3 - t0) * 1e3,
-        }
+        lat = _stages_ms(t0, t1, t2, t3)
         return Result(score, score > self.threshold, amap, regions, lat)
+
+    def predict_tiled(self, frame: np.ndarray) -> Result:
+        """The frame scored tile by tile: score = the max over the tiles' scores (each the max of its
+        map, the bundle's rule), map (H, W) in frame pixels, regions in frame pixels."""
+        assert self.tile_hw is not None and self.opts.tile is not None
+        t0 = time.perf_counter()
+        self.check_frame(frame)
+        origins = tiling.grid(frame.shape[:2], self.tile_hw, self.opts.tile.overlap)  # (N, 2) y, x
+        batch = tiling.cut(frame, origins, self.tile_hw, self.size)  # (N, mh, mw, 3)
+        t1 = time.perf_counter()
+        scores, maps = self.infer(batch)  # (N,), (N, mh, mw)
+        t2 = time.perf_counter()
+        amap = tiling.stitch(maps, origins, self.tile_hw, frame.shape[:2])  # (H, W)
+        score = float(scores.max())
+        regions = self.regions(amap, frame.shape)
+        t3 = time.perf_counter()
+        lat = _stages_ms(t0, t1, t2, t3)
+        return Result(score, score > self.threshold, amap, regions, lat, len(origins))
 
 
 def predict_files(

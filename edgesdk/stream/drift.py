@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from edgesdk.stream.drift_ref import (
 )
 
 KINDS = ("score_shift", *IMAGE_STATS, "view_shift")
+# The view's phase correlation (a (SIDE, SIDE) DFT, the loop's costliest statistic) runs on every VIEW_EVERY-th
+# frame: its window's mean moves by 1/view_window a frame, and a knock is still seen within VIEW_EVERY frames.
+VIEW_EVERY = 4
 log = logging.getLogger("edgesdk.stream.drift")
 
 
@@ -83,11 +86,16 @@ class DriftOptions:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "enabled":
+                if not isinstance(v, bool):
+                    raise OptionError(f"drift option enabled: True or False, got {v!r}")
                 continue
             if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise OptionError(f"drift option {f.name}: a whole number >= 1, got {v!r}")
-            if finite(v, f.name, "drift option") <= 0:
+            x = finite(v, f.name, "drift option")
+            if x <= 0:
                 raise OptionError(f"drift option {f.name} must be > 0, got {v!r}")
+            if f.type == "float":  # "1.5" passes finite(); the loop's arithmetic needs the number itself
+                object.__setattr__(self, f.name, x)
 
 
 class Alarm:
@@ -138,6 +146,8 @@ class DriftMonitor:
     def __init__(self, opts: DriftOptions, reference: Reference | None):
         self.opts = opts
         self.alarms = {k: Alarm(opts.rearm) for k in KINDS}
+        self.alarms["view_shift"] = Alarm(max(1, opts.rearm // VIEW_EVERY))  # it sees every VIEW_EVERY-th frame
+        self.n = 0  # frames seen
         self.events = {k: 0 for k in KINDS}
         self.values: dict[str, float] = {}
         self.image_win = {k: Window(opts.window) for k in IMAGE_STATS}
@@ -148,15 +158,20 @@ class DriftMonitor:
         self.use(reference)
 
     def use(self, reference: Reference | None) -> None:
-        """Take REFERENCE (a new model's); without one the score check is off and the image
-        reference comes from the next `warmup` frames."""
+        """Take REFERENCE (a new model's); without one the score check is off and the image reference
+        stays the one in use (it describes the camera, not the model), or at the start comes from the
+        next `warmup` frames."""
         self.cusum = [0.0, 0.0]  # up, down
         self.scores = Window(2 * self.opts.window)
         self.score_vals: deque[float] = deque(maxlen=2 * self.opts.window)
         if reference is not None:
             self.ref, self.builder = reference, None
             self._view_check()
-        elif self.ref is None or self.ref.score is not None:
+        elif self.ref is not None:  # the camera's reference outlives the model: only its scores are unknown
+            if self.ref.score is not None:
+                log.info("drift: the new model has no drift reference: score drift is not checked for it")
+            self.ref = replace(self.ref, score=None)
+        elif self.builder is None:
             log.info(
                 "drift: the bundle has no drift reference (made by `edgesdk calibrate`): score drift is not "
                 "checked; image drift is measured against the first %d frames of this run",
@@ -204,7 +219,8 @@ class DriftMonitor:
                         )
                     )
         self.view_win.add(small)
-        if self.view_on and self.view_win.full:
+        self.n += 1
+        if self.view_on and self.view_win.full and self.n % VIEW_EVERY == 0:
             shift, response = shift_of(ref.view, self.view_win.mean())
             # a weak peak (the window's mean and the reference share too little fixed structure) is
             # no measurement: the alarm keeps its state

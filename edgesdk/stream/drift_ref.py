@@ -37,6 +37,11 @@ MIN_RESPONSE = 0.1  # phase correlation peak below which two views share too lit
 
 def grey_small(image: np.ndarray) -> np.ndarray:
     """(SIDE, SIDE) float64 grey copy of a (H, W, 3) BGR or (H, W) grey uint8 frame."""
+    if max(image.shape[:2]) > 2 * SIDE:
+        # a camera frame first goes to (2 SIDE, 2 SIDE) by bilinear sampling, whose cost is the output's, not
+        # the frame's (an area average reads every pixel: at full HD it would cost more than the rest of the
+        # drift statistics together); calibration and the loop both take this path, so their statistics agree
+        image = cv2.resize(image, (2 * SIDE, 2 * SIDE), interpolation=cv2.INTER_LINEAR)
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
     return cv2.resize(grey, (SIDE, SIDE), interpolation=cv2.INTER_AREA).astype(np.float64)
 

@@ -62,7 +62,9 @@ from edgesdk.stream.drift import DriftOptions, LoopDrift
 from edgesdk.stream.sinkguard import open_guarded, public_uri
 from edgesdk.stream.stages import END, Stages
 from edgesdk.stream.switch import _HotSwitch, _Models, bundle_folder, model_id
+from edgesdk.stream.tiling import TileSpec
 from edgesdk.video import open_source
+from edgesdk.video.sources import source_tiling
 
 log = logging.getLogger("edgesdk.stream.pipeline")
 
@@ -125,6 +127,8 @@ def run_stream(
         raise OptionError(f"max_frames {max_frames!r}: a whole number, at least 1 (None for no limit)")
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
+    if (tiles := source_tiling(source)) is not None:  # ?tile=&overlap= on the source: scored tile by tile
+        det_opts = dataclasses.replace(det_opts, tile=TileSpec(*tiles))
     notifier = Notifier()
     path = None if isinstance(bundle, Bundle) else bundle  # a path is watched for a new model
     watch = path is not None

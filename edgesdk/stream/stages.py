@@ -35,6 +35,8 @@ def make_record(frame, result, threshold: float, read_ms: float, queue_ms: float
         "regions": [r.to_dict() for r in result.regions],
         "latency_ms": {k: round(v, 3) for k, v in lat.items()},
     }
+    if result.tiles:  # scored tile by tile (stream/tiling.py): how many, next to the latency they cost
+        rec["tiles"] = result.tiles
     if model:
         rec["model"] = model
     return rec

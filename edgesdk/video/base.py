@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgesdk.errors import DataError
+from edgesdk.errors import DataError, OptionError
 from edgesdk.video.options import Opt, parse_query
 
 log = logging.getLogger("edgesdk.video")
@@ -35,6 +35,8 @@ class SourceOptions:
         "loop": Opt(False),
         "roi": Opt(None, "roi"),
         "size": Opt(None, "size"),
+        "tile": Opt(None, "tile"),
+        "overlap": Opt(None, "int", lo=0, hi=65534),
     }
     KEYS = tuple(SPEC)  # the query keys that are ours, not a camera's
 
@@ -42,12 +44,31 @@ class SourceOptions:
     loop: bool = False  # files: start again at the end
     roi: tuple[int, int, int, int] | None = None  # x, y, w, h crop of every frame
     size: tuple[int, int] | None = None  # cameras: requested (width, height)
+    # Scoring, not capture (stream/tiling.py): the detector scores each frame tile by tile. tile=auto
+    # or overlap= alone: tiles of the model's input size; tile= alone: overlap 0.
+    tile: int | str | None = None  # a tile's side in pixels, or "auto": the model's input size
+    overlap: int | None = None  # pixels neighbouring tiles share, < tile
 
     @classmethod
     def parse(cls, uri: str, query: str, strict: bool = True) -> "SourceOptions":
         """Our options from a query string; with strict=False (network cameras) other keys are the
         camera's own and are left alone."""
-        return cls(**parse_query(uri, query, cls.SPEC, strict, "source option"))
+        q = parse_query(uri, query, cls.SPEC, strict, "source option")
+        if isinstance(q["tile"], int) and q["overlap"] is not None and q["overlap"] >= q["tile"]:
+            raise OptionError(f"{uri}: overlap must be less than the tile ({q['tile']}), got {q['overlap']}")
+        return cls(**q)
+
+    @property
+    def tiling(self) -> tuple[int | None, int] | None:
+        """(tile, overlap) for the detector (tile None: the model's input size), or None: whole frames."""
+        if self.tile is None and self.overlap is None:
+            return None
+        return (self.tile if isinstance(self.tile, int) else None), self.overlap or 0
+
+    @property
+    def plain(self) -> bool:
+        """No option changes the frames themselves (tiling is the detector's business)."""
+        return (self.fps, self.loop, self.roi, self.size) == (None, False, None, None)
 
     def crop(self, img: np.ndarray) -> np.ndarray:
         if self.roi is None:

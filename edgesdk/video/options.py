@@ -29,7 +29,7 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 
 @dataclass(frozen=True)
 class Opt:
-    """One option: default, kind (float, int, bool, str, roi, size; default: the default's type) and
+    """One option: default, kind (float, int, bool, str, roi, size, tile; default: the default's type) and
     range: lo <= value (gt: lo < value), value <= hi, or one of `choices`."""
 
     default: Any
@@ -77,6 +77,12 @@ def value(uri: str, key: str, raw: str, opt: Opt) -> Any:
         if not (0 < w <= 65535 and 0 < h <= 65535):
             raise OptionError(f"{uri}: {key} WxH needs 0 < W, H <= 65535, got {raw!r}")
         return w, h
+    if kind == "tile":  # a tile's side in pixels, or "auto" (the model's input size)
+        if raw.strip().lower() == "auto":
+            return "auto"
+        if not _INT.fullmatch(raw.strip()) or not 0 < int(raw) <= 65535:
+            raise OptionError(f"{uri}: {key} must be auto or a whole number of pixels from 1 to 65535, got {raw!r}")
+        return int(raw)
     if kind == "int":
         if not _INT.fullmatch(raw.strip()):
             raise OptionError(f"{uri}: {key} must be an integer, got {raw!r}")

@@ -14,8 +14,9 @@
 
 Options as a query string, on any source: ?fps=30 (files: play at that rate, as a camera would,
 making the source live; cameras: request it), ?loop=1 (files: start again at the end),
-?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution); parsed and checked by
-video/options.py. In a file URI or path, `#` is part of the name; options start at the first `?`.
+?roi=x,y,w,h (crop every frame), ?size=WxH (cameras: request a resolution), ?tile=N|auto&overlap=N
+(the stream loop scores each frame tile by tile: stream/tiling.py, source_tiling); parsed and checked
+by video/options.py. In a file URI or path, `#` is part of the name; options start at the first `?`.
 A paced file (?fps=) is live: read(timeout) returns None when its next frame is not due in time.
 A folder image that cannot be read raises DataError, or with errors="record" becomes a Frame with
 `error` set and no image (the stream loop records it and goes on).
@@ -212,7 +213,7 @@ def _file(uri: str, errors: str) -> Source:
         raise OptionError(f"{uri}: size= is for cameras; files are resized to the model's input anyway")
     path = Path(name)
     src = _file_source(path, errors)
-    if opts == SourceOptions():
+    if opts.plain:
         return src
     return FileOptions(src, opts, lambda: _file_source(path, errors), uri)
 
@@ -308,7 +309,7 @@ def _synth(uri: str, errors: str) -> Source:
         src = make()
     except ValueError as e:
         raise OptionError(f"{uri}: {e}") from None
-    return src if opts == SourceOptions() else FileOptions(src, opts, make, uri)
+    return src if opts.plain else FileOptions(src, opts, make, uri)
 
 
 NETWORK = ("http", "https", "rtsp", "rtsps")  # their query may carry the camera's own parameters
@@ -336,3 +337,11 @@ def open_source(uri: str, errors: str = "raise") -> Source:
             f"{', '.join(s + '://' for s in sorted(SOURCES))} or a plain path"
         )
     return SOURCES[scheme](uri, errors)
+
+
+def source_tiling(uri: str) -> tuple[int | None, int] | None:
+    """The ?tile=&overlap= of a source URI as (tile, overlap), tile None for the model's input size,
+    or None without tiling: the stream loop hands them to the detector, the source ignores them. A bad
+    value is an OptionError naming the URI; the rest of the query is checked when the source opens."""
+    query = split_file_uri(uri)[1] if (scheme_of(uri) or "file") == "file" else parse_url(uri).query
+    return SourceOptions.parse(uri, query, strict=False).tiling

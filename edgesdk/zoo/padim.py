@@ -60,6 +60,13 @@ class Padim(AnomalyModel):
         """(B, H, W, 3) uint8 BGR -> (B, D, P) features on the grid."""
         return self.grid_features(frames, self.taps).index_select(1, self.channel_idx).flatten(2)
 
+    def adapt_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, P, D): what `edgesdk adapt` adds to the statistics (features.onnx)."""
+        return self.embed(frames).transpose(1, 2)
+
+    def adapt_head(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "precision": self.precision}
+
     def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
         dist = mahalanobis(self.embed(frames), self.mean, self.precision)  # (B, P)
         return dist.view(-1, 1, *self.grid)
@@ -69,7 +76,8 @@ class Padim(AnomalyModel):
         """Fit the per-position Gaussians from batches of (B, H, W, 3) uint8 good frames.
 
         Sums are accumulated in float64 so that the fit never holds all features in memory:
-        sum_x (P, D) and sum_xxT (P, D, D). Returns {"n_images": N}."""
+        sum_x (P, D) and sum_xxT (P, D, D). They are kept as self.fit_stats (train.py saves them: the
+        bundle carries them so that `edgesdk adapt` adds new frames exactly). Returns {"n_images": N}."""
         p, d = self.mean.shape
         s1 = torch.zeros(p, d, dtype=torch.float64)
         s2 = torch.zeros(p, d, d, dtype=torch.float64)
@@ -88,4 +96,5 @@ class Padim(AnomalyModel):
         cov += self.cfg.ridge * torch.eye(d, dtype=torch.float64)
         self.mean.copy_(mean.float())
         self.precision.copy_(torch.linalg.inv(cov).float())
+        self.fit_stats = {"n": np.asarray(n, np.int64), "sum": s1.numpy(), "sum_outer": s2.numpy()}
         return {"n_images": n}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from edgesdk.progress import bar as bar_of
+from edgesdk.stream.heads import coreset_draws
 from edgesdk.zoo.components import AnomalyModel, ModelConfig, nearest_sq_dist
 
 DEFAULT_TAPS = {"efficientnet_lite0": (4, 10), "resnet18": (1, 2), "wide_resnet50_2": (1, 2)}
@@ -48,14 +49,13 @@ class PatchcoreConfig(ModelConfig):
 
 def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int, seed: int, progress=None) -> torch.Tensor:
     """Indices of N rows of X (K, D) chosen by greedy k-center: each pick is the row farthest from
-    all picks so far. Runs in a Gaussian random projection; |z|^2 - 2 z.c + |c|^2 as one GEMV per pick."""
-    g = torch.Generator().manual_seed(seed)
-    proj = torch.randn(x.shape[1], projection_dim, generator=g) / projection_dim**0.5
-    z = (x @ proj).contiguous()  # (K, d)
+    all picks so far. Runs in a Gaussian random projection; |z|^2 - 2 z.c + |c|^2 as one GEMV per pick.
+    stream/heads.py greedy_coreset is the same in numpy (`edgesdk adapt` on the device)."""
+    proj_np, i = coreset_draws(len(x), x.shape[1], projection_dim, seed)  # numpy's draws: the device's too
+    z = (x @ torch.from_numpy(proj_np)).contiguous()  # (K, d)
     zz = (z * z).sum(1)
     mind = torch.full((len(z),), float("inf"))
     picks = torch.empty(n, dtype=torch.long)
-    i = int(torch.randint(len(z), (1,), generator=g))
     for k in range(n):
         picks[k] = i
         torch.minimum(mind, zz - 2 * (z @ z[i]) + zz[i], out=mind)
@@ -95,6 +95,13 @@ class Patchcore(AnomalyModel):
         if self.cfg.feature_dim:
             e = e.index_select(1, self.channel_idx)
         return e.flatten(2).transpose(1, 2)
+
+    def adapt_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, P, D) patch features: what `edgesdk adapt` adds to the bank."""
+        return self.embed(frames)
+
+    def adapt_head(self) -> dict[str, torch.Tensor]:
+        return {"bank": self.bank, "bank_sq": self.bank_sq, "support": self.support}
 
     def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
         q = self.embed(frames)  # (B, P, D)
