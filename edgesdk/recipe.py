@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from edgesdk.errors import OptionError, finite
 from edgesdk.resources import resolve
-from edgesdk.spec import PRECISIONS, SpecError, from_mapping, load_toml
+from edgesdk.spec import NAME, PRECISIONS, SpecError, from_mapping, load_toml
 
 if TYPE_CHECKING:
     from edgesdk.compile.onnx import ExportOptions
@@ -88,7 +88,8 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     "export": {
         "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-        "opset": (lambda v: v > 0, "> 0"),
+        "opset": (lambda v: v >= 17, ">= 17 (17 for TensorRT 8.5 is lowered from 18)"),
+        "device": (lambda v: v == "" or bool(NAME.fullmatch(v)), "a shipped device profile's name, e.g. xavier-nx"),
         "rtol": (lambda v: v > 0, "> 0"),
         "target": (lambda v: v in ("cpu", "tensorrt"), "cpu or tensorrt"),
         "n_calib": (lambda v: v >= 8, ">= 8 (images to calibrate on)"),
@@ -137,7 +138,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 # Command-line values by the field they set; `edgesdk train` and `export` name them as flags.
 CONFIG_FLAGS = ("input_size", "backbone", "feature_dim", "coreset_ratio", "steps", "seconds")
 TRAIN_FLAGS = ("holdout", "k_sigma", "seed", "camera")
-EXPORT_FLAGS = ("precision", "target", "calib", "n_calib", "calib_method", "max_drop", "val")
+EXPORT_FLAGS = ("precision", "target", "calib", "n_calib", "calib_method", "max_drop", "val", "opset", "device")
 FLAG_NAMES = {"input_size": "--size", "camera": "--camera-augment"}
 
 

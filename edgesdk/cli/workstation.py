@@ -73,6 +73,7 @@ def cmd_export(args) -> None:
                     "bundle": str(out),
                     "model": b.manifest.model["name"],
                     "precision": b.manifest.precision,
+                    "opset": b.manifest.graph.get("opset"),
                     "onnx MB": b.manifest.files["model.onnx"].bytes / 1e6,
                     "threshold": b.threshold,
                     "parity score rel err": f"{par['score_max_rel_err']:.1e}",
@@ -130,5 +131,7 @@ def add_commands(sub) -> None:
     s.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
     s.add_argument("--max-drop", type=float, help="largest image-AUROC drop vs float accepted (default 0.005)")
     s.add_argument("--val", help="labelled folder (good/, <defect>/) for the gate (default: the run's DATA/test)")
+    s.add_argument("--opset", type=int, help="ONNX opset (default 18; 17 for TensorRT 8.5 on JetPack 5)")
+    s.add_argument("--device", help="device profile name (e.g. xavier-nx): its TensorRT's newest opset caps --opset")
     s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
     s.set_defaults(fn=cmd_export)

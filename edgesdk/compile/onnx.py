@@ -22,6 +22,7 @@ from edgesdk import __version__
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES, Bundle
 from edgesdk.compile import adaptable
+from edgesdk.compile.opset import SOURCE, export_opset, lower_file
 from edgesdk.cpu import cpu_features
 from edgesdk.devices import graph_summary
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
@@ -41,7 +42,8 @@ class ExportError(RuntimeError):
 @dataclass(frozen=True)
 class ExportOptions:
     precision: str = "fp32"  # fp32, fp16 (--target tensorrt) or int8 (gated against fp32)
-    opset: int = 18
+    opset: int = 18  # 17 (TensorRT 8.5, JetPack 5) is lowered from torch's 18 by compile/opset.py
+    device: str = ""  # a device profile (name or path): its max_onnx_opset caps opset
     rtol: float = 1e-4  # parity gate: |onnx - torch| <= rtol * max(|torch|, 1)
     target: str = "cpu"  # int8 layout: "cpu" (ONNX Runtime U8S8) or "tensorrt" (symmetric)
     calib: str = ""  # folder of the line's good images; "" = the run's fit images
@@ -126,6 +128,7 @@ def export_onnx(
     if opts.precision not in PRECISIONS:
         raise ExportError(f"precision {opts.precision!r}: choose from {', '.join(PRECISIONS)}")
     qopts = opts.quant() if opts.precision != "fp32" else None  # option errors before any work
+    opset = export_opset(opts.opset, opts.device)
     run_dir = Path(run_dir)
     net, meta = load_run(run_dir)
     inputs = [run_dir, meta["data"]["path"], opts.calib, opts.val]
@@ -154,11 +157,13 @@ def export_onnx(
                     input_names=[INPUT],
                     output_names=list(outputs),
                     dynamic_shapes={"frames": {0: torch.export.Dim("batch")}},
-                    opset_version=opts.opset,
+                    opset_version=max(opset, SOURCE),  # torch writes no older opset
                     external_data=False,
                     dynamo=True,
                     verbose=False,
                 )
+            if opset < SOURCE:
+                lower_file(path, str(run_dir))
 
         export(net.for_export(), onnx_path, *names)
         import onnx
@@ -167,11 +172,11 @@ def export_onnx(
         # torch's exporter falls back to its own opset when it cannot convert every op to the one asked
         # for (e.g. Pad to 17): a bundle must never claim an opset its graph does not have.
         summary = graph_summary(onnx_path)
-        if summary["opset"] != opts.opset:
+        if summary["opset"] != opset:
             raise ExportError(
-                f"{run_dir}: export asked for ONNX opset {opts.opset}, but torch's exporter wrote "
+                f"{run_dir}: export asked for ONNX opset {opset}, but torch's exporter wrote "
                 f"opset {summary['opset']} (it cannot convert every op of this model to "
-                f"{opts.opset}); no bundle written"
+                f"{opset}); no bundle written"
             )
         par = parity(net, onnx_path, frames)
         worst = max(par["score_max_rel_err"], par["map_max_rel_err"], par["batch2_max_abs_err"])
@@ -212,6 +217,9 @@ def export_onnx(
                 },
             )
             extra_files = ("quant_report.json",) + (("calib.cache",) if (stage / "calib.cache").exists() else ())
+        graph = graph_summary(onnx_path) if calibration is not None else summary  # int8/fp16: a new graph
+        if graph["opset"] != opset:  # the quantizer must not have moved the opset the device parses
+            raise ExportError(f"{run_dir}: the {opts.precision} graph is opset {graph['opset']}, not {opset}")
         import onnxruntime
 
         manifest = Manifest(
@@ -242,12 +250,13 @@ def export_onnx(
             files={name: file_entry(stage / name) for name in (MODEL_FILE, "parity.json", PARITY_FRAMES) + extra_files},
             metrics=metrics,
             calibration=calibration,
-            graph=graph_summary(onnx_path) if calibration is not None else summary,  # int8/fp16: a new graph
+            graph=graph,
             provenance={
                 "run": str(run_dir.resolve()),
                 "data": meta["data"],
                 "train_timing_s": meta["timing_s"],
-                "opset": opts.opset,
+                "opset": opset,
+                **({"device": opts.device} if opts.device else {}),
                 "host": platform.platform(),
                 **cpu_features(),
                 "versions": {
