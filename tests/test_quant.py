@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from edgesdk.bundle import Bundle
 from edgesdk.compile import gate, quant
 from edgesdk.compile.onnx import ExportError, ExportOptions, export_onnx
+from edgesdk.cpu import cpu_features
 from edgesdk.errors import DataError
 from edgesdk.stream.detector import Detector
 
@@ -47,6 +48,7 @@ def test_int8_cpu_bundle_is_u8s8_gated_and_rederives_its_threshold(int8_cpu, bun
     rep = m.metrics["vs_float"]
     assert rep["gated_on"] == "image_auroc_drop" and rep["image_auroc_drop"] <= 0.05
     assert rep["n_val"] == 6 + 4 * 3 and 0 < rep["ort_p50_ms"] and rep["model_mb"] > 0
+    assert rep["cpu_int8_isa"] == cpu_features()["int8_isa"]  # the speed-up is this machine's
     # U8S8: uint8 activations with zero points, int8 weights with per-channel scales on axis 0.
     _, inits, qs = _qdq(b.model_path)
     act = [q for q in qs if q.input[0] not in inits]
@@ -136,6 +138,10 @@ def test_a_cpu_bundle_no_faster_than_float_says_to_deploy_fp32():
     tip = gate.advice(cpu, 0.97, 28, 33)
     assert "0.97x" in tip and "28 of 33" in tip and "FP32 bundle" in tip
     assert gate.advice(cpu, 1.3, 3, 33) is None and gate.advice(trt, 0.5, 3, 33) is None
+    # The CPU's INT8 instructions (edgesdk.cpu) say why: none at all is a reason FP32 convolutions are not.
+    bare, vnni = gate.advice(cpu, 0.97, 2, 33, []), gate.advice(cpu, 0.97, 2, 33, ["AVX-512 VNNI"])
+    assert "no AVX-512 VNNI" in bare and "a CPU with VNNI/AMX or a Jetson gains" in bare
+    assert "no AVX-512 VNNI" not in vnni and "2 of 33 convolutions kept FP32" in vnni
 
 
 def test_check_trt_qdq_rules_names_each_violation(tmp_path):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgesdk.compile import quant
+from edgesdk.cpu import cpu_features
 from edgesdk.data import mvtec
 from edgesdk.measure.compare import interleaved_p50, score_onnx
 from edgesdk.measure.metrics import auroc, pixel_f1_iou
@@ -241,7 +242,8 @@ def lower_precision(
         quant.write_trt_calib_cache(stage / "calib.cache", ranges)
     report["ort_p50_ms_float"], report["ort_p50_ms"] = interleaved_p50(fp32, dst, ref["hold_frames"])
     report["speedup_vs_float"] = report["ort_p50_ms_float"] / report["ort_p50_ms"]
-    tip = advice(opts, report["speedup_vs_float"], attempts[-1]["fp32_convs"], len(convs))
+    report["cpu_int8_isa"] = cpu_features()["int8_isa"]  # the speed-up above depends on them
+    tip = advice(opts, report["speedup_vs_float"], attempts[-1]["fp32_convs"], len(convs), report["cpu_int8_isa"])
     if tip:
         report["advice"] = tip
     report["model_mb"], report["model_mb_float"] = dst.stat().st_size / 1e6, fp32.stat().st_size / 1e6
@@ -263,16 +265,29 @@ def lower_precision(
     }
 
 
-def advice(opts: quant.QuantOptions, speedup: float, fp32_convs: int, n_convs: int) -> str | None:
-    """A cpu bundle that passed the gate only by keeping many convolutions FP32 is correct but buys
-    nothing: say so where the user decides (the export's output, the manifest) instead of shipping it
+def advice(
+    opts: quant.QuantOptions, speedup: float, fp32_convs: int, n_convs: int, int8_isa: list[str] | None = None
+) -> str | None:
+    """A cpu bundle that passed the gate only by keeping many convolutions FP32, or on a CPU without 8-bit
+    multiply-accumulate instructions (INT8_ISA empty: ONNX Runtime widens to 16 bits), is correct but buys
+    nothing here: say so where the user decides (the export's output, the manifest) instead of shipping it
     silently. TensorRT-layout bundles are timed in ONNX Runtime only for parity, so never for them."""
     if opts.target != "cpu" or speedup >= SLOW_SPEEDUP:
         return None
+    why = (
+        f"{fp32_convs} of {n_convs} convolutions kept FP32 to pass the gate"
+        if int8_isa is None or int8_isa
+        else f"this CPU has no AVX-512 VNNI, AVX-VNNI, AMX or Arm dot-product; {fp32_convs} of {n_convs} "
+        "convolutions kept FP32"
+    )
+    where = (
+        ""
+        if int8_isa is None or int8_isa
+        else "; a CPU with VNNI/AMX or a Jetson gains from INT8 where this one cannot"
+    )
     return (
-        f"this {opts.precision} bundle runs at {speedup:.2f}x the float graph here ({fp32_convs} of {n_convs} "
-        "convolutions kept FP32 to pass the gate): deploy the FP32 bundle on this CPU, or calibrate on "
-        "more of the line's images"
+        f"this {opts.precision} bundle runs at {speedup:.2f}x the float graph here ({why}): deploy the FP32 "
+        f"bundle on this CPU, or calibrate on more of the line's images{where}"
     )
 
 
