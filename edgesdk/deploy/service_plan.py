@@ -55,6 +55,18 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # things to do or know; not errors
 
 
+def check_user_and_name(user: str, name: str) -> None:
+    """--user and --name of a unit: both end up in systemd settings and paths (/var/lib/NAME)."""
+    if not _USER.fullmatch(user) or user == "root":
+        raise OptionError(
+            f"--user {user!r}: an unprivileged system user's name (lower case letters, digits, _ and -; not root)"
+        )
+    if not _NAME.fullmatch(name):
+        raise OptionError(
+            f"--name {name!r}: a letter or digit, then letters, digits, '_', '.' and '-' (it names /var/lib/NAME)"
+        )
+
+
 def plain(value: str, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise OptionError(f"{what}: a non-empty text is needed")
@@ -179,14 +191,7 @@ def plan(root: str, opts: ServiceOptions, root_flag: str = "--root") -> Plan:
         raise OptionError("--sink: at least one sink (the verdicts must go somewhere)")
     for s in opts.sinks:
         plain(s, "--sink")
-    if not _USER.fullmatch(opts.user) or opts.user == "root":
-        raise OptionError(
-            f"--user {opts.user!r}: an unprivileged system user's name (lower case letters, digits, _ and -; not root)"
-        )
-    if not _NAME.fullmatch(opts.name):
-        raise OptionError(
-            f"--name {opts.name!r}: a letter or digit, then letters, digits, '_', '.' and '-' (it names /var/lib/NAME)"
-        )
+    check_user_and_name(opts.user, opts.name)
     w = finite(opts.watchdog_s, "--watchdog-s")
     if not 1 <= w <= 3600:
         raise OptionError(f"--watchdog-s {opts.watchdog_s!r}: from 1 to 3600 seconds")

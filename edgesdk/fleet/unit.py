@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from edgesdk.deploy.service import HEADER, SANDBOX, device_allow, executable, user_notes, write_own
-from edgesdk.deploy.service_plan import _NAME, _USER, RUNTIMES, Plan, _absolute, free_text, hidden, plain, word
+from edgesdk.deploy.service_plan import (
+    RUNTIMES,
+    Plan,
+    _absolute,
+    check_user_and_name,
+    free_text,
+    hidden,
+    plain,
+    word,
+)
 from edgesdk.errors import OptionError, finite
 from edgesdk.fleet import topics
 
@@ -78,14 +87,7 @@ def check(root: str, o: AgentUnitOptions) -> Plan:
     _absolute(plain(root, "--root"), "--root")
     if PurePosixPath(root) == PurePosixPath("/"):
         raise OptionError("--root /: the agent writes its deployment root; give a folder of its own")
-    if not _USER.fullmatch(o.user) or o.user == "root":
-        raise OptionError(
-            f"--user {o.user!r}: an unprivileged system user's name (lower case letters, digits, _ and -; not root)"
-        )
-    if not _NAME.fullmatch(o.name):
-        raise OptionError(
-            f"--name {o.name!r}: a letter or digit, then letters, digits, '_', '.' and '-' (it names /var/lib/NAME)"
-        )
+    check_user_and_name(o.user, o.name)
     p = Plan(writable=[str(PurePosixPath(root))], network=True)
     hidden(root, "--root", p)
     load_public(_file(o.pubkey, "--pubkey", p))
