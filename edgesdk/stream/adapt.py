@@ -36,7 +36,7 @@ from edgesdk.progress import bar
 from edgesdk.spec import MANIFEST, SpecError, Threshold, file_entry
 from edgesdk.spec.adapt import FEATURES_OUTPUT, HEADS, AdaptSpec
 from edgesdk.stream import heads
-from edgesdk.stream.calibrate import _k_sigma, _local_paths, suspect_frames
+from edgesdk.stream.calibrate import check_k_sigma, local_paths, suspect_frames
 from edgesdk.stream.drift_ref import DRIFT_FILE, Reference, ReferenceBuilder, load_reference
 
 MIN_FRAMES = 8  # at least 2 held out for the threshold and a few to learn from
@@ -72,7 +72,7 @@ def _check_opts(opts: AdaptOptions) -> AdaptOptions:
             "--val DIR is needed: the adapted model is gated on labelled images (DIR/good and one "
             "folder per defect kind), so that defect recall cannot fall; --no-gate skips the check"
         )
-    k = None if opts.k_sigma is None else _k_sigma(opts.k_sigma, "--k-sigma")
+    k = None if opts.k_sigma is None else check_k_sigma(opts.k_sigma, "--k-sigma")
     return dataclasses.replace(opts, k_sigma=k)
 
 
@@ -199,7 +199,7 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
     bundle, out = Path(bundle), Path(out)
     if out.resolve() == bundle.resolve():
         raise OptionError(f"--out {out}: give a new folder; the original bundle stays as it is")
-    inputs: list[str | Path] = [bundle, opts.good, *_local_paths(opts.source), opts.val]
+    inputs: list[str | Path] = [bundle, opts.good, *local_paths(opts.source), opts.val]
     prepare_output(out, "bundle", inputs, force)
     b = Bundle.open(bundle)
     spec = adaptable(b)
@@ -207,7 +207,7 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
     k = (
         opts.k_sigma
         if opts.k_sigma is not None
-        else _k_sigma(
+        else check_k_sigma(
             b.manifest.threshold.detail.get("k_sigma", 3.0), "threshold.detail.k_sigma", str(bundle / MANIFEST)
         )
     )

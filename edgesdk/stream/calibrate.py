@@ -43,7 +43,7 @@ SUSPECT_MADS = 6.0  # a frame this many median absolute deviations above the cli
 log = logging.getLogger(__name__)
 
 
-def _local_paths(source: str) -> list[Path]:
+def local_paths(source: str) -> list[Path]:
     """The files or folders a source URI reads on this machine (none for cameras and streams)."""
     parsed = urlparse(source)
     if len(parsed.scheme) > 1 and parsed.scheme != "file":
@@ -54,7 +54,7 @@ def _local_paths(source: str) -> list[Path]:
     return [p for p in cands if p.exists()]
 
 
-def _k_sigma(k, name: str, where: str = "") -> float:
+def check_k_sigma(k, name: str, where: str = "") -> float:
     k = finite(k, name, where)
     if k < 0:
         raise OptionError(f"{where + ': ' if where else ''}{name} must be >= 0, got {k:g}")
@@ -104,15 +104,15 @@ def calibrate(
     if frames < MIN_FRAMES:
         raise ValueError(f"--frames {frames}: at least {MIN_FRAMES} known-good frames are needed")
     if k_sigma is not None:
-        k_sigma = _k_sigma(k_sigma, "--k-sigma")
+        k_sigma = check_k_sigma(k_sigma, "--k-sigma")
     if out.resolve() == bundle.resolve():
         raise ValueError(f"--out {out}: give a new folder; the original bundle stays as exported")
-    inputs = [bundle, *_local_paths(source)]
+    inputs = [bundle, *local_paths(source)]
     prepare_output(out, "bundle", inputs, force)
     b = Bundle.open(bundle)
     old = b.manifest.threshold
     if k_sigma is None:
-        k_sigma = _k_sigma(old.detail.get("k_sigma", 3.0), "threshold.detail.k_sigma", str(bundle / MANIFEST))
+        k_sigma = check_k_sigma(old.detail.get("k_sigma", 3.0), "threshold.detail.k_sigma", str(bundle / MANIFEST))
     if (tiles := source_tiling(source)) is not None:
         opts = dataclasses.replace(opts, tile=TileSpec(*tiles))
     refs = ReferenceBuilder()  # the drift alarms' reference: these frames' look and scores
