@@ -154,8 +154,12 @@ class AnomalyModel(nn.Module):
     def grid_features(self, frames: torch.Tensor, taps: tuple[int, ...], pool: int = 1) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, C, h, w) backbone taps resampled to the grid and concatenated.
         pool > 1 averages each tap over a pool x pool neighbourhood first (PatchCore's local awareness)."""
+        return self.to_grid(self.backbone.features(self.pre(frames), taps), pool)
+
+    def to_grid(self, feats: list[torch.Tensor], pool: int = 1) -> torch.Tensor:
+        """Backbone taps [(B, C_i, h_i, w_i)] -> (B, sum C_i, h, w) on the grid, as grid_features."""
         out = []
-        for f in self.backbone.features(self.pre(frames), taps):
+        for f in feats:
             if pool > 1:
                 f = F.avg_pool2d(f, pool, 1, pool // 2)
             if f.shape[-1] > self.grid[1]:
@@ -184,7 +188,10 @@ class AnomalyModel(nn.Module):
 
     def full_map(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W): the grid map smoothed at a quarter of the frame size, then upsampled (raw units)."""
-        d = self.distance_map(frames)  # (B, 1, h, w)
+        return self.smooth(self.distance_map(frames))
+
+    def smooth(self, d: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) raw distances on the grid -> (B, 1, H, W), as full_map smooths them."""
         if d.shape[-2:] != self.blur_size:
             d = F.interpolate(d, size=self.blur_size, mode="bilinear", align_corners=False)
         d = self.blur(d)  # (B, 1, H/4, W/4)

@@ -104,7 +104,10 @@ class Patchcore(AnomalyModel):
         return {"bank": self.bank, "bank_sq": self.bank_sq, "support": self.support}
 
     def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
-        q = self.embed(frames)  # (B, P, D)
+        return self.patch_distances(self.embed(frames))
+
+    def patch_distances(self, q: torch.Tensor) -> torch.Tensor:
+        """(B, P, D) patch features -> (B, 1, h, w) re-weighted nearest-neighbour distances on the grid."""
         d2, nn_idx = nearest_sq_dist(q, self.bank, self.bank_sq)  # (B, P), (B, P)
         dist = d2.sqrt()
         if self.cfg.num_neighbors > 1:
