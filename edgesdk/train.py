@@ -16,6 +16,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -27,8 +28,10 @@ from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.measure.metrics import best_f1_threshold
 from edgesdk.progress import bar as progress_bar
 from edgesdk.spec import SpecError
-from edgesdk.zoo import MODEL_NAMES, SUPERVISED, models
+from edgesdk.zoo import MODEL_NAMES, RUN_MODELS, SUPERVISED, hybrid, models
 from edgesdk.zoo.components import AnomalyModel
+from edgesdk.zoo.patchcore import Patchcore
+from edgesdk.zoo.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 ADAPT_STATE = "adapt_state.npz"
@@ -126,6 +129,7 @@ def train(
     recipe: dict | None = None,
     force: bool = False,
     labels: str | Path | None = None,
+    with_anomaly: str | Path | None = None,
 ) -> Path:
     """Fit `model` on DATA's good images (DATA/train/good or a plain folder) and write run folder OUT.
     backbone_weights: a state-dict file for the config's backbone (None: the shipped ImageNet weights,
@@ -133,7 +137,9 @@ def train(
     folder with FORCE), and never when it is, holds or lies inside DATA, VAL or the weights file.
     Too few or identical images are warned about and listed in run.json's `warnings`.
     LABELS: a labelled folder (edgesdk.data.labelled) for the supervised models (SUPERVISED), which
-    need one; the anomaly models learn from good images only and refuse it."""
+    need one; the anomaly models learn from good images only and refuse it.
+    WITH_ANOMALY: a PatchCore run on the same backbone (segmenter only): the run folder then holds the
+    hybrid of both (zoo/hybrid.py), one backbone pass flagging known kinds by name and any other defect."""
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
     if model in SUPERVISED and labels is None:
@@ -145,6 +151,10 @@ def train(
         raise OptionError(
             f"--labels {labels}: --model {model} learns from good images only; labelled images "
             f"train {', '.join(SUPERVISED)} (for a threshold from labelled images use --val)"
+        )
+    if with_anomaly is not None and model != "segmenter":
+        raise OptionError(
+            f"--with-anomaly {with_anomaly}: adds a PatchCore head to --model segmenter, not to --model {model}"
         )
     cls, cfg_cls = models()[model]
     unknown = sorted(set(config or {}) - set(cfg_cls().to_dict()))
@@ -162,7 +172,7 @@ def train(
     camera = parse(opts.camera)
     torch.manual_seed(opts.seed)
     paths = mvtec.good_images(data)
-    inputs = [data, val, backbone_weights, labels]
+    inputs = [data, val, backbone_weights, labels, with_anomaly]
     prepare_output(out, "run", inputs, force)  # before minutes of fitting, not after
     fit_paths, hold_paths = split_holdout(paths, opts.holdout, opts.seed)
     val_items = mvtec.labelled_items(val) if val is not None else None
@@ -171,6 +181,7 @@ def train(
 
     t0 = time.perf_counter()
     net = cls(cfg, weights=backbone_weights or "imagenet")
+    anomaly = None if with_anomaly is None else anomaly_head(with_anomaly, cast(Segmenter, net))
     bar = progress_bar(total=len(fit_paths) * (1 + len(camera)), desc=f"fit {model}", unit="img", enabled=not quiet)
     seen = Seen()
     extra = {"labelled": labelled, "camera": camera} if labelled is not None else {}
@@ -227,22 +238,28 @@ def train(
             "source": "val_f1",
             "detail": {"val": str(val), "n_val": len(val_items), "val_f1": f1, "n_defective": int(val_labels.sum())},
         }
+    normalization = (
+        {"kind": "probability", "formula": "score = max over pixels of P(defect)"}
+        if probability
+        else {
+            "kind": "z_from_good_holdout",
+            "raw_mean": raw_mean,
+            "raw_std": std,
+            "formula": "score = (max_distance - raw_mean) / raw_std",
+        }
+    )
+    if anomaly is not None:
+        model, net, threshold, normalization, fit_info = compose_hybrid(
+            cast(Segmenter, net), threshold, normalization, fit_info, anomaly, with_anomaly, hold, opts.batch
+        )
+        cfg = net.cfg
     t_total = time.perf_counter() - t0
 
     run = {
         "model": model,
         "config": cfg.to_dict(),
         "threshold": threshold,
-        "normalization": (
-            {"kind": "probability", "formula": "score = max over pixels of P(defect)"}
-            if probability
-            else {
-                "kind": "z_from_good_holdout",
-                "raw_mean": raw_mean,
-                "raw_std": std,
-                "formula": "score = (max_distance - raw_mean) / raw_std",
-            }
-        ),
+        "normalization": normalization,
         "backbone_weights": str(Path(backbone_weights).resolve()) if backbone_weights else "imagenet (shipped)",
         "recipe": recipe,
         "fit": fit_info,
@@ -271,6 +288,48 @@ def train(
     return Path(out)
 
 
+def compose_hybrid(seg: Segmenter, threshold: dict, normalization: dict, fit: dict, anomaly, run_dir, hold, batch: int):
+    """The segmenter and the --with-anomaly PatchCore as one model ("hybrid", zoo/hybrid.py): each head's
+    map divided by its own threshold, so the run's threshold is 1.0 and either head passing it flags."""
+    pc, meta = anomaly
+    if not threshold["value"] > 0:
+        raise ValueError(f"--val: the segmenter's threshold {threshold['value']} must be > 0 for a hybrid")
+    net = hybrid.Hybrid.compose(seg, threshold["value"], pc, meta["threshold"]["value"])
+    z = net.raw_scores(hold, batch)
+    heads = {"segmenter": threshold, "patchcore": {**meta["threshold"], "run": str(Path(run_dir).resolve())}}
+    both = {
+        "value": 1.0,
+        "source": "heads",
+        "detail": {
+            **heads,
+            "rule": "flagged when either head's map passes its own threshold (1.0 in the bundle's units)",
+            "n_holdout": int(len(hold)),
+            "holdout_max": float(z.max()),
+            "holdout_false_positive_rate": float((z > 1.0).mean()),
+        },
+    }
+    norm = {
+        "kind": "heads",
+        "formula": "anomaly_map = max(P(defect) / segmenter threshold, z / patchcore threshold)",
+        "segmenter": normalization,
+        "patchcore": meta["normalization"],
+    }
+    return "hybrid", net, both, norm, {**fit, "patchcore": meta["fit"]}
+
+
+def anomaly_head(run_dir: str | Path, seg: Segmenter) -> tuple[Patchcore, dict]:
+    """--with-anomaly RUN_DIR: the fitted PatchCore and its run.json, checked to share SEG's backbone pass."""
+    if not (Path(run_dir) / "run.json").is_file():
+        raise OptionError(
+            f"--with-anomaly {run_dir}: no run.json; pass a folder made by `edgesdk train --model patchcore`"
+        )
+    meta = read_run(run_dir)
+    hybrid.check_anomaly_run(run_dir, meta, seg)
+    pc, _ = load_run(run_dir)
+    hybrid.check_backbone(run_dir, cast(Patchcore, pc), seg)
+    return cast(Patchcore, pc), meta
+
+
 def load_run(run_dir: str | Path) -> tuple[AnomalyModel, dict]:
     """(model in eval mode with fitted state, run.json dict); errors name the file."""
     run_dir = Path(run_dir)
@@ -296,7 +355,7 @@ def read_run(run_dir: str | Path) -> dict:
     if not isinstance(meta, dict):
         raise SpecError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     no_nonfinite(meta, str(meta_path))
-    if meta.get("model") not in MODEL_NAMES:
+    if meta.get("model") not in RUN_MODELS:
         raise ValueError(f"{meta_path}: unknown model {meta.get('model')!r}")
     check_run_data(meta, meta_path)
     return meta

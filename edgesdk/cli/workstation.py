@@ -27,7 +27,15 @@ def cmd_train(args) -> None:
             "backbone_weights": args.backbone_weights,
         },
     )
-    out = train(args.data, args.out, val=args.val, force=args.force, labels=args.labels, **req.kwargs())
+    out = train(
+        args.data,
+        args.out,
+        val=args.val,
+        force=args.force,
+        labels=args.labels,
+        with_anomaly=args.with_anomaly,
+        **req.kwargs(),
+    )
     run = read_run(out)
     fit = run["fit"]
     print(
@@ -96,6 +104,12 @@ def add_commands(sub) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--val", help="labelled folder (good/ + defect folders) for an F1-optimal threshold")
     s.add_argument("--labels", help="segmenter: labelled folder to learn from (good/, <kind>/, ground_truth/<kind>/)")
+    s.add_argument(
+        "--with-anomaly",
+        metavar="RUN",
+        help="segmenter: add this PatchCore run (same backbone) as a second head in one graph: known kinds "
+        "are named, any other defect is flagged as unknown (the hybrid, docs/ZOO.md)",
+    )
     s.add_argument("--backbone", choices=["efficientnet_lite0", "resnet18", "wide_resnet50_2"])
     s.add_argument("--backbone-weights", help="state dict for the backbone (torchvision's for the ResNets)")
     s.add_argument("--size", type=int, help="model input size (square), default 256")

@@ -32,6 +32,16 @@ from edgesdk.train import load_run
 INPUT, OUTPUTS = "image", ("score", "anomaly_map")
 KIND_MAP = "kind_map"  # supervised models: (batch, H, W) int64 index into the manifest's kinds
 PRECISIONS = ("fp32", "fp16", "int8")
+MAP_MEANING = {
+    "": "per-pixel score, same units",
+    "segmenter": "per-pixel P(any defect)",
+    "hybrid": "per-pixel max of the heads' maps (each its own score / its own threshold)",
+}
+EXTRA_SPECS = {  # output name -> (dtype, meaning)
+    KIND_MAP: ("int64", "per-pixel most likely defect kind: index into kinds"),
+    "segmenter_map": ("float32", "the segmenter head: per-pixel P(any defect) / its threshold"),
+    "patchcore_map": ("float32", "the PatchCore head: per-pixel z / its threshold"),
+}
 KIND_MISMATCH = 1e-3  # parity gate: share of pixels whose most likely kind may differ (near-ties)
 
 
@@ -88,12 +98,13 @@ def _exporter_quiet():
 
 
 def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
-    """Scores and maps of torch vs ONNX Runtime (CPU) on the same frames, batch 1 and batch 2; for a
-    model with kinds, also the share of pixels whose kind differs."""
+    """Every output of torch vs ONNX Runtime (CPU) on the same frames, batch 1 and batch 2: score and
+    anomaly_map, and a model's extra outputs (EXTRA_OUTPUTS): an integer map (kind_map) as the share of
+    pixels that differ, a float map as its largest error relative to its largest magnitude."""
     with torch.no_grad():
         t_score, t_map = (t.numpy() for t in net(torch.from_numpy(frames)))
-        kind_map = getattr(net, "kind_map", None)  # supervised models: (B, H, W) int64
-        t_kind = kind_map(torch.from_numpy(frames)).numpy() if kind_map is not None else None
+        extra_of = getattr(net, "extra_outputs", None)
+        t_extra = {k: v.numpy() for k, v in extra_of(torch.from_numpy(frames)).items()} if extra_of else {}
     with OnnxRuntimeRunner(onnx_path, providers="CPUExecutionProvider") as r:
         per_frame = [r.infer({INPUT: frames[i : i + 1]}) for i in range(len(frames))]
         batched = r.infer({INPUT: frames[:2]})
@@ -101,15 +112,17 @@ def parity(net: torch.nn.Module, onnx_path: Path, frames: np.ndarray) -> dict:
     o_map = np.concatenate([o["anomaly_map"] for o in per_frame])
     scale = np.maximum(np.abs(t_score), 1.0)
     map_scale = max(float(np.abs(t_map).max()), 1.0)
-    kinds = {}
-    if t_kind is not None:
-        o_kind = np.concatenate([o[KIND_MAP] for o in per_frame])
-        kinds = {
-            "kind_map_mismatch_share": float((o_kind != t_kind).mean()),
-            "kind_map_batch2_mismatch_share": float((batched[KIND_MAP] != o_kind[:2]).mean()),
-        }
+    extras: dict[str, float] = {}
+    for name, t in t_extra.items():
+        o = np.concatenate([p[name] for p in per_frame])
+        if t.dtype.kind in "iu":  # an index map: near-ties may flip a pixel, nothing else may
+            extras[f"{name}_mismatch_share"] = float((o != t).mean())
+            extras[f"{name}_batch2_mismatch_share"] = float((batched[name] != o[:2]).mean())
+        else:
+            extras[f"{name}_max_rel_err"] = float(np.abs(o - t).max() / max(float(np.abs(t).max()), 1.0))
+            extras[f"{name}_batch2_max_abs_err"] = float(np.abs(batched[name] - o[:2]).max())
     return {
-        **kinds,
+        **extras,
         "n_frames": int(len(frames)),
         "score_max_abs_err": float(np.abs(o_score - t_score).max()),
         "score_max_rel_err": float((np.abs(o_score - t_score) / scale).max()),
@@ -135,7 +148,7 @@ def export_onnx(
     prepare_output(out, "bundle", inputs, force)
     h, w = net.cfg.input_size
     kinds = tuple(getattr(net.cfg, "kinds", ()))
-    names = OUTPUTS + ((KIND_MAP,) if kinds else ())
+    names = OUTPUTS + tuple(getattr(net, "EXTRA_OUTPUTS", ()))  # kind_map; a hybrid's head maps
     frames = np.load(run_dir / "holdout_frames.npy")
     calib: np.ndarray | None = None  # (N, H, W, 3) uint8, set with calib_info for fp16/int8
     calib_info: dict = {}
@@ -179,10 +192,10 @@ def export_onnx(
                 f"{opset}); no bundle written"
             )
         par = parity(net, onnx_path, frames)
-        worst = max(par["score_max_rel_err"], par["map_max_rel_err"], par["batch2_max_abs_err"])
+        worst = max(v for k, v in par.items() if k.endswith(("_rel_err", "batch2_max_abs_err")))
         if worst > opts.rtol:
             raise ExportError(f"{run_dir}: ONNX disagrees with torch beyond rtol {opts.rtol}: {par}")
-        if max(par.get("kind_map_mismatch_share", 0.0), par.get("kind_map_batch2_mismatch_share", 0.0)) > KIND_MISMATCH:
+        if max((v for k, v in par.items() if k.endswith("_mismatch_share")), default=0.0) > KIND_MISMATCH:
             raise ExportError(
                 f"{run_dir}: ONNX's kind_map disagrees with torch on more than {KIND_MISMATCH:.1%} of the pixels: {par}"
             )
@@ -232,18 +245,11 @@ def export_onnx(
             input=InputSpec(name=INPUT, height=h, width=w),
             outputs=(
                 OutputSpec("score", ("batch",), meaning="image anomaly score = max of anomaly_map"),
-                OutputSpec(
-                    "anomaly_map",
-                    ("batch", h, w),
-                    meaning="per-pixel P(any defect)" if kinds else "per-pixel score, same units",
-                ),
+                OutputSpec("anomaly_map", ("batch", h, w), meaning=MAP_MEANING.get(meta["model"], MAP_MEANING[""])),
             )
-            + (
-                (OutputSpec(KIND_MAP, ("batch", h, w), "int64", "per-pixel most likely defect kind: index into kinds"),)
-                if kinds
-                else ()
-            ),
+            + tuple(OutputSpec(n, ("batch", h, w), *EXTRA_SPECS[n]) for n in names[2:]),
             kinds=kinds,
+            heads=getattr(net, "manifest_heads", tuple)(),  # a hybrid's heads, () otherwise
             threshold=Threshold(**threshold),
             normalization=meta["normalization"],
             precision=opts.precision,

@@ -12,6 +12,7 @@ from typing import Any
 
 from edgesdk.errors import EdgesdkError, no_nonfinite
 from edgesdk.spec.adapt import AdaptSpec, adapt_spec
+from edgesdk.spec.heads import Head, heads_spec
 from edgesdk.spec.typed import PRECISIONS, SpecError, load_json, sha256_file
 
 SCHEMA_VERSION = 1
@@ -82,6 +83,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     adapt: AdaptSpec | None = None  # what `edgesdk adapt` needs (spec/adapt.py); None: it cannot
     kinds: tuple[str, ...] = ()  # defect kind names of a supervised model: kind_map holds indices into it
+    heads: tuple[Head, ...] = ()  # a hybrid's heads (spec/heads.py); () for a bundle of one model
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,13 +119,15 @@ class Manifest:
         for name in adapt.bundle_files() if adapt else ():
             if name not in files:
                 raise SpecError(f"{where}: field adapt names {name!r}, which files does not list")
+        outs = tuple(
+            _output_spec(_field(outputs, i, dict, where, "outputs"), where, f"outputs[{i}]")
+            for i in range(len(outputs))
+        )
+        kinds = _kinds(_field(d, "kinds", list, where, default=[]), where)
         return cls(
             model=_field(d, "model", dict, where),
             input=_input_spec(_field(d, "input", dict, where), where),
-            outputs=tuple(
-                _output_spec(_field(outputs, i, dict, where, "outputs"), where, f"outputs[{i}]")
-                for i in range(len(outputs))
-            ),
+            outputs=outs,
             threshold=_threshold(_field(d, "threshold", dict, where), where),
             normalization=_field(d, "normalization", dict, where),
             precision=precision,
@@ -136,7 +140,8 @@ class Manifest:
             created_utc=_field(d, "created_utc", str, where, default=""),
             schema_version=version,
             adapt=adapt,
-            kinds=_kinds(_field(d, "kinds", list, where, default=[]), where),
+            kinds=kinds,
+            heads=heads_spec(d.get("heads"), where, {o.name: (o.shape, o.dtype) for o in outs}, kinds),
         )
 
     @classmethod

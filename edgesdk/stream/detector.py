@@ -28,7 +28,8 @@ class Region:
     bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 in the caller's frame, x1/y1 exclusive
     area: int  # pixels above threshold, in the map's resolution (the model's input; tiled: the frame's)
     peak: float  # highest score inside the region
-    kind: str | None = None  # a supervised model's defect kind: the majority over the region's pixels
+    kind: str | None = None  # a supervised model's defect kind: the majority over the region's pixels; a
+    # hybrid's region that only its anomaly head found: "unknown"
 
     def to_dict(self) -> dict:
         d = {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
@@ -84,6 +85,9 @@ class Detector:
         self.input_name = self.bundle.manifest.input.name
         self.tile_hw = opts.tile.resolve(self.size) if opts.tile is not None else None  # (th, tw) frame pixels
         self.kinds = self.bundle.manifest.kinds  # () for the anomaly models: no kind_map output
+        # A hybrid (spec/heads.py): the output holding the map of the head that names kinds; a region it
+        # does not fire on was found by the anomaly head alone and is of kind "unknown".
+        self.known_output = next((h.output for h in self.bundle.manifest.heads if h.kinds), None)
         self.runner: Runner = open_runner(
             opts.backend, self.bundle, opts.providers, opts.threads, opts.engine, opts.spin
         )
@@ -137,10 +141,13 @@ class Detector:
         frame_shape: tuple[int, ...],
         threshold: float | None = None,
         kind_map: np.ndarray | None = None,
+        known_map: np.ndarray | None = None,
     ) -> list[Region]:
         """Connected components of `amap > threshold` (None: the detector's), boxes scaled to the caller's
-        frame; with KIND_MAP ((H, W) kind indices) each region names its majority kind. A camera of a
-        multi-source run may carry its own threshold (stream/multi.py)."""
+        frame; with KIND_MAP ((H, W) kind indices) each region names its majority kind. With KNOWN_MAP (a
+        hybrid's kind-naming head, (H, W) in amap's units) a region names the majority kind of its pixels
+        that head passes the threshold on, if at least min_region_area do, else "unknown". A camera of
+        a multi-source run may carry its own threshold (stream/multi.py)."""
         thr = self.threshold if threshold is None else threshold
         if not amap.max() > thr:  # a good frame (most of them): one pass
             return []
@@ -159,11 +166,12 @@ class Detector:
                 continue
             inside = labels[y : y + h, x : x + w] == i
             peak = float(amap[oy + y : oy + y + h, ox + x : ox + x + w][inside].max())
-            kind = (
-                self.kind_of(kind_map[oy + y : oy + y + h, ox + x : ox + x + w], inside)
-                if kind_map is not None
-                else None
-            )
+            kind = None
+            if kind_map is not None:
+                box = (slice(oy + y, oy + y + h), slice(ox + x, ox + x + w))
+                named = inside if known_map is None else inside & (known_map[box] > thr)
+                enough = known_map is None or int(named.sum()) >= max(1, self.opts.min_region_area)
+                kind = self.kind_of(kind_map[box], named) if enough else "unknown"
             x, y = x + ox, y + oy
             out.append(
                 Region(
@@ -182,7 +190,8 @@ class Detector:
         t2 = time.perf_counter()
         score, amap = float(out["score"][0]), out["anomaly_map"][0]
         kind_map = out["kind_map"][0] if self.kinds else None
-        regions = self.regions(amap, frame.shape, kind_map=kind_map)
+        known = out[self.known_output][0] if self.known_output else None
+        regions = self.regions(amap, frame.shape, kind_map=kind_map, known_map=known)
         t3 = time.perf_counter()
         lat = _stages_ms(t0, t1, t2, t3)
         return Result(score, score > self.threshold, amap, regions, lat, kind_map=kind_map)

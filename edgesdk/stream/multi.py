@@ -173,13 +173,15 @@ class MultiLoop:
             outs = det.infer_outputs(np.concatenate(tensors))
             scores, maps = outs["score"], outs["anomaly_map"]  # (B,), (B, H, W)
             kinds = outs["kind_map"] if det.kinds else None  # (B, H, W) kind indices of a supervised model
+            known = outs[det.known_output] if det.known_output else None  # (B, H, W) a hybrid's naming head
             infer_ms = (time.perf_counter() - t0) * 1e3
             self.batches, self.batched = self.batches + 1, self.batched + len(good)
             for i, (cam, (frame, read_ms, t_read)) in enumerate(good):
                 t0 = time.perf_counter()
                 score = float(scores[i])
                 kind_map = kinds[i] if kinds is not None else None
-                regions = det.regions(maps[i], frame.image.shape, cam.threshold, kind_map)
+                known_map = known[i] if known is not None else None
+                regions = det.regions(maps[i], frame.image.shape, cam.threshold, kind_map, known_map)
                 post = (time.perf_counter() - t0) * 1e3
                 lat = {"preprocess": pre[i], "infer": infer_ms, "postprocess": post}
                 lat["total"] = sum(lat.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 
 def models() -> dict:
+    from edgesdk.zoo.hybrid import Hybrid, HybridConfig
     from edgesdk.zoo.padim import Padim, PadimConfig
     from edgesdk.zoo.patchcore import Patchcore, PatchcoreConfig
     from edgesdk.zoo.segmenter import Segmenter, SegmenterConfig
@@ -16,8 +17,10 @@ def models() -> dict:
         "patchcore": (Patchcore, PatchcoreConfig),
         "stfpm": (Stfpm, StfpmConfig),
         "segmenter": (Segmenter, SegmenterConfig),
+        "hybrid": (Hybrid, HybridConfig),  # composed by train --with-anomaly, never fitted on its own
     }
 
 
 MODEL_NAMES = ("padim", "patchcore", "stfpm", "segmenter")
+RUN_MODELS = (*MODEL_NAMES, "hybrid")  # what a run folder may hold
 SUPERVISED = ("segmenter",)  # trained on a labelled folder (--labels) besides the good images

@@ -89,6 +89,7 @@ class Decoder(nn.Module):
 class Segmenter(AnomalyModel):
     name = "segmenter"
     units = "probability"  # score and anomaly_map: edgesdk.train keeps them unnormalized
+    EXTRA_OUTPUTS = ("kind_map",)  # the exported graph's outputs after score and anomaly_map
 
     def __init__(self, cfg: SegmenterConfig = SegmenterConfig(), weights: str | None = "imagenet"):
         super().__init__(cfg, weights)
@@ -125,6 +126,10 @@ class Segmenter(AnomalyModel):
         """(B, H, W) int64: index into cfg.kinds of each pixel's most likely kind."""
         px, _ = self.logits(frames)
         return px[:, 1:].argmax(1)
+
+    def extra_outputs(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The exported graph's outputs after score and anomaly_map, by name (the parity gate compares each)."""
+        return {"kind_map": self.kind_map(frames)}
 
     def image_probability(self, frames: torch.Tensor) -> torch.Tensor:
         """(B,) P(defective) from the image head."""
