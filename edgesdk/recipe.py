@@ -76,6 +76,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "defect_share": (lambda v: 0 <= v <= 1, "in [0, 1] (a share of each batch)"),
         "focal_gamma": (lambda v: v >= 0, ">= 0"),
         "dice": (lambda v: v >= 0, ">= 0 (0 = off)"),
+        "kind_weight": (lambda v: v >= 0, ">= 0 (0 = off)"),
         "kinds": (lambda v: not v, "left out: the kinds come from --labels DIR"),
     },
     "train": {

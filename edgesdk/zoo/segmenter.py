@@ -57,6 +57,7 @@ class SegmenterConfig(ModelConfig):
     defect_share: float = 0.5  # share of each batch cropped around a labelled defect
     focal_gamma: float = 2.0
     dice: float = 1.0  # weight of the Dice loss
+    kind_weight: float = 1.0  # weight of the kind loss: cross-entropy among the kinds on the defect pixels alone
     seed: int = 0
 
     @classmethod
@@ -161,8 +162,13 @@ class Segmenter(AnomalyModel):
         pmax = p.flatten(1).amax(1).clamp(1e-6, 1 - 1e-6)
         mil = F.binary_cross_entropy(pmax, label)
         head = F.binary_cross_entropy_with_logits(img_logit, label)
-        total_loss = focal + cfg.dice * dice + 0.5 * (mil + head)
-        parts = {"focal": focal, "dice": dice, "mil": mil, "head": head}
+        # The focal term averages over every pixel, so the defect pixels' choice among the kinds weighs
+        # little in it (the decoder could separate defect from background and still name every defect
+        # one kind): the kind term averages over the defect pixels alone.
+        d = target > 0  # (B, S, S)
+        kind = F.cross_entropy(px[:, 1:].permute(0, 2, 3, 1)[d], target[d] - 1) if bool(d.any()) else px.sum() * 0
+        total_loss = focal + cfg.dice * dice + 0.5 * (mil + head) + cfg.kind_weight * kind
+        parts = {"focal": focal, "dice": dice, "mil": mil, "head": head, "kind": kind}
         return total_loss, {k: float(v.detach()) for k, v in parts.items()}
 
     def fit(self, batches: Iterable[np.ndarray], progress=None, labelled=None, camera: tuple[str, ...] = ()) -> dict:
@@ -233,7 +239,7 @@ class Segmenter(AnomalyModel):
                 bar.set_postfix(loss=f"{np.mean([r[0] for r in log[-25:]]):.3f}")
         bar.close()
         self.eval()
-        last = np.mean(log[-50:], 0) if log else [None] * 5
+        last = np.mean(log[-50:], 0) if log else [None] * 6
         return {
             "n_images": int(len(good)),
             "n_labelled": labelled.count(),
@@ -243,6 +249,6 @@ class Segmenter(AnomalyModel):
             "stopped_by": "steps" if step >= cfg.steps else "time budget",
             "final_loss": {
                 k: (round(float(v), 4) if v is not None else None)
-                for k, v in zip(("total", "focal", "dice", "mil", "head"), last)
+                for k, v in zip(("total", "focal", "dice", "mil", "head", "kind"), last)
             },
         }
