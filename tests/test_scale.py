@@ -235,3 +235,28 @@ def test_compare_images_lists_the_flips_and_labels_metrics(bundle, tiny_data, tm
     c2 = json.loads((tmp_path / "c2.json").read_text())
     assert c2["a"]["resumed"] == len(want) and c2["labels"]["a"]["image_auroc"] is None
     assert c2["labels"]["b"]["recall"] == pytest.approx(np.mean([s > tb for s in want.values()]))
+
+
+def test_score_archive_benchmark_runs_small(bundle, tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/score_archive.py"),
+            str(bundle),
+            "--n",
+            "40",
+            "--engines",
+            "process,pool",
+        ]
+        + ["--json", str(tmp_path / "b.json"), "--work", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [x["engine"] for x in rows] == ["process", "pool"] and all(
+        x["n_images"] == 40 and x["images_per_s"] > 0 for x in rows
+    )
+    assert "images/s" in r.stdout
