@@ -153,6 +153,8 @@ def test_bad_input_is_refused_naming_it(bundle, tiny_data, tmp_path):
     r = cli("score", bundle, "--images", images, "--out", tmp_path / "o", "--batch", 3)
     assert r.returncode == 2 and "_run.json: shard_size is 16 but this run's is 3" in r.stderr
     assert {q.name: q.read_bytes() for q in (tmp_path / "o").iterdir()} == snapshot
+    r = cli("compare", bundle, bundle, "--data", tiny_data / "brick", "--out", tmp_path / "c")
+    assert r.returncode == 2 and "--out and --labels go with --images" in r.stderr
     # A folder that is not ours is never written into.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
@@ -260,3 +262,13 @@ def test_score_archive_benchmark_runs_small(bundle, tmp_path):
         x["n_images"] == 40 and x["images_per_s"] > 0 for x in rows
     )
     assert "images/s" in r.stdout
+
+
+def test_segmenter_regions_name_their_kind(seg, tiny_data, tmp_path):
+    _, bundle = seg
+    images = tiny_data / "brick" / "test" / "hole"
+    r = cli("score", bundle, "--images", images, "--out", tmp_path / "o", "--workers", 1, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = pq.read_table(tmp_path / "o").to_pylist()
+    regions = [reg for x in rows for reg in json.loads(x["regions"])]
+    assert regions and all(reg["kind"] for reg in regions) and rows[0]["bundle_version"].startswith("segmenter-")
