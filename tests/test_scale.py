@@ -272,3 +272,42 @@ def test_segmenter_regions_name_their_kind(seg, tiny_data, tmp_path):
     rows = pq.read_table(tmp_path / "o").to_pylist()
     regions = [reg for x in rows for reg in json.loads(x["regions"])]
     assert regions and all(reg["kind"] for reg in regions) and rows[0]["bundle_version"].startswith("segmenter-")
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The pool's worker processes of PID (spawned children running spawn_main; not the resource tracker)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"spawn_main" in (p / "cmdline").read_bytes():
+                out.append(int(p.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def test_a_dead_worker_ends_the_run_with_an_error_and_a_rerun_resumes(bundle, tiny_data, tmp_path):
+    n = 300
+    arch, out = _archive(tiny_data, tmp_path, n), tmp_path / "o"
+    argv = [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
+    p = subprocess.Popen(argv + ["--batch", "1", "--workers", "2"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 5 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = _workers_of(p.pid)
+        assert p.poll() is None and workers, "the run ended before a worker could be killed"
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = p.communicate(timeout=120)  # a pool that hangs on a lost task fails here
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 2 and "a scoring worker process died" in err, err
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 1, "--workers", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["resumed"] >= 5 and s["resumed"] + s["scored"] == n
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == n
