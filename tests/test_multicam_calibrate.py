@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -17,6 +18,7 @@ from edgesdk.spec import SpecError
 from edgesdk.stream.calibrate import calibrate
 from edgesdk.stream.drift_ref import SOURCES_FILE, load_source_references
 from edgesdk.stream.pipeline import run_stream
+from mqtt_broker import free_port
 
 LINE = "synth://conveyor?defects=0&rails=1"  # good parts, guide rails fixed in view
 # Camera B sees the same line under a brighter lamp: its good parts score apart from camera A's.
@@ -72,9 +74,15 @@ def test_run_scores_each_source_with_its_own_calibrated_threshold(per_source, tm
 def test_drift_alarm_is_raised_on_the_drifting_source_only(per_source, tmp_path):
     # Before: a run of several sources warned and reported drift: null.
     out, _ = per_source
-    recs = tmp_path / "r.jsonl"
+    recs, port, got = tmp_path / "r.jsonl", free_port(), {}
+
+    def scrape(rec):  # /metrics read while the preview serves it, once the event is out
+        if rec.get("drift") and "m" not in got:
+            got["m"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
     srcs = [f"{LINE}&seed=7&drift=blur&drift_at={ONSET}&name=a", f"{LINE}&seed=8&{BRIGHT}&name=b"]
-    s = run_stream(out, srcs, [f"jsonl://{recs}"], max_frames=ONSET + 120)
+    sinks = [f"jsonl://{recs}", f"http://127.0.0.1:{port}"]
+    s = run_stream(out, srcs, sinks, max_frames=ONSET + 120, on_record=scrape)
     events = [e for line in recs.read_text().splitlines() for e in json.loads(line).get("drift", [])]
     sharp = [e for e in events if e["kind"] == "sharpness"]
     assert len(sharp) == 1 and sharp[0]["source"] == "a" and sharp[0]["frame_id"] >= ONSET, events
@@ -82,6 +90,10 @@ def test_drift_alarm_is_raised_on_the_drifting_source_only(per_source, tmp_path)
     assert s["sources"]["a"]["drift"]["events"]["sharpness"] == 1
     assert not any(s["sources"]["b"]["drift"]["events"].values())  # the steady bright camera: its own reference
     assert s["drift"]["events"]["sharpness"] == 1 and s["sources"]["b"]["drift"]["score_checked"]
+    m = got["m"]
+    assert 'edgesdk_source_drift_events_total{source="a",kind="sharpness"} 1' in m
+    assert 'edgesdk_source_drift_events_total{source="b",kind="sharpness"} 0' in m
+    assert 'edgesdk_drift_events_total{kind="sharpness"} 1' in m
 
 
 def test_calibrate_cli_takes_several_sources(bundle, tmp_path):
