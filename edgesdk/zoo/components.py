@@ -191,7 +191,7 @@ class AnomalyModel(nn.Module):
         return self.smooth(self.distance_map(frames))
 
     def smooth(self, d: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) raw distances on the grid -> (B, 1, H, W), as full_map smooths them."""
+        """(B, 1, h, w) grid map -> (B, 1, H, W): smoothed at a quarter of the frame size, then upsampled."""
         if d.shape[-2:] != self.blur_size:
             d = F.interpolate(d, size=self.blur_size, mode="bilinear", align_corners=False)
         d = self.blur(d)  # (B, 1, H/4, W/4)

@@ -103,7 +103,8 @@ class Hybrid(nn.Module):
         e = pc.to_grid([by_tap[t] for t in pc.taps], pc.cfg.pool)  # (B, D, h, w), as Patchcore.embed
         if pc.cfg.feature_dim:
             e = e.index_select(1, pc.channel_idx)
-        z = ((pc.smooth(pc.patch_distances(e.flatten(2).transpose(1, 2))) - pc.score_shift) * pc.score_scale)[:, 0]
+        raw = pc.map_of(*pc.patch_scores(e.flatten(2).transpose(1, 2)))  # (B, 1, H, W), as Patchcore.full_map
+        z = ((raw - pc.score_shift) * pc.score_scale)[:, 0]
         return p_defect / self.cfg.segmenter_threshold, z / self.cfg.patchcore_threshold, px[:, 1:].argmax(1)
 
     def forward(self, frames: torch.Tensor):
