@@ -162,15 +162,30 @@ def read_plan(plan: str | Path, side: EngineSidecar) -> bytes:
     )
 
 
+def batch_problem(side: EngineSidecar, batch: int) -> str:
+    """Why a plan built as SIDE cannot take BATCH frames in one call (its optimization profile's max
+    batch is smaller: a run of BATCH cameras), or "" when it can."""
+    p = side.profile
+    if batch <= int(p["max"][0]):
+        return ""
+    return (
+        f"its optimization profile takes batches {p['min'][0]}:{p['opt'][0]}:{p['max'][0]} (min:opt:max), "
+        f"this run sends up to {batch} frames a call (one per source); build one with "
+        f"`edgesdk build BUNDLE --device PROFILE --max-batch {batch}`"
+    )
+
+
 def find_engine(
     bundle: Bundle,
     folder: str | Path | None = None,
     module: str | None = None,
     version: str | None = None,
     gpu: dict | None = None,
+    batch: int = 1,
 ) -> Path:
     """The plan in FOLDER (default BUNDLE/engines) built from this bundle for the running TensorRT
-    and GPU; otherwise EngineError listing each plan found and why it does not fit."""
+    and GPU, whose profile takes BATCH frames a call; otherwise EngineError listing each plan found
+    and why it does not fit."""
     folder = Path(folder) if folder is not None else bundle.path / "engines"
     plans = sorted(folder.glob("*.plan")) if folder.is_dir() else []
     why = []
@@ -181,6 +196,8 @@ def find_engine(
             why.append(str(e))
             continue
         diff = side.mismatches(bundle.onnx_sha256, module, version, gpu)
+        if too_small := batch_problem(side, batch):
+            diff.append(too_small)
         if not diff:
             return plan
         why.append(f"{plan.name}: " + "; ".join(diff))

@@ -20,12 +20,14 @@ def open_runner(
     threads: int = 0,
     engine: str | Path | None = None,
     spin: bool = True,
+    batch: int = 1,
 ) -> Runner:
-    """A loaded runner of BACKEND for BUNDLE (errors name what is missing and where to get it)."""
+    """A loaded runner of BACKEND for BUNDLE (errors name what is missing and where to get it); BATCH:
+    the most frames the caller sends in one call (a TensorRT engine's profile must take them)."""
     if backend == "onnxruntime":
         return OnnxRuntimeRunner(bundle.model_path, providers=providers, threads=threads, spin=spin).load()
     if backend == "tensorrt":
-        return TensorRTRunner.from_bundle(bundle, engine=engine).load()
+        return TensorRTRunner.from_bundle(bundle, engine=engine, batch=batch).load()
     raise ValueError(f"unknown backend {backend!r}; available: onnxruntime, tensorrt")
 
 

@@ -21,6 +21,7 @@ from edgesdk.devices import cuda_device, current_gpu
 from edgesdk.engines import (
     EngineError,
     TensorRTUnavailable,
+    batch_problem,
     find_engine,
     import_tensorrt,
     installed_tensorrt,
@@ -93,10 +94,18 @@ class TensorRTRunner(Runner):
         self.context: trt.IExecutionContext | None = None
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, engine: str | Path | None = None, **_: Any) -> "TensorRTRunner":
+    def from_bundle(
+        cls, bundle: Bundle, engine: str | Path | None = None, batch: int = 1, **_: Any
+    ) -> "TensorRTRunner":
+        """The runner of ENGINE, else of the plan find_engine picks; either must take BATCH frames a call
+        (a run of BATCH cameras), checked before anything is loaded."""
         if engine is None:
             trt_mod = installed_tensorrt(bundle)
-            engine = find_engine(bundle, module=trt_mod.__name__, version=trt_mod.__version__, gpu=_gpu_or_none())
+            engine = find_engine(
+                bundle, module=trt_mod.__name__, version=trt_mod.__version__, gpu=_gpu_or_none(), batch=batch
+            )
+        elif why := batch_problem(load_plan_sidecar(engine), batch):
+            raise EngineError(f"{engine}: {why}")
         return cls(engine, bundle)
 
     def load(self) -> "TensorRTRunner":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgesdk.cli._common import batch, dla, emit, progress_on, table
+from edgesdk.cli._common import batch, count, dla, emit, progress_on, table
 
 
 def _workspace(text: str) -> int:
@@ -88,7 +88,10 @@ def cmd_build(args) -> None:
 
     device = load_profile(args.device)
     cfg = BuildConfig(
-        batch=args.batch, workspace_mb=args.workspace, dla_core=args.dla, timing_cache=not args.no_timing_cache
+        batch=(1, args.max_batch, args.max_batch) if args.max_batch else args.batch,
+        workspace_mb=args.workspace,
+        dla_core=args.dla,
+        timing_cache=not args.no_timing_cache,
     )
     if progress_on(args):
         say(f"building {args.bundle} for {device.name} ({device.description}) with {device.tensorrt_module}")
@@ -150,7 +153,15 @@ def add_commands(sub) -> None:
         "own profile (a value with / or ending in .toml is a path)",
     )
     s.add_argument("--out", help="engine folder (default BUNDLE/engines)")
-    s.add_argument("--batch", type=batch, default=(1, 1, 4), help="optimization profile MIN:OPT:MAX (default 1:1:4)")
+    sizes = s.add_mutually_exclusive_group()
+    sizes.add_argument(
+        "--batch", type=batch, default=(1, 1, 4), help="optimization profile MIN:OPT:MAX (default 1:1:4)"
+    )
+    sizes.add_argument(
+        "--max-batch",
+        type=count,
+        help="a run of N cameras (`run --source` N times) sends N frames a call: profile 1:N:N, tuned for N",
+    )
     s.add_argument("--workspace", type=_workspace, default=1024, help="builder workspace, MB")
     s.add_argument("--dla", type=dla, default=-1, help="DLA core (Jetson Orin/Xavier); layers it lacks run on the GPU")
     s.add_argument("--force", action="store_true", help="rebuild even if a matching plan exists")

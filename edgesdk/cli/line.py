@@ -84,22 +84,22 @@ def cmd_calibrate(args) -> None:
         progress=not args.quiet,
         force=args.force,
     )
-    text = table(
-        [
-            {
-                "bundle": args.out,
-                "frames": st["frames"],
-                "good mean z": st["mean"],
-                "good std z": st["std"],
-                "threshold": f"{st['old_threshold']:.3f} -> {st['threshold']:.3f}",
-                "good flagged before": st["flagged_at_old_threshold"],
-                "good flagged after": st["flagged_at_new_threshold"],
-                "suspect frames": st["suspect_frames"],
-            }
-        ],
-        title=f"line calibration on {args.source}",
-    )
-    emit(args, st, text)
+    per = st["sources"] if len(args.source) > 1 else {args.source[0]: st}
+    rows = [
+        {
+            **({"source": name} if len(per) > 1 else {"bundle": args.out}),
+            "frames": x["frames"],
+            "good mean z": x["mean"],
+            "good std z": x["std"],
+            "threshold": f"{x['old_threshold']:.3f} -> {x['threshold']:.3f}",
+            "good flagged before": x["flagged_at_old_threshold"],
+            "good flagged after": x["flagged_at_new_threshold"],
+            "suspect frames": x["suspect_frames"],
+        }
+        for name, x in per.items()
+    ]
+    title = f"line calibration on {args.source[0]}" if len(per) == 1 else f"per-source calibration into {args.out}"
+    emit(args, st, table(rows, title=title))
 
 
 def cmd_adapt(args) -> None:
@@ -194,7 +194,14 @@ def add_commands(sub) -> None:
         "source, into a new bundle (the original stays intact)",
     )
     s.add_argument("bundle")
-    s.add_argument("--source", required=True, help="known-good frames: file://good.mp4, a folder, a camera URI")
+    s.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        help="known-good frames: file://good.mp4, a folder, a camera URI; given more than once, each source "
+        "(named by ?name=, else its URI, as for `run`) gets its own threshold and drift reference, which a "
+        "run with several sources picks by name",
+    )
     s.add_argument("--frames", type=int, default=200, help="frames to score (default 200, at least 30)")
     s.add_argument("--out", required=True, help="the calibrated bundle's folder")
     s.add_argument(

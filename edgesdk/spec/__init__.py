@@ -15,6 +15,7 @@ from edgesdk.spec.manifest import (
     Threshold,
     check_file_name,
     file_entry,
+    source_name_problem,
 )
 from edgesdk.spec.typed import (
     COMPUTE_CAPABILITY,
@@ -68,4 +69,5 @@ __all__ = [
     "load_json",
     "load_toml",
     "sha256_file",
+    "source_name_problem",
 ]

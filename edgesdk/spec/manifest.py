@@ -82,6 +82,8 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     adapt: AdaptSpec | None = None  # what `edgesdk adapt` needs (spec/adapt.py); None: it cannot
     kinds: tuple[str, ...] = ()  # defect kind names of a supervised model: kind_map holds indices into it
+    # `calibrate --source A --source B`: each camera's own threshold, by the source's name (stream/multi.py)
+    thresholds_by_source: dict[str, Threshold] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +139,7 @@ class Manifest:
             schema_version=version,
             adapt=adapt,
             kinds=_kinds(_field(d, "kinds", list, where, default=[]), where),
+            thresholds_by_source=_by_source(_field(d, "thresholds_by_source", dict, where, default={}), where),
         )
 
     @classmethod
@@ -208,13 +211,32 @@ def _output_spec(d: dict, where: str, name: str) -> OutputSpec:
     )
 
 
-def _threshold(d: dict, where: str) -> Threshold:
-    _no_unknown(d, ("value", "source", "detail"), where, "threshold")
+def _threshold(d: dict, where: str, name: str = "threshold") -> Threshold:
+    _no_unknown(d, ("value", "source", "detail"), where, name)
     return Threshold(
-        value=_field(d, "value", float, where, "threshold"),
-        source=_field(d, "source", str, where, "threshold"),
-        detail=_field(d, "detail", dict, where, "threshold", default={}),
+        value=_field(d, "value", float, where, name),
+        source=_field(d, "source", str, where, name),
+        detail=_field(d, "detail", dict, where, name, default={}),
     )
+
+
+def source_name_problem(name: object) -> str:
+    """Why NAME cannot name a camera of a multi-source run (its ?name=, or its URI), or "" when it can."""
+    if not isinstance(name, str) or not name or len(name) > 256:
+        return f"must be a non-empty string of at most 256 characters, got {name!r}"[:200]
+    return f"{name[:80]!r} holds a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name) else ""
+
+
+def _by_source(d: dict, where: str) -> dict[str, Threshold]:
+    out = {}
+    for name, thr in d.items():
+        if why := source_name_problem(name):
+            raise SpecError(f"{where}: field thresholds_by_source has a source name that {why}")
+        field_name = f"thresholds_by_source[{name!r}]"
+        if not isinstance(thr, dict):
+            raise SpecError(f"{where}: field {field_name} must be an object, got {_kind(thr)}")
+        out[name] = _threshold(thr, where, field_name)
+    return out
 
 
 def _kinds(names: list, where: str) -> tuple[str, ...]:

@@ -57,6 +57,9 @@ class DetectorOptions:
     min_region_area: int = 4  # ignore specks smaller than this (map pixels: model's, tiled: frame's)
     verify: bool = True  # check file hashes when opening the bundle
     tile: TileSpec | None = None  # score tile by tile (stream/tiling.py); None: the whole frame, resized
+    batch: int = (
+        1  # the most frames one call scores (a run of N cameras: N); a TensorRT engine's profile must take them
+    )
 
 
 def _stages_ms(t0: float, t1: float, t2: float, t3: float) -> dict:
@@ -85,7 +88,7 @@ class Detector:
         self.tile_hw = opts.tile.resolve(self.size) if opts.tile is not None else None  # (th, tw) frame pixels
         self.kinds = self.bundle.manifest.kinds  # () for the anomaly models: no kind_map output
         self.runner: Runner = open_runner(
-            opts.backend, self.bundle, opts.providers, opts.threads, opts.engine, opts.spin
+            opts.backend, self.bundle, opts.providers, opts.threads, opts.engine, opts.spin, opts.batch
         )
 
     def __enter__(self) -> "Detector":

@@ -20,10 +20,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgesdk.spec import SpecError
+from edgesdk.spec import SpecError, source_name_problem
 from edgesdk.spec.typed import load_json
 
 DRIFT_FILE = "drift.json"
+SOURCES_FILE = "drift_sources.json"  # one reference per camera: `calibrate --source A --source B`
 SCHEMA = 1
 SIDE = 64  # the grey copy every image statistic is taken on: (SIDE, SIDE) float32
 IMAGE_STATS = ("brightness", "contrast", "sharpness")
@@ -145,6 +146,23 @@ def load_reference(bundle) -> Reference | None:
         return None
     path = Path(bundle.path) / DRIFT_FILE
     return Reference.from_dict(load_json(path, "drift reference listed in the manifest but missing"), str(path))
+
+
+def load_source_references(bundle) -> dict[str, Reference]:
+    """Each camera's reference by source name (SOURCES_FILE: {"schema", "sources": {name: reference}}), or
+    {} when the manifest lists no SOURCES_FILE. Checked like load_reference."""
+    if SOURCES_FILE not in bundle.manifest.files:
+        return {}
+    path = Path(bundle.path) / SOURCES_FILE
+    d = load_json(path, "per-source drift references listed in the manifest but missing")
+    if not isinstance(d, dict) or d.get("schema") != SCHEMA or not isinstance(d.get("sources"), dict):
+        raise SpecError(f"{path}: expected {{'schema': {SCHEMA}, 'sources': {{name: reference}}}}")
+    out = {}
+    for name, ref in d["sources"].items():
+        if why := source_name_problem(name):
+            raise SpecError(f"{path}: field sources has a source name that {why}")
+        out[name] = Reference.from_dict(ref, f"{path}: sources[{name!r}]")
+    return out
 
 
 class ReferenceBuilder:

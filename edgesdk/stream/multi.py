@@ -12,16 +12,21 @@ The deadline bounds what a slow or cut camera costs the others: a frame waits at
 `deadline_ms` for batch-mates, then goes with whichever frames are there. File sources are always
 ready, so their batches are full. Each record carries `source` (the URI's ?name=, else the URI with
 secrets hidden) and `batch` (frames in its inference call); latency_ms.queue includes the batching
-wait, latency_ms.infer is the whole batch's call. A source may carry its own threshold
-(?threshold=X, finite; else the run's). Frames, drops, reconnects and latency are counted per
-source: in the summary's `sources` and on the preview's /metrics (label `source`). max_frames
-counts each source's frames. Under systemd the run sends READY, watchdog pings while records
-come out, and STOPPING. Drift alarms, tiling (?tile=) and the hot model switch are for single-source
+wait, latency_ms.infer is the whole batch's call. A source's threshold is its ?threshold=X (finite),
+else the run's --threshold, else its own calibrated one (`calibrate --source A --source B` writes the
+manifest's thresholds_by_source, by name), else the bundle's; the summary's `sources` says which
+(threshold_source). Each source has its own drift alarms (stream/drift.py) against its own reference
+(drift_sources.json from the same calibration; without one, image drift against its first frames):
+events go into that source's records, carrying `source`. Frames, drops, reconnects, latency and
+drift are counted per source: in the summary's `sources` and on the preview's /metrics (label
+`source`). max_frames counts each source's frames. Under systemd the run sends READY, watchdog pings
+while records come out, and STOPPING. Tiling (?tile=) and the hot model switch are for single-source
 runs."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import queue
 import threading
@@ -36,6 +41,8 @@ from edgesdk.errors import OptionError, finite
 from edgesdk.measure.metrics import LatencyWindow
 from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.stream.detector import Detector, DetectorOptions, Result
+from edgesdk.stream.drift import KINDS, DriftMonitor, DriftOptions
+from edgesdk.stream.drift_ref import Reference, load_source_references
 from edgesdk.stream.sinkguard import open_guarded, public_uri
 from edgesdk.stream.stages import READ_TIMEOUT_S, error_record, lower_priority, make_record
 from edgesdk.stream.switch import model_id
@@ -65,10 +72,11 @@ def split_source(uri: str) -> tuple[str, str, float | None]:
 
 
 class _Source:
-    """One camera of the run: its source, queue, threshold and counters."""
+    """One camera of the run: its source, queue, threshold (and where it came from), drift alarms and counters."""
 
-    def __init__(self, uri: str, src, name: str, threshold: float):
-        self.uri, self.src, self.name, self.threshold = uri, src, name, threshold
+    def __init__(self, uri: str, src, name: str, threshold: tuple[float, str], drift: DriftMonitor | None = None):
+        self.uri, self.src, self.name, self.drift = uri, src, name, drift
+        self.threshold, self.threshold_source = threshold
         self.queue: collections.deque = collections.deque()
         self.ended = False
         self.n = self.n_bad = self.n_errors = self.dropped = 0
@@ -84,7 +92,9 @@ class _Source:
             "dropped_frames": self.dropped + st.get("dropped_at_source", 0),
             "reconnects": st.get("reconnects", 0),
             "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
             "latency_ms": self.lat.stats(),
+            "drift": self.drift.stats() if self.drift is not None else None,
         }
 
 
@@ -210,6 +220,10 @@ class MultiLoop:
             return
         record = make_record(frame, result, cam.threshold, read_ms, queue_ms, model_id(self.det))
         record["source"], record["batch"] = cam.name, size
+        if cam.drift is not None and (
+            events := cam.drift.update(frame.frame_id, frame.image, result.score, not result.is_anomalous)
+        ):
+            record["drift"] = [{**e, "source": cam.name} for e in events]
         for k, v in record["latency_ms"].items():
             self.lat.setdefault(k, LatencyWindow()).add(v)
         cam.lat.add(record["latency_ms"]["total"])
@@ -235,12 +249,52 @@ class MultiLoop:
     def health(self) -> dict:
         """What the preview's /metrics and the MQTT health topic show: totals and each source's."""
         per = {c.name: c.stats() for c in self.cams}
+        drift = {n: s["drift"] for n, s in per.items() if s["drift"] is not None}
         return {
             "dropped_frames": sum(s["dropped_frames"] for s in per.values()),
             "reconnects": sum(s["reconnects"] for s in per.values()),
             "sinks": {g.uri: g.health() for g in self.outs},
             "sources": per,
+            # events of every camera by kind (each camera's own: its `drift`, and drift.sources)
+            **(
+                {"drift": {"events": {k: sum(d["events"][k] for d in drift.values()) for k in KINDS}, "sources": drift}}
+                if drift
+                else {}
+            ),
         }
+
+
+def _threshold(det: Detector, opts: DetectorOptions, name: str, uri_threshold: float | None) -> tuple[float, str]:
+    """A source's threshold and where it came from: its ?threshold=, else the run's (opts.threshold), else
+    its own calibrated one (the manifest's thresholds_by_source, by name), else the bundle's."""
+    by_source = det.bundle.manifest.thresholds_by_source
+    if uri_threshold is not None:
+        return uri_threshold, "uri"
+    if opts.threshold is not None:
+        return det.threshold, "option"
+    if name in by_source:
+        return finite(
+            by_source[name].value, f"thresholds_by_source[{name!r}].value", str(det.bundle.path)
+        ), "calibrated"
+    if by_source:
+        log.warning(
+            "source %r has no calibrated threshold in %s (it has %s): it uses the bundle's threshold %.4g",
+            name,
+            det.bundle.path,
+            ", ".join(map(repr, sorted(by_source))),
+            det.threshold,
+        )
+    return det.threshold, "bundle"
+
+
+def _drift(opts: DriftOptions, refs: dict[str, Reference], name: str) -> DriftMonitor | None:
+    """A source's drift alarms against its own reference (`calibrate` with several sources), else against
+    its first frames (image drift only): a reference made on another camera would alarm on the view."""
+    if not opts.enabled:
+        return None
+    if name not in refs:
+        log.info("drift: source %r has no reference of its own in the bundle: score drift not checked for it", name)
+    return DriftMonitor(opts, refs.get(name))
 
 
 def run_multi(
@@ -254,6 +308,7 @@ def run_multi(
     strict: bool = False,
     deadline_ms: float = DEFAULT_DEADLINE_MS,
     queue_depth: int = 4,
+    drift: DriftOptions = DriftOptions(enabled=False),
 ) -> dict:
     """Score every source into each sink, frames of all sources batched into one inference call
     (the module's notes). OPTS are the loop's detector options (pipeline.stream_options)."""
@@ -268,11 +323,13 @@ def run_multi(
     notifier = Notifier()  # under systemd (Type=notify): READY, watchdog pings while records come out, STOPPING
     with ExitStack() as stack:
         stack.callback(notifier.close)
-        det = stack.enter_context(Detector(bundle, opts))
+        # a TensorRT engine is picked for its profile to take one frame per source (engines.find_engine)
+        det = stack.enter_context(Detector(bundle, dataclasses.replace(opts, batch=len(parsed))))
+        refs = load_source_references(det.bundle) if drift.enabled else {}  # a bad file stops the start
         cams = []
         for uri, name, thr in parsed:
             src = stack.enter_context(open_source(uri, errors="raise" if strict else "record"))
-            cams.append(_Source(uri, src, name, det.threshold if thr is None else thr))
+            cams.append(_Source(uri, src, name, _threshold(det, opts, name, thr), _drift(drift, refs, name)))
         outs = [stack.enter_context(open_guarded(s)) for s in sinks]
         loop = MultiLoop(det, cams, outs, max(1, queue_depth), max_frames, on_record, stop, deadline_ms)
         for out in outs:
@@ -328,6 +385,6 @@ def run_multi(
         "streams": 1,
         "threads_per_stream": opts.threads,
         "model": model_id(det),
-        "drift": None,
+        "drift": health.get("drift"),
         "latency_ms": {k: v.stats() for k, v in loop.lat.items()},
     }

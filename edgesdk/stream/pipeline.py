@@ -155,11 +155,19 @@ def run_stream(
     cv2.setNumThreads(1)
     try:
         if len(sources) != 1:
-            if drift.enabled:
-                log.warning("drift alarms watch single-source runs; %d sources run without them", len(sources))
             folder = bundle_folder(path) if path is not None else bundle
             return run_multi(
-                folder, sources, sinks, det_opts, max_frames, on_record, stop, strict, batch_deadline_ms, queue_depth
+                folder,
+                sources,
+                sinks,
+                det_opts,
+                max_frames,
+                on_record,
+                stop,
+                strict,
+                batch_deadline_ms,
+                queue_depth,
+                drift,
             )
         source = sources[0]
         with ExitStack() as stack:

@@ -192,6 +192,15 @@ class PreviewSink(Sink):
                 label,
             )
             m("edgesdk_source_reconnects_total", "counter", "Times this source was reopened.", c["reconnects"], label)
+            m("edgesdk_source_threshold", "gauge", "This source's threshold in score units.", c["threshold"], label)
+            for kind, n in ((c.get("drift") or {}).get("events") or {}).items():
+                m(
+                    "edgesdk_source_drift_events_total",
+                    "counter",
+                    "Drift episodes of this source, by kind (stream/drift.py).",
+                    n,
+                    f'{{source="{_label(name)}",kind="{_label(kind)}"}}',
+                )
             for q in ("50", "99"):
                 v = c["latency_ms"].get(f"p{q}", 0.0)
                 m(
