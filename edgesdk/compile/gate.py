@@ -192,7 +192,8 @@ def lower_precision(
     plan = [(0.0, "")] + (
         [(s, "fp16") for s in TRT_STEPS] + [(TRT_STEPS[-1], "fp32")] if mixed else [(s, "fp32") for s in STEPS]
     )
-    scales, searched = None, {}  # searched once on the all-INT8 graph; later attempts reuse them
+    scales: dict[str, float] | None = None  # searched once on the all-INT8 graph; later attempts reuse them
+    searched: dict = {}
     for step, fallback in plan:
         if step:
             if not ranked:  # rank once, from the first (all-quantized) attempt
