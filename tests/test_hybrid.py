@@ -304,3 +304,26 @@ def test_tensorrt_engine_builds_from_the_hybrid_graph(hybrid, tmp_path):
     r = build_engine(b, load_profile("rtx"), BuildConfig(batch=(1, 1, 2)), out=tmp_path / "engine")
     assert r.sidecar.model == "hybrid" and r.sidecar.strongly_typed and r.sidecar.precision == "fp32"
     assert r.plan.stat().st_size > 100_000 and r.sidecar.tensorrt_version == trt.__version__
+
+
+def test_tiled_frames_name_unknown_regions_too(hybrid, tiny_data):
+    """A 256x256 frame of 2x2 good parts with a left-out scratch in the bottom-left tile: the tiled
+    region gets the kind that tile gets scored alone, unknown included (the head's map is stitched)."""
+    from edgesdk.data.synth import paint_defect
+    from edgesdk.images import list_images, read_image
+    from edgesdk.stream.detector import Detector, DetectorOptions
+    from edgesdk.stream.tiling import TileSpec
+
+    goods = [read_image(p) for p in list_images(tiny_data / "brick" / "train" / "good")[:4]]
+    clean = np.concatenate([np.concatenate(goods[:2], axis=1), np.concatenate(goods[2:], axis=1)], axis=0)
+    with Detector(hybrid[1], DetectorOptions(tile=TileSpec())) as tiled, Detector(hybrid[1]) as whole:
+        for seed in range(1, 9):  # the first painted scratch the tile alone calls unknown (some look like a smudge)
+            frame = clean.copy()
+            frame[128:, :128], _ = paint_defect(frame[128:, :128], LEFT_OUT, np.random.default_rng(seed), (64, 64))
+            alone = whole.predict(np.ascontiguousarray(frame[128:, :128]))
+            if alone.regions and alone.regions[0].kind == "unknown":
+                break
+        else:
+            pytest.fail("no painted scratch is unknown to the segmenter")
+        r = tiled.predict(frame)
+    assert r.regions and r.regions[0].kind == "unknown"

@@ -218,7 +218,10 @@ class Detector:
         else:
             amap = tiling.stitch(out["anomaly_map"], origins, self.tile_hw, frame.shape[:2])  # (H, W)
         score = float(out["score"].max())
-        regions = self.regions(amap, frame.shape, kind_map=kind_map)
+        known = (  # a hybrid's kind-naming head, stitched like the map: (H, W)
+            tiling.stitch(out[self.known_output], origins, self.tile_hw, frame.shape[:2]) if self.known_output else None
+        )
+        regions = self.regions(amap, frame.shape, kind_map=kind_map, known_map=known)
         t3 = time.perf_counter()
         lat = _stages_ms(t0, t1, t2, t3)
         return Result(score, score > self.threshold, amap, regions, lat, len(origins), kind_map)
