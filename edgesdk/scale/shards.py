@@ -84,7 +84,8 @@ def open_run(out: str | Path, record: dict) -> Path:
 
 
 def done_shards(out: Path, shards: list[list[str]]) -> set[int]:
-    """Indices of the shards whose part file is complete (readable, with the shard's row count)."""
+    """Indices of the shards whose part file is complete: readable, holding exactly the shard's paths in
+    order (a row count alone would trust a part copied in from another run and lose this shard's images)."""
     _, pq = pyarrow_modules()
     done = set()
     for i, shard in enumerate(shards):
@@ -92,7 +93,7 @@ def done_shards(out: Path, shards: list[list[str]]) -> set[int]:
         if not p.is_file():
             continue
         try:
-            if pq.read_metadata(p).num_rows == len(shard):
+            if pq.read_table(p, columns=["path"]).column("path").to_pylist() == shard:
                 done.add(i)
         except Exception:  # noqa: BLE001 - a damaged part (pyarrow raises several types) is scored again
             pass
@@ -110,6 +111,12 @@ def read_table(out: str | Path) -> Any:
     """Every part of OUT as one pyarrow Table, in shard order (= sorted path order)."""
     pa, pq = pyarrow_modules()
     parts = sorted(Path(out).glob("part-*.parquet"))
+    try:  # only this run's shards: a stray part-*.parquet beyond them would add rows no image of the run has
+        run = json.loads((Path(out) / RUN_FILE).read_text())
+        ours = {part_path(Path(out), i) for i in range(-(-int(run["n_images"]) // int(run["shard_size"])))}
+        parts = [p for p in parts if p in ours]
+    except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError):
+        pass  # no readable run record: every part, as pyarrow itself reads the folder
     if not parts:
         raise EdgesdkError(f"{out}: no part-*.parquet files; run `edgesdk score` into it first")
     return pa.concat_tables([pq.read_table(p, schema=schema()) for p in parts])
