@@ -4,9 +4,12 @@ or counted (every image exactly once); Ctrl-C on the pool ends the run with a me
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,43 @@ def test_a_stray_part_beyond_the_runs_shards_is_not_counted(bundle, tiny_data, t
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["resumed"] == len(paths) and s["ng"] + s["good"] + s["errors"] == len(paths)
+
+
+def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle, tiny_data, tmp_path):
+    src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
+    arch, out, n = tmp_path / "archive", tmp_path / "o", 200
+    arch.mkdir()
+    for i in range(n):
+        (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
+    argv = [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
+    argv += ["--batch", "2", "--workers", "2", "-q"]
+    # A terminal's Ctrl-C: SIGINT to the whole process group (the pool's workers too), default handling.
+    p = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("part-*.parquet"))) < 3 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        err = p.communicate(timeout=90)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("the pool hung after Ctrl-C")
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    kept = len(list(out.glob("part-*.parquet")))
+    assert 3 <= kept < n // 2 and not list(out.glob(".*.tmp"))
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 2, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["resumed"] == 2 * kept and s["scored"] == n - 2 * kept
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == n
