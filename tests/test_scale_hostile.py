@@ -92,3 +92,23 @@ def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle,
     assert s["resumed"] == 2 * kept and s["scored"] == n - 2 * kept
     paths = pq.read_table(out).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == n
+
+
+def test_labels_csv_with_a_bom_non_utf8_or_conflicting_rows(tmp_path):
+    from edgesdk.errors import DataError
+    from edgesdk.scale.compare import csv_labels
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfa.png,ng\nb.png,good\n")  # as spreadsheets save "CSV UTF-8", no header
+    assert csv_labels(bom) == {str(tmp_path / "a.png"): 1, str(tmp_path / "b.png"): 0}
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"caf\xe9.png,ng\n")
+    with pytest.raises(DataError, match=r"--labels .*latin\.csv: not UTF-8"):
+        csv_labels(latin)
+    both = tmp_path / "both.csv"
+    both.write_text("path,label\na.png,ng\nb.png,good\n./a.png,good\n")
+    with pytest.raises(DataError, match=r"both\.csv: line 4: './a.png' is labelled both good and defective"):
+        csv_labels(both)
+    same = tmp_path / "same.csv"
+    same.write_text("a.png,ng\na.png,scratch\n")  # a repeated row that agrees is harmless
+    assert csv_labels(same) == {str(tmp_path / "a.png"): 1}
