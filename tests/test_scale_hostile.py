@@ -112,3 +112,16 @@ def test_labels_csv_with_a_bom_non_utf8_or_conflicting_rows(tmp_path):
     same = tmp_path / "same.csv"
     same.write_text("a.png,ng\na.png,scratch\n")  # a repeated row that agrees is harmless
     assert csv_labels(same) == {str(tmp_path / "a.png"): 1}
+
+
+def test_pool_workers_beyond_the_cores_are_capped(bundle, tiny_data, tmp_path, monkeypatch):
+    from edgesdk.scale.run import ScoreOptions, score_archive
+
+    arch = tmp_path / "archive"
+    arch.mkdir()
+    for p in sorted((tiny_data / "brick" / "test").rglob("*.png"))[:3]:
+        shutil.copy(p, arch / f"{p.parent.name}-{p.name}")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # a 2-core machine, whatever runs the test
+    r = score_archive(bundle, arch, tmp_path / "o", ScoreOptions(batch=1, workers=10_000, progress=False))
+    assert r["workers"] == 2 and r["n_images"] == r["scored"] == 3
+

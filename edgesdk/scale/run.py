@@ -72,7 +72,8 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
     else:
         from edgesdk.scale.pool import run_pool
 
-        workers = min(opts.workers or cores, max(1, len(jobs)))
+        # capped at the cores: each worker is a process with its own session; more only contend for the CPUs
+        workers = min(opts.workers or cores, cores, max(1, len(jobs)))
         threads = opts.threads or max(1, cores // workers)  # workers x threads ~ cores
         results = run_pool(str(bundle), jobs, opts.batch, workers, threads) if jobs else iter(())
     t0 = time.perf_counter()
