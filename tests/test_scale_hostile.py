@@ -125,3 +125,16 @@ def test_pool_workers_beyond_the_cores_are_capped(bundle, tiny_data, tmp_path, m
     r = score_archive(bundle, arch, tmp_path / "o", ScoreOptions(batch=1, workers=10_000, progress=False))
     assert r["workers"] == 2 and r["n_images"] == r["scored"] == 3
 
+
+def test_a_non_utf8_file_name_is_refused_naming_it_not_a_crash(bundle, tmp_path):
+    arch = tmp_path / "archive"
+    arch.mkdir()
+    os.symlink(Path(bundle) / "manifest.json", os.fsencode(arch) + b"/caf\xe9.png")  # any file: never read
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(os.fsencode(arch) + b"/caf\xe9.png\n")
+    for images in (arch, listing):
+        r = cli("score", bundle, "--images", images, "--out", tmp_path / "o", "--workers", 1, "-q")
+        assert r.returncode == 2, (r.returncode, r.stderr)  # was a segfault in cv2.imread (-11)
+        assert f"--images {images}: 1 path(s) not valid UTF-8" in r.stderr and "caf\\xe9.png" in r.stderr
+        assert not (tmp_path / "o").exists()
+
