@@ -138,3 +138,12 @@ def test_a_non_utf8_file_name_is_refused_naming_it_not_a_crash(bundle, tmp_path)
         assert f"--images {images}: 1 path(s) not valid UTF-8" in r.stderr and "caf\\xe9.png" in r.stderr
         assert not (tmp_path / "o").exists()
 
+
+def test_out_a_dangling_symlink_is_refused_naming_it(bundle, tiny_data, tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    images = tiny_data / "brick" / "test" / "good"
+    for argv in (("score", bundle), ("compare", bundle, bundle)):
+        r = cli(*argv, "--images", images, "--out", tmp_path / "out", "--workers", 1, "-q")
+        assert r.returncode == 2 and f"--out {tmp_path / 'out'}: a symbolic link to" in r.stderr, r.stderr
+        assert not (tmp_path / "nowhere").exists()
+

@@ -82,6 +82,8 @@ def compare_archives(
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
         raise EdgesdkError(f"--out {out}: not empty and has no {MARKER}, so it is not an `edgesdk compare` folder")
+    if out.is_symlink() and not out.exists():  # mkdir would say only "File exists"
+        raise EdgesdkError(f"--out {out}: a symbolic link to {out.readlink()}, which does not exist; give a folder")
     paths = inputs.resolve(images)
     truth = csv_labels(labels) if labels is not None else layout_labels(images, paths)
     out.mkdir(parents=True, exist_ok=True)

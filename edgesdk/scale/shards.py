@@ -54,6 +54,8 @@ def open_run(out: str | Path, record: dict) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdgesdkError(f"--out {out}: is a file; give a folder")
+    if out.is_symlink() and not out.exists():  # mkdir would say only "File exists"
+        raise EdgesdkError(f"--out {out}: a symbolic link to {out.readlink()}, which does not exist; give a folder")
     if out.is_dir() and any(out.iterdir()):
         run_file = out / RUN_FILE
         try:
