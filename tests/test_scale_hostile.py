@@ -147,3 +147,12 @@ def test_out_a_dangling_symlink_is_refused_naming_it(bundle, tiny_data, tmp_path
         assert r.returncode == 2 and f"--out {tmp_path / 'out'}: a symbolic link to" in r.stderr, r.stderr
         assert not (tmp_path / "nowhere").exists()
 
+
+def test_resume_removes_only_its_own_temporary_parts(bundle, tiny_data, tmp_path):
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)
+    ours, theirs = out / ".part-000001.parquet.k3j9.tmp", out / ".part-notes.tmp"
+    ours.write_bytes(b"half a part")
+    theirs.write_text("someone's notes")
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "-q")
+    assert r.returncode == 0, r.stderr
+    assert not ours.exists() and theirs.read_text() == "someone's notes"

@@ -75,7 +75,8 @@ def open_run(out: str | Path, record: dict) -> Path:
                     f"{run_file}: {key} is {old.get(key)!r} but this run's is {record[key]!r} (a folder made "
                     "for another bundle or input list); choose a new --out to score these"
                 )
-        for tmp in out.glob(".part-*.tmp"):  # a killed run's half-written part: ours, never renamed in
+        # a killed run's half-written part (fsutil's temp name for part-NNNNNN.parquet): ours, never renamed in
+        for tmp in out.glob(".part-[0-9][0-9][0-9][0-9][0-9][0-9].parquet.*.tmp"):
             tmp.unlink(missing_ok=True)
         return out
     out.mkdir(parents=True, exist_ok=True)
