@@ -1,6 +1,6 @@
 """`edgesdk` command line: each subcommand parses arguments, calls one public function and prints.
 
-One module per command group (data, workstation, line, measure, device, demo, deploy, fleet), each
+One module per command group (data, workstation, line, measure, scale, device, demo, deploy, fleet), each
 with add_commands(sub). Heavy modules (torch, onnx, numpy) are
 imported inside the commands that need them, so `edgesdk --help` is quick and `edgesdk eval`,
 `predict` and `run` work on a device with only the base install."""
@@ -14,9 +14,9 @@ import sys
 
 def command_groups() -> tuple:
     """The command-group modules, in --help order: build_parser calls each one's add_commands(sub)."""
-    from edgesdk.cli import data, demo, deploy, device, fleet, line, measure, workstation
+    from edgesdk.cli import data, demo, deploy, device, fleet, line, measure, scale, workstation
 
-    return (data, workstation, line, measure, device, demo, deploy, fleet)
+    return (data, workstation, line, measure, scale, device, demo, deploy, fleet)
 
 
 def _verbosity(p: argparse.ArgumentParser, default) -> None:

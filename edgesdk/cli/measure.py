@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgesdk.cli._common import count, detector_opts, emit, progress_on, runtime_args, stage_table, table
+from edgesdk.cli.scale import scale_args
 
 
 def cmd_eval(args) -> None:
@@ -43,6 +44,10 @@ def cmd_eval(args) -> None:
 
 
 def cmd_compare(args) -> None:
+    if args.images is not None:
+        return _compare_archives(args)
+    if args.out or args.labels:
+        raise ValueError("--out and --labels go with --images (an archive); --data compares on a test set")
     from edgesdk.fsutil import write_json
     from edgesdk.measure.compare import compare_bundles
 
@@ -66,6 +71,46 @@ def cmd_compare(args) -> None:
             ]
         )
     )
+    if args.json:
+        write_json(args.json, r)
+
+
+def _compare_archives(args) -> None:
+    from edgesdk.cli.scale import scale_opts
+    from edgesdk.fsutil import write_json
+    from edgesdk.scale.compare import compare_archives
+
+    if not args.out:
+        raise ValueError("compare --images needs --out DIR (both bundles' Parquet, flips.csv)")
+    r = compare_archives(args.a, args.b, args.images, args.out, scale_opts(args), args.labels)
+    f, s = r["flips"], r["shift"]
+    print(
+        table(
+            [
+                {"flip": "good -> NG", "images": f["good_to_ng"], "first paths": ", ".join(f["first_good_to_ng"])},
+                {"flip": "NG -> good", "images": f["ng_to_good"], "first paths": ", ".join(f["first_ng_to_good"])},
+            ],
+            title=f"{args.a} (A) -> {args.b} (B) on {r['n_images']} images of {args.images}; every flip: {f['file']}",
+        )
+    )
+    rows = []
+    for k in ("a", "b"):
+        lab = (r["labels"] or {}).get(k) or {}
+        run = r[k]
+        rows.append(
+            {
+                "bundle": k.upper(),
+                "NG": r[f"ng_{k}"],
+                "errors": run["errors"],
+                "median score": (s[k] or {}).get("median"),
+                "p95 score": (s[k] or {}).get("p95"),
+                "image AUROC": lab.get("image_auroc"),
+                "recall": lab.get("recall"),
+            }
+        )
+    print(table(rows, title=f"scores (correlation A-B {s['correlation']}, median B-A {s['median_b_minus_a']})"))
+    if r["labels"] is None:
+        print("no labels: give --labels CSV (path,label) or an MVTec test folder (good/, <defect>/) for AUROC")
     if args.json:
         write_json(args.json, r)
 
@@ -182,12 +227,17 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser(
         "compare",
-        help="two bundles side by side on labelled data: AUROC, score differences, "
-        "verdict flips, size, ONNX Runtime p50",
+        help="two bundles side by side on labelled data (--data: AUROC, score differences, verdict flips, "
+        "size, ONNX Runtime p50) or over an image archive (--images: flips with paths, score shift)",
     )
     s.add_argument("a")
     s.add_argument("b")
-    s.add_argument("--data", required=True, help="MVTec category (uses test/) or a labelled folder (good/, <defect>/)")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", help="MVTec category (uses test/) or a labelled folder (good/, <defect>/)")
+    what.add_argument("--images", help="an archive, as for score: a folder (recursive), a glob or a list of paths")
+    s.add_argument("--out", help="--images: output folder (A/, B/ Parquet, flips.csv, compare.json); resumable")
+    s.add_argument("--labels", help="--images: a CSV of path,label (0/good, 1/NG) for AUROC and recall")
+    scale_args(s)
     s.add_argument("--json", help="write the comparison here")
     s.set_defaults(fn=cmd_compare)
 

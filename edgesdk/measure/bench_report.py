@@ -30,6 +30,7 @@ COLUMNS = [
     ("fps", "FPS"),
     ("cold_start_ms", "cold start ms"),
     ("peak_rss_mb", "peak RSS MB"),
+    ("rss_mb", "RSS MB"),
     ("vs_torch", "vs torch"),
     ("noisy", "noisy"),
 ]

@@ -2,7 +2,7 @@
 cold start and provenance; bench_report.py shows it as a terminal table, JSON, Markdown and a PNG plot.
 
 JSON: {"rows": [...], "provenance": {...}, "harness_overhead_ms": x}; every row has backend,
-precision, status, p50_ms, p90_ms, p99_ms, fps, cold_start_ms, peak_rss_mb, image_auroc (other
+precision, status, p50_ms, p90_ms, p99_ms, fps, cold_start_ms, peak_rss_mb, rss_mb, image_auroc (other
 scripts read these names); with --data also aupro, pixel_f1, pixel_iou and recall_by_kind (else None).
 
 Every (bundle x backend x batch) is timed in one process, interleaved in rounds of a few calls per
@@ -105,6 +105,18 @@ COLD = """
 import resource, sys, time
 t0 = time.perf_counter()
 backend, bundle, run = sys.argv[1:4]
+
+def memory():
+    # Peak RSS of this process alone: VmHWM resets at exec, while ru_maxrss would include the parent's
+    # memory copied by fork (the bench process holds torch and several models). The peak includes the
+    # session's load (ONNX Runtime holds the parsed model and its own copy of the weights at once);
+    # VmRSS, read while the model is still open, is what a running detector keeps.
+    try:
+        vm = {l.split(":")[0]: int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("Vm")}
+        return vm["VmHWM"], vm["VmRSS"]
+    except (OSError, KeyError, ValueError):
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,) * 2
+
 if backend == "torch":
     import numpy as np, torch
     from edgesdk.train import load_run
@@ -112,31 +124,26 @@ if backend == "torch":
     h, w = net.cfg.input_size
     with torch.inference_mode():
         net(torch.zeros(1, h, w, 3, dtype=torch.uint8))
+    ms, (peak, now) = (time.perf_counter() - t0) * 1e3, memory()
 else:
     sys.modules["torch"] = None          # the device path: torch must not be needed
     import numpy as np
     from edgesdk.stream.detector import Detector, DetectorOptions
     with Detector(bundle, DetectorOptions(backend=backend)) as det:   # sha256 check, session load
         det.predict(np.zeros((*det.size, 3), np.uint8))
-ms = (time.perf_counter() - t0) * 1e3
-# Peak RSS of this process alone: VmHWM resets at exec, while ru_maxrss would include the parent's
-# memory copied by fork (the bench process holds torch and several models).
-try:
-    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-    mb = int(hwm.split()[1]) / 1024
-except (OSError, StopIteration):
-    mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"{ms:.1f} {mb:.1f}")
+        ms, (peak, now) = (time.perf_counter() - t0) * 1e3, memory()
+print(f"{ms:.1f} {peak:.1f} {now:.1f}")
 """
 
 
-def cold_start(backend: str, bundle: Path, run: str) -> tuple[float | None, float | None]:
-    """(ms from a fresh interpreter to the first result, peak RSS MB of that process)."""
+def cold_start(backend: str, bundle: Path, run: str) -> tuple[float | None, float | None, float | None]:
+    """(ms from a fresh interpreter to the first result, peak RSS MB of that process, its RSS MB right
+    after the first result)."""
     r = subprocess.run([sys.executable, "-c", COLD, backend, str(bundle), run], capture_output=True, text=True)
     if r.returncode != 0:
-        return None, None
-    ms, mb = r.stdout.split()[-2:]
-    return float(ms), float(mb)
+        return None, None, None
+    ms, mb, now = r.stdout.split()[-3:]
+    return float(ms), float(mb), float(now)
 
 
 def _frames(bundle: Bundle, data: str) -> tuple[np.ndarray, LabelledSet | None]:
@@ -221,7 +228,9 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
                 if runner is not None and truth is not None
                 else dict.fromkeys(ACCURACY_KEYS)
             )
-            cold, rss = cold_start(backend, b.path, run) if opts.cold_start and runner is not None else (None, None)
+            cold, peak, rss = (
+                cold_start(backend, b.path, run) if opts.cold_start and runner is not None else (None, None, None)
+            )
             for batch in opts.batches:
                 row = {
                     "bundle": str(b.path),
@@ -236,7 +245,8 @@ def bench(bundles: list[str], opts: BenchOptions = BenchOptions(), progress=prin
                     "model_mb": b.manifest.files["model.onnx"].bytes / 1e6,
                     **acc,
                     "cold_start_ms": cold,
-                    "peak_rss_mb": rss,
+                    "peak_rss_mb": peak,
+                    "rss_mb": rss,
                     "bundle_sha256": b.onnx_sha256,
                     **extra,
                 }
@@ -321,6 +331,7 @@ def pipeline_row(model_row: dict, source: str) -> dict:
         **dict.fromkeys(ACCURACY_KEYS),
         "cold_start_ms": None,
         "peak_rss_mb": None,
+        "rss_mb": None,
         "vs_torch": None,
         "source": source,
         "frames": s["frames"],

@@ -1,0 +1,60 @@
+"""`--images DIR|GLOB|LIST` -> a sorted list of absolute image paths, and its fingerprint.
+
+DIR: every image below the folder (recursively, archives nest by date); GLOB: a pattern with * ? or
+[ (`**` recursive); LIST: a text file of paths, one a line (relative ones are relative to the file's
+folder; blank lines and lines starting with # are skipped). Standard library only."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from pathlib import Path
+
+from edgesdk.errors import DataError
+from edgesdk.images import IMAGE_EXTS
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTS
+
+
+def resolve(spec: str | Path) -> list[str]:
+    """The images SPEC names, sorted and de-duplicated, as absolute paths; DataError naming SPEC when
+    it names nothing (a missing folder, a pattern that matches no image, an empty list)."""
+    text = str(spec)
+    p = Path(text)
+    if not text:
+        raise DataError("--images: empty; give a folder, a glob pattern or a text file of paths")
+    if p.is_dir():
+        found = [q for q in p.rglob("*") if _is_image(q) and q.is_file()]
+        what = f"{text}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below"
+    elif p.is_file() and not _is_image(p):
+        found = []
+        for line in p.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            q = Path(line)
+            found.append(q if q.is_absolute() else p.parent / q)
+        what = f"{text}: no paths in this list (one image path a line)"
+    elif p.is_file():
+        found = [p]
+        what = ""
+    elif glob.has_magic(text):
+        found = [Path(q) for q in glob.glob(text, recursive=True) if _is_image(Path(q)) and Path(q).is_file()]
+        what = f"--images {text!r}: the pattern matches no image files"
+    else:
+        raise DataError(f"--images {text}: no such folder, file or pattern")
+    paths = sorted({os.path.abspath(q) for q in found})
+    if not paths:
+        raise DataError(what)
+    return paths
+
+
+def fingerprint(paths: list[str]) -> str:
+    """sha256 over the path list (names, not contents: an archive is too large to hash on every run)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()

@@ -1,0 +1,62 @@
+"""The default engine: shards scored by a process pool on this machine, one ScoreBatch (one ONNX
+Runtime session) per worker process. workers=1 scores in this process, no pool."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterator
+
+from edgesdk.scale.score import ScoreBatch
+
+_WORKER: list[ScoreBatch] = []  # the worker process's scorer, made once by _init
+
+
+def _init(bundle: str, batch: int, threads: int) -> None:
+    _WORKER.append(ScoreBatch(bundle, batch, threads))
+
+
+def _score(shard: int, paths: list[str]) -> tuple[int, list[dict]]:
+    return shard, _WORKER[0](paths)
+
+
+def run_pool(
+    bundle: str, jobs: list[tuple[int, list[str]]], batch: int, workers: int, threads: int
+) -> Iterator[tuple[int, list[dict]]]:
+    """(shard, rows) for each job, in completion order. A worker that dies (killed, out of memory)
+    ends the run with a RuntimeError instead of a hang; the parts written so far stay, so a rerun
+    resumes."""
+    if workers == 1:
+        scorer = ScoreBatch(bundle, batch, threads)
+        try:
+            for shard, paths in jobs:
+                yield shard, scorer(paths)
+        finally:
+            scorer.close()
+        return
+    # spawn, not fork: a forked child would inherit the parent's threads (tqdm, ONNX Runtime) mid-state.
+    ctx = mp.get_context("spawn")
+    todo = iter(jobs)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(bundle, batch, threads)) as ex:
+        running: set[Future] = set()
+        try:
+            while True:
+                while len(running) < 4 * workers:  # a few shards queued per worker, not the whole archive
+                    job = next(todo, None)
+                    if job is None:
+                        break
+                    running.add(ex.submit(_score, *job))
+                if not running:
+                    return
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        except BrokenProcessPool:
+            raise RuntimeError(
+                "a scoring worker process died (killed or out of memory?); the parts written so far are kept: "
+                "rerun the same command to resume, with fewer --workers or a smaller --batch"
+            ) from None
+        finally:
+            for f in running:
+                f.cancel()

@@ -1,0 +1,115 @@
+"""The output folder of `edgesdk score`: `_run.json` (what this folder scores: bundle, inputs, shard
+size) and one Parquet part file per shard of paths, `part-NNNNNN.parquet`, each written whole (temp
+file + rename). A run picks up where a killed one stopped: a shard whose part file is there with
+its row count is done. A folder made for another bundle or input list, or not made by `edgesdk
+score`, is refused, never overwritten. `pandas.read_parquet(OUT)` and `pyarrow.parquet.read_table(OUT)`
+read the parts as one table (names starting with _ or . are skipped by both)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from edgesdk.errors import EdgesdkError
+from edgesdk.fsutil import atomic_write_bytes, write_json
+
+RUN_FILE = "_run.json"
+KIND = "edgesdk-score"
+# Fields that must match for a run to resume into an existing folder.
+SAME = ("bundle_id", "inputs_sha256", "n_images", "shard_size")
+
+
+def pyarrow_modules() -> tuple[Any, Any]:
+    """(pyarrow, pyarrow.parquet), or an EdgesdkError saying how to install them."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise EdgesdkError("Parquet output needs pyarrow: pip install 'edgesdk[scale]'") from None
+    return pa, pq
+
+
+def schema() -> Any:
+    pa, _ = pyarrow_modules()
+    s, f = pa.string(), pa.float64()
+    cols = [("path", s), ("score", f), ("verdict", s), ("threshold", f), ("regions", s)]
+    cols += [("bundle_id", s), ("bundle_version", s), ("worker", s), ("error", s)]
+    return pa.schema(cols)
+
+
+def part_path(out: Path, shard: int) -> Path:
+    return out / f"part-{shard:06d}.parquet"
+
+
+def shards_of(paths: list[str], size: int) -> list[list[str]]:
+    return [paths[i : i + size] for i in range(0, len(paths), size)]
+
+
+def open_run(out: str | Path, record: dict) -> Path:
+    """OUT ready for RECORD's run: created with _run.json when missing or empty; an existing run of
+    the same bundle and inputs is resumed; anything else refused, naming the field that differs."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgesdkError(f"--out {out}: is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        run_file = out / RUN_FILE
+        try:
+            old = json.loads(run_file.read_text())
+        except FileNotFoundError:
+            raise EdgesdkError(
+                f"--out {out}: not empty and has no {RUN_FILE}, so it is not an `edgesdk score` folder; "
+                "choose a new or empty folder"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise EdgesdkError(f"{run_file}: not readable JSON ({e})") from None
+        if not isinstance(old, dict) or old.get("kind") != KIND:
+            raise EdgesdkError(f"{run_file}: kind is not {KIND!r}; not an `edgesdk score` folder")
+        for key in SAME:
+            if old.get(key) != record[key]:
+                raise EdgesdkError(
+                    f"{run_file}: {key} is {old.get(key)!r} but this run's is {record[key]!r} (a folder made "
+                    "for another bundle or input list); choose a new --out to score these"
+                )
+        for tmp in out.glob(".part-*.tmp"):  # a killed run's half-written part: ours, never renamed in
+            tmp.unlink(missing_ok=True)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / RUN_FILE, {"kind": KIND, **record, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    )
+    return out
+
+
+def done_shards(out: Path, shards: list[list[str]]) -> set[int]:
+    """Indices of the shards whose part file is complete (readable, with the shard's row count)."""
+    _, pq = pyarrow_modules()
+    done = set()
+    for i, shard in enumerate(shards):
+        p = part_path(out, i)
+        if not p.is_file():
+            continue
+        try:
+            if pq.read_metadata(p).num_rows == len(shard):
+                done.add(i)
+        except Exception:  # noqa: BLE001 - a damaged part (pyarrow raises several types) is scored again
+            pass
+    return done
+
+
+def write_part(out: Path, shard: int, rows: list[dict]) -> None:
+    pa, pq = pyarrow_modules()
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema()), buf)
+    atomic_write_bytes(part_path(out, shard), buf.getvalue())
+
+
+def read_table(out: str | Path) -> Any:
+    """Every part of OUT as one pyarrow Table, in shard order (= sorted path order)."""
+    pa, pq = pyarrow_modules()
+    parts = sorted(Path(out).glob("part-*.parquet"))
+    if not parts:
+        raise EdgesdkError(f"{out}: no part-*.parquet files; run `edgesdk score` into it first")
+    return pa.concat_tables([pq.read_table(p, schema=schema()) for p in parts])
