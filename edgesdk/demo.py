@@ -1,10 +1,12 @@
 """`edgesdk demo`: the whole host -> device path on bundled sample data for every zoo model (PaDiM,
-PatchCore, student-teacher), with comparison tables at the end.
+PatchCore, student-teacher on every category; the supervised segmenter on the first category, from
+its 5 labelled images per defect kind), with comparison tables at the end.
 
 sample data -> train (per category) -> export + parity -> eval through the device runtime ->
 torch eager vs ONNX Runtime latency on the same frames -> stream the conveyor video into JSONL and
 overlays, checked against the video's per-frame ground truth -> the streamed model quantized to INT8
-for this CPU, gated against the float model. Writes OUT/summary.json."""
+for this CPU, gated against the float model. The segmenter's test defects get overlays whose regions
+name their kind (OUT/overlays-segmenter/<kind>/). Writes OUT/summary.json."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from edgesdk.fsutil import write_json
 from edgesdk.measure.evaluate import evaluate
 from edgesdk.measure.metrics import f1_at
 from edgesdk.measure.timing import time_runner
+from edgesdk.stream.detector import predict_files
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.table import table
 from edgesdk.train import train
@@ -98,23 +101,46 @@ def build_engines(out: Path, bundles: list[str]) -> list[dict]:
     return [{"bundle": b, **build_engine(out / "bundles" / b, rtx).row()} for b in bundles]
 
 
-MODELS = ("padim", "patchcore", "stfpm")
+MODELS = ("padim", "patchcore", "stfpm", "segmenter")
+ANOMALY = ("padim", "patchcore", "stfpm")  # trained on every category; the segmenter on the first only
 
 
 def model_config(model: str, size: int, quick: bool, full: bool) -> dict:
-    """The zoo's defaults at SIZE; the student's training budget is the one knob the demo shortens
-    (full: the recipe's 1500 steps / 300 s; default: 20 s; quick: 400 steps, however long they take)."""
+    """The zoo's defaults at SIZE; the demo shortens the trained models' budgets. Student (full: the
+    recipe's 1500 steps / 300 s; default: 20 s; quick: 400 steps, however long they take); segmenter
+    (full: its 300 steps / 170 s; default: 300 steps / 90 s; quick: 60 steps on 64 px crops)."""
     cfg: dict = {"input_size": [size, size]}
     if model == "stfpm" and not full:
         cfg.update({"steps": 400, "seconds": 3600.0} if quick else {"seconds": 20.0})
+    if model == "segmenter" and not full:
+        cfg.update({"steps": 60, "seconds": 3600.0, "crop": 64, "reuse": 2} if quick else {"seconds": 90.0})
     return cfg
 
 
+def segmenter_overlays(out: Path, cat: str) -> dict:
+    """The segmenter bundle on CAT's defective test images: an overlay each, its regions named by kind,
+    in OUT/overlays-segmenter/<kind>/; and how often the strongest region names the image's kind."""
+    dest = out / "overlays-segmenter"
+    by_kind: dict[str, list[Path]] = {}
+    for it in mvtec.test_items(out / "data" / cat):
+        if it.label:
+            by_kind.setdefault(it.kind, []).append(it.path)
+    named, files, total = 0, [], 0
+    for kind, paths in sorted(by_kind.items()):  # a folder per kind: test images of each kind share names
+        rows = predict_files(out / "bundles" / f"{cat}-segmenter", paths, save=dest / kind)["results"]
+        files += [r["overlay"] for r in rows]
+        named += sum(bool(r["regions"]) and r["regions"][0].get("kind") == kind for r in rows)
+        total += len(rows)
+    return {"dir": str(dest), "overlays": files, "top_region_names_kind": named / max(total, 1)}
+
+
 def run_model(out: Path, cat: str, model: str, cfg: dict, size: int) -> dict:
-    """train -> export -> eval -> torch eager vs ONNX Runtime latency, for one category and model."""
+    """train -> export -> eval -> torch eager vs ONNX Runtime latency, for one category and model (the
+    segmenter from the category's labels/ folder)."""
     name = f"{cat}-{model}"
     run, bundle = out / "runs" / name, out / "bundles" / name
-    train(out / "data" / cat, run, model, config=cfg)
+    labels = out / "data" / cat / "labels" if model == "segmenter" else None
+    train(out / "data" / cat, run, model, config=cfg, labels=labels)
     export_onnx(run, bundle)
     ev = evaluate(bundle, out / "data" / cat)
     # Same frames, same batch 1, model call only: torch eager vs the exported graph.
@@ -151,11 +177,14 @@ def demo(
     results: dict = {}
     for cat in categories:
         for model in models:
+            if model not in ANOMALY and cat != categories[0]:
+                continue
             print(f"[2/5] {cat} / {model}: train -> export -> eval")
             results.setdefault(cat, {})[model] = run_model(
                 out, cat, model, model_config(model, cfg.size, quick, full), cfg.size
             )
-    engines = build_engines(out, [f"{c}-{m}" for c in categories for m in models])
+    seg = segmenter_overlays(out, categories[0]) if "segmenter" in models else None
+    engines = build_engines(out, [f"{c}-{m}" for c, by_model in results.items() for m in by_model])
     video = out / "data" / f"conveyor_{categories[0]}.mkv"
     stream_model = "patchcore" if "patchcore" in models else models[0]
     print(f"[3/5] stream {video.name} through the {categories[0]}-{stream_model} bundle")
@@ -173,6 +202,8 @@ def demo(
                     "model": m,
                     "image AUROC": r["eval"]["image_auroc"],
                     "pixel AUROC": r["eval"]["pixel_auroc"],
+                    "AUPRO": r["eval"]["aupro"],
+                    "pixel F1": r["eval"]["pixel_f1"],
                     "F1": r["eval"]["f1"],
                     "fit s": r["fit_s"],
                     "ORT p50 ms": r["onnxruntime_ms"]["p50"],
@@ -196,12 +227,38 @@ def demo(
             "model": m,
             **{
                 k: float(np.mean([r[k] for r in rows if r["model"] == m]))
-                for k in ("image AUROC", "pixel AUROC", "F1", "fit s", "ORT p50 ms")
+                for k in ("image AUROC", "pixel AUROC", "AUPRO", "pixel F1", "F1", "fit s", "ORT p50 ms")
             },
         }
         for m in models
+        if m in ANOMALY
     ]
-    print("\n" + table(means, title="mean over categories"))
+    if means:
+        print("\n" + table(means, title="anomaly models, mean over categories"))
+    if seg is not None:
+        side = [
+            {
+                "model": m,
+                **{k: r["eval"][e] for k, e in (("image AUROC", "image_auroc"), ("AUPRO", "aupro"))},
+                **{k: r["eval"][e] for k, e in (("pixel F1", "pixel_f1"), ("pixel IoU", "pixel_iou"))},
+                "kind accuracy": r["eval"].get("kind_accuracy", ""),
+                "threshold": r["eval"]["threshold"],
+            }
+            for m, r in results[categories[0]].items()
+        ]
+        steps = results[categories[0]]["segmenter"]["fit"]["steps"]
+        print(
+            "\n"
+            + table(
+                side,
+                title=f"{categories[0]}: the segmenter ({steps} steps, 5 labelled images per kind) beside "
+                "the anomaly models; pixel F1 at each bundle's own threshold",
+            )
+        )
+        print(
+            f"segmenter overlays ({len(seg['overlays'])} test defects, each region named by its kind) -> {seg['dir']}; "
+            f"the strongest region names the image's kind on {seg['top_region_names_kind']:.0%}"
+        )
     if engines:
         print(
             "\n"
@@ -215,6 +272,8 @@ def demo(
     summary = {
         "config": vars(cfg),
         "student_budget": model_config("stfpm", cfg.size, quick, full),
+        "segmenter_budget": model_config("segmenter", cfg.size, quick, full),
+        "segmenter": seg,
         "categories": results,
         "means": means,
         "engines": engines,

@@ -93,7 +93,10 @@ RULES: dict[str, dict[str, Rule]] = {
         "rtol": (lambda v: v > 0, "> 0"),
         "target": (lambda v: v in ("cpu", "tensorrt"), "cpu or tensorrt"),
         "n_calib": (lambda v: v >= 8, ">= 8 (images to calibrate on)"),
-        "calib_method": (lambda v: v in ("minmax", "entropy", "percentile"), "minmax, entropy or percentile"),
+        "calib_method": (
+            lambda v: v in ("minmax", "entropy", "percentile", "search"),
+            "minmax, entropy, percentile or search (tensorrt)",
+        ),
         "max_drop": (lambda v: 0 <= v < 1, "in [0, 1) (a share of AUROC)"),
     },
 }

@@ -118,3 +118,20 @@ def test_drift_benchmark_reports_false_alarms_and_delays(bundle, tmp_path):
     assert res["stable"]["frames"] == 200 and res["stable"]["false_alarms"] == 0
     assert set(res["kinds"]) == {"ramp", "shift", "blur", "texture"} and "frames to event" in r.stdout
     assert res["kinds"]["blur"]["frames_to_event"][0] is not None
+
+
+def test_patchcore_scores_benchmark_reads_both_scores_from_one_bank(tiny_data, tmp_path):
+    out = tmp_path / "scores.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/patchcore_scores.py"), str(tiny_data / "brick"), "--size", "128"]
+        + ["--coreset-ratio", "0.02", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["score"], x["num_neighbors"], x["sigma"]) for x in rows] == [
+        (s, k, sigma) for k, sigma in ((9, 4.0), (1, 4.0), (9, 2.0)) for s in ("smoothed", "peak")
+    ]
+    assert all(0 <= x["image_auroc"] <= 1 and set(x["by_kind"]) == {"hole", "scratch", "smudge", "stain"} for x in rows)

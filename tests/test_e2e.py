@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -168,6 +169,21 @@ def test_demo_quick_runs_end_to_end(tmp_path):
         ev = s["categories"]["brick"][model]["eval"]
         assert ev["image_auroc"] > 0.85 and ev["pixel_auroc"] > 0.9, model
     assert s["categories"]["brick"]["patchcore"]["fit"]["bank_size"] > 0
+    # The segmenter, trained on brick's labels/ (5 images per kind): evaluated beside the anomaly
+    # models with the pixel metrics, and an overlay per test defect, filed by kind, its regions named.
+    seg = s["categories"]["brick"]["segmenter"]
+    assert seg["fit"]["steps"] == 60 and seg["fit"]["kinds"] == ["hole", "scratch", "smudge", "stain"]
+    for model in ("padim", "patchcore", "stfpm", "segmenter"):
+        ev = s["categories"]["brick"][model]["eval"]
+        assert 0 <= ev["aupro"] <= 1 and 0 <= ev["pixel_f1"] <= 1, model
+    assert ev["image_auroc"] > 0.85 and 0 <= ev["kind_accuracy"] <= 1
+    assert "the segmenter (60 steps" in r.stdout and "kind accuracy" in r.stdout
+    defects = [it for it in mvtec.test_items(tmp_path / "demo/data/brick") if it.label]
+    files = sorted(Path(f) for f in s["segmenter"]["overlays"])
+    assert files == sorted(
+        tmp_path / "demo/overlays-segmenter" / it.kind / f"{it.path.stem}_overlay.png" for it in defects
+    )
+    assert all(cv2.imread(str(f)) is not None for f in files)
     assert s["stream"]["frames"] == 60 and s["stream"]["frame_f1"] > 0.5
     # The streamed model, quantized for this CPU: either the gate passed it (a bundle within max-drop
     # and its report printed) or it refused with the attempts (and left no bundle behind).

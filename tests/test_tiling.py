@@ -23,7 +23,7 @@ from edgesdk.errors import DataError, OptionError
 from edgesdk.images import list_images, read_image
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.stream.pipeline import run_stream
-from edgesdk.stream.tiling import TileSpec, grid, stitch
+from edgesdk.stream.tiling import TileSpec, grid, stitch, stitch_kinds
 from edgesdk.video import open_source
 from edgesdk.video.sources import source_tiling
 
@@ -247,3 +247,50 @@ def test_tiles_beyond_an_engines_max_batch_are_scored_in_chunks(bundle, big_fram
     assert capped.batches == [5, 5, 2] and b.tiles == 12
     np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5)
     assert a.score == pytest.approx(b.score, rel=1e-6) and [r.bbox for r in a.regions] == [r.bbox for r in b.regions]
+
+
+def test_stitch_kinds_takes_each_pixels_kind_from_the_tile_that_flagged_it():
+    origins = grid((8, 12), (8, 8), 4)  # x at 0 and 4: columns 4..7 shared
+    maps = np.stack([np.full((8, 8), 1.0, np.float32), np.full((8, 8), 3.0, np.float32)])
+    maps[0, 2, 6] = 9.0  # in the shared part the second tile is higher, except at this pixel
+    kinds = np.stack([np.full((8, 8), 1, np.int64), np.full((8, 8), 2, np.int64)])
+    amap, kmap = stitch_kinds(maps, kinds, origins, (8, 8), (8, 12))
+    np.testing.assert_array_equal(amap, stitch(maps, origins, (8, 8), (8, 12)))
+    assert kmap.dtype == np.int64 and (kmap[:, :4] == 1).all() and (kmap[:, 8:] == 2).all()
+    assert kmap[2, 6] == 1 and kmap[0, 5] == 2  # the winner of the overlap, pixel by pixel
+    # Tiles of another size than the model's: kinds go back to the tile by nearest neighbour, unblended.
+    small = np.zeros((2, 4, 4), np.int64)
+    small[0, :, 2:] = 3
+    _, k = stitch_kinds(
+        np.stack([np.full((4, 4), 5.0, np.float32), np.zeros((4, 4), np.float32)]), small, origins, (8, 8), (8, 12)
+    )
+    assert set(np.unique(k)) == {0, 3} and (k[:, :4] == 0).all() and (k[:, 4:8] == 3).all() and (k[:, 8:] == 0).all()
+
+
+def test_tiled_segmenter_regions_name_their_kind_in_frame_pixels(seg, tiny_data, tmp_path):
+    """A real segmenter bundle (128 px) on a 256x256 frame of 2x2 good parts, a scratch painted in the
+    bottom-left tile: the tiled record's region names a kind of the bundle, the one that tile gets
+    scored alone, at that tile's box moved to frame pixels. (The test-size segmenter names most defects
+    "scratch", so the painted kind is a scratch: this checks the kind map's stitching, not the model.)"""
+    goods = [read_image(p) for p in list_images(tiny_data / "brick" / "train" / "good")[:4]]
+    clean = np.concatenate([np.concatenate(goods[:2], axis=1), np.concatenate(goods[2:], axis=1)], axis=0)
+    frame = clean.copy()
+    frame[128:, :128], mask = paint_defect(frame[128:, :128], "scratch", np.random.default_rng(1), (64, 64))
+    with Detector(seg[1], DetectorOptions(tile=TileSpec())) as tiled, Detector(seg[1]) as whole:
+        r = tiled.predict(frame)
+        alone = whole.predict(np.ascontiguousarray(frame[128:, :128]))
+        assert not tiled.predict(clean).regions
+    assert r.tiles == 4 and r.kind_map is not None and r.kind_map.shape == (256, 256)
+    assert r.regions and alone.regions and r.regions[0].kind == alone.regions[0].kind == "scratch"
+    x0, y0, x1, y1 = alone.regions[0].bbox
+    assert r.regions[0].bbox == (x0, y0 + 128, x1, y1 + 128)
+    mx, my, mw, mh = cv2.boundingRect(mask)  # the painted scratch, in frame pixels
+    rx0, ry0, rx1, ry1 = r.regions[0].bbox
+    assert rx0 < mx + mw and mx < rx1 and ry0 < my + 128 + mh and my + 128 < ry1
+    # The record a stream writes carries the same kind and box.
+    folder = tmp_path / "line"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "scratch.png"), frame)
+    recs: list[dict] = []
+    run_stream(seg[1], f"{folder}?tile=auto", [], on_record=recs.append)
+    assert [(x["kind"], x["bbox"]) for x in recs[0]["regions"][:1]] == [("scratch", list(r.regions[0].bbox))]

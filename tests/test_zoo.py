@@ -101,3 +101,36 @@ def test_patchcore_reweighting_scales_the_whole_map(zoo, tiny_data):
     assert torch.allclose(weighted, plain * w.view(-1, 1, 1, 1), atol=1e-4 * float(plain.max()))
     assert ((w > 0) & (w <= 1)).all()  # 1 - softmax(...)[0]: (0, 1]
     assert torch.allclose(score, amap.flatten(1).amax(1))
+
+
+def test_patchcore_score_is_the_papers_reweighted_patch_distance(tiny_data):
+    """With peak_score, score = w * s* (Roth et al. eq. 7, anomalib's pred_score), from a numpy reference:
+    s* the worst patch's nearest-bank distance on the grid, before smoothing; w = 1 - softmax of its
+    distances to the k bank neighbours of its match, first entry. score = max(map) still holds."""
+    from dataclasses import replace
+
+    from edgesdk.data import mvtec
+    from edgesdk.zoo.patchcore import Patchcore, PatchcoreConfig
+
+    assert not PatchcoreConfig().peak_score  # the smoothed maximum by default
+    net = Patchcore(PatchcoreConfig(input_size=(64, 64), coreset_ratio=0.1)).eval()
+    good = mvtec.good_images(tiny_data / "brick")
+    net.fit([mvtec.read_batch(good[:12], (64, 64))])
+    paths = good[-2:] + [i.path for i in mvtec.test_items(tiny_data / "brick") if i.label][:2]
+    x = torch.from_numpy(mvtec.read_batch(paths, (64, 64)))
+    with torch.no_grad():
+        q = net.embed(x).double().numpy()  # (B, P, D)
+        smoothed = net.full_map(x).flatten(1).amax(1).double().numpy()
+        net.cfg = replace(net.cfg, peak_score=True)
+        raw = net.full_map(x).flatten(1).amax(1).double().numpy()
+        score, amap = net(x)
+    bank, support = net.bank.double().numpy(), net.support.numpy()
+    for b in range(len(q)):
+        d2 = ((q[b][:, None, :] - bank[None]) ** 2).sum(-1)  # (P, M)
+        dist = np.sqrt(d2.min(1))
+        worst = int(dist.argmax())
+        near = np.sqrt(((q[b, worst] - bank[support[int(d2[worst].argmin())]]) ** 2).sum(-1))  # (k,)
+        w = 1 - np.exp(near[0] - near.max()) / np.exp(near - near.max()).sum()
+        assert raw[b] == pytest.approx(w * dist[worst], rel=1e-4), b
+        assert smoothed[b] < raw[b] * (1 - 1e-3), b  # the smoothing lowers the peak
+    assert torch.allclose(score, amap.flatten(1).amax(1))

@@ -26,7 +26,7 @@ def add_commands(sub) -> None:
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_cmd", required=True)
     s = data.add_parser("synth", help="sample data set in MVTec AD layout + conveyor video")
     s.add_argument("out")
-    s.add_argument("--categories", nargs="+")
+    s.add_argument("--categories", nargs="+", help="default: brick grass gravel; woven fabrics: weave twill")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=256)
     s.add_argument("--n-train", type=int, default=200)

@@ -20,6 +20,13 @@ def add_commands(sub) -> None:
     s.add_argument("--out", default="out/demo")
     s.add_argument("--categories", nargs="+")
     s.add_argument("--quick", action="store_true", help="small images and few of them (a smoke run)")
-    s.add_argument("--full", action="store_true", help="the student-teacher's full training budget (README table)")
-    s.add_argument("--models", nargs="+", choices=["padim", "patchcore", "stfpm"], help="default: all three")
+    s.add_argument(
+        "--full", action="store_true", help="the student-teacher's and segmenter's full training budgets (README table)"
+    )
+    s.add_argument(
+        "--models",
+        nargs="+",
+        choices=["padim", "patchcore", "stfpm", "segmenter"],
+        help="default: all four (the segmenter on the first category only)",
+    )
     s.set_defaults(fn=cmd_demo)

@@ -128,7 +128,11 @@ def add_commands(sub) -> None:
     )
     s.add_argument("--calib", help="folder of the line's good images to calibrate on (default: the run's fit images)")
     s.add_argument("--n-calib", type=int, help="calibration images used (default 64)")
-    s.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
+    s.add_argument(
+        "--calib-method",
+        choices=["minmax", "entropy", "percentile", "search"],
+        help="activation ranges; search = per tensor by its effect on the output (default for tensorrt int8)",
+    )
     s.add_argument("--max-drop", type=float, help="largest image-AUROC drop vs float accepted (default 0.005)")
     s.add_argument("--val", help="labelled folder (good/, <defect>/) for the gate (default: the run's DATA/test)")
     s.add_argument("--opset", type=int, help="ONNX opset (default 18; 17 for TensorRT 8.5 on JetPack 5)")

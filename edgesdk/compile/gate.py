@@ -9,7 +9,10 @@ Attempt 1 quantizes by rule (feature convolutions only). If the image-AUROC drop
 data, the share of held-out verdict flips) exceeds max_drop, the convolutions whose outputs drifted
 most from the float model (quant.sensitivity; for --target cpu, the contiguous tail from the earliest
 of them) are kept FP32, in growing steps, until it passes or
-every step failed: then GateError with the table of attempts, and nothing is written."""
+every step failed: then GateError with the table of attempts, and nothing is written.
+For --target tensorrt INT8 the kept convolutions are FP16 islands (compile.mixed; TRT_STEPS), and FP32
+only in a last attempt where FP16 failed too; the activation ranges are searched once per tensor
+(compile.ranges) and reused by every attempt. Each attempt counts its INT8/FP16/FP32 convolutions."""
 
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from edgesdk.table import table
 
 MIN_CALIB = 8
 STEPS = (0.1, 0.25, 0.5)  # shares of the feature convolutions kept FP32 after a failed attempt
+# tensorrt int8: shares kept FP16 (mixed INT8/FP16 islands); the last share again in FP32 if FP16 fails too
+TRT_STEPS = (0.05, 0.1, 0.2, 0.5)
 PIXEL_F1_DROP = 0.02  # a supervised model's pixel F1 (its outlines) may drop this much, at most
 SLOW_SPEEDUP = 1.05  # a cpu INT8 bundle below this speed-up over float gets the advice to use FP32
 
@@ -176,12 +181,20 @@ def lower_precision(
     # was measured).
     rule = tuple(quant.float_prefix(graph)) if opts.target == "cpu" and opts.precision == "int8" else ()
     keep: tuple[str, ...] = rule
+    half: tuple[str, ...] = ()
     ranked: list[tuple[str, float]] = []
     attempts: list[dict[str, Any]] = []
     info: dict = {}
     report: dict[str, Any] = {}
     thr: dict = {}
-    for step in (0.0,) + STEPS:
+    # On TensorRT the fallback is FP16 (its INT8 kernels' neighbour), FP32 only where FP16 fails too.
+    mixed = opts.precision == "int8" and opts.target == "tensorrt"
+    plan = [(0.0, "")] + (
+        [(s, "fp16") for s in TRT_STEPS] + [(TRT_STEPS[-1], "fp32")] if mixed else [(s, "fp32") for s in STEPS]
+    )
+    scales: dict[str, float] | None = None  # searched once on the all-INT8 graph; later attempts reuse them
+    searched: dict = {}
+    for step, fallback in plan:
         if step:
             if not ranked:  # rank once, from the first (all-quantized) attempt
                 ranked = quant.sensitivity(fp32, dst, calib[:8], "image")
@@ -193,15 +206,19 @@ def lower_precision(
                 # layers the worst anyway).
                 first = min(convs.index(c) for c in worst)
                 worst = set(convs[first:])
-            keep = tuple(c for c in convs if c in worst or c in rule)
+            chosen = tuple(c for c in convs if c in worst or c in rule)
+            keep, half = (chosen, ()) if fallback == "fp32" else (rule, tuple(c for c in chosen if c not in rule))
         t0 = time.perf_counter()
         if opts.precision == "fp16":
             info = quant.convert_fp16(fp32, dst, keep)
         else:
-            info = quant.quantize_int8(fp32, dst, calib, "image", opts, keep)
+            info = quant.quantize_int8(fp32, dst, calib, "image", opts, keep, half, scales)
+            scales, searched = info.pop("scales", None), info.pop("range_search", searched)
         report, thr = measure(ref, dst, thr_float, opts.max_drop)
+        counts = info.get("conv_counts", {})
         attempts.append(
             {
+                **({"int8_convs": counts["int8"], "fp16_convs": counts["fp16"]} if counts else {}),
                 "fp32_convs": len(keep),
                 "seconds": round(time.perf_counter() - t0, 1),
                 **{
@@ -229,8 +246,9 @@ def lower_precision(
             f"{opts.precision} --target {opts.target} loses more than max_drop {opts.max_drop} against the float "
             f"model (gated on {report['gated_on']}"
             + (f" and pixel_f1_drop <= {PIXEL_F1_DROP}" if "pixel_f1_drop" in report else "")
-            + f") even with up to {attempts[-1]['fp32_convs']} of {len(convs)} convolutions kept FP32; "
-            "no bundle written.\n"
+            + f") even with up to {max(a['fp32_convs'] + a.get('fp16_convs', 0) for a in attempts)} of {len(convs)} "
+            + ("convolutions kept FP16 or FP32; " if mixed else "convolutions kept FP32; ")
+            + "no bundle written.\n"
             + table(attempts, title="attempts")
             + "\nTry --calib-method percentile or entropy, more calibration images, or another precision."
         )
@@ -247,6 +265,9 @@ def lower_precision(
     if tip:
         report["advice"] = tip
     report["model_mb"], report["model_mb_float"] = dst.stat().st_size / 1e6, fp32.stat().st_size / 1e6
+    if "conv_counts" in info:
+        report["conv_counts"] = info["conv_counts"]
+        report["int8_conv_share"] = info["conv_counts"]["int8"] / max(1, sum(info["conv_counts"].values()))
     report["reference"] = {k: ref[k] for k in ("image_auroc", "pixel_auroc", "val_where") if k in ref}
     if "pixel_f1_float" in report:
         report["reference"]["pixel_f1"] = report["pixel_f1_float"]
@@ -256,6 +277,7 @@ def lower_precision(
         "attempts": attempts,
         "decisions": {
             **info,
+            **({"range_search": searched} if searched else {}),
             "rule": "feature convolutions only; distance head, resizes, reductions, "
             "blur and normalization stay FP32"
             + ("; on a CPU each stem and the convolutions at its resolution, up to the narrowest, too" if rule else ""),

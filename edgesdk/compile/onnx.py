@@ -48,7 +48,7 @@ class ExportOptions:
     target: str = "cpu"  # int8 layout: "cpu" (ONNX Runtime U8S8) or "tensorrt" (symmetric)
     calib: str = ""  # folder of the line's good images; "" = the run's fit images
     n_calib: int = 64
-    calib_method: str = "minmax"  # minmax, entropy or percentile
+    calib_method: str = ""  # minmax, entropy, percentile or search; "" = search for tensorrt int8, else minmax
     max_drop: float = 0.005  # largest image-AUROC drop vs float the gate accepts
     val: str = ""  # labelled folder for the gate; "" = the run's DATA/test if present
 

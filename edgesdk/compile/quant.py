@@ -6,7 +6,9 @@ target-aware because the fast layout differs. ONNX Runtime's quantization toolin
                           Add are quantized so Q/DQ pairs fold into QLinearConv/QLinearAdd.
   int8 --target tensorrt  TensorRT's explicit quantization: symmetric int8, zero points 0, per-channel
                           weight scales on axis 0, per-tensor activations, float biases. The activation
-                          scales are also written as a TensorRT calibration cache (calib.cache).
+                          scales are also written as a TensorRT calibration cache (calib.cache). By
+                          default each activation's range is searched (compile.ranges), and fallback
+                          convolutions run in FP16 (compile.mixed).
   fp16 --target tensorrt  FP16 tensors in the graph (strongly typed networks take precision from it);
                           the I/O, the distance head, resizes, reductions and smoothing stay FP32.
 
@@ -27,7 +29,7 @@ import numpy as np
 from edgesdk.fsutil import atomic_write_text
 
 TARGETS = ("cpu", "tensorrt")
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("minmax", "entropy", "percentile", "search")  # search: per tensor, tensorrt only (compile.ranges)
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,14 @@ class QuantOptions:
     target: str = "cpu"  # "cpu" (ONNX Runtime) or "tensorrt"
     calib: str = ""  # folder of good images; "" = the run's training images
     n_calib: int = 64  # images used to calibrate (fewer if fewer exist, at least 8)
-    method: str = "minmax"  # activation range: minmax, entropy or percentile
+    method: str = ""  # activation range: minmax, entropy, percentile, search; "" = search (tensorrt int8), else minmax
     max_drop: float = 0.005  # allowed image-AUROC drop vs float (0.005 = 0.5 points)
 
     def __post_init__(self) -> None:
+        if not self.method:
+            object.__setattr__(
+                self, "method", "search" if (self.target, self.precision) == ("tensorrt", "int8") else "minmax"
+            )
         if self.precision not in ("int8", "fp16"):
             raise ValueError(f"precision {self.precision!r}: quantize to int8 or fp16")
         if self.target not in TARGETS:
@@ -51,6 +57,8 @@ class QuantOptions:
             )
         if self.method not in METHODS:
             raise ValueError(f"calib_method {self.method!r}: choose from {', '.join(METHODS)}")
+        if self.method == "search" and self.target != "tensorrt":
+            raise ValueError("calib_method search: for --target tensorrt (symmetric int8); use minmax for cpu")
         if self.n_calib < 8:
             raise ValueError(f"n_calib {self.n_calib}: at least 8 images are needed to calibrate")
         if not 0 <= self.max_drop < 1:
@@ -145,12 +153,23 @@ class FrameReader:
 
 
 def quantize_int8(
-    src: Path, dst: Path, frames: np.ndarray, input_name: str, opts: QuantOptions, keep_float: tuple[str, ...] = ()
+    src: Path,
+    dst: Path,
+    frames: np.ndarray,
+    input_name: str,
+    opts: QuantOptions,
+    keep_float: tuple[str, ...] = (),
+    keep_fp16: tuple[str, ...] = (),
+    scales: dict[str, float] | None = None,
 ) -> dict:
-    """QDQ INT8 model of SRC at DST; the convolutions in KEEP_FLOAT stay FP32. Returns what was done."""
+    """QDQ INT8 model of SRC at DST; the convolutions in KEEP_FLOAT stay FP32, those in KEEP_FP16 become
+    FP16 islands (compile.mixed). With opts.method "search" the activation scales are SCALES, or searched
+    per tensor (compile.ranges) when None. Returns what was done, "scales" included."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgesdk.compile import mixed, ranges
 
     pre = dst.with_name(dst.stem + ".pre.onnx")
     try:
@@ -158,7 +177,7 @@ def quantize_int8(
         # (TopK/ArgMin over a data-dependent gather) with a TypeError.
         quant_pre_process(str(src), str(pre), skip_optimization=False, skip_symbolic_shape=True)
         model = onnx.load(str(pre))
-        convs = [c for c in feature_convs(model) if c not in set(keep_float)]
+        convs = [c for c in feature_convs(model) if c not in set(keep_float) | set(keep_fp16)]
         trt = opts.target == "tensorrt"
         # TensorRT fuses Conv+ReLU6 and residual Adds itself from Q/DQ around the convolutions.
         nodes = convs if trt else convs + _quantizable_neighbours(model, set(convs))
@@ -166,6 +185,7 @@ def quantize_int8(
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
+            "search": CalibrationMethod.MinMax,  # the starting graph; ranges.search replaces its scales
         }[opts.method]
         quantize_static(
             str(pre),
@@ -187,6 +207,14 @@ def quantize_int8(
                 "CalibMovingAverage": False,
             },
         )
+        search: dict = {}
+        if opts.method == "search" and scales is None:
+            scales, search = ranges.search(pre, dst, frames, input_name)
+        q = onnx.load(str(dst))
+        if opts.method == "search" and scales:
+            ranges.set_scales(q, scales)
+        mixed.convs_to_fp16(q, set(keep_fp16))
+        onnx.save(q, str(dst))
     finally:
         pre.unlink(missing_ok=True)
         for tmp in dst.parent.glob("augmented_model*.onnx"):
@@ -195,7 +223,11 @@ def quantize_int8(
         "quantized_convs": len(convs),
         "quantized_other": len(nodes) - len(convs),
         "fp32_convs": sorted(keep_float),
-        "ranges": activation_scales(onnx.load(str(dst))),
+        "fp16_convs": sorted(keep_fp16),
+        "conv_counts": mixed.counts(q),
+        **({"range_search": search} if search else {}),
+        "scales": scales,
+        "ranges": activation_scales(q),
     }
 
 

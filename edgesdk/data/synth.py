@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgesdk.data.weave import THREAD_DEFECTS, WEAVES, render, thread_edit
 from edgesdk.fsutil import SYNTH_MARKER, atomic_dir, check_replaceable, write_json
 
 # Category -> (scikit-image loader name, BGR tint). Grayscale textures are tinted so that colour
@@ -26,6 +27,14 @@ TEXTURES = {
     "gravel": ("gravel", (1.00, 1.00, 1.00)),
 }
 DEFECTS = ("scratch", "stain", "hole", "smudge")
+# Woven categories (data/weave.py, rendered): thread defects painted in the cloth, holes and stains on top.
+FABRIC_DEFECTS = ("broken", "float", "hole", "slub", "stain")
+CATEGORIES = (*sorted(TEXTURES), *sorted(WEAVES))  # the order fixes each category's random stream
+
+
+def defects(category: str) -> tuple[str, ...]:
+    """The defect kinds a category's test set and labels hold."""
+    return FABRIC_DEFECTS if category in WEAVES else DEFECTS
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,10 @@ class SynthConfig:
 
 def texture(category: str) -> np.ndarray:
     """Full-size texture (512, 512, 3) uint8 BGR for a category."""
+    if category in WEAVES:
+        return render(WEAVES[category])
     if category not in TEXTURES:
-        raise ValueError(f"unknown category {category!r}; choose from {sorted(TEXTURES)}")
+        raise ValueError(f"unknown category {category!r}; choose from {list(CATEGORIES)}")
     import skimage.data  # heavy import, only needed here
 
     name, tint = TEXTURES[category]
@@ -73,6 +84,27 @@ def good_image(tex: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) -> n
     half = cfg.window / 2 + 8
     cx, cy = rng.uniform(half, tex.shape[1] - half), rng.uniform(half, tex.shape[0] - half)
     return photometric(view(tex, cx, cy, rng.uniform(-3, 3), cfg), rng)
+
+
+def defect_image(
+    category: str, tex: np.ndarray, kind: str, rng: np.random.Generator, cfg: SynthConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(defective image, exact mask uint8 {0,255}) of KIND on a fresh view of the category's texture.
+    Thread defects are rendered into the cloth (the same view and lighting with and without the
+    defect; the mask is every pixel that differs); the others are painted on a good image."""
+    if kind not in THREAD_DEFECTS:
+        return paint_defect(good_image(tex, rng, cfg), kind, rng)
+    if category not in WEAVES:
+        raise ValueError(f"defect kind {kind!r} needs a woven category ({sorted(WEAVES)}), not {category!r}")
+    half = cfg.window / 2 + 8
+    cx, cy, angle = rng.uniform(half, tex.shape[1] - half), rng.uniform(half, tex.shape[0] - half), rng.uniform(-3, 3)
+    dx, dy = rng.uniform(-0.25, 0.25, 2) * cfg.window  # the defect lies in the middle half of the view
+    edited = render(WEAVES[category], thread_edit(WEAVES[category], kind, cx + dx, cy + dy, rng))
+    state = rng.bit_generator.state
+    good = photometric(view(tex, cx, cy, angle, cfg), rng)
+    rng.bit_generator.state = state  # the same lighting and noise on both
+    img = photometric(view(edited, cx, cy, angle, cfg), rng)
+    return img, np.where(np.any(img != good, axis=2), 255, 0).astype(np.uint8)
 
 
 def paint_defect(
@@ -125,7 +157,7 @@ def paint_defect(
 def seeds(cfg: SynthConfig, category: str) -> dict[str, list[int]]:
     """The random stream of each part of a category: the labelled folder draws from its own stream,
     so none of its images can repeat one of the test set's."""
-    i = sorted(TEXTURES).index(category)
+    i = CATEGORIES.index(category)
     return {"dataset": [cfg.seed, i], "labels": [cfg.seed, i, 1]}
 
 
@@ -150,18 +182,18 @@ def write_category(root: Path, category: str, cfg: SynthConfig, force: bool = Fa
         for i in range(cfg.n_test_good):
             save(f"test/good/{i:03d}.png", good_image(tex, rng, cfg))
         counts = {"train/good": cfg.n_train, "test/good": cfg.n_test_good}
-        for kind in DEFECTS:
+        for kind in defects(category):
             for i in range(cfg.n_test_per_defect):
-                img, mask = paint_defect(good_image(tex, rng, cfg), kind, rng)
+                img, mask = defect_image(category, tex, kind, rng, cfg)
                 save(f"test/{kind}/{i:03d}.png", img)
                 save(f"ground_truth/{kind}/{i:03d}_mask.png", mask)
             counts[f"test/{kind}"] = cfg.n_test_per_defect
         lrng = np.random.default_rng(seeds(cfg, category)["labels"])
         for i in range(cfg.n_labelled_good if cfg.n_labelled_per_defect else 0):
             save(f"labels/good/{i:03d}.png", good_image(tex, lrng, cfg))
-        for kind in DEFECTS if cfg.n_labelled_per_defect else ():
+        for kind in defects(category) if cfg.n_labelled_per_defect else ():
             for i in range(cfg.n_labelled_per_defect):
-                img, mask = paint_defect(good_image(tex, lrng, cfg), kind, lrng)
+                img, mask = defect_image(category, tex, kind, lrng, cfg)
                 save(f"labels/{kind}/{i:03d}.png", img)
                 save(f"labels/ground_truth/{kind}/{i:03d}_mask.png", mask)
         counts["labels (per kind)"] = cfg.n_labelled_per_defect
@@ -186,7 +218,7 @@ class Conveyor:
         cycle: bool = False,
     ):
         self.tex, self.cfg, self.n, self.schedule, self.cycle = texture(category), cfg, frames_per_pass, schedule, cycle
-        self.rng = np.random.default_rng([cfg.seed, 99, sorted(TEXTURES).index(category)])
+        self.rng = np.random.default_rng([cfg.seed, 99, CATEGORIES.index(category)])
         self.speed = (self.tex.shape[1] - cfg.window - 32) / frames_per_pass  # texture px per frame
         self.x0, self.cy = cfg.window / 2 + 16, self.tex.shape[0] / 2
 

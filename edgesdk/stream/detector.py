@@ -43,7 +43,7 @@ class Result:
     regions: list[Region]
     latency_ms: dict = field(default_factory=dict)
     tiles: int = 0  # tiles scored; 0: the whole frame, resized to the model's input
-    kind_map: np.ndarray | None = None  # (H, W) int index into the bundle's kinds, when it has kinds
+    kind_map: np.ndarray | None = None  # (H, W) int index into the bundle's kinds, when it has kinds (tiled: frame)
 
 
 @dataclass(frozen=True)
@@ -199,14 +199,20 @@ class Detector:
         origins = tiling.grid(frame.shape[:2], self.tile_hw, self.opts.tile.overlap)  # (N, 2) y, x
         batch = tiling.cut(frame, origins, self.tile_hw, self.size)  # (N, mh, mw, 3)
         t1 = time.perf_counter()
-        scores, maps = self.infer(batch)  # (N,), (N, mh, mw)
+        out = self.infer_outputs(batch)  # score (N,), anomaly_map (N, mh, mw), kind_map (N, mh, mw)
         t2 = time.perf_counter()
-        amap = tiling.stitch(maps, origins, self.tile_hw, frame.shape[:2])  # (H, W)
-        score = float(scores.max())
-        regions = self.regions(amap, frame.shape)
+        kind_map = None
+        if self.kinds:  # (H, W) each: a pixel's kind from the tile its stitched value came from
+            amap, kind_map = tiling.stitch_kinds(
+                out["anomaly_map"], out["kind_map"], origins, self.tile_hw, frame.shape[:2]
+            )
+        else:
+            amap = tiling.stitch(out["anomaly_map"], origins, self.tile_hw, frame.shape[:2])  # (H, W)
+        score = float(out["score"].max())
+        regions = self.regions(amap, frame.shape, kind_map=kind_map)
         t3 = time.perf_counter()
         lat = _stages_ms(t0, t1, t2, t3)
-        return Result(score, score > self.threshold, amap, regions, lat, len(origins))
+        return Result(score, score > self.threshold, amap, regions, lat, len(origins), kind_map)
 
 
 def predict_files(

@@ -12,7 +12,9 @@ pixels to one or two; scored tile by tile it stays at full size. The grid:
 Stitching takes the max where tiles overlap: a defect on a tile border is seen by both tiles, each
 at its edge; a blend (a weighted mean) would average the stronger view with the weaker one and lower
 the defect, while the max keeps it at full strength and agrees with the bundle's own rule (the frame
-score is the max of its map, so the frame score is the max over the tiles' scores).
+score is the max of its map, so the frame score is the max over the tiles' scores). A segmenter's
+kind map follows the same rule: each pixel takes its kind from the tile whose map is highest there,
+the tile its stitched value came from.
 """
 
 from __future__ import annotations
@@ -100,14 +102,54 @@ def cut(frame: np.ndarray, origins: np.ndarray, tile_hw: tuple[int, int], model_
     return batch
 
 
+def _to_tile(m: np.ndarray, tile_hw: tuple[int, int]) -> np.ndarray:
+    """A (mh, mw) tile map at the tile's (th, tw) frame size; bilinear never exceeds its inputs, so the
+    tile's peak is kept or lowered."""
+    th, tw = tile_hw
+    if m.shape == (th, tw):
+        return m
+    return cv2.resize(np.ascontiguousarray(m, np.float32), (tw, th), interpolation=cv2.INTER_LINEAR)
+
+
+def _kinds_to_tile(k: np.ndarray, tile_hw: tuple[int, int]) -> np.ndarray:
+    """A (mh, mw) kind map at (th, tw) by nearest neighbour (centre-aligned): kind indices are labels,
+    never blended."""
+    (th, tw), (mh, mw) = tile_hw, k.shape
+    if (mh, mw) == (th, tw):
+        return k
+    rows = np.minimum(((np.arange(th) + 0.5) * mh / th).astype(np.int64), mh - 1)
+    cols = np.minimum(((np.arange(tw) + 0.5) * mw / tw).astype(np.int64), mw - 1)
+    return k[rows[:, None], cols[None, :]]
+
+
 def stitch(maps: np.ndarray, origins: np.ndarray, tile_hw: tuple[int, int], frame_hw: tuple[int, int]) -> np.ndarray:
     """(N, mh, mw) per-tile maps -> (H, W) float32 map in frame pixels, the max where tiles overlap.
     Every pixel is covered by some tile (grid), so the -inf start never survives."""
     th, tw = tile_hw
     out = np.full(frame_hw, -np.inf, np.float32)
     for m, (y, x) in zip(maps, origins):
-        if m.shape != (th, tw):  # bilinear never exceeds its inputs: the tile's peak is kept or lowered
-            m = cv2.resize(np.ascontiguousarray(m, np.float32), (tw, th), interpolation=cv2.INTER_LINEAR)
         view = out[y : y + th, x : x + tw]
-        np.maximum(view, m, out=view)
+        np.maximum(view, _to_tile(m, tile_hw), out=view)
     return out
+
+
+def stitch_kinds(
+    maps: np.ndarray,
+    kind_maps: np.ndarray,
+    origins: np.ndarray,
+    tile_hw: tuple[int, int],
+    frame_hw: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, mh, mw) per-tile maps and kind maps -> the (H, W) float32 map of `stitch` and an (H, W) int64
+    kind map: each pixel's kind from the tile whose map is highest there (the first such tile on a tie),
+    so a region's kinds come from the tiles that flagged it."""
+    th, tw = tile_hw
+    out = np.full(frame_hw, -np.inf, np.float32)
+    kinds = np.zeros(frame_hw, np.int64)
+    for m, k, (y, x) in zip(maps, kind_maps, origins):
+        m = _to_tile(m, tile_hw)
+        view, kview = out[y : y + th, x : x + tw], kinds[y : y + th, x : x + tw]
+        wins = m > view  # before the max: this tile's value is the one the stitched map keeps
+        np.maximum(view, m, out=view)
+        kview[wins] = _kinds_to_tile(k, tile_hw)[wins]
+    return out, kinds

@@ -184,7 +184,10 @@ class AnomalyModel(nn.Module):
 
     def full_map(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W): the grid map smoothed at a quarter of the frame size, then upsampled (raw units)."""
-        d = self.distance_map(frames)  # (B, 1, h, w)
+        return self.smooth(self.distance_map(frames))
+
+    def smooth(self, d: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) grid map -> (B, 1, H, W): smoothed at a quarter of the frame size, then upsampled."""
         if d.shape[-2:] != self.blur_size:
             d = F.interpolate(d, size=self.blur_size, mode="bilinear", align_corners=False)
         d = self.blur(d)  # (B, 1, H/4, W/4)

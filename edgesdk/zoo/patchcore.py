@@ -11,6 +11,11 @@ At the default 256x256 input on EfficientNet-Lite0:
 Image score: the paper's re-weighting w = 1 - softmax(distances of the worst patch to the k nearest
 bank neighbours of its match)[0] scales the whole map, so score = max(map) still holds and one
 threshold decides both the verdict and the defect pixels.
+With peak_score the score is the paper's (and anomalib's) s = w * the worst patch's distance on the
+grid, before smoothing, and the smoothed map is scaled per image so that its maximum is s (its shape
+unchanged). Smoothing lowers the peak of a defect one thread wide more than a fabric's own noise, so
+peak_score wins on regular weaves; on irregular textures it averages away single-patch noise and
+keeps thin scratches ahead, so the smoothed maximum stays the default (docs/ZOO.md).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class PatchcoreConfig(ModelConfig):
     num_neighbors: int = 9  # re-weighting support (1 = plain max patch distance)
     bank_size: int = 0  # set by fit(); sizes the bank buffer when a run is loaded
     seed: int = 0
+    peak_score: bool = False  # True: score = re-weighted worst patch distance on the grid (map scaled to it)
 
 
 def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int, seed: int, progress=None) -> torch.Tensor:
@@ -104,18 +110,33 @@ class Patchcore(AnomalyModel):
         return {"bank": self.bank, "bank_sq": self.bank_sq, "support": self.support}
 
     def distance_map(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.scored_grid(frames)[0]
+
+    def scored_grid(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, h, w) re-weighted patch distances, and (B,) the paper's image score w * s*. s*, the
+        worst patch's distance to its nearest bank row m*, is taken again as |q* - m*| from the
+        difference: the MatMul form loses digits to cancellation, and the score is one patch's value."""
         q = self.embed(frames)  # (B, P, D)
         d2, nn_idx = nearest_sq_dist(q, self.bank, self.bank_sq)  # (B, P), (B, P)
         dist = d2.sqrt()
+        worst = dist.argmax(1, keepdim=True)  # (B, 1) the paper's m_test*
+        q_star = torch.gather(q, 1, worst.unsqueeze(-1).expand(-1, 1, q.shape[-1]))  # (B, 1, D)
+        m_star = torch.gather(nn_idx, 1, worst).squeeze(1)  # (B,) its nearest bank row m*
+        s_star = ((q_star.squeeze(1) - self.bank[m_star]) ** 2).sum(-1).clamp_min(0).sqrt()  # (B,)
         if self.cfg.num_neighbors > 1:
-            worst = dist.argmax(1, keepdim=True)  # (B, 1) the paper's m_test*
-            q_star = torch.gather(q, 1, worst.unsqueeze(-1).expand(-1, 1, q.shape[-1]))  # (B, 1, D)
-            m_star = torch.gather(nn_idx, 1, worst).squeeze(1)  # (B,) its nearest bank row m*
             near = self.bank[self.support[m_star]]  # (B, k, D) N_b(m*)
             d_near = ((q_star - near) ** 2).sum(-1).clamp_min(0).sqrt()  # (B, k)
             w = 1 - torch.softmax(d_near, 1)[:, :1]  # (B, 1)
-            dist = dist * w
-        return dist.view(-1, 1, *self.grid)
+            dist, s_star = dist * w, s_star * w.squeeze(1)
+        return dist.view(-1, 1, *self.grid), s_star
+
+    def full_map(self, frames: torch.Tensor) -> torch.Tensor:
+        d, score = self.scored_grid(frames)  # (B, 1, h, w), (B,)
+        m = self.smooth(d)  # (B, 1, H, W)
+        if not self.cfg.peak_score:
+            return m
+        lift = score / m.flatten(1).amax(1).clamp_min(1e-12)  # (B,) ~ max(d) / max(m) >= 1: smoothing lowers peaks
+        return m * lift.view(-1, 1, 1, 1)
 
     @torch.no_grad()
     def fit(self, batches: Iterable[np.ndarray], progress=None) -> dict:
