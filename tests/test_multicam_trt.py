@@ -84,3 +84,17 @@ def test_n_sources_are_scored_batched_by_the_engine_as_onnx_runtime_scores_them(
     got, ref = sorted(got, key=key), sorted(ref, key=key)
     assert [key(r) for r in got] == [key(r) for r in ref]
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in ref], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.skipif(not nvidia_gpu_present(), reason="TensorRT engines run on an NVIDIA GPU; none here")
+def test_a_sidecar_claiming_a_larger_profile_than_its_plan_is_refused(engines, tmp_path):
+    # Before: the run trusted the sidecar's profile: a 1:1:2 plan whose sidecar was edited to say 1:1:4
+    # was picked for 3 cameras and fed batches of 3 beyond its real profile.
+    b, small, _ = engines
+    copy = shutil.copytree(b.path, tmp_path / "b", ignore=shutil.ignore_patterns("*-b1x4x4-*"))
+    side = copy / "engines" / small.with_suffix(".json").name
+    d = json.loads(side.read_text())
+    d["profile"]["max"][0] = 4
+    side.write_text(json.dumps(d))
+    with pytest.raises(EngineError, match=r"sidecar claims batches up to 4, the plan's own profile takes 2"):
+        run_stream(copy, THREE, [], TRT, max_frames=2)

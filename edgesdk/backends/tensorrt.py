@@ -152,6 +152,13 @@ class TensorRTRunner(Runner):
         for i in range(engine.num_io_tensors):
             tname = engine.get_tensor_name(i)
             is_in = engine.get_tensor_mode(tname) == trt_mod.TensorIOMode.INPUT
+            # the sidecar's profile sizes the buffers and picks the plan for a run of N cameras; a sidecar
+            # edited to claim more than the plan's own profile (min, opt, max shapes) would overrun it
+            if is_in and (real := int(engine.get_tensor_profile_shape(tname, 0)[2][0])) < self.max_batch:
+                raise EngineError(
+                    f"{self.plan}: refused: its sidecar claims batches up to {self.max_batch}, the plan's own "
+                    f"profile takes {real} for input {tname!r}: rebuild with `edgesdk build --force`"
+                )
             io.append(
                 (
                     tname,

@@ -76,4 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors name the file and the problem; a traceback would bury that.
         print(f"edgesdk {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: say so (and what a command kept), 128 + SIGINT as shells do
+        print(f"edgesdk {args.cmd}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 130
     return 0

@@ -40,9 +40,11 @@ def csv_labels(path: str | Path) -> dict[str, int]:
     other defect kind name) is defective; relative paths are relative to the CSV's folder."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's BOM is not part of the first path
     except OSError as e:
         raise DataError(f"--labels {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"--labels {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     out: dict[str, int] = {}
     for n, row in enumerate(csv.reader(io.StringIO(text)), 1):
         if not row or not "".join(row).strip():
@@ -55,7 +57,10 @@ def csv_labels(path: str | Path) -> dict[str, int]:
         if not label:
             raise DataError(f"--labels {path}: line {n}: empty label for {name!r}")
         p = Path(name) if Path(name).is_absolute() else path.parent / name
-        out[str(p.resolve())] = 0 if label in ("0", "good", "ok") else 1
+        key, y = str(p.resolve()), 0 if label in ("0", "good", "ok") else 1
+        if out.get(key, y) != y:  # one image labelled both ways: the metrics would depend on row order
+            raise DataError(f"--labels {path}: line {n}: {name!r} is labelled both good and defective")
+        out[key] = y
     if not out:
         raise DataError(f"--labels {path}: no path,label rows")
     return out
@@ -77,6 +82,8 @@ def compare_archives(
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
         raise EdgesdkError(f"--out {out}: not empty and has no {MARKER}, so it is not an `edgesdk compare` folder")
+    if out.is_symlink() and not out.exists():  # mkdir would say only "File exists"
+        raise EdgesdkError(f"--out {out}: a symbolic link to {out.readlink()}, which does not exist; give a folder")
     paths = inputs.resolve(images)
     truth = csv_labels(labels) if labels is not None else layout_labels(images, paths)
     out.mkdir(parents=True, exist_ok=True)

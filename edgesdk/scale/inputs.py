@@ -31,7 +31,7 @@ def resolve(spec: str | Path) -> list[str]:
         what = f"{text}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below"
     elif p.is_file() and not _is_image(p):
         found = []
-        for line in p.read_text(errors="replace").splitlines():
+        for line in p.read_text(errors="surrogateescape").splitlines():  # a non-UTF-8 name is refused below
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -49,7 +49,23 @@ def resolve(spec: str | Path) -> list[str]:
     paths = sorted({os.path.abspath(q) for q in found})
     if not paths:
         raise DataError(what)
+    # A name that is not UTF-8 (os gives it lone surrogates) crashes cv2.imread (a segfault, the whole run)
+    # and cannot be stored in Parquet's UTF-8 path column: refused up front, naming it.
+    bad = [q for q in paths if _not_utf8(q)]
+    if bad:
+        raise DataError(
+            f"--images {text}: {len(bad)} path(s) not valid UTF-8, e.g. {os.fsencode(bad[0])!r}; rename them "
+            "(the Parquet path column is UTF-8)"
+        )
     return paths
+
+
+def _not_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def fingerprint(paths: list[str]) -> str:

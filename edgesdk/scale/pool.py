@@ -4,6 +4,7 @@ Runtime session) per worker process. workers=1 scores in this process, no pool."
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
@@ -14,6 +15,9 @@ _WORKER: list[ScoreBatch] = []  # the worker process's scorer, made once by _ini
 
 
 def _init(bundle: str, batch: int, threads: int) -> None:
+    # Ctrl-C reaches the whole process group; the parent alone handles it. A worker interrupted while
+    # it holds the pool's call-queue lock would leave the parent waiting on the pool forever.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.append(ScoreBatch(bundle, batch, threads))
 
 
@@ -52,6 +56,9 @@ def run_pool(
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for f in done:
                     yield f.result()
+        except KeyboardInterrupt:  # no new shard starts; the `with` waits only for those being scored
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
         except BrokenProcessPool:
             raise RuntimeError(
                 "a scoring worker process died (killed or out of memory?); the parts written so far are kept: "

@@ -72,15 +72,24 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
     else:
         from edgesdk.scale.pool import run_pool
 
-        workers = min(opts.workers or cores, max(1, len(jobs)))
+        # capped at the cores: each worker is a process with its own session; more only contend for the CPUs
+        workers = min(opts.workers or cores, cores, max(1, len(jobs)))
         threads = opts.threads or max(1, cores // workers)  # workers x threads ~ cores
         results = run_pool(str(bundle), jobs, opts.batch, workers, threads) if jobs else iter(())
     t0 = time.perf_counter()
     try:
         with bar(total=todo, desc="score", unit="img", enabled=opts.progress) as b:
-            for shard, rows in results:
-                shards.write_part(out, shard, rows)
-                b.update(len(rows))
+            written = 0
+            try:
+                for shard, rows in results:
+                    shards.write_part(out, shard, rows)
+                    b.update(len(rows))
+                    written += len(rows)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(
+                    f"{written} of {todo} images scored into {out} before the interrupt; the parts written "
+                    "are kept: rerun the same command to resume"
+                ) from None
             seconds = time.perf_counter() - t0
             b.set_postfix(img_per_s=f"{todo / seconds:.1f}" if seconds > 0 else "-")
     finally:

@@ -54,6 +54,8 @@ def open_run(out: str | Path, record: dict) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdgesdkError(f"--out {out}: is a file; give a folder")
+    if out.is_symlink() and not out.exists():  # mkdir would say only "File exists"
+        raise EdgesdkError(f"--out {out}: a symbolic link to {out.readlink()}, which does not exist; give a folder")
     if out.is_dir() and any(out.iterdir()):
         run_file = out / RUN_FILE
         try:
@@ -73,7 +75,8 @@ def open_run(out: str | Path, record: dict) -> Path:
                     f"{run_file}: {key} is {old.get(key)!r} but this run's is {record[key]!r} (a folder made "
                     "for another bundle or input list); choose a new --out to score these"
                 )
-        for tmp in out.glob(".part-*.tmp"):  # a killed run's half-written part: ours, never renamed in
+        # a killed run's half-written part (fsutil's temp name for part-NNNNNN.parquet): ours, never renamed in
+        for tmp in out.glob(".part-[0-9][0-9][0-9][0-9][0-9][0-9].parquet.*.tmp"):
             tmp.unlink(missing_ok=True)
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,8 @@ def open_run(out: str | Path, record: dict) -> Path:
 
 
 def done_shards(out: Path, shards: list[list[str]]) -> set[int]:
-    """Indices of the shards whose part file is complete (readable, with the shard's row count)."""
+    """Indices of the shards whose part file is complete: readable, holding exactly the shard's paths in
+    order (a row count alone would trust a part copied in from another run and lose this shard's images)."""
     _, pq = pyarrow_modules()
     done = set()
     for i, shard in enumerate(shards):
@@ -92,7 +96,7 @@ def done_shards(out: Path, shards: list[list[str]]) -> set[int]:
         if not p.is_file():
             continue
         try:
-            if pq.read_metadata(p).num_rows == len(shard):
+            if pq.read_table(p, columns=["path"]).column("path").to_pylist() == shard:
                 done.add(i)
         except Exception:  # noqa: BLE001 - a damaged part (pyarrow raises several types) is scored again
             pass
@@ -110,6 +114,12 @@ def read_table(out: str | Path) -> Any:
     """Every part of OUT as one pyarrow Table, in shard order (= sorted path order)."""
     pa, pq = pyarrow_modules()
     parts = sorted(Path(out).glob("part-*.parquet"))
+    try:  # only this run's shards: a stray part-*.parquet beyond them would add rows no image of the run has
+        run = json.loads((Path(out) / RUN_FILE).read_text())
+        ours = {part_path(Path(out), i) for i in range(-(-int(run["n_images"]) // int(run["shard_size"])))}
+        parts = [p for p in parts if p in ours]
+    except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError):
+        pass  # no readable run record: every part, as pyarrow itself reads the folder
     if not parts:
         raise EdgesdkError(f"{out}: no part-*.parquet files; run `edgesdk score` into it first")
     return pa.concat_tables([pq.read_table(p, schema=schema()) for p in parts])

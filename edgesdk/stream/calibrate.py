@@ -35,7 +35,7 @@ from edgesdk.bundle import Bundle
 from edgesdk.errors import DataError, OptionError, finite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
 from edgesdk.progress import bar
-from edgesdk.spec import MANIFEST, Threshold, file_entry
+from edgesdk.spec import MANIFEST, Threshold, file_entry, source_name_problem
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.stream.drift_ref import DRIFT_FILE, SOURCES_FILE, ReferenceBuilder
 from edgesdk.stream.drift_ref import SCHEMA as REF_SCHEMA
@@ -157,7 +157,9 @@ def calibrate_sources(
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise OptionError(f"--source: two sources are named {dup[0]!r}; give each its own ?name=")
-    for uri, (_, _, thr) in zip(sources, parsed):
+    for uri, (_, name, thr) in zip(sources, parsed):
+        if why := source_name_problem(name):  # checked before any frame is read: it is a key of the manifest
+            raise OptionError(f"{public_uri(uri)}: the source's name {why}; give it a ?name=")
         if thr is not None:
             raise OptionError(f"{public_uri(uri)}: ?threshold= sets a run's threshold; calibrate derives it")
     b, inputs, k = _prepare(bundle, [inner for inner, _, _ in parsed], out, frames, k_sigma, force)

@@ -40,6 +40,7 @@ from edgesdk.bundle import Bundle
 from edgesdk.errors import OptionError, finite
 from edgesdk.measure.metrics import LatencyWindow
 from edgesdk.notify import Heartbeat, Notifier
+from edgesdk.spec import source_name_problem
 from edgesdk.stream.detector import Detector, DetectorOptions, Result
 from edgesdk.stream.drift import KINDS, DriftMonitor, DriftOptions
 from edgesdk.stream.drift_ref import Reference, load_source_references
@@ -68,6 +69,8 @@ def split_source(uri: str) -> tuple[str, str, float | None]:
         raise OptionError(
             f"{shown}: ?tile= scores one source tile by tile; a run of several sources scores whole frames"
         )
+    if own["name"] and (why := source_name_problem(own["name"])):  # it names records, logs, labels, manifest keys
+        raise OptionError(f"{shown}: source option name {why}")
     return inner, own["name"] or public_uri(inner), thr
 
 

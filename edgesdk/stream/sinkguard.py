@@ -6,19 +6,14 @@ while the verdict sinks carry on with every record. No torch."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from edgesdk.video import open_sink
+from edgesdk.video.options import public_uri  # sources and sinks are named the same way
 
 EVIDENCE_RETRY_S, EVIDENCE_RETRY_MAX_S = 2.0, 30.0  # a failed evidence sink's backoff, doubling up to the max
 
 log = logging.getLogger("edgesdk.stream.pipeline")
-
-
-def public_uri(uri: str) -> str:
-    """The URI with any token= value hidden: summaries, logs and metrics name sinks by it."""
-    return re.sub(r"([?&]token=)[^&#]*", r"\1***", uri)
 
 
 def _describe(e: BaseException) -> str:

@@ -19,7 +19,7 @@ import cv2
 
 from edgesdk.errors import OptionError
 from edgesdk.video.base import Frame, Source, SourceOptions
-from edgesdk.video.options import foreign_query
+from edgesdk.video.options import foreign_query, public_uri
 
 log = logging.getLogger("edgesdk.video")
 
@@ -51,7 +51,8 @@ class LiveSource(Source):
 
     def __init__(self, uri: str, target, backend: int, opts: SourceOptions, name: str):
         super().__init__()
-        self.uri, self.target, self.backend, self.opts, self.name = uri, target, backend, opts, name
+        # the camera's password stays in TARGET (what OpenCV opens); everything shown uses the public URI
+        self.uri, self.target, self.backend, self.opts, self.name = public_uri(uri), target, backend, opts, name
         self.stats = {"reconnects": 0, "failed_opens": 0, "dropped_at_source": 0, "grabbed": 0}
         self._cond = threading.Condition()
         self._latest: tuple[Any, float] | None = None  # (BGR frame, wall time)
@@ -60,7 +61,7 @@ class LiveSource(Source):
         self.cap = self._open()
         if self.cap is None:
             raise OSError(
-                f"{uri}: cannot open this source (OpenCV {cv2.__version__}, backend "
+                f"{self.uri}: cannot open this source (OpenCV {cv2.__version__}, backend "
                 f"{cv2.videoio_registry.getBackendName(backend)}); check the address, the device "
                 "node's permissions, or that the camera is not in use by another process"
             )

@@ -121,6 +121,13 @@ def foreign_query(query: str, keys) -> str:
     return "&".join(p for p in query.split("&") if p and unquote_plus(p.split("=")[0]) not in keys)
 
 
+def public_uri(uri: str) -> str:
+    """The URI with any token= value and its user's password (rtsp://user:PASS@host) hidden: summaries,
+    logs, /metrics labels and a calibrated manifest name sources and sinks by it."""
+    uri = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#]*@", r"\1:***@", uri)
+    return re.sub(r"([?&]token=)[^&#]*", r"\1***", uri)
+
+
 def scheme_of(uri: str) -> str:
     """The URI's scheme, lower case, or "" for a plain path (a Windows drive "C:" is a path)."""
     m = _SCHEME.match(uri)

@@ -1,0 +1,158 @@
+"""`edgesdk score` attacked: part files that are not what their names say must not be trusted on resume
+or counted (every image exactly once); Ctrl-C on the pool ends the run with a message, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pq = pytest.importorskip("pyarrow.parquet", reason="edgesdk score writes Parquet: pip install 'edgesdk[scale]'")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*argv):
+    return subprocess.run([sys.executable, "-m", "edgesdk", *map(str, argv)], capture_output=True, text=True, cwd=ROOT)
+
+
+def _scored(bundle, tiny_data, tmp_path, n: int = 4) -> tuple[Path, Path, list[str]]:
+    """N test images scored into OUT in shards of 2; (images folder, OUT, the sorted paths)."""
+    arch = tmp_path / "archive"
+    arch.mkdir()
+    for p in sorted((tiny_data / "brick" / "test").rglob("*.png"))[:n]:
+        shutil.copy(p, arch / f"{p.parent.name}-{p.name}")
+    out = tmp_path / "o"
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    return arch, out, sorted(str(p) for p in arch.iterdir())
+
+
+def test_resume_rescores_a_part_holding_another_shards_rows(bundle, tiny_data, tmp_path):
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)
+    shutil.copy(out / "part-000000.parquet", out / "part-000001.parquet")  # right row count, foreign rows
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["scored"] == 2 and s["resumed"] == 2
+    assert sorted(pq.read_table(out).column("path").to_pylist()) == paths  # each image once, none lost
+
+
+def test_a_stray_part_beyond_the_runs_shards_is_not_counted(bundle, tiny_data, tmp_path):
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)
+    shutil.copy(out / "part-000000.parquet", out / "part-000099.parquet")
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["resumed"] == len(paths) and s["ng"] + s["good"] + s["errors"] == len(paths)
+
+
+def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle, tiny_data, tmp_path):
+    src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
+    arch, out, n = tmp_path / "archive", tmp_path / "o", 200
+    arch.mkdir()
+    for i in range(n):
+        (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
+    argv = [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
+    argv += ["--batch", "2", "--workers", "2", "-q"]
+    # A terminal's Ctrl-C: SIGINT to the whole process group (the pool's workers too), default handling.
+    p = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("part-*.parquet"))) < 3 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        err = p.communicate(timeout=90)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("the pool hung after Ctrl-C")
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    kept = len(list(out.glob("part-*.parquet")))
+    assert 3 <= kept < n // 2 and not list(out.glob(".*.tmp"))
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 2, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["resumed"] == 2 * kept and s["scored"] == n - 2 * kept
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == n
+
+
+def test_labels_csv_with_a_bom_non_utf8_or_conflicting_rows(tmp_path):
+    from edgesdk.errors import DataError
+    from edgesdk.scale.compare import csv_labels
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfa.png,ng\nb.png,good\n")  # as spreadsheets save "CSV UTF-8", no header
+    assert csv_labels(bom) == {str(tmp_path / "a.png"): 1, str(tmp_path / "b.png"): 0}
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"caf\xe9.png,ng\n")
+    with pytest.raises(DataError, match=r"--labels .*latin\.csv: not UTF-8"):
+        csv_labels(latin)
+    both = tmp_path / "both.csv"
+    both.write_text("path,label\na.png,ng\nb.png,good\n./a.png,good\n")
+    with pytest.raises(DataError, match=r"both\.csv: line 4: './a.png' is labelled both good and defective"):
+        csv_labels(both)
+    same = tmp_path / "same.csv"
+    same.write_text("a.png,ng\na.png,scratch\n")  # a repeated row that agrees is harmless
+    assert csv_labels(same) == {str(tmp_path / "a.png"): 1}
+
+
+def test_pool_workers_beyond_the_cores_are_capped(bundle, tiny_data, tmp_path, monkeypatch):
+    from edgesdk.scale.run import ScoreOptions, score_archive
+
+    arch = tmp_path / "archive"
+    arch.mkdir()
+    for p in sorted((tiny_data / "brick" / "test").rglob("*.png"))[:3]:
+        shutil.copy(p, arch / f"{p.parent.name}-{p.name}")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # a 2-core machine, whatever runs the test
+    r = score_archive(bundle, arch, tmp_path / "o", ScoreOptions(batch=1, workers=10_000, progress=False))
+    assert r["workers"] == 2 and r["n_images"] == r["scored"] == 3
+
+
+def test_a_non_utf8_file_name_is_refused_naming_it_not_a_crash(bundle, tmp_path):
+    arch = tmp_path / "archive"
+    arch.mkdir()
+    os.symlink(Path(bundle) / "manifest.json", os.fsencode(arch) + b"/caf\xe9.png")  # any file: never read
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(os.fsencode(arch) + b"/caf\xe9.png\n")
+    for images in (arch, listing):
+        r = cli("score", bundle, "--images", images, "--out", tmp_path / "o", "--workers", 1, "-q")
+        assert r.returncode == 2, (r.returncode, r.stderr)  # was a segfault in cv2.imread (-11)
+        assert f"--images {images}: 1 path(s) not valid UTF-8" in r.stderr and "caf\\xe9.png" in r.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_out_a_dangling_symlink_is_refused_naming_it(bundle, tiny_data, tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    images = tiny_data / "brick" / "test" / "good"
+    for argv in (("score", bundle), ("compare", bundle, bundle)):
+        r = cli(*argv, "--images", images, "--out", tmp_path / "out", "--workers", 1, "-q")
+        assert r.returncode == 2 and f"--out {tmp_path / 'out'}: a symbolic link to" in r.stderr, r.stderr
+        assert not (tmp_path / "nowhere").exists()
+
+
+def test_resume_removes_only_its_own_temporary_parts(bundle, tiny_data, tmp_path):
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)
+    ours, theirs = out / ".part-000001.parquet.k3j9.tmp", out / ".part-notes.tmp"
+    ours.write_bytes(b"half a part")
+    theirs.write_text("someone's notes")
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "-q")
+    assert r.returncode == 0, r.stderr
+    assert not ours.exists() and theirs.read_text() == "someone's notes"
