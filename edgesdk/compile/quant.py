@@ -339,8 +339,9 @@ def sensitivity(fp32: Path, qdq: Path, frames: np.ndarray, input_name: str) -> l
     model's on FRAMES: where the quantized model has drifted furthest, keeping layers FP32 helps most.
     [(conv name, sqnr_db), ...]."""
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio as sqnr
+
+    from edgesdk.compile import ranges
 
     f = onnx.load(str(fp32))
     convs = set(feature_convs(f))
@@ -350,14 +351,7 @@ def sensitivity(fp32: Path, qdq: Path, frames: np.ndarray, input_name: str) -> l
     names = [t for t, c in outs.items() if c in q_out]
 
     def run(model, tensors):
-        have = {o.name for o in model.graph.output}
-        for t in tensors:
-            if t not in have:
-                model.graph.output.append(onnx.ValueInfoProto(name=t))
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = ranges.tap_session(model, tensors)
         got = [sess.run(tensors, {input_name: frames[i : i + 1]}) for i in range(len(frames))]
         return {t: np.concatenate([g[k] for g in got]) for k, t in enumerate(tensors)}
 

@@ -60,7 +60,9 @@ def entropy_clip(a: np.ndarray, amax: float, bins: int = 2048, levels: int = 128
     return float(amax * best / bins)
 
 
-def _session(model, outputs: list[str]):
+def tap_session(model, outputs: list[str]):
+    """An ONNX Runtime session of MODEL that also returns the intermediate tensors OUTPUTS, with nothing
+    fused, so each Q/DQ pair runs as written."""
     import onnx
     import onnxruntime as ort
 
@@ -95,7 +97,7 @@ def search(pre: Path, qdq: Path, frames: np.ndarray, input_name: str) -> tuple[d
     q = onnx.load(str(qdq))
     names = activation_scale_names(q)
     tensors = list(names)
-    f_sess = _session(onnx.load(str(pre)), tensors)
+    f_sess = tap_session(onnx.load(str(pre)), tensors)
     outs = [o.name for o in f_sess.get_outputs() if o.name not in names]
     amax = dict.fromkeys(tensors, 0.0)
     samples: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
@@ -119,7 +121,7 @@ def search(pre: Path, qdq: Path, frames: np.ndarray, input_name: str) -> tuple[d
     q.graph.initializer.extend(keep)
     for s in sorted(scale_names):
         q.graph.input.append(helper.make_tensor_value_info(s, TensorProto.FLOAT, []))
-    q_sess = _session(q, list(ref))
+    q_sess = tap_session(q, list(ref))
 
     def error(choice: dict[str, str]) -> float:
         feeds = {input_name: ev, **{names[t]: np.array(cands[t][m] / 127, np.float32) for t, m in choice.items()}}
