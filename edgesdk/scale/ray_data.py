@@ -61,6 +61,9 @@ def cluster_cpus() -> int:
     return max(1, int(import_ray().cluster_resources().get("CPU", 1)))
 
 
+ACTOR_START_S = 300  # bundle load on a busy node; a cluster short of CPUs fails after this
+
+
 def run_ray(
     bundle: str, jobs: list[tuple[int, list[str]]], batch: int, workers: int, threads: int
 ) -> Iterator[tuple[int, list[dict]]]:
@@ -73,6 +76,9 @@ def run_ray(
     ctx.enable_progress_bars = False  # edgesdk's own bar counts images
     ctx.print_on_execution_start = False
     ctx.scheduling_strategy = "SPREAD"  # actors over every node, not packed onto the first
+    # Work starts once every actor has loaded the bundle, one shard in flight each: otherwise the
+    # first actor up takes every queued shard while the others are still loading.
+    ctx.wait_for_min_actors_s = ACTOR_START_S
     items = [{"shard": i, "paths": json.dumps(paths)} for i, paths in jobs]
     want = {i: len(paths) for i, paths in jobs}
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * workers)))
@@ -80,13 +86,19 @@ def run_ray(
         ScoreShards,
         fn_constructor_args=(bundle, batch, threads),
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
         num_cpus=1,
     )
     pending: dict[int, list[dict]] = {}
-    for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for rec in part.to_pylist():
-            shard = int(rec["shard"])
-            pending.setdefault(shard, []).append({k: rec[k] for k in COLUMNS})
-            if len(pending[shard]) == want[shard]:
-                yield shard, sorted(pending.pop(shard), key=lambda r: r["path"])
+    try:
+        for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for rec in part.to_pylist():
+                shard = int(rec["shard"])
+                pending.setdefault(shard, []).append({k: rec[k] for k in COLUMNS})
+                if len(pending[shard]) == want[shard]:
+                    yield shard, sorted(pending.pop(shard), key=lambda r: r["path"])
+    except ray.exceptions.GetTimeoutError:
+        raise EdgesdkError(
+            f"--ray: {workers} scoring actors (1 CPU each) did not start within {ACTOR_START_S} s: "
+            "the cluster has fewer free CPUs than --workers"
+        ) from None

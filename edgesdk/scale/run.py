@@ -67,7 +67,8 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
         from edgesdk.scale import ray_data
 
         started = ray_data.connect(opts.ray)
-        workers, threads = opts.workers or ray_data.cluster_cpus(), opts.threads or 1
+        cpus = ray_data.cluster_cpus()  # each actor takes one CPU: more would never start
+        workers, threads = min(opts.workers or cpus, cpus), opts.threads or 1
         results = ray_data.run_ray(str(bundle), jobs, opts.batch, workers, threads) if jobs else iter(())
     else:
         from edgesdk.scale.pool import run_pool
