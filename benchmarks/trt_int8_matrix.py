@@ -143,6 +143,18 @@ def summary(r: dict) -> dict:
     }
 
 
+def markdown(rows: list[dict]) -> str:
+    """docs/QUANTIZATION.md's "Measured" table rows: bundle, AUROC, counts, % INT8, attempt, gate."""
+    out = []
+    for r in rows:
+        out.append(
+            f"| {r['cell']} | {r['float -> int8 image AUROC'].replace('->', '→')} | "
+            f"{r['INT8/FP16/FP32'].replace('/', ' / ')} | {r['% INT8'].replace('%', ' %')} | "
+            f"{r['attempt']} | {r['gate']} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -156,6 +168,7 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="redo cells already in the JSON (only bundles it made)")
     ap.add_argument("--n-calib", type=int, help="passed to edgesdk export (default: its own)")
     ap.add_argument("--max-drop", type=float, help="passed to edgesdk export (default: its own)")
+    ap.add_argument("--markdown", action="store_true", help="also print the rows as a Markdown table")
     ap.add_argument("--json", type=Path, help="default: BUNDLES/PREFIXtrt-int8-matrix.json")
     args = ap.parse_args()
     models, cats = args.models.split(","), args.categories.split(",")
@@ -178,6 +191,8 @@ def main() -> None:
             print(table([summary(doc["cells"][name])]), flush=True)
     rows = [summary(r) for r in doc["cells"].values()]
     print(table(rows, title=f"TensorRT INT8 (CPU int8 ISA: {', '.join(doc['cpu_int8_isa']) or 'none'})"))
+    if args.markdown:
+        print(markdown(rows))
     print(f"wrote {out}")
 
 

@@ -153,13 +153,14 @@ def test_trt_int8_matrix_reads_a_bundle_it_did_not_make_and_resumes(tmp_path):
     before = sorted(p.name for p in tmp_path.rglob("*"))
     cmd = [sys.executable, str(ROOT / "benchmarks/trt_int8_matrix.py"), "--data", str(tmp_path / "data")]
     cmd += ["--runs", str(runs), "--bundles", str(bundles), "--models", "padim", "--categories", "brick"]
-    cmd += ["--prefix", "t-", "--force"]
+    cmd += ["--prefix", "t-", "--markdown", "--force"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     row = json.loads((bundles / "t-trt-int8-matrix.json").read_text())["cells"]["brick padim"]
     assert not row["exported_here"] and row["passed"] and (row["int8"], row["fp16"], row["fp32"]) == (30, 3, 0)
     assert row["attempt"] == 2 and row["float_image_auroc"] == 0.95 and "load_before" in row
     assert "30/3/0" in r.stdout and "91%" in r.stdout and "2 of 6" in r.stdout
+    assert "| brick padim | 0.950 → 0.948 | 30 / 3 / 0 | 91 % | 2 of 6 | pass |" in r.stdout
     # nothing but the JSON was added; the bundle is untouched
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(before + ["t-trt-int8-matrix.json"])
     again = subprocess.run(cmd[:-1], capture_output=True, text=True, cwd=ROOT)
