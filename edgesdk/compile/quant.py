@@ -207,6 +207,11 @@ def quantize_int8(
                 "CalibMovingAverage": False,
             },
         )
+        freed: list[str] = []
+        if trt:  # Q/DQ at the quantized convolutions' inputs only (mixed.conv_inputs_only says why)
+            q = onnx.load(str(dst))
+            freed = mixed.conv_inputs_only(q, set(convs))
+            onnx.save(q, str(dst))
         search: dict = {}
         if opts.method == "search" and scales is None:
             scales, search = ranges.search(pre, dst, frames, input_name)
@@ -224,6 +229,7 @@ def quantize_int8(
         "quantized_other": len(nodes) - len(convs),
         "fp32_convs": sorted(keep_float),
         "fp16_convs": sorted(keep_fp16),
+        **({"qdq_removed_not_conv_inputs": len(freed)} if trt else {}),
         "conv_counts": mixed.counts(q),
         **({"range_search": search} if search else {}),
         "scales": scales,
