@@ -5,7 +5,8 @@ target-aware because the fast layout differs. ONNX Runtime's quantization toolin
                           the layout ONNX Runtime's x86/Arm integer kernels run fast. Conv, Clip and
                           Add are quantized so Q/DQ pairs fold into QLinearConv/QLinearAdd.
   int8 --target tensorrt  TensorRT's explicit quantization: symmetric int8, zero points 0, per-channel
-                          weight scales on axis 0, per-tensor activations, float biases. The activation
+                          weight scales on axis 0, per-tensor activations, float biases, Q/DQ only at
+                          the quantized convolutions' inputs (compile.mixed). The activation
                           scales are also written as a TensorRT calibration cache (calib.cache). By
                           default each activation's range is searched (compile.ranges), and fallback
                           convolutions run in FP16 (compile.mixed).
