@@ -91,6 +91,12 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
                     b.update(len(rows))
                     written += len(rows)
             except KeyboardInterrupt:
+                # Ctrl-C may land here, while a part is written, rather than inside the pool's generator:
+                # close it now so its workers finish their shard and exit before the command does, instead
+                # of whenever the generator is collected (after the message, or never if a frame holds it).
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()
                 raise KeyboardInterrupt(
                     f"{written} of {todo} images scored into {out} before the interrupt; the parts written "
                     "are kept: rerun the same command to resume"
