@@ -185,3 +185,10 @@ def test_trt_int8_matrix_reads_a_failed_exports_attempts():
     assert not row["passed"] and row["attempt"] == 2 and (row["int8"], row["fp16"], row["fp32"]) == (17, 16, 0)
     assert row["float_image_auroc"] == pytest.approx(0.948) and row["drop"] == pytest.approx(0.008)
     assert mod.from_failure("edgesdk export: error: run.json: not found")["error"].endswith("not found")
+    # a segmenter fails on its outlines: among equal AUROC drops the attempt with the best pixel F1
+    seg = [
+        {"int8_convs": 52 - k, "fp16_convs": k, "image_auroc": 1.0, "image_auroc_drop": 0.0, "pixel_f1": f}
+        for k, f in ((0, 0.69), (26, 0.71))
+    ]
+    row = mod.from_failure(table(seg, title="attempts"))
+    assert row["fp16"] == 26 and row["pixel_f1"] == pytest.approx(0.71) and row["attempt"] == 2
