@@ -99,7 +99,7 @@ def main() -> None:
     a = ap.parse_args()
     for b in a.bundles:
         row: dict = {"bundle": str(b)}
-        for v in a.variants.split(","):
+        for v in filter(None, a.variants.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
                 row[v] = memory(b / "model.onnx", v, a.calls, Path(tmp))
         if a.rounds:
