@@ -1,18 +1,42 @@
 """Image I/O and resizing, the one implementation both sides use: the device resizes every frame
 with `resize` (stream/detector.py), reads image folders as sources (video/sources.py); the host
 reads data sets with the same functions (data/mvtec.py), so training and scoring see the same pixels.
-numpy + OpenCV only. Every error is a DataError naming the path."""
+numpy + OpenCV only. Every error is a DataError naming the path.
+
+Files are read by Python and decoded from memory (cv2.imdecode): cv2.imread takes a UTF-8 name and
+crashes the process on one that is not (Linux hands such names to Python as lone surrogates). The
+header's width x height is checked against a pixel limit before decoding (imagesize.py): a small
+PNG can decode to gigabytes, and OpenCV's own guard (OPENCV_IO_MAX_IMAGE_PIXELS, 2^30 pixels, read
+once per process) lets a 400 MP image through."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edgesdk.errors import DataError
+from edgesdk.errors import DataError, OptionError
+from edgesdk.imagesize import image_size
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MAX_PIXELS = 50_000_000  # width x height; a 50 MP colour image decodes to 150 MB
+MAX_PIXELS_ENV = "EDGESDK_MAX_PIXELS"  # overrides MAX_PIXELS for every command that reads images
+
+
+def max_pixels(value: int | None = None) -> int:
+    """The pixel limit in force: VALUE (a --max-pixels flag), else $EDGESDK_MAX_PIXELS, else MAX_PIXELS."""
+    where, raw = ("--max-pixels", value) if value is not None else (MAX_PIXELS_ENV, os.environ.get(MAX_PIXELS_ENV))
+    if raw is None or raw == "":
+        return MAX_PIXELS
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        raise OptionError(f"{where} {raw!r}: a whole number of pixels >= 1") from None
+    if isinstance(raw, bool) or n < 1:
+        raise OptionError(f"{where} {raw!r}: a whole number of pixels >= 1")
+    return n
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -25,12 +49,36 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 BGR, resized to size=(H, W) if given."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{path}: not a readable image")
+def read_image(path: str | Path, size: tuple[int, int] | None = None, limit: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 BGR, resized to size=(H, W) if given. LIMIT: most pixels (width x height) an
+    image may have (None: max_pixels()); a larger one is a DataError naming the file and its size."""
+    img = _decode(path, cv2.IMREAD_COLOR, limit)
     return resize(img, size) if size is not None else img
+
+
+def read_mask(path: str | Path, limit: int | None = None) -> np.ndarray:
+    """(H, W) uint8, a ground-truth mask read as grayscale; the same checks as read_image."""
+    return _decode(path, cv2.IMREAD_GRAYSCALE, limit, what="mask image")
+
+
+def _decode(path: str | Path, flags: int, limit: int | None, what: str = "image") -> np.ndarray:
+    try:
+        raw = np.fromfile(path, np.uint8)  # any file name: Python opens it, not OpenCV
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable {what} ({getattr(e, 'strerror', None) or e})") from None
+    wh = image_size(raw.data)  # raw.data: a memoryview of the bytes, no copy
+    if wh is None:
+        raise DataError(f"{path}: not a readable {what}")  # not PNG, JPEG, BMP, TIFF or WebP, or cut short
+    n, cap = wh[0] * wh[1], max_pixels(limit)
+    if n > cap:
+        raise DataError(
+            f"{path}: {wh[0]}x{wh[1]} pixels ({n / 1e6:.1f} MP) is over the limit of {cap} pixels; not decoded "
+            f"(raise it with --max-pixels or ${MAX_PIXELS_ENV})"
+        )
+    img = cv2.imdecode(raw, flags)
+    if img is None:
+        raise DataError(f"{path}: not a readable {what}")
+    return img
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,6 +28,9 @@ class Recipe:
     train: dict = field(default_factory=dict)  # TrainOptions fields
     export: dict = field(default_factory=dict)  # ExportOptions fields
     backbone_weights: str = ""  # state-dict file for backbones with none shipped
+    # a PatchCore run folder for --model segmenter's anomaly head: relative to the recipe's folder and
+    # inside it; load_recipe replaces it with the resolved absolute path
+    with_anomaly: str = ""
     path: str = ""
 
     def to_dict(self) -> dict:
@@ -35,6 +38,7 @@ class Recipe:
             "path": self.path,
             "model": self.model,
             "backbone_weights": self.backbone_weights,
+            "with_anomaly": self.with_anomaly,
             "config": self.config,
             "train": self.train,
             "export": self.export,
@@ -136,7 +140,30 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         values = getattr(r, section)
         typed = from_mapping(cls, values, f"{where} [{section}]")
         check_values(section, {k: getattr(typed, k) for k in values}, where, r.model)
+    if r.with_anomaly:
+        if r.model != "segmenter":
+            raise SpecError(f"{where}: with_anomaly adds a PatchCore head to model segmenter, not to {r.model!r}")
+        r = replace(r, with_anomaly=str(inside_recipe(r.with_anomaly, path, "with_anomaly")))
     return r
+
+
+def inside_recipe(value: str, recipe: Path, key: str) -> Path:
+    """VALUE (a folder a recipe names) resolved against the recipe's folder; refused, naming the file
+    and KEY, when it is absolute, climbs out with .., leads out through a link, or is not a folder."""
+    where = f"{recipe}: {key} {value!r}"
+    if "\0" in value or "\\" in value or Path(value).is_absolute() or ".." in Path(value).parts:
+        raise SpecError(f"{where}: must be a plain path relative to the recipe's folder (no .., no absolute path)")
+    folder = recipe.resolve().parent
+    try:
+        real = (folder / value).resolve()
+        is_dir = real.is_dir()
+    except OSError as e:
+        raise SpecError(f"{where}: {e.strerror or e}") from None
+    if real != folder and folder not in real.parents:
+        raise SpecError(f"{where}: leads to {real}, outside the recipe's folder {folder}")
+    if not is_dir:
+        raise SpecError(f"{where}: no such folder in {folder} (a run folder of edgesdk train --model patchcore)")
+    return real
 
 
 # Command-line values by the field they set; `edgesdk train` and `export` name them as flags.
@@ -178,6 +205,7 @@ class TrainRequest:
     opts: "TrainOptions"
     backbone_weights: str | None
     recipe: dict
+    with_anomaly: str | None = None
 
     def kwargs(self) -> dict:
         return {
@@ -186,20 +214,22 @@ class TrainRequest:
             "opts": self.opts,
             "backbone_weights": self.backbone_weights,
             "recipe": self.recipe,
+            "with_anomaly": self.with_anomaly,
         }
 
 
 def resolve_train(recipe: str | Path | Recipe | None, flags: dict) -> TrainRequest:
     """RECIPE (a name in export/, a path, or None) with FLAGS over it. FLAGS: command-line values by
-    field (CONFIG_FLAGS, TRAIN_FLAGS, "model", "backbone_weights"); None means not given. The model
-    is the flag's, else the recipe's, else padim; the recipe's config counts only for its own model."""
+    field (CONFIG_FLAGS, TRAIN_FLAGS, "model", "backbone_weights", "with_anomaly"); None means not given.
+    The model is the flag's, else the recipe's, else padim; the recipe's config and with_anomaly count
+    only for its own model."""
     from dataclasses import asdict
 
     from edgesdk.train import TrainOptions
 
     r = recipe if isinstance(recipe, Recipe) or recipe is None else load_recipe(recipe)
     given = {k: v for k, v in flags.items() if v is not None}
-    unknown = sorted(set(given) - set(CONFIG_FLAGS + TRAIN_FLAGS + ("model", "backbone_weights")))
+    unknown = sorted(set(given) - set(CONFIG_FLAGS + TRAIN_FLAGS + ("model", "backbone_weights", "with_anomaly")))
     if unknown:
         raise OptionError(f"{flag_name(unknown[0])}: not a train option")
     model = given.get("model") or (r.model if r else "padim")
@@ -211,15 +241,17 @@ def resolve_train(recipe: str | Path | Recipe | None, flags: dict) -> TrainReque
     topts = {**asdict(TrainOptions()), **(r.train if r else {}), **train_flags}
     topts["camera"] = tuple(topts.get("camera") or ())
     weights = given.get("backbone_weights") or (r.backbone_weights if r else "") or None
+    anomaly = given.get("with_anomaly") or (r.with_anomaly if r and r.model == model else "") or None
     resolved = {
         "recipe": r.path if r else None,
         "model": model,
         "config": config,
         "train": topts,
         "backbone_weights": weights,
+        "with_anomaly": str(anomaly) if anomaly else None,
         "export": r.export if r else {},
     }
-    return TrainRequest(model, config, TrainOptions(**topts), weights, resolved)
+    return TrainRequest(model, config, TrainOptions(**topts), weights, resolved, anomaly)
 
 
 def run_export_options(run: str | Path) -> dict:

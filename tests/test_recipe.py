@@ -121,3 +121,59 @@ def test_resolve_export_reads_the_runs_recipe_and_checks_it(tmp_path):
     (run / "run.json").write_text("{not json")
     with pytest.raises(SpecError, match=r"run\.json: not valid JSON"):
         resolve_export(run)
+
+
+def _recipe(folder, with_anomaly: str, model: str = "segmenter"):
+    folder.mkdir(exist_ok=True)
+    f = folder / "hybrid.toml"
+    f.write_text(f'model = "{model}"\nwith_anomaly = {json.dumps(with_anomaly)}\n[train]\nseed = 5\n')
+    return f
+
+
+def test_with_anomaly_in_a_recipe_is_resolved_inside_its_folder_and_a_flag_overrides_it(tmp_path, monkeypatch):
+    from edgesdk.recipe import resolve_train
+
+    proj = tmp_path / "proj"
+    (proj / "runs" / "pc").mkdir(parents=True)
+    f = _recipe(proj, "runs/pc")
+    monkeypatch.chdir(tmp_path)  # the recipe's folder, not the working folder, anchors the path
+    r = load_recipe(f)
+    assert r.with_anomaly == str((proj / "runs" / "pc").resolve())
+    req = resolve_train(r, {})
+    assert req.model == "segmenter" and req.with_anomaly == r.with_anomaly == req.recipe["with_anomaly"]
+    assert req.kwargs()["with_anomaly"] == r.with_anomaly
+    assert resolve_train(r, {"with_anomaly": "elsewhere"}).with_anomaly == "elsewhere"
+    assert resolve_train(r, {"model": "patchcore"}).with_anomaly is None  # the recipe's key is for its model
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("/abs/pc", r"with_anomaly '/abs/pc': must be a plain path relative to the recipe's folder"),
+        ("../pc", r"with_anomaly '../pc': must be a plain path relative"),
+        ("runs\\pc", r"with_anomaly .*: must be a plain path relative"),
+        ("a\0b", r"with_anomaly .*: must be a plain path relative"),
+        ("missing", r"with_anomaly 'missing': no such folder in .*proj"),
+        ("out", r"with_anomaly 'out': leads to .*outside.*, outside the recipe's folder"),
+        ("x" * 5000, r"with_anomaly 'x+': File name too long"),
+    ],
+)
+def test_a_bad_with_anomaly_in_a_recipe_names_the_file_and_the_key(tmp_path, value, message):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "out").symlink_to(tmp_path / "outside")
+    f = _recipe(tmp_path / "proj", value)
+    with pytest.raises(SpecError, match=rf"hybrid\.toml: {message}"):
+        load_recipe(f)
+
+
+def test_with_anomaly_in_a_recipe_is_for_the_segmenter_and_a_string(tmp_path):
+    (tmp_path / "pc").mkdir()
+    f = _recipe(tmp_path, "pc", model="padim")
+    with pytest.raises(SpecError, match=r"hybrid\.toml: with_anomaly adds a PatchCore head to model segmenter"):
+        load_recipe(f)
+    f.write_text('model = "segmenter"\nwith_anomaly = 3\n')
+    with pytest.raises(SpecError, match=r"hybrid\.toml: with_anomaly must be str, got int"):
+        load_recipe(f)
+    r = cli("train", "--recipe", f, "--data", tmp_path, "--out", tmp_path / "run")
+    assert r.returncode == 2 and "edgesdk train: error:" in r.stderr and "with_anomaly must be str" in r.stderr

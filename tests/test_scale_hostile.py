@@ -54,6 +54,23 @@ def test_a_stray_part_beyond_the_runs_shards_is_not_counted(bundle, tiny_data, t
     assert s["resumed"] == len(paths) and s["ng"] + s["good"] + s["errors"] == len(paths)
 
 
+def _session_processes(sid: int, wait_s: float = 10.0) -> list[str]:
+    """Command lines of live processes in session SID (a finished process's children linger a moment)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
+                    left.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (OSError, IndexError, ValueError):
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
 def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle, tiny_data, tmp_path):
     src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
     arch, out, n = tmp_path / "archive", tmp_path / "o", 200
@@ -84,6 +101,7 @@ def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle,
         pytest.fail("the pool hung after Ctrl-C")
     assert p.returncode == 130, err
     assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    assert _session_processes(p.pid) == [], "worker processes outlived the command"
     kept = len(list(out.glob("part-*.parquet")))
     assert 3 <= kept < n // 2 and not list(out.glob(".*.tmp"))
     r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 2, "--json", "-q")
@@ -156,3 +174,32 @@ def test_resume_removes_only_its_own_temporary_parts(bundle, tiny_data, tmp_path
     r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "-q")
     assert r.returncode == 0, r.stderr
     assert not ours.exists() and theirs.read_text() == "someone's notes"
+
+
+def test_an_interrupt_while_a_part_is_written_stops_the_pool_workers_first(bundle, tiny_data, tmp_path, monkeypatch):
+    import multiprocessing as mp
+
+    from edgesdk.scale import shards
+    from edgesdk.scale.run import ScoreOptions, score_archive
+
+    arch = tmp_path / "archive"
+    arch.mkdir()
+    src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
+    for i in range(12):
+        (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
+    write = shards.write_part
+    calls = []
+
+    def interrupted(out, shard, rows):  # Ctrl-C arriving while the second part is being written
+        calls.append(shard)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        write(out, shard, rows)
+
+    monkeypatch.setattr(shards, "write_part", interrupted)
+    opts = ScoreOptions(batch=2, workers=2, threads=1, progress=False)
+    with pytest.raises(KeyboardInterrupt, match=r"2 of 12 images scored into") as e:
+        score_archive(bundle, arch, tmp_path / "o", opts)
+    assert "rerun the same command to resume" in str(e.value)
+    assert mp.active_children() == []  # the pool's workers have exited, not left to the garbage collector
+    assert len(list((tmp_path / "o").glob("part-*.parquet"))) == 1 and not list((tmp_path / "o").glob(".*.tmp"))

@@ -11,13 +11,20 @@ def scale_args(s) -> None:
     s.add_argument("--batch", type=count, default=16, help="images per ONNX Runtime call and per Parquet part file")
     s.add_argument("--workers", type=count, help="worker processes or Ray actors (default: one per core / Ray CPU)")
     s.add_argument("--threads", type=count, help="ONNX Runtime threads per worker (default: cores / workers)")
+    s.add_argument(
+        "--max-pixels",
+        type=count,
+        metavar="N",
+        help="an image over N pixels (width x height) is an error row, never decoded (default: 50000000, "
+        "or $EDGESDK_MAX_PIXELS)",
+    )
     s.add_argument("--ray", metavar="ADDRESS", help="score on Ray Data: HEAD:PORT of a cluster, or local")
 
 
 def scale_opts(args):
     from edgesdk.scale.run import ScoreOptions
 
-    return ScoreOptions(args.batch, args.workers, args.threads, args.ray, progress_on(args))
+    return ScoreOptions(args.batch, args.workers, args.threads, args.ray, progress_on(args), max_pixels=args.max_pixels)
 
 
 def cmd_score(args) -> None:

@@ -25,6 +25,7 @@ def cmd_train(args) -> None:
             "seed": args.seed,
             "camera": args.camera_augment,
             "backbone_weights": args.backbone_weights,
+            "with_anomaly": args.with_anomaly,
         },
     )
     out = train(
@@ -33,7 +34,6 @@ def cmd_train(args) -> None:
         val=args.val,
         force=args.force,
         labels=args.labels,
-        with_anomaly=args.with_anomaly,
         **req.kwargs(),
     )
     run = read_run(out)

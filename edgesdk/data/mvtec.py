@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from edgesdk.errors import DataError
-from edgesdk.images import list_images, read_image, resize
+from edgesdk.images import list_images, read_image, read_mask, resize
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,7 @@ def read_item(item: Item, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
     img = read_image(item.path)
     if item.mask is None:
         return resize(img, size), None
-    m = cv2.imread(str(item.mask), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise DataError(f"{item.mask}: not a readable mask image")
+    m = read_mask(item.mask)
     if m.shape != img.shape[:2]:
         raise DataError(
             f"{item.mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {item.path} is {img.shape[1]}x{img.shape[0]}"

@@ -14,11 +14,11 @@ from edgesdk.scale.score import ScoreBatch
 _WORKER: list[ScoreBatch] = []  # the worker process's scorer, made once by _init
 
 
-def _init(bundle: str, batch: int, threads: int) -> None:
+def _init(bundle: str, batch: int, threads: int, max_pixels: int | None) -> None:
     # Ctrl-C reaches the whole process group; the parent alone handles it. A worker interrupted while
     # it holds the pool's call-queue lock would leave the parent waiting on the pool forever.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER.append(ScoreBatch(bundle, batch, threads))
+    _WORKER.append(ScoreBatch(bundle, batch, threads, max_pixels=max_pixels))
 
 
 def _score(shard: int, paths: list[str]) -> tuple[int, list[dict]]:
@@ -26,13 +26,18 @@ def _score(shard: int, paths: list[str]) -> tuple[int, list[dict]]:
 
 
 def run_pool(
-    bundle: str, jobs: list[tuple[int, list[str]]], batch: int, workers: int, threads: int
+    bundle: str,
+    jobs: list[tuple[int, list[str]]],
+    batch: int,
+    workers: int,
+    threads: int,
+    max_pixels: int | None = None,
 ) -> Iterator[tuple[int, list[dict]]]:
     """(shard, rows) for each job, in completion order. A worker that dies (killed, out of memory)
     ends the run with a RuntimeError instead of a hang; the parts written so far stay, so a rerun
     resumes."""
     if workers == 1:
-        scorer = ScoreBatch(bundle, batch, threads)
+        scorer = ScoreBatch(bundle, batch, threads, max_pixels=max_pixels)
         try:
             for shard, paths in jobs:
                 yield shard, scorer(paths)
@@ -42,7 +47,9 @@ def run_pool(
     # spawn, not fork: a forked child would inherit the parent's threads (tqdm, ONNX Runtime) mid-state.
     ctx = mp.get_context("spawn")
     todo = iter(jobs)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(bundle, batch, threads)) as ex:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init, initargs=(bundle, batch, threads, max_pixels)
+    ) as ex:
         running: set[Future] = set()
         try:
             while True:

@@ -26,12 +26,14 @@ class ScoreShards:
     """Ray Data's callable class: a batch of shard items ({"shard": [i], "paths": [json list]}) ->
     one output row per path, with the shard index."""
 
-    def __init__(self, bundle: str, batch: int, threads: int):
+    def __init__(self, bundle: str, batch: int, threads: int, max_pixels: int | None = None):
         import ray
 
         from edgesdk.scale.score import ScoreBatch
 
-        self.scorer = ScoreBatch(bundle, batch, threads, worker_id=ray.get_runtime_context().get_node_id())
+        self.scorer = ScoreBatch(
+            bundle, batch, threads, worker_id=ray.get_runtime_context().get_node_id(), max_pixels=max_pixels
+        )
 
     def __call__(self, items: dict) -> dict:
         from edgesdk.scale.score import COLUMNS
@@ -65,7 +67,12 @@ ACTOR_START_S = 300  # bundle load on a busy node; a cluster short of CPUs fails
 
 
 def run_ray(
-    bundle: str, jobs: list[tuple[int, list[str]]], batch: int, workers: int, threads: int
+    bundle: str,
+    jobs: list[tuple[int, list[str]]],
+    batch: int,
+    workers: int,
+    threads: int,
+    max_pixels: int | None = None,
 ) -> Iterator[tuple[int, list[dict]]]:
     """(shard, rows) for each job on WORKERS actors of the connected Ray (see connect); a shard's rows
     may arrive in pieces, so they are gathered until the shard is whole."""
@@ -84,7 +91,7 @@ def run_ray(
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * workers)))
     ds = ds.map_batches(
         ScoreShards,
-        fn_constructor_args=(bundle, batch, threads),
+        fn_constructor_args=(bundle, batch, threads, max_pixels),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
         num_cpus=1,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgesdk.errors import OptionError
+from edgesdk.images import max_pixels as pixel_limit
 from edgesdk.progress import bar
 from edgesdk.scale import inputs, shards
 from edgesdk.scale.score import bundle_identity
@@ -21,6 +22,7 @@ class ScoreOptions:
     threads: int | None = None  # ORT intra-op threads per worker; None: cores // workers (Ray: 1 per actor)
     ray: str | None = None  # None: the process pool; "local" or a cluster's HEAD:PORT
     progress: bool = True
+    max_pixels: int | None = None  # width x height above which an image is an error row; None: images.max_pixels()
 
     def check(self) -> None:
         for name, value in (("--batch", self.batch), ("--workers", self.workers), ("--threads", self.threads)):
@@ -28,6 +30,7 @@ class ScoreOptions:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError(f"{name} {value!r}: a whole number >= 1")
+        pixel_limit(self.max_pixels)  # an OptionError naming --max-pixels or $EDGESDK_MAX_PIXELS
         if self.ray is not None and not self.ray.strip():
             raise OptionError("--ray: empty; give HEAD:PORT of a Ray cluster, or local")
 
@@ -62,6 +65,7 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
     jobs = [(i, p) for i, p in enumerate(parts) if i not in done]
     todo = sum(len(p) for _, p in jobs)
     cores = os.cpu_count() or 1
+    limit = pixel_limit(opts.max_pixels)  # resolved here: a Ray actor on another node has its own environment
     started = False
     if opts.ray is not None:
         from edgesdk.scale import ray_data
@@ -69,14 +73,14 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
         started = ray_data.connect(opts.ray)
         cpus = ray_data.cluster_cpus()  # each actor takes one CPU: more would never start
         workers, threads = min(opts.workers or cpus, cpus), opts.threads or 1
-        results = ray_data.run_ray(str(bundle), jobs, opts.batch, workers, threads) if jobs else iter(())
+        results = ray_data.run_ray(str(bundle), jobs, opts.batch, workers, threads, limit) if jobs else iter(())
     else:
         from edgesdk.scale.pool import run_pool
 
         # capped at the cores: each worker is a process with its own session; more only contend for the CPUs
         workers = min(opts.workers or cores, cores, max(1, len(jobs)))
         threads = opts.threads or max(1, cores // workers)  # workers x threads ~ cores
-        results = run_pool(str(bundle), jobs, opts.batch, workers, threads) if jobs else iter(())
+        results = run_pool(str(bundle), jobs, opts.batch, workers, threads, limit) if jobs else iter(())
     t0 = time.perf_counter()
     try:
         with bar(total=todo, desc="score", unit="img", enabled=opts.progress) as b:
@@ -87,6 +91,12 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
                     b.update(len(rows))
                     written += len(rows)
             except KeyboardInterrupt:
+                # Ctrl-C may land here, while a part is written, rather than inside the pool's generator:
+                # close it now so its workers finish their shard and exit before the command does, instead
+                # of whenever the generator is collected (after the message, or never if a frame holds it).
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()
                 raise KeyboardInterrupt(
                     f"{written} of {todo} images scored into {out} before the interrupt; the parts written "
                     "are kept: rerun the same command to resume"

@@ -35,14 +35,23 @@ def bundle_identity(bundle: str | Path) -> tuple[str, str]:
 class ScoreBatch:
     """Loads the bundle once (per process or Ray actor); each call scores a shard of paths.
     THREADS: ONNX Runtime intra-op threads of this worker (0: every core). WORKER_ID: what the
-    worker column says (None: host:pid; Ray passes its node id)."""
+    worker column says (None: host:pid; Ray passes its node id). MAX_PIXELS: a larger image is an
+    error row, never decoded (None: images.max_pixels())."""
 
-    def __init__(self, bundle: str, batch: int = 16, threads: int = 0, worker_id: str | None = None):
+    def __init__(
+        self,
+        bundle: str,
+        batch: int = 16,
+        threads: int = 0,
+        worker_id: str | None = None,
+        max_pixels: int | None = None,
+    ):
         opts = DetectorOptions(providers="CPUExecutionProvider", threads=threads, spin=False)
         self.det = Detector(bundle, opts)
         self.batch = max(1, batch)
         self.bundle_id, self.bundle_version = bundle_identity(bundle)
         self.worker = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.max_pixels = max_pixels
 
     def _row(self, path: str, **values) -> dict:
         base = dict.fromkeys(COLUMNS)
@@ -56,7 +65,7 @@ class ScoreBatch:
             frames, where = [], []
             for i in range(start, min(start + self.batch, len(paths))):
                 try:
-                    img = read_image(paths[i])
+                    img = read_image(paths[i], limit=self.max_pixels)
                     frames.append((img.shape, self.det.preprocess(img)[0]))
                     where.append(i)
                 except (ValueError, OSError) as e:  # unreadable: a row with the reason, never fatal

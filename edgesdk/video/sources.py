@@ -107,17 +107,18 @@ class ImageFilesSource(Source):
         self.count += 1  # past this file whether it reads or not
         try:
             return Frame(read_image(path), self.count - 1, time.time(), None, path.name)
-        except DataError:
+        except DataError as e:
             if self.errors == "raise":
                 raise
-            log.warning("%s: not a readable image; recorded and skipped", path)
+            why = str(e).removeprefix(f"{path}: ")  # "not a readable image", or its size over the pixel limit
+            log.warning("%s: %s; recorded and skipped", path, why)
             return Frame(
                 None,  # type: ignore[arg-type]
                 self.count - 1,
                 time.time(),
                 None,
                 path.name,
-                error="not a readable image",
+                error=why,
             )
 
 

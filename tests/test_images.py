@@ -1,0 +1,221 @@
+"""images.read_image on hostile files: names that are not UTF-8 (read, through every command that reads
+image folders), images whose header promises more pixels than the limit (refused before decoding),
+and imagesize's header parsers on every format OpenCV writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgesdk.errors import DataError, OptionError
+from edgesdk.images import MAX_PIXELS_ENV, max_pixels, read_image, read_mask
+from edgesdk.imagesize import image_size
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = b"\xff\xfe-caf\xe9"  # not UTF-8: Python sees lone surrogates, cv2.imread segfaulted on them
+
+
+def cli(*argv, env=None):
+    args = [sys.executable, "-m", "edgesdk", *(a if isinstance(a, bytes) else str(a) for a in argv)]
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def huge_png(path: Path, w: int, h: int) -> Path:
+    """A valid 8-bit grayscale PNG of W x H zeros, written row block by row block (never W x H bytes in
+    memory): small on disk, W x H x 3 bytes once decoded as colour."""
+    c = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    block = bytes(1 + w) * 500  # filter byte 0 + W zeros per row
+    idat = b"".join([c.compress(block) for _ in range(h // 500)] + [c.compress(bytes(1 + w) * (h % 500)), c.flush()])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".tif", ".webp"])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_header_size_of_every_format_opencv_writes(ext, channels):
+    img = np.random.default_rng(0).integers(0, 255, (37, 53, channels), np.uint8)
+    variants = [[]]
+    if ext == ".jpg":
+        variants.append([cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    if ext == ".webp":
+        variants.append([cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless (VP8L)
+    for params in variants:
+        ok, buf = cv2.imencode(ext, img[..., 0] if channels == 1 else img, params)
+        assert ok and image_size(buf.tobytes()) == (53, 37), (ext, params)
+
+
+def test_header_size_of_crafted_headers_and_truncations():
+    vp8x = b"RIFF\0\0\0\0WEBPVP8X" + bytes(8) + (19999).to_bytes(3, "little") + (29999).to_bytes(3, "little")
+    assert image_size(vp8x) == (20000, 30000)
+    bmp_top_down = b"BM" + bytes(12) + struct.pack("<Iii", 40, 640, -480) + bytes(8)
+    assert image_size(bmp_top_down) == (640, 480)
+    ok, buf = cv2.imencode(".png", np.zeros((5, 7), np.uint8))
+    png = buf.tobytes()
+    for cut in (0, 8, 17, 23):
+        assert image_size(png[:cut]) is None
+    sof_height_0 = b"\xff\xd8\xff\xc0\x00\x0b\x08\x00\x00\x00\x10" + bytes(8)  # height from a DNL marker
+    assert image_size(sof_height_0) is None
+    assert image_size(b"P6\n7 5\n255\n" + bytes(105)) is None  # PPM: a format whose size is not checked
+
+
+def test_a_non_utf8_name_is_read_not_a_crash(tmp_path):
+    img = np.random.default_rng(1).integers(0, 255, (20, 30, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "m.png"), img[..., 0])
+    os.rename(tmp_path / "a.png", os.fsencode(tmp_path) + b"/" + BAD + b".png")
+    os.rename(tmp_path / "m.png", os.fsencode(tmp_path) + b"/" + BAD + b"_mask.png")
+    name = tmp_path / os.fsdecode(BAD + b".png")
+    # In a child process: on the original code cv2.imread segfaults, which would take pytest with it.
+    code = (
+        "import sys, numpy as np; from edgesdk.images import read_image, read_mask; "
+        f"a = read_image({str(name)!r}); m = read_mask({str(tmp_path / os.fsdecode(BAD + b'_mask.png'))!r}); "
+        "print(a.shape, m.shape, int(a.sum()))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert r.stdout.split() == ["(20,", "30,", "3)", "(20,", "30)", str(int(img.sum()))]
+    assert np.array_equal(read_image(name, (10, 15)), cv2.resize(img, (15, 10), interpolation=cv2.INTER_AREA))
+
+
+def test_unreadable_files_are_data_errors_naming_them(tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(cv2.imencode(".png", np.zeros((9, 9), np.uint8))[1].tobytes()[:40])
+    (tmp_path / "dir.png").mkdir()
+    for name in ("text.png", "cut.png", "dir.png", "missing.png"):
+        with pytest.raises(DataError, match=rf"{name}: not a readable image"):
+            read_image(tmp_path / name)
+    with pytest.raises(DataError, match=r"text.png: not a readable mask image"):
+        read_mask(tmp_path / "text.png")
+
+
+def test_the_pixel_limit_comes_from_the_flag_the_environment_or_the_default(monkeypatch):
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    assert max_pixels() == 50_000_000 and max_pixels(7) == 7
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")
+    assert max_pixels() == 1000 and max_pixels(7) == 7
+    for bad in ("0", "-5", "1e9", "nan", "lots"):
+        monkeypatch.setenv(MAX_PIXELS_ENV, bad)
+        with pytest.raises(OptionError, match=rf"\${MAX_PIXELS_ENV}|{MAX_PIXELS_ENV} '{bad}'"):
+            max_pixels()
+    with pytest.raises(OptionError, match=r"--max-pixels 0"):
+        max_pixels(0)
+
+
+@pytest.fixture(scope="module")
+def huge(tmp_path_factory) -> Path:
+    return huge_png(tmp_path_factory.mktemp("huge") / "huge.png", 16000, 16000)  # 256 MP: 768 MB as BGR
+
+
+def test_a_huge_image_is_refused_from_its_header_without_decoding(huge):
+    assert huge.stat().st_size < 2_000_000
+    # A fresh process, so its peak memory is this read's: decoding would allocate 16000 x 16000 x 3 bytes.
+    code = (
+        "import resource; from edgesdk.images import read_image\n"
+        f"try:\n    read_image({str(huge)!r})\nexcept ValueError as e:\n    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    message, peak = r.stdout.strip().splitlines()
+    assert f"{huge}: 16000x16000 pixels (256.0 MP) is over the limit of 50000000 pixels" in message
+    assert int(peak) < 400 * 2**20, f"peak RSS {int(peak) / 2**20:.0f} MiB: the image was decoded"
+    img = np.zeros((40, 30, 3), np.uint8)
+    small = huge.parent / "small.png"
+    cv2.imwrite(str(small), img)
+    with pytest.raises(DataError, match=r"small.png: 30x40 pixels \(0.0 MP\) is over the limit of 1000 pixels"):
+        read_image(small, limit=1000)
+    assert read_image(small, limit=1200).shape == (40, 30, 3)
+
+
+def test_score_turns_a_huge_image_into_an_error_row(bundle, tiny_data, huge, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="edgesdk score writes Parquet: pip install 'edgesdk[scale]'")
+    arch = tmp_path / "archive"
+    arch.mkdir()
+    good = sorted((tiny_data / "brick" / "test" / "good").glob("*.png"))[:2]
+    for p in good:
+        shutil.copy(p, arch / p.name)
+    (arch / "huge.png").symlink_to(huge)
+    out = tmp_path / "o"
+    r = cli("score", bundle, "--images", arch, "--out", out, "--workers", 2, "--batch", 2, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["n_images"] == 3 and s["errors"] == 1 and s["ng"] + s["good"] == 2
+    rows = {Path(p).name: e for p, e in zip(*pq.read_table(out, columns=["path", "error"]).to_pydict().values())}
+    assert "16000x16000 pixels (256.0 MP) is over the limit of 50000000 pixels" in rows["huge.png"]
+    # --max-pixels lowers the limit: the 128 x 128 test images become error rows too.
+    r = cli("score", bundle, "--images", arch, "--out", tmp_path / "o2", "--max-pixels", 1000, "--workers", 1, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["errors"] == 3, r.stderr
+    r = cli("score", bundle, "--images", arch, "--out", tmp_path / "o3", env={**os.environ, MAX_PIXELS_ENV: "x"})
+    assert r.returncode == 2 and f"edgesdk score: error: {MAX_PIXELS_ENV} 'x': a whole number" in r.stderr
+
+
+def _with_bad_names(tiny_data, tmp_path) -> Path:
+    """A copy of the brick category where one good and one defective test image (with its mask) and
+    one training image have names that are not UTF-8."""
+    cat = tmp_path / "brick"
+    shutil.copytree(tiny_data / "brick", cat, ignore=shutil.ignore_patterns("labels"))
+    good = sorted((cat / "test" / "good").glob("*.png"))[0]
+    kind = sorted(d for d in (cat / "test").iterdir() if d.name != "good")[0]
+    bad = sorted(kind.glob("*.png"))[0]
+    raw = os.fsencode
+    os.rename(good, raw(good.parent) + b"/" + BAD + b".png")
+    os.rename(bad, raw(bad.parent) + b"/" + BAD + b".png")
+    mask = cat / "ground_truth" / kind.name / f"{bad.stem}_mask.png"
+    os.rename(mask, raw(mask.parent) + b"/" + BAD + b"_mask.png")
+    train = sorted((cat / "train" / "good").glob("*.png"))[0]
+    os.rename(train, raw(train.parent) + b"/" + BAD + b".png")
+    return cat
+
+
+def _not_utf8(name: str) -> bool:
+    return os.fsencode(name) != name.encode("utf-8", "replace")
+
+
+def test_eval_calibrate_and_train_read_non_utf8_names(bundle, tiny_data, tmp_path):
+    cat = _with_bad_names(tiny_data, tmp_path)
+    n_test = len(list((tiny_data / "brick" / "test").rglob("*.png")))
+    r = cli("eval", bundle, "--data", cat, "--json", "-q")
+    assert r.returncode == 0, (r.returncode, r.stderr)  # was -11: cv2.imread's segfault
+    assert json.loads(r.stdout)["n_images"] == n_test
+    clip = tmp_path / "clip"  # 30 good frames, one with the bad name
+    clip.mkdir()
+    for p in sorted((cat / "train" / "good").iterdir())[-30:]:  # sorted last: its name starts with U+DCFF
+        shutil.copy(p, os.fsencode(clip) + b"/" + os.fsencode(p.name))
+    assert any(_not_utf8(p.name) for p in clip.iterdir())
+    r = cli("calibrate", bundle, "--source", clip, "--frames", 30, "--out", tmp_path / "cal", "--json", "-q")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    r = cli("train", "--data", cat, "--out", tmp_path / "run", "--size", 64, "-q")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_a_folder_source_records_why_an_image_was_skipped(huge, tmp_path):
+    from edgesdk.video.sources import open_source
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    (folder / "1.png").symlink_to(huge)
+    (folder / "2.png").write_bytes(b"not a png")
+    with open_source(str(folder), errors="record") as src:
+        frames = [src.read(timeout=1) for _ in range(3)]
+    assert frames[0].error == "" and frames[0].image.shape == (8, 8, 3)
+    assert frames[1].error == "16000x16000 pixels (256.0 MP) is over the limit of 50000000 pixels; not decoded " + (
+        f"(raise it with --max-pixels or ${MAX_PIXELS_ENV})"
+    )
+    assert frames[2].error == "not a readable image"
