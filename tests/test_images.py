@@ -223,3 +223,46 @@ def test_a_folder_source_records_why_an_image_was_skipped(huge, tmp_path):
         f"(raise it with --max-pixels or ${MAX_PIXELS_ENV})"
     )
     assert frames[2].error == "not a readable image"
+
+
+def _tiff(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """A little-endian 8-bit grayscale TIFF: 16 pixel bytes at offset 8, then one IFD of ENTRIES
+    (tag, type, count, 4-byte value field) in the order given."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *e[:3]) + e[3] for e in entries)
+    return b"II*\x00" + struct.pack("<I", 24) + bytes(16) + ifd + bytes(4)
+
+
+def _tiff_rest() -> list[tuple[int, int, int, bytes]]:
+    short, long = (lambda v: struct.pack("<HH", v, 0)), (lambda v: struct.pack("<I", v))
+    # BitsPerSample, Compression, Photometric, StripOffsets, SamplesPerPixel, RowsPerStrip, StripByteCounts
+    rest = [(258, 3, 1, short(8)), (259, 3, 1, short(1)), (262, 3, 1, short(1)), (273, 4, 1, long(8))]
+    return rest + [(277, 3, 1, short(1)), (278, 4, 1, long(4)), (279, 4, 1, long(16))]
+
+
+def test_tiff_size_is_the_one_libtiff_decodes(tmp_path):
+    long = lambda v: struct.pack("<I", v)  # noqa: E731
+    h4 = (257, 4, 1, long(4))
+    # libtiff keeps the first of repeated tags: the header check read the last, so 30000 x 4 passed as 4 x 4.
+    first_small = _tiff([(256, 4, 1, long(4)), (256, 4, 1, long(30000)), h4] + _tiff_rest())
+    assert cv2.imdecode(np.frombuffer(first_small, np.uint8), cv2.IMREAD_COLOR).shape == (4, 4, 3)
+    assert image_size(first_small) == (4, 4)
+    (tmp_path / "dup.tif").write_bytes(_tiff([(256, 4, 1, long(30000)), (256, 4, 1, long(4)), h4] + _tiff_rest()))
+    with pytest.raises(DataError, match=r"dup.tif: 30000x4 pixels \(0.1 MP\) is over the limit of 100 pixels"):
+        read_image(tmp_path / "dup.tif", limit=100)
+    # A width of another type (LONG8: the value at an offset; SLONG; two values) is not guessed at: refused.
+    for typ, count in ((16, 1), (9, 1), (4, 2)):
+        assert image_size(_tiff([(256, typ, count, long(8)), h4] + _tiff_rest())) is None, (typ, count)
+    assert image_size(_tiff([(256, 3, 1, struct.pack("<HH", 4, 0)), h4] + _tiff_rest())) == (4, 4)
+
+
+def test_jpeg_header_walk_is_bounded_and_skips_fill_bytes():
+    ok, buf = cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))
+    jpg = buf.tobytes()
+    assert image_size(jpg[:2] + b"\xff" * 100_000 + jpg[2:]) == (40, 30)  # fill bytes before a marker
+    assert image_size(jpg[:2] + (b"\xff\xe1\xff\xff" + bytes(65533)) * 200 + jpg[2:]) == (40, 30)  # 13 MB of APP1
+    # A chain of empty comments cost a Python loop turn per 4 bytes (minutes for a large file): after
+    # 1024 segments without a frame header the file is refused.
+    assert image_size(jpg[:2] + b"\xff\xfe\x00\x02" * 1000 + jpg[2:]) == (40, 30)
+    assert image_size(jpg[:2] + b"\xff\xfe\x00\x02" * 1100 + jpg[2:]) is None
+    for bad in (b"\xff\xe0\x00\x00", b"\xff\xe0\x00\x01", b"\xff\xe0\x00\x10" + bytes(14) + b"\xff\xd9"):
+        assert image_size(jpg[:2] + bad) is None  # lengths 0 and 1; no frame header at all
