@@ -225,6 +225,59 @@ def test_a_folder_source_records_why_an_image_was_skipped(huge, tmp_path):
     assert frames[2].error == "not a readable image"
 
 
+def test_a_fifo_or_device_named_like_an_image_is_refused_not_waited_on(bundle, tiny_data, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="edgesdk score writes Parquet: pip install 'edgesdk[scale]'")
+    good = sorted((tiny_data / "brick" / "test" / "good").glob("*.png"))[0]
+    os.mkfifo(tmp_path / "fifo.png")  # opening it for reading waited for a writer: score hung for ever
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{good}\nfifo.png\nzero.png\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(listing), "--out", str(tmp_path / "o")]
+        + ["--workers", "1", "--json", "-q"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["errors"] == 2
+    rows = {
+        Path(p).name: e for p, e in zip(*pq.read_table(tmp_path / "o", columns=["path", "error"]).to_pydict().values())
+    }
+    for name in ("fifo.png", "zero.png"):
+        assert "not a readable image (not a regular file: a folder, FIFO or device)" in rows[name]
+    assert not rows[good.name]
+
+
+def test_a_large_file_is_not_read_whole(tmp_path):
+    sparse, tail, motion = tmp_path / "sparse.png", tmp_path / "tail.png", tmp_path / "motion.jpg"
+    with open(sparse, "wb") as f:
+        f.truncate(2 * 2**30)  # 2 GB of zeros, none of it on disk; np.fromfile read all of it into memory
+    img = np.random.default_rng(2).integers(0, 255, (30, 40, 3), np.uint8)
+    with open(tail, "wb") as f:  # a valid PNG followed by 1 GB of zeros: more than 40 x 30 pixels can need
+        f.write(cv2.imencode(".png", img)[1].tobytes())
+        f.truncate(2**30)
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    motion.write_bytes(jpg + bytes(5 * 2**20))  # data after the image (a phone's motion photo): still read
+    code = (
+        "from edgesdk.images import read_image\n"
+        f"for p in ({str(sparse)!r}, {str(tail)!r}):\n"
+        "    try:\n        read_image(p)\n    except ValueError as e:\n        print(e)\n"
+        f"print(int(read_image({str(motion)!r}).sum()))\n"
+        f"print({PEAK})"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    refused, too_long, total, peak = r.stdout.strip().splitlines()
+    assert refused == f"{sparse}: not a readable image"
+    assert (
+        too_long == f"{tail}: not a readable image (over {30 * 40 * 8 + 64 * 2**20} bytes, more than 40x30 pixels need)"
+    )
+    assert int(total) == int(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR).sum())
+    assert int(peak) < 400 * 2**20, f"peak RSS {int(peak) / 2**20:.0f} MiB: a file was read whole"
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty.png: not a readable image$"):
+        read_image(tmp_path / "empty.png")
+
+
 def _tiff(entries: list[tuple[int, int, int, bytes]]) -> bytes:
     """A little-endian 8-bit grayscale TIFF: 16 pixel bytes at offset 8, then one IFD of ENTRIES
     (tag, type, count, 4-byte value field) in the order given."""
