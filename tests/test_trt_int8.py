@@ -79,6 +79,8 @@ def test_tensorrt_int8_falls_back_to_fp16_islands_and_builds_a_strongly_typed_en
     b = Bundle.open(out)
     cal = b.manifest.calibration
     assert cal["method"] == "search" and cal["decisions"]["range_search"]["n_frames"] == 8
+    # PaDiM's head was rewritten for the INT8 features' noise (compile.noisehead), and the manifest says so.
+    assert cal["decisions"]["noise_aware_head"]["applied"] and cal["decisions"]["qdq_removed_not_conv_inputs"] > 0
     first, second = cal["attempts"][:2]
     assert (first["int8_convs"], first["fp16_convs"], first["fp32_convs"]) == (33, 0, 0)
     # 5 % of 33 convolutions, the worst by SQNR, in FP16; none in FP32.

@@ -12,7 +12,8 @@ of them) are kept FP32, in growing steps, until it passes or
 every step failed: then GateError with the table of attempts, and nothing is written.
 For --target tensorrt INT8 the kept convolutions are FP16 islands (compile.mixed; TRT_STEPS), and FP32
 only in a last attempt where FP16 failed too; the activation ranges are searched once per tensor
-(compile.ranges) and reused by every attempt. Each attempt counts its INT8/FP16/FP32 convolutions."""
+(compile.ranges) and reused by every attempt, and a PaDiM head is rewritten for the INT8 features'
+quantization noise (compile.noisehead). Each attempt counts its INT8/FP16/FP32 convolutions."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgesdk.compile import quant
+from edgesdk.compile import noisehead, quant
 from edgesdk.cpu import cpu_features
 from edgesdk.data import mvtec
 from edgesdk.measure.compare import interleaved_p50, score_onnx
@@ -194,6 +195,7 @@ def lower_precision(
     )
     scales: dict[str, float] | None = None  # searched once on the all-INT8 graph; later attempts reuse them
     searched: dict = {}
+    float_feats: dict = {}  # the float graph's head features, tapped once
     for step, fallback in plan:
         if step:
             if not ranked:  # rank once, from the first (all-quantized) attempt
@@ -214,6 +216,9 @@ def lower_precision(
         else:
             info = quant.quantize_int8(fp32, dst, calib, "image", opts, keep, half, scales)
             scales, searched = info.pop("scales", None), info.pop("range_search", searched)
+            if mixed:  # PaDiM's Gaussians take in the INT8 features' noise (compile.noisehead)
+                head = noisehead.correct(fp32, dst, calib, ref["hold_frames"], "image", float_feats)
+                info.update({"noise_aware_head": head} if head else {})
         report, thr = measure(ref, dst, thr_float, opts.max_drop)
         counts = info.get("conv_counts", {})
         attempts.append(

@@ -79,6 +79,42 @@ def convs_to_fp16(model, names: set[str]) -> int:
     return n
 
 
+def conv_inputs_only(model, convs: set[str]) -> list[str]:
+    """Remove from MODEL (changed in place) each activation Q/DQ pair whose output no convolution of CONVS
+    reads; their consumers read the float tensor again. Returns the tensors freed, in graph order.
+
+    ONNX Runtime's quantizer also puts a pair on every quantized convolution's output when a Clip (ReLU6)
+    or an Add follows: a second rounding, on a symmetric grid, of a pre-activation tensor that the next
+    convolution's input pair rounds again. TensorRT needs Q/DQ only at a quantized layer's inputs (it
+    fuses the next layer's Quantize into the producing convolution, ReLU6 and residual Add included), so
+    those pairs only add error: PaDiM's Mahalanobis head amplifies it in its low-variance directions."""
+    inits = {i.name for i in model.graph.initializer}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    drop, freed = set(), []
+    for dq in model.graph.node:
+        q = produced.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits or len(readers[q.output[0]]) != 1:
+            continue
+        if dq.output[0] in outputs or any(r.name in convs for r in readers.get(dq.output[0], [])):
+            continue
+        for r in readers.get(dq.output[0], []):
+            r.input[:] = [q.input[0] if i == dq.output[0] else i for i in r.input]
+        drop |= {id(q), id(dq)}
+        freed.append(q.input[0])
+    kept = [n for n in model.graph.node if id(n) not in drop]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    for i in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(i)
+    return freed
+
+
 def conv_precisions(model) -> dict[str, str]:
     """{feature conv: "int8" | "fp16" | "fp32"} from what the graph carries: an INT8 conv reads a
     DequantizeLinear'd weight, an FP16 conv an FP16 initializer."""

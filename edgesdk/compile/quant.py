@@ -5,7 +5,8 @@ target-aware because the fast layout differs. ONNX Runtime's quantization toolin
                           the layout ONNX Runtime's x86/Arm integer kernels run fast. Conv, Clip and
                           Add are quantized so Q/DQ pairs fold into QLinearConv/QLinearAdd.
   int8 --target tensorrt  TensorRT's explicit quantization: symmetric int8, zero points 0, per-channel
-                          weight scales on axis 0, per-tensor activations, float biases. The activation
+                          weight scales on axis 0, per-tensor activations, float biases, Q/DQ only at
+                          the quantized convolutions' inputs (compile.mixed). The activation
                           scales are also written as a TensorRT calibration cache (calib.cache). By
                           default each activation's range is searched (compile.ranges), and fallback
                           convolutions run in FP16 (compile.mixed).
@@ -207,6 +208,11 @@ def quantize_int8(
                 "CalibMovingAverage": False,
             },
         )
+        freed: list[str] = []
+        if trt:  # Q/DQ at the quantized convolutions' inputs only (mixed.conv_inputs_only says why)
+            q = onnx.load(str(dst))
+            freed = mixed.conv_inputs_only(q, set(convs))
+            onnx.save(q, str(dst))
         search: dict = {}
         if opts.method == "search" and scales is None:
             scales, search = ranges.search(pre, dst, frames, input_name)
@@ -224,6 +230,7 @@ def quantize_int8(
         "quantized_other": len(nodes) - len(convs),
         "fp32_convs": sorted(keep_float),
         "fp16_convs": sorted(keep_fp16),
+        **({"qdq_removed_not_conv_inputs": len(freed)} if trt else {}),
         "conv_counts": mixed.counts(q),
         **({"range_search": search} if search else {}),
         "scales": scales,
