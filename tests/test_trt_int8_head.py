@@ -90,3 +90,56 @@ def test_noise_aware_padim_head_is_mahalanobis_with_the_int8_noise_covariance(ru
     z, _ = score_onnx(q, hold)
     assert abs(z.mean()) < 1e-3 and abs(z.std(ddof=1) - 1) < 1e-3
     assert rec["normalization"]["n_holdout"] == len(hold)
+
+
+@pytest.fixture(scope="module")
+def stfpm(tiny_data, tmp_path_factory):
+    """(run_dir, bundle_dir) of the student-teacher at test size (conftest's ZOO_CONFIGS)."""
+    from conftest import ZOO_CONFIGS
+    from edgesdk.compile.onnx import export_onnx
+    from edgesdk.train import train
+
+    root = tmp_path_factory.mktemp("st")
+    run = train(tiny_data / "brick", root / "run", "stfpm", config=ZOO_CONFIGS["stfpm"], quiet=True)
+    return run, export_onnx(run, root / "bundle")
+
+
+def test_noise_aware_student_teacher_head_takes_the_int8_channel_offset_out_of_t_mean(stfpm, calib, tmp_path):
+    """After quantizing, the student-teacher's t_mean becomes t_mean + off_c / t_inv_std with
+    off_c = E[(t_q - s_q) - (t - s)] over the calibration frames and positions, so the INT8 difference
+    t - s loses its channel offset; the export records it in the manifest and scores stay in z units."""
+    from edgesdk.compile import noisehead, noisehead_st
+    from edgesdk.measure.compare import score_onnx
+
+    run, bundle = stfpm
+    _, meta = load_run(run)
+    fp32, q = bundle / "model.onnx", tmp_path / "q.onnx"
+    quant.quantize_int8(fp32, q, calib, "image", quant.QuantOptions(target="tensorrt", method="minmax", n_calib=8))
+    head = noisehead_st.find_st_head(onnx.load(str(q)))
+    assert head is not None and noisehead.find_padim_head(onnx.load(str(q))) is None
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(q)).graph.initializer}
+    f = noisehead_st.tap(onnx.load(str(fp32)), head.diff, calib, "image")  # (N, C, h, w)
+    g = noisehead_st.tap(onnx.load(str(q)), head.diff, calib, "image")
+    hold = gate.holdout_frames(meta, run, (128, 128))
+    rec = noisehead.correct(fp32, q, calib, hold, "image")
+    assert rec is not None and rec["head"] == "student-teacher" and rec["applied"] and rec["n_frames"] == len(calib)
+    offset = (g - f).mean((0, 2, 3))
+    assert rec["offset_rms"] == pytest.approx(np.sqrt(np.mean(offset**2)), rel=1e-6) and rec["offset_rms"] > 0
+    want = before[head.mean].astype(np.float64) + offset.reshape(-1, 1, 1)[None] / before[head.inv_std]
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(q)).graph.initializer}
+    np.testing.assert_allclose(after[head.mean], want, rtol=1e-5, atol=1e-6)
+    assert np.abs(after[head.mean] - before[head.mean]).max() > 1e-4  # not a no-op
+    # The corrected INT8 difference has no channel offset left against the float one.
+    h = noisehead_st.tap(onnx.load(str(q)), head.diff, calib, "image")
+    assert np.abs((h - f).mean((0, 2, 3))).max() < 0.05 * np.abs(offset).max()
+    z, _ = score_onnx(q, hold)
+    assert abs(z.mean()) < 1e-3 and abs(z.std(ddof=1) - 1) < 1e-3
+    assert rec["normalization"]["n_holdout"] == len(hold)
+    # The export's manifest records the correction.
+    from edgesdk.bundle import Bundle
+    from edgesdk.compile.onnx import ExportOptions, export_onnx
+
+    opts = ExportOptions(precision="int8", target="tensorrt", n_calib=8, max_drop=0.5)
+    cal = Bundle.open(export_onnx(run, tmp_path / "int8", opts)).manifest.calibration
+    rec = cal["decisions"]["noise_aware_head"]
+    assert rec["head"] == "student-teacher" and rec["applied"] and rec["normalization"]["n_holdout"] == len(hold)

@@ -75,17 +75,21 @@ def correct(
     """Rewrite the PaDiM head of the Q/DQ graph QDQ (in place) for its quantization noise measured against
     the float graph FP32 on FRAMES (N, H, W, 3) uint8, and its score normalization on the held-out good
     frames HOLD. CACHE (a dict) keeps the float features between attempts. Returns the manifest's record,
-    or None when the graph has no PaDiM head."""
+    or None when the graph has no PaDiM head. A student-teacher head gets compile.noisehead_st's offset."""
     import onnx
     from onnx import numpy_helper
 
-    from edgesdk.measure.compare import score_onnx
-
     q = onnx.load(str(qdq))
     head = find_padim_head(q)
-    if head is None:
-        return None
     cache = {} if cache is None else cache
+    if head is None:  # the student-teacher's head instead (compile.noisehead_st), or none
+        from edgesdk.compile import noisehead_st
+
+        st = noisehead_st.correct(q, onnx.load(str(fp32)), frames, input_name, cache)
+        if st is not None and st["applied"]:
+            onnx.save(q, str(qdq))
+            renormalize(q, qdq, hold, input_name, st)
+        return st
     if "float" not in cache:
         f_head = find_padim_head(onnx.load(str(fp32)))
         if f_head is None:
@@ -116,14 +120,27 @@ def correct(
         "offset_rms": float(np.sqrt(np.mean(offset**2))),
         "noise_trace_share": trace_share,  # trace Cov(delta) / mean trace Sigma
     }
-    if SHIFT in inits and SCALE in inits:
-        shift = float(numpy_helper.to_array(inits[SHIFT]))
-        scale = float(numpy_helper.to_array(inits[SCALE]))
-        raw = score_onnx(qdq, hold, input_name)[0] / scale + shift
-        std = float(raw.std(ddof=1)) if len(raw) > 1 else 0.0
-        if np.isfinite(std) and std > 0:
-            inits[SHIFT].CopyFrom(numpy_helper.from_array(np.array(raw.mean(), np.float32), SHIFT))
-            inits[SCALE].CopyFrom(numpy_helper.from_array(np.array(1.0 / std, np.float32), SCALE))
-            onnx.save(q, str(qdq))
-            record["normalization"] = {"raw_mean": float(raw.mean()), "raw_std": std, "n_holdout": int(len(raw))}
+    renormalize(q, qdq, hold, input_name, record)
     return record
+
+
+def renormalize(q, qdq: Path, hold: np.ndarray, input_name: str, record: dict) -> None:
+    """Derive the score normalization of Q (saved at QDQ) again as training did: mean and std of the raw
+    image scores of the held-out good frames HOLD, so scores stay in z units; saves Q and notes it in RECORD."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgesdk.measure.compare import score_onnx
+
+    inits = {i.name: i for i in q.graph.initializer}
+    if SHIFT not in inits or SCALE not in inits:
+        return
+    shift = float(numpy_helper.to_array(inits[SHIFT]))
+    scale = float(numpy_helper.to_array(inits[SCALE]))
+    raw = score_onnx(qdq, hold, input_name)[0] / scale + shift
+    std = float(raw.std(ddof=1)) if len(raw) > 1 else 0.0
+    if np.isfinite(std) and std > 0:
+        inits[SHIFT].CopyFrom(numpy_helper.from_array(np.array(raw.mean(), np.float32), SHIFT))
+        inits[SCALE].CopyFrom(numpy_helper.from_array(np.array(1.0 / std, np.float32), SCALE))
+        onnx.save(q, str(qdq))
+        record["normalization"] = {"raw_mean": float(raw.mean()), "raw_std": std, "n_holdout": int(len(raw))}
