@@ -12,7 +12,9 @@ once per process) lets a 400 MP image through."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -23,6 +25,9 @@ from edgesdk.imagesize import image_size
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 50_000_000  # width x height; a 50 MP colour image decodes to 150 MB
 MAX_PIXELS_ENV = "EDGESDK_MAX_PIXELS"  # overrides MAX_PIXELS for every command that reads images
+# Bytes read to find the size: a JPEG's frame header may follow megabytes of APPn segments (EXIF, ICC,
+# XMP). A file is read whole only once its size passed the limit, and only up to what it can need.
+HEAD_BYTES = 64 * 2**20
 
 
 def max_pixels(value: int | None = None) -> int:
@@ -62,23 +67,49 @@ def read_mask(path: str | Path, limit: int | None = None) -> np.ndarray:
 
 
 def _decode(path: str | Path, flags: int, limit: int | None, what: str = "image") -> np.ndarray:
-    try:
-        raw = np.fromfile(path, np.uint8)  # any file name: Python opens it, not OpenCV
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable {what} ({getattr(e, 'strerror', None) or e})") from None
-    wh = image_size(raw.data)  # raw.data: a memoryview of the bytes, no copy
-    if wh is None:
-        raise DataError(f"{path}: not a readable {what}")  # not PNG, JPEG, BMP, TIFF or WebP, or cut short
-    n, cap = wh[0] * wh[1], max_pixels(limit)
-    if n > cap:
-        raise DataError(
-            f"{path}: {wh[0]}x{wh[1]} pixels ({n / 1e6:.1f} MP) is over the limit of {cap} pixels; not decoded "
-            f"(raise it with --max-pixels or ${MAX_PIXELS_ENV})"
-        )
-    img = cv2.imdecode(raw, flags)
+    with _open_regular(path, what) as f:
+        try:
+            data = f.read(HEAD_BYTES)
+            wh = image_size(data)
+            if wh is None:
+                raise DataError(f"{path}: not a readable {what}")  # not PNG, JPEG, BMP, TIFF or WebP, or cut short
+            n, cap = wh[0] * wh[1], max_pixels(limit)
+            if n > cap:
+                raise DataError(
+                    f"{path}: {wh[0]}x{wh[1]} pixels ({n / 1e6:.1f} MP) is over the limit of {cap} pixels; "
+                    f"not decoded (raise it with --max-pixels or ${MAX_PIXELS_ENV})"
+                )
+            most = n * 8 + HEAD_BYTES  # 16-bit RGBA stored raw, plus metadata and appended data
+            if len(data) == HEAD_BYTES:
+                data += f.read(most + 1 - len(data))
+            if len(data) > most:
+                raise DataError(
+                    f"{path}: not a readable {what} (over {most} bytes, more than {wh[0]}x{wh[1]} pixels need)"
+                )
+        except OSError as e:
+            raise DataError(f"{path}: not a readable {what} ({e.strerror or e})") from None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         raise DataError(f"{path}: not a readable {what}")
     return img
+
+
+def _open_regular(path: str | Path, what: str) -> BinaryIO:
+    """PATH opened for reading when it is a regular file: a FIFO named x.png would block the read (and
+    its open, without O_NONBLOCK) for ever, /dev/zero would never end. Python opens the file, not
+    OpenCV, so any file name works."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable {what} ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: not a readable {what} (not a regular file: a folder, FIFO or device)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

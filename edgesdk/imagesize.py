@@ -5,11 +5,16 @@ is refused without the allocation. OpenCV has no header-only API. Standard libra
 
 from __future__ import annotations
 
+import re
 import struct
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers carry (precision, height, width); C4 (DHT), C8 (JPG), CC (DAC) do not.
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_FILL = re.compile(rb"\xff+")  # a marker's 0xFF and any fill bytes before it, skipped in C
+# Segments read before the frame header; real files carry tens (APPn, DQT, DHT, COM). Without a bound
+# a file of empty COM segments costs a Python loop turn per 4 bytes: minutes for a large file.
+_MAX_SEGMENTS = 1024
 
 
 def image_size(data: bytes | memoryview) -> tuple[int, int] | None:
@@ -35,24 +40,23 @@ def image_size(data: bytes | memoryview) -> tuple[int, int] | None:
 
 
 def _jpeg(data: bytes | memoryview) -> tuple[int, int]:
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
+    i = 2
+    for _ in range(_MAX_SEGMENTS):
+        fill = _FILL.match(data, i)
+        if fill is None:
             return 0, 0
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
+        i = fill.end()  # at the marker byte
+        marker = data[i]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
             i += 1
             continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", bytes(data[i + 2 : i + 4]))
-        if marker in _SOF:
-            h, w = struct.unpack(">HH", bytes(data[i + 5 : i + 9]))
+        length = int.from_bytes(bytes(data[i + 1 : i + 3]), "big")
+        if marker in _SOF:  # length, precision, then height, width
+            h, w = struct.unpack(">HH", bytes(data[i + 4 : i + 8]))
             return w, h  # h == 0 (height given later by a DNL marker) is refused by the caller
         if marker == 0xDA or length < 2:  # scan data before any frame header: not a valid file
             return 0, 0
-        i += 2 + length
+        i += 1 + length
     return 0, 0
 
 
@@ -68,14 +72,18 @@ def _tiff(data: bytes | memoryview) -> tuple[int, int]:
     e = "<" if bytes(data[:2]) == b"II" else ">"
     (ifd,) = struct.unpack(e + "I", bytes(data[4:8]))
     (count,) = struct.unpack(e + "H", bytes(data[ifd : ifd + 2]))
-    size = {}
+    size: dict[int, int] = {}
     for k in range(count):
         at = ifd + 2 + 12 * k
-        tag, typ = struct.unpack(e + "HH", bytes(data[at : at + 4]))
-        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4), the value inline
-            size[tag] = struct.unpack(
-                e + ("H" if typ == 3 else "I"), bytes(data[at + 8 : at + (10 if typ == 3 else 12)])
-            )[0]
+        tag, typ, n = struct.unpack(e + "HHI", bytes(data[at : at + 8]))
+        if tag not in (256, 257) or tag in size:  # libtiff keeps a tag's first entry and ignores repeats
+            continue
+        if n != 1 or typ not in (3, 4):  # another type (LONG8, SLONG, ...) holds the value elsewhere: not read
+            return 0, 0
+        # ImageWidth, ImageLength: SHORT (3) or LONG (4), the value inline
+        size[tag] = struct.unpack(e + ("H" if typ == 3 else "I"), bytes(data[at + 8 : at + (10 if typ == 3 else 12)]))[
+            0
+        ]
     return size.get(256, 0), size.get(257, 0)
 
 

@@ -23,6 +23,10 @@ from edgesdk.imagesize import image_size
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = b"\xff\xfe-caf\xe9"  # not UTF-8: Python sees lone surrogates, cv2.imread segfaulted on them
+# A child's peak RSS in bytes, from a Python -c line: VmHWM is its own address space's; ru_maxrss also
+# counts the parent's resident memory at fork (kept across exec), so it reads high under a pytest
+# process that trained a model.
+PEAK = "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024"
 
 
 def cli(*argv, env=None):
@@ -125,9 +129,9 @@ def test_a_huge_image_is_refused_from_its_header_without_decoding(huge):
     assert huge.stat().st_size < 2_000_000
     # A fresh process, so its peak memory is this read's: decoding would allocate 16000 x 16000 x 3 bytes.
     code = (
-        "import resource; from edgesdk.images import read_image\n"
+        "from edgesdk.images import read_image\n"
         f"try:\n    read_image({str(huge)!r})\nexcept ValueError as e:\n    print(e)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        f"print({PEAK})"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -219,3 +223,99 @@ def test_a_folder_source_records_why_an_image_was_skipped(huge, tmp_path):
         f"(raise it with --max-pixels or ${MAX_PIXELS_ENV})"
     )
     assert frames[2].error == "not a readable image"
+
+
+def test_a_fifo_or_device_named_like_an_image_is_refused_not_waited_on(bundle, tiny_data, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="edgesdk score writes Parquet: pip install 'edgesdk[scale]'")
+    good = sorted((tiny_data / "brick" / "test" / "good").glob("*.png"))[0]
+    os.mkfifo(tmp_path / "fifo.png")  # opening it for reading waited for a writer: score hung for ever
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{good}\nfifo.png\nzero.png\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(listing), "--out", str(tmp_path / "o")]
+        + ["--workers", "1", "--json", "-q"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["errors"] == 2
+    rows = {
+        Path(p).name: e for p, e in zip(*pq.read_table(tmp_path / "o", columns=["path", "error"]).to_pydict().values())
+    }
+    for name in ("fifo.png", "zero.png"):
+        assert "not a readable image (not a regular file: a folder, FIFO or device)" in rows[name]
+    assert not rows[good.name]
+
+
+def test_a_large_file_is_not_read_whole(tmp_path):
+    sparse, tail, motion = tmp_path / "sparse.png", tmp_path / "tail.png", tmp_path / "motion.jpg"
+    with open(sparse, "wb") as f:
+        f.truncate(2 * 2**30)  # 2 GB of zeros, none of it on disk; np.fromfile read all of it into memory
+    img = np.random.default_rng(2).integers(0, 255, (30, 40, 3), np.uint8)
+    with open(tail, "wb") as f:  # a valid PNG followed by 1 GB of zeros: more than 40 x 30 pixels can need
+        f.write(cv2.imencode(".png", img)[1].tobytes())
+        f.truncate(2**30)
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    motion.write_bytes(jpg + bytes(5 * 2**20))  # data after the image (a phone's motion photo): still read
+    code = (
+        "from edgesdk.images import read_image\n"
+        f"for p in ({str(sparse)!r}, {str(tail)!r}):\n"
+        "    try:\n        read_image(p)\n    except ValueError as e:\n        print(e)\n"
+        f"print(int(read_image({str(motion)!r}).sum()))\n"
+        f"print({PEAK})"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    refused, too_long, total, peak = r.stdout.strip().splitlines()
+    assert refused == f"{sparse}: not a readable image"
+    assert (
+        too_long == f"{tail}: not a readable image (over {30 * 40 * 8 + 64 * 2**20} bytes, more than 40x30 pixels need)"
+    )
+    assert int(total) == int(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR).sum())
+    assert int(peak) < 400 * 2**20, f"peak RSS {int(peak) / 2**20:.0f} MiB: a file was read whole"
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty.png: not a readable image$"):
+        read_image(tmp_path / "empty.png")
+
+
+def _tiff(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """A little-endian 8-bit grayscale TIFF: 16 pixel bytes at offset 8, then one IFD of ENTRIES
+    (tag, type, count, 4-byte value field) in the order given."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *e[:3]) + e[3] for e in entries)
+    return b"II*\x00" + struct.pack("<I", 24) + bytes(16) + ifd + bytes(4)
+
+
+def _tiff_rest() -> list[tuple[int, int, int, bytes]]:
+    short, long = (lambda v: struct.pack("<HH", v, 0)), (lambda v: struct.pack("<I", v))
+    # BitsPerSample, Compression, Photometric, StripOffsets, SamplesPerPixel, RowsPerStrip, StripByteCounts
+    rest = [(258, 3, 1, short(8)), (259, 3, 1, short(1)), (262, 3, 1, short(1)), (273, 4, 1, long(8))]
+    return rest + [(277, 3, 1, short(1)), (278, 4, 1, long(4)), (279, 4, 1, long(16))]
+
+
+def test_tiff_size_is_the_one_libtiff_decodes(tmp_path):
+    long = lambda v: struct.pack("<I", v)  # noqa: E731
+    h4 = (257, 4, 1, long(4))
+    # libtiff keeps the first of repeated tags: the header check read the last, so 30000 x 4 passed as 4 x 4.
+    first_small = _tiff([(256, 4, 1, long(4)), (256, 4, 1, long(30000)), h4] + _tiff_rest())
+    assert cv2.imdecode(np.frombuffer(first_small, np.uint8), cv2.IMREAD_COLOR).shape == (4, 4, 3)
+    assert image_size(first_small) == (4, 4)
+    (tmp_path / "dup.tif").write_bytes(_tiff([(256, 4, 1, long(30000)), (256, 4, 1, long(4)), h4] + _tiff_rest()))
+    with pytest.raises(DataError, match=r"dup.tif: 30000x4 pixels \(0.1 MP\) is over the limit of 100 pixels"):
+        read_image(tmp_path / "dup.tif", limit=100)
+    # A width of another type (LONG8: the value at an offset; SLONG; two values) is not guessed at: refused.
+    for typ, count in ((16, 1), (9, 1), (4, 2)):
+        assert image_size(_tiff([(256, typ, count, long(8)), h4] + _tiff_rest())) is None, (typ, count)
+    assert image_size(_tiff([(256, 3, 1, struct.pack("<HH", 4, 0)), h4] + _tiff_rest())) == (4, 4)
+
+
+def test_jpeg_header_walk_is_bounded_and_skips_fill_bytes():
+    ok, buf = cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))
+    jpg = buf.tobytes()
+    assert image_size(jpg[:2] + b"\xff" * 100_000 + jpg[2:]) == (40, 30)  # fill bytes before a marker
+    assert image_size(jpg[:2] + (b"\xff\xe1\xff\xff" + bytes(65533)) * 200 + jpg[2:]) == (40, 30)  # 13 MB of APP1
+    # A chain of empty comments cost a Python loop turn per 4 bytes (minutes for a large file): after
+    # 1024 segments without a frame header the file is refused.
+    assert image_size(jpg[:2] + b"\xff\xfe\x00\x02" * 1000 + jpg[2:]) == (40, 30)
+    assert image_size(jpg[:2] + b"\xff\xfe\x00\x02" * 1100 + jpg[2:]) is None
+    for bad in (b"\xff\xe0\x00\x00", b"\xff\xe0\x00\x01", b"\xff\xe0\x00\x10" + bytes(14) + b"\xff\xd9"):
+        assert image_size(jpg[:2] + bad) is None  # lengths 0 and 1; no frame header at all

@@ -23,7 +23,14 @@ _DTYPES = {
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
-    def __init__(self, model: str | Path, providers: list[str] | str = "auto", threads: int = 0, spin: bool = True):
+    def __init__(
+        self,
+        model: str | Path,
+        providers: list[str] | str = "auto",
+        threads: int = 0,
+        spin: bool = True,
+        mem_pattern: bool = False,
+    ):
         super().__init__()
         self.model = Path(model)
         self.requested = providers
@@ -32,6 +39,7 @@ class OnnxRuntimeRunner(Runner):
         # and sinks share it (the stream loop), they steal its cores: measured on 2 cores, PatchCore
         # in the pipeline 69% -> 78% of model-only FPS with spinning off.
         self.spin = spin
+        self.mem_pattern = mem_pattern  # False: half the resident activations, see load()
         self.session: Any = None  # an onnxruntime.InferenceSession once loaded (the package ships no types)
         self.output_names: list[str] = []
 
@@ -50,6 +58,10 @@ class OnnxRuntimeRunner(Runner):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = self.threads
         opts.log_severity_level = 3
+        # With memory patterns ONNX Runtime plans one block for every intermediate tensor of a run and
+        # keeps it beside the arena chunks the first run already took: the activations twice, resident
+        # for the session's life. Without, the arena's chunks are reused (docs/BENCHMARKS.md, issue 23).
+        opts.enable_mem_pattern = self.mem_pattern
         if not self.spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
