@@ -29,3 +29,44 @@ def table(rows: list[dict], columns: list[str] | None = None, title: str = "") -
     out = [title] if title else []
     out += [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
     return "\n".join(out)
+
+
+def cell(text: str):
+    """One printed cell back as a value: yes/no -> bool, an empty cell -> None, numbers, else the text."""
+    if text in ("yes", "no"):
+        return text == "yes"
+    if not text:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse(text: str, title: str = "") -> list[dict]:
+    """The rows of a table() in TEXT (the first one, or the first under a line equal to TITLE), as dicts.
+    Columns are taken from the dashed rule under the header, so empty cells read back as None; floats
+    come back at the printed precision (fmt). No table there -> []."""
+    lines = text.splitlines()
+    start = lines.index(title) + 1 if title and title in lines else 0
+    for i in range(start, len(lines) - 1):
+        rule = lines[i + 1]
+        if rule and set(rule) <= {"-", " "} and "-" in rule and len(lines[i].split()) == len(rule.split()):
+            spans, pos = [], 0
+            for dashes in rule.split():
+                pos = rule.index(dashes, pos)
+                spans.append((pos, pos + len(dashes)))
+                pos += len(dashes)
+            header = [lines[i][a:b].strip() for a, b in spans]
+            rows = []
+            gaps = [(b, a2) for (_, b), (a2, _) in zip(spans, spans[1:])]
+            for line in lines[i + 2 :]:
+                # a row has every cell within its rule and spaces between: the first line that does
+                # not (a blank line, the prose after a table) ends the table
+                if not line.strip() or len(line) > len(rule) or any(line[a:b].strip() for a, b in gaps):
+                    break
+                rows.append({h: cell(line[a:b].strip()) for h, (a, b) in zip(header, spans)})
+            return rows
+    return []

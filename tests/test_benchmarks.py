@@ -135,3 +135,60 @@ def test_patchcore_scores_benchmark_reads_both_scores_from_one_bank(tiny_data, t
         (s, k, sigma) for k, sigma in ((9, 4.0), (1, 4.0), (9, 2.0)) for s in ("smoothed", "peak")
     ]
     assert all(0 <= x["image_auroc"] <= 1 and set(x["by_kind"]) == {"hole", "scratch", "smudge", "stain"} for x in rows)
+
+
+def test_trt_int8_matrix_reads_a_bundle_it_did_not_make_and_resumes(tmp_path):
+    """A bundle already there that the matrix has no record of is read from its manifest, never
+    exported over (not even with --force); a cell in the JSON is skipped. (The export itself runs in
+    docs/QUANTIZATION.md's measurement: minutes per cell, too slow here.)"""
+    runs, bundles = tmp_path / "runs", tmp_path / "bundles"
+    (runs / "brick-padim").mkdir(parents=True)  # present: never trained over
+    theirs = bundles / "t-brick-padim-trt8"
+    theirs.mkdir(parents=True)
+    report = {"reference": {"image_auroc": 0.95}, "image_auroc": 0.948, "image_auroc_drop": 0.002}
+    report["conv_counts"] = {"int8": 30, "fp16": 3, "fp32": 0}
+    attempts = [{"passed": False}, {"passed": True}]
+    cal = {"attempts": attempts, "decisions": {"sensitivity_sqnr_db": [["conv_1", 9.5]]}}
+    (theirs / "manifest.json").write_text(json.dumps({"metrics": {"vs_float": report}, "calibration": cal}))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    cmd = [sys.executable, str(ROOT / "benchmarks/trt_int8_matrix.py"), "--data", str(tmp_path / "data")]
+    cmd += ["--runs", str(runs), "--bundles", str(bundles), "--models", "padim", "--categories", "brick"]
+    cmd += ["--prefix", "t-", "--markdown", "--force"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = json.loads((bundles / "t-trt-int8-matrix.json").read_text())["cells"]["brick padim"]
+    assert not row["exported_here"] and row["passed"] and (row["int8"], row["fp16"], row["fp32"]) == (30, 3, 0)
+    assert row["attempt"] == 2 and row["float_image_auroc"] == 0.95 and "load_before" in row
+    assert "30/3/0" in r.stdout and "91%" in r.stdout and "2 of 6" in r.stdout
+    assert "| brick padim | 0.950 → 0.948 | 30 / 3 / 0 | 91 % | 2 of 6 | pass |" in r.stdout
+    # nothing but the JSON was added; the bundle is untouched
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(before + ["t-trt-int8-matrix.json"])
+    again = subprocess.run(cmd[:-1], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0 and "brick padim: done before, skipped" in again.stdout
+
+
+def test_trt_int8_matrix_reads_a_failed_exports_attempts():
+    import importlib.util
+
+    from edgesdk.table import table
+
+    spec = importlib.util.spec_from_file_location("trt_int8_matrix", ROOT / "benchmarks/trt_int8_matrix.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    attempts = [
+        {"int8_convs": 33, "fp16_convs": 0, "fp32_convs": 0, "image_auroc": 0.928, "image_auroc_drop": 0.02},
+        {"int8_convs": 17, "fp16_convs": 16, "fp32_convs": 0, "image_auroc": 0.94, "image_auroc_drop": 0.008},
+    ]
+    out = "edgesdk export: error: ... no bundle written.\n" + table(attempts, title="attempts") + "\nTry --calib"
+    row = mod.from_failure(out)
+    assert not row["passed"] and row["attempt"] == 2 and (row["int8"], row["fp16"], row["fp32"]) == (17, 16, 0)
+    assert row["float_image_auroc"] == pytest.approx(0.948) and row["drop"] == pytest.approx(0.008)
+    assert mod.from_failure("edgesdk export: error: run.json: not found")["error"].endswith("not found")
+    # a segmenter fails on its outlines: among equal AUROC drops the attempt with the best pixel F1
+    seg = [
+        {"int8_convs": 52 - k, "fp16_convs": k, "image_auroc": 1.0, "image_auroc_drop": 0.0, "pixel_f1": f}
+        for k, f in ((0, 0.69), (26, 0.71))
+    ]
+    row = mod.from_failure(table(seg, title="attempts"))
+    assert row["fp16"] == 26 and row["pixel_f1"] == pytest.approx(0.71) and row["attempt"] == 2
