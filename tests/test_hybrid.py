@@ -387,11 +387,6 @@ def test_cpu_int8_hybrid_bundle_keeps_both_heads_or_the_gate_says_why(hybrid, hy
     assert set(np.unique(low["kind_map"])) <= set(range(len(KNOWN) + 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compile/gate.py measure() gates score and anomaly_map (image/pixel AUROC, pixel F1) only; "
-    "kind_map, segmenter_map and patchcore_map of a hybrid INT8 graph are not in the gate report",
-)
 def test_cpu_int8_hybrid_gate_report_covers_every_output(hybrid_int8):
     out, refused = hybrid_int8
     report = (refused and str(refused)) or json.dumps(json.loads((out / "quant_report.json").read_text())["report"])

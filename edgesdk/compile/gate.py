@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from edgesdk.compile import noisehead, quant
+from edgesdk.compile import gate_outputs, noisehead, quant
 from edgesdk.cpu import cpu_features
 from edgesdk.data import mvtec
-from edgesdk.measure.compare import interleaved_p50, score_onnx
+from edgesdk.measure.compare import interleaved_p50
 from edgesdk.measure.metrics import auroc, pixel_f1_iou
 from edgesdk.progress import say
 from edgesdk.table import table
@@ -117,8 +117,11 @@ def rederive_threshold(threshold: dict, z_float: np.ndarray, z_low: np.ndarray) 
 
 
 def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dict, dict]:
-    """One attempt's report (and its threshold) against REF (float scores on held-out/validation)."""
-    zl, _ = score_onnx(low, ref["hold_frames"])
+    """One attempt's report (and its threshold) against REF (float scores on held-out/validation); every
+    other output of the graph against the float graph's in report["outputs"] (compile.gate_outputs)."""
+    hold_out = gate_outputs.run_all(low, ref["hold_frames"])
+    val_out = None
+    zl = hold_out["score"]
     thr = rederive_threshold(thr_float, ref["hold_z"], zl)
     diff = np.abs(zl - ref["hold_z"])
     r: dict = {
@@ -132,7 +135,8 @@ def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dic
     n = len(zl)
     if ref.get("val") is not None:
         frames, labels, masks, _ = ref["val"]
-        vl, ml = score_onnx(low, frames)
+        val_out = gate_outputs.run_all(low, frames)
+        vl, ml = val_out["score"], val_out["anomaly_map"]
         d = np.abs(vl - ref["val_z"])
         r.update(
             score_max_abs_diff=max(r["score_max_abs_diff"], float(d.max())),
@@ -153,7 +157,13 @@ def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dic
     # With labels, the AUROC drop decides (a flip near the threshold is not a lost defect); without
     # them, agreement of verdicts on the held-out good images is all there is to go on.
     r["gated_on"] = "image_auroc_drop" if "image_auroc_drop" in r else "flip_share"
-    r["passed"] = bool(r[r["gated_on"]] <= max_drop and r.get("pixel_f1_drop", 0.0) <= PIXEL_F1_DROP)
+    r["outputs"] = gate_outputs.check(
+        ref, (hold_out, val_out), thr_float["value"], thr["value"], max_drop, PIXEL_F1_DROP
+    )
+    r["outputs_failed"] = gate_outputs.failures(r["outputs"])  # each names its output and its limit
+    r["passed"] = bool(
+        r[r["gated_on"]] <= max_drop and r.get("pixel_f1_drop", 0.0) <= PIXEL_F1_DROP and not r["outputs_failed"]
+    )
     if "pixel_f1_drop" in r:
         r["pixel_f1_max_drop"] = PIXEL_F1_DROP
     return r, thr
@@ -196,6 +206,7 @@ def lower_precision(
     scales: dict[str, float] | None = None  # searched once on the all-INT8 graph; later attempts reuse them
     searched: dict = {}
     float_feats: dict = {}  # the float graph's head features, tapped once
+    ref = gate_outputs.with_float_outputs(ref, fp32)  # kind_map, head maps: compared in every attempt
     for step, fallback in plan:
         if step:
             if not ranked:  # rank once, from the first (all-quantized) attempt
@@ -239,6 +250,7 @@ def lower_precision(
                     )
                     if k in report or k != "pixel_f1"
                 },
+                **gate_outputs.summary(report["outputs"]),
             }
         )
         note = table([attempts[-1]], title=f"{opts.precision} ({opts.target}) attempt {len(attempts)}")
@@ -251,6 +263,7 @@ def lower_precision(
             f"{opts.precision} --target {opts.target} loses more than max_drop {opts.max_drop} against the float "
             f"model (gated on {report['gated_on']}"
             + (f" and pixel_f1_drop <= {PIXEL_F1_DROP}" if "pixel_f1_drop" in report else "")
+            + (f", failing: {'; '.join(report['outputs_failed'])}" if report["outputs_failed"] else "")
             + f") even with up to {max(a['fp32_convs'] + a.get('fp16_convs', 0) for a in attempts)} of {len(convs)} "
             + ("convolutions kept FP16 or FP32; " if mixed else "convolutions kept FP32; ")
             + "no bundle written.\n"
@@ -366,7 +379,13 @@ def reference(net, hold: np.ndarray, val) -> dict:
                 ms.append(m.numpy())
         return np.concatenate(zs), np.concatenate(ms)
 
-    ref: dict = {"hold_frames": hold, "hold_z": run(hold)[0], "val": val}
+    # a hybrid's heads (spec/heads.py): which output names kinds, for compile.gate_outputs
+    ref: dict = {
+        "hold_frames": hold,
+        "hold_z": run(hold)[0],
+        "val": val,
+        "heads": getattr(net, "manifest_heads", tuple)(),
+    }
     if val is not None:
         frames, labels, masks, where = val
         ref["val_z"], maps = run(frames)
