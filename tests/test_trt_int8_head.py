@@ -140,6 +140,10 @@ def test_noise_aware_student_teacher_head_takes_the_int8_channel_offset_out_of_t
     from edgesdk.compile.onnx import ExportOptions, export_onnx
 
     opts = ExportOptions(precision="int8", target="tensorrt", n_calib=8, max_drop=0.5)
-    cal = Bundle.open(export_onnx(run, tmp_path / "int8", opts)).manifest.calibration
-    rec = cal["decisions"]["noise_aware_head"]
+    b = Bundle.open(export_onnx(run, tmp_path / "int8", opts))
+    rec = b.manifest.calibration["decisions"]["noise_aware_head"]
     assert rec["head"] == "student-teacher" and rec["applied"] and rec["normalization"]["n_holdout"] == len(hold)
+    # The taps that measured the noise are not left behind as outputs (TensorRT's parser refuses untyped ones).
+    assert [o.name for o in onnx.load(str(b.model_path)).graph.output] == [
+        o.name for o in onnx.load(str(fp32)).graph.output
+    ]

@@ -62,10 +62,11 @@ def entropy_clip(a: np.ndarray, amax: float, bins: int = 2048, levels: int = 128
 
 def tap_session(model, outputs: list[str]):
     """An ONNX Runtime session of MODEL that also returns the intermediate tensors OUTPUTS, with nothing
-    fused, so each Q/DQ pair runs as written."""
+    fused, so each Q/DQ pair runs as written. MODEL itself is left as it was."""
     import onnx
     import onnxruntime as ort
 
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's graph keeps its outputs
     have = {o.name for o in model.graph.output}
     for t in outputs:
         if t not in have:
