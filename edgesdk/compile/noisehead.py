@@ -56,8 +56,7 @@ def tap(model, tensor: str, frames: np.ndarray, input_name: str) -> np.ndarray:
     """TENSOR of MODEL (P, 1, D) per frame, stacked to (P, N, D) float64."""
     from edgesdk.compile import ranges
 
-    sess = ranges.tap_session(model, [tensor])
-    return np.concatenate([sess.run([tensor], {input_name: frames[i : i + 1]})[0] for i in range(len(frames))], 1)
+    return ranges.tap_frames(model, tensor, frames, input_name, axis=1)
 
 
 def noise_stats(f: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -58,9 +58,7 @@ def tap(model, tensor: str, frames: np.ndarray, input_name: str) -> np.ndarray:
     """TENSOR of MODEL per frame, stacked to (N, C, h, w) float64."""
     from edgesdk.compile import ranges
 
-    sess = ranges.tap_session(model, [tensor])
-    out = [sess.run([tensor], {input_name: frames[i : i + 1]})[0] for i in range(len(frames))]
-    return np.concatenate(out, 0).astype(np.float64)
+    return ranges.tap_frames(model, tensor, frames, input_name, axis=0).astype(np.float64)
 
 
 def correct(q, fp32_model, frames: np.ndarray, input_name: str, cache: dict) -> dict | None:

@@ -78,6 +78,12 @@ def tap_session(model, outputs: list[str]):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def tap_frames(model, tensor: str, frames: np.ndarray, input_name: str, axis: int) -> np.ndarray:
+    """TENSOR of MODEL for each of FRAMES (N, H, W, 3) uint8 run one at a time, stacked on AXIS."""
+    sess = tap_session(model, [tensor])
+    return np.concatenate([sess.run([tensor], {input_name: frames[i : i + 1]})[0] for i in range(len(frames))], axis)
+
+
 def activation_scale_names(qdq) -> dict[str, str]:
     """{activation tensor: its scale initializer} of the per-tensor QuantizeLinear nodes, in graph order."""
     inits = {i.name: i for i in qdq.graph.initializer}
