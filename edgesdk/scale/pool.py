@@ -7,18 +7,24 @@ import multiprocessing as mp
 import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from threading import Barrier
 from typing import Iterator
 
 from edgesdk.scale.score import ScoreBatch
 
 _WORKER: list[ScoreBatch] = []  # the worker process's scorer, made once by _init
+START_S = 300.0  # how long every worker may take to load the bundle before the run fails
 
 
-def _init(bundle: str, batch: int, threads: int, max_pixels: int | None) -> None:
+def _init(bundle: str, batch: int, threads: int, max_pixels: int | None, ready: Barrier) -> None:
     # Ctrl-C reaches the whole process group; the parent alone handles it. A worker interrupted while
     # it holds the pool's call-queue lock would leave the parent waiting on the pool forever.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.append(ScoreBatch(bundle, batch, threads, max_pixels=max_pixels))
+    # No worker takes a shard until all have loaded the bundle: otherwise the first one ready takes
+    # every queued shard while the others are still importing ONNX Runtime, and a small run uses one.
+    # A timeout (a sibling died loading) fails this initializer, which breaks the pool: no hang.
+    ready.wait(START_S)
 
 
 def _score(shard: int, paths: list[str]) -> tuple[int, list[dict]]:
@@ -36,7 +42,8 @@ def run_pool(
     """(shard, rows) for each job, in completion order. A worker that dies (killed, out of memory)
     ends the run with a RuntimeError instead of a hang; the parts written so far stay, so a rerun
     resumes."""
-    if workers == 1:
+    workers = min(workers, len(jobs))  # the pool starts a process per queued shard: never more than those
+    if workers <= 1:
         scorer = ScoreBatch(bundle, batch, threads, max_pixels=max_pixels)
         try:
             for shard, paths in jobs:
@@ -47,8 +54,9 @@ def run_pool(
     # spawn, not fork: a forked child would inherit the parent's threads (tqdm, ONNX Runtime) mid-state.
     ctx = mp.get_context("spawn")
     todo = iter(jobs)
+    ready = ctx.Barrier(workers)
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(bundle, batch, threads, max_pixels)
+        workers, mp_context=ctx, initializer=_init, initargs=(bundle, batch, threads, max_pixels, ready)
     ) as ex:
         running: set[Future] = set()
         try:
