@@ -1,16 +1,29 @@
 """One runner per framework: load(), infer(feeds) -> outputs, close(); frameworks import in load().
 
 `open_runner(backend, bundle, ...)` makes the runner for a bundle: ONNX Runtime on its model.onnx,
-TensorRT on the engine built for it (found in BUNDLE/engines, or given)."""
+TensorRT on the engine built for it (found in BUNDLE/engines, or given). The TensorRT runner's
+module (engine cache, device probes, device profiles) is imported when first asked for: a process
+that scores with ONNX Runtime never loads it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgesdk.backends.base import Runner, TensorMeta
 from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
-from edgesdk.backends.tensorrt import TensorRTRunner
-from edgesdk.bundle import Bundle
+
+if TYPE_CHECKING:
+    from edgesdk.backends.tensorrt import TensorRTRunner
+    from edgesdk.bundle import Bundle
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TensorRTRunner":
+        from edgesdk.backends.tensorrt import TensorRTRunner
+
+        return TensorRTRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_runner(
@@ -27,6 +40,8 @@ def open_runner(
     if backend == "onnxruntime":
         return OnnxRuntimeRunner(bundle.model_path, providers=providers, threads=threads, spin=spin).load()
     if backend == "tensorrt":
+        from edgesdk.backends.tensorrt import TensorRTRunner
+
         return TensorRTRunner.from_bundle(bundle, engine=engine, batch=batch).load()
     raise ValueError(f"unknown backend {backend!r}; available: onnxruntime, tensorrt")
 

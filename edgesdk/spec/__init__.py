@@ -1,10 +1,14 @@
 """What crosses a file boundary, as frozen dataclasses with loaders that say which file and field is
 wrong: the bundle manifest (manifest.py), device profiles and build configs (device.py), the engine
 sidecar (engine.py), and the typed-config machinery they share (typed.py). Standard library only:
-the device runtime imports this. Import names from here; the modules are how it is arranged."""
+the device runtime imports this. Import names from here; the modules are how it is arranged.
+device.py and engine.py load when one of their names is first asked for: a process that only opens
+bundles (the detector on ONNX Runtime) does not import them."""
 
-from edgesdk.spec.device import MAX_WORKSPACE_MB, BuildConfig, DeviceProfile
-from edgesdk.spec.engine import BUILDER_FLAGS, ENGINE_SCHEMA, GPU_KEYS, EngineSidecar
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from edgesdk.spec.manifest import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -35,6 +39,24 @@ from edgesdk.spec.typed import (
     load_toml,
     sha256_file,
 )
+
+if TYPE_CHECKING:
+    from edgesdk.spec.device import MAX_WORKSPACE_MB, BuildConfig, DeviceProfile
+    from edgesdk.spec.engine import BUILDER_FLAGS, ENGINE_SCHEMA, GPU_KEYS, EngineSidecar
+
+_DEVICE = ("MAX_WORKSPACE_MB", "BuildConfig", "DeviceProfile")
+_ENGINE = ("BUILDER_FLAGS", "ENGINE_SCHEMA", "GPU_KEYS", "EngineSidecar")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEVICE:
+        from edgesdk.spec import device as module
+    elif name in _ENGINE:
+        from edgesdk.spec import engine as module  # type: ignore[no-redef]
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)
+
 
 __all__ = [
     "BUILDER_FLAGS",

@@ -18,11 +18,6 @@ from typing import Any, Callable, TypeVar
 
 from edgesdk.errors import EdgesdkError, no_nonfinite
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 
 class SpecError(EdgesdkError):
     """A file the user gave us is malformed; the message names the file and the problem."""
@@ -140,6 +135,11 @@ def from_mapping(cls: type[T], d: Any, where: str) -> T:
 def load_toml(path: str | os.PathLike) -> dict:
     """Parsed TOML of PATH; SpecError naming the file when it is missing, not TOML, or holds an
     inf/nan (TOML has literals for both) anywhere, naming the key."""
+    # Imported here: the device's detector reads only JSON (a manifest), TOML is for recipes and profiles.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     return _load(Path(path), tomllib.loads, "TOML", "arrays/tables", "file not found")
 
 
