@@ -12,6 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from edgesdk.backends import onnxruntime as ortmod
+from edgesdk.errors import OptionError
+
 ROOT = Path(__file__).resolve().parents[1]
 # Modules only a TensorRT engine, a device profile or a TOML file needs.
 NOT_ON_ORT_PATH = (
@@ -54,3 +60,74 @@ from edgesdk.spec.typed import load_toml
 print(TensorRTRunner.__module__, DeviceProfile.__module__, EngineSidecar.__module__)
 """
     assert _python(code) == "edgesdk.backends.tensorrt edgesdk.spec.device edgesdk.spec.engine"
+
+
+@pytest.fixture(scope="module")
+def conv_model(tmp_path_factory) -> Path:
+    """12 Conv layers of 256 -> 256 channels, 3 x 3: 28 MB of weights in many blocks of 2.4 MB, the
+    shape of a CNN's (the segmenter's, a backbone's) that glibc's dynamic threshold leaves resident."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, c = 12, 256
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.02).astype(np.float32), f"w{i}")
+        for i in range(n)
+    ]
+    names = ["x"] + [f"a{i}" for i in range(n - 1)] + ["y"]
+    nodes = [helper.make_node("Conv", [names[i], f"w{i}"], [names[i + 1]], pads=[1, 1, 1, 1]) for i in range(n)]
+    graph = helper.make_graph(
+        nodes,
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("conv") / "model.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _load_memory(model: Path, env: dict[str, str]) -> dict:
+    code = f"""
+import json, numpy as np
+from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
+def status(key): return [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith(key)][0]
+r = OnnxRuntimeRunner({str(model)!r}, threads=1).load()
+loaded = status("VmRSS")
+for _ in range(3):
+    r.infer({{"x": np.ones((1, 256, 8, 8), np.float32)}})
+print(json.dumps({{"loaded": loaded, "peak": status("VmHWM"), "after": status("VmRSS")}}))
+"""
+    return json.loads(_python(code, env))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_session_load_gives_its_transients_back(conv_model):
+    try:
+        glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        glibc = False
+    if not glibc:
+        pytest.skip("the mmap threshold is glibc's; other C libraries keep their own policy")
+    fixed, dynamic = _load_memory(conv_model, {}), _load_memory(conv_model, {ortmod.MMAP_THRESHOLD_ENV: "0"})
+    # The load's copies of the 28 MB of weights (parsed protobuf, weights before prepacking) are
+    # unmapped once the session holds its own: resident memory falls well below the load's peak.
+    assert fixed["peak"] - fixed["loaded"] > 16, fixed
+    # EDGESDK_MMAP_THRESHOLD=0 turns it off: glibc's dynamic threshold keeps them on the heap.
+    assert dynamic["loaded"] - fixed["loaded"] > 16, (fixed, dynamic)
+    assert dynamic["after"] - fixed["after"] > 16, (fixed, dynamic)  # and they stay
+
+
+def test_mmap_threshold_setting_is_checked(monkeypatch):
+    monkeypatch.setattr(ortmod, "_mmap_threshold", None)
+    for bad in ("lots", "-1", "1e6", "\u00b2", str((32 << 20) + 1)):
+        with pytest.raises(OptionError, match=ortmod.MMAP_THRESHOLD_ENV):
+            ortmod.fix_mmap_threshold({ortmod.MMAP_THRESHOLD_ENV: bad})
+    assert ortmod.fix_mmap_threshold({ortmod.MMAP_THRESHOLD_ENV: "0"}) == 0  # off: nothing set
+    monkeypatch.setattr(ortmod, "_mmap_threshold", None)
+    # glibc's own variable was applied at the process's start: edgesdk leaves it alone.
+    assert ortmod.fix_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "65536"}) == 0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgesdk.backends.base import Runner, TensorMeta
+from edgesdk.errors import OptionError
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _DTYPES = {
@@ -18,6 +21,39 @@ _DTYPES = {
     "tensor(int32)": "int32",
     "tensor(int8)": "int8",
 }
+
+# glibc raises its mmap threshold to the size of each mapped block freed (up to 32 MiB). Freeing the
+# model file's buffer early in a session's load lifts it over every weight-sized block, so the load's
+# transients (parsed protobuf, weights before prepacking) come from the heap, whose freed middle the
+# allocator keeps: resident for the process's life. A fixed threshold maps them and unmaps them on
+# free. The arena's chunks are mapped too but the arena keeps them, so frames reuse them as before.
+MMAP_THRESHOLD_ENV = "EDGESDK_MMAP_THRESHOLD"  # bytes; 0 leaves glibc's dynamic threshold
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, held fixed
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
+_mmap_threshold: int | None = None  # what this process set, once
+
+
+def fix_mmap_threshold(env: dict[str, str] | os._Environ[str] = os.environ) -> int:
+    """Fix glibc's mmap threshold before the first session loads (process-wide, once); the bytes set,
+    or 0 where nothing was set: not glibc (musl, macOS), EDGESDK_MMAP_THRESHOLD=0, or glibc's own
+    MALLOC_MMAP_THRESHOLD_ given (glibc applied it at start)."""
+    global _mmap_threshold
+    if _mmap_threshold is not None:
+        return _mmap_threshold
+    raw = env.get(MMAP_THRESHOLD_ENV, str(MMAP_THRESHOLD)).strip()
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 32 << 20:
+        raise OptionError(f"{MMAP_THRESHOLD_ENV}={raw!r}: bytes from 0 (off) to {32 << 20} (glibc's maximum)")
+    want = int(raw)
+    try:
+        glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        glibc = False
+    if want and glibc and "MALLOC_MMAP_THRESHOLD_" not in env:
+        ok = ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, want) == 1
+        _mmap_threshold = want if ok else 0
+    else:
+        _mmap_threshold = 0
+    return _mmap_threshold
 
 
 class OnnxRuntimeRunner(Runner):
@@ -46,6 +82,7 @@ class OnnxRuntimeRunner(Runner):
     def load(self) -> "OnnxRuntimeRunner":
         import onnxruntime as ort
 
+        fix_mmap_threshold()  # before any session allocates (see MMAP_THRESHOLD)
         available = ort.get_available_providers()
         if self.requested == "auto":
             providers = [p for p in PREFERRED if p in available]
