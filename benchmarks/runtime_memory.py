@@ -7,10 +7,12 @@ threshold (docs/BENCHMARKS.md, issue 23 §3).
 imports: fresh interpreters import numpy, OpenCV and ONNX Runtime, then the detector; VmRSS and time
 around the detector's import alone (edgesdk's own modules), median and range over --rounds. Run it
 with PYTHONPATH at two trees, alternating, to compare them.
-latency: one Detector per bundle, frames twice the model's input. Each round scores 5 frames with
+latency: one Detector per bundle, frames twice the model's input (--frame WxH: that size, each call
+on a fresh copy, as a camera source hands over a new buffer per frame). Each round scores 5 frames with
 glibc's mmap threshold at 128 KiB (the runner's) and 5 at 32 MiB (where glibc's dynamic threshold ends
-up), in alternating order, so that the machine's load falls on both alike; the ratio is the median over
-rounds of (median at 128 KiB / median at 32 MiB), quartiles beside it. glibc only."""
+up; its trim threshold at twice that, as glibc's rule sets it), in alternating order, so that the
+machine's load falls on both alike; the ratio is the median over rounds of (median at 128 KiB /
+median at 32 MiB), quartiles beside it. glibc only."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from edgesdk.stream.detector import Detector
 print(f"{(time.perf_counter() - t) * 1e3:.1f} {rss() - a:.2f}")
 """
 LOW, HIGH, PER_SIDE = 128 << 10, 32 << 20, 5
+TRIM = {LOW: 128 << 10, HIGH: 64 << 20}  # glibc's default; twice the threshold, as its dynamic rule sets
 
 
 def imports(rounds: int) -> None:
@@ -48,13 +51,15 @@ def imports(rounds: int) -> None:
     print(f"detector import: {st.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f}), {st.median(mb):.2f} MB")
 
 
-def latency(bundles: list[str], rounds: int) -> None:
+def latency(bundles: list[str], rounds: int, frame_size: str = "") -> None:
     from edgesdk.stream.detector import Detector
 
     mallopt = ctypes.CDLL(None).mallopt
     for b in bundles:
         with Detector(b) as d:
-            frame = (np.random.default_rng(0).random((d.size[0] * 2, d.size[1] * 2, 3)) * 255).astype(np.uint8)
+            w, h = map(int, frame_size.split("x")) if frame_size else (d.size[1] * 2, d.size[0] * 2)
+            frame = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+            fresh = frame.copy if frame_size else lambda: frame
             for _ in range(10):
                 d.predict(frame)
             ratios, ms = [], {LOW: [], HIGH: []}
@@ -62,10 +67,11 @@ def latency(bundles: list[str], rounds: int) -> None:
                 med = {}
                 for threshold in (LOW, HIGH) if r % 2 == 0 else (HIGH, LOW):
                     mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+                    mallopt(-1, TRIM[threshold])  # M_TRIM_THRESHOLD
                     xs = []
                     for _ in range(PER_SIDE):
                         t0 = time.perf_counter()
-                        d.predict(frame)
+                        d.predict(fresh())
                         xs.append(time.perf_counter() - t0)
                     med[threshold] = st.median(xs)
                     ms[threshold].append(med[threshold] * 1e3)
@@ -82,8 +88,9 @@ if __name__ == "__main__":
     ap.add_argument("what", choices=["imports", "latency"])
     ap.add_argument("bundles", nargs="*")
     ap.add_argument("--rounds", type=int, default=0, help="default: 10 (imports), 100 (latency)")
+    ap.add_argument("--frame", default="", help="latency: frame size WxH, a fresh copy per call")
     a = ap.parse_args()
     if a.what == "imports":
         imports(a.rounds or 10)
     else:
-        latency(a.bundles, a.rounds or 100)
+        latency(a.bundles, a.rounds or 100, a.frame)

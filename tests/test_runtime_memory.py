@@ -1,5 +1,6 @@
 """The device process stays lean (issue 23): scoring with ONNX Runtime loads no TensorRT-side module,
-and a session's load-time transients go back to the system instead of staying resident.
+and with EDGESDK_MMAP_THRESHOLD set, a session's load-time transients go back to the system instead
+of staying resident.
 
 Each check runs in a fresh interpreter: what a process has imported, and its resident memory, are
 properties of the whole process, which this one (pytest, the other tests' sessions) would blur."""
@@ -113,11 +114,11 @@ def test_session_load_gives_its_transients_back(conv_model):
         glibc = False
     if not glibc:
         pytest.skip("the mmap threshold is glibc's; other C libraries keep their own policy")
-    fixed, dynamic = _load_memory(conv_model, {}), _load_memory(conv_model, {ortmod.MMAP_THRESHOLD_ENV: "0"})
+    fixed, dynamic = _load_memory(conv_model, {ortmod.MMAP_THRESHOLD_ENV: "131072"}), _load_memory(conv_model, {})
     # The load's copies of the 28 MB of weights (parsed protobuf, weights before prepacking) are
     # unmapped once the session holds its own: resident memory falls well below the load's peak.
     assert fixed["peak"] - fixed["loaded"] > 16, fixed
-    # EDGESDK_MMAP_THRESHOLD=0 turns it off: glibc's dynamic threshold keeps them on the heap.
+    # Without it (the default), glibc's dynamic threshold keeps them on the heap.
     assert dynamic["loaded"] - fixed["loaded"] > 16, (fixed, dynamic)
     assert dynamic["after"] - fixed["after"] > 16, (fixed, dynamic)  # and they stay
 
@@ -127,7 +128,10 @@ def test_mmap_threshold_setting_is_checked(monkeypatch):
     for bad in ("lots", "-1", "1e6", "\u00b2", str((32 << 20) + 1)):
         with pytest.raises(OptionError, match=ortmod.MMAP_THRESHOLD_ENV):
             ortmod.fix_mmap_threshold({ortmod.MMAP_THRESHOLD_ENV: bad})
-    assert ortmod.fix_mmap_threshold({ortmod.MMAP_THRESHOLD_ENV: "0"}) == 0  # off: nothing set
+    for off in ({}, {ortmod.MMAP_THRESHOLD_ENV: "0"}):  # opt-in: nothing set
+        monkeypatch.setattr(ortmod, "_mmap_threshold", None)
+        assert ortmod.fix_mmap_threshold(off) == 0
     monkeypatch.setattr(ortmod, "_mmap_threshold", None)
     # glibc's own variable was applied at the process's start: edgesdk leaves it alone.
-    assert ortmod.fix_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "65536"}) == 0
+    both = {ortmod.MMAP_THRESHOLD_ENV: "131072", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    assert ortmod.fix_mmap_threshold(both) == 0

@@ -22,25 +22,25 @@ _DTYPES = {
     "tensor(int8)": "int8",
 }
 
-# glibc raises its mmap threshold to the size of each mapped block freed (up to 32 MiB). Freeing the
-# model file's buffer early in a session's load lifts it over every weight-sized block, so the load's
-# transients (parsed protobuf, weights before prepacking) come from the heap, whose freed middle the
-# allocator keeps: resident for the process's life. A fixed threshold maps them and unmaps them on
-# free. The arena's chunks are mapped too but the arena keeps them, so frames reuse them as before.
-MMAP_THRESHOLD_ENV = "EDGESDK_MMAP_THRESHOLD"  # bytes; 0 leaves glibc's dynamic threshold
-MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, held fixed
+# glibc raises its mmap threshold to the size of each mapped block freed (up to 32 MiB). Once a
+# session's load frees a large block, the load's transients (parsed protobuf, weights before
+# prepacking) come from the heap, whose freed middle the allocator keeps: resident for the process's
+# life. A fixed threshold (EDGESDK_MMAP_THRESHOLD=131072) maps them and unmaps them on free, and costs
+# every later block over it (a camera frame, a full-size temporary) an mmap and fresh pages per frame:
+# opt-in, for a device short of memory rather than of time (docs/BENCHMARKS.md).
+MMAP_THRESHOLD_ENV = "EDGESDK_MMAP_THRESHOLD"  # bytes; unset or 0 leaves glibc's dynamic threshold
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
 _mmap_threshold: int | None = None  # what this process set, once
 
 
 def fix_mmap_threshold(env: dict[str, str] | os._Environ[str] = os.environ) -> int:
-    """Fix glibc's mmap threshold before the first session loads (process-wide, once); the bytes set,
-    or 0 where nothing was set: not glibc (musl, macOS), EDGESDK_MMAP_THRESHOLD=0, or glibc's own
-    MALLOC_MMAP_THRESHOLD_ given (glibc applied it at start)."""
+    """Fix glibc's mmap threshold at EDGESDK_MMAP_THRESHOLD bytes before the first session loads
+    (process-wide, once); the bytes set, or 0 where nothing was set: the variable unset or 0, not glibc
+    (musl, macOS), or glibc's own MALLOC_MMAP_THRESHOLD_ given (glibc applied it at start)."""
     global _mmap_threshold
     if _mmap_threshold is not None:
         return _mmap_threshold
-    raw = env.get(MMAP_THRESHOLD_ENV, str(MMAP_THRESHOLD)).strip()
+    raw = env.get(MMAP_THRESHOLD_ENV, "0").strip()
     if not (raw.isascii() and raw.isdigit()) or int(raw) > 32 << 20:
         raise OptionError(f"{MMAP_THRESHOLD_ENV}={raw!r}: bytes from 0 (off) to {32 << 20} (glibc's maximum)")
     want = int(raw)
@@ -82,7 +82,7 @@ class OnnxRuntimeRunner(Runner):
     def load(self) -> "OnnxRuntimeRunner":
         import onnxruntime as ort
 
-        fix_mmap_threshold()  # before any session allocates (see MMAP_THRESHOLD)
+        fix_mmap_threshold()  # before any session allocates (see MMAP_THRESHOLD_ENV)
         available = ort.get_available_providers()
         if self.requested == "auto":
             providers = [p for p in PREFERRED if p in available]
