@@ -203,3 +203,44 @@ def test_an_interrupt_while_a_part_is_written_stops_the_pool_workers_first(bundl
     assert "rerun the same command to resume" in str(e.value)
     assert mp.active_children() == []  # the pool's workers have exited, not left to the garbage collector
     assert len(list((tmp_path / "o").glob("part-*.parquet"))) == 1 and not list((tmp_path / "o").glob(".*.tmp"))
+
+
+def test_a_worker_that_cannot_load_the_bundle_ends_the_run_saying_why(tmp_path):
+    from edgesdk.errors import EdgesdkError
+    from edgesdk.scale.pool import run_pool
+
+    jobs = [(0, [str(tmp_path / "a.png")]), (1, [str(tmp_path / "b.png")])]
+    # Each worker's initializer fails; the pool used to report it as "a worker process died (killed or out of
+    # memory?)", the reason only in the workers' tracebacks.
+    with pytest.raises(EdgesdkError, match=r"a scoring worker could not load the bundle .*gone: .*not found"):
+        list(run_pool(str(tmp_path / "gone"), jobs, batch=1, workers=2, threads=1))
+
+
+def test_killing_the_score_process_ends_its_workers_and_a_rerun_scores_each_image_once(bundle, tiny_data, tmp_path):
+    src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
+    arch, out, n = tmp_path / "archive", tmp_path / "o", 200
+    arch.mkdir()
+    for i in range(n):
+        (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
+    argv = [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
+    p = subprocess.Popen(argv + ["--batch", "2", "--workers", "2", "-q"], cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 3 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert p.poll() is None, "the run ended before it was killed: the test proves nothing"
+        p.kill()  # the score process alone (an OOM kill, `kill -9`): its workers get no signal
+        p.wait(30)
+        left = _session_processes(p.pid, wait_s=20)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # whatever of the run is left, so a failure leaks nothing
+        except ProcessLookupError:
+            pass
+    assert left == [], "worker processes outlived the killed score process"
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 2, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["resumed"] >= 6 and s["resumed"] + s["scored"] == n
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == n
