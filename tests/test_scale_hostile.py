@@ -244,3 +244,14 @@ def test_killing_the_score_process_ends_its_workers_and_a_rerun_scores_each_imag
     assert s["resumed"] >= 6 and s["resumed"] + s["scored"] == n
     paths = pq.read_table(out).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == n
+
+
+def test_a_list_with_a_bom_or_a_line_separator_in_a_name_keeps_every_path(tmp_path):
+    from edgesdk.scale.inputs import resolve
+
+    names = ["a.png", "b\u2028c.png", "d\x85e.png"]  # U+2028 and NEL are legal in file names
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(names).encode() + b"\r\n")  # Notepad's UTF-8: BOM, CRLF
+    assert resolve(listing) == sorted(str(tmp_path / name) for name in names)
