@@ -255,3 +255,23 @@ def test_a_list_with_a_bom_or_a_line_separator_in_a_name_keeps_every_path(tmp_pa
     listing = tmp_path / "list.txt"
     listing.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(names).encode() + b"\r\n")  # Notepad's UTF-8: BOM, CRLF
     assert resolve(listing) == sorted(str(tmp_path / name) for name in names)
+
+
+def test_a_failed_part_write_names_the_file_and_a_rerun_resumes(bundle, tiny_data, tmp_path):
+    import resource
+
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)
+    (out / "part-000001.parquet").unlink()
+    size = (out / "part-000000.parquet").stat().st_size
+    argv = ["score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "-q"]
+    # A full disk, without root: no file of the process may grow past half a part (CPython ignores SIGXFSZ).
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))  # noqa: E731
+    r = subprocess.run(
+        [sys.executable, "-m", "edgesdk", *map(str, argv)], capture_output=True, text=True, cwd=ROOT, preexec_fn=limit
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"--out {out}: could not write part-000001.parquet (File too large)" in r.stderr, r.stderr
+    assert "rerun the same command to resume" in r.stderr and not list(out.glob(".*.tmp"))
+    r = cli(*argv, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["scored"] == 2 and sorted(pq.read_table(out).column("path").to_pylist()) == paths

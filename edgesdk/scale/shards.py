@@ -79,10 +79,12 @@ def open_run(out: str | Path, record: dict) -> Path:
         for tmp in out.glob(".part-[0-9][0-9][0-9][0-9][0-9][0-9].parquet.*.tmp"):
             tmp.unlink(missing_ok=True)
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out / RUN_FILE, {"kind": KIND, **record, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    )
+    new = {"kind": KIND, **record, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / RUN_FILE, new)
+    except OSError as e:  # a full disk: the bare "[Errno 28]" would name neither the folder nor the file
+        raise EdgesdkError(f"--out {out}: could not write {RUN_FILE} ({e.strerror or e})") from None
     return out
 
 
@@ -107,7 +109,14 @@ def write_part(out: Path, shard: int, rows: list[dict]) -> None:
     pa, pq = pyarrow_modules()
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema()), buf)
-    atomic_write_bytes(part_path(out, shard), buf.getvalue())
+    part = part_path(out, shard)
+    try:
+        atomic_write_bytes(part, buf.getvalue())
+    except OSError as e:  # a full disk or a quota: the bare "[Errno 28]" would name neither the file nor a way on
+        raise EdgesdkError(
+            f"--out {out}: could not write {part.name} ({e.strerror or e}); the parts written so far are kept: "
+            "make room and rerun the same command to resume"
+        ) from None
 
 
 def read_table(out: str | Path) -> Any:
