@@ -275,3 +275,16 @@ def test_a_failed_part_write_names_the_file_and_a_rerun_resumes(bundle, tiny_dat
     r = cli(*argv, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["scored"] == 2 and sorted(pq.read_table(out).column("path").to_pylist()) == paths
+
+
+def test_a_resume_with_another_batch_keeps_the_folders_shards(bundle, tiny_data, tmp_path):
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)  # shards of 2
+    (out / "part-000001.parquet").unlink()  # as a run killed mid-way leaves it
+    # The advice after a worker runs out of memory: rerun with a smaller --batch. It was refused
+    # ("shard_size is 2 but this run's is 1").
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 1, "--workers", 1, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["resumed"], s["scored"], s["shards"]) == (2, 2, 2)
+    assert sorted(q.name for q in out.glob("part-*")) == ["part-000000.parquet", "part-000001.parquet"]
+    assert sorted(pq.read_table(out).column("path").to_pylist()) == paths
