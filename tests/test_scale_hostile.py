@@ -288,3 +288,19 @@ def test_a_resume_with_another_batch_keeps_the_folders_shards(bundle, tiny_data,
     assert (s["resumed"], s["scored"], s["shards"]) == (2, 2, 2)
     assert sorted(q.name for q in out.glob("part-*")) == ["part-000000.parquet", "part-000001.parquet"]
     assert sorted(pq.read_table(out).column("path").to_pylist()) == paths
+
+
+def test_a_refused_compare_leaves_the_folder_as_it_was(bundle, tiny_data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(bundle, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["created_utc"] = "2000-01-01T00:00:00Z"  # another manifest: another bundle id
+    (other / "manifest.json").write_text(json.dumps(m))
+    images, out = tiny_data / "brick" / "test" / "hole", tmp_path / "cmp"
+    r = cli("compare", bundle, other, "--images", images, "--out", out, "--workers", 1, "-q")
+    assert r.returncode == 0, r.stderr
+    before = {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()}
+    r = cli("compare", other, bundle, "--images", images, "--out", out, "--workers", 1, "-q")  # A and B swapped
+    assert r.returncode == 2 and "A/_run.json: bundle_id is" in r.stderr, r.stderr
+    # _compare.json named the swapped pair although A/ and B/ still hold the first run's
+    assert {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()} == before
