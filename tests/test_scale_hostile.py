@@ -304,3 +304,20 @@ def test_a_refused_compare_leaves_the_folder_as_it_was(bundle, tiny_data, tmp_pa
     assert r.returncode == 2 and "A/_run.json: bundle_id is" in r.stderr, r.stderr
     # _compare.json named the swapped pair although A/ and B/ still hold the first run's
     assert {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()} == before
+
+
+def test_a_part_in_another_column_layout_is_refused_naming_it_not_rewritten(bundle, tiny_data, tmp_path):
+    import pyarrow as pa
+
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)
+    part = out / "part-000001.parquet"
+    t = pq.read_table(part)
+    t = t.drop_columns(["error"]).set_column(1, "score", pa.array(["0.5"] * t.num_rows))  # another version's layout
+    pq.write_table(t, part)
+    before = part.read_bytes()
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "-q")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    # was: accepted, the text cast to scores and the missing error column read as null ("no error"); a value
+    # that does not cast failed the end of the run with pyarrow's "Failed to parse string", naming no file
+    assert f"{part}: column(s) score (string), error (missing) differ from the parts" in r.stderr, r.stderr
+    assert part.read_bytes() == before

@@ -95,7 +95,8 @@ def open_run(out: str | Path, record: dict) -> dict:
 
 def done_shards(out: Path, shards: list[list[str]]) -> set[int]:
     """Indices of the shards whose part file is complete: readable, holding exactly the shard's paths in
-    order (a row count alone would trust a part copied in from another run and lose this shard's images)."""
+    order (a row count alone would trust a part copied in from another run and lose this shard's images).
+    A part holding the shard's paths in other columns (another edgesdk version's) is refused, not rewritten."""
     _, pq = pyarrow_modules()
     done = set()
     for i, shard in enumerate(shards):
@@ -103,11 +104,24 @@ def done_shards(out: Path, shards: list[list[str]]) -> set[int]:
         if not p.is_file():
             continue
         try:
-            if pq.read_table(p, columns=["path"]).column("path").to_pylist() == shard:
-                done.add(i)
+            if pq.read_table(p, columns=["path"]).column("path").to_pylist() != shard:
+                continue
+            odd = _odd_columns(pq.read_schema(p))
         except Exception:  # noqa: BLE001 - a damaged part (pyarrow raises several types) is scored again
-            pass
+            continue
+        if odd:  # this shard's rows in another layout: read_table would fail (or cast) later, naming no file
+            raise EdgesdkError(
+                f"{p}: column(s) {', '.join(odd)} differ from the parts this edgesdk writes (written by another "
+                "version?); move the part out of --out to score its images again, or choose a new --out"
+            )
+        done.add(i)
     return done
+
+
+def _odd_columns(found: Any) -> list[str]:
+    """Our columns that FOUND (a part's schema) lacks or types otherwise, as "name (type)"."""
+    types = {f.name: f.type for f in found}
+    return [f"{f.name} ({types.get(f.name, 'missing')})" for f in schema() if types.get(f.name) != f.type]
 
 
 def write_part(out: Path, shard: int, rows: list[dict]) -> None:
