@@ -32,6 +32,13 @@ NOT_ON_ORT_PATH = (
 )
 
 
+def _glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
+
+
 def _python(code: str, env: dict[str, str] | None = None) -> str:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "EDGESDK_MMAP"))}
     base["PYTHONPATH"] = str(ROOT)
@@ -108,11 +115,7 @@ print(json.dumps({{"loaded": loaded, "peak": status("VmHWM"), "after": status("V
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_session_load_gives_its_transients_back(conv_model):
-    try:
-        glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))
-    except (ValueError, OSError):
-        glibc = False
-    if not glibc:
+    if not _glibc():
         pytest.skip("the mmap threshold is glibc's; other C libraries keep their own policy")
     fixed, dynamic = _load_memory(conv_model, {ortmod.MMAP_THRESHOLD_ENV: "131072"}), _load_memory(conv_model, {})
     # The load's copies of the 28 MB of weights (parsed protobuf, weights before prepacking) are
@@ -135,3 +138,15 @@ def test_mmap_threshold_setting_is_checked(monkeypatch):
     # glibc's own variable was applied at the process's start: edgesdk leaves it alone.
     both = {ortmod.MMAP_THRESHOLD_ENV: "131072", "MALLOC_MMAP_THRESHOLD_": "65536"}
     assert ortmod.fix_mmap_threshold(both) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_runtime_memory_benchmark_runs(bundle):
+    script = str(ROOT / "benchmarks/runtime_memory.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, script, "imports", "--rounds", "1"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("detector import: "), out.stderr
+    if _glibc():
+        cmd = [sys.executable, script, "latency", str(bundle), "--rounds", "2", "--frame", "320x240"]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert out.returncode == 0 and f"{bundle}: ratio " in out.stdout, out.stderr
