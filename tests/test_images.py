@@ -319,3 +319,21 @@ def test_jpeg_header_walk_is_bounded_and_skips_fill_bytes():
     assert image_size(jpg[:2] + b"\xff\xfe\x00\x02" * 1100 + jpg[2:]) is None
     for bad in (b"\xff\xe0\x00\x00", b"\xff\xe0\x00\x01", b"\xff\xe0\x00\x10" + bytes(14) + b"\xff\xd9"):
         assert image_size(jpg[:2] + bad) is None  # lengths 0 and 1; no frame header at all
+
+
+def test_eval_and_adapt_take_max_pixels(bundle, tiny_data, tmp_path):
+    """The flag reaches every image the command reads (test images and masks, --good frames), as
+    score's does; the 128 x 128 images are 16384 pixels: at the limit they pass, one under it they fail."""
+    cat = tiny_data / "brick"
+    r = cli("eval", bundle, "--data", cat, "--max-pixels", 16383, "--json", "-q")
+    assert r.returncode == 2 and r.stderr.startswith(f"edgesdk eval: error: {cat / 'test'}"), r.stderr
+    assert "128x128 pixels (0.0 MP) is over the limit of 16383 pixels; not decoded" in r.stderr
+    r = cli("eval", bundle, "--data", cat, "--max-pixels", 16384, "--json", "-q")
+    assert r.returncode == 0 and json.loads(r.stdout)["n_images"] > 0, r.stderr
+    r = cli("eval", bundle, "--data", cat, "-q", env={**os.environ, MAX_PIXELS_ENV: "0"})
+    assert r.returncode == 2 and f"edgesdk eval: error: {MAX_PIXELS_ENV} '0': a whole number" in r.stderr
+    good = cat / "train" / "good"
+    args = ("adapt", bundle, "--good", good, "--no-gate", "--out", tmp_path / "adapted", "--json")
+    r = cli(*args, "--max-pixels", 16383)
+    assert r.returncode == 2 and r.stderr.startswith(f"edgesdk adapt: error: {good}"), r.stderr
+    assert "is over the limit of 16383 pixels" in r.stderr and not (tmp_path / "adapted").exists()

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgesdk.cli._common import count, detector_opts, emit, progress_on, runtime_args, stage_table, table
+from edgesdk.cli._common import (
+    count,
+    detector_opts,
+    emit,
+    max_pixels_arg,
+    progress_on,
+    runtime_args,
+    stage_table,
+    table,
+)
 from edgesdk.cli.scale import scale_args
 
 
 def cmd_eval(args) -> None:
     from edgesdk.measure.evaluate import evaluate
 
-    r = evaluate(args.bundle, args.data, detector_opts(args), progress=progress_on(args))
+    r = evaluate(args.bundle, args.data, detector_opts(args), progress=progress_on(args), max_pixels=args.max_pixels)
     lat = r["latency_ms"]
     text = table(
         [
@@ -211,6 +220,7 @@ def add_commands(sub) -> None:
     s = sub.add_parser("eval", help="score an MVTec-layout test set with a bundle")
     s.add_argument("bundle")
     s.add_argument("--data", required=True)
+    max_pixels_arg(s)
     runtime_args(s)
     s.set_defaults(fn=cmd_eval)
 

@@ -97,13 +97,13 @@ def read_labelled(items: list[Item], size: tuple[int, int]) -> tuple[np.ndarray,
     return np.stack([f for f, _ in loaded]), labels, masks
 
 
-def read_item(item: Item, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+def read_item(item: Item, size: tuple[int, int], limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(image (H, W, 3) uint8 BGR, mask (H, W) bool or None) at `size`; a mask whose native size
-    differs from its image's is an error (it would score the wrong pixels)."""
-    img = read_image(item.path)
+    differs from its image's is an error (it would score the wrong pixels). LIMIT: as read_image's."""
+    img = read_image(item.path, limit=limit)
     if item.mask is None:
         return resize(img, size), None
-    m = read_mask(item.mask)
+    m = read_mask(item.mask, limit=limit)
     if m.shape != img.shape[:2]:
         raise DataError(
             f"{item.mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {item.path} is {img.shape[1]}x{img.shape[0]}"
