@@ -74,7 +74,8 @@ def test_header_size_of_crafted_headers_and_truncations():
         assert image_size(png[:cut]) is None
     sof_height_0 = b"\xff\xd8\xff\xc0\x00\x0b\x08\x00\x00\x00\x10" + bytes(8)  # height from a DNL marker
     assert image_size(sof_height_0) is None
-    assert image_size(b"P6\n7 5\n255\n" + bytes(105)) is None  # PPM: a format whose size is not checked
+    assert image_size(b"P6\n7 5\n255\n" + bytes(105)) == (7, 5)  # more formats: tests/test_imagesize.py
+    assert image_size(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 5 +X 7\n") is None  # a format not read
 
 
 def test_a_non_utf8_name_is_read_not_a_crash(tmp_path):

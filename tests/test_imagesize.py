@@ -1,0 +1,124 @@
+"""imagesize on the formats OpenCV decodes besides PNG, JPEG, BMP, TIFF and WebP (test_images.py):
+GIF, the Netpbm family (P1-P7, PFM) and Sun raster, told by content as cv2.imdecode tells them, so a
+mislabelled file in an archive (a GIF named .png) is read; and their hostile headers (huge sizes,
+comments, truncations), refused or measured before anything is decoded."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from edgesdk.errors import DataError
+from edgesdk.images import read_image
+from edgesdk.imagesize import image_size
+
+IMG = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+ASCII = [cv2.IMWRITE_PXM_BINARY, 0]
+WRITTEN = [  # (extension cv2.imencode writes, colour or grey, params)
+    (".gif", 3, []),
+    (".ppm", 3, []),
+    (".ppm", 3, ASCII),
+    (".pgm", 1, []),
+    (".pgm", 1, ASCII),
+    (".pbm", 1, []),
+    (".pbm", 1, ASCII),
+    (".pam", 1, []),
+    (".pam", 3, []),
+    (".pfm", 1, []),
+    (".pfm", 3, []),
+    (".ras", 3, []),
+]
+
+
+@pytest.mark.parametrize("ext,channels,params", WRITTEN)
+def test_a_mislabelled_file_is_read_by_its_content(ext, channels, params, tmp_path):
+    ok, buf = cv2.imencode(ext, IMG if channels == 3 else IMG[..., 0], params)
+    assert ok and image_size(buf.tobytes()) == (53, 37)
+    named_png = tmp_path / "frame.png"  # what an archive holds: any format under a .png name
+    named_png.write_bytes(buf.tobytes())
+    np.testing.assert_array_equal(read_image(named_png), cv2.imdecode(buf, cv2.IMREAD_COLOR))
+    with pytest.raises(DataError, match=r"frame.png: 53x37 pixels \(0.0 MP\) is over the limit of 1960 pixels"):
+        read_image(named_png, limit=53 * 37 - 1)
+
+
+def _pixels(data: bytes) -> bytes:
+    return data + bytes(4096)  # enough pixel bytes for the small sizes below
+
+
+# Headers OpenCV decodes, with what its readers allow: comments anywhere between PNM numbers (up to
+# a CR or LF), any whitespace run, PAM lines in any order with comments and unknown-to-us keys.
+ODD_BUT_VALID = [
+    b"P6\n# made by a camera\r  7\t#w\n#h\n 5 #maxval next\n255\n",
+    b"P5\x0b7\x0c5\r255\n",
+    b"P4 7\n5\n",
+    b"P7\n# comment\nTUPLTYPE RGB\nHEIGHT 5\nWIDTH 7   \nDEPTH 3\n\nMAXVAL 255\nENDHDR\n",
+    b"Pf\n7 5\n-1.0\n",
+]
+
+
+@pytest.mark.parametrize("data", ODD_BUT_VALID)
+def test_odd_headers_read_the_size_opencv_decodes(data):
+    img = cv2.imdecode(np.frombuffer(_pixels(data), np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[:2] == (5, 7)
+    assert image_size(_pixels(data)) == (7, 5)
+
+
+def test_a_huge_size_is_refused_from_the_header_before_decoding(tmp_path):
+    long_comment = b"#" + b"x" * 2_000_000 + b"\n"  # the size after 2 MB of comment is still found
+    huge = {
+        "ppm": b"P6\n100000 100000\n255\n",
+        "ppm-comments": b"P6\n" + long_comment + b"100000\n#h\r100000\n255\n",
+        "pbm": b"P4\n100000 100000\n",
+        "pam": b"P7\nWIDTH 100000\nHEIGHT 100000\nDEPTH 3\nMAXVAL 255\nENDHDR\n",
+        "pfm": b"PF\n100000 100000\n-1\n",
+        "gif": b"GIF89a\xa0\x86\xa0\x86\x00\x00\x00",
+        "ras": b"\x59\xa6\x6a\x95" + struct.pack(">iiiiiii", 100000, 100000, 24, 0, 1, 0, 0),
+        "bmp-top-down": b"BM" + bytes(12) + struct.pack("<Iii", 40, 100000, -100000) + bytes(28),
+        "bmp-int-min": b"BM" + bytes(12) + struct.pack("<Iii", 40, 100000, -(2**31)) + bytes(28),
+    }
+    for name, data in huge.items():
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(data + bytes(64))
+        with pytest.raises(DataError, match=rf"{name}.png: \d+x\d+ pixels \(\d+\.\d MP\) is over the limit"):
+            read_image(path)
+    assert image_size(huge["ppm-comments"]) == (100000, 100000)
+    assert image_size(huge["gif"]) == (0x86A0, 0x86A0)
+    assert image_size(huge["bmp-int-min"]) == (100000, 2**31)
+
+
+TRUNCATED_OR_UNSURE = [
+    b"P6\n",
+    b"P6\n100000",  # the width may go on in the bytes not read
+    b"P6\n7 5",
+    b"P6\n# a comment that never ends 7 5 255",
+    b"P6\nx 7 5\n",  # OpenCV refuses a byte that is neither a digit, a space nor a comment
+    b"P6\n99999999999 5\n255\n",  # over INT_MAX: OpenCV refuses it
+    b"P6\n-7 5\n255\n",
+    b"P8\n7 5\n255\n",
+    b"P67 5\n255\n",  # no whitespace after the magic: not Netpbm to OpenCV
+    b"P7\nWIDTH 7\nHEIGHT 5\n",  # no ENDHDR
+    b"P7\nWIDTH 7\nWIDTH 100000\nHEIGHT 5\nENDHDR\n",  # a repeat: OpenCV refuses it
+    b"P7\nWIDTH -7\nHEIGHT 5\nENDHDR\n",
+    b"P7\n  WIDTH 7\nHEIGHT 5\nENDHDR\n",  # a form not read here
+    b"P7 WIDTH 7\nHEIGHT 5\nENDHDR\n",
+    b"PF 7 5 -1\n",  # OpenCV wants a line feed after PF
+    b"PF\n7  5\n-1\n",  # two spaces: OpenCV reads an empty height
+    b"PF\n+7 5\n-1\n",
+    b"GIF89a\x07",
+    b"GIF89a\x00\x00\x05\x00",
+    b"GIF88a\x07\x00\x05\x00",
+    b"\x59\xa6\x6a\x95" + struct.pack(">ii", -7, 5),
+    b"\x59\xa6\x6a\x95\x00\x00",
+]
+
+
+@pytest.mark.parametrize("data", TRUNCATED_OR_UNSURE)
+def test_cut_short_or_unsure_headers_are_not_read(data, tmp_path):
+    assert image_size(data) is None
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=r"x.png: not a readable image$"):
+        read_image(path)
