@@ -322,9 +322,10 @@ def test_jpeg_header_walk_is_bounded_and_skips_fill_bytes():
         assert image_size(jpg[:2] + bad) is None  # lengths 0 and 1; no frame header at all
 
 
-def test_eval_and_adapt_take_max_pixels(bundle, tiny_data, tmp_path):
-    """The flag reaches every image the command reads (test images and masks, --good frames), as
-    score's does; the 128 x 128 images are 16384 pixels: at the limit they pass, one under it they fail."""
+def test_eval_adapt_and_train_take_max_pixels(bundle, tiny_data, tmp_path):
+    """The flag reaches every image the command reads (test images and masks, --good frames, training
+    images and labelled ones), as score's does; the 128 x 128 images are 16384 pixels: at the limit they
+    pass, one under it they fail."""
     cat = tiny_data / "brick"
     r = cli("eval", bundle, "--data", cat, "--max-pixels", 16383, "--json", "-q")
     assert r.returncode == 2 and r.stderr.startswith(f"edgesdk eval: error: {cat / 'test'}"), r.stderr
@@ -338,3 +339,11 @@ def test_eval_and_adapt_take_max_pixels(bundle, tiny_data, tmp_path):
     r = cli(*args, "--max-pixels", 16383)
     assert r.returncode == 2 and r.stderr.startswith(f"edgesdk adapt: error: {good}"), r.stderr
     assert "is over the limit of 16383 pixels" in r.stderr and not (tmp_path / "adapted").exists()
+    r = cli("train", "--data", cat, "--out", tmp_path / "run", "--size", 64, "--max-pixels", 16383, "-q")
+    assert r.returncode == 2 and r.stderr.startswith(f"edgesdk train: error: {good}"), r.stderr
+    assert "is over the limit of 16383 pixels" in r.stderr and not (tmp_path / "run" / "run.json").exists()
+    from edgesdk.data.labelled import load_labels
+
+    with pytest.raises(DataError, match=r"over the limit of 16383 pixels"):
+        load_labels(cat / "labels", 16383).read((64, 64))
+    assert len(load_labels(cat / "labels", 16384).read((64, 64))[0]) > 0

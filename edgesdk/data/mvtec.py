@@ -24,9 +24,9 @@ class Item:
     mask: Path | None = None  # ground-truth mask, defective items only
 
 
-def read_batch(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W, 3) uint8 BGR."""
-    return np.stack([read_image(p, size) for p in paths]) if paths else np.zeros((0, *size, 3), np.uint8)
+def read_batch(paths: list[Path], size: tuple[int, int], limit: int | None = None) -> np.ndarray:
+    """(N, H, W, 3) uint8 BGR; LIMIT: as read_image's."""
+    return np.stack([read_image(p, size, limit) for p in paths]) if paths else np.zeros((0, *size, 3), np.uint8)
 
 
 def good_images(data: str | Path) -> list[Path]:
