@@ -322,7 +322,7 @@ def test_jpeg_header_walk_is_bounded_and_skips_fill_bytes():
         assert image_size(jpg[:2] + bad) is None  # lengths 0 and 1; no frame header at all
 
 
-def test_eval_adapt_and_train_take_max_pixels(bundle, tiny_data, tmp_path):
+def test_eval_compare_adapt_and_train_take_max_pixels(bundle, tiny_data, tmp_path):
     """The flag reaches every image the command reads (test images and masks, --good frames, training
     images and labelled ones), as score's does; the 128 x 128 images are 16384 pixels: at the limit they
     pass, one under it they fail."""
@@ -332,6 +332,8 @@ def test_eval_adapt_and_train_take_max_pixels(bundle, tiny_data, tmp_path):
     assert "128x128 pixels (0.0 MP) is over the limit of 16383 pixels; not decoded" in r.stderr
     r = cli("eval", bundle, "--data", cat, "--max-pixels", 16384, "--json", "-q")
     assert r.returncode == 0 and json.loads(r.stdout)["n_images"] > 0, r.stderr
+    r = cli("compare", bundle, bundle, "--data", cat, "--max-pixels", 16383)  # the flag was --images' only
+    assert r.returncode == 2 and r.stderr.startswith(f"edgesdk compare: error: {cat / 'test'}"), r.stderr
     r = cli("eval", bundle, "--data", cat, "-q", env={**os.environ, MAX_PIXELS_ENV: "0"})
     assert r.returncode == 2 and f"edgesdk eval: error: {MAX_PIXELS_ENV} '0': a whole number" in r.stderr
     good = cat / "train" / "good"

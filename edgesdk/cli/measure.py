@@ -60,7 +60,7 @@ def cmd_compare(args) -> None:
     from edgesdk.fsutil import write_json
     from edgesdk.measure.compare import compare_bundles
 
-    r = compare_bundles(args.a, args.b, args.data)
+    r = compare_bundles(args.a, args.b, args.data, max_pixels=args.max_pixels)
     rows = [{k: v for k, v in row.items() if k != "recall_by_kind"} for row in r["rows"]]
     print(table(rows, title=f"{args.a} vs {args.b} on {r['pair']['n_images']} images of {args.data}"))
     a, b = (row["recall_by_kind"] for row in r["rows"])

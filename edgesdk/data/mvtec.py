@@ -86,10 +86,12 @@ def test_items(category: str | Path) -> list[Item]:
     return items
 
 
-def read_labelled(items: list[Item], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def read_labelled(
+    items: list[Item], size: tuple[int, int], limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(frames (N, H, W, 3) uint8, labels (N,), masks (N, H, W) bool or None when a defective item
-    has no mask) of labelled ITEMS at SIZE."""
-    loaded = [read_item(it, size) for it in items]
+    has no mask) of labelled ITEMS at SIZE; LIMIT: as read_image's."""
+    loaded = [read_item(it, size, limit) for it in items]
     labels = np.array([it.label for it in items])
     masks = None
     if all(m is not None for (_, m), it in zip(loaded, items) if it.label):
