@@ -1,8 +1,9 @@
 """An image's width and height from its header bytes, before anything is decoded: PNG (IHDR), JPEG
 (SOFn), BMP, TIFF (first IFD), WebP (VP8, VP8L, VP8X), GIF (logical screen), the Netpbm family (PBM,
-PGM, PPM: P1-P6; PAM: P7; PFM) and Sun raster. images.read_image checks the pixel count against its
-limit with this, so a small file that decodes to gigabytes (a constant 20000x20000 PNG) is refused
-without the allocation. OpenCV has no header-only API. Standard library only.
+PGM, PPM: P1-P6; PAM: P7; PFM), Sun raster and JPEG 2000 (SIZ of a J2K codestream, alone or in JP2).
+images.read_image checks the pixel count against its limit with this, so a small file that decodes
+to gigabytes (a constant 20000x20000 PNG) is refused without the allocation. OpenCV has no
+header-only API. Standard library only.
 
 The format is told by content (magic bytes), as cv2.imdecode tells it: archives hold a GIF or PPM
 named .png. Each parser reads the size the way OpenCV's decoder does, and refuses (None) whatever it
@@ -30,6 +31,8 @@ _INT_MAX = 2**31 - 1  # OpenCV reads the sizes as int and refuses larger ones
 _PAM_HEADER_MAX = 4096
 _PAM_LINE = re.compile(rb"([^\r\n]*)[\r\n]")
 _SUN_MAGIC = b"\x59\xa6\x6a\x95"
+_J2K = b"\xff\x4f\xff\x51"  # SOC then SIZ: a JPEG 2000 codestream
+_JP2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n"  # the JP2 file format's signature box
 
 
 def image_size(data: bytes | memoryview) -> tuple[int, int] | None:
@@ -57,6 +60,10 @@ def image_size(data: bytes | memoryview) -> tuple[int, int] | None:
             w, h = _pfm(buf)
         elif buf.startswith(_SUN_MAGIC):
             w, h = struct.unpack(">ii", buf[4:12])
+        elif buf.startswith(_J2K):
+            w, h = _siz(data, 0)
+        elif buf.startswith(_JP2):
+            w, h = _jp2(data)
         else:
             return None
     except (struct.error, IndexError):  # the header ends early
@@ -169,3 +176,30 @@ def _pfm(buf: bytes) -> tuple[int, int]:
     byte (OpenCV's grfmt_pfm.cpp reads up to it, then atoi); only plain digits are read here."""
     m = re.match(rb"P[Ff]\n([0-9]{1,9})[ \t\n\v\f\r]([0-9]{1,9})[ \t\n\v\f\r]", buf)
     return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def _siz(data: bytes | memoryview, at: int) -> tuple[int, int]:
+    """The codestream at AT: SOC, SIZ (length, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz). OpenJPEG's image spans
+    x0 = XOsiz to x1 = Xsiz, and OpenCV's size is x1 - x0 (grfmt_jpeg2000_openjpeg.cpp)."""
+    if bytes(data[at : at + 4]) != _J2K:
+        return 0, 0
+    x, y, x0, y0 = struct.unpack(">IIII", bytes(data[at + 8 : at + 24]))
+    return x - x0, y - y0  # a negative extent is refused by the caller
+
+
+def _jp2(data: bytes | memoryview) -> tuple[int, int]:
+    """Top-level boxes (length, type; length 1: a 64-bit length follows, 0: to the end) up to the first
+    codestream box, jp2c, whose SIZ OpenJPEG decodes; the jp2h header box's sizes are not what it uses."""
+    i = 0
+    for _ in range(_MAX_SEGMENTS):
+        length, kind = struct.unpack(">I4s", bytes(data[i : i + 8]))
+        head = 8
+        if length == 1:
+            (length,) = struct.unpack(">Q", bytes(data[i + 8 : i + 16]))
+            head = 16
+        if kind == b"jp2c":
+            return _siz(data, i + head)
+        if length < head:  # 0 (the last box) before the codestream, or a length shorter than its header
+            return 0, 0
+        i += length
+    return 0, 0

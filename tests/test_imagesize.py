@@ -1,5 +1,5 @@
 """imagesize on the formats OpenCV decodes besides PNG, JPEG, BMP, TIFF and WebP (test_images.py):
-GIF, the Netpbm family (P1-P7, PFM) and Sun raster, told by content as cv2.imdecode tells them, so a
+GIF, the Netpbm family (P1-P7, PFM), Sun raster and JPEG 2000, told by content as cv2.imdecode tells them, so a
 mislabelled file in an archive (a GIF named .png) is read; and their hostile headers (huge sizes,
 comments, truncations), refused or measured before anything is decoded."""
 
@@ -30,6 +30,8 @@ WRITTEN = [  # (extension cv2.imencode writes, colour or grey, params)
     (".pfm", 1, []),
     (".pfm", 3, []),
     (".ras", 3, []),
+    (".jp2", 3, []),
+    (".jp2", 1, []),
 ]
 
 
@@ -122,3 +124,40 @@ def test_cut_short_or_unsure_headers_are_not_read(data, tmp_path):
     path.write_bytes(data)
     with pytest.raises(DataError, match=r"x.png: not a readable image$"):
         read_image(path)
+
+
+def _jp2_parts() -> tuple[bytes, int]:
+    """A JP2 file OpenCV wrote and the offset of its codestream box (jp2c)."""
+    ok, buf = cv2.imencode(".jp2", IMG)
+    jp2 = buf.tobytes()
+    return jp2, jp2.index(b"jp2c") - 4
+
+
+def test_jpeg2000_size_is_the_codestreams(tmp_path):
+    jp2, at = _jp2_parts()
+    j2k = jp2[at + 8 :]  # the bare codestream: OpenCV decodes it too
+    assert cv2.imdecode(np.frombuffer(j2k, np.uint8), cv2.IMREAD_COLOR).shape == (37, 53, 3)
+    assert image_size(j2k) == (53, 37)
+    # The codestream box with a 64-bit length (box length 1), as large files carry it: OpenJPEG reads it.
+    xl = jp2[:at] + struct.pack(">I4sQ", 1, b"jp2c", len(j2k) + 16) + j2k
+    assert cv2.imdecode(np.frombuffer(xl, np.uint8), cv2.IMREAD_COLOR).shape == (37, 53, 3)
+    assert image_size(xl) == (53, 37)
+    # SIZ is what OpenJPEG allocates by, not the jp2h header box: a small ihdr before a huge SIZ is
+    # measured by the SIZ. Xsiz, Ysiz at 8 bytes into the codestream; XOsiz, YOsiz follow.
+    siz = at + 8 + 8
+    huge = jp2[:siz] + struct.pack(">IIII", 100000, 100000, 0, 0) + jp2[siz + 16 :]
+    assert image_size(huge) == (100000, 100000)
+    path = tmp_path / "huge.png"
+    path.write_bytes(huge)
+    with pytest.raises(DataError, match=r"huge.png: 100000x100000 pixels \(10000.0 MP\) is over the limit"):
+        read_image(path)
+    offset = j2k[:8] + struct.pack(">IIII", 1053, 2037, 1000, 2000) + j2k[24:]
+    assert image_size(offset) == (53, 37)  # the image spans XOsiz..Xsiz
+    for bad in (
+        j2k[:8] + struct.pack(">IIII", 1000, 37, 1053, 0) + j2k[24:],  # Xsiz < XOsiz
+        j2k[:20],  # SIZ cut short
+        jp2[:at],  # no codestream box
+        jp2[:at] + struct.pack(">I4s", 0, b"xml ") + jp2[at:],  # a box to the end before the codestream
+        jp2[:at] + struct.pack(">I4s", 4, b"xml ") + jp2[at:],  # a box shorter than its header
+    ):
+        assert image_size(bad) is None
