@@ -21,7 +21,7 @@ _FILL = re.compile(rb"\xff+")  # a marker's 0xFF and any fill bytes before it, s
 # Segments read before the frame header; real files carry tens (APPn, DQT, DHT, COM). Without a bound
 # a file of empty COM segments costs a Python loop turn per 4 bytes: minutes for a large file.
 _MAX_SEGMENTS = 1024
-# Netpbm (OpenCV's grfmt_pxm.cpp ReadNumber): between numbers any run of C isspace() bytes and of
+# Netpbm (OpenCV's grfmt_pxm.cpp ReadNumber): before a number any run of C isspace() bytes and of
 # comments, '#' up to and including the next CR or LF. One character per turn: no backtracking.
 _PNM_GAP = re.compile(rb"(?:[ \t\n\v\f\r]|#[^\n\r]*[\n\r])*")
 _DIGITS = re.compile(rb"[0-9]+")
@@ -133,8 +133,9 @@ def _webp(buf: bytes) -> tuple[int, int]:
 
 
 def _pnm(data: bytes | memoryview) -> tuple[int, int]:
-    """P1-P6: width and height are the first two numbers after the magic; a comment may sit anywhere
-    between them and may be as long as the file (a header claiming 100000x100000 after 1 MB of it)."""
+    """P1-P6: width and height are the first two numbers after the magic. Comments may come before
+    each and be as long as the file (a header claiming 100000x100000 after 1 MB of them); a '#' right
+    after a digit is no comment: it ends the number ("7#5" is 7 by 5 to OpenCV)."""
     size, i = [], 2
     for _ in range(2):
         i = _PNM_GAP.match(data, i).end()  # type: ignore[union-attr]  # matches the empty string
@@ -144,7 +145,7 @@ def _pnm(data: bytes | memoryview) -> tuple[int, int]:
         if num is None or num.end() >= len(data):
             return 0, 0
         size.append(int(num.group()) if num.end() - num.start() <= 10 else _INT_MAX + 1)
-        i = num.end()
+        i = num.end() + 1  # OpenCV reads the byte that ends a number and drops it, whatever it is
     if max(size) > _INT_MAX:
         return 0, 0
     return size[0], size[1]

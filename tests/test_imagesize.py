@@ -55,6 +55,8 @@ def _pixels(data: bytes) -> bytes:
 ODD_BUT_VALID = [
     b"P6\n# made by a camera\r  7\t#w\n#h\n 5 #maxval next\n255\n",
     b"P5\x0b7\x0c5\r255\n",
+    b"P6\n7#5\n2\n",  # '#' right after a digit ends the number and is dropped: 7 by 5, not a comment
+    b"P6\n7x5 255\n",  # so does any other byte
     b"P4 7\n5\n",
     b"P7\n# comment\nTUPLTYPE RGB\nHEIGHT 5\nWIDTH 7   \nDEPTH 3\n\nMAXVAL 255\nENDHDR\n",
     b"Pf\n7 5\n-1.0\n",
@@ -161,3 +163,26 @@ def test_jpeg2000_size_is_the_codestreams(tmp_path):
         jp2[:at] + struct.pack(">I4s", 4, b"xml ") + jp2[at:],  # a box shorter than its header
     ):
         assert image_size(bad) is None
+
+
+def test_mutated_headers_never_read_smaller_than_opencv_decodes():
+    """Bytes of the header changed or inserted at random (seeded): whenever OpenCV decodes the result and
+    a size is read, it is the size OpenCV decoded; a smaller one would let a large image through."""
+    rng = np.random.default_rng(7)
+    seeds = [cv2.imencode(e, IMG if c == 3 else IMG[..., 0], p)[1].tobytes() for e, c, p in WRITTEN]
+    checked = 0
+    for _ in range(3000):
+        b = bytearray(seeds[rng.integers(len(seeds))])
+        for _ in range(rng.integers(1, 4)):
+            i = int(rng.integers(0, 30))
+            c = int(rng.integers(0, 256)) if rng.random() < 0.3 else ord(rng.choice(list(" \n\r\t\x0b#0123456789x-+")))
+            b[i : i + (rng.random() < 0.5)] = bytes([c])  # replace or insert
+        try:
+            img = cv2.imdecode(np.frombuffer(bytes(b), np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            img = None
+        wh = image_size(bytes(b))
+        if img is not None and wh is not None:
+            assert wh == (img.shape[1], img.shape[0]), bytes(b[:40])
+            checked += 1
+    assert checked > 500
