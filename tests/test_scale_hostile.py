@@ -203,3 +203,121 @@ def test_an_interrupt_while_a_part_is_written_stops_the_pool_workers_first(bundl
     assert "rerun the same command to resume" in str(e.value)
     assert mp.active_children() == []  # the pool's workers have exited, not left to the garbage collector
     assert len(list((tmp_path / "o").glob("part-*.parquet"))) == 1 and not list((tmp_path / "o").glob(".*.tmp"))
+
+
+def test_a_worker_that_cannot_load_the_bundle_ends_the_run_saying_why(tmp_path):
+    from edgesdk.errors import EdgesdkError
+    from edgesdk.scale.pool import run_pool
+
+    jobs = [(0, [str(tmp_path / "a.png")]), (1, [str(tmp_path / "b.png")])]
+    # Each worker's initializer fails; the pool used to report it as "a worker process died (killed or out of
+    # memory?)", the reason only in the workers' tracebacks.
+    with pytest.raises(EdgesdkError, match=r"a scoring worker could not load the bundle .*gone: .*not found"):
+        list(run_pool(str(tmp_path / "gone"), jobs, batch=1, workers=2, threads=1))
+
+
+def test_killing_the_score_process_ends_its_workers_and_a_rerun_scores_each_image_once(bundle, tiny_data, tmp_path):
+    src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
+    arch, out, n = tmp_path / "archive", tmp_path / "o", 200
+    arch.mkdir()
+    for i in range(n):
+        (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
+    argv = [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
+    p = subprocess.Popen(argv + ["--batch", "2", "--workers", "2", "-q"], cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 3 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert p.poll() is None, "the run ended before it was killed: the test proves nothing"
+        p.kill()  # the score process alone (an OOM kill, `kill -9`): its workers get no signal
+        p.wait(30)
+        left = _session_processes(p.pid, wait_s=20)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # whatever of the run is left, so a failure leaks nothing
+        except ProcessLookupError:
+            pass
+    assert left == [], "worker processes outlived the killed score process"
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 2, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["resumed"] >= 6 and s["resumed"] + s["scored"] == n
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == n
+
+
+def test_a_list_with_a_bom_or_a_line_separator_in_a_name_keeps_every_path(tmp_path):
+    from edgesdk.scale.inputs import resolve
+
+    names = ["a.png", "b\u2028c.png", "d\x85e.png"]  # U+2028 and NEL are legal in file names
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(names).encode() + b"\r\n")  # Notepad's UTF-8: BOM, CRLF
+    assert resolve(listing) == sorted(str(tmp_path / name) for name in names)
+
+
+def test_a_failed_part_write_names_the_file_and_a_rerun_resumes(bundle, tiny_data, tmp_path):
+    import resource
+
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)
+    (out / "part-000001.parquet").unlink()
+    size = (out / "part-000000.parquet").stat().st_size
+    argv = ["score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "-q"]
+    # A full disk, without root: no file of the process may grow past half a part (CPython ignores SIGXFSZ).
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))  # noqa: E731
+    r = subprocess.run(
+        [sys.executable, "-m", "edgesdk", *map(str, argv)], capture_output=True, text=True, cwd=ROOT, preexec_fn=limit
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"--out {out}: could not write part-000001.parquet (File too large)" in r.stderr, r.stderr
+    assert "rerun the same command to resume" in r.stderr and not list(out.glob(".*.tmp"))
+    r = cli(*argv, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["scored"] == 2 and sorted(pq.read_table(out).column("path").to_pylist()) == paths
+
+
+def test_a_resume_with_another_batch_keeps_the_folders_shards(bundle, tiny_data, tmp_path):
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)  # shards of 2
+    (out / "part-000001.parquet").unlink()  # as a run killed mid-way leaves it
+    # The advice after a worker runs out of memory: rerun with a smaller --batch. It was refused
+    # ("shard_size is 2 but this run's is 1").
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 1, "--workers", 1, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["resumed"], s["scored"], s["shards"]) == (2, 2, 2)
+    assert sorted(q.name for q in out.glob("part-*")) == ["part-000000.parquet", "part-000001.parquet"]
+    assert sorted(pq.read_table(out).column("path").to_pylist()) == paths
+
+
+def test_a_refused_compare_leaves_the_folder_as_it_was(bundle, tiny_data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(bundle, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["created_utc"] = "2000-01-01T00:00:00Z"  # another manifest: another bundle id
+    (other / "manifest.json").write_text(json.dumps(m))
+    images, out = tiny_data / "brick" / "test" / "hole", tmp_path / "cmp"
+    r = cli("compare", bundle, other, "--images", images, "--out", out, "--workers", 1, "-q")
+    assert r.returncode == 0, r.stderr
+    before = {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()}
+    r = cli("compare", other, bundle, "--images", images, "--out", out, "--workers", 1, "-q")  # A and B swapped
+    assert r.returncode == 2 and "A/_run.json: bundle_id is" in r.stderr, r.stderr
+    # _compare.json named the swapped pair although A/ and B/ still hold the first run's
+    assert {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()} == before
+
+
+def test_a_part_in_another_column_layout_is_refused_naming_it_not_rewritten(bundle, tiny_data, tmp_path):
+    import pyarrow as pa
+
+    arch, out, paths = _scored(bundle, tiny_data, tmp_path)
+    part = out / "part-000001.parquet"
+    t = pq.read_table(part)
+    t = t.drop_columns(["error"]).set_column(1, "score", pa.array(["0.5"] * t.num_rows))  # another version's layout
+    pq.write_table(t, part)
+    before = part.read_bytes()
+    r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 1, "-q")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    # was: accepted, the text cast to scores and the missing error column read as null ("no error"); a value
+    # that does not cast failed the end of the run with pyarrow's "Failed to parse string", naming no file
+    assert f"{part}: column(s) score (string), error (missing) differ from the parts" in r.stderr, r.stderr
+    assert part.read_bytes() == before

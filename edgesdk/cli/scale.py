@@ -8,7 +8,12 @@ from edgesdk.cli._common import count, emit, progress_on, table
 
 def scale_args(s) -> None:
     """The flags `score` and `compare --images` share."""
-    s.add_argument("--batch", type=count, default=16, help="images per ONNX Runtime call and per Parquet part file")
+    s.add_argument(
+        "--batch",
+        type=count,
+        default=16,
+        help="images per ONNX Runtime call, and per Parquet part file of a new --out (a resumed one keeps its own)",
+    )
     s.add_argument("--workers", type=count, help="worker processes or Ray actors (default: one per core / Ray CPU)")
     s.add_argument("--threads", type=count, help="ONNX Runtime threads per worker (default: cores / workers)")
     s.add_argument(

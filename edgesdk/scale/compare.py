@@ -87,8 +87,11 @@ def compare_archives(
     paths = inputs.resolve(images)
     truth = csv_labels(labels) if labels is not None else layout_labels(images, paths)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MARKER, {"kind": "edgesdk-compare", "a": str(a), "b": str(b), "images": str(images)})
+    marker = {"kind": "edgesdk-compare", "a": str(a), "b": str(b), "images": str(images)}
+    if not (out / MARKER).is_file():  # an existing one stays until both runs succeed: a refused run changes nothing
+        write_json(out / MARKER, marker)
     runs = [score_archive(bundle, images, out / name, opts) for bundle, name in ((a, "A"), (b, "B"))]
+    write_json(out / MARKER, marker)
     ta, tb = (shards.read_table(out / name) for name in ("A", "B"))
     pa_, pb_ = ta.column("path").to_pylist(), tb.column("path").to_pylist()
     if pa_ != pb_:  # one input list, one shard size: the same order; anything else is a bug to see

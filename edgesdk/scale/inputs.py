@@ -31,7 +31,10 @@ def resolve(spec: str | Path) -> list[str]:
         what = f"{text}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below"
     elif p.is_file() and not _is_image(p):
         found = []
-        for line in p.read_text(errors="surrogateescape").splitlines():  # a non-UTF-8 name is refused below
+        # utf-8-sig: Notepad's BOM is not part of the first path; a non-UTF-8 name is refused below.
+        # Lines end at \n only: splitlines() would also cut a name at \x85 or U+2028, legal in file names.
+        body = p.read_text(encoding="utf-8-sig", errors="surrogateescape")
+        for line in body.split("\n"):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue

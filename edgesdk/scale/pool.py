@@ -4,23 +4,41 @@ Runtime session) per worker process. workers=1 scores in this process, no pool."
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from threading import Barrier
 from typing import Iterator
 
+from edgesdk.errors import EdgesdkError
 from edgesdk.scale.score import ScoreBatch
 
 _WORKER: list[ScoreBatch] = []  # the worker process's scorer, made once by _init
+_FAILED: list[str] = []  # or why it could not be made: each shard this worker takes raises it
 START_S = 300.0  # how long every worker may take to load the bundle before the run fails
+ORPHAN_S = 0.5  # how often a worker checks that the score process is still alive
 
 
-def _init(bundle: str, batch: int, threads: int, max_pixels: int | None, ready: Barrier) -> None:
+def _exit_with(parent: int) -> None:
+    """A worker whose score process died (SIGKILL, SIGTERM: no cleanup runs there) would wait on the
+    pool's queue forever, holding its session's memory: it exits instead."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_S)
+    os._exit(1)
+
+
+def _init(bundle: str, batch: int, threads: int, max_pixels: int | None, ready: Barrier, parent: int) -> None:
     # Ctrl-C reaches the whole process group; the parent alone handles it. A worker interrupted while
     # it holds the pool's call-queue lock would leave the parent waiting on the pool forever.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER.append(ScoreBatch(bundle, batch, threads, max_pixels=max_pixels))
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    try:
+        _WORKER.append(ScoreBatch(bundle, batch, threads, max_pixels=max_pixels))
+    except Exception as e:  # noqa: BLE001 - a failed initializer breaks the pool as "a worker died": say why instead
+        _FAILED.append(f"a scoring worker could not load the bundle {bundle}: {type(e).__name__}: {e}")
     # No worker takes a shard until all have loaded the bundle: otherwise the first one ready takes
     # every queued shard while the others are still importing ONNX Runtime, and a small run uses one.
     # A timeout (a sibling died loading) fails this initializer, which breaks the pool: no hang.
@@ -28,6 +46,8 @@ def _init(bundle: str, batch: int, threads: int, max_pixels: int | None, ready: 
 
 
 def _score(shard: int, paths: list[str]) -> tuple[int, list[dict]]:
+    if _FAILED:
+        raise EdgesdkError(_FAILED[0])
     return shard, _WORKER[0](paths)
 
 
@@ -56,7 +76,7 @@ def run_pool(
     todo = iter(jobs)
     ready = ctx.Barrier(workers)
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(bundle, batch, threads, max_pixels, ready)
+        workers, mp_context=ctx, initializer=_init, initargs=(bundle, batch, threads, max_pixels, ready, os.getpid())
     ) as ex:
         running: set[Future] = set()
         try:

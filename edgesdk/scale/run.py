@@ -17,7 +17,7 @@ from edgesdk.scale.score import bundle_identity
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    batch: int = 16  # images per ONNX Runtime call and per part file (a shard)
+    batch: int = 16  # images per ONNX Runtime call, and per part file (a shard) of a new --out
     workers: int | None = None  # processes / Ray actors; None: this machine's cores (Ray: the cluster's CPUs)
     threads: int | None = None  # ORT intra-op threads per worker; None: cores // workers (Ray: 1 per actor)
     ray: str | None = None  # None: the process pool; "local" or a cluster's HEAD:PORT
@@ -59,8 +59,9 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
 
     Bundle.open(bundle)  # verify every file's sha256 once here, before any worker starts
     paths, record = plan(bundle, images, opts)
-    out = shards.open_run(out, record)
-    parts = shards.shards_of(paths, opts.batch)
+    out = Path(out)
+    run = shards.open_run(out, record)
+    parts = shards.shards_of(paths, run["shard_size"])  # a resumed folder keeps its shards; --batch is per call
     done = shards.done_shards(out, parts)
     jobs = [(i, p) for i, p in enumerate(parts) if i not in done]
     todo = sum(len(p) for _, p in jobs)
