@@ -72,7 +72,7 @@ def _decode(path: str | Path, flags: int, limit: int | None, what: str = "image"
             data = f.read(HEAD_BYTES)
             wh = image_size(data)
             if wh is None:
-                raise DataError(f"{path}: not a readable {what}")  # not PNG, JPEG, BMP, TIFF or WebP, or cut short
+                raise DataError(f"{path}: not a readable {what}")  # a format imagesize does not read, or cut short
             n, cap = wh[0] * wh[1], max_pixels(limit)
             if n > cap:
                 raise DataError(

@@ -25,6 +25,7 @@ from edgesdk import __version__
 from edgesdk.data import mvtec
 from edgesdk.errors import OptionError, no_nonfinite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
+from edgesdk.images import max_pixels as pixel_limit
 from edgesdk.measure.metrics import best_f1_threshold
 from edgesdk.progress import bar as progress_bar
 from edgesdk.spec import SpecError
@@ -79,13 +80,18 @@ class Seen:
 
 
 def batches(
-    paths: list[Path], size: tuple[int, int], batch: int, camera: tuple[str, ...] = (), seen: Seen | None = None
+    paths: list[Path],
+    size: tuple[int, int],
+    batch: int,
+    camera: tuple[str, ...] = (),
+    seen: Seen | None = None,
+    limit: int | None = None,
 ):
     """(B, H, W, 3) uint8 batches of the images, each followed by its camera-simulated copies."""
     from edgesdk.data.camera import simulate
 
     for i in range(0, len(paths), batch):
-        x = mvtec.read_batch(paths[i : i + batch], size)
+        x = mvtec.read_batch(paths[i : i + batch], size, limit)
         if seen is not None:
             seen.add(x)
         yield x
@@ -130,6 +136,7 @@ def train(
     force: bool = False,
     labels: str | Path | None = None,
     with_anomaly: str | Path | None = None,
+    max_pixels: int | None = None,
 ) -> Path:
     """Fit `model` on DATA's good images (DATA/train/good or a plain folder) and write run folder OUT.
     backbone_weights: a state-dict file for the config's backbone (None: the shipped ImageNet weights,
@@ -139,7 +146,9 @@ def train(
     LABELS: a labelled folder (edgesdk.data.labelled) for the supervised models (SUPERVISED), which
     need one; the anomaly models learn from good images only and refuse it.
     WITH_ANOMALY: a PatchCore run on the same backbone (segmenter only): the run folder then holds the
-    hybrid of both (zoo/hybrid.py), one backbone pass flagging known kinds by name and any other defect."""
+    hybrid of both (zoo/hybrid.py), one backbone pass flagging known kinds by name and any other defect.
+    MAX_PIXELS: an image of DATA, VAL or LABELS over this many pixels is a DataError (images.max_pixels)."""
+    limit = pixel_limit(max_pixels)
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
     if model in SUPERVISED and labels is None:
@@ -164,7 +173,7 @@ def train(
     if labels is not None:
         from edgesdk.data.labelled import load_labels
 
-        labelled = load_labels(labels)
+        labelled = load_labels(labels, limit)
         config = {**(config or {}), "kinds": list(labelled.kinds)}
     cfg = cfg_cls.from_dict({**cfg_cls().to_dict(), **(config or {})})
     from edgesdk.data.camera import parse
@@ -186,7 +195,9 @@ def train(
     seen = Seen()
     extra = {"labelled": labelled, "camera": camera} if labelled is not None else {}
     fit_info = net.fit(
-        batches(fit_paths, cfg.input_size, opts.batch, camera, seen), progress=None if quiet else bar.update, **extra
+        batches(fit_paths, cfg.input_size, opts.batch, camera, seen, limit),
+        progress=None if quiet else bar.update,
+        **extra,
     )
     bar.close()
     warnings = data_warnings(paths, fit_paths, seen)
@@ -197,7 +208,7 @@ def train(
 
     # Score normalization from held-out good images: z = (raw - mean) / std. A model whose map is a
     # probability (the segmenter) keeps it: 0.5 means what it says, on every line.
-    hold = mvtec.read_batch(hold_paths, cfg.input_size)
+    hold = mvtec.read_batch(hold_paths, cfg.input_size, limit)
     raw = net.raw_scores(hold, opts.batch)
     probability = getattr(net, "units", "z") == "probability"
     std = max(float(raw.std(ddof=1)), 1e-6 * max(abs(float(raw.mean())), 1.0))
@@ -229,7 +240,7 @@ def train(
             },
         }
     else:
-        vx = mvtec.read_batch([it.path for it in val_items], cfg.input_size)
+        vx = mvtec.read_batch([it.path for it in val_items], cfg.input_size, limit)
         vz = (net.raw_scores(vx, opts.batch) - raw_mean) / std
         val_labels = np.array([it.label for it in val_items])
         thr, f1 = best_f1_threshold(vz, val_labels)

@@ -3,6 +3,8 @@ anomaly_map: a low-precision graph whose kind_map is wrong is refused, naming ki
 
 from __future__ import annotations
 
+import shutil
+
 import onnx
 import pytest
 from onnx import helper
@@ -54,4 +56,63 @@ def test_fp16_bundle_with_a_permuted_kind_head_fails_the_gate_naming_kind_map(se
     monkeypatch.setattr(quant, "convert_fp16", broken)
     with pytest.raises(gate.GateError, match=r"kind_map \(kind agreement 0\.0"):
         export_onnx(seg[0], tmp_path / "never", opts)
+    assert not (tmp_path / "never").exists()
+
+
+def offset_output(path, name: str, offset: float) -> None:
+    """Rewrite the graph at PATH so that output NAME is its value + OFFSET, while every node that read it
+    (a hybrid's anomaly_map = max of the head maps) still reads the value before the offset."""
+    m = onnx.load(str(path))
+    raw = f"{name}_raw"
+    for node in m.graph.node:
+        node.output[:] = [raw if o == name else o for o in node.output]
+        node.input[:] = [raw if i == name else i for i in node.input]
+    elem = next(o for o in m.graph.output if o.name == name).type.tensor_type.elem_type
+    m.graph.initializer.append(helper.make_tensor(f"{name}_offset", elem, [], [offset]))
+    m.graph.node.append(helper.make_node("Add", [raw, f"{name}_offset"], [name]))
+    onnx.save(m, str(path))
+
+
+@pytest.fixture(scope="module")
+def unlabelled_hybrid(tiny_data, tmp_path_factory):
+    """(run_dir, fp32 bundle) of a hybrid (segmenter + PatchCore head) trained on a plain folder of good
+    images: no DATA/test, so the gate has no labels and bounds the head maps by their p99 error."""
+    from conftest import SEG_CONFIG
+    from edgesdk.compile.onnx import export_onnx
+    from edgesdk.train import train
+
+    root = tmp_path_factory.mktemp("unlabelled")
+    good = shutil.copytree(tiny_data / "brick" / "train" / "good", root / "good")
+    pc = train(good, root / "pc", "patchcore", config={"input_size": [128, 128], "coreset_ratio": 0.02}, quiet=True)
+    labels = tiny_data / "brick" / "labels"
+    run = train(good, root / "run", "segmenter", config=SEG_CONFIG, quiet=True, labels=labels, with_anomaly=pc)
+    return run, export_onnx(run, root / "bundle")
+
+
+def test_head_maps_without_labels_are_bounded_by_their_p99_error(unlabelled_hybrid, tmp_path, monkeypatch):
+    from edgesdk.compile.onnx import ExportOptions, export_onnx
+
+    run, fp32 = unlabelled_hybrid
+    thr = Bundle.open(fp32).threshold
+    opts = ExportOptions(precision="fp16", target="tensorrt", max_drop=0.05)
+    real = quant.convert_fp16
+    shift = {"by": 0.0}
+
+    def shifted(src, dst, keep=()):
+        info = real(src, dst, keep)
+        offset_output(dst, "patchcore_map", shift["by"])
+        return info
+
+    monkeypatch.setattr(quant, "convert_fp16", shifted)
+    # Half the bound: the head map is off by 0.125 threshold units everywhere, and the gate passes it.
+    shift["by"] = 0.5 * gate_outputs.MAX_MAP_ERR * thr
+    rep = Bundle.open(export_onnx(run, tmp_path / "within", opts)).manifest.metrics["vs_float"]
+    pc = rep["outputs"]["patchcore_map"]
+    assert rep["passed"] and pc["passed"] and pc["gated_on"] == "p99_abs_err_thr_units" and "image_auroc" not in pc
+    assert 0.1 < pc["p99_abs_err_thr_units"] < gate_outputs.MAX_MAP_ERR
+    assert rep["outputs"]["segmenter_map"]["passed"]
+    # Twice the bound: refused, naming the output and its error; nothing is written.
+    shift["by"] = 2 * gate_outputs.MAX_MAP_ERR * thr
+    with pytest.raises(gate.GateError, match=r"patchcore_map \(p99_abs_err_thr_units: p99_abs_err_thr_units 0\.[45]"):
+        export_onnx(run, tmp_path / "never", opts)
     assert not (tmp_path / "never").exists()

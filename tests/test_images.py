@@ -74,7 +74,8 @@ def test_header_size_of_crafted_headers_and_truncations():
         assert image_size(png[:cut]) is None
     sof_height_0 = b"\xff\xd8\xff\xc0\x00\x0b\x08\x00\x00\x00\x10" + bytes(8)  # height from a DNL marker
     assert image_size(sof_height_0) is None
-    assert image_size(b"P6\n7 5\n255\n" + bytes(105)) is None  # PPM: a format whose size is not checked
+    assert image_size(b"P6\n7 5\n255\n" + bytes(105)) == (7, 5)  # more formats: tests/test_imagesize.py
+    assert image_size(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 5 +X 7\n") is None  # a format not read
 
 
 def test_a_non_utf8_name_is_read_not_a_crash(tmp_path):
@@ -319,3 +320,32 @@ def test_jpeg_header_walk_is_bounded_and_skips_fill_bytes():
     assert image_size(jpg[:2] + b"\xff\xfe\x00\x02" * 1100 + jpg[2:]) is None
     for bad in (b"\xff\xe0\x00\x00", b"\xff\xe0\x00\x01", b"\xff\xe0\x00\x10" + bytes(14) + b"\xff\xd9"):
         assert image_size(jpg[:2] + bad) is None  # lengths 0 and 1; no frame header at all
+
+
+def test_eval_compare_adapt_and_train_take_max_pixels(bundle, tiny_data, tmp_path):
+    """The flag reaches every image the command reads (test images and masks, --good frames, training
+    images and labelled ones), as score's does; the 128 x 128 images are 16384 pixels: at the limit they
+    pass, one under it they fail."""
+    cat = tiny_data / "brick"
+    r = cli("eval", bundle, "--data", cat, "--max-pixels", 16383, "--json", "-q")
+    assert r.returncode == 2 and r.stderr.startswith(f"edgesdk eval: error: {cat / 'test'}"), r.stderr
+    assert "128x128 pixels (0.0 MP) is over the limit of 16383 pixels; not decoded" in r.stderr
+    r = cli("eval", bundle, "--data", cat, "--max-pixels", 16384, "--json", "-q")
+    assert r.returncode == 0 and json.loads(r.stdout)["n_images"] > 0, r.stderr
+    r = cli("compare", bundle, bundle, "--data", cat, "--max-pixels", 16383)  # the flag was --images' only
+    assert r.returncode == 2 and r.stderr.startswith(f"edgesdk compare: error: {cat / 'test'}"), r.stderr
+    r = cli("eval", bundle, "--data", cat, "-q", env={**os.environ, MAX_PIXELS_ENV: "0"})
+    assert r.returncode == 2 and f"edgesdk eval: error: {MAX_PIXELS_ENV} '0': a whole number" in r.stderr
+    good = cat / "train" / "good"
+    args = ("adapt", bundle, "--good", good, "--no-gate", "--out", tmp_path / "adapted", "--json")
+    r = cli(*args, "--max-pixels", 16383)
+    assert r.returncode == 2 and r.stderr.startswith(f"edgesdk adapt: error: {good}"), r.stderr
+    assert "is over the limit of 16383 pixels" in r.stderr and not (tmp_path / "adapted").exists()
+    r = cli("train", "--data", cat, "--out", tmp_path / "run", "--size", 64, "--max-pixels", 16383, "-q")
+    assert r.returncode == 2 and r.stderr.startswith(f"edgesdk train: error: {good}"), r.stderr
+    assert "is over the limit of 16383 pixels" in r.stderr and not (tmp_path / "run" / "run.json").exists()
+    from edgesdk.data.labelled import load_labels
+
+    with pytest.raises(DataError, match=r"over the limit of 16383 pixels"):
+        load_labels(cat / "labels", 16383).read((64, 64))
+    assert len(load_labels(cat / "labels", 16384).read((64, 64))[0]) > 0

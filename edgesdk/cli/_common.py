@@ -95,6 +95,17 @@ def dla(text: str) -> int:
     return core
 
 
+def max_pixels_arg(s: argparse.ArgumentParser) -> None:
+    """--max-pixels of the commands that read image folders and stop at an image over the limit."""
+    s.add_argument(
+        "--max-pixels",
+        type=count,
+        metavar="N",
+        help="an image over N pixels (width x height) is an error, never decoded (default: 50000000, "
+        "or $EDGESDK_MAX_PIXELS)",
+    )
+
+
 def runtime_args(s: argparse.ArgumentParser) -> None:
     """The flags of every command that scores frames with a bundle."""
     s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])

@@ -9,6 +9,7 @@ from edgesdk.cli._common import (
     detector_opts,
     emit,
     finite_float,
+    max_pixels_arg,
     runtime_args,
     stage_table,
     table,
@@ -112,6 +113,7 @@ def cmd_adapt(args) -> None:
         val=args.val or "",
         gate=not args.no_gate,
         k_sigma=args.k_sigma,
+        max_pixels=args.max_pixels,
     )
     r = adapt(args.bundle, args.out, opts, progress=not args.quiet and not args.json, force=args.force)
     g, t, fa = r["gate"], r["threshold"], r["false_alarms"]
@@ -236,5 +238,6 @@ def add_commands(sub) -> None:
     )
     s.add_argument("--out", required=True, help="the adapted bundle's folder")
     s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
+    max_pixels_arg(s)
     s.add_argument("--json", action="store_true", help="print the report as one JSON object")
     s.set_defaults(fn=cmd_adapt)

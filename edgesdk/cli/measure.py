@@ -5,14 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgesdk.cli._common import count, detector_opts, emit, progress_on, runtime_args, stage_table, table
+from edgesdk.cli._common import (
+    count,
+    detector_opts,
+    emit,
+    max_pixels_arg,
+    progress_on,
+    runtime_args,
+    stage_table,
+    table,
+)
 from edgesdk.cli.scale import scale_args
 
 
 def cmd_eval(args) -> None:
     from edgesdk.measure.evaluate import evaluate
 
-    r = evaluate(args.bundle, args.data, detector_opts(args), progress=progress_on(args))
+    r = evaluate(args.bundle, args.data, detector_opts(args), progress=progress_on(args), max_pixels=args.max_pixels)
     lat = r["latency_ms"]
     text = table(
         [
@@ -51,7 +60,7 @@ def cmd_compare(args) -> None:
     from edgesdk.fsutil import write_json
     from edgesdk.measure.compare import compare_bundles
 
-    r = compare_bundles(args.a, args.b, args.data)
+    r = compare_bundles(args.a, args.b, args.data, max_pixels=args.max_pixels)
     rows = [{k: v for k, v in row.items() if k != "recall_by_kind"} for row in r["rows"]]
     print(table(rows, title=f"{args.a} vs {args.b} on {r['pair']['n_images']} images of {args.data}"))
     a, b = (row["recall_by_kind"] for row in r["rows"])
@@ -211,6 +220,7 @@ def add_commands(sub) -> None:
     s = sub.add_parser("eval", help="score an MVTec-layout test set with a bundle")
     s.add_argument("bundle")
     s.add_argument("--data", required=True)
+    max_pixels_arg(s)
     runtime_args(s)
     s.set_defaults(fn=cmd_eval)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from edgesdk.cli._common import FORCE_HELP, table
+from edgesdk.cli._common import FORCE_HELP, max_pixels_arg, table
 
 
 def cmd_train(args) -> None:
@@ -34,6 +34,7 @@ def cmd_train(args) -> None:
         val=args.val,
         force=args.force,
         labels=args.labels,
+        max_pixels=args.max_pixels,
         **req.kwargs(),
     )
     run = read_run(out)
@@ -126,6 +127,7 @@ def add_commands(sub) -> None:
         metavar="KINDS",
         help="fit on each image again as the line's camera delivers it: mp4v, jpeg:Q (comma-separated)",
     )
+    max_pixels_arg(s)
     s.add_argument("--force", action="store_true", help=FORCE_HELP.format("run"))
     s.set_defaults(fn=cmd_train)
 

@@ -37,6 +37,7 @@ class LabelledSet:
     root: Path
     kinds: tuple[str, ...]  # defect kinds, sorted; a kind's index + 1 is its class (0 = background)
     items: tuple[Item, ...]  # good and defective images; mask None = image-level label only
+    limit: int | None = None  # most pixels an image or mask may have (images.read_image); None: the default
 
     def count(self) -> dict[str, int]:
         """Images per kind ("good" first) and how many have masks."""
@@ -48,7 +49,7 @@ class LabelledSet:
         bool (all False where there is none), has_mask (N,) bool: good images count as fully labelled)."""
         frames, masks = [], []
         for it in self.items:
-            img, m = read_item(it, size)
+            img, m = read_item(it, size, self.limit)
             if m is not None and it.label and not m.any():
                 raise DataError(
                     f"{it.mask}: no defect pixels at {size[1]}x{size[0]}; remove the mask to keep "
@@ -82,8 +83,9 @@ def _images(folder: Path, root: Path) -> list[Path]:
     return files
 
 
-def load_labels(folder: str | Path) -> LabelledSet:
-    """The labelled folder FOLDER, checked (see the module's notes); masks are matched, not read yet."""
+def load_labels(folder: str | Path, limit: int | None = None) -> LabelledSet:
+    """The labelled folder FOLDER, checked (see the module's notes); masks are matched, not read yet
+    (then with the pixel limit LIMIT)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: labelled folder not found")
@@ -130,4 +132,4 @@ def load_labels(folder: str | Path) -> LabelledSet:
             masks[kdir.name, stem] = m
     for kind in kinds:
         items += [Item(p, 1, kind, masks.get((kind, stem))) for stem, p in stems[kind].items()]
-    return LabelledSet(folder, kinds, tuple(items))
+    return LabelledSet(folder, kinds, tuple(items), limit)

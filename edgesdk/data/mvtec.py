@@ -24,9 +24,9 @@ class Item:
     mask: Path | None = None  # ground-truth mask, defective items only
 
 
-def read_batch(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W, 3) uint8 BGR."""
-    return np.stack([read_image(p, size) for p in paths]) if paths else np.zeros((0, *size, 3), np.uint8)
+def read_batch(paths: list[Path], size: tuple[int, int], limit: int | None = None) -> np.ndarray:
+    """(N, H, W, 3) uint8 BGR; LIMIT: as read_image's."""
+    return np.stack([read_image(p, size, limit) for p in paths]) if paths else np.zeros((0, *size, 3), np.uint8)
 
 
 def good_images(data: str | Path) -> list[Path]:
@@ -86,10 +86,12 @@ def test_items(category: str | Path) -> list[Item]:
     return items
 
 
-def read_labelled(items: list[Item], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def read_labelled(
+    items: list[Item], size: tuple[int, int], limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(frames (N, H, W, 3) uint8, labels (N,), masks (N, H, W) bool or None when a defective item
-    has no mask) of labelled ITEMS at SIZE."""
-    loaded = [read_item(it, size) for it in items]
+    has no mask) of labelled ITEMS at SIZE; LIMIT: as read_image's."""
+    loaded = [read_item(it, size, limit) for it in items]
     labels = np.array([it.label for it in items])
     masks = None
     if all(m is not None for (_, m), it in zip(loaded, items) if it.label):
@@ -97,13 +99,13 @@ def read_labelled(items: list[Item], size: tuple[int, int]) -> tuple[np.ndarray,
     return np.stack([f for f, _ in loaded]), labels, masks
 
 
-def read_item(item: Item, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+def read_item(item: Item, size: tuple[int, int], limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(image (H, W, 3) uint8 BGR, mask (H, W) bool or None) at `size`; a mask whose native size
-    differs from its image's is an error (it would score the wrong pixels)."""
-    img = read_image(item.path)
+    differs from its image's is an error (it would score the wrong pixels). LIMIT: as read_image's."""
+    img = read_image(item.path, limit=limit)
     if item.mask is None:
         return resize(img, size), None
-    m = read_mask(item.mask)
+    m = read_mask(item.mask, limit=limit)
     if m.shape != img.shape[:2]:
         raise DataError(
             f"{item.mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {item.path} is {img.shape[1]}x{img.shape[0]}"

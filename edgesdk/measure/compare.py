@@ -63,14 +63,17 @@ def interleaved_p50(
     return float(np.median(ms[0])), float(np.median(ms[1]))
 
 
-def compare_bundles(a, b, data) -> dict:
+def compare_bundles(a, b, data, max_pixels: int | None = None) -> dict:
     """`edgesdk compare A B --data D`: both bundles on D's test images (MVTec layout, or a labelled
     folder good/ + <defect>/), each at its own threshold. {"rows": [one per bundle], "pair": {...}}.
-    Pixel metrics (pixel_auroc, aupro, pixel_f1, pixel_iou) are None where a defect image has no mask."""
+    Pixel metrics (pixel_auroc, aupro, pixel_f1, pixel_iou) are None where a defect image has no mask.
+    MAX_PIXELS: an image or mask over this many pixels is a DataError (images.max_pixels)."""
     from edgesdk.bundle import Bundle
     from edgesdk.data import mvtec
+    from edgesdk.images import max_pixels as pixel_limit
     from edgesdk.measure.metrics import auroc, localization, recall_by_kind
 
+    limit = pixel_limit(max_pixels)  # a bad --max-pixels or $EDGESDK_MAX_PIXELS before the bundles are opened
     ba, bb = Bundle.open(a), Bundle.open(b)
     if ba.input_size != bb.input_size:
         raise ValueError(
@@ -79,7 +82,7 @@ def compare_bundles(a, b, data) -> dict:
     from pathlib import Path
 
     items = mvtec.test_items(data) if (Path(data) / "test").is_dir() else mvtec.labelled_items(data)
-    frames, labels, masks = mvtec.read_labelled(items, ba.input_size)
+    frames, labels, masks = mvtec.read_labelled(items, ba.input_size, limit)
     rows, scores = [], []
     p50 = interleaved_p50(ba.model_path, bb.model_path, frames)
     for bundle, ms in zip((ba, bb), p50):

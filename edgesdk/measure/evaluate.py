@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesdk.data import mvtec
+from edgesdk.images import max_pixels as pixel_limit
 from edgesdk.measure.metrics import auroc, f1_at, latency_stats, localization, pixel_f1_iou, recall_by_kind
 from edgesdk.progress import bar
 from edgesdk.stream.detector import Detector, DetectorOptions
@@ -22,11 +23,15 @@ def evaluate(
     opts: DetectorOptions = DetectorOptions(),
     warmup: int = 3,
     progress: bool = False,
+    max_pixels: int | None = None,
 ) -> dict:
+    """MAX_PIXELS: an image (or mask) over this many pixels is a DataError naming it, never decoded
+    (None: $EDGESDK_MAX_PIXELS, else images.MAX_PIXELS)."""
+    limit = pixel_limit(max_pixels)  # a bad value is refused before the bundle is loaded
     items = mvtec.test_items(data)
     with Detector(bundle, opts) as det:
         size = det.size
-        loaded = [mvtec.read_item(it, size) for it in items]
+        loaded = [mvtec.read_item(it, size, limit) for it in items]
         for img, _ in loaded[:warmup]:
             det.predict(img)
         scores, maps, stages, named = [], [], [], []

@@ -31,7 +31,7 @@ from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 from edgesdk.bundle import MODEL_FILE, PARITY_FRAMES, Bundle
 from edgesdk.errors import DataError, EdgesdkError, OptionError, finite
 from edgesdk.fsutil import atomic_dir, prepare_output, write_json
-from edgesdk.images import list_images, read_image, resize
+from edgesdk.images import list_images, max_pixels, read_image, resize
 from edgesdk.progress import bar
 from edgesdk.spec import MANIFEST, SpecError, Threshold, file_entry
 from edgesdk.spec.adapt import FEATURES_OUTPUT, HEADS, AdaptSpec
@@ -57,6 +57,7 @@ class AdaptOptions:
     holdout: float = 0.25  # share of the frames kept out of the update to set the threshold
     k_sigma: float | None = None  # None: the bundle's own k, else 3
     batch: int = 8
+    max_pixels: int | None = None  # --good and --val images over this many pixels are refused, never decoded
 
 
 def _check_opts(opts: AdaptOptions) -> AdaptOptions:
@@ -73,7 +74,8 @@ def _check_opts(opts: AdaptOptions) -> AdaptOptions:
             "folder per defect kind), so that defect recall cannot fall; --no-gate skips the check"
         )
     k = None if opts.k_sigma is None else check_k_sigma(opts.k_sigma, "--k-sigma")
-    return dataclasses.replace(opts, k_sigma=k)
+    # The pixel limit resolved once: a bad --max-pixels or $EDGESDK_MAX_PIXELS is refused before any work.
+    return dataclasses.replace(opts, k_sigma=k, max_pixels=max_pixels(opts.max_pixels))
 
 
 def adaptable(b: Bundle) -> AdaptSpec:
@@ -104,7 +106,9 @@ def good_frames(opts: AdaptOptions, size: tuple[int, int]) -> tuple[list[str], n
     if opts.good:
         paths = [p for p in list_images(opts.good) if not p.stem.endswith("_overlay")]
         paths = paths[: opts.frames] if opts.frames else paths
-        return [p.name for p in paths], np.stack([read_image(p, size) for p in paths]) if paths else np.zeros(0)
+        return [p.name for p in paths], np.stack(
+            [read_image(p, size, opts.max_pixels) for p in paths]
+        ) if paths else np.zeros(0)
     from edgesdk.video import open_source
 
     names: list[str] = []
@@ -126,14 +130,14 @@ def scores(model: Path, frames: np.ndarray, batch: int, output: str = "score") -
         return np.concatenate([r.infer({name: frames[i : i + batch]})[output] for i in range(0, len(frames), batch)])
 
 
-def _val(val: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _val(val: str, size: tuple[int, int], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     from edgesdk.data import mvtec
 
     items = mvtec.labelled_items(val)
     labels = np.array([it.label for it in items])
     if not labels.any():
         raise DataError(f"{val}: no defective images; the gate needs defects to measure recall on")
-    return np.stack([read_image(it.path, size) for it in items]), labels
+    return np.stack([read_image(it.path, size, limit) for it in items]), labels
 
 
 def _rates(z: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -212,7 +216,7 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
         )
     )
     size = b.input_size
-    val = _val(opts.val, size) if opts.gate else None
+    val = _val(opts.val, size, opts.max_pixels) if opts.gate else None
     names, frames = good_frames(opts, size)
     if len(frames) < MIN_FRAMES:
         raise DataError(f"{opts.good or opts.source}: {len(frames)} good frames; adapt needs at least {MIN_FRAMES}")
