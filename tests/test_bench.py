@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -201,3 +202,18 @@ def test_e2e_adds_the_pipeline_row_beside_the_model_only_row(bundle, tiny_data, 
     assert {"read", "preprocess", "infer", "postprocess", "total"} <= set(pipe["stage_p50_ms"])
     assert abs(pipe["share_of_model_only_fps"] - pipe["fps"] / model["fps"]) < 1e-9
     assert "of model-only" in r.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
+def test_a_run_pinned_to_fewer_cores_records_them():
+    """ONNX Runtime sizes its pool by the process's CPU affinity: a `taskset -c 0` run measured 1 core,
+    and its provenance must say so, not the machine's count."""
+    code = (
+        "import os, json; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "from edgesdk.measure.benchmark import provenance; from edgesdk.measure.bench_report import cores_text;"
+        "p = provenance(); print(json.dumps([p['cores'], p['cores_usable'], cores_text(p)]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    total, used, text = json.loads(r.stdout)
+    assert used == 1 and text == ("1 cores" if total == 1 else f"1 of {total} cores")

@@ -151,7 +151,7 @@ def _bench_lines(r: dict) -> list[str]:
 
 def cmd_bench(args) -> None:
     from edgesdk.fsutil import atomic_write_text, write_json
-    from edgesdk.measure.bench_report import for_json, markdown, plot, table_rows
+    from edgesdk.measure.bench_report import cores_text, for_json, markdown, plot, table_rows
     from edgesdk.measure.benchmark import BenchOptions, bench
 
     try:
@@ -174,7 +174,7 @@ def cmd_bench(args) -> None:
         print(line)
     print(
         f"harness overhead {r['harness_overhead_ms'] * 1e3:.2f} µs per call; {r['provenance']['cpu']}, "
-        f"{r['provenance']['cores']} cores, INT8 instructions: {', '.join(r['provenance']['int8_isa']) or 'none'}"
+        f"{cores_text(r['provenance'])}, INT8 instructions: {', '.join(r['provenance']['int8_isa']) or 'none'}"
     )
     if args.json:
         write_json(args.json, for_json(r))

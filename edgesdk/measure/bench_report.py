@@ -40,6 +40,13 @@ def _cell(row: dict, key: str):
     return Path(row["bundle"]).name if key == "bundle" and row.get("bundle") else row.get(key)
 
 
+def cores_text(provenance: dict) -> str:
+    """'16 cores', or '2 of 16 cores' for a run pinned to fewer (taskset, a cpuset)."""
+    total = provenance["cores"]
+    used = provenance.get("cores_usable", total)  # absent from results written before it was recorded
+    return f"{total} cores" if used == total else f"{used} of {total} cores"
+
+
 def table_rows(result: dict) -> list[dict]:
     return [{label: _cell(r, key) for key, label in COLUMNS} for r in result["rows"]]
 
@@ -57,7 +64,7 @@ def markdown(result: dict) -> str:
             lines
             + [
                 "",
-                f"{p['cpu']}, {p['cores']} cores, {p['os']}; INT8 instructions: "
+                f"{p['cpu']}, {cores_text(p)}, {p['os']}; INT8 instructions: "
                 f"{', '.join(p.get('int8_isa', [])) or 'none'}; harness overhead "
                 f"{result['harness_overhead_ms'] * 1e3:.1f} µs per call.",
                 *sorted(set(why)),

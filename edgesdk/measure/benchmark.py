@@ -13,6 +13,7 @@ imports it only when asked for."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -71,6 +72,9 @@ def provenance() -> dict:
     p = {
         "cpu": f["cpu"],
         "cores": f["cores"],
+        # A run pinned with taskset (or a cgroup's cpuset) uses fewer cores than the machine has; ONNX
+        # Runtime sizes its pool by this affinity, so the result belongs to these cores, not f["cores"].
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else f["cores"],
         "machine": f["machine"],
         "os": f["os"],
         "cpu_flags": f["cpu_flags"],
