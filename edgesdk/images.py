@@ -54,6 +54,13 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def _bytes_per_pixel(head: bytes) -> int:
+    """The most bytes a pixel of this format can take in the file: 16-bit RGBA stored raw (8); a colour
+    PFM's three float32 (12); ASCII Netpbm writes each sample as text ("65535 " for three channels)."""
+    magic = head[:2]
+    return 24 if magic in (b"P1", b"P2", b"P3") else 12 if magic == b"PF" else 8
+
+
 def read_image(path: str | Path, size: tuple[int, int] | None = None, limit: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 BGR, resized to size=(H, W) if given. LIMIT: most pixels (width x height) an
     image may have (None: max_pixels()); a larger one is a DataError naming the file and its size."""
@@ -79,7 +86,7 @@ def _decode(path: str | Path, flags: int, limit: int | None, what: str = "image"
                     f"{path}: {wh[0]}x{wh[1]} pixels ({n / 1e6:.1f} MP) is over the limit of {cap} pixels; "
                     f"not decoded (raise it with --max-pixels or ${MAX_PIXELS_ENV})"
                 )
-            most = n * 8 + HEAD_BYTES  # 16-bit RGBA stored raw, plus metadata and appended data
+            most = n * _bytes_per_pixel(data) + HEAD_BYTES  # plus metadata and appended data
             if len(data) == HEAD_BYTES:
                 data += f.read(most + 1 - len(data))
             if len(data) > most:

@@ -22,8 +22,11 @@ _FILL = re.compile(rb"\xff+")  # a marker's 0xFF and any fill bytes before it, s
 # a file of empty COM segments costs a Python loop turn per 4 bytes: minutes for a large file.
 _MAX_SEGMENTS = 1024
 # Netpbm (OpenCV's grfmt_pxm.cpp ReadNumber): before a number any run of C isspace() bytes and of
-# comments, '#' up to and including the next CR or LF. One character per turn: no backtracking.
-_PNM_GAP = re.compile(rb"(?:[ \t\n\v\f\r]|#[^\n\r]*[\n\r])*")
+# comments, '#' up to and including the next CR or LF. Whitespace runs are one character class:
+# a group repeated per byte makes re keep state per repetition (gigabytes for 60 MB of spaces). More
+# than _PNM_COMMENTS comments leave a '#' where the number should be: the header is not read.
+_PNM_COMMENTS = 1024
+_PNM_GAP = re.compile(rb"[ \t\n\v\f\r]*(?:#[^\n\r]*[\n\r][ \t\n\v\f\r]*){0,%d}" % _PNM_COMMENTS)
 _DIGITS = re.compile(rb"[0-9]+")
 _INT_MAX = 2**31 - 1  # OpenCV reads the sizes as int and refuses larger ones
 # PAM (grfmt_pam.cpp): "P7" and a line end, then KEY value lines up to ENDHDR. Only the lines read

@@ -186,3 +186,33 @@ def test_mutated_headers_never_read_smaller_than_opencv_decodes():
             assert wh == (img.shape[1], img.shape[0]), bytes(b[:40])
             checked += 1
     assert checked > 500
+
+
+def test_a_long_netpbm_gap_is_read_in_bounded_memory():
+    """60 MB of spaces before a Netpbm number (a file up to the 64 MiB head is parsed whole): a regex group
+    repeated per byte kept state per repetition, gigabytes, and died of MemoryError instead of reading 7x5."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+        "from edgesdk.imagesize import image_size;"
+        "print(image_size(b'P6\\n' + b' ' * 60_000_000 + b'7 5\\n255\\n' + bytes(105)),"
+        " image_size(b'P6\\n' + b'#\\n' * 5_000_000 + b'7 5\\n255\\n' + bytes(105)))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["(7,", "5)", "None"]  # millions of comment lines: not read, refused
+
+
+def test_a_colour_pfm_larger_than_8_bytes_a_pixel_is_read(tmp_path, monkeypatch):
+    """A colour PFM stores 12 bytes a pixel: the file-size bound assumed 8 and refused large ones as
+    'more than WxH pixels need' (the bound's slack, HEAD_BYTES, shrunk here to reach it with 100x100)."""
+    import edgesdk.images as images
+
+    img = np.random.default_rng(0).random((100, 100, 3), dtype=np.float32)
+    ok, buf = cv2.imencode(".pfm", img)
+    assert ok and len(buf) > 100 * 100 * 8 + 1024
+    (tmp_path / "x.png").write_bytes(buf.tobytes())
+    monkeypatch.setattr(images, "HEAD_BYTES", 1024)
+    assert read_image(tmp_path / "x.png", limit=10**6).shape[:2] == (100, 100)
