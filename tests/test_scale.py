@@ -44,7 +44,7 @@ def test_score_on_the_pool_matches_eval_and_writes_parquet(bundle, tiny_data, tm
     import pandas as pd
 
     images = tiny_data / "brick" / "test"
-    r = cli("score", bundle, "--images", images, "--out", tmp_path / "o", "--batch", 4, "--workers", 2, "--json")
+    r = cli("score", bundle, "--images", images, "--out", tmp_path / "o", "--batch", 2, "--workers", 2, "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     want = eval_scores(bundle, tiny_data / "brick")

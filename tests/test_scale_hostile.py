@@ -321,3 +321,32 @@ def test_a_part_in_another_column_layout_is_refused_naming_it_not_rewritten(bund
     # that does not cast failed the end of the run with pyarrow's "Failed to parse string", naming no file
     assert f"{part}: column(s) score (string), error (missing) differ from the parts" in r.stderr, r.stderr
     assert part.read_bytes() == before
+
+
+def test_a_worker_that_fails_to_start_ends_the_run_at_once(tmp_path):
+    """fork/spawn failing for the second worker (EAGAIN, ENOMEM on a device short of memory) left the first
+    at the start barrier and the pool's shutdown waiting START_S (300 s) for it: the run must end with
+    the OSError at once."""
+    code = """
+import time
+from concurrent.futures import ProcessPoolExecutor
+from edgesdk.scale import pool
+real, calls = ProcessPoolExecutor._spawn_process, []
+def flaky(self):
+    calls.append(1)
+    if len(calls) == 2:
+        raise OSError(11, "Resource temporarily unavailable")
+    return real(self)
+if __name__ == "__main__":
+    ProcessPoolExecutor._spawn_process = flaky
+    t = time.monotonic()
+    try:
+        list(pool.run_pool(BUNDLE, [(0, ["a"]), (1, ["b"]), (2, ["c"])], batch=1, workers=2, threads=1))
+    except OSError as e:
+        print("OSError", e.errno, round(time.monotonic() - t))
+"""
+    script = tmp_path / "spawn_fails.py"
+    script.write_text(code.replace("BUNDLE", repr(str(tmp_path / "no-bundle"))))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=150)
+    assert r.returncode == 0 and r.stdout.split()[:2] == ["OSError", "11"], (r.stdout, r.stderr[-2000:])
+    assert int(r.stdout.split()[2]) < 60  # not the barrier's 300 s

@@ -41,8 +41,12 @@ def _init(bundle: str, batch: int, threads: int, max_pixels: int | None, ready: 
         _FAILED.append(f"a scoring worker could not load the bundle {bundle}: {type(e).__name__}: {e}")
     # No worker takes a shard until all have loaded the bundle: otherwise the first one ready takes
     # every queued shard while the others are still importing ONNX Runtime, and a small run uses one.
-    # A timeout (a sibling died loading) fails this initializer, which breaks the pool: no hang.
-    ready.wait(START_S)
+    # Broken by a timeout or by the parent (a sibling that never started): each shard this worker
+    # takes then says why, instead of a failed initializer's "a worker process died".
+    try:
+        ready.wait(START_S)
+    except threading.BrokenBarrierError:
+        _FAILED.append(f"the scoring workers did not all start and load the bundle {bundle} within {START_S:.0f} s")
 
 
 def _score(shard: int, paths: list[str]) -> tuple[int, list[dict]]:
@@ -102,3 +106,6 @@ def run_pool(
         finally:
             for f in running:
                 f.cancel()
+            # A worker that failed to start (fork: EAGAIN, ENOMEM) or an interrupt between submits
+            # leaves the started ones at the barrier, and the `with` would wait START_S for them.
+            ready.abort()
