@@ -168,15 +168,7 @@ def evaluate(data: str, dims: list[int]) -> list[dict]:
         for name, (idx, mean, prec, nbytes) in _heads(_features(net, train), dims, stride).items():
             with torch.no_grad():
                 dist = mahalanobis(feats[:, idx].float(), mean.float(), prec.float().contiguous())
-                d = F.interpolate(dist.view(-1, 1, *net.grid), size=net.blur_size, mode="bilinear", align_corners=False)
-                maps = F.interpolate(net.blur(d), size=SIZE, mode="bilinear", align_corners=False).squeeze(1).numpy()
-            row = {"data": data, "head": name, "head_mb": nbytes / 1e6}
-            row["image_auroc"] = auroc(maps.reshape(len(maps), -1).max(1), ts.labels)
-            if ts.masks is not None:
-                row["pixel_auroc"] = auroc(maps.reshape(-1), ts.masks.reshape(-1).astype(int))
-                row["aupro"] = float(aupro(maps, ts.masks))
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(_row(net, ts, data, name, dist, nbytes))
     return rows
 
 

@@ -71,13 +71,25 @@ def _session_processes(sid: int, wait_s: float = 10.0) -> list[str]:
         time.sleep(0.1)
 
 
-def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle, tiny_data, tmp_path):
+def _long_archive(bundle, tiny_data, tmp_path, n: int = 200) -> tuple[Path, Path, list[str]]:
+    """N links to the test images (a run long enough to interrupt): (archive, OUT, score's argv)."""
     src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
-    arch, out, n = tmp_path / "archive", tmp_path / "o", 200
+    arch, out = tmp_path / "archive", tmp_path / "o"
     arch.mkdir()
     for i in range(n):
         (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
-    argv = [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
+    return arch, out, [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
+
+
+def _wait_for_parts(out: Path, p: subprocess.Popen, parts: int = 3, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(out.glob("part-*.parquet"))) < parts and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle, tiny_data, tmp_path):
+    arch, out, argv = _long_archive(bundle, tiny_data, tmp_path)
+    n = 200
     argv += ["--batch", "2", "--workers", "2", "-q"]
     # A terminal's Ctrl-C: SIGINT to the whole process group (the pool's workers too), default handling.
     p = subprocess.Popen(
@@ -89,9 +101,7 @@ def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle,
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("part-*.parquet"))) < 3 and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_for_parts(out, p)
     os.killpg(p.pid, signal.SIGINT)
     try:
         err = p.communicate(timeout=90)[1]
@@ -217,17 +227,11 @@ def test_a_worker_that_cannot_load_the_bundle_ends_the_run_saying_why(tmp_path):
 
 
 def test_killing_the_score_process_ends_its_workers_and_a_rerun_scores_each_image_once(bundle, tiny_data, tmp_path):
-    src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
-    arch, out, n = tmp_path / "archive", tmp_path / "o", 200
-    arch.mkdir()
-    for i in range(n):
-        (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
-    argv = [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
+    arch, out, argv = _long_archive(bundle, tiny_data, tmp_path)
+    n = 200
     p = subprocess.Popen(argv + ["--batch", "2", "--workers", "2", "-q"], cwd=ROOT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("part-*.parquet"))) < 3 and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_for_parts(out, p)
         assert p.poll() is None, "the run ended before it was killed: the test proves nothing"
         p.kill()  # the score process alone (an OOM kill, `kill -9`): its workers get no signal
         p.wait(30)
