@@ -27,7 +27,7 @@ import numpy as np
 from edgesdk.compile import gate_outputs, noisehead, quant
 from edgesdk.cpu import cpu_features
 from edgesdk.data import mvtec
-from edgesdk.measure.compare import interleaved_p50
+from edgesdk.measure.compare import interleaved_p50, onnx_outputs
 from edgesdk.measure.metrics import auroc, pixel_f1_iou
 from edgesdk.progress import say
 from edgesdk.table import table
@@ -119,7 +119,7 @@ def rederive_threshold(threshold: dict, z_float: np.ndarray, z_low: np.ndarray) 
 def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dict, dict]:
     """One attempt's report (and its threshold) against REF (float scores on held-out/validation); every
     other output of the graph against the float graph's in report["outputs"] (compile.gate_outputs)."""
-    hold_out = gate_outputs.run_all(low, ref["hold_frames"])
+    hold_out = onnx_outputs(low, ref["hold_frames"])
     val_out = None
     zl = hold_out["score"]
     thr = rederive_threshold(thr_float, ref["hold_z"], zl)
@@ -135,7 +135,7 @@ def measure(ref: dict, low: Path, thr_float: dict, max_drop: float) -> tuple[dic
     n = len(zl)
     if ref.get("val") is not None:
         frames, labels, masks, _ = ref["val"]
-        val_out = gate_outputs.run_all(low, frames)
+        val_out = onnx_outputs(low, frames)
         vl, ml = val_out["score"], val_out["anomaly_map"]
         d = np.abs(vl - ref["val_z"])
         r.update(

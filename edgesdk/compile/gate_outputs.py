@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesdk.measure.compare import onnx_outputs
 from edgesdk.measure.metrics import auroc, pixel_f1_iou
 
 KIND_MAP = "kind_map"  # the spec's name for the (batch, H, W) int64 kind index (spec/heads.py)
@@ -29,19 +30,10 @@ MIN_KIND_AGREEMENT = 0.98
 MAX_MAP_ERR = 0.25  # p99 |low - float| of a map without labels, in units of the bundle threshold
 
 
-def run_all(path: Path, frames: np.ndarray, input_name: str = "image") -> dict[str, np.ndarray]:
-    """Every output of the ONNX graph at PATH on FRAMES (N, H, W, 3) uint8, ONNX Runtime CPU, batch 1."""
-    from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
-
-    with OnnxRuntimeRunner(path, providers="CPUExecutionProvider") as r:
-        outs = [r.infer({input_name: frames[i : i + 1]}) for i in range(len(frames))]
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-
 def with_float_outputs(ref: dict, fp32: Path) -> dict:
     """REF plus the float graph's outputs on its held-out and validation frames (run once per export)."""
-    hold = run_all(fp32, ref["hold_frames"])
-    val = run_all(fp32, ref["val"][0]) if ref.get("val") is not None else None
+    hold = onnx_outputs(fp32, ref["hold_frames"])
+    val = onnx_outputs(fp32, ref["val"][0]) if ref.get("val") is not None else None
     return {**ref, "float_outputs": (hold, val)}
 
 

@@ -34,13 +34,19 @@ def compare_runners(ref: Runner, test: Runner, frames: np.ndarray, threshold: fl
     }
 
 
-def score_onnx(path, frames: np.ndarray, input_name: str = "image") -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N,), maps (N, H, W)) of an ONNX graph in ONNX Runtime's CPU provider, batch 1."""
+def onnx_outputs(path, frames: np.ndarray, input_name: str = "image") -> dict[str, np.ndarray]:
+    """Every output of the ONNX graph at PATH on FRAMES (N, H, W, 3) uint8, ONNX Runtime CPU, batch 1."""
     from edgesdk.backends.onnxruntime import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(path, providers="CPUExecutionProvider") as r:
         outs = [r.infer({input_name: frames[i : i + 1]}) for i in range(len(frames))]
-    return np.concatenate([o["score"] for o in outs]), np.concatenate([o["anomaly_map"] for o in outs])
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def score_onnx(path, frames: np.ndarray, input_name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N,), maps (N, H, W)) of an ONNX graph in ONNX Runtime's CPU provider, batch 1."""
+    out = onnx_outputs(path, frames, input_name)
+    return out["score"], out["anomaly_map"]
 
 
 def interleaved_p50(
