@@ -90,12 +90,13 @@ def correct(
             renormalize(q, qdq, hold, input_name, st)
         return st
     if "float" not in cache:
-        f_head = find_padim_head(onnx.load(str(fp32)))
+        f = onnx.load(str(fp32))
+        f_head = find_padim_head(f)
         if f_head is None:
             return None
-        cache["float"] = tap(onnx.load(str(fp32)), f_head.features, frames, input_name)
+        cache["float"] = tap(f, f_head.features, frames, input_name)
     feats_f = cache["float"]
-    feats_q = tap(onnx.load(str(qdq)), head.features, frames, input_name)
+    feats_q = tap(q, head.features, frames, input_name)  # ranges.tap_session taps a copy: Q stays as loaded
     offset, cov = noise_stats(feats_f, feats_q)
     inits = {i.name: i for i in q.graph.initializer}
     mean = numpy_helper.to_array(inits[head.mean])

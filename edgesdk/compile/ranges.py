@@ -66,7 +66,9 @@ def tap_session(model, outputs: list[str]):
     import onnx
     import onnxruntime as ort
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's graph keeps its outputs
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # the caller's graph keeps its outputs
+    model = copy
     have = {o.name for o in model.graph.output}
     for t in outputs:
         if t not in have:
