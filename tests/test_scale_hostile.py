@@ -16,6 +16,8 @@ import pytest
 
 pq = pytest.importorskip("pyarrow.parquet", reason="edgesdk score writes Parquet: pip install 'edgesdk[scale]'")
 
+from score_util import ctrl_c, interrupted_parts, long_archive, wait_for_parts  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,49 +73,12 @@ def _session_processes(sid: int, wait_s: float = 10.0) -> list[str]:
         time.sleep(0.1)
 
 
-def _long_archive(bundle, tiny_data, tmp_path, n: int = 200) -> tuple[Path, Path, list[str]]:
-    """N links to the test images (a run long enough to interrupt): (archive, OUT, score's argv)."""
-    src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
-    arch, out = tmp_path / "archive", tmp_path / "o"
-    arch.mkdir()
-    for i in range(n):
-        (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
-    return arch, out, [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
-
-
-def _wait_for_parts(out: Path, p: subprocess.Popen, parts: int = 3, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while len(list(out.glob("part-*.parquet"))) < parts and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def test_ctrl_c_on_the_pool_exits_130_with_a_message_and_the_run_resumes(bundle, tiny_data, tmp_path):
-    arch, out, argv = _long_archive(bundle, tiny_data, tmp_path)
     n = 200
-    argv += ["--batch", "2", "--workers", "2", "-q"]
-    # A terminal's Ctrl-C: SIGINT to the whole process group (the pool's workers too), default handling.
-    p = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    _wait_for_parts(out, p)
-    os.killpg(p.pid, signal.SIGINT)
-    try:
-        err = p.communicate(timeout=90)[1]
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        pytest.fail("the pool hung after Ctrl-C")
-    assert p.returncode == 130, err
-    assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    arch, out, argv = long_archive(bundle, tiny_data, tmp_path, n)
+    p, err = ctrl_c(argv + ["--batch", "2", "--workers", "2", "-q"], out, "the pool")
+    kept = interrupted_parts(p, err, out, n)
     assert _session_processes(p.pid) == [], "worker processes outlived the command"
-    kept = len(list(out.glob("part-*.parquet")))
-    assert 3 <= kept < n // 2 and not list(out.glob(".*.tmp"))
     r = cli("score", bundle, "--images", arch, "--out", out, "--batch", 2, "--workers", 2, "--json", "-q")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
@@ -227,11 +192,11 @@ def test_a_worker_that_cannot_load_the_bundle_ends_the_run_saying_why(tmp_path):
 
 
 def test_killing_the_score_process_ends_its_workers_and_a_rerun_scores_each_image_once(bundle, tiny_data, tmp_path):
-    arch, out, argv = _long_archive(bundle, tiny_data, tmp_path)
     n = 200
+    arch, out, argv = long_archive(bundle, tiny_data, tmp_path, n)
     p = subprocess.Popen(argv + ["--batch", "2", "--workers", "2", "-q"], cwd=ROOT, start_new_session=True)
     try:
-        _wait_for_parts(out, p)
+        wait_for_parts(out, p)
         assert p.poll() is None, "the run ended before it was killed: the test proves nothing"
         p.kill()  # the score process alone (an OOM kill, `kill -9`): its workers get no signal
         p.wait(30)

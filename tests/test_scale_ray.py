@@ -16,6 +16,7 @@ pytest.importorskip("ray.data", reason="Ray Data is the optional extra: pip inst
 pq = pytest.importorskip("pyarrow.parquet")
 
 from ray_cluster import Cluster  # noqa: E402
+from score_util import ctrl_c, interrupted_parts, long_archive  # noqa: E402
 from test_scale import eval_scores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,42 +70,14 @@ def test_ctrl_c_on_a_ray_run_exits_130_keeps_the_parts_and_resumes(bundle, tiny_
     """A terminal's Ctrl-C (SIGINT to the command's process group) during `score --ray`: the command ends
     within a bounded time, says what it kept, and the parts written resume (here on the process pool:
     the run record does not depend on the engine)."""
-    import signal
-    import time
-
-    src = sorted((tiny_data / "brick" / "test").rglob("*.png"))
-    arch, out, n = tmp_path / "archive", tmp_path / "o", 400
-    arch.mkdir()
-    for i in range(n):
-        (arch / f"{i:05d}.png").symlink_to(src[i % len(src)])
+    n = 400
+    arch, out, argv = long_archive(bundle, tiny_data, tmp_path, n)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    argv = [sys.executable, "-m", "edgesdk", "score", str(bundle), "--images", str(arch), "--out", str(out)]
     with Cluster(tmp_path) as c:
-        p = subprocess.Popen(
-            [*argv, "--ray", c.address, "--batch", "2", "-q"],
-            cwd=ROOT,
-            env={**c.env, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        p, err = ctrl_c(
+            [*argv, "--ray", c.address, "--batch", "2", "-q"], out, "score --ray", {**c.env, **env}, 300, 60
         )
-        deadline = time.monotonic() + 300
-        while len(list(out.glob("part-*.parquet"))) < 3 and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert p.poll() is None, p.communicate()[1][-4000:]
-        os.killpg(p.pid, signal.SIGINT)
-        try:
-            err = p.communicate(timeout=60)[1]
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
-            pytest.fail("score --ray hung after Ctrl-C")
-    assert p.returncode == 130, err[-4000:]
-    assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err, err[-4000:]
-    kept = len(list(out.glob("part-*.parquet")))
-    assert 3 <= kept < n // 2 and not list(out.glob(".*.tmp"))
+    kept = interrupted_parts(p, err, out, n)
     r = subprocess.run(
         [*argv, "--batch", "2", "--workers", "2", "--json", "-q"],
         cwd=ROOT,
