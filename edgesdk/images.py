@@ -11,10 +11,11 @@ once per process) lets a 400 MP image through."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import cv2
 import numpy as np
@@ -30,8 +31,14 @@ MAX_PIXELS_ENV = "EDGESDK_MAX_PIXELS"  # overrides MAX_PIXELS for every command 
 HEAD_BYTES = 64 * 2**20
 
 
+_command_limit: list[int] = []  # a command's --max-pixels, while it runs (pixel_limit)
+
+
 def max_pixels(value: int | None = None) -> int:
-    """The pixel limit in force: VALUE (a --max-pixels flag), else $EDGESDK_MAX_PIXELS, else MAX_PIXELS."""
+    """The pixel limit in force: VALUE (a --max-pixels flag), else the running command's --max-pixels
+    (pixel_limit), else $EDGESDK_MAX_PIXELS, else MAX_PIXELS."""
+    if value is None and _command_limit:
+        value = _command_limit[-1]
     where, raw = ("--max-pixels", value) if value is not None else (MAX_PIXELS_ENV, os.environ.get(MAX_PIXELS_ENV))
     if raw is None or raw == "":
         return MAX_PIXELS
@@ -42,6 +49,20 @@ def max_pixels(value: int | None = None) -> int:
     if isinstance(raw, bool) or n < 1:
         raise OptionError(f"{where} {raw!r}: a whole number of pixels >= 1")
     return n
+
+
+@contextlib.contextmanager
+def pixel_limit(value: int | None) -> Iterator[None]:
+    """Every image read inside the block (a command's sources, calibration images, files) is held to VALUE
+    pixels unless its caller passes its own limit; None changes nothing."""
+    if value is not None:
+        max_pixels(value)  # an OptionError naming --max-pixels before anything runs
+        _command_limit.append(value)
+    try:
+        yield
+    finally:
+        if value is not None:
+            _command_limit.pop()
 
 
 def list_images(folder: str | Path) -> list[Path]:
