@@ -324,6 +324,7 @@ if __name__ == "__main__":
 def test_a_link_back_up_the_archive_names_no_image_twice_and_linked_folders_count(tmp_path):
     import glob
 
+    from edgesdk.errors import DataError
     from edgesdk.scale.inputs import resolve
 
     arch = tmp_path / "arch"
@@ -341,5 +342,7 @@ def test_a_link_back_up_the_archive_names_no_image_twice_and_linked_folders_coun
     assert len(glob.glob(pattern, recursive=True)) > 40
     loop_free = sorted(p for p in glob.glob(pattern, recursive=True) if "/back/" not in p)
     assert resolve(pattern) == loop_free
-    for pattern in (f"{arch}/*/*.png", f"{arch}/20??-*/*/*.png", f"{arch}/.*/*.png"):
-        assert resolve(pattern) == sorted(glob.glob(pattern)), pattern
+    for pattern in (f"{arch}/*/*.png", f"{arch}/20??-*/*/*.png", f"{arch}/.*/*.png", f"{arch}/*/../*.png"):
+        assert resolve(pattern) == sorted({os.path.abspath(p) for p in glob.glob(pattern)}), pattern
+    with pytest.raises(DataError, match="matches no image"):
+        resolve(f"{arch}/*/")  # a trailing separator matches folders only, as glob's does

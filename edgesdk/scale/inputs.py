@@ -8,16 +8,14 @@ name the same files again at every depth. Standard library only."""
 
 from __future__ import annotations
 
-import fnmatch
-import functools
 import glob
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator
 
 from edgesdk.errors import DataError
 from edgesdk.images import IMAGE_EXTS
+from edgesdk.scale.walk import files_below, glob_files
 
 
 def _is_image(p: Path) -> bool:
@@ -32,7 +30,7 @@ def resolve(spec: str | Path) -> list[str]:
     if not text:
         raise DataError("--images: empty; give a folder, a glob pattern or a text file of paths")
     if p.is_dir():
-        found = [q for q in _walk(p) if _is_image(q) and q.is_file()]
+        found = [q for q in map(Path, files_below(p)) if _is_image(q) and q.is_file()]
         what = f"{text}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below"
     elif p.is_file() and not _is_image(p):
         found = []
@@ -50,7 +48,7 @@ def resolve(spec: str | Path) -> list[str]:
         found = [p]
         what = ""
     elif glob.has_magic(text):
-        found = [q for q in _glob(text) if _is_image(q) and q.is_file()]
+        found = [q for q in map(Path, glob_files(text)) if _is_image(q) and q.is_file()]
         what = f"--images {text!r}: the pattern matches no image files"
     else:
         raise DataError(f"--images {text}: no such folder, file or pattern")
@@ -66,54 +64,6 @@ def resolve(spec: str | Path) -> list[str]:
             "(the Parquet path column is UTF-8)"
         )
     return paths
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Every file below ROOT, in sorted order, following links to folders except one back to a folder
-    it is already inside (a loop, which would name the same files again at every depth)."""
-    real = functools.lru_cache(maxsize=None)(os.path.realpath)
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        rel = Path(folder).relative_to(root)
-        if real(folder) in {real(str(root / up)) for up in rel.parents}:
-            dirs[:] = []
-            continue
-        dirs.sort()
-        yield from (Path(folder) / f for f in sorted(files))
-
-
-def _glob(pattern: str) -> Iterator[Path]:
-    """Files PATTERN matches as glob.glob(recursive=True) matches them (`**`: any number of folders; a
-    name starting with . only where the pattern's part does), without following a loop."""
-    parts = Path(pattern).parts
-    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    root = Path(*parts[:fixed]) if fixed else Path(".")
-    pats = parts[fixed:]
-    if not root.is_dir():
-        return
-    recursive = "**" in pats
-    for f in _walk(root) if recursive else _walk_depth(root, len(pats)):
-        if _match(f.relative_to(root).parts, pats):
-            yield f
-
-
-def _walk_depth(root: Path, depth: int) -> Iterator[Path]:
-    """The files exactly DEPTH levels below ROOT (a pattern without `**` needs no deeper walk)."""
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        level = len(Path(folder).relative_to(root).parts) + 1
-        if level >= depth:
-            dirs[:] = []
-        if level == depth:
-            yield from (Path(folder) / f for f in files)
-
-
-def _match(names: tuple[str, ...], pats: tuple[str, ...]) -> bool:
-    if not pats:
-        return not names
-    if pats[0] == "**":
-        return _match(names, pats[1:]) or (bool(names) and not names[0].startswith(".") and _match(names[1:], pats))
-    if not names or (names[0].startswith(".") and not pats[0].startswith(".")):
-        return False
-    return fnmatch.fnmatchcase(names[0], pats[0]) and _match(names[1:], pats[1:])
 
 
 def _not_utf8(path: str) -> bool:
