@@ -106,5 +106,6 @@ class Bundle:
 
 def _read_later(manifest: Manifest) -> set[str]:
     """Listed files a running detector never reads: adapt's statistics and features graph, the parity
-    frames."""
-    return (set(manifest.adapt.bundle_files()) if manifest.adapt else set()) | {PARITY_FRAMES}
+    frames. Never model.onnx nor a JSON file (parity, drift references), whatever adapt's fields name."""
+    named = (set(manifest.adapt.bundle_files()) if manifest.adapt else set()) | {PARITY_FRAMES}
+    return {n for n in named if n != MODEL_FILE and not n.endswith(".json")}

@@ -375,3 +375,18 @@ def test_predict_run_calibrate_and_export_take_max_pixels(bundle, run_dir, tiny_
     # In one process the flag lasts as long as its command: the next command reads with the default.
     assert main(["predict", str(bundle), str(one), "--max-pixels", "16383", "-q"]) == 2
     assert max_pixels() == MAX_PIXELS and main(["predict", str(bundle), str(one), "-q"]) == 0
+
+
+def test_overlapping_pixel_limits_each_end_their_own():
+    """Two commands run from two threads of one process: the one that ends first takes its own limit
+    with it, not the other's."""
+    from edgesdk.images import MAX_PIXELS, max_pixels, pixel_limit
+
+    a, b = pixel_limit(1000), pixel_limit(2_000_000)
+    a.__enter__()
+    b.__enter__()
+    assert max_pixels() == 2_000_000
+    a.__exit__(None, None, None)
+    assert max_pixels() == 2_000_000  # B still runs with its own limit
+    b.__exit__(None, None, None)
+    assert max_pixels() == MAX_PIXELS

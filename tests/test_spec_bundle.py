@@ -104,3 +104,19 @@ def test_malformed_manifest_names_the_file_and_field(bundle, tmp_path):
     (b / "manifest.json").write_text("{not json")
     with pytest.raises(SpecError, match="not valid JSON"):
         Bundle.open(b)
+
+
+def test_a_manifest_cannot_defer_the_model_a_detector_runs(bundle, tmp_path):
+    """adapt's fields name bundle files; naming model.onnx or drift.json there must not exempt it from
+    the detector's start-up check."""
+    from edgesdk.stream.detector import Detector
+
+    for name in ("model.onnx", "parity.json"):
+        b = copy(bundle, tmp_path / name)
+        m = json.loads((b / "manifest.json").read_text())
+        m["adapt"]["features"] = name
+        (b / "manifest.json").write_text(json.dumps(m))
+        assert Bundle.open(b).manifest.adapt.features == name  # a manifest that opens as it is
+        flip(b / name)
+        with pytest.raises(BundleError, match=rf"{name}: sha256 .* does not match"):
+            Detector(b)

@@ -29,10 +29,13 @@ def _is_glibc() -> bool:
         return False
 
 
+_loaded_once = False  # trim after the process's first session only (see load)
+
+
 def trim_heap() -> bool:
     """Give the heap's free pages back to the system (glibc's malloc_trim). A session's load frees its
     transients (the parsed protobuf, weights before prepacking) in the middle of the heap, and glibc
-    keeps freed heap pages resident for the process's life; trimming once after each load returns them
+    keeps freed heap pages resident for the process's life; trimming after the first load returns them
     at no cost per frame (docs/BENCHMARKS.md). False where nothing was trimmed: not glibc (musl and
     macOS keep their allocator's policy), or no free page."""
     return _is_glibc() and ctypes.CDLL(None).malloc_trim(0) == 1
@@ -86,7 +89,12 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.model), opts, providers=providers)
         except Exception as e:
             raise RuntimeError(f"{self.model}: ONNX Runtime could not load the model: {e}") from e
-        trim_heap()
+        # Once, at the process's start: a trim locks each malloc arena while it walks it, and a later load
+        # (a model switched while the stream runs) would stall the inference threads' allocations.
+        global _loaded_once
+        if not _loaded_once:
+            _loaded_once = True
+            trim_heap()
         self.output_names = [o.name for o in self.session.get_outputs()]  # asked once, not per frame
         self.loaded = True
         return self
