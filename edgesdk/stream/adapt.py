@@ -169,7 +169,7 @@ def new_head(b: Bundle, spec: AdaptSpec, model: bytes, feats: np.ndarray) -> tup
                 "in model.onnx; export the run again"
             )
         new = heads.padim_state(state, feats)
-        values = heads.padim_head(new, spec.ridge)
+        values = heads.padim_head(new, spec.ridge, spec.rank)
         info = {"n_before": int(state["n"]), "n_after": int(new["n"])}
     else:
         t = spec.tensors["bank"]
