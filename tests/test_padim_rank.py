@@ -5,7 +5,6 @@ trains, exports and adapts, and a run saved before head_rank existed still loads
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -136,13 +135,13 @@ def test_a_low_rank_adapt_field_is_checked(rank_run, edit, message):
         Manifest.from_dict(d, "m.json")
 
 
-def test_a_run_saved_before_head_rank_loads_evaluates_and_exports_as_the_full_head(run_dir, tiny_data, tmp_path):
+def test_a_run_saved_before_head_rank_loads_evaluates_and_exports_as_the_full_head(tiny_data, tmp_path):
     """An old run: run.json's config without head_rank, model.pt with `precision` (whatever the default now)."""
     from edgesdk.compile.onnx import export_onnx
     from edgesdk.measure.evaluate import evaluate
+    from edgesdk.train import train
 
-    old = tmp_path / "old"
-    shutil.copytree(run_dir, old)
+    old = train(tiny_data / "brick", tmp_path / "old", config={"input_size": [128, 128], "head_rank": 0}, quiet=True)
     meta = json.loads((old / "run.json").read_text())
     meta["config"].pop("head_rank", None)
     (old / "run.json").write_text(json.dumps(meta))
@@ -152,3 +151,14 @@ def test_a_run_saved_before_head_rank_loads_evaluates_and_exports_as_the_full_he
     b = Bundle.open(export_onnx(old, tmp_path / "bundle"))
     assert b.manifest.adapt is not None and sorted(b.manifest.adapt.tensors) == ["mean", "precision"]
     assert evaluate(b.path, tiny_data / "brick")["image_auroc"] > 0.9
+
+
+def test_a_recipe_with_an_odd_head_rank_is_refused_naming_the_file(tmp_path):
+    from edgesdk.recipe import load_recipe
+
+    f = tmp_path / "mine.toml"
+    f.write_text('model = "padim"\n[config]\nhead_rank = 31\n')
+    with pytest.raises(SpecError, match=r"mine\.toml \[config\]: head_rank must be 0 \(full head\) or even and >= 2"):
+        load_recipe(f)
+    f.write_text('model = "padim"\n[config]\nhead_rank = 32\n')
+    assert load_recipe(f).config["head_rank"] == 32
