@@ -108,3 +108,27 @@ def test_tensorrt_for_rtx_builds_low_rank_engines(rank, tmp_path):
         b = Bundle.open(shutil.copytree(src, tmp_path / f"own-{src.name}"))
         r = build_engine(b, load_profile("rtx"), BuildConfig(batch=(1, 1, 2)))
         assert r.plan.is_file() and r.sidecar.onnx_sha256 == b.onnx_sha256
+
+
+def test_the_head_is_found_when_the_exporter_leaves_the_weight_unsqueeze_unfolded(rank, tmp_path):
+    """At 256 px torch's exporter keeps weight (P, k) and an Unsqueeze node in the float graph (the tiny
+    graph here has it folded to (P, 1, k)): the same graph with the Unsqueeze put back is still found."""
+    from edgesdk.measure.compare import score_onnx
+
+    _, bundle = rank
+    model = onnx.load(str(bundle / "model.onnx"))
+    head = noisehead.find_padim_head(model)
+    assert head is not None and head.weight
+    inits = {i.name: i for i in model.graph.initializer}
+    w = numpy_helper.to_array(inits[head.weight])
+    assert w.ndim == 3 and w.shape[1] == 1  # folded here
+    model.graph.initializer.remove(inits[head.weight])
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(w[:, 0], "w_pk"), numpy_helper.from_array(np.array([1], np.int64), "axis_1")]
+    )
+    model.graph.node.insert(0, onnx.helper.make_node("Unsqueeze", ["w_pk", "axis_1"], [head.weight]))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    found = noisehead.find_padim_head(onnx.load(str(tmp_path / "m.onnx")))
+    assert found is not None and (found.weight, found.ref) == ("w_pk", head.ref)
+    frames = Bundle.open(bundle).parity_frames()[:2]
+    np.testing.assert_allclose(score_onnx(tmp_path / "m.onnx", frames)[0], score_onnx(bundle / "model.onnx", frames)[0])

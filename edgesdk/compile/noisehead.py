@@ -67,21 +67,23 @@ def find_padim_head(model) -> PadimHead | None:
 
 
 def _downstream_inits(model, tensor: str, size: int, inits: dict, depth: int = 3) -> list[str]:
-    """Initializers of SIZE values that Mul nodes within DEPTH nodes downstream of TENSOR read."""
+    """Initializers of SIZE values that Mul nodes within DEPTH nodes downstream of TENSOR read, directly
+    or through an Unsqueeze (torch's exporter leaves weight.unsqueeze(1) unfolded in some graphs)."""
     readers: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:
             readers.setdefault(i, []).append(n)
+    unsq = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Unsqueeze"}
     found: set[str] = set()
     frontier = [tensor]
     for _ in range(depth):
         nodes = [r for t in frontier for r in readers.get(t, [])]
         found |= {
-            i
+            src
             for r in nodes
             if r.op_type == "Mul"
-            for i in r.input
-            if i in inits and int(np.prod(inits[i].dims)) == size
+            for src in (unsq.get(i, i) for i in r.input)
+            if src in inits and int(np.prod(inits[src].dims)) == size
         }
         frontier = [o for r in nodes for o in r.output]
     return sorted(found)
