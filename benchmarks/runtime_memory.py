@@ -1,5 +1,5 @@
-"""The device process's own cost: the detector's import, and the per-frame cost of the fixed mmap
-threshold (docs/BENCHMARKS.md, issue 23 §3).
+"""The device process's own cost: the detector's import, and the per-frame cost of a fixed mmap
+threshold, the option the runner's heap trim after each load replaced (docs/BENCHMARKS.md, issue 23 §3).
 
   python benchmarks/runtime_memory.py imports [--rounds 10]
   python benchmarks/runtime_memory.py latency BUNDLE... [--rounds 100]
@@ -9,7 +9,7 @@ around the detector's import alone (edgesdk's own modules), median and range ove
 with PYTHONPATH at two trees, alternating, to compare them.
 latency: one Detector per bundle, frames twice the model's input (--frame WxH: that size, each call
 on a fresh copy, as a camera source hands over a new buffer per frame). Each round scores 5 frames with
-glibc's mmap threshold at 128 KiB (the runner's) and 5 at 32 MiB (where glibc's dynamic threshold ends
+glibc's mmap threshold at 128 KiB (the option's) and 5 at 32 MiB (where glibc's dynamic threshold ends
 up; its trim threshold at twice that, as glibc's rule sets it), in alternating order, so that the
 machine's load falls on both alike; the ratio is the median over rounds of (median at 128 KiB /
 median at 32 MiB), quartiles beside it. glibc only."""

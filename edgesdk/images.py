@@ -11,10 +11,12 @@ once per process) lets a 400 MP image through."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import cv2
 import numpy as np
@@ -30,8 +32,18 @@ MAX_PIXELS_ENV = "EDGESDK_MAX_PIXELS"  # overrides MAX_PIXELS for every command 
 HEAD_BYTES = 64 * 2**20
 
 
+# Each running command's --max-pixels (pixel_limit), newest last: one process-wide setting, which the
+# threads a command starts (sources, sinks) see too.
+_command_limit: list[tuple[object, int]] = []
+_command_lock = threading.Lock()
+
+
 def max_pixels(value: int | None = None) -> int:
-    """The pixel limit in force: VALUE (a --max-pixels flag), else $EDGESDK_MAX_PIXELS, else MAX_PIXELS."""
+    """The pixel limit in force: VALUE (a --max-pixels flag), else the running command's --max-pixels
+    (pixel_limit), else $EDGESDK_MAX_PIXELS, else MAX_PIXELS."""
+    if value is None:
+        with _command_lock:
+            value = _command_limit[-1][1] if _command_limit else None
     where, raw = ("--max-pixels", value) if value is not None else (MAX_PIXELS_ENV, os.environ.get(MAX_PIXELS_ENV))
     if raw is None or raw == "":
         return MAX_PIXELS
@@ -42,6 +54,25 @@ def max_pixels(value: int | None = None) -> int:
     if isinstance(raw, bool) or n < 1:
         raise OptionError(f"{where} {raw!r}: a whole number of pixels >= 1")
     return n
+
+
+@contextlib.contextmanager
+def pixel_limit(value: int | None) -> Iterator[None]:
+    """Every image read inside the block, in any thread of the process (a command's sources, calibration
+    images, files), is held to VALUE pixels unless its caller passes its own limit; None changes nothing.
+    Blocks may overlap (two commands run from two threads): the newest one still open is in force."""
+    if value is None:
+        yield
+        return
+    max_pixels(value)  # an OptionError naming --max-pixels before anything runs
+    token = object()
+    with _command_lock:
+        _command_limit.append((token, value))
+    try:
+        yield
+    finally:
+        with _command_lock:
+            _command_limit[:] = [e for e in _command_limit if e[0] is not token]
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -349,3 +349,44 @@ def test_eval_compare_adapt_and_train_take_max_pixels(bundle, tiny_data, tmp_pat
     with pytest.raises(DataError, match=r"over the limit of 16383 pixels"):
         load_labels(cat / "labels", 16383).read((64, 64))
     assert len(load_labels(cat / "labels", 16384).read((64, 64))[0]) > 0
+
+
+def test_predict_run_calibrate_and_export_take_max_pixels(bundle, run_dir, tiny_data, tmp_path):
+    """The commands whose images come through sources, file lists or calibration folders hold every image to
+    the flag too (they took only $EDGESDK_MAX_PIXELS); the 128 x 128 images are 16384 pixels."""
+    from edgesdk.cli import main
+    from edgesdk.images import MAX_PIXELS, max_pixels
+
+    good = tiny_data / "brick" / "train" / "good"
+    one = sorted(good.glob("*.png"))[0]
+    over = "is over the limit of 16383 pixels"
+    r = cli("predict", bundle, one, "--max-pixels", 16383, "--json")
+    assert r.returncode == 2 and over in r.stderr and str(one) in r.stderr, r.stderr
+    assert cli("predict", bundle, one, "--max-pixels", 16384, "--json").returncode == 0
+    r = cli("run", bundle, "--source", good, "--sink", f"jsonl://{tmp_path / 'r.jsonl'}", "--max-pixels", 16383)
+    assert f"{one}: 128x128 pixels (0.0 MP) {over}" in r.stderr and "recorded and skipped" in r.stderr, r.stderr
+    r = cli("calibrate", bundle, "--source", good, "--out", tmp_path / "cal", "--max-pixels", 16383)
+    assert r.returncode == 2 and over in r.stderr and not (tmp_path / "cal").exists(), r.stderr
+    args = ("export", run_dir, "--out", tmp_path / "q", "--precision", "int8", "--calib", good)
+    r = cli(*args, "--max-pixels", 16383)
+    assert r.returncode == 2 and over in r.stderr and not (tmp_path / "q").exists(), r.stderr
+    r = cli("predict", bundle, one, "--max-pixels", 0)
+    assert r.returncode == 2 and "--max-pixels" in r.stderr, r.stderr
+    # In one process the flag lasts as long as its command: the next command reads with the default.
+    assert main(["predict", str(bundle), str(one), "--max-pixels", "16383", "-q"]) == 2
+    assert max_pixels() == MAX_PIXELS and main(["predict", str(bundle), str(one), "-q"]) == 0
+
+
+def test_overlapping_pixel_limits_each_end_their_own():
+    """Two commands run from two threads of one process: the one that ends first takes its own limit
+    with it, not the other's."""
+    from edgesdk.images import MAX_PIXELS, max_pixels, pixel_limit
+
+    a, b = pixel_limit(1000), pixel_limit(2_000_000)
+    a.__enter__()
+    b.__enter__()
+    assert max_pixels() == 2_000_000
+    a.__exit__(None, None, None)
+    assert max_pixels() == 2_000_000  # B still runs with its own limit
+    b.__exit__(None, None, None)
+    assert max_pixels() == MAX_PIXELS

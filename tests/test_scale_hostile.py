@@ -319,3 +319,30 @@ if __name__ == "__main__":
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=150)
     assert r.returncode == 0 and r.stdout.split()[:2] == ["OSError", "11"], (r.stdout, r.stderr[-2000:])
     assert int(r.stdout.split()[2]) < 60  # not the barrier's 300 s
+
+
+def test_a_link_back_up_the_archive_names_no_image_twice_and_linked_folders_count(tmp_path):
+    import glob
+
+    from edgesdk.errors import DataError
+    from edgesdk.scale.inputs import resolve
+
+    arch = tmp_path / "arch"
+    for rel in ("2026-11-01/a.png", "2026-11-01/cam2/b.png", ".cache/c.png", "d.png", "elsewhere/e.png"):
+        (arch / rel).parent.mkdir(parents=True, exist_ok=True)
+        (arch / rel).write_bytes(b"")
+    (arch / "2026-11-01" / "cam2" / "back").symlink_to("../..")  # a loop: the archive inside itself
+    (arch / "2026-11-02").symlink_to("elsewhere")  # a date folder linked in
+    want = [str(arch / r) for r in ("2026-11-01/a.png", "2026-11-01/cam2/b.png", "2026-11-02/e.png", "d.png")]
+    assert resolve(arch) == sorted(want + [str(arch / ".cache/c.png"), str(arch / "elsewhere/e.png")])
+    pattern = f"{arch}/**/*.png"
+    assert resolve(pattern) == sorted(want + [str(arch / "elsewhere/e.png")])  # `**` skips hidden folders
+    # glob.glob followed the loop down to the system's limit on links, naming every image again at each depth;
+    # apart from those, the two agree, here and on patterns without `**`.
+    assert len(glob.glob(pattern, recursive=True)) > 40
+    loop_free = sorted(p for p in glob.glob(pattern, recursive=True) if "/back/" not in p)
+    assert resolve(pattern) == loop_free
+    for pattern in (f"{arch}/*/*.png", f"{arch}/20??-*/*/*.png", f"{arch}/.*/*.png", f"{arch}/*/../*.png"):
+        assert resolve(pattern) == sorted({os.path.abspath(p) for p in glob.glob(pattern)}), pattern
+    with pytest.raises(DataError, match="matches no image"):
+        resolve(f"{arch}/*/")  # a trailing separator matches folders only, as glob's does

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from edgesdk.backends.base import Runner, TensorMeta
-from edgesdk.errors import OptionError
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _DTYPES = {
@@ -22,38 +21,24 @@ _DTYPES = {
     "tensor(int8)": "int8",
 }
 
-# glibc raises its mmap threshold to the size of each mapped block freed (up to 32 MiB). Once a
-# session's load frees a large block, the load's transients (parsed protobuf, weights before
-# prepacking) come from the heap, whose freed middle the allocator keeps: resident for the process's
-# life. A fixed threshold (EDGESDK_MMAP_THRESHOLD=131072) maps them and unmaps them on free, and costs
-# every later block over it (a camera frame, a full-size temporary) an mmap and fresh pages per frame:
-# opt-in, for a device short of memory rather than of time (docs/BENCHMARKS.md).
-MMAP_THRESHOLD_ENV = "EDGESDK_MMAP_THRESHOLD"  # bytes; unset or 0 leaves glibc's dynamic threshold
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
-_mmap_threshold: int | None = None  # what this process set, once
 
-
-def fix_mmap_threshold(env: dict[str, str] | os._Environ[str] = os.environ) -> int:
-    """Fix glibc's mmap threshold at EDGESDK_MMAP_THRESHOLD bytes before the first session loads
-    (process-wide, once); the bytes set, or 0 where nothing was set: the variable unset or 0, not glibc
-    (musl, macOS), or glibc's own MALLOC_MMAP_THRESHOLD_ given (glibc applied it at start)."""
-    global _mmap_threshold
-    if _mmap_threshold is not None:
-        return _mmap_threshold
-    raw = env.get(MMAP_THRESHOLD_ENV, "0").strip()
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > 32 << 20:
-        raise OptionError(f"{MMAP_THRESHOLD_ENV}={raw!r}: bytes from 0 (off) to {32 << 20} (glibc's maximum)")
-    want = int(raw)
+def _is_glibc() -> bool:
     try:
-        glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
     except (ValueError, OSError):
-        glibc = False
-    if want and glibc and "MALLOC_MMAP_THRESHOLD_" not in env:
-        ok = ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, want) == 1
-        _mmap_threshold = want if ok else 0
-    else:
-        _mmap_threshold = 0
-    return _mmap_threshold
+        return False
+
+
+_loaded_once = False  # trim after the process's first session only (see load)
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system (glibc's malloc_trim). A session's load frees its
+    transients (the parsed protobuf, weights before prepacking) in the middle of the heap, and glibc
+    keeps freed heap pages resident for the process's life; trimming after the first load returns them
+    at no cost per frame (docs/BENCHMARKS.md). False where nothing was trimmed: not glibc (musl and
+    macOS keep their allocator's policy), or no free page."""
+    return _is_glibc() and ctypes.CDLL(None).malloc_trim(0) == 1
 
 
 class OnnxRuntimeRunner(Runner):
@@ -82,7 +67,6 @@ class OnnxRuntimeRunner(Runner):
     def load(self) -> "OnnxRuntimeRunner":
         import onnxruntime as ort
 
-        fix_mmap_threshold()  # before any session allocates (see MMAP_THRESHOLD_ENV)
         available = ort.get_available_providers()
         if self.requested == "auto":
             providers = [p for p in PREFERRED if p in available]
@@ -105,6 +89,12 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.model), opts, providers=providers)
         except Exception as e:
             raise RuntimeError(f"{self.model}: ONNX Runtime could not load the model: {e}") from e
+        # Once, at the process's start: a trim locks each malloc arena while it walks it, and a later load
+        # (a model switched while the stream runs) would stall the inference threads' allocations.
+        global _loaded_once
+        if not _loaded_once:
+            _loaded_once = True
+            trim_heap()
         self.output_names = [o.name for o in self.session.get_outputs()]  # asked once, not per frame
         self.loaded = True
         return self

@@ -67,10 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("edgesdk").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    from edgesdk.images import pixel_limit
     from edgesdk.progress import quiet
 
     try:
-        with quiet(args.quiet):
+        # --max-pixels of a command that reads images through sources or folders it does not pass a
+        # limit to (predict, run, calibrate, export) holds every image it reads for the command's length.
+        with quiet(args.quiet), pixel_limit(getattr(args, "max_pixels", None)):
             args.fn(args)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         # Our errors name the file and the problem; a traceback would bury that.

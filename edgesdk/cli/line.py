@@ -146,6 +146,7 @@ def add_commands(sub) -> None:
     s.add_argument("images", nargs="+")
     s.add_argument("--save", help="folder for heatmap overlays")
     runtime_args(s)
+    max_pixels_arg(s)
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("run", help="score every frame of a stream into sinks")
@@ -188,6 +189,7 @@ def add_commands(sub) -> None:
         "sharpness, camera shift (default normal; the references come from `calibrate`)",
     )
     runtime_args(s)
+    max_pixels_arg(s)
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser(
@@ -213,6 +215,7 @@ def add_commands(sub) -> None:
     )
     s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
     runtime_args(s)
+    max_pixels_arg(s)
     s.set_defaults(fn=cmd_calibrate)
 
     s = sub.add_parser(

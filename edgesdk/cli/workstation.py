@@ -154,4 +154,5 @@ def add_commands(sub) -> None:
     s.add_argument("--opset", type=int, help="ONNX opset (default 18; 17 for TensorRT 8.5 on JetPack 5)")
     s.add_argument("--device", help="device profile name (e.g. xavier-nx): its TensorRT's newest opset caps --opset")
     s.add_argument("--force", action="store_true", help=FORCE_HELP.format("bundle"))
+    max_pixels_arg(s)
     s.set_defaults(fn=cmd_export)

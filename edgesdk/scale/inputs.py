@@ -2,7 +2,9 @@
 
 DIR: every image below the folder (recursively, archives nest by date); GLOB: a pattern with * ? or
 [ (`**` recursive); LIST: a text file of paths, one a line (relative ones are relative to the file's
-folder; blank lines and lines starting with # are skipped). Standard library only."""
+folder; blank lines and lines starting with # are skipped). DIR and `**` follow links to folders (an
+archive may link its date folders in), except a link back to a folder they are inside, which would
+name the same files again at every depth. Standard library only."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from edgesdk.errors import DataError
 from edgesdk.images import IMAGE_EXTS
+from edgesdk.scale.walk import files_below, glob_files
 
 
 def _is_image(p: Path) -> bool:
@@ -27,7 +30,7 @@ def resolve(spec: str | Path) -> list[str]:
     if not text:
         raise DataError("--images: empty; give a folder, a glob pattern or a text file of paths")
     if p.is_dir():
-        found = [q for q in p.rglob("*") if _is_image(q) and q.is_file()]
+        found = [q for q in map(Path, files_below(p)) if _is_image(q) and q.is_file()]
         what = f"{text}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below"
     elif p.is_file() and not _is_image(p):
         found = []
@@ -45,7 +48,7 @@ def resolve(spec: str | Path) -> list[str]:
         found = [p]
         what = ""
     elif glob.has_magic(text):
-        found = [Path(q) for q in glob.glob(text, recursive=True) if _is_image(Path(q)) and Path(q).is_file()]
+        found = [q for q in map(Path, glob_files(text)) if _is_image(q) and q.is_file()]
         what = f"--images {text!r}: the pattern matches no image files"
     else:
         raise DataError(f"--images {text}: no such folder, file or pattern")

@@ -56,7 +56,7 @@ class DetectorOptions:
     spin: bool = True  # onnxruntime: spinning pool threads (off in the stream loop)
     threshold: float | None = None  # None: the bundle's threshold
     min_region_area: int = 4  # ignore specks smaller than this (map pixels: model's, tiled: frame's)
-    verify: bool = True  # check file hashes when opening the bundle
+    verify: bool = True  # check the hashes of the files inference reads when opening the bundle
     tile: TileSpec | None = None  # score tile by tile (stream/tiling.py); None: the whole frame, resized
     batch: int = (
         1  # the most frames one call scores (a run of N cameras: N); a TensorRT engine's profile must take them
@@ -76,7 +76,9 @@ class Detector:
     """Scores frames with a bundle. Use as a context manager, or call close()."""
 
     def __init__(self, bundle: str | Path | Bundle, opts: DetectorOptions = DetectorOptions()):
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=opts.verify)
+        self.bundle = (
+            bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify="runtime" if opts.verify else False)
+        )
         self.opts = opts
         # A NaN threshold flags nothing (every comparison with NaN is false): refuse it.
         self.threshold = (
