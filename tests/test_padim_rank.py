@@ -162,3 +162,12 @@ def test_a_recipe_with_an_odd_head_rank_is_refused_naming_the_file(tmp_path):
         load_recipe(f)
     f.write_text('model = "padim"\n[config]\nhead_rank = 32\n')
     assert load_recipe(f).config["head_rank"] == 32
+
+
+def test_adapt_from_good_images_writes_into_the_working_folder(rank_run, tiny_data, tmp_path, monkeypatch):
+    """Without --source no input is the working folder: an --out below it is written (it was refused as
+    lying inside the input '.')."""
+    monkeypatch.chdir(tmp_path)
+    opts = AdaptOptions(good=str(tiny_data / "brick/train/good"), frames=8, gate=False)
+    r = adapt(rank_run[1], "adapted", opts, progress=False)
+    assert r["out"] == "adapted" and Bundle.open(tmp_path / "adapted").manifest.adapt is not None
