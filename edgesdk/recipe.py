@@ -106,7 +106,10 @@ RULES: dict[str, dict[str, Rule]] = {
     },
 }
 MODEL_RULES: dict[str, dict[str, Rule]] = {
-    "padim": {"feature_dim": (lambda v: v > 0, "> 0 (channels kept)")},
+    "padim": {
+        "feature_dim": (lambda v: v > 0, "> 0 (channels kept)"),
+        "head_rank": (lambda v: v == 0 or (v >= 2 and v % 2 == 0), "0 (full head) or even and >= 2 (low-rank head)"),
+    },
 }
 
 

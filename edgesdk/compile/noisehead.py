@@ -15,7 +15,12 @@ Sigma comes from the graph's own precision, inverted in float64 (the run's stati
 and Sigma' = Sigma when there is no noise). Then the score normalization (score_shift, score_scale) is
 derived again as training derived it: mean and std of the image scores of the run's held-out good
 frames, so scores stay in z units. Only a graph with PaDiM's head pattern is changed:
-Sub(x, mean or Unsqueeze(mean)) -> MatMul(., precision (P, D, D)); any other head is left alone."""
+Sub(x, mean or Unsqueeze(mean)) -> MatMul(., precision (P, D, D)); any other head is left alone.
+
+The low-rank head (zoo PadimConfig.head_rank k) has MatMul(., basis (P, D, k)) instead, and its weight
+(P, k) and ref (P,) a few Mul nodes downstream. Its Sigma is rebuilt from the factors,
+(1/c_p) I + sum_i (lam_i - 1/c_p) u_i u_i^T with lam_i = 1 / (weight_i + c_p), the noise added, and
+factored again by the fit's rule (stream/heads.py lowrank_factors): the graph keeps its shapes."""
 
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ SHIFT, SCALE = "score_shift", "score_scale"  # zoo/components.py's normalization
 class PadimHead:
     features: str  # (P, B, D) tensor the Sub reads
     mean: str  # initializer, P * D values
-    precision: str  # initializer (P, D, D)
+    precision: str  # initializer (P, D, D); of a low-rank head its basis (P, D, k)
+    weight: str = ""  # low-rank head only: initializers of P * k and P values
+    ref: str = ""
 
 
 def find_padim_head(model) -> PadimHead | None:
@@ -41,15 +48,55 @@ def find_padim_head(model) -> PadimHead | None:
     for n in model.graph.node:
         prec = inits.get(n.input[1]) if n.op_type == "MatMul" else None
         sub = produced.get(n.input[0]) if prec is not None else None
-        if prec is None or sub is None or sub.op_type != "Sub" or len(prec.dims) != 3 or prec.dims[1] != prec.dims[2]:
+        if prec is None or sub is None or sub.op_type != "Sub" or len(prec.dims) != 3 or prec.dims[2] > prec.dims[1]:
             continue
         x, m = sub.input
         src = produced.get(m)
         if src is not None and src.op_type == "Unsqueeze":
             m = src.input[0]
-        if m in inits and int(np.prod(inits[m].dims)) == prec.dims[0] * prec.dims[1]:
+        if m not in inits or int(np.prod(inits[m].dims)) != prec.dims[0] * prec.dims[1]:
+            continue
+        if prec.dims[1] == prec.dims[2]:
             return PadimHead(x, m, n.input[1])
+        p, k = prec.dims[0], prec.dims[2]
+        weight = _downstream_inits(model, n.output[0], p * k, inits)  # proj * proj * weight
+        ref = _downstream_inits(model, sub.output[0], p, inits)  # ref * (diff * diff).sum(-1)
+        if len(weight) == 1 and len(ref) == 1:
+            return PadimHead(x, m, n.input[1], weight[0], ref[0])
     return None
+
+
+def _downstream_inits(model, tensor: str, size: int, inits: dict, depth: int = 3) -> list[str]:
+    """Initializers of SIZE values that Mul nodes within DEPTH nodes downstream of TENSOR read, directly
+    or through an Unsqueeze (torch's exporter leaves weight.unsqueeze(1) unfolded in some graphs)."""
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    unsq = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Unsqueeze"}
+    found: set[str] = set()
+    frontier = [tensor]
+    for _ in range(depth):
+        nodes = [r for t in frontier for r in readers.get(t, [])]
+        found |= {
+            src
+            for r in nodes
+            if r.op_type == "Mul"
+            for src in (unsq.get(i, i) for i in r.input)
+            if src in inits and int(np.prod(inits[src].dims)) == size
+        }
+        frontier = [o for r in nodes for o in r.output]
+    return sorted(found)
+
+
+def lowrank_sigma(basis: np.ndarray, weight: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """(P, D, D) float64 covariances of a low-rank head: basis (P, D, k), weight P * k, ref P values (any
+    folded shape): (1/c_p) I + sum_i (lam_i - 1/c_p) u_i u_i^T, lam_i = 1 / (weight_i + c_p)."""
+    p, d, k = basis.shape
+    c = ref.reshape(p, 1).astype(np.float64)
+    lam = 1 / (weight.reshape(p, k).astype(np.float64) + c)  # (P, k)
+    u = basis.astype(np.float64)
+    return np.eye(d) / c[:, :, None] + np.matmul(u * (lam - 1 / c)[:, None], u.transpose(0, 2, 1))
 
 
 def tap(model, tensor: str, frames: np.ndarray, input_name: str) -> np.ndarray:
@@ -101,16 +148,23 @@ def correct(
     inits = {i.name: i for i in q.graph.initializer}
     mean = numpy_helper.to_array(inits[head.mean])
     prec = numpy_helper.to_array(inits[head.precision]).astype(np.float64)
-    sigma = np.linalg.inv(prec)
+    if head.weight:
+        sigma = lowrank_sigma(prec, *(numpy_helper.to_array(inits[t]) for t in (head.weight, head.ref)))
+    else:
+        sigma = np.linalg.inv(prec)
     trace_share = float(np.trace(cov) / np.mean(np.trace(sigma, axis1=1, axis2=2)))
-    new = {
-        head.mean: (mean.astype(np.float64) + offset.reshape(mean.shape)).astype(np.float32),
-        head.precision: np.linalg.inv(sigma + cov).astype(np.float32),
-    }
+    new = {head.mean: (mean.astype(np.float64) + offset.reshape(mean.shape)).astype(np.float32)}
+    if head.weight:
+        from edgesdk.stream.heads import lowrank_factors
+
+        fac = lowrank_factors(sigma + cov, prec.shape[2])
+        new.update({head.precision: fac["basis"], head.weight: fac["weight"], head.ref: fac["ref"]})
+    else:
+        new[head.precision] = np.linalg.inv(sigma + cov).astype(np.float32)
     for name, a in new.items():
         if not np.all(np.isfinite(a)):
             return {"head": "padim", "applied": False, "why": f"non-finite {name} after the correction"}
-        inits[name].CopyFrom(numpy_helper.from_array(a, name))
+        inits[name].CopyFrom(numpy_helper.from_array(a.reshape(tuple(inits[name].dims)), name))
     onnx.save(q, str(qdq))
     record = {
         "head": "padim",

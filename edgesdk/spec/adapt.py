@@ -6,7 +6,8 @@ adapt, or at fp16/int8) load as before, and `adapt` on them says what to do inst
   features    a bundle file: ONNX graph, (B, H, W, 3) uint8 frames -> "features" (B, P, D) float32,
               the same backbone features the head of model.onnx reads
   tensors     head tensor name -> {offset, shape, dtype}: where its raw little-endian bytes are in
-              model.onnx (padim: mean, precision; patchcore: bank, bank_sq, support)
+              model.onnx (padim: mean, precision; or its low-rank head mean, basis (P, D, k),
+              weight (P, k), ref (P,); patchcore: bank, bank_sq, support)
   state       padim: a bundle file (.npz) of its sufficient statistics n, sum (P, D), sum_outer (P, D, D)
   ridge                                    padim: covariance + ridge * I, as fit
   projection_dim, seed, num_neighbors      patchcore: its greedy coreset and re-weighting support
@@ -21,6 +22,8 @@ from typing import Any
 from edgesdk.spec.typed import SpecError
 
 HEADS = {"padim": ("mean", "precision"), "patchcore": ("bank", "bank_sq", "support")}
+LOWRANK = ("mean", "basis", "weight", "ref")  # PaDiM's low-rank head (zoo PadimConfig.head_rank > 0)
+HEAD_SETS = {"padim": (HEADS["padim"], LOWRANK), "patchcore": (HEADS["patchcore"],)}
 DTYPES = {"float32": 4, "int64": 8}
 FEATURES_OUTPUT = "features"
 
@@ -50,6 +53,12 @@ class AdaptSpec:
     projection_dim: int = 0
     seed: int = 0
     num_neighbors: int = 1
+
+    @property
+    def rank(self) -> int:
+        """k of a low-rank PaDiM head (its basis is stored (P, D, k), maybe with folded unit axes); 0 if full."""
+        t = self.tensors.get("basis")
+        return 0 if t is None else t.size // self.tensors["mean"].size
 
     def bundle_files(self) -> tuple[str, ...]:
         return (self.features,) + ((self.state,) if self.state else ())
@@ -83,10 +92,10 @@ def adapt_spec(d: Any, where: str) -> AdaptSpec | None:
     if not d.get("features"):
         raise SpecError(f"{where}: field adapt.features must name the features graph of the bundle")
     tensors = d.get("tensors")
-    if not isinstance(tensors, dict) or sorted(tensors) != sorted(HEADS[kind]):
+    if not isinstance(tensors, dict) or sorted(tensors) not in [sorted(h) for h in HEAD_SETS[kind]]:
         raise SpecError(
-            f"{where}: field adapt.tensors must give {', '.join(HEADS[kind])} for {kind}, "
-            f"got {sorted(tensors) if isinstance(tensors, dict) else tensors!r}"
+            f"{where}: field adapt.tensors must give {' or '.join(', '.join(h) for h in HEAD_SETS[kind])} "
+            f"for {kind}, got {sorted(tensors) if isinstance(tensors, dict) else tensors!r}"
         )
     ridge = d.get("ridge", 0.0)
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
@@ -103,6 +112,8 @@ def adapt_spec(d: Any, where: str) -> AdaptSpec | None:
     )
     if kind == "padim" and (not spec.state or spec.ridge <= 0):
         raise SpecError(f"{where}: field adapt: padim needs its statistics file (adapt.state) and adapt.ridge > 0")
+    if "basis" in spec.tensors:
+        _lowrank_shapes(spec, where)
     if kind == "patchcore" and (spec.projection_dim < 1 or spec.num_neighbors < 1):
         raise SpecError(f"{where}: field adapt: patchcore needs adapt.projection_dim >= 1 and adapt.num_neighbors >= 1")
     return spec
@@ -123,3 +134,22 @@ def _tensor(d: Any, where: str, name: str) -> HeadTensor:
     if dtype not in DTYPES:
         raise SpecError(f"{where}: field {name}.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return HeadTensor(offset, tuple(shape), dtype)
+
+
+def _lowrank_shapes(spec: AdaptSpec, where: str) -> None:
+    """A low-rank head's tensors agree: mean P * D, basis P * D * k, weight P * k, ref P values, 2 <= k < D even."""
+    t = spec.tensors
+    d = t["mean"].shape[-1]
+    p, k = t["mean"].size // d, spec.rank
+    want = {"basis": p * d * k, "weight": p * k, "ref": p}
+    if t["basis"].size % t["mean"].size or not (2 <= k < d and k % 2 == 0) or t["basis"].shape[-1] != k:
+        raise SpecError(
+            f"{where}: field adapt.tensors.basis: shape {list(t['basis'].shape)} is not (P, D, k) for mean "
+            f"{list(t['mean'].shape)} with an even k, 2 <= k < D"
+        )
+    for name, size in want.items():
+        if t[name].size != size or t[name].dtype != "float32":
+            raise SpecError(
+                f"{where}: field adapt.tensors.{name}: {t[name].size} {t[name].dtype} values; a rank-{k} head of "
+                f"{p} positions and {d} channels needs {size} float32"
+            )

@@ -169,7 +169,7 @@ def new_head(b: Bundle, spec: AdaptSpec, model: bytes, feats: np.ndarray) -> tup
                 "in model.onnx; export the run again"
             )
         new = heads.padim_state(state, feats)
-        values = heads.padim_head(new, spec.ridge)
+        values = heads.padim_head(new, spec.ridge, spec.rank)
         info = {"n_before": int(state["n"]), "n_after": int(new["n"])}
     else:
         t = spec.tensors["bank"]
@@ -203,7 +203,9 @@ def adapt(bundle: str | Path, out: str | Path, opts: AdaptOptions, progress: boo
     bundle, out = Path(bundle), Path(out)
     if out.resolve() == bundle.resolve():
         raise OptionError(f"--out {out}: give a new folder; the original bundle stays as it is")
-    inputs: list[str | Path] = [bundle, opts.good, *local_paths(opts.source), opts.val]
+    # No --source: local_paths("") would name the working folder (Path("") is ".") as an input.
+    sources = local_paths(opts.source) if opts.source else []
+    inputs: list[str | Path] = [bundle, opts.good, *sources, opts.val]
     prepare_output(out, "bundle", inputs, force)
     b = Bundle.open(bundle)
     spec = adaptable(b)

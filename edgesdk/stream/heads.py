@@ -1,7 +1,7 @@
 """The heads `adapt` rewrites on the device, in numpy: PaDiM's per-position Gaussians from their
-sufficient statistics, and PatchCore's memory bank re-thinned by the greedy coreset. No torch: the
-zoo's torch code (zoo/padim.py fit, zoo/patchcore.py greedy_coreset) does the same arithmetic, and
-the tests hold the two to the same numbers.
+sufficient statistics (full inverse covariances, or the low-rank head's factors), and PatchCore's
+memory bank re-thinned by the greedy coreset. No torch: the zoo's torch code (zoo/padim.py fit,
+zoo/patchcore.py greedy_coreset) does the same arithmetic, and the tests hold the two to the same numbers.
 
 The head tensors live inside model.onnx as raw little-endian bytes at offsets the export recorded
 (manifest `adapt.tensors`, checked there with onnx). New values of the same dtype and shape are
@@ -82,12 +82,31 @@ def padim_state(state: dict[str, np.ndarray], feats: np.ndarray) -> dict[str, np
     }
 
 
-def padim_head(state: dict[str, np.ndarray], ridge: float) -> dict[str, np.ndarray]:
-    """mean (P, D) and precision (P, D, D) = inverse of (the unbiased covariance + ridge * I), as fit."""
+def lowrank_factors(cov: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """basis (P, D, k), weight (P, k), ref (P,) float32 of covariances COV (P, D, D) float64, as
+    zoo/components.py lowrank_factors: the k/2 smallest and k/2 largest eigen-directions, c_p = 1 / mean of
+    the other eigenvalues, weight = 1/lam - c_p. Eigenvector signs may differ from torch's: the head
+    squares every projection, so the scores do not."""
+    lam, u = np.linalg.eigh(cov)  # ascending (P, D), columns (P, D, D)
+    d = lam.shape[1]
+    keep = np.r_[0 : k // 2, d - k // 2 : d]
+    ref = 1 / lam[:, k // 2 : d - k // 2].mean(1)
+    return {
+        "basis": u[:, :, keep].astype(np.float32),
+        "weight": (1 / lam[:, keep] - ref[:, None]).astype(np.float32),
+        "ref": ref.astype(np.float32),
+    }
+
+
+def padim_head(state: dict[str, np.ndarray], ridge: float, rank: int = 0) -> dict[str, np.ndarray]:
+    """mean (P, D) and precision (P, D, D) = inverse of (the unbiased covariance + ridge * I), as fit;
+    with RANK k > 0 the low-rank head's basis, weight and ref instead of the precision."""
     n = int(state["n"])
     mean = state["sum"] / n
     cov = (state["sum_outer"] - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
     cov += ridge * np.eye(mean.shape[1])
+    if rank:
+        return {"mean": mean.astype(np.float32), **lowrank_factors(cov, rank)}
     return {"mean": mean.astype(np.float32), "precision": np.linalg.inv(cov).astype(np.float32)}
 
 

@@ -88,6 +88,32 @@ def mahalanobis(emb: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) 
     return d2.clamp_min(0).sqrt().transpose(0, 1)  # (B, P)
 
 
+def lowrank_mahalanobis(
+    emb: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, weight: torch.Tensor, ref: torch.Tensor
+) -> torch.Tensor:
+    """Per-position low-rank Mahalanobis distance: d^2 = c_p |delta|^2 + sum_i w_pi (u_pi . delta)^2.
+
+    emb: (B, D, P) features; mean: (P, D); basis: (P, D, k) eigen-directions u_pi; weight: (P, k)
+    w_pi = 1/lam_pi - c_p; ref: (P,) reference precision c_p. Returns (B, P) distances. One batched
+    MatMul (P, B, D) x (P, D, k), then Mul, ReduceSum, Add: ops every runtime parses."""
+    diff = emb.permute(2, 0, 1) - mean.unsqueeze(1)  # (P, B, D)
+    proj = torch.matmul(diff, basis)  # (P, B, k)
+    d2 = ref.unsqueeze(1) * (diff * diff).sum(-1) + (proj * proj * weight.unsqueeze(1)).sum(-1)  # (P, B)
+    return d2.clamp_min(0).sqrt().transpose(0, 1)
+
+
+def lowrank_factors(cov: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(basis (P, D, k), weight (P, k), ref (P,)) of covariances COV (P, D, D) float64: per position the
+    k/2 smallest and k/2 largest eigen-directions, and c_p = 1 / mean of the other D - k eigenvalues
+    (PPCA's maximum-likelihood precision of the discarded directions); weight = 1/lam - c_p.
+    stream/heads.py lowrank_factors is the same rule in numpy."""
+    lam, u = torch.linalg.eigh(cov)  # ascending (P, D), columns (P, D, D)
+    d = lam.shape[1]
+    keep = torch.cat([torch.arange(k // 2), torch.arange(d - k // 2, d)])
+    ref = 1 / lam[:, k // 2 : d - k // 2].mean(1)  # (P,)
+    return u[:, :, keep], 1 / lam[:, keep] - ref[:, None], ref
+
+
 def nearest_sq_dist(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distance of each query to its nearest bank row, and that row's index, as one MatMul
     (|q|^2 - 2 q.b + |b|^2; exports to ONNX/TensorRT, no cdist).
