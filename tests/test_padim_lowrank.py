@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cov_util import random_cov
+
 ROOT = Path(__file__).resolve().parents[1]
 P, D, K = 3, 12, 4
 
@@ -23,15 +25,7 @@ def _bench():
 
 
 def _cov(rng: np.random.Generator, ppca: bool) -> torch.Tensor:
-    """(P, D, D) with random bases: K/2 eigenvalues below 1 and K/2 above, the rest exactly 1 if PPCA."""
-    out = []
-    for _ in range(P):
-        lam = np.ones(D) if ppca else rng.uniform(0.6, 1.5, D)
-        lam[: K // 2] = rng.uniform(0.01, 0.5, K // 2)
-        lam[D - K // 2 :] = rng.uniform(2, 9, K // 2)
-        q = np.linalg.qr(rng.normal(size=(D, D)))[0]
-        out.append((q * lam) @ q.T)
-    return torch.from_numpy(np.stack(out))
+    return torch.from_numpy(random_cov(rng, P, D, K, ppca))
 
 
 def _score(weights: torch.Tensor, cov: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cov_util import random_cov
 from edgesdk.bundle import Bundle
 from edgesdk.errors import EdgesdkError
 from edgesdk.images import list_images, read_image
@@ -24,15 +25,7 @@ RANK_CONFIG = {"input_size": [128, 128], "feature_dim": 24, "head_rank": 8}
 
 
 def _cov(rng: np.random.Generator, ppca: bool) -> np.ndarray:
-    """(P, D, D) float64 with random bases: K/2 small and K/2 large eigenvalues, the rest 1 exactly if PPCA."""
-    out = []
-    for _ in range(P):
-        lam = np.ones(D) if ppca else rng.uniform(0.6, 1.5, D)
-        lam[: K // 2] = rng.uniform(0.01, 0.5, K // 2)
-        lam[D - K // 2 :] = rng.uniform(2, 9, K // 2)
-        q = np.linalg.qr(rng.normal(size=(D, D)))[0]
-        out.append((q * lam) @ q.T)
-    return np.stack(out)
+    return random_cov(rng, P, D, K, ppca)
 
 
 def _scores(factors, mean: torch.Tensor, emb: torch.Tensor) -> np.ndarray:
