@@ -98,10 +98,10 @@ class Bundle:
                 )
             if not f.is_file():
                 raise BundleError(f"{f}: listed in {MANIFEST} but missing")
-        later = frozenset(_read_later(manifest) if verify == "runtime" else ())
+        b = cls(path, manifest, frozenset(_read_later(manifest) if verify == "runtime" else ()))
         if verify:
-            cls(path, manifest).verify_files(n for n in manifest.files if n not in later)
-        return cls(path, manifest, later)
+            b.verify_files(n for n in manifest.files if n not in b.deferred)
+        return b
 
 
 def _read_later(manifest: Manifest) -> set[str]:
