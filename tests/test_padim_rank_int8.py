@@ -90,8 +90,14 @@ def test_low_rank_int8_exports_pass_their_gate(rank, tmp_path, target):
     assert b.manifest.precision == "int8" and cal["attempts"][-1]["passed"] is True
     if target == "tensorrt":
         assert cal["decisions"]["noise_aware_head"]["applied"] and quant.check_trt_qdq_rules(b.model_path) == []
-    head = noisehead.find_padim_head(onnx.load(str(b.model_path)))
-    assert head is not None and head.weight  # the head stays low-rank and float
+    model = onnx.load(str(b.model_path))
+    head = noisehead.find_padim_head(model)
+    if target == "tensorrt":
+        assert head is not None and head.weight  # the head stays low-rank and float
+    else:  # on a CPU its basis (P, D, k) is int8 (compile.qhead), the rest of it float
+        (rec,) = cal["decisions"]["int8_head"]
+        assert len(rec["shape"]) == 3 and rec["shape"][2] == CONFIG["head_rank"]
+        assert [n.op_type for n in model.graph.node].count("MatMulInteger") == 1
 
 
 def test_tensorrt_for_rtx_builds_low_rank_engines(rank, tmp_path):

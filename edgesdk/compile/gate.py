@@ -5,7 +5,8 @@ Data, all from the run unless told otherwise:
   calibration  the line's own good images: --calib DIR, or the run's fit images (never its held-out ones)
   held-out     the run's held-out good images: the quantized model's own threshold is re-derived on them
   validation   --val DIR, or the run's DATA/test when it exists (labelled): image/pixel AUROC, verdicts
-Attempt 1 quantizes by rule (feature convolutions only). If the image-AUROC drop (or, without labelled
+Attempt 1 quantizes by rule (feature convolutions; for --target cpu PaDiM's head matrices too,
+compile.qhead, kept float in one last attempt if every other fails). If the image-AUROC drop (or, without labelled
 data, the share of held-out verdict flips) exceeds max_drop, the convolutions whose outputs drifted
 most from the float model (quant.sensitivity; for --target cpu, the contiguous tail from the earliest
 of them) are kept FP32, in growing steps, until it passes or
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgesdk.compile import gate_outputs, noisehead, quant
+from edgesdk.compile import gate_outputs, noisehead, qhead, quant
 from edgesdk.cpu import cpu_features
 from edgesdk.data import mvtec
 from edgesdk.measure.compare import interleaved_p50, onnx_outputs
@@ -203,6 +204,10 @@ def lower_precision(
     plan = [(0.0, "")] + (
         [(s, "fp16") for s in TRT_STEPS] + [(TRT_STEPS[-1], "fp32")] if mixed else [(s, "fp32") for s in STEPS]
     )
+    # cpu INT8: PaDiM's head matrices are INT8 too (compile.qhead); if every attempt fails with them,
+    # the last one is tried again with the head in float.
+    int8_head = opts.precision == "int8" and opts.target == "cpu" and bool(qhead.batched_weights(graph))
+    plan += [(plan[-1][0], "float-head")] if int8_head else []
     scales: dict[str, float] | None = None  # searched once on the all-INT8 graph; later attempts reuse them
     searched: dict = {}
     float_feats: dict = {}  # the float graph's head features, tapped once
@@ -220,12 +225,14 @@ def lower_precision(
                 first = min(convs.index(c) for c in worst)
                 worst = set(convs[first:])
             chosen = tuple(c for c in convs if c in worst or c in rule)
-            keep, half = (chosen, ()) if fallback == "fp32" else (rule, tuple(c for c in chosen if c not in rule))
+            keep, half = (chosen, ()) if fallback != "fp16" else (rule, tuple(c for c in chosen if c not in rule))
         t0 = time.perf_counter()
         if opts.precision == "fp16":
             info = quant.convert_fp16(fp32, dst, keep)
         else:
-            info = quant.quantize_int8(fp32, dst, calib, "image", opts, keep, half, scales)
+            info = quant.quantize_int8(
+                fp32, dst, calib, "image", opts, keep, half, scales, int8_head and fallback != "float-head"
+            )
             scales, searched = info.pop("scales", None), info.pop("range_search", searched)
             if mixed:  # PaDiM's Gaussians take in the INT8 features' noise (compile.noisehead)
                 head = noisehead.correct(fp32, dst, calib, ref["hold_frames"], "image", float_feats)
@@ -236,6 +243,7 @@ def lower_precision(
             {
                 **({"int8_convs": counts["int8"], "fp16_convs": counts["fp16"]} if counts else {}),
                 "fp32_convs": len(keep),
+                **({"head": "int8" if "int8_head" in info else "fp32"} if int8_head else {}),
                 "seconds": round(time.perf_counter() - t0, 1),
                 **{
                     k: report.get(k)
@@ -296,8 +304,12 @@ def lower_precision(
         "decisions": {
             **info,
             **({"range_search": searched} if searched else {}),
-            "rule": "feature convolutions only; distance head, resizes, reductions, "
-            "blur and normalization stay FP32"
+            "rule": (
+                "feature convolutions and PaDiM's head matrices (int8 per column, rows scaled per frame); "
+                "resizes, reductions, blur and normalization stay FP32"
+                if "int8_head" in info
+                else "feature convolutions only; distance head, resizes, reductions, blur and normalization stay FP32"
+            )
             + ("; on a CPU each stem and the convolutions at its resolution, up to the narrowest, too" if rule else ""),
             "fp32_by_rule": list(rule),
             "sensitivity_sqnr_db": [[c, round(s, 2)] for c, s in ranked[:20]],

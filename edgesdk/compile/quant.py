@@ -13,9 +13,10 @@ target-aware because the fast layout differs. ONNX Runtime's quantization toolin
   fp16 --target tensorrt  FP16 tensors in the graph (strongly typed networks take precision from it);
                           the I/O, the distance head, resizes, reductions and smoothing stay FP32.
 
-By rule only the feature extractor's convolutions are quantized: the distance head (Mahalanobis,
-nearest neighbour, the student's discrepancy), upsampling, smoothing and score normalization stay
-FP32 (they are MatMul/Resize/Reduce ops, or the 1 -> 1 channel blur convolutions). When the gate
+By rule the feature extractor's convolutions are quantized, and for --target cpu PaDiM's
+per-position head matrices (compile.qhead: they are most of its weights and resident memory). The
+rest of the heads (nearest neighbour, the student's discrepancy), upsampling, smoothing and score
+normalization stay FP32 (they are MatMul/Resize/Reduce ops, or the 1 -> 1 channel blur convolutions). When the gate
 (edgesdk.compile.quantize) finds too much loss, `float_convs` names more convolutions to keep in FP32,
 picked by `sensitivity`. No torch here."""
 
@@ -162,15 +163,17 @@ def quantize_int8(
     keep_float: tuple[str, ...] = (),
     keep_fp16: tuple[str, ...] = (),
     scales: dict[str, float] | None = None,
+    int8_head: bool = True,
 ) -> dict:
     """QDQ INT8 model of SRC at DST; the convolutions in KEEP_FLOAT stay FP32, those in KEEP_FP16 become
     FP16 islands (compile.mixed). With opts.method "search" the activation scales are SCALES, or searched
-    per tensor (compile.ranges) when None. Returns what was done, "scales" included."""
+    per tensor (compile.ranges) when None. For --target cpu with INT8_HEAD, PaDiM's per-position head
+    matrices become int8 too (compile.qhead). Returns what was done, "scales" included."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgesdk.compile import mixed, ranges
+    from edgesdk.compile import mixed, qhead, ranges
 
     pre = dst.with_name(dst.stem + ".pre.onnx")
     try:
@@ -220,6 +223,7 @@ def quantize_int8(
         if opts.method == "search" and scales:
             ranges.set_scales(q, scales)
         mixed.convs_to_fp16(q, set(keep_fp16))
+        head = qhead.to_int8(q) if int8_head and not trt else []
         onnx.save(q, str(dst))
     finally:
         pre.unlink(missing_ok=True)
@@ -230,6 +234,7 @@ def quantize_int8(
         "quantized_other": len(nodes) - len(convs),
         "fp32_convs": sorted(keep_float),
         "fp16_convs": sorted(keep_fp16),
+        **({"int8_head": head} if head else {}),
         **({"qdq_removed_not_conv_inputs": len(freed)} if trt else {}),
         "conv_counts": mixed.counts(q),
         **({"range_search": search} if search else {}),
