@@ -6,7 +6,7 @@ Data, all from the run unless told otherwise:
   held-out     the run's held-out good images: the quantized model's own threshold is re-derived on them
   validation   --val DIR, or the run's DATA/test when it exists (labelled): image/pixel AUROC, verdicts
 Attempt 1 quantizes by rule (feature convolutions; for --target cpu PaDiM's head matrices too,
-compile.qhead, kept float in one last attempt if every other fails). If the image-AUROC drop (or, without labelled
+compile.qhead, and attempt 2 then keeps that head float). If the image-AUROC drop (or, without labelled
 data, the share of held-out verdict flips) exceeds max_drop, the convolutions whose outputs drifted
 most from the float model (quant.sensitivity; for --target cpu, the contiguous tail from the earliest
 of them) are kept FP32, in growing steps, until it passes or
@@ -204,10 +204,12 @@ def lower_precision(
     plan = [(0.0, "")] + (
         [(s, "fp16") for s in TRT_STEPS] + [(TRT_STEPS[-1], "fp32")] if mixed else [(s, "fp32") for s in STEPS]
     )
-    # cpu INT8: PaDiM's head matrices are INT8 too (compile.qhead); if every attempt fails with them,
-    # the last one is tried again with the head in float.
+    # cpu INT8: PaDiM's head matrices are INT8 too (compile.qhead). If the first attempt fails, the
+    # second keeps the head float: the head's error is not one convolutions kept FP32 can undo. The
+    # convolution fallbacks then go on with whichever head lost less.
     int8_head = opts.precision == "int8" and opts.target == "cpu" and bool(qhead.batched_weights(graph))
-    plan += [(plan[-1][0], "float-head")] if int8_head else []
+    plan[1:1] = [(0.0, "float-head")] if int8_head else []
+    head_int8, attempt1 = int8_head, dict[str, Any]()
     scales: dict[str, float] | None = None  # searched once on the all-INT8 graph; later attempts reuse them
     searched: dict = {}
     float_feats: dict = {}  # the float graph's head features, tapped once
@@ -231,7 +233,7 @@ def lower_precision(
             info = quant.convert_fp16(fp32, dst, keep)
         else:
             info = quant.quantize_int8(
-                fp32, dst, calib, "image", opts, keep, half, scales, int8_head and fallback != "float-head"
+                fp32, dst, calib, "image", opts, keep, half, scales, head_int8 and fallback != "float-head"
             )
             scales, searched = info.pop("scales", None), info.pop("range_search", searched)
             if mixed:  # PaDiM's Gaussians take in the INT8 features' noise (compile.noisehead)
@@ -265,6 +267,9 @@ def lower_precision(
         (progress or (lambda text: say(text, sys.stdout)))(note)
         if report["passed"]:
             break
+        if fallback == "float-head":
+            head_int8 = _loss(attempt1) <= _loss(report)
+        attempt1 = attempt1 or report
     if not report["passed"]:
         dst.unlink(missing_ok=True)
         raise GateError(
@@ -274,6 +279,7 @@ def lower_precision(
             + (f", failing: {'; '.join(report['outputs_failed'])}" if report["outputs_failed"] else "")
             + f") even with up to {max(a['fp32_convs'] + a.get('fp16_convs', 0) for a in attempts)} of {len(convs)} "
             + ("convolutions kept FP16 or FP32; " if mixed else "convolutions kept FP32; ")
+            + ("PaDiM's head was tried in float too; " if int8_head else "")
             + "no bundle written.\n"
             + table(attempts, title="attempts")
             + "\nTry --calib-method percentile or entropy, more calibration images, or another precision."
@@ -315,6 +321,11 @@ def lower_precision(
             "sensitivity_sqnr_db": [[c, round(s, 2)] for c, s in ranked[:20]],
         },
     }
+
+
+def _loss(report: dict) -> tuple[float, float]:
+    """What an attempt lost against the float model: the gated metric, then the largest score shift."""
+    return report[report["gated_on"]], report["score_max_abs_diff"]
 
 
 def advice(

@@ -12,8 +12,8 @@ Here W is stored int8 (a quarter of it) and multiplied in integers:
 Activations are uint8 because ONNX Runtime's x86 integer GEMM runs U8S8; its S8S8 path is far
 slower on batched matrices. The rows' scales are taken per frame (dynamic), so no calibration range
 can clip a far-off feature: an anomaly's distance stays as large as it is. The accuracy gate
-measures the whole graph as for the convolutions (compile.gate), and a bundle whose gate fails with
-the INT8 head tries once more with it in float.
+measures the whole graph as for the convolutions (compile.gate); when its first attempt fails, the
+next keeps this head float.
 
 Only a MatMul whose second input is a 3-D float32 initializer (one matrix per position) is taken:
 PatchCore's nearest-neighbour MatMul (a 2-D bank) and every other op stay as they are."""
@@ -64,43 +64,44 @@ def to_int8(model) -> list[dict]:
     if not targets:
         return []
     g = model.graph
+    pre = _free_prefix(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
     inits = {i.name: i for i in g.initializer}
     shared: dict[str, np.ndarray] = {
-        **({"qhead_axis": np.array([-1], np.int64)} if opset >= 18 else {}),
-        "qhead_inv_qmax": np.array(1.0 / QMAX, np.float32),
+        **({"axis": np.array([-1], np.int64)} if opset >= 18 else {}),
+        "inv_qmax": np.array(1.0 / QMAX, np.float32),
         # A row of zeros: its scale would be 0 and 0 / 0 NaN; with this floor it quantizes to 0.
-        "qhead_tiny": np.array(1e-30, np.float32),
-        "qhead_offset": np.array(float(ZERO), np.float32),
-        "qhead_zero": np.array(ZERO, np.uint8),
+        "tiny": np.array(1e-30, np.float32),
+        "offset": np.array(float(ZERO), np.float32),
+        "zero": np.array(ZERO, np.uint8),
     }
-    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in shared.items() if k not in inits)
+    g.initializer.extend(numpy_helper.from_array(v, f"{pre}_{k}") for k, v in shared.items())
     records, done = [], set()
     for k, node in enumerate(targets):
         a, w, y = node.input[0], node.input[1], node.output[0]
-        t = f"qhead_{k}"
+        t, wq_name, sw_name = f"{pre}_{k}", f"{pre}_{w}_int8", f"{pre}_{w}_scale"
         if w not in done:  # one int8 copy of a weight two MatMuls share
             wf = numpy_helper.to_array(inits[w])
             wq, sw = quantize_weights(wf)
             err = float(np.abs(wq * sw.astype(np.float64) - wf).max() / max(float(np.abs(wf).max()), 1e-30))
-            g.initializer.extend([numpy_helper.from_array(wq, w + "_int8"), numpy_helper.from_array(sw, w + "_scale")])
+            g.initializer.extend([numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(sw, sw_name)])
             records.append({"matmul": node.name or y, "weight": w, "shape": list(wf.shape), "max_rel_err": err})
             done.add(w)
         new = [
             helper.make_node("Abs", [a], [t + "_abs"]),
             # ReduceMax takes its axes as an input from opset 18, as an attribute before (--opset 17).
-            helper.make_node("ReduceMax", [t + "_abs", "qhead_axis"], [t + "_amax"], keepdims=1)
+            helper.make_node("ReduceMax", [t + "_abs", f"{pre}_axis"], [t + "_amax"], keepdims=1)
             if opset >= 18
             else helper.make_node("ReduceMax", [t + "_abs"], [t + "_amax"], keepdims=1, axes=[-1]),
-            helper.make_node("Mul", [t + "_amax", "qhead_inv_qmax"], [t + "_s0"]),
-            helper.make_node("Max", [t + "_s0", "qhead_tiny"], [t + "_sa"]),
+            helper.make_node("Mul", [t + "_amax", f"{pre}_inv_qmax"], [t + "_s0"]),
+            helper.make_node("Max", [t + "_s0", f"{pre}_tiny"], [t + "_sa"]),
             helper.make_node("Div", [a, t + "_sa"], [t + "_div"]),
             helper.make_node("Round", [t + "_div"], [t + "_round"]),
-            helper.make_node("Add", [t + "_round", "qhead_offset"], [t + "_shift"]),
+            helper.make_node("Add", [t + "_round", f"{pre}_offset"], [t + "_shift"]),
             helper.make_node("Cast", [t + "_shift"], [t + "_aq"], to=TensorProto.UINT8),
-            helper.make_node("MatMulInteger", [t + "_aq", w + "_int8", "qhead_zero"], [t + "_acc"], name=t),
+            helper.make_node("MatMulInteger", [t + "_aq", wq_name, f"{pre}_zero"], [t + "_acc"], name=t),
             helper.make_node("Cast", [t + "_acc"], [t + "_accf"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [t + "_accf", w + "_scale"], [t + "_cols"]),
+            helper.make_node("Mul", [t + "_accf", sw_name], [t + "_cols"]),
             helper.make_node("Mul", [t + "_cols", t + "_sa"], [y]),
         ]
         at = list(g.node).index(node)
@@ -108,6 +109,21 @@ def to_int8(model) -> list[dict]:
         for j, n in enumerate(new):
             g.node.insert(at + j, n)
     readers = {i for n in g.node for i in n.input}
-    for name in done - readers:  # the float weights nobody reads any more
+    unread = done - readers  # the float weights nobody reads any more
+    for name in unread:
         g.initializer.remove(inits[name])
+    kept = [i for i in g.input if i.name not in unread]  # older graphs list initializers as inputs too
+    del g.input[:]
+    g.input.extend(kept)
     return records
+
+
+def _free_prefix(model) -> str:
+    """A name prefix no tensor, initializer or node of MODEL starts with, for what to_int8 adds."""
+    g = model.graph
+    names = {i.name for i in g.initializer} | {v.name for v in list(g.input) + list(g.output)}
+    names |= {x for n in g.node for x in [n.name, *n.input, *n.output]}
+    k = 0
+    while any(x.startswith(f"qhead{k}_") for x in names):
+        k += 1
+    return f"qhead{k}"
