@@ -51,10 +51,14 @@ def test_broker_restart_mid_stream_loses_no_verdict(broker, bundle, tiny_data, t
     got = sub.wait_for(want)
     sub.close()
     assert got == want, f"lost verdicts: {sorted(want - got)}"
-    # Same records as the file sink wrote; duplicates only as QoS 1 allows (a lost PUBACK re-sent).
-    by_id = {m["frame_id"]: m for m in sub.messages}
-    assert all(by_id[r["frame_id"]] == r for r in lines)
-    assert len(sub.messages) - len(want) <= 5
+    # Same records as the file sink wrote, every copy; duplicates only as QoS 1 allows: a verdict in
+    # flight when the broker went down, whose PUBACK (ours, or the subscriber's) was lost, is sent
+    # again. How many that is depends on how far each side had got, so the bound is which frames: those
+    # published before the broker was back, never one after.
+    by_id = {r["frame_id"]: r for r in lines}
+    assert all(m == by_id[m["frame_id"]] for m in sub.messages)
+    seen: list[int] = [m["frame_id"] for m in sub.messages]
+    assert {f for f in seen if seen.count(f) > 1} <= set(range(30))
     # The outbox drained; health reports the reconnect.
     import sqlite3
 
