@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgesdk.bundle import Bundle
-from edgesdk.compile import gate, noisehead, quant, ranges
+from edgesdk.compile import gate_data, noisehead, quant, ranges
 from edgesdk.compile.onnx import ExportOptions, export_onnx
 from edgesdk.train import load_run
 
@@ -40,14 +40,14 @@ def test_noise_aware_low_rank_head_refactors_sigma_plus_the_int8_noise(rank, tmp
     run, bundle = rank
     net, meta = load_run(run)
     k = net.cfg.head_rank
-    calib = gate.calibration_frames(quant.QuantOptions(target="tensorrt", n_calib=8), meta, (128, 128))[0]
+    calib = gate_data.calibration_frames(quant.QuantOptions(target="tensorrt", n_calib=8), meta, (128, 128))[0]
     fp32, q = bundle / "model.onnx", tmp_path / "q.onnx"
     quant.quantize_int8(fp32, q, calib, "image", quant.QuantOptions(target="tensorrt", method="minmax", n_calib=8))
     head = noisehead.find_padim_head(onnx.load(str(q)))
     assert head is not None and head.weight and head.ref
     f = noisehead.tap(onnx.load(str(fp32)), noisehead.find_padim_head(onnx.load(str(fp32))).features, calib, "image")
     g = noisehead.tap(onnx.load(str(q)), head.features, calib, "image")  # (P, N, D), before the rewrite
-    hold = gate.holdout_frames(meta, run, (128, 128))
+    hold = gate_data.holdout_frames(meta, run, (128, 128))
     rec = noisehead.correct(fp32, q, calib, hold, "image")
     assert rec is not None and rec["applied"] and rec["noise_trace_share"] > 0
     # numpy: the run's low-rank Sigma (its statistics + ridge, eigenvalues outside S set to 1/c_p) + the noise.

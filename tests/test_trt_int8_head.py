@@ -6,14 +6,14 @@ import numpy as np
 import onnx
 import pytest
 
-from edgesdk.compile import gate, mixed, quant, ranges
+from edgesdk.compile import gate_data, mixed, quant, ranges
 from edgesdk.train import load_run
 
 
 @pytest.fixture(scope="module")
 def calib(run_dir):
     _, meta = load_run(run_dir)
-    return gate.calibration_frames(quant.QuantOptions(target="tensorrt", n_calib=8), meta, (128, 128))[0]
+    return gate_data.calibration_frames(quant.QuantOptions(target="tensorrt", n_calib=8), meta, (128, 128))[0]
 
 
 def _map_error(fp32, qdq, frames) -> float:
@@ -61,7 +61,7 @@ def test_noise_aware_padim_head_is_mahalanobis_with_the_int8_noise_covariance(ru
     assert head is not None
     f = noisehead.tap(onnx.load(str(fp32)), noisehead.find_padim_head(onnx.load(str(fp32))).features, calib, "image")
     g = noisehead.tap(onnx.load(str(q)), head.features, calib, "image")  # (P, N, D), before the rewrite
-    hold = gate.holdout_frames(meta, run_dir, (128, 128))
+    hold = gate_data.holdout_frames(meta, run_dir, (128, 128))
     rec = noisehead.correct(fp32, q, calib, hold, "image")
     assert rec is not None and rec["applied"] and rec["n_frames"] == len(calib) and rec["noise_trace_share"] > 0
     # numpy: the run's Gaussians (adapt_state.npz + ridge, as zoo/padim.py fit) plus the noise.
@@ -120,7 +120,7 @@ def test_noise_aware_student_teacher_head_takes_the_int8_channel_offset_out_of_t
     before = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(q)).graph.initializer}
     f = noisehead_st.tap(onnx.load(str(fp32)), head.diff, calib, "image")  # (N, C, h, w)
     g = noisehead_st.tap(onnx.load(str(q)), head.diff, calib, "image")
-    hold = gate.holdout_frames(meta, run, (128, 128))
+    hold = gate_data.holdout_frames(meta, run, (128, 128))
     rec = noisehead.correct(fp32, q, calib, hold, "image")
     assert rec is not None and rec["head"] == "student-teacher" and rec["applied"] and rec["n_frames"] == len(calib)
     offset = (g - f).mean((0, 2, 3))

@@ -153,9 +153,9 @@ def export_onnx(
     calib: np.ndarray | None = None  # (N, H, W, 3) uint8, set with calib_info for fp16/int8
     calib_info: dict = {}
     if qopts is not None:  # bad calibration data fails here, before anything is written
-        from edgesdk.compile import gate
+        from edgesdk.compile import gate, gate_data
 
-        calib, calib_info = gate.calibration_frames(qopts, meta, (h, w))
+        calib, calib_info = gate_data.calibration_frames(qopts, meta, (h, w))
     with atomic_dir(out, kind="bundle", inputs=inputs, force=force) as stage:
         onnx_path = stage / MODEL_FILE
         # Batch 2, not 1: torch.export specializes a size-1 dim to a constant (no dynamic batch).
@@ -213,7 +213,7 @@ def export_onnx(
             float_path = stage / "float.onnx"
             onnx_path.rename(float_path)
             ref = gate.reference(
-                net, gate.holdout_frames(meta, run_dir, (h, w)), gate.validation_set(opts.val, meta, (h, w))
+                net, gate_data.holdout_frames(meta, run_dir, (h, w)), gate_data.validation_set(opts.val, meta, (h, w))
             )
             low = gate.lower_precision(stage, float_path, ref, meta["threshold"], calib, qopts, MODEL_FILE)
             float_path.unlink()
