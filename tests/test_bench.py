@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import pytest
@@ -180,6 +181,36 @@ def test_cold_start_reads_memory_of_a_running_detector_not_of_its_first_result(b
     ms, mb, now = cold_start("onnxruntime", bundle, "")
     assert ms is not None and now is not None and 20 < now <= mb
     assert int((tmp_path / "runs.txt").read_text()) == STEADY_RESULTS >= 5
+
+
+PYC_PROBE = """
+import importlib.util, os, sys
+src = os.path.join(os.environ["EDGESDK_TEST_SRC"], "edgesdk", "bundle.py")
+cached = importlib.util.cache_from_source(src)  # where this interpreter reads edgesdk.bundle's bytecode
+with open(os.environ["EDGESDK_TEST_PYC"], "a") as f:
+    f.write(f"{sys.flags.dont_write_bytecode} {cached.startswith(sys.pycache_prefix or '//')} {os.path.exists(cached)}\\n")
+"""
+
+
+def test_cold_start_is_timed_with_compiled_bytecode_as_on_a_device(bundle, tmp_path, monkeypatch):
+    """With PYTHONDONTWRITEBYTECODE set (CI's environment), every start would compile edgesdk's sources;
+    pip compiles them on a device. The bench's first child writes the bytecode under a private prefix
+    and the second, timed one finds it there."""
+    import os
+
+    import edgesdk
+    from edgesdk.measure.benchmark import cold_start
+
+    (tmp_path / "sitecustomize.py").write_text(PYC_PROBE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("EDGESDK_TEST_SRC", str(Path(edgesdk.__file__).parents[1]))
+    monkeypatch.setenv("EDGESDK_TEST_PYC", str(tmp_path / "pyc.txt"))
+    ms, _, _ = cold_start("onnxruntime", bundle, "")
+    assert ms is not None and ms > 0
+    # Two children, bytecode written (not the caller's no-write flag), under the private prefix; the
+    # timed one starts with edgesdk.bundle's already there.
+    assert (tmp_path / "pyc.txt").read_text().splitlines() == ["0 True False", "0 True True"]
 
 
 def test_e2e_adds_the_pipeline_row_beside_the_model_only_row(bundle, tiny_data, tmp_path):
