@@ -60,12 +60,14 @@ def to_int8(model) -> list[dict]:
     one record per rewritten MatMul: its weight, shape and the weights' largest relative error."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from edgesdk.compile.opset import default_opset
+
     targets = batched_weights(model)
     if not targets:
         return []
     g = model.graph
     pre = _free_prefix(model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    opset = default_opset(model)
     inits = {i.name: i for i in g.initializer}
     shared: dict[str, np.ndarray] = {
         **({"axis": np.array([-1], np.int64)} if opset >= 18 else {}),
@@ -76,7 +78,7 @@ def to_int8(model) -> list[dict]:
         "zero": np.array(ZERO, np.uint8),
     }
     g.initializer.extend(numpy_helper.from_array(v, f"{pre}_{k}") for k, v in shared.items())
-    records, done = [], set()
+    records, done, rewrites = [], set(), {}
     for k, node in enumerate(targets):
         a, w, y = node.input[0], node.input[1], node.output[0]
         t, wq_name, sw_name = f"{pre}_{k}", f"{pre}_{w}_int8", f"{pre}_{w}_scale"
@@ -87,7 +89,7 @@ def to_int8(model) -> list[dict]:
             g.initializer.extend([numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(sw, sw_name)])
             records.append({"matmul": node.name or y, "weight": w, "shape": list(wf.shape), "max_rel_err": err})
             done.add(w)
-        new = [
+        rewrites[y] = [  # keyed by the output: one producer per tensor
             helper.make_node("Abs", [a], [t + "_abs"]),
             # ReduceMax takes its axes as an input from opset 18, as an attribute before (--opset 17).
             helper.make_node("ReduceMax", [t + "_abs", f"{pre}_axis"], [t + "_amax"], keepdims=1)
@@ -104,10 +106,10 @@ def to_int8(model) -> list[dict]:
             helper.make_node("Mul", [t + "_accf", sw_name], [t + "_cols"]),
             helper.make_node("Mul", [t + "_cols", t + "_sa"], [y]),
         ]
-        at = list(g.node).index(node)
-        g.node.remove(node)
-        for j, n in enumerate(new):
-            g.node.insert(at + j, n)
+    # Each rewritten MatMul's nodes take its place: the graph stays in topological order.
+    nodes = [m for n in g.node for m in (rewrites.get(n.output[0], [n]) if n.op_type == "MatMul" else [n])]
+    del g.node[:]
+    g.node.extend(nodes)
     readers = {i for n in g.node for i in n.input}
     unread = done - readers  # the float weights nobody reads any more
     for name in unread:
