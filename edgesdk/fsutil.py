@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -220,15 +221,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
     """Write via a temporary file in the same folder and rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with temp_beside(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+@contextlib.contextmanager
+def temp_beside(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A new empty file .NAME.RANDOM.SUFFIX in PATH's folder, for the body to fill and os.replace onto
+    PATH; removed at exit unless the body moved it. Its name is chosen before it exists, so a Ctrl-C
+    landing at any point after the file is made (even inside the call that makes it, where
+    tempfile.mkstemp's caller could not know the name yet) still removes it."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}{suffix}"
+    mine = True
+    try:
+        try:
+            # 0o666: the umask applies, as for any new file (mkstemp's 0600 would need a chmod after)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+        except FileExistsError:
+            mine = False  # another's file of the same random name: never ours to remove
+            raise
+        yield tmp
+    finally:
+        if mine:
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

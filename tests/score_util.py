@@ -64,5 +64,6 @@ def interrupted_parts(p: subprocess.Popen, err: str, out: Path, n: int) -> int:
     assert p.returncode == 130, err[-4000:]
     assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err, err[-4000:]
     kept = len(list(out.glob("part-*.parquet")))
-    assert 3 <= kept < n // 2 and not list(out.glob(".*.tmp"))
+    assert 3 <= kept < n // 2, f"{kept} parts kept of {n} images; {err[-2000:]}"
+    assert not list(out.glob(".*.tmp")), sorted(p.name for p in out.iterdir())
     return kept

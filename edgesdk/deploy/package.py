@@ -34,6 +34,7 @@ from edgesdk.deploy.manifest import META, NAME, SIG, PackageManifest, version_ke
 from edgesdk.deploy.runtime import pack_runtime
 from edgesdk.deploy.wheels import Target
 from edgesdk.errors import EdgesdkError, OptionError, finite
+from edgesdk.fsutil import temp_beside
 from edgesdk.spec import MANIFEST, EngineSidecar, SpecError, file_entry, sha256_file
 
 PARITY_SCORES_KEY = "onnxruntime_scores"  # parity.json field a bundle may record its reference scores in
@@ -238,17 +239,13 @@ def _pack(
     comment = f"timestamp:{int(time.time())}\tfile:{META}\tprehashed\tedgesdk package {name} {opts.version}"
     sig = keys.sign(meta, private, comment).encode()
     t1 = time.perf_counter()
-    tmp = Path(tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")[1])
-    try:
+    with temp_beside(out) as tmp:
         entries: list[tuple[str, bytes | Path]] = [(META, meta), (SIG, sig), *sources]
         write_archive(tmp, entries, int(time.time()))
         t2 = time.perf_counter()
         read_package(tmp, keys.public_of(private), limits)  # a package that does not verify never leaves
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {
         "package": str(out),
         "bytes": out.stat().st_size,

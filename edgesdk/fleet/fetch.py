@@ -16,6 +16,7 @@ from typing import IO, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from edgesdk.errors import EdgesdkError
+from edgesdk.fsutil import temp_beside
 
 BLOCK = 1 << 20
 
@@ -58,10 +59,8 @@ def fetch(
     partial file is removed. CHUNKS yields (index, bytes) for url mqtt:chunks."""
     url, size, sha = pkg["url"], pkg["bytes"], pkg["sha256"]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with temp_beside(dest, ".part") as tmp:
+        with open(tmp, "wb") as out:
             if url.startswith("file://"):
                 parts = urlsplit(url)
                 if parts.netloc not in ("", "localhost"):
@@ -86,9 +85,6 @@ def fetch(
             os.fsync(out.fileno())
         _check(tmp, size, sha, url)
         os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 
