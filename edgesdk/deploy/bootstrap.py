@@ -35,6 +35,7 @@ import sys
 import time
 
 MARKER, LINK, PREFIX = "edgesdk-runtime.json", "venv", "venv-"
+OURS = re.compile(r"venv-[0-9a-f]{16}\Z")  # PREFIX + a key's first 16 hex digits: the only names this script makes
 FAULT_ENV, REEXEC_ENV = "EDGESDK_FAULT_AT", "EDGESDK_BOOTSTRAP_REEXEC"
 WHEEL = re.compile(r"runtime/wheels/[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,250}\.whl")
 
@@ -251,13 +252,17 @@ def ensure(slot):
         if os.path.lexists(link) and not os.path.islink(link):
             raise Refused("%s: exists and is not the symlink this script makes; move it away" % link)
         keep = os.readlink(link) if os.path.islink(link) else None
+        if keep is not None and not OURS.match(keep):
+            # someone pointed it elsewhere (their own venv?): the old target is removed once relinked,
+            # so a target this script did not make is refused, never deleted
+            raise Refused("%s: points to %s, not a venv this script made; remove the link" % (link, keep))
         name = PREFIX + key[:16]
         venv = os.path.join(rtdir, name)
         mark = marked(venv, key)  # complete and marked: an interrupted run only missed the link
         for other in sorted(os.listdir(rtdir)):  # what interrupted runs left: ours by name
             p = os.path.join(rtdir, other)
             if (
-                other.startswith(PREFIX)
+                OURS.match(other)
                 and not (other == name and mark)
                 and other != keep
                 and os.path.isdir(p)
