@@ -46,3 +46,34 @@ def test_a_packaged_engine_is_adopted_on_its_device_and_ignored_elsewhere(bundle
         assert rep.ok, rep.health["why"]
     else:  # the engine cannot run without a GPU: the install fails its health check, saying why
         assert not rep.ok and rep.health["why"].startswith("runtime:") and not (tmp_path / "rtx" / "current").exists()
+
+
+def test_a_packaged_plan_cut_short_in_the_slot_is_copied_again(bundle, keypair, tmp_path, monkeypatch):
+    """Where the slot's filesystem has no hard links the plan is copied; a copy cut short (a crash)
+    must not be taken for the plan at the next install: it fails the sidecar's sha256 and is redone,
+    in one rename (never a half-written file under the plan's name)."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX builds the engine")
+    import os
+
+    from edgesdk.compile.trt import build_engine
+    from edgesdk.devices import load_profile
+
+    b = tmp_path / "bundle"
+    shutil.copytree(bundle, b)
+    built = build_engine(b, load_profile("rtx"))
+    r = pack(b, keypair[0], tmp_path / "p.tgz", PackOptions(version="1.0.0", devices=("rtx",), engines=True))
+
+    def no_links(*a, **k):
+        raise PermissionError(1, "Operation not permitted")  # as on FAT
+
+    monkeypatch.setattr(os, "link", no_links)
+    rep = install(r["package"], keypair[1], tmp_path / "rtx", InstallOptions(device="rtx"))
+    engines = tmp_path / "rtx" / "slots" / rep.slot / "bundle" / "engines"
+    plan = engines / built.plan.name
+    assert f"adopted packaged {built.plan.name}" in [s["detail"] for s in rep.steps]
+    assert plan.read_bytes() == built.plan.read_bytes() and plan.stat().st_nlink == 1  # copied
+    plan.write_bytes(built.plan.read_bytes()[:1000])  # the copy a power cut left
+    rep = install(r["package"], keypair[1], tmp_path / "rtx", InstallOptions(device="rtx"))  # the slot, reused
+    assert f"adopted packaged {built.plan.name}" in [s["detail"] for s in rep.steps], rep.steps
+    assert plan.read_bytes() == built.plan.read_bytes()
+    assert sorted(p.name for p in engines.iterdir() if p.name.startswith(".")) == []

@@ -5,6 +5,7 @@ process with SIGKILL as that step begins."""
 
 from __future__ import annotations
 
+import filecmp
 import importlib.util
 import os
 import shutil
@@ -18,6 +19,8 @@ from edgesdk.deploy.archive import Limits
 from edgesdk.deploy.layout import SLOTS, InstallError, fsync_dir, verify_slot
 from edgesdk.deploy.manifest import META, SIG, PackageManifest
 from edgesdk.deploy.package import Verified, read_package
+from edgesdk.engines import vouched_by
+from edgesdk.fsutil import temp_beside
 from edgesdk.spec import EngineSidecar
 
 if TYPE_CHECKING:
@@ -70,6 +73,18 @@ def _fsync_tree(top: Path) -> int:
     return n
 
 
+def _place(src: Path, dst: Path) -> None:
+    """SRC at DST in one step: a hard link where the filesystem has them, else a whole copy, either
+    made under a temporary name and renamed over DST."""
+    with temp_beside(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+
+
 def _engine(slot: Path, m: PackageManifest, device: str, staged: bool) -> tuple[str, str | None, str]:
     """(backend, plan, what happened) for this device: a packaged plan whose sidecar matches this
     device and its TensorRT, else one built here, else ONNX Runtime."""
@@ -99,13 +114,11 @@ def _engine(slot: Path, m: PackageManifest, device: str, staged: bool) -> tuple[
             why.append(f"{Path(e['plan']).name}: {'; '.join(diff)}")
             continue
         out.mkdir(parents=True, exist_ok=True)
-        for src in (slot / e["plan"], slot / e["sidecar"]):
-            dst = out / src.name
-            if not dst.exists():
-                try:
-                    os.link(src, dst)
-                except OSError:
-                    shutil.copy2(src, dst)
+        plan = out / Path(e["plan"]).name
+        for src, dst in ((slot / e["plan"], plan), (slot / e["sidecar"], out / Path(e["sidecar"]).name)):
+            # a copy cut short by a crash is not taken for the plan: checked against the sidecar, redone
+            if not (vouched_by(dst, side) if dst == plan else dst.is_file() and filecmp.cmp(src, dst, shallow=False)):
+                _place(src, dst)
         return "tensorrt", str(out / Path(e["plan"]).name), f"adopted packaged {Path(e['plan']).name}"
     from edgesdk.bundle import Bundle
 
