@@ -8,6 +8,7 @@ the command writing it. Standard library only (the device runtime uses it)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -92,6 +93,16 @@ def _stale(target: Path, tag: str) -> list[Path]:
             if pid.isdigit() and not p.is_symlink() and p.is_dir() and not _pid_alive(int(pid)):
                 out.append(p)
     return out
+
+
+def sweep_dead(target: Path, tag: str) -> list[Path]:
+    """Remove the `.NAME.TAG.PID.*` work folders beside TARGET whose process is gone (a killed or
+    interrupted command's): the names are this module's, the PID says no one uses them."""
+    done = []
+    for p in _stale(target, tag):
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(p)
+    return done
 
 
 def sweep_stale(target: str | Path) -> list[Path]:
@@ -224,7 +235,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
     with temp_beside(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # else a power cut after the rename can leave the new name empty
         os.replace(tmp, path)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Give the finished file TMP (beside PATH) the name PATH unless PATH exists by then: FileExistsError
+    (TMP stays, for temp_beside to remove). A hard link makes the check and the naming one step; where
+    the filesystem has none (FAT, some network shares), a check then a rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 @contextlib.contextmanager

@@ -55,6 +55,24 @@ def test_pack_inspect_and_minisign(bundle, keypair, tmp_path):
     assert subprocess.run([minisign, "-Vm", meta, "-p", keypair[1]], capture_output=True).returncode != 0
 
 
+def test_pack_never_replaces_a_package_that_appeared_while_it_ran(bundle, keypair, tmp_path, monkeypatch):
+    """pack refuses an existing OUT at its start, and again at the moment it names its package: a file
+    another pack (or a copy) put there meanwhile is kept, and nothing of this pack is left beside it."""
+    from edgesdk.deploy import package
+
+    out = tmp_path / "brick-1.0.0.tgz"
+    real = package.write_archive
+
+    def meanwhile(path, entries, mtime):
+        out.write_bytes(b"someone else's package")
+        return real(path, entries, mtime)
+
+    monkeypatch.setattr(package, "write_archive", meanwhile)
+    with pytest.raises(EdgesdkError, match="appeared while packing"):
+        package.pack(bundle, keypair[0], out, package.PackOptions(version="1.0.0"))
+    assert out.read_bytes() == b"someone else's package" and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
 def test_inspect_without_a_key_says_the_signature_was_not_checked(pkgs):
     r = cli("inspect", pkgs["1.0.0"], check=True)
     assert "NOT VERIFIED: signature not checked" in r.stdout

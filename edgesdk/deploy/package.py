@@ -34,7 +34,7 @@ from edgesdk.deploy.manifest import META, NAME, SIG, PackageManifest, version_ke
 from edgesdk.deploy.runtime import pack_runtime
 from edgesdk.deploy.wheels import Target
 from edgesdk.errors import EdgesdkError, OptionError, finite
-from edgesdk.fsutil import temp_beside
+from edgesdk.fsutil import publish, sweep_dead, temp_beside
 from edgesdk.spec import MANIFEST, EngineSidecar, SpecError, file_entry, sha256_file
 
 PARITY_SCORES_KEY = "onnxruntime_scores"  # parity.json field a bundle may record its reference scores in
@@ -154,7 +154,8 @@ def pack(
     version_key(opts.version, "--version")
     if out.exists() or out.is_symlink():
         raise EdgesdkError(f"{out}: already exists; refusing to overwrite a package")
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.runtime-") as work:
+    sweep_dead(out, "runtime")  # a killed pack's wheel folder: the PID in its name is gone
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.runtime.{os.getpid()}.") as work:
         return _pack(bundle, key, out, opts, passphrase, limits, Path(work))
 
 
@@ -245,7 +246,10 @@ def _pack(
         t2 = time.perf_counter()
         read_package(tmp, keys.public_of(private), limits)  # a package that does not verify never leaves
         os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
+        try:
+            publish(tmp, out)
+        except FileExistsError:
+            raise EdgesdkError(f"{out}: appeared while packing (another pack?); not replaced") from None
     return {
         "package": str(out),
         "bytes": out.stat().st_size,

@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+from edgesdk.fsutil import temp_beside
+
 log = logging.getLogger("edgesdk.fleet")
 FLEET_DIR, RECORD = "fleet", "agent.json"
 KEEP_RECORDS, KEEP_IN_STATE, KEEP_REJECTED = 50, 10, 10
@@ -17,12 +19,12 @@ KEEP_RECORDS, KEEP_IN_STATE, KEEP_REJECTED = 50, 10, 10
 
 def _durable_json(path: Path, obj: dict) -> None:
     """Write beside PATH, fsync, rename over it, fsync the folder: the record survives a power cut."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with temp_beside(path) as tmp:  # removed again if a Ctrl-C or an error lands before the rename
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
