@@ -267,6 +267,16 @@ def test_jsonl_sink_still_repairs_its_own_torn_line_and_zero_filled_tail(tmp_pat
         assert [json.loads(x)["frame_id"] for x in path.read_text().splitlines()] == [0, 1, 3]
 
 
+def test_jsonl_sink_keeps_a_whole_last_record_that_lacks_its_newline(tmp_path):
+    # What "\n".join(json.dumps(r) ...) writes: every record whole, no final newline. Not a tear.
+    for before in (b'{"frame": 1}\n{"frame": 2, "note": "operator B"}', b'{"frame": 1}'):
+        path = tmp_path / "events.jsonl"
+        path.write_bytes(before)
+        with open_sink(f"jsonl://{path}") as sink:
+            sink.write({"frame": 3}, None, None)
+        assert path.read_bytes() == before + b'\n{"frame":3}\n'
+
+
 def _folder_with_bad_images(tiny_data, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

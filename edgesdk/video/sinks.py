@@ -33,8 +33,10 @@ from edgesdk.viz import overlay
 class JsonlSink(Sink):
     """Appends (never truncates: earlier runs' records are kept). Each record is one write() of a
     whole line on an O_APPEND descriptor, so a crash leaves complete lines only; a torn last line
-    from a power cut is cut off when the file is next opened. With max_mb, the file is rotated at
-    that size: FILE -> FILE.1 -> ... -> FILE.<keep> (the oldest is deleted).
+    from a power cut is cut off when the file is next opened. A last line that is a whole JSON object
+    without its newline (another tool's "\n".join) is a record, not a tear: it gets its newline.
+    With max_mb, the file is rotated at that size: FILE -> FILE.1 -> ... -> FILE.<keep> (the oldest
+    is deleted).
 
     An existing file must be JSON lines: one that is not (an image, a text file given by mistake)
     is refused before a byte of it changes, as is a folder, a device or a FIFO."""
@@ -84,6 +86,12 @@ class JsonlSink(Sink):
                     self._refuse(f"line {n} is not a JSON object")
                 keep += len(line)
         tail = line
+        if _json_object(tail):
+            # No proper prefix of a record's line parses as an object (it would end at the record's
+            # closing brace, which is last), so this is a whole record: keep it, end its line.
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
+            return
         # The torn tail is the start of a record, or zeros: a power cut on ext4 (delayed allocation)
         # can leave the file's last blocks allocated but never written.
         if not (tail.startswith(b"{") or tail.strip(b"\0") == b""):
