@@ -277,6 +277,33 @@ def temp_beside(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def publish_new(tmp: Path, path: Path) -> Path:
+    """Give the file TMP the name PATH without ever replacing a file there: a name already taken (an
+    earlier run's evidence, or anyone's file) gets a suffix, STEM-1.SUFFIX, STEM-2.SUFFIX, ... as
+    dir:// does for frames. TMP's name is removed. Returns the name the file now has."""
+    import errno
+
+    k = 0
+    while True:
+        dest = path if k == 0 else path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+        try:
+            os.link(tmp, dest)  # unlike a rename, fails instead of replacing what is there
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+                raise
+            # No hard links on this file system (FAT on a USB stick): look, then rename. Only a file
+            # made under that name in between could be replaced.
+            if os.path.lexists(dest):
+                continue
+            os.rename(tmp, dest)
+            return dest
+        os.unlink(tmp)
+        return dest
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 

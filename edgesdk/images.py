@@ -7,11 +7,13 @@ Files are read by Python and decoded from memory (cv2.imdecode): cv2.imread take
 crashes the process on one that is not (Linux hands such names to Python as lone surrogates). The
 header's width x height is checked against a pixel limit before decoding (imagesize.py): a small
 PNG can decode to gigabytes, and OpenCV's own guard (OPENCV_IO_MAX_IMAGE_PIXELS, 2^30 pixels, read
-once per process) lets a 400 MP image through."""
+once per process) lets a 400 MP image through. check_video reads back a video this process wrote; its
+error is an OSError (a failed write, not bad input)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -148,6 +150,21 @@ def _open_regular(path: str | Path, what: str) -> BinaryIO:
         os.close(fd)
         raise
     return os.fdopen(fd, "rb")
+
+
+def check_video(path: Path, frames: int, name: Path) -> None:
+    """OSError naming NAME unless the video file PATH decodes to FRAMES frames. cv2.VideoWriter's
+    write() and release() report no error (a full disk cuts the file short in silence), so a writer
+    reads its file back before giving it its name."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    got = 0
+    try:
+        while got < frames and cap.grab():  # grab: decode only, no conversion to BGR
+            got += 1
+    finally:
+        cap.release()
+    if got < frames:
+        raise OSError(errno.EIO, f"only {got} of {frames} frames written could be read back (a full disk?)", str(name))
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

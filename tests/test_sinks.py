@@ -1,17 +1,22 @@
-"""Sinks: JSONL that survives a torn line and rotates by size, the annotated video, and the live
+"""Sinks: JSONL that survives a torn line and rotates by size, the annotated video (never over a
+file: a source of the run is refused, an earlier file kept; a short video is an error), and the live
 preview page with Prometheus metrics, looked at in a real headless Chromium."""
 
 import json
+import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from edgesdk.fsutil import OutputError
 from edgesdk.stream.pipeline import run_stream
 from edgesdk.video import open_source
 from mqtt_broker import free_port
@@ -37,6 +42,69 @@ def test_video_sink_writes_the_annotated_stream(bundle, tiny_data, tmp_path):
     assert ok and img.shape == (128, 128, 3)
     assert img[5, 60, 1] > 80 and img[5, 60, 2] < 80  # the green "OK" banner on a good frame
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_file_sink_on_a_source_of_the_run_is_refused_before_any_frame(bundle, tiny_data, tmp_path):
+    clip = tmp_path / "clip.mkv"
+    shutil.copy(tiny_data / "conveyor_brick.mkv", clip)
+    (tmp_path / "link.mkv").symlink_to(clip)
+    imgs = Path(shutil.copytree(tiny_data / "brick/test/good", tmp_path / "imgs"))
+    before, names = clip.read_bytes(), sorted(p.name for p in imgs.iterdir())
+    seen = []
+    for source, sink in (
+        (str(clip), f"video://{clip}"),
+        (f"file://{clip}?loop=1", f"video://{tmp_path / 'link.mkv'}?fps=5"),  # another spelling of it
+        (str(clip), f"jsonl://{clip}"),
+        (str(imgs), f"dir://{tmp_path / 'imgs'}/"),
+    ):
+        with pytest.raises(OutputError, match=r"is this run's source .*a sink never writes over its input"):
+            run_stream(bundle, [str(tiny_data / "conveyor_brick.mkv"), source], [sink], on_record=seen.append)
+        with pytest.raises(OutputError, match=re.escape(f"{sink}: is this run's source {source}")):
+            run_stream(bundle, source, [f"jsonl://{tmp_path / 'r.jsonl'}", sink], on_record=seen.append)
+    assert seen == [] and clip.read_bytes() == before and sorted(p.name for p in imgs.iterdir()) == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "imgs", "link.mkv"]
+
+
+def test_a_video_sink_never_replaces_a_file_an_earlier_run_left(bundle, tiny_data, tmp_path):
+    # Like dir://: an earlier run's video is evidence, and a file of the user's is theirs.
+    src, out = str(tiny_data / "conveyor_brick.mkv"), tmp_path / "a.mkv"
+    run_stream(bundle, src, [f"video://{out}"], max_frames=5)
+    first = out.read_bytes()
+    (tmp_path / "a-1.mkv").write_text("my notes\n")
+    run_stream(bundle, src, [f"video://{out}"], max_frames=7)
+    assert out.read_bytes() == first and (tmp_path / "a-1.mkv").read_text() == "my notes\n"
+    cap = cv2.VideoCapture(str(tmp_path / "a-2.mkv"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.mkv", "a-2.mkv", "a.mkv"]
+
+
+def test_a_video_cut_short_by_a_full_disk_is_an_error_and_never_gets_its_name(tmp_path):
+    # cv2.VideoWriter reports no failed write; a file-size limit (EFBIG) stands in for a full disk.
+    script = f"""
+import json, resource, signal
+import numpy as np
+from edgesdk.stream.detector import Result
+from edgesdk.video import open_sink
+from edgesdk.video.base import Frame
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+sink, rng = open_sink("video://{tmp_path / "v.mkv"}"), np.random.default_rng(0)
+for i in range(60):
+    res = Result(1.0, False, np.zeros((128, 128), np.float32), [], {{"total": 1.0}})
+    sink.write({{"threshold": 3.0}}, Frame(rng.integers(0, 255, (128, 128, 3), np.uint8), i, 0.0), res)
+try:
+    sink.close()
+except OSError as e:
+    print(json.dumps([e.filename, e.strerror]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    name, why = json.loads(r.stdout)
+    (kept,) = tmp_path.glob(".v.mkv.*.partial.mkv")  # what was written is kept, under its hidden name
+    assert name == str(tmp_path / "v.mkv") and re.fullmatch(
+        rf"only \d+ of 60 frames .*; what was written is kept at {kept}", why
+    )
+    assert not (tmp_path / "v.mkv").exists()
 
 
 def test_preview_page_stream_and_metrics(bundle, tiny_data, tmp_path):

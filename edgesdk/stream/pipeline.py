@@ -60,7 +60,7 @@ from edgesdk.notify import Heartbeat, Notifier
 from edgesdk.stream.detector import Detector, DetectorOptions
 from edgesdk.stream.drift import DriftOptions, LoopDrift
 from edgesdk.stream.multi import DEFAULT_DEADLINE_MS, run_multi
-from edgesdk.stream.sinkguard import open_guarded, public_uri
+from edgesdk.stream.sinkguard import open_guarded, public_uri, refuse_sinks_on_sources
 from edgesdk.stream.stages import END, Stages
 from edgesdk.stream.switch import _HotSwitch, _Models, bundle_folder, model_id
 from edgesdk.stream.tiling import TileSpec
@@ -132,6 +132,7 @@ def run_stream(
     sources = [source] if isinstance(source, str) else list(source)
     if not sources:
         raise OptionError("--source: no source given")
+    refuse_sinks_on_sources(sources, sinks)
     stop = stop or threading.Event()
     det_opts = stream_options(opts, streams)
     if len(sources) > 1 and streams > 1:

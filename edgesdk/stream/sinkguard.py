@@ -6,10 +6,15 @@ while the verdict sinks carry on with every record. No torch."""
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
+from edgesdk.fsutil import OutputError
 from edgesdk.video import open_sink
 from edgesdk.video.options import public_uri  # sources and sinks are named the same way
+from edgesdk.video.sinks import sink_path
+from edgesdk.video.sources import source_path
 
 EVIDENCE_RETRY_S, EVIDENCE_RETRY_MAX_S = 2.0, 30.0  # a failed evidence sink's backoff, doubling up to the max
 
@@ -117,3 +122,25 @@ def open_guarded(uri: str) -> SinkGuard:
     except OSError as e:
         raise _named_error(e, f"{public_uri(uri)}: cannot open this sink ({_describe(e)})") from e
     return SinkGuard(uri, sink)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # through symlinks and hard links
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def refuse_sinks_on_sources(sources: list[str], sinks: list[str]) -> None:
+    """OutputError, before anything opens, for a file sink that is a source of the same run: a video
+    or JSONL file would be written over (or appended to) the input being read, a dir:// source folder
+    would get this run's frames among its images, scored by the next run."""
+    for sink in sinks:
+        out = sink_path(sink)
+        for src in sources:
+            inp = source_path(src)
+            if out is not None and inp is not None and _same(out, inp):
+                raise OutputError(
+                    f"{public_uri(sink)}: is this run's source {public_uri(src)}; a sink never writes "
+                    "over its input: give the sink another name"
+                )

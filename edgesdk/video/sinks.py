@@ -1,7 +1,7 @@
 """Result sinks by URI. A sink gets each frame's record (a JSON-ready dict), the frame and result.
 
   jsonl://results.jsonl    one JSON object per line, appended per frame (?max_mb=100&keep=5 rotates)
-  video://annotated.mp4    the annotated stream (?fps=15)
+  video://annotated.mp4    the annotated stream (?fps=15); an existing file is never replaced
   http://127.0.0.1:8080    live preview page (MJPEG with overlays) and /metrics for Prometheus
   dir://ng/                per anomalous frame (all frames with ?all=1): the raw frame (lossless PNG,
                            to label and retrain on) and its heatmap overlay (JPEG, for eyes)
@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 
 import cv2
 
 from edgesdk.errors import EdgesdkError, OptionError
-from edgesdk.fsutil import atomic_write_bytes
+from edgesdk.fsutil import atomic_write_bytes, publish_new
+from edgesdk.images import check_video
 from edgesdk.video.base import Sink, query_options
 from edgesdk.video.options import Opt, host_port, parse_query, parse_url, scheme_of, split_file_uri
 from edgesdk.viz import overlay
+
+log = logging.getLogger("edgesdk.video")
 
 
 class JsonlSink(Sink):
@@ -173,7 +178,11 @@ class DirSink(Sink):
 
 class VideoSink(Sink):
     """The annotated stream (heatmap overlay, boxes, verdict) as an mp4v/FFV1 video, written beside
-    the target and renamed over it when the run ends, so an interrupted run never leaves half a file."""
+    the target under a hidden name (.NAME.RANDOM.partial.EXT) and given its name when the run ends, so
+    an interrupted run never leaves half a file. Like dir://, it never replaces a file: when the name
+    is taken (an earlier run's video is evidence too) the video gets a suffix, NAME-1.EXT, logged.
+    The video is read back first (OpenCV reports no write errors): one short of frames (a full disk)
+    is an OSError naming it and stays at its hidden name, as does one whose naming fails."""
 
     evidence = True
 
@@ -181,26 +190,47 @@ class VideoSink(Sink):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.fps, self.frames = path, fps, 0
         self.writer: cv2.VideoWriter | None = None
-        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self.tmp: Path | None = None
+        self.published: Path | None = None  # the name the video got: path, or path with a suffix
+
+    def _open(self, width: int, height: int) -> None:
+        fourcc = "FFV1" if self.path.suffix.lower() in (".mkv", ".avi") else "mp4v"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the extension last: OpenCV picks the container by it
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.partial{self.path.suffix}")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # a name no one else has
+        writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), self.fps, (width, height))
+        if not writer.isOpened():
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer at {tmp}")
+        self.writer, self.tmp = writer, tmp
 
     def write(self, record: dict, frame, result) -> None:
         img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
         if self.writer is None:  # kept only once open, so a failed open is tried again
-            fourcc = "FFV1" if self.path.suffix.lower() in (".mkv", ".avi") else "mp4v"
-            self.tmp.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(
-                str(self.tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), self.fps, (img.shape[1], img.shape[0])
-            )
-            if not writer.isOpened():
-                raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer at {self.tmp}")
-            self.writer = writer
+            self._open(img.shape[1], img.shape[0])
+        assert self.writer is not None
         self.writer.write(img)
         self.frames += 1
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            os.replace(self.tmp, self.path)
+        if self.writer is None or self.tmp is None:
+            return
+        self.writer.release()
+        self.writer = None
+        try:
+            os.stat(self.tmp)
+        except OSError as e:  # its folder was moved or removed mid-run: nothing here to name
+            raise OSError(e.errno, e.strerror, str(self.tmp), None, str(self.path)) from e
+        try:
+            check_video(self.tmp, self.frames, self.path)
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror}; what was written is kept at {self.tmp}", str(self.path)) from e
+        self.published = publish_new(self.tmp, self.path)
+        if self.published != self.path:
+            log.warning(
+                "%s exists (an earlier run's?); not replaced: this run's video is %s", self.path, self.published
+            )
 
 
 def _jsonl(uri: str) -> Sink:
@@ -239,6 +269,11 @@ def _mqtt(uri: str) -> Sink:
 
 SINKS = {"jsonl": _jsonl, "dir": _dir, "mqtt": _mqtt, "video": _video, "http": _http}
 NETWORK = ("mqtt", "http")
+
+
+def sink_path(uri: str) -> Path | None:
+    """The file or folder a file sink (jsonl, video, dir) writes; None for a network sink."""
+    return Path(split_file_uri(uri)[0]) if scheme_of(uri) in ("jsonl", "video", "dir") else None
 
 
 def open_sink(uri: str) -> Sink:

@@ -340,6 +340,11 @@ def open_source(uri: str, errors: str = "raise") -> Source:
     return SOURCES[scheme](uri, errors)
 
 
+def source_path(uri: str) -> Path | None:
+    """The file or folder a file source (file://, a plain path) reads; None for cameras and synth://."""
+    return Path(split_file_uri(uri)[0]) if (scheme_of(uri) or "file") == "file" else None
+
+
 def source_tiling(uri: str) -> tuple[int | None, int] | None:
     """The ?tile=&overlap= of a source URI as (tile, overlap), tile None for the model's input size,
     or None without tiling: the stream loop hands them to the detector, the source ignores them. A bad
