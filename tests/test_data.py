@@ -1,9 +1,14 @@
+import itertools
+import re
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
 
 from edgesdk import images
-from edgesdk.data import mvtec
+from edgesdk.data import mvtec, synth
 from edgesdk.data.synth import DEFECTS, SynthConfig, good_image, paint_defect, synth_dataset, texture
 
 
@@ -44,6 +49,36 @@ def test_conveyor_video_and_truth(tiny_data):
     assert n == len(t["frames"]) == 60
     bad = [f for f in t["frames"] if f["is_anomalous"]]
     assert 0 < len(bad) < 60 and all(f["bbox"] for f in bad)
+
+
+def test_a_conveyor_video_cut_short_is_an_error_and_leaves_nothing(tmp_path, monkeypatch):
+    # cv2.VideoWriter reports no failed write; a file-size limit (EFBIG) stands in for a full disk.
+    out = tmp_path / "d"
+    script = f"""
+import resource, signal
+from edgesdk.data.synth import SynthConfig, write_conveyor
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+try:
+    write_conveyor({str(out / "conveyor.mkv")!r}, "brick", SynthConfig(size=128), n_frames=60)
+except OSError as e:
+    print(e.filename, "|", e.strerror)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(rf"{out / 'conveyor.mkv'} \| only \d+ of 60 frames written could be read back .*\n", r.stdout)
+    assert list(out.iterdir()) == []  # no video, no ground truth, no temporary file
+
+    conveyor = synth.Conveyor
+
+    def interrupted(*args):  # Ctrl-C while frames are being written
+        yield from itertools.islice(conveyor(*args), 3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "Conveyor", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_conveyor(out / "conveyor.mkv", "brick", SynthConfig(size=64))
+    assert list(out.iterdir()) == []
 
 
 def test_mvtec_layout_is_read(tiny_data):

@@ -4,6 +4,7 @@ a synth category), empty or missing folders; never anything holding or inside an
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -161,6 +162,33 @@ def test_synth_replaces_only_its_own_category_folders(tmp_path):
     with pytest.raises(ValueError, match=r"brick: not replaced: .*not a category folder made by"):
         synth_dataset(tmp_path / "d", ["grass", "brick"], cfg, video=False)
     assert (tmp_path / "d/brick/notes0.txt").is_file()
+
+
+def test_synth_replaces_only_its_own_conveyor_video(tmp_path):
+    from edgesdk.data.synth import SynthConfig, synth_dataset
+    from edgesdk.fsutil import OutputError
+
+    cfg, d = SynthConfig(size=64, n_train=2, n_test_good=1, n_test_per_defect=1), tmp_path / "d"
+    video, truth = d / "conveyor_grass.mkv", d / "conveyor_grass.json"
+    user_folder(d)
+    for mine, why in (
+        ({video: b"my recording"}, "it has no conveyor_grass.json beside it"),
+        ({truth: b'{"notes": 1}\n'}, "conveyor_grass.json is not the ground truth `edgesdk data synth` writes"),
+        ({video: b"my recording", truth: b"not json"}, "conveyor_grass.json is not readable JSON"),
+    ):
+        for p, data in mine.items():
+            p.write_bytes(data)
+        with pytest.raises(OutputError, match=rf"{video}: not replaced: {re.escape(why)}.*--force"):
+            synth_dataset(d, ["grass"], cfg)
+        assert {p: p.read_bytes() for p in mine} == mine and not (d / "grass").exists()
+        for p in mine:
+            p.unlink()
+    video.write_bytes(b"my recording")
+    synth_dataset(d, ["grass"], cfg, force=True)
+    synth_dataset(d, ["grass"], cfg)  # its own output: replaced
+    assert json.loads(truth.read_text())["video"] == video.name and video.stat().st_size > 1000
+    names = {video.name, truth.name, "grass", "notes0.txt", "notes1.txt", "notes2.txt"}
+    assert {p.name for p in d.iterdir()} == names  # no temporary file left
 
 
 # -- 7. staging left by killed runs ----------------------------------------------------------------

@@ -10,6 +10,8 @@ Deterministic per seed (numpy Generator + OpenCV drawing, no global state).
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import cv2
 import numpy as np
 
 from edgesdk.data.weave import THREAD_DEFECTS, WEAVES, render, thread_edit
-from edgesdk.fsutil import SYNTH_MARKER, atomic_dir, check_replaceable, write_json
+from edgesdk.fsutil import SYNTH_MARKER, OutputError, atomic_dir, check_replaceable, temp_beside, write_json
+from edgesdk.images import check_video
 
 # Category -> (scikit-image loader name, BGR tint). Grayscale textures are tinted so that colour
 # channels carry information, as on most real parts.
@@ -260,28 +263,51 @@ def write_conveyor(
     fps: float = 15.0,
     defect_frames: tuple[tuple[int, int, str], ...] = ((18, 26, "hole"), (38, 46, "stain")),
 ) -> dict:
-    """One pass of the conveyor as a video. Ground truth per frame goes to <path>.json. Returns that dict."""
+    """One pass of the conveyor as a video. Ground truth per frame goes to <path>.json. Returns that dict.
+    The video is written beside PATH and read back before it takes the name: cv2.VideoWriter reports
+    no failed write, and a video cut short by a full disk would sit under a truth listing every frame.
+    An error or Ctrl-C on the way leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     # Lossless FFV1 by default: the frames then match the PNG training images, as a line's frames
     # match images captured through the same camera pipeline. (mp4v at ~36 dB PSNR blurs the
     # texture enough to shift every score: train on what the camera really delivers.)
     fourcc = "FFV1" if path.suffix.lower() in (".mkv", ".avi") else "mp4v"
-    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), fps, (cfg.size, cfg.size))
-    if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV could not open a {fourcc} video writer")
     frames = []
-    for img, record in itertools.islice(Conveyor(category, cfg, n_frames, defect_frames), n_frames):
-        writer.write(img)
-        frames.append(record)
-    writer.release()
-    tmp.replace(path)
+    # The temporary name ends in the extension: OpenCV picks the container by it.
+    with temp_beside(path, suffix=f".tmp{path.suffix}") as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), fps, (cfg.size, cfg.size))
+        if not writer.isOpened():
+            raise OSError(f"{path}: OpenCV could not open a {fourcc} video writer")
+        try:
+            for img, record in itertools.islice(Conveyor(category, cfg, n_frames, defect_frames), n_frames):
+                writer.write(img)
+                frames.append(record)
+        finally:
+            writer.release()
+        check_video(tmp, len(frames), path)
+        tmp.replace(path)
     truth = {"video": path.name, "category": category, "fps": fps, "size": cfg.size, "frames": frames}
-    from edgesdk.fsutil import write_json
-
     write_json(path.with_suffix(".json"), truth)
     return truth
+
+
+def _not_conveyor(path: Path) -> str | None:
+    """Why the conveyor video PATH and its truth JSON are not ones write_conveyor made (None: they are,
+    or neither exists)."""
+    truth = path.with_suffix(".json")
+    if not any(os.path.lexists(p) for p in (path, truth)):
+        return None
+    try:
+        meta = json.loads(truth.read_text())
+    except FileNotFoundError:
+        return f"it has no {truth.name} beside it, so it is not a conveyor video made by `edgesdk data synth`"
+    except (OSError, ValueError) as e:
+        return f"{truth.name} is not readable JSON ({e})"
+    keys = ("video", "category", "fps", "size", "frames")
+    if not (isinstance(meta, dict) and all(k in meta for k in keys) and meta["video"] == path.name):
+        return f"{truth.name} is not the ground truth `edgesdk data synth` writes for {path.name}"
+    return None
 
 
 def synth_dataset(
@@ -292,12 +318,16 @@ def synth_dataset(
     force: bool = False,
 ) -> dict:
     """Writes OUT/<category>/... for each category and OUT/conveyor_<first category>.mkv (+ .json).
-    An existing OUT/<category> is replaced only if this function made it (or with FORCE)."""
+    An existing OUT/<category>, or conveyor video and JSON, is replaced only if this function made it
+    (or with FORCE)."""
     out = Path(out)
     categories = categories or sorted(TEXTURES)
     for cat in categories:  # refuse before any category is written, not half-way
         check_replaceable(out / cat, "synth", force=force)
+    conveyor = out / f"conveyor_{categories[0]}.mkv"
+    if video and not force and (why := _not_conveyor(conveyor)):
+        raise OutputError(f"{conveyor}: not replaced: {why}; choose a new folder (or --force to replace it)")
     summary = {cat: write_category(out, cat, cfg, force) for cat in categories}
     if video:
-        write_conveyor(out / f"conveyor_{categories[0]}.mkv", categories[0], cfg)
+        write_conveyor(conveyor, categories[0], cfg)
     return summary
