@@ -6,7 +6,10 @@ sample data -> train (per category) -> export + parity -> eval through the devic
 torch eager vs ONNX Runtime latency on the same frames -> stream the conveyor video into JSONL and
 overlays, checked against the video's per-frame ground truth -> the streamed model quantized to INT8
 for this CPU, gated against the float model. The segmenter's test defects get overlays whose regions
-name their kind (OUT/overlays-segmenter/<kind>/). Writes OUT/summary.json."""
+name their kind (OUT/overlays-segmenter/<kind>/). Writes OUT/summary.json.
+
+OUT must be new, empty or a demo's own folder (fsutil.DEMO_MARKER, or a demo's summary.json): the
+demo writes data/, runs/, bundles/, overlays, stream.jsonl and summary.json into it."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from edgesdk.bundle import Bundle
 from edgesdk.compile.onnx import export_onnx
 from edgesdk.data import mvtec
 from edgesdk.data.synth import TEXTURES, SynthConfig, synth_dataset
-from edgesdk.fsutil import write_json
+from edgesdk.fsutil import DEMO_MARKER, KINDS, OutputError, write_json
 from edgesdk.measure.evaluate import evaluate
 from edgesdk.measure.metrics import f1_at
 from edgesdk.measure.timing import time_runner
@@ -32,6 +35,18 @@ from edgesdk.table import table
 from edgesdk.train import train
 
 QUICK = SynthConfig(size=128, n_train=100, n_test_good=8, n_test_per_defect=4)
+
+
+def claim_out(out: Path) -> None:
+    """OutputError unless OUT is missing, empty or a demo's own folder; then it is marked as one."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a demo folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and (why := KINDS["demo"](out)):
+        raise OutputError(
+            f"{out}: not used: {why}; the demo writes data/, runs/, bundles/, stream.jsonl and "
+            "summary.json there: choose a new or empty folder for --out"
+        )
+    write_json(out / DEMO_MARKER, {"made_by": "edgesdk demo"})
 
 
 def stream_check(bundle: Path, video: Path, out: Path) -> dict:
@@ -171,6 +186,7 @@ def demo(
     out = Path(out)
     categories = categories or sorted(TEXTURES)
     cfg = QUICK if quick else SynthConfig()
+    claim_out(out)  # before anything is written or removed in it
     t0 = time.perf_counter()
     print(f"[1/5] sample data ({', '.join(categories)}, {cfg.size}px) -> {out / 'data'}")
     synth_dataset(out / "data", categories, cfg)

@@ -2,7 +2,7 @@
 
 A crash or an error mid-way leaves the previous file/folder untouched and nothing half-written.
 An output folder is only ever replaced when it is missing, empty, or recognisably ours of the same
-kind (a bundle, a run folder, a synth category), and never when it holds or lies inside an input of
+kind (a bundle, a run folder, a synth category, a demo folder), and never when it holds or lies inside an input of
 the command writing it. Standard library only (the device runtime uses it)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 from edgesdk.errors import EdgesdkError
 
 SYNTH_MARKER = "edgesdk-synth.json"  # written into each category folder `edgesdk data synth` makes
+DEMO_MARKER = "edgesdk-demo.json"  # written into `edgesdk demo --out` before anything else
 
 
 class OutputError(EdgesdkError):
@@ -62,8 +63,27 @@ def _not_synth(path: Path) -> str | None:
     return None
 
 
+def _not_demo(path: Path) -> str | None:
+    if (path / DEMO_MARKER).is_file():
+        return None
+    try:  # a demo folder without the marker still has the summary only the demo writes
+        summary = json.loads((path / "summary.json").read_text())
+    except FileNotFoundError:
+        return f"it has no {DEMO_MARKER}, so it is not a folder made by `edgesdk demo`"
+    except (OSError, ValueError) as e:
+        return f"its summary.json is not readable JSON ({e})"
+    keys = ("config", "categories", "stream", "int8")
+    ours = isinstance(summary, dict) and all(k in summary for k in keys)
+    return None if ours else "its summary.json is not one `edgesdk demo` wrote"
+
+
 # kind -> why FOLDER (non-empty) is not ours of that kind, or None when it is.
-KINDS: dict[str, Callable[[Path], str | None]] = {"bundle": _not_bundle, "run": _not_run, "synth": _not_synth}
+KINDS: dict[str, Callable[[Path], str | None]] = {
+    "bundle": _not_bundle,
+    "run": _not_run,
+    "synth": _not_synth,
+    "demo": _not_demo,
+}
 
 
 def _inside(child: Path, parent: Path) -> bool:

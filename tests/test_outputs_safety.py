@@ -191,6 +191,34 @@ def test_synth_replaces_only_its_own_conveyor_video(tmp_path):
     assert {p.name for p in d.iterdir()} == names  # no temporary file left
 
 
+def test_demo_writes_only_into_a_new_empty_or_demo_folder(tmp_path, capsys):
+    from edgesdk.demo import claim_out
+
+    mine = user_folder(tmp_path / "mine")
+    (mine / "stream.jsonl").write_text('{"mine": 1}\n')
+    (mine / "summary.json").write_text('{"quarter": 3}\n')
+    before = snapshot(mine)
+    code, err = cli(capsys, "demo", "--out", mine, "--quick", "--categories", "brick")
+    assert code == 2 and f"{mine}: not used: its summary.json is not one `edgesdk demo` wrote" in err
+    (mine / "summary.json").unlink()
+    code, err = cli(capsys, "demo", "--out", mine, "--quick", "--categories", "brick")
+    assert code == 2 and "it has no edgesdk-demo.json, so it is not a folder made by `edgesdk demo`" in err
+    (tmp_path / "f").write_text("a file\n")
+    code, err = cli(capsys, "demo", "--out", tmp_path / "f", "--quick")
+    assert code == 2 and "f: is a file, not a demo folder" in err
+    assert snapshot(mine) == {k: v for k, v in before.items() if k != Path("summary.json")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "mine"]
+    # A new, empty or demo folder is taken and marked, so a rerun (even after Ctrl-C) finds it its own.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done/summary.json").write_text(json.dumps({"config": {}, "categories": {}, "stream": {}, "int8": {}}))
+    for out in ("new", "empty", "done"):
+        claim_out(tmp_path / out)
+        (tmp_path / out / "data").mkdir(exist_ok=True)
+        (tmp_path / out / "summary.json").unlink(missing_ok=True)
+        claim_out(tmp_path / out)
+
+
 # -- 7. staging left by killed runs ----------------------------------------------------------------
 def test_killed_runs_staging_is_swept_but_a_live_runs_is_not(my_bundle, tiny_data, tmp_path):
     from edgesdk.stream.calibrate import calibrate
