@@ -263,17 +263,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
 def publish(tmp: Path, path: Path) -> None:
     """Give the finished file TMP (beside PATH) the name PATH unless PATH exists by then: FileExistsError
     (TMP stays, for temp_beside to remove). A hard link makes the check and the naming one step; where
-    the filesystem has none (FAT, some network shares), a check then a rename."""
+    the filesystem has none (FAT on a USB stick, some network shares), a look, then a rename: only a
+    file made under that name in between could be replaced."""
     try:
-        os.link(tmp, path)
+        os.link(tmp, path)  # unlike a rename, fails instead of replacing what is there
     except FileExistsError:
         raise
-    except OSError:
+    except OSError as e:
+        if e.errno not in NO_LINKS:
+            raise
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
-        os.replace(tmp, path)
+        os.rename(tmp, path)
         return
     tmp.unlink()
+
+
+NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)  # os.link's "not here", not "failed"
 
 
 @contextlib.contextmanager
@@ -301,26 +307,14 @@ def publish_new(tmp: Path, path: Path) -> Path:
     """Give the file TMP the name PATH without ever replacing a file there: a name already taken (an
     earlier run's evidence, or anyone's file) gets a suffix, STEM-1.SUFFIX, STEM-2.SUFFIX, ... as
     dir:// does for frames. TMP's name is removed. Returns the name the file now has."""
-    import errno
-
     k = 0
     while True:
         dest = path if k == 0 else path.with_name(f"{path.stem}-{k}{path.suffix}")
         k += 1
         try:
-            os.link(tmp, dest)  # unlike a rename, fails instead of replacing what is there
+            publish(tmp, dest)
         except FileExistsError:
             continue
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP):
-                raise
-            # No hard links on this file system (FAT on a USB stick): look, then rename. Only a file
-            # made under that name in between could be replaced.
-            if os.path.lexists(dest):
-                continue
-            os.rename(tmp, dest)
-            return dest
-        os.unlink(tmp)
         return dest
 
 
