@@ -346,3 +346,33 @@ def test_a_link_back_up_the_archive_names_no_image_twice_and_linked_folders_coun
         assert resolve(pattern) == sorted({os.path.abspath(p) for p in glob.glob(pattern)}), pattern
     with pytest.raises(DataError, match="matches no image"):
         resolve(f"{arch}/*/")  # a trailing separator matches folders only, as glob's does
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run(bundle, tiny_data, tmp_path, monkeypatch):
+    """Python's own SIGINT handler raises wherever the main thread is; inside a finalizer (pyarrow's
+    writer has one) the KeyboardInterrupt is swallowed and the run went on to the end, exit 0. score
+    takes the first Ctrl-C between parts: it stops after the part being written, which is whole."""
+    from edgesdk.scale import shards
+    from edgesdk.scale.run import ScoreOptions, score_archive
+
+    arch, out, argv = long_archive(bundle, tiny_data, tmp_path, 12)
+    real, calls = shards.write_part, []
+
+    class Finalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # backward jumps: where the interpreter runs pending signal handlers
+                pass
+
+    def write_part(out_dir, shard, rows):
+        calls.append(shard)
+        if len(calls) == 2:
+            Finalizer()  # collected at once: the Ctrl-C lands inside its __del__
+        real(out_dir, shard, rows)
+
+    monkeypatch.setattr(shards, "write_part", write_part)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt, match="4 of 12 images scored .* rerun the same command to resume"):
+        score_archive(bundle, arch, out, ScoreOptions(batch=2, workers=1, threads=1, progress=False))
+    assert len(calls) == 2 and len(list(out.glob("part-*.parquet"))) == 2 and not list(out.glob(".*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

@@ -3,10 +3,14 @@ process pool (default) or Ray Data (`ray=ADDRESS`); resumable; unreadable images
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from edgesdk.errors import OptionError
 from edgesdk.images import max_pixels as pixel_limit
@@ -33,6 +37,33 @@ class ScoreOptions:
         pixel_limit(self.max_pixels)  # an OptionError naming --max-pixels or $EDGESDK_MAX_PIXELS
         if self.ray is not None and not self.ray.strip():
             raise OptionError("--ray: empty; give HEAD:PORT of a Ray cluster, or local")
+
+
+@contextlib.contextmanager
+def ctrl_c_between_parts() -> Iterator[list[bool]]:
+    """While the parts are written, the first Ctrl-C only marks the returned list, which the loop
+    checks between parts; a second one interrupts at once. Python's own handler raises wherever the
+    main thread is, and there it can land in a finalizer (pyarrow's writer), which swallows it: the
+    run then went on to the end and exited 0. Left as it is outside the main thread, or where SIGINT
+    is not Python's default handling (ignored, or the caller's own handler)."""
+    hit: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield hit
+        return
+
+    def mark(signum, frame):
+        if hit:
+            raise KeyboardInterrupt
+        hit.append(True)
+
+    signal.signal(signal.SIGINT, mark)
+    try:
+        yield hit
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def plan(bundle: str | Path, images: str | Path, opts: ScoreOptions) -> tuple[list[str], dict]:
@@ -84,13 +115,17 @@ def score_archive(bundle: str | Path, images: str | Path, out: str | Path, opts:
         results = run_pool(str(bundle), jobs, opts.batch, workers, threads, limit) if jobs else iter(())
     t0 = time.perf_counter()
     try:
-        with bar(total=todo, desc="score", unit="img", enabled=opts.progress) as b:
+        with bar(total=todo, desc="score", unit="img", enabled=opts.progress) as b, ctrl_c_between_parts() as hit:
             written = 0
             try:
                 for shard, rows in results:
                     shards.write_part(out, shard, rows)
                     b.update(len(rows))
                     written += len(rows)
+                    if hit:
+                        raise KeyboardInterrupt
+                if hit:  # pressed while the last part was on its way
+                    raise KeyboardInterrupt
             except KeyboardInterrupt:
                 # Ctrl-C may land here, while a part is written, rather than inside the pool's generator:
                 # close it now so its workers finish their shard and exit before the command does, instead
