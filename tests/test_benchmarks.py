@@ -51,7 +51,11 @@ def test_line_calibration_benchmark_reports_before_and_after(bundle, tiny_data, 
     s2 = row["rounds_loop_fps_s2"]
     assert row["share_s2"] == pytest.approx(sorted(s / b for s, b in zip(s2, row["rounds_best_model_only_fps"]))[1])
     assert row["share_s2_vs_own_mode"] == pytest.approx(sorted(s / m for s, m in zip(s2, m2))[1])
-    assert 0 < row["share_s1"] < 2 and 0 < row["share_s2_with_dir"] < 2 and "share s2" in r.stdout
+    # The other loops' shares by the same arithmetic; how large they are is the machine's, not a test's.
+    for name in ("s1", "s2_with_dir"):
+        ratios = sorted(s / b for s, b in zip(row[f"rounds_loop_fps_{name}"], row["rounds_best_model_only_fps"]))
+        assert row[f"share_{name}"] == pytest.approx(ratios[1]) and row[f"share_{name}"] > 0
+    assert "share s2" in r.stdout
 
 
 def test_soak_reports_flat_memory_fields(bundle, tiny_data, tmp_path):

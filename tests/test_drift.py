@@ -184,7 +184,10 @@ def test_a_drift_event_reaches_metrics_and_the_mqtt_health_topic(line_bundle, tm
         s = run_stream(
             line_bundle,
             f"{LINE}&seed=4&drift=blur&drift_at=150",
-            [f"http://127.0.0.1:{port}", f"mqtt://127.0.0.1:{broker.port}/line/v?health=0.2&drain=10"],
+            [
+                f"http://127.0.0.1:{port}",
+                f"mqtt://127.0.0.1:{broker.port}/line/v?health=0.2&drain=10&outbox={tmp_path / 'o.db'}",
+            ],
             max_frames=260,
             on_record=on_record,
         )

@@ -49,6 +49,11 @@ def test_broker_restart_mid_stream_loses_no_verdict(broker, bundle, tiny_data, t
     want = {r["frame_id"] for r in lines}
     assert summary["frames"] == len(lines) == 60 and down == list(range(20, 30))
     got = sub.wait_for(want)
+    # The health message that counts the reconnect may be the one the sink publishes as it closes:
+    # wait for it (bounded) before the subscriber goes.
+    deadline = time.monotonic() + 10
+    while not any(h["reconnects"] >= 1 for h in sub.health) and time.monotonic() < deadline:
+        time.sleep(0.05)
     sub.close()
     assert got == want, f"lost verdicts: {sorted(want - got)}"
     # Same records as the file sink wrote, every copy; duplicates only as QoS 1 allows: a verdict in
