@@ -150,7 +150,9 @@ def test_a_new_model_that_does_not_open_is_logged_and_the_old_one_kept(bundle, t
     try:
         wait_for(lambda: len(got) >= 20, "records")
         point("b")
-        time.sleep(3.0)  # three watch ticks: one attempt, not three
+        # the attempt (logged), then two more watch ticks pointing at the same broken slot: one attempt, not three
+        wait_for(lambda: any("the new model cannot be used" in r.message for r in caplog.records), "the failed switch")
+        time.sleep(2.0)
         n_b = len(got)
         point("a")
         wait_for(lambda: len(got) >= n_b + 20, "records after pointing back")
