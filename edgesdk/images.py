@@ -153,18 +153,29 @@ def _open_regular(path: str | Path, what: str) -> BinaryIO:
 
 
 def check_video(path: Path, frames: int, name: Path) -> None:
-    """OSError naming NAME unless the video file PATH decodes to FRAMES frames. cv2.VideoWriter's
-    write() and release() report no error (a full disk cuts the file short in silence), so a writer
-    reads its file back before giving it its name."""
+    """OSError naming NAME unless the video file PATH holds its FRAMES-th frame. cv2.VideoWriter's
+    write() and release() report no error (a full disk cuts the file short in silence, and a
+    Matroska header still states the whole duration), so a writer reads its file back before giving
+    it its name: a seek to the last frame and one decode, not the whole recording (a service's stop
+    has seconds); the count for the message is decoded only when that fails."""
+    if frames <= 0:
+        return
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    got = 0
+    try:
+        # a seek OpenCV cannot do (no duration in a header cut short) may land elsewhere: the
+        # position after the grab says which frame was decoded
+        if cap.isOpened() and cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1) and cap.grab():
+            if cap.get(cv2.CAP_PROP_POS_FRAMES) == frames:
+                return
+    finally:
+        cap.release()
+    cap, got = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG), 0
     try:
         while got < frames and cap.grab():  # grab: decode only, no conversion to BGR
             got += 1
     finally:
         cap.release()
-    if got < frames:
-        raise OSError(errno.EIO, f"only {got} of {frames} frames written could be read back (a full disk?)", str(name))
+    raise OSError(errno.EIO, f"only {got} of {frames} frames written could be read back (a full disk?)", str(name))
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

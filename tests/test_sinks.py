@@ -107,6 +107,48 @@ except OSError as e:
     assert not (tmp_path / "v.mkv").exists()
 
 
+def test_a_video_sink_takes_frames_of_another_size_instead_of_dropping_them(tmp_path):
+    """Cameras of different resolutions into one video://: OpenCV's writer drops a frame of another
+    size in silence, which the read-back at close would then take for a full disk."""
+    from edgesdk.stream.detector import Result
+    from edgesdk.video import open_sink
+    from edgesdk.video.base import Frame
+
+    sink, rng = open_sink(f"video://{tmp_path / 'v.mkv'}"), np.random.default_rng(0)
+    for i, (h, w) in enumerate([(128, 128), (96, 160), (128, 128), (200, 100), (128, 128), (64, 64)]):
+        res = Result(1.0, False, np.zeros((h, w), np.float32), [], {"total": 1.0})
+        sink.write({"threshold": 3.0}, Frame(rng.integers(0, 255, (h, w, 3), np.uint8), i, 0.0), res)
+    sink.close()
+    cap = cv2.VideoCapture(str(tmp_path / "v.mkv"))
+    n = 0
+    while cap.grab():
+        n += 1
+    assert n == 6 and (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (128, 128)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mkv"]
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4"])
+def test_the_read_back_finds_a_video_cut_short_whose_header_says_otherwise(tmp_path, ext):
+    """A Matroska header written at close states the whole duration even when the frames after a full
+    disk are missing: the check looks for the last frame itself."""
+    from edgesdk.images import check_video
+
+    whole = tmp_path / f"whole{ext}"
+    w = cv2.VideoWriter(
+        str(whole), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*("FFV1" if ext == ".mkv" else "mp4v")), 15.0, (64, 48)
+    )
+    for i in range(120):
+        w.write(np.full((48, 64, 3), i, np.uint8))
+    w.release()
+    check_video(whole, 120, whole)
+    with pytest.raises(OSError, match="of 121 frames"):
+        check_video(whole, 121, whole)
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(OSError, match=r"only \d+ of 120 frames written could be read back"):
+        check_video(cut, 120, cut)
+
+
 def test_preview_page_stream_and_metrics(bundle, tiny_data, tmp_path):
     port = free_port()
     stop, res = threading.Event(), {}

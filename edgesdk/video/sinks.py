@@ -27,7 +27,7 @@ import cv2
 
 from edgesdk.errors import EdgesdkError, OptionError
 from edgesdk.fsutil import atomic_write_bytes, publish_new
-from edgesdk.images import check_video
+from edgesdk.images import check_video, resize
 from edgesdk.video.base import Sink, query_options
 from edgesdk.video.options import Opt, host_port, parse_query, parse_url, scheme_of, split_file_uri
 from edgesdk.viz import overlay
@@ -190,6 +190,7 @@ class VideoSink(Sink):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.fps, self.frames = path, fps, 0
         self.writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] = (0, 0)  # (height, width) the writer was opened with
         self.tmp: Path | None = None
         self.published: Path | None = None  # the name the video got: path, or path with a suffix
 
@@ -198,19 +199,32 @@ class VideoSink(Sink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # the extension last: OpenCV picks the container by it
         tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.partial{self.path.suffix}")
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # a name no one else has
-        writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), self.fps, (width, height))
-        if not writer.isOpened():
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # a name no one else has
+        except FileExistsError:
+            raise
+        except BaseException:  # a Ctrl-C may land after the file is made: the name is known, remove it
             tmp.unlink(missing_ok=True)
-            raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer at {tmp}")
+            raise
+        try:
+            writer = cv2.VideoWriter(
+                str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*fourcc), self.fps, (width, height)
+            )
+            if not writer.isOpened():
+                raise OSError(f"{self.path}: OpenCV could not open a {fourcc} video writer at {tmp}")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.writer, self.tmp = writer, tmp
 
     def write(self, record: dict, frame, result) -> None:
         img = overlay(frame.image, result.anomaly_map, record["threshold"], result.regions)
         if self.writer is None:  # kept only once open, so a failed open is tried again
             self._open(img.shape[1], img.shape[0])
+            self.size = img.shape[:2]
         assert self.writer is not None
-        self.writer.write(img)
+        # OpenCV's writer drops a frame of another size in silence (cameras of different resolutions)
+        self.writer.write(resize(img, self.size))
         self.frames += 1
 
     def close(self) -> None:
