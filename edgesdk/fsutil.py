@@ -72,7 +72,7 @@ def _not_demo(path: Path) -> str | None:
         return f"it has no {DEMO_MARKER}, so it is not a folder made by `edgesdk demo`"
     except (OSError, ValueError) as e:
         return f"its summary.json is not readable JSON ({e})"
-    keys = ("config", "categories", "stream", "int8")
+    keys = ("config", "categories", "stream")  # what every demo's summary has had ("int8" came later)
     ours = isinstance(summary, dict) and all(k in summary for k in keys)
     return None if ours else "its summary.json is not one `edgesdk demo` wrote"
 
@@ -279,7 +279,13 @@ def publish(tmp: Path, path: Path) -> None:
     tmp.unlink()
 
 
-NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)  # os.link's "not here", not "failed"
+NO_LINKS = (
+    errno.EPERM,
+    errno.EOPNOTSUPP,
+    errno.ENOTSUP,
+    errno.ENOSYS,
+    errno.EMLINK,
+)  # os.link's "not here", not "failed"
 
 
 @contextlib.contextmanager

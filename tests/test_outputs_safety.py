@@ -191,6 +191,30 @@ def test_synth_replaces_only_its_own_conveyor_video(tmp_path):
     assert {p.name for p in d.iterdir()} == names  # no temporary file left
 
 
+def test_a_synth_stopped_between_its_truth_and_its_video_is_still_its_own(tmp_path, monkeypatch):
+    """The truth JSON, which marks the pair as synth's, is written before the video gets its name: a
+    Ctrl-C between the two leaves a pair the next run replaces without --force (the demo has none)."""
+    from pathlib import Path as P
+
+    from edgesdk.data.synth import SynthConfig, synth_dataset
+
+    cfg, d = SynthConfig(size=64, n_train=2, n_test_good=1, n_test_per_defect=1), tmp_path / "d"
+    synth_dataset(d, ["grass"], cfg)
+    real = P.replace
+
+    def interrupted(self, target):
+        if P(target).suffix == ".mkv":
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    monkeypatch.setattr(P, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synth_dataset(d, ["grass"], cfg)
+    monkeypatch.setattr(P, "replace", real)
+    synth_dataset(d, ["grass"], cfg)
+    assert {p.name for p in d.iterdir()} == {"conveyor_grass.mkv", "conveyor_grass.json", "grass"}
+
+
 def test_demo_writes_only_into_a_new_empty_or_demo_folder(tmp_path, capsys):
     from edgesdk.demo import claim_out
 
@@ -211,7 +235,8 @@ def test_demo_writes_only_into_a_new_empty_or_demo_folder(tmp_path, capsys):
     # A new, empty or demo folder is taken and marked, so a rerun (even after Ctrl-C) finds it its own.
     (tmp_path / "empty").mkdir()
     (tmp_path / "done").mkdir()
-    (tmp_path / "done/summary.json").write_text(json.dumps({"config": {}, "categories": {}, "stream": {}, "int8": {}}))
+    # an older demo's summary has no "int8": still a demo's
+    (tmp_path / "done/summary.json").write_text(json.dumps({"config": {}, "categories": {}, "stream": {}}))
     for out in ("new", "empty", "done"):
         claim_out(tmp_path / out)
         (tmp_path / out / "data").mkdir(exist_ok=True)

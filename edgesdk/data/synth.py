@@ -286,9 +286,11 @@ def write_conveyor(
         finally:
             writer.release()
         check_video(tmp, len(frames), path)
+        # the truth first: it is what marks the pair as ours, so a run stopped between the two
+        # writes leaves a pair the next run recognises and replaces, never a video it must refuse
+        truth = {"video": path.name, "category": category, "fps": fps, "size": cfg.size, "frames": frames}
+        write_json(path.with_suffix(".json"), truth)
         tmp.replace(path)
-    truth = {"video": path.name, "category": category, "fps": fps, "size": cfg.size, "frames": frames}
-    write_json(path.with_suffix(".json"), truth)
     return truth
 
 
