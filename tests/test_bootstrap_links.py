@@ -70,3 +70,12 @@ def test_the_previous_venv_of_its_own_is_removed_once_relinked(slot):
     os.symlink(old.name, rt / "venv")
     venv = bs.ensure(str(s))
     assert not old.exists() and os.readlink(rt / "venv") == os.path.basename(venv)
+
+
+def test_an_old_venv_of_its_name_that_is_a_link_is_left_and_no_error(slot, tmp_path):
+    s, rt = slot
+    theirs = user_venv(tmp_path / "theirs")
+    os.symlink(theirs, rt / "venv-bbbbbbbbbbbbbbbb")
+    os.symlink("venv-bbbbbbbbbbbbbbbb", rt / "venv")
+    venv = bs.ensure(str(s))
+    assert os.readlink(rt / "venv") == os.path.basename(venv) and (theirs / "precious.txt").read_text() == "mine"

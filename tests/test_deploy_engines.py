@@ -77,3 +77,27 @@ def test_a_packaged_plan_cut_short_in_the_slot_is_copied_again(bundle, keypair, 
     assert f"adopted packaged {built.plan.name}" in [s["detail"] for s in rep.steps], rep.steps
     assert plan.read_bytes() == built.plan.read_bytes()
     assert sorted(p.name for p in engines.iterdir() if p.name.startswith(".")) == []
+
+
+def test_placing_a_plan_replaces_a_cut_copy_in_one_rename_without_hard_links(tmp_path, monkeypatch):
+    """The step the adoption above uses, on any machine (no TensorRT needed): where there are no hard
+    links the plan is copied under a temporary name, fsynced, then renamed over what was there."""
+    import os
+
+    from edgesdk.deploy.steps import _place
+
+    src, dst = tmp_path / "slot.plan", tmp_path / "engines" / "x.plan"
+    src.write_bytes(os.urandom(50_000))
+    dst.parent.mkdir()
+    dst.write_bytes(src.read_bytes()[:1000])  # a copy a power cut left
+    synced = []
+    real_fsync = os.fsync
+
+    def no_links(*a, **k):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    _place(src, dst)
+    assert dst.read_bytes() == src.read_bytes() and dst.stat().st_nlink == 1 and len(synced) >= 2
+    assert [p.name for p in dst.parent.iterdir()] == ["x.plan"]

@@ -348,7 +348,7 @@ def test_a_link_back_up_the_archive_names_no_image_twice_and_linked_folders_coun
         resolve(f"{arch}/*/")  # a trailing separator matches folders only, as glob's does
 
 
-def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run(bundle, tiny_data, tmp_path, monkeypatch):
+def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run(bundle, tiny_data, tmp_path, monkeypatch, capsys):
     """Python's own SIGINT handler raises wherever the main thread is; inside a finalizer (pyarrow's
     writer has one) the KeyboardInterrupt is swallowed and the run went on to the end, exit 0. score
     takes the first Ctrl-C between parts: it stops after the part being written, which is whole."""
@@ -376,3 +376,19 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run(bundle, tiny_dat
         score_archive(bundle, arch, out, ScoreOptions(batch=2, workers=1, threads=1, progress=False))
     assert len(calls) == 2 and len(list(out.glob("part-*.parquet"))) == 2 and not list(out.glob(".*.tmp"))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert "stopping after the part being written; Ctrl-C again to stop at once" in capsys.readouterr().err
+
+
+def test_score_leaves_a_callers_own_sigint_handler_alone():
+    from edgesdk.scale.run import ctrl_c_between_parts
+
+    def mine(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGINT, mine)
+    try:
+        with ctrl_c_between_parts() as hit:
+            assert signal.getsignal(signal.SIGINT) is mine and hit == []
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -287,8 +287,9 @@ def ensure(slot):
         os.symlink(PREFIX + key[:16], tmp)
         os.replace(tmp, link)
         os.fsync(fd)
-        if keep and keep != name and os.path.isdir(os.path.join(rtdir, keep)):
-            shutil.rmtree(os.path.join(rtdir, keep))  # a venv of another wheel set, no longer named
+        old = os.path.join(rtdir, keep) if keep else ""
+        if keep and keep != name and os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old)  # a venv of another wheel set, no longer named
         return venv
     finally:
         os.close(fd)

@@ -82,7 +82,10 @@ def _place(src: Path, dst: Path) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copy2(src, tmp)
+            with open(tmp, "rb+") as f:  # the copy's blocks on disk before its name is the plan's
+                os.fsync(f.fileno())
         os.replace(tmp, dst)
+    fsync_dir(dst.parent)
 
 
 def _engine(slot: Path, m: PackageManifest, device: str, staged: bool) -> tuple[str, str | None, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -58,12 +59,14 @@ def ctrl_c_between_parts() -> Iterator[list[bool]]:
         if hit:
             raise KeyboardInterrupt
         hit.append(True)
+        print("score: stopping after the part being written; Ctrl-C again to stop at once", file=sys.stderr)
 
-    signal.signal(signal.SIGINT, mark)
     try:
+        signal.signal(signal.SIGINT, mark)
         yield hit
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGINT) is mark:  # not one a caller installed meanwhile
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def plan(bundle: str | Path, images: str | Path, opts: ScoreOptions) -> tuple[list[str], dict]:
