@@ -371,11 +371,15 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run(bundle, tiny_dat
         real(out_dir, shard, rows)
 
     monkeypatch.setattr(shards, "write_part", write_part)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(KeyboardInterrupt, match="4 of 12 images scored .* rerun the same command to resume"):
-        score_archive(bundle, arch, out, ScoreOptions(batch=2, workers=1, threads=1, progress=False))
+    # a terminal's handling, as Python sets it up (a test run started in the background inherits SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="4 of 12 images scored .* rerun the same command to resume"):
+            score_archive(bundle, arch, out, ScoreOptions(batch=2, workers=1, threads=1, progress=False))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert len(calls) == 2 and len(list(out.glob("part-*.parquet"))) == 2 and not list(out.glob(".*.tmp"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     assert "stopping after the part being written; Ctrl-C again to stop at once" in capsys.readouterr().err
 
 
